@@ -1,0 +1,38 @@
+/** Every code an `AgentKeyError` can carry. */
+export type AgentKeyErrorCode =
+  | 'invalid_argument'
+  | 'invalid_cost'
+  | 'invalid_budget'
+  | 'invalid_duration'
+  | 'invalid_period'
+  | 'invalid_scope'
+  | 'invalid_table_name'
+  | 'invalid_pool'
+  | 'scope_not_allowed'
+  | 'budget_exceeds_parent'
+  | 'expiry_exceeds_parent'
+  | 'not_migrated'
+  | 'storage_error';
+
+/**
+ * The one error class agentkey throws: programmer mistakes (bad arguments) and
+ * infrastructure faults. Expected denials (an expired key, a refused charge) are
+ * returned as data, never thrown.
+ *
+ * @example
+ * try { await ak.create({ accountId: '' }) }
+ * catch (e) { if (e instanceof AgentKeyError) console.log(e.code) } // 'invalid_argument'
+ */
+export class AgentKeyError extends Error {
+  readonly code: AgentKeyErrorCode;
+
+  constructor(code: AgentKeyErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'AgentKeyError';
+    this.code = code;
+  }
+}
+
+export function isAgentKeyError(err: unknown): err is AgentKeyError {
+  return err instanceof AgentKeyError;
+}

@@ -1,0 +1,95 @@
+import { createRequire } from 'node:module';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { AgentKey, ValidKey } from '../agentkey.js';
+import { AgentKeyError } from '../errors.js';
+import { type HttpError, sendJson } from './errors.js';
+import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
+import { type VerifyOptions, checkVerifyOptions, keyFromHeaders, verifyKey } from './verify.js';
+
+export type { AgentKeyRoutesOptions } from './self-serve.js';
+export type { VerifyOptions as AgentKeyMiddlewareOptions } from './verify.js';
+
+type Req = IncomingMessage & { agentKey?: ValidKey; body?: unknown; ip?: string; params?: Record<string, string> };
+type Res = ServerResponse & { locals?: Record<string, unknown> };
+type Next = (err?: unknown) => void;
+
+function send(res: Res, error: HttpError): void {
+  sendJson(res, error.status, error.body);
+}
+
+/**
+ * Express middleware: 401 for a missing, invalid, expired or revoked key, 403 when the
+ * key lacks `scope` (named in the body), 429 when its budget is spent, 500 when the key
+ * store fails. On success the validation result is `req.agentKey` (and `res.locals.agentKey`).
+ *
+ * @example app.post('/api/proxy', agentKeyMiddleware(ak, { scope: 'proxy.chat' }), handler)
+ */
+export function agentKeyMiddleware(ak: AgentKey, options: VerifyOptions = {}) {
+  const opts = checkVerifyOptions(options);
+  return async function agentKeyAuth(req: Req, res: Res, next: Next): Promise<void> {
+    const outcome = await verifyKey(ak, keyFromHeaders((name) => req.headers[name]), opts);
+    if (!outcome.ok) return send(res, outcome.error);
+    req.agentKey = outcome.key;
+    if (res.locals) res.locals.agentKey = outcome.key;
+    next();
+  };
+}
+
+/**
+ * The page's self-serve routes as an Express router: POST /signup, GET /sdk-keys/me,
+ * POST /sdk-keys and DELETE /sdk-keys/:id. Needs `express` installed (a peer dependency).
+ *
+ * @example app.use(createAgentKeyRoutes(ak, { signupScopes: ['proxy.chat'] }))
+ */
+export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOptions = {}) {
+  const opts = checkRoutesOptions(options);
+  const express = loadExpress();
+  const router = express.Router();
+  const auth = agentKeyMiddleware(ak);
+  const parse = express.json({ limit: '16kb' });
+  // JSON is parsed per route, and parse errors answered per route, so the router never
+  // touches the requests (or the errors) of the rest of the app.
+  const json = (req: Req, res: Res, next: Next) =>
+    parse(req, res, (err?: unknown) => {
+      if (!err) return next();
+      const tooLarge = (err as { type?: string }).type === 'entity.too.large';
+      sendJson(res, tooLarge ? 413 : 400, {
+        error: tooLarge
+          ? { code: 'body_too_large', message: 'The request body must be at most 16 KB of JSON.' }
+          : { code: 'invalid_json', message: 'The request body is not valid JSON.' },
+      });
+    });
+  const handlers = selfServeHandlers(ak, opts);
+  const run = (handler: (input: { body: unknown; key: ValidKey | undefined; ip: string; id?: string }) => Promise<{ status: number; body: unknown }>) =>
+    async (req: Req, res: Res) => {
+      const out = await handler({
+        body: req.body,
+        key: req.agentKey,
+        ip: req.ip ?? req.socket.remoteAddress ?? 'unknown',
+        id: req.params?.id,
+      });
+      sendJson(res, out.status, out.body);
+    };
+  router.post('/signup', json, run(handlers.signup));
+  router.get('/sdk-keys/me', auth, run(handlers.me));
+  router.post('/sdk-keys', auth, json, run(handlers.createChild));
+  router.delete('/sdk-keys/:id', auth, run(handlers.revoke));
+  return router;
+}
+
+interface ExpressLike {
+  Router(): {
+    get(path: string, ...handlers: unknown[]): void;
+    post(path: string, ...handlers: unknown[]): void;
+    delete(path: string, ...handlers: unknown[]): void;
+  } & ((req: unknown, res: unknown, next: unknown) => void);
+  json(options: { limit: string }): (req: unknown, res: unknown, next: (err?: unknown) => void) => void;
+}
+
+function loadExpress(): ExpressLike {
+  try {
+    return createRequire(import.meta.url)('express') as ExpressLike;
+  } catch (err) {
+    throw new AgentKeyError('invalid_argument', 'createAgentKeyRoutes needs the express package; run npm install express.', { cause: err });
+  }
+}

@@ -1,0 +1,154 @@
+import { randomUUID } from 'node:crypto';
+import type { AgentKey, CreateKeyOptions, ValidKey } from '../agentkey.js';
+import { AgentKeyError } from '../errors.js';
+import { describe } from '../money.js';
+import { isAttenuation, parseScopes } from '../scopes.js';
+import { addDuration, parseDuration } from '../time.js';
+import { errorToHttp, httpError } from './errors.js';
+import { minuteLimiter } from './rate-limit.js';
+
+export interface AgentKeyRoutesOptions {
+  /** The only scopes POST /signup grants. Unset: a scopeless key. */
+  signupScopes?: string[];
+  /** Signups allowed per client address per minute (429 past it). Default 10; false turns it off. */
+  signupRateLimit?: number | false;
+  /** Refuse signups without a valid `email` (400). Default false. */
+  requireEmailForSignup?: boolean;
+}
+
+export interface RouteInput {
+  body: unknown;
+  key: ValidKey | undefined;
+  ip: string;
+  id?: string;
+}
+export interface RouteOutput {
+  status: number;
+  body: unknown;
+}
+
+export function checkRoutesOptions(options: unknown): Required<Pick<AgentKeyRoutesOptions, 'signupRateLimit' | 'requireEmailForSignup'>> & { signupScopes: string[] } {
+  const o = (options ?? {}) as AgentKeyRoutesOptions;
+  const allowed = ['signupScopes', 'signupRateLimit', 'requireEmailForSignup'];
+  const unknown = Object.keys(o).find((k) => !allowed.includes(k));
+  if (unknown) throw new AgentKeyError('invalid_argument', `createAgentKeyRoutes got unknown option "${unknown}"; allowed: ${allowed.join(', ')}.`);
+  const limit = o.signupRateLimit ?? 10;
+  if (limit !== false && !(Number.isInteger(limit) && limit > 0)) {
+    throw new AgentKeyError('invalid_argument', `signupRateLimit must be a positive whole number or false; got ${describe(limit)}.`);
+  }
+  if (o.requireEmailForSignup !== undefined && typeof o.requireEmailForSignup !== 'boolean') {
+    throw new AgentKeyError('invalid_argument', 'requireEmailForSignup must be true or false.');
+  }
+  return {
+    signupScopes: parseScopes(o.signupScopes, null, 'signupScopes') ?? [],
+    signupRateLimit: limit,
+    requireEmailForSignup: o.requireEmailForSignup ?? false,
+  };
+}
+
+const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,189}\.[^\s@]{1,63}$/;
+
+/**
+ * The page's self-serve routes, framework-neutral: each takes the parsed request and
+ * returns a status and a JSON body, never throws.
+ */
+export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRoutesOptions>) {
+  const allowSignup = opts.signupRateLimit === false ? () => true : minuteLimiter(opts.signupRateLimit);
+  const guarded = (fn: (input: RouteInput) => Promise<RouteOutput>) => async (input: RouteInput): Promise<RouteOutput> => {
+    try {
+      return await fn(input);
+    } catch (err) {
+      const { status, body } = errorToHttp(err);
+      return { status, body };
+    }
+  };
+
+  return {
+    /** POST /signup: a new account and a key with only `signupScopes`. Unauthenticated. */
+    signup: guarded(async ({ body, ip }) => {
+      if (!allowSignup(ip)) return fail(429, 'rate_limited', 'Too many signups from this address; try again in a minute.');
+      const b = bodyObject(body);
+      const email = b.email;
+      if (email !== undefined && email !== null && (typeof email !== 'string' || !EMAIL.test(email))) {
+        return fail(400, 'invalid_email', 'email must be a valid email address.');
+      }
+      if (opts.requireEmailForSignup && !email) return fail(400, 'email_required', 'Signup needs an email address in the "email" field.');
+      const accountId = `acct_${randomUUID().replaceAll('-', '')}`;
+      const fields = keyFields(b);
+      const created = await ak.create({ ...fields, accountId, scopes: opts.signupScopes, userId: (email as string | undefined) ?? null });
+      return { status: 201, body: { ...created, accountId, scopes: opts.signupScopes } };
+    }),
+
+    /** GET /sdk-keys/me: the calling key's own metadata. */
+    me: guarded(async ({ key }) => ({ status: 200, body: key })),
+
+    /** POST /sdk-keys: a key for the caller's account, never wider than the caller. */
+    createChild: guarded(async ({ body, key }) => {
+      const parent = key as ValidKey;
+      const b = bodyObject(body);
+      const fields = keyFields(b);
+      const scopes = b.scopes === undefined ? parent.scopes : parseScopes(b.scopes, null);
+      if (!isAttenuation(parent.scopes, scopes)) {
+        return fail(403, 'scope_not_allowed', 'A key can only grant scopes it holds itself.');
+      }
+      let budgetCents = fields.budgetCents ?? null;
+      if (parent.budgetCents !== null) {
+        if (budgetCents === null) budgetCents = parent.budgetCents;
+        else if (budgetCents > parent.budgetCents) {
+          return fail(403, 'budget_exceeds_parent', `budget_cents may not exceed the calling key's budget of ${parent.budgetCents} cents.`);
+        }
+      }
+      let expiresAt: Date | null = fields.expiresIn ? addDuration(new Date(), parseDuration(fields.expiresIn, 'expires_in')) : null;
+      if (parent.expiresAt !== null) {
+        const limit = new Date(parent.expiresAt);
+        if (expiresAt === null) expiresAt = limit;
+        else if (expiresAt > limit) {
+          return fail(403, 'expiry_exceeds_parent', `expires_in may not reach past the calling key's expiry (${parent.expiresAt}).`);
+        }
+      }
+      const delegatedBy = fields.delegatedBy ?? parent.delegatedBy;
+      const created = await ak.create({
+        ...fields,
+        expiresIn: null,
+        expiresAt,
+        budgetCents,
+        scopes,
+        delegatedBy,
+        accountId: parent.accountId,
+      });
+      return { status: 201, body: { ...created, accountId: parent.accountId, scopes, budgetCents } };
+    }),
+
+    /** DELETE /sdk-keys/:id: revokes a key of the caller's own account only. */
+    revoke: guarded(async ({ key, id }) => {
+      const revoked = await ak.revoke(id as string, (key as ValidKey).accountId);
+      if (!revoked) return fail(404, 'not_found', 'No active key with this id belongs to your account.');
+      return { status: 200, body: { revoked: true, id: Number(id) } };
+    }),
+  };
+}
+
+function fail(status: number, code: string, message: string): RouteOutput {
+  const { body } = httpError(status, code, message);
+  return { status, body };
+}
+
+function bodyObject(body: unknown): Record<string, unknown> {
+  if (body === undefined || body === null) return {};
+  if (typeof body !== 'object' || Array.isArray(body)) {
+    throw new AgentKeyError('invalid_argument', 'The request body must be a JSON object.');
+  }
+  return body as Record<string, unknown>;
+}
+
+/** Body fields in the page's snake_case (camelCase accepted too), checked by `create()`. */
+function keyFields(b: Record<string, unknown>): Omit<CreateKeyOptions, 'accountId'> {
+  const pick = (snake: string, camel: string) => (b[snake] !== undefined ? b[snake] : b[camel]);
+  return {
+    name: pick('name', 'name') as string | undefined,
+    budgetCents: pick('budget_cents', 'budgetCents') as number | undefined,
+    budgetPeriod: pick('budget_period', 'budgetPeriod') as CreateKeyOptions['budgetPeriod'],
+    expiresIn: pick('expires_in', 'expiresIn') as string | undefined,
+    delegatedBy: pick('delegated_by', 'delegatedBy') as string | undefined,
+  };
+}

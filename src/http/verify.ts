@@ -1,0 +1,91 @@
+import type { AgentKey, ValidKey } from '../agentkey.js';
+import { AgentKeyError } from '../errors.js';
+import { type HttpError, errorToHttp, httpError } from './errors.js';
+
+export type VerifyOutcome = { ok: true; key: ValidKey } | { ok: false; error: HttpError };
+
+export interface VerifyOptions {
+  /** A scope the key must hold (403 otherwise). */
+  scope?: string;
+  /** How long to wait for the key store before failing closed with 500. Default 10 s. */
+  timeoutMs?: number;
+}
+
+/** Checks middleware options once, when the middleware is built. */
+export function checkVerifyOptions(options: unknown): Required<Pick<VerifyOptions, 'timeoutMs'>> & VerifyOptions {
+  const o = (options ?? {}) as VerifyOptions;
+  if (typeof o !== 'object' || Array.isArray(o)) throw new AgentKeyError('invalid_argument', 'Middleware options must be an object.');
+  if (o.scope !== undefined && (typeof o.scope !== 'string' || o.scope.length === 0)) {
+    throw new AgentKeyError('invalid_argument', 'The scope option must be a non-empty string.');
+  }
+  const timeoutMs = o.timeoutMs ?? 10_000;
+  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
+    throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
+  }
+  return { ...o, timeoutMs };
+}
+
+/**
+ * Reads the key from `Authorization: Bearer <key>` or `X-API-Key: <key>`.
+ * Header values may be arrays (Node) or a getter (fetch Headers).
+ */
+export function keyFromHeaders(get: (name: string) => string | string[] | undefined | null): string | null {
+  const auth = first(get('authorization'));
+  if (auth) {
+    const match = /^Bearer\s+(\S+)\s*$/i.exec(auth);
+    return match ? (match[1] as string) : null;
+  }
+  return first(get('x-api-key'))?.trim() || null;
+}
+
+function first(value: string | string[] | undefined | null): string | undefined {
+  return Array.isArray(value) ? value[0] : (value ?? undefined);
+}
+
+const INVALID: Record<string, [string, string]> = {
+  invalid: ['invalid_key', 'The API key is not valid.'],
+  expired: ['key_expired', 'The API key has expired.'],
+  revoked: ['key_revoked', 'The API key has been revoked.'],
+};
+
+/**
+ * The framework-neutral check behind every adapter: 401 for a missing, invalid,
+ * expired or revoked key, 403 for a missing scope, 429 for a spent budget, 500
+ * when the store fails (fail closed).
+ */
+export async function verifyKey(ak: AgentKey, rawKey: string | null, options: ReturnType<typeof checkVerifyOptions>): Promise<VerifyOutcome> {
+  if (!rawKey) {
+    return { ok: false, error: httpError(401, 'missing_key', 'Send an API key as "Authorization: Bearer <key>".') };
+  }
+  let result;
+  try {
+    result = await withTimeout(ak.validate(rawKey), options.timeoutMs);
+  } catch (err) {
+    return { ok: false, error: err === TIMEOUT ? httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') : errorToHttp(err) };
+  }
+  if (!result.valid) {
+    const [code, message] = INVALID[result.reason] ?? (INVALID.invalid as [string, string]);
+    return { ok: false, error: httpError(401, code, message) };
+  }
+  if (options.scope !== undefined && !ak.hasScope(result, options.scope)) {
+    return {
+      ok: false,
+      error: httpError(403, 'insufficient_scope', `This key lacks the scope "${options.scope}".`, { requiredScope: options.scope }),
+    };
+  }
+  if (result.budgetRemainingCents !== null && result.budgetRemainingCents <= 0) {
+    return { ok: false, error: httpError(429, 'budget_exceeded', "This key's budget is spent.") };
+  }
+  return { ok: true, key: result };
+}
+
+const TIMEOUT = Symbol('timeout');
+
+function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(TIMEOUT), ms);
+    timer.unref?.();
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}

@@ -1,0 +1,46 @@
+import { AgentKeyError } from '../errors.js';
+import { describe } from '../money.js';
+
+const PART = /^[A-Za-z_][A-Za-z0-9_]{0,62}$/;
+
+/** A checked, quoted table name and the names of everything agentkey keeps beside it. */
+export interface TableNames {
+  /** The table as given, e.g. 'billing.sdk_api_keys'. */
+  name: string;
+  /** Quoted for SQL, e.g. "billing"."sdk_api_keys". */
+  table: string;
+  /** Quoted schema prefix with its dot, or '' for the search path. */
+  schema: string;
+  /** Base for index names: the table part cut to fit PostgreSQL's 63-byte limit. */
+  indexBase: string;
+  /** The period function and the migrations table, in the same schema as the keys table. */
+  nextReset: string;
+  migrations: string;
+}
+
+/**
+ * Checks `tableName` as an SQL identifier, optionally schema-qualified, before any
+ * SQL is built from it. Throws `invalid_table_name` otherwise.
+ *
+ * @example tableNames('sdk_api_keys').table // '"sdk_api_keys"'
+ */
+export function tableNames(name: unknown): TableNames {
+  const parts = typeof name === 'string' ? name.split('.') : [];
+  if (parts.length < 1 || parts.length > 2 || !parts.every((p) => PART.test(p))) {
+    throw new AgentKeyError(
+      'invalid_table_name',
+      `tableName must be an SQL identifier (letters, digits, underscores; optionally schema.table); got ${describe(name)}.`,
+    );
+  }
+  const quoted = parts.map((p) => `"${p}"`);
+  const schema = quoted.length === 2 ? `${quoted[0]}.` : '';
+  const tablePart = parts[parts.length - 1] as string;
+  return {
+    name: name as string,
+    table: quoted.join('.'),
+    schema,
+    indexBase: tablePart.slice(0, 40),
+    nextReset: `${schema}agentkey_next_reset`,
+    migrations: `${schema}agentkey_migrations`,
+  };
+}

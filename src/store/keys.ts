@@ -1,0 +1,152 @@
+import type { Db } from './db.js';
+import type { TableNames } from './identifiers.js';
+
+export type KeyStatus = 'active' | 'expired' | 'revoked';
+
+/** A key as the store reads it: spend and reset already rolled over if the period ended. */
+export interface KeyRow {
+  id: number;
+  account_id: string | number;
+  name: string | null;
+  key_prefix: string | null;
+  scopes: string[] | null;
+  budget_micros: number | null;
+  spent_micros: number;
+  budget_period: string | null;
+  budget_reset_at: Date | null;
+  expires_at: Date | null;
+  revoked_at: Date | null;
+  delegated_by: string | null;
+  user_id: string | null;
+  external_subject: string | null;
+  created_at: Date | null;
+  last_used_at: Date | null;
+  status: KeyStatus;
+}
+
+export interface NewKey {
+  accountId: string;
+  hash: string;
+  visiblePrefix: string;
+  name: string | null;
+  scopes: string[] | null;
+  budgetMicros: number | null;
+  budgetPeriod: string | null;
+  expiresAt: Date | null;
+  delegatedBy: string | null;
+  userId: string | null;
+  subject: string | null;
+}
+
+/** Which row a call is about: by key hash or by external subject. */
+export type KeyRef = { hash: string } | { subject: string };
+
+export type ChargeOutcome =
+  | { ok: true; row: { id: number; budget_micros: number | null; spent_micros: number } }
+  | { ok: false; row: KeyRow | null };
+
+/** All SQL about keys. Method names follow the use cases of the facade. */
+export class KeyStore {
+  private readonly due: string;
+  private readonly spentNow: string;
+  private readonly columns: string;
+
+  constructor(private readonly db: Db, private readonly t: TableNames) {
+    this.due = `(budget_period IS NOT NULL AND budget_reset_at IS NOT NULL AND budget_reset_at <= now())`;
+    this.spentNow = `(CASE WHEN ${this.due} THEN 0 ELSE spent_micros END)`;
+    this.columns = `id, account_id, name, key_prefix, scopes, budget_micros,
+      ${this.spentNow} AS spent_micros, budget_period,
+      CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END AS budget_reset_at,
+      expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
+      CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+           WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired'
+           ELSE 'active' END AS status`;
+  }
+
+  private nextReset(at: string): string {
+    return `${this.t.nextReset}(budget_period, COALESCE(budget_anchor_at, created_at), ${at})`;
+  }
+
+  private where(ref: KeyRef): [string, string] {
+    return 'hash' in ref ? ['key_hash = $1', ref.hash] : ['external_subject = $1', ref.subject];
+  }
+
+  async insert(k: NewKey): Promise<{ id: number; expires_at: Date | null }> {
+    const rows = await this.db.query<{ id: number; expires_at: Date | null }>(
+      `INSERT INTO ${this.t.table} (account_id, key_hash, key_prefix, name, scopes,
+         budget_micros, budget_cents, spent_micros, budget_used_cents,
+         budget_period, budget_anchor_at, budget_reset_at, expires_at, delegated_by, user_id, external_subject)
+       VALUES ($1, $2, $3, $4, $5::text[], $6::bigint, $6::bigint / 10000.0, 0, 0,
+         $7::text, CASE WHEN $7::text IS NULL THEN NULL ELSE now() END,
+         CASE WHEN $7::text IS NULL THEN NULL ELSE ${this.t.nextReset}($7::text, now(), now()) END,
+         $8::timestamptz, $9, $10, $11)
+       ${k.subject === null ? '' : 'ON CONFLICT DO NOTHING'}
+       RETURNING id, expires_at`,
+      [
+        k.accountId,
+        k.hash,
+        k.visiblePrefix,
+        k.name,
+        k.scopes,
+        k.budgetMicros,
+        k.budgetPeriod,
+        k.expiresAt,
+        k.delegatedBy,
+        k.userId,
+        k.subject,
+      ],
+    );
+    return rows[0] as { id: number; expires_at: Date | null };
+  }
+
+  /** Reads a key and, when it is active, stamps `last_used_at`, in one round trip. */
+  async findAndTouch(ref: KeyRef): Promise<KeyRow | null> {
+    const [cond, value] = this.where(ref);
+    const rows = await this.db.query<KeyRow>(
+      `WITH k AS (SELECT ${this.columns} FROM ${this.t.table} WHERE ${cond}),
+       touch AS (UPDATE ${this.t.table} SET last_used_at = now()
+                 WHERE id = (SELECT id FROM k WHERE status = 'active'))
+       SELECT * FROM k`,
+      [value],
+    );
+    return rows[0] ?? null;
+  }
+
+  async find(ref: KeyRef): Promise<KeyRow | null> {
+    const [cond, value] = this.where(ref);
+    const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} WHERE ${cond}`, [value]);
+    return rows[0] ?? null;
+  }
+
+  /**
+   * The one spending primitive: a guarded increment that rolls the period over, checks
+   * the key's state and budget and adds the cost, all in one statement, so concurrent
+   * charges can never pass the budget. On refusal, reads the row to say why.
+   */
+  async charge(ref: KeyRef, micros: number): Promise<ChargeOutcome> {
+    const [cond, value] = this.where(ref);
+    const rows = await this.db.query<{ id: number; budget_micros: number | null; spent_micros: number }>(
+      `UPDATE ${this.t.table} SET
+         spent_micros = ${this.spentNow} + $2::bigint,
+         budget_used_cents = (${this.spentNow} + $2::bigint) / 10000.0,
+         budget_reset_at = CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END,
+         last_used_at = now()
+       WHERE ${cond} AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+         AND (budget_micros IS NULL OR ${this.spentNow} + $2::bigint <= budget_micros)
+       RETURNING id, budget_micros, spent_micros`,
+      [value, micros],
+    );
+    if (rows[0]) return { ok: true, row: rows[0] };
+    return { ok: false, row: await this.find(ref) };
+  }
+
+  async revoke(id: number, accountId: string | null): Promise<boolean> {
+    const rows = await this.db.query(
+      `UPDATE ${this.t.table} SET revoked_at = now()
+       WHERE id = $1 AND revoked_at IS NULL ${accountId === null ? '' : 'AND account_id = $2'}
+       RETURNING id`,
+      accountId === null ? [id] : [id, accountId],
+    );
+    return rows.length > 0;
+  }
+}
