@@ -13,11 +13,11 @@ export const MAX_CENTS = 900_000_000_000;
 /**
  * Converts cents to micro-dollars exactly, from the number's shortest decimal form,
  * so `0.03` is 300 micros (not 300.00000000000006). Anything finer than a micro-dollar
- * is rounded up: a budget is never under-charged.
+ * is rounded up for a cost (never under-charged) and down for a budget (never exceeded).
  *
  * @example centsToMicros(0.03) // 300
  */
-export function centsToMicros(cents: number): number {
+export function centsToMicros(cents: number, rounding: 'up' | 'down' = 'up'): number {
   const [mantissa = '0', exponent = '0'] = String(Math.abs(cents)).split('e');
   const [whole = '0', fraction = ''] = mantissa.split('.');
   const digits = whole + fraction;
@@ -34,7 +34,7 @@ export function centsToMicros(cents: number): number {
     intPart = digits.slice(0, point);
     rest = digits.slice(point);
   }
-  const micros = Number(intPart) + (/[1-9]/.test(rest) ? 1 : 0);
+  const micros = Number(intPart) + (rounding === 'up' && /[1-9]/.test(rest) ? 1 : 0);
   return cents < 0 ? -micros : micros;
 }
 
@@ -57,7 +57,7 @@ export function budgetToMicros(value: unknown, field = 'budgetCents'): number | 
       `${field} must be a number of cents from 0 to ${MAX_CENTS}, or null for no limit; got ${describe(value)}.`,
     );
   }
-  return centsToMicros(value);
+  return centsToMicros(value, 'down');
 }
 
 export function describe(value: unknown): string {

@@ -4,12 +4,12 @@ import type { AgentKey, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { type HttpError, sendJson } from './errors.js';
 import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
-import { type VerifyOptions, checkVerifyOptions, keyFromHeaders, verifyKey } from './verify.js';
+import { type VerifyOptions, checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey } from './verify.js';
 
 export type { AgentKeyRoutesOptions } from './self-serve.js';
 export type { VerifyOptions as AgentKeyMiddlewareOptions } from './verify.js';
 
-type Req = IncomingMessage & { agentKey?: ValidKey; body?: unknown; ip?: string; params?: Record<string, string> };
+type Req = IncomingMessage & { agentKey?: ValidKey; body?: unknown; ip?: string; path?: string };
 type Res = ServerResponse & { locals?: Record<string, unknown> };
 type Next = (err?: unknown) => void;
 
@@ -25,9 +25,13 @@ function send(res: Res, error: HttpError): void {
  * @example app.post('/api/proxy', agentKeyMiddleware(ak, { scope: 'proxy.chat' }), handler)
  */
 export function agentKeyMiddleware(ak: AgentKey, options: VerifyOptions = {}) {
-  const opts = checkVerifyOptions(options);
+  checkAgentKey(ak, 'agentKeyMiddleware');
+  return authMiddleware(ak, checkVerifyOptions(options), true);
+}
+
+function authMiddleware(ak: AgentKey, opts: ReturnType<typeof checkVerifyOptions>, checkBudget: boolean) {
   return async function agentKeyAuth(req: Req, res: Res, next: Next): Promise<void> {
-    const outcome = await verifyKey(ak, keyFromHeaders((name) => req.headers[name]), opts);
+    const outcome = await verifyKey(ak, keyFromHeaders((name) => req.headers[name]), opts, checkBudget);
     if (!outcome.ok) return send(res, outcome.error);
     req.agentKey = outcome.key;
     if (res.locals) res.locals.agentKey = outcome.key;
@@ -42,10 +46,14 @@ export function agentKeyMiddleware(ak: AgentKey, options: VerifyOptions = {}) {
  * @example app.use(createAgentKeyRoutes(ak, { signupScopes: ['proxy.chat'] }))
  */
 export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOptions = {}) {
+  checkAgentKey(ak, 'createAgentKeyRoutes');
   const opts = checkRoutesOptions(options);
   const express = loadExpress();
   const router = express.Router();
-  const auth = agentKeyMiddleware(ak);
+  const verifyOpts = checkVerifyOptions({ timeoutMs: opts.timeoutMs });
+  const auth = authMiddleware(ak, verifyOpts, true);
+  // Reading its own metadata or revoking keys spends nothing, so a spent key may still do it.
+  const authAnyBudget = authMiddleware(ak, verifyOpts, false);
   const parse = express.json({ limit: '16kb' });
   // JSON is parsed per route, and parse errors answered per route, so the router never
   // touches the requests (or the errors) of the rest of the app.
@@ -66,14 +74,16 @@ export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOption
         body: req.body,
         key: req.agentKey,
         ip: req.ip ?? req.socket.remoteAddress ?? 'unknown',
-        id: req.params?.id,
+        // The raw last path segment: ids are digits, and a malformed %-escape must be our
+        // JSON 400, not a decoding error thrown to the app by the router (as ':id' would).
+        id: req.path?.replace(/\/$/, '').split('/').pop(),
       });
       sendJson(res, out.status, out.body);
     };
   router.post('/signup', json, run(handlers.signup));
-  router.get('/sdk-keys/me', auth, run(handlers.me));
+  router.get('/sdk-keys/me', authAnyBudget, run(handlers.me));
   router.post('/sdk-keys', auth, json, run(handlers.createChild));
-  router.delete('/sdk-keys/:id', auth, run(handlers.revoke));
+  router.delete(/^\/sdk-keys\/[^/]+\/?$/i, authAnyBudget, run(handlers.revoke));
   return router;
 }
 
@@ -81,7 +91,7 @@ interface ExpressLike {
   Router(): {
     get(path: string, ...handlers: unknown[]): void;
     post(path: string, ...handlers: unknown[]): void;
-    delete(path: string, ...handlers: unknown[]): void;
+    delete(path: string | RegExp, ...handlers: unknown[]): void;
   } & ((req: unknown, res: unknown, next: unknown) => void);
   json(options: { limit: string }): (req: unknown, res: unknown, next: (err?: unknown) => void) => void;
 }

@@ -1,11 +1,12 @@
 import { randomUUID } from 'node:crypto';
 import type { AgentKey, CreateKeyOptions, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
-import { describe } from '../money.js';
+import { budgetToMicros, describe } from '../money.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
-import { addDuration, parseDuration } from '../time.js';
+import { type BudgetPeriod, addDuration, parseDuration, parsePeriod } from '../time.js';
 import { errorToHttp, httpError } from './errors.js';
 import { minuteLimiter } from './rate-limit.js';
+import { TIMEOUT, withTimeout } from './verify.js';
 
 export interface AgentKeyRoutesOptions {
   /** The only scopes POST /signup grants. Unset: a scopeless key. */
@@ -14,6 +15,8 @@ export interface AgentKeyRoutesOptions {
   signupRateLimit?: number | false;
   /** Refuse signups without a valid `email` (400). Default false. */
   requireEmailForSignup?: boolean;
+  /** How long a route waits for the key store before failing closed with 500. Default 10 s. */
+  timeoutMs?: number;
 }
 
 export interface RouteInput {
@@ -27,9 +30,12 @@ export interface RouteOutput {
   body: unknown;
 }
 
-export function checkRoutesOptions(options: unknown): Required<Pick<AgentKeyRoutesOptions, 'signupRateLimit' | 'requireEmailForSignup'>> & { signupScopes: string[] } {
+export function checkRoutesOptions(
+  options: unknown,
+): Required<Pick<AgentKeyRoutesOptions, 'signupRateLimit' | 'requireEmailForSignup' | 'timeoutMs'>> & { signupScopes: string[] } {
   const o = (options ?? {}) as AgentKeyRoutesOptions;
-  const allowed = ['signupScopes', 'signupRateLimit', 'requireEmailForSignup'];
+  if (typeof o !== 'object' || Array.isArray(o)) throw new AgentKeyError('invalid_argument', 'createAgentKeyRoutes options must be an object.');
+  const allowed = ['signupScopes', 'signupRateLimit', 'requireEmailForSignup', 'timeoutMs'];
   const unknown = Object.keys(o).find((k) => !allowed.includes(k));
   if (unknown) throw new AgentKeyError('invalid_argument', `createAgentKeyRoutes got unknown option "${unknown}"; allowed: ${allowed.join(', ')}.`);
   const limit = o.signupRateLimit ?? 10;
@@ -39,7 +45,12 @@ export function checkRoutesOptions(options: unknown): Required<Pick<AgentKeyRout
   if (o.requireEmailForSignup !== undefined && typeof o.requireEmailForSignup !== 'boolean') {
     throw new AgentKeyError('invalid_argument', 'requireEmailForSignup must be true or false.');
   }
+  const timeoutMs = o.timeoutMs ?? 10_000;
+  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
+    throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
+  }
   return {
+    timeoutMs,
     signupScopes: parseScopes(o.signupScopes, null, 'signupScopes') ?? [],
     signupRateLimit: limit,
     requireEmailForSignup: o.requireEmailForSignup ?? false,
@@ -56,8 +67,10 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
   const allowSignup = opts.signupRateLimit === false ? () => true : minuteLimiter(opts.signupRateLimit);
   const guarded = (fn: (input: RouteInput) => Promise<RouteOutput>) => async (input: RouteInput): Promise<RouteOutput> => {
     try {
-      return await fn(input);
+      // A store that never answers must not hang the request: fail closed instead.
+      return await withTimeout(fn(input), opts.timeoutMs);
     } catch (err) {
+      if (err === TIMEOUT) return fail(500, 'storage_timeout', 'The key store did not answer in time; try again later.');
       const { status, body } = errorToHttp(err);
       return { status, body };
     }
@@ -91,14 +104,24 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
       if (!isAttenuation(parent.scopes, scopes)) {
         return fail(403, 'scope_not_allowed', 'A key can only grant scopes it holds itself.');
       }
+      // Check the types first, so that e.g. "500" is a 400, never compared as a string.
+      budgetToMicros(fields.budgetCents, 'budget_cents');
       let budgetCents = fields.budgetCents ?? null;
+      let budgetPeriod = parsePeriod(fields.budgetPeriod, 'budget_period');
       if (parent.budgetCents !== null) {
-        if (budgetCents === null) budgetCents = parent.budgetCents;
-        else if (budgetCents > parent.budgetCents) {
+        if (budgetCents === null) {
+          budgetCents = parent.budgetCents;
+          if (fields.budgetPeriod === undefined) budgetPeriod = parent.budgetPeriod;
+        } else if (budgetCents > parent.budgetCents) {
           return fail(403, 'budget_exceeds_parent', `budget_cents may not exceed the calling key's budget of ${parent.budgetCents} cents.`);
         }
+        // A budget that resets more often than the caller's would let the child outspend it.
+        if (PERIOD_LENGTH[budgetPeriod ?? 'none'] < PERIOD_LENGTH[parent.budgetPeriod ?? 'none']) {
+          return fail(403, 'budget_exceeds_parent', "budget_period may not reset more often than the calling key's budget.");
+        }
       }
-      let expiresAt: Date | null = fields.expiresIn ? addDuration(new Date(), parseDuration(fields.expiresIn, 'expires_in')) : null;
+      let expiresAt: Date | null =
+        fields.expiresIn != null ? addDuration(new Date(), parseDuration(fields.expiresIn, 'expires_in')) : null;
       if (parent.expiresAt !== null) {
         const limit = new Date(parent.expiresAt);
         if (expiresAt === null) expiresAt = limit;
@@ -112,6 +135,7 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         expiresIn: null,
         expiresAt,
         budgetCents,
+        budgetPeriod,
         scopes,
         delegatedBy,
         accountId: parent.accountId,
@@ -127,6 +151,9 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
     }),
   };
 }
+
+/** How long a budget lasts before it resets: 'none' never resets. */
+const PERIOD_LENGTH: Record<BudgetPeriod | 'none', number> = { day: 1, month: 2, none: 3 };
 
 function fail(status: number, code: string, message: string): RouteOutput {
   const { body } = httpError(status, code, message);

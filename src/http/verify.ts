@@ -15,6 +15,9 @@ export interface VerifyOptions {
 export function checkVerifyOptions(options: unknown): Required<Pick<VerifyOptions, 'timeoutMs'>> & VerifyOptions {
   const o = (options ?? {}) as VerifyOptions;
   if (typeof o !== 'object' || Array.isArray(o)) throw new AgentKeyError('invalid_argument', 'Middleware options must be an object.');
+  // A misspelt option (say `scopes`) must not silently turn the scope check off.
+  const unknown = Object.keys(o).find((k) => k !== 'scope' && k !== 'timeoutMs');
+  if (unknown) throw new AgentKeyError('invalid_argument', `Middleware got unknown option "${unknown}"; allowed: scope, timeoutMs.`);
   if (o.scope !== undefined && (typeof o.scope !== 'string' || o.scope.length === 0)) {
     throw new AgentKeyError('invalid_argument', 'The scope option must be a non-empty string.');
   }
@@ -23,6 +26,14 @@ export function checkVerifyOptions(options: unknown): Required<Pick<VerifyOption
     throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
   }
   return { ...o, timeoutMs };
+}
+
+/** Throws at construction unless `ak` looks like an AgentKey (duck-typed: the ESM and CJS builds each have their own class). */
+export function checkAgentKey(ak: unknown, what: string): void {
+  const a = ak as Partial<AgentKey> | null | undefined;
+  if (!a || typeof a.validate !== 'function' || typeof a.hasScope !== 'function' || typeof a.create !== 'function' || typeof a.revoke !== 'function') {
+    throw new AgentKeyError('invalid_argument', `${what} needs an AgentKey instance as its first argument.`);
+  }
 }
 
 /**
@@ -53,7 +64,12 @@ const INVALID: Record<string, [string, string]> = {
  * expired or revoked key, 403 for a missing scope, 429 for a spent budget, 500
  * when the store fails (fail closed).
  */
-export async function verifyKey(ak: AgentKey, rawKey: string | null, options: ReturnType<typeof checkVerifyOptions>): Promise<VerifyOutcome> {
+export async function verifyKey(
+  ak: AgentKey,
+  rawKey: string | null,
+  options: ReturnType<typeof checkVerifyOptions>,
+  checkBudget = true,
+): Promise<VerifyOutcome> {
   if (!rawKey) {
     return { ok: false, error: httpError(401, 'missing_key', 'Send an API key as "Authorization: Bearer <key>".') };
   }
@@ -73,15 +89,17 @@ export async function verifyKey(ak: AgentKey, rawKey: string | null, options: Re
       error: httpError(403, 'insufficient_scope', `This key lacks the scope "${options.scope}".`, { requiredScope: options.scope }),
     };
   }
-  if (result.budgetRemainingCents !== null && result.budgetRemainingCents <= 0) {
+  // A $0 key is the page's "free endpoints only" key: it passes, and any charge is refused.
+  if (checkBudget && result.budgetCents !== null && result.budgetCents > 0 && result.budgetRemainingCents === 0) {
     return { ok: false, error: httpError(429, 'budget_exceeded', "This key's budget is spent.") };
   }
   return { ok: true, key: result };
 }
 
-const TIMEOUT = Symbol('timeout');
+export const TIMEOUT = Symbol('timeout');
 
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
+/** Rejects with `TIMEOUT` when `promise` has not settled after `ms`. */
+export function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(TIMEOUT), ms);

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { AgentKeyError } from '../errors.js';
 import { describe } from '../money.js';
 
@@ -11,7 +12,10 @@ export interface TableNames {
   table: string;
   /** Quoted schema prefix with its dot, or '' for the search path. */
   schema: string;
-  /** Base for index names: the table part cut to fit PostgreSQL's 63-byte limit. */
+  /**
+   * Base for index names (to be quoted): the table part, or for a long one its start and a
+   * hash of the whole, so it fits PostgreSQL's 63-byte limit and no two tables share one.
+   */
   indexBase: string;
   /** The period function and the migrations table, in the same schema as the keys table. */
   nextReset: string;
@@ -39,7 +43,7 @@ export function tableNames(name: unknown): TableNames {
     name: name as string,
     table: quoted.join('.'),
     schema,
-    indexBase: tablePart.slice(0, 40),
+    indexBase: tablePart.length <= 40 ? tablePart : `${tablePart.slice(0, 31)}_${createHash('sha256').update(tablePart).digest('hex').slice(0, 8)}`,
     nextReset: `${schema}agentkey_next_reset`,
     migrations: `${schema}agentkey_migrations`,
   };

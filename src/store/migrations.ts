@@ -1,3 +1,4 @@
+import { AgentKeyError } from '../errors.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 
@@ -59,8 +60,17 @@ const MIGRATIONS: Migration[] = [
         created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
         last_used_at TIMESTAMPTZ,
         revoked_at TIMESTAMPTZ)`);
-      // The seed page's own migration, so tables it already migrated are left as they are.
+      // A table that already has the micro-dollar counters is agentkey's (e.g. migrated under
+      // another spelling of its name): its data is current and must not be converted again.
+      const ours = await hasColumn(tx, t, 'spent_micros');
+      // The page's base columns (for tables that lack some) and its own migration, so tables it
+      // already migrated are left as they are.
       await tx.query(`ALTER TABLE ${t.table}
+        ADD COLUMN IF NOT EXISTS key_prefix TEXT,
+        ADD COLUMN IF NOT EXISTS name TEXT,
+        ADD COLUMN IF NOT EXISTS created_at TIMESTAMPTZ DEFAULT now(),
+        ADD COLUMN IF NOT EXISTS last_used_at TIMESTAMPTZ,
+        ADD COLUMN IF NOT EXISTS revoked_at TIMESTAMPTZ,
         ADD COLUMN IF NOT EXISTS user_id TEXT,
         ADD COLUMN IF NOT EXISTS scopes TEXT[],
         ADD COLUMN IF NOT EXISTS budget_cents INTEGER,
@@ -73,16 +83,19 @@ const MIGRATIONS: Migration[] = [
         ADD COLUMN IF NOT EXISTS budget_micros BIGINT,
         ADD COLUMN IF NOT EXISTS spent_micros BIGINT NOT NULL DEFAULT 0,
         ADD COLUMN IF NOT EXISTS budget_anchor_at TIMESTAMPTZ`);
-      // The cents columns keep their meaning; widened so they hold $9B and sub-cent spend exactly.
-      await tx.query(`ALTER TABLE ${t.table}
-        ALTER COLUMN budget_cents TYPE NUMERIC(20,4),
-        ALTER COLUMN budget_used_cents TYPE NUMERIC(20,4)`);
-      await tx.query(`UPDATE ${t.table} SET
-        budget_micros = round(budget_cents * 10000)::bigint,
-        spent_micros = round(COALESCE(budget_used_cents, 0) * 10000)::bigint,
-        budget_used_cents = COALESCE(budget_used_cents, 0),
-        budget_anchor_at = CASE WHEN budget_period IS NULL THEN NULL
-                                ELSE COALESCE(budget_reset_at, created_at, now()) END`);
+      if (!ours) {
+        // The cents columns keep their meaning; widened so they hold $9B and sub-cent spend exactly.
+        await refuseDependentViews(tx, t);
+        await tx.query(`ALTER TABLE ${t.table}
+          ALTER COLUMN budget_cents TYPE NUMERIC(20,4),
+          ALTER COLUMN budget_used_cents TYPE NUMERIC(20,4)`);
+        await tx.query(`UPDATE ${t.table} SET
+          budget_micros = round(budget_cents * 10000)::bigint,
+          spent_micros = round(COALESCE(budget_used_cents, 0) * 10000)::bigint,
+          budget_used_cents = COALESCE(budget_used_cents, 0),
+          budget_anchor_at = CASE WHEN budget_period IS NULL THEN NULL
+                                  ELSE COALESCE(budget_reset_at, created_at, now()) END`);
+      }
       await tx.query(`CREATE OR REPLACE FUNCTION ${t.nextReset}(period TEXT, anchor TIMESTAMPTZ, at TIMESTAMPTZ)
         RETURNS TIMESTAMPTZ LANGUAGE sql IMMUTABLE AS $fn$
           SELECT CASE period
@@ -99,13 +112,44 @@ const MIGRATIONS: Migration[] = [
         $fn$`);
       // A period key without a future reset time would reset (and forget its spend) on its next
       // charge; moving the reset forward keeps the spend and never lets extra money through.
-      await tx.query(`UPDATE ${t.table}
-        SET budget_reset_at = ${t.nextReset}(budget_period, budget_anchor_at, now())
-        WHERE budget_period IS NOT NULL AND (budget_reset_at IS NULL OR budget_reset_at <= now())`);
-      await tx.query(`CREATE UNIQUE INDEX IF NOT EXISTS ${t.indexBase}_key_hash_uidx ON ${t.table} (key_hash)`);
-      await tx.query(`CREATE UNIQUE INDEX IF NOT EXISTS ${t.indexBase}_subject_uidx
+      if (!ours) {
+        await tx.query(`UPDATE ${t.table}
+          SET budget_reset_at = ${t.nextReset}(budget_period, budget_anchor_at, now())
+          WHERE budget_period IS NOT NULL AND (budget_reset_at IS NULL OR budget_reset_at <= now())`);
+      }
+      await tx.query(`CREATE UNIQUE INDEX IF NOT EXISTS "${t.indexBase}_key_hash_uidx" ON ${t.table} (key_hash)`);
+      await tx.query(`CREATE UNIQUE INDEX IF NOT EXISTS "${t.indexBase}_subject_uidx"
         ON ${t.table} (external_subject) WHERE external_subject IS NOT NULL`);
-      await tx.query(`CREATE INDEX IF NOT EXISTS ${t.indexBase}_account_idx ON ${t.table} (account_id)`);
+      await tx.query(`CREATE INDEX IF NOT EXISTS "${t.indexBase}_account_idx" ON ${t.table} (account_id)`);
     },
   },
 ];
+
+/**
+ * PostgreSQL cannot widen a column that a view or rule reads: name them and say what to
+ * do, rather than fail with the server's bare "column used by a view or rule".
+ */
+async function refuseDependentViews(tx: Db, t: TableNames): Promise<void> {
+  const rows = await tx.query<{ view: string }>(
+    `SELECT DISTINCT r.ev_class::regclass::text AS view
+     FROM pg_attribute a
+     JOIN pg_depend d ON d.refobjid = a.attrelid AND d.refobjsubid = a.attnum AND d.classid = 'pg_rewrite'::regclass
+     JOIN pg_rewrite r ON r.oid = d.objid
+     WHERE a.attrelid = $1::regclass AND a.attname IN ('budget_cents', 'budget_used_cents')
+     ORDER BY 1`,
+    [t.table],
+  );
+  if (rows.length === 0) return;
+  throw new AgentKeyError(
+    'storage_error',
+    `migrate() must widen budget_cents and budget_used_cents of ${t.name} to NUMERIC(20,4), but views or rules of ${rows.map((r) => r.view).join(', ')} read them; drop those, run migrate() and create them again.`,
+  );
+}
+
+async function hasColumn(tx: Db, t: TableNames, column: string): Promise<boolean> {
+  const rows = await tx.query(
+    `SELECT 1 FROM pg_attribute WHERE attrelid = $1::regclass AND attname = $2 AND attnum > 0 AND NOT attisdropped`,
+    [t.table, column],
+  );
+  return rows.length > 0;
+}

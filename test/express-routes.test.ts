@@ -1,0 +1,794 @@
+import express, { type Express, type NextFunction, type Request, type Response } from 'express';
+import fc from 'fast-check';
+import request from 'supertest';
+import { describe, expect, it } from 'vitest';
+import { AgentKey, AgentKeyError, type AgentKeyRoutesOptions, createAgentKeyRoutes } from '../src/index.js';
+import { forEachDatabase } from './helpers/databases.js';
+
+/**
+ * createAgentKeyRoutes(ak, opts) mounted with app.use(...) on real Express 5 apps, on
+ * PostgreSQL and PGlite: POST /signup, GET /sdk-keys/me, POST /sdk-keys,
+ * DELETE /sdk-keys/:id and the page's security model.
+ */
+
+/** Every agentkey HTTP error: JSON `{ error: { code, message } }`, one sentence, no stack. */
+function expectJsonError(res: request.Response, status: number, code?: string): void {
+  expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code: code ?? res.body?.error?.code });
+  expectErrorShape(res);
+  expectOneSentence(res.body.error.message);
+}
+
+/** JSON `{ error: { code, message } }` without a stack trace (messages may quote fuzz input). */
+function expectErrorShape(res: request.Response): void {
+  expect(res.headers['content-type']).toMatch(/^application\/json/);
+  expect(res.body).toEqual({ error: expect.objectContaining({ code: expect.any(String), message: expect.any(String) }) });
+  expect(res.body.error.code).toMatch(/^[a-z_]+$/);
+  expect(res.text).not.toMatch(/\n\s+at |node_modules|\.ts:\d+|\.js:\d+/);
+}
+
+function expectOneSentence(message: string): void {
+  expect(message.length).toBeGreaterThan(0);
+  expect(message).not.toMatch(/\n/);
+  expect(message).toMatch(/[.!?]$/);
+  expect(message).not.toMatch(/[.!?]\s+[A-Z]/);
+}
+
+/** A pool whose every call rejects, with details that must never reach a client. */
+function rejectingPool() {
+  const fail = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED 10.9.8.7:5432 (password=hunter2)'), { code: 'ECONNREFUSED' }));
+  return { query: fail, connect: fail };
+}
+
+/** A pool that never answers. */
+function hangingPool() {
+  const never = () => new Promise<never>(() => {});
+  return { query: never, connect: never };
+}
+
+/** An app with the self-serve routes mounted, as the page shows. */
+function routesApp(ak: AgentKey, options?: AgentKeyRoutesOptions): Express {
+  const app = express();
+  app.use(createAgentKeyRoutes(ak, options));
+  return app;
+}
+
+const auth = (key: string) => ({ Authorization: `Bearer ${key}` });
+const isoIn = (ms: number) => new Date(Date.now() + ms).toISOString();
+
+async function countRows(getDb: () => { query: (text: string) => Promise<Record<string, unknown>[]> }, ak: AgentKey): Promise<number> {
+  const [row] = await getDb().query(`SELECT count(*)::int AS n FROM ${ak.tableName}`);
+  return Number(row?.n);
+}
+
+describe('createAgentKeyRoutes: options are checked when the router is built', () => {
+  const ak = new AgentKey({ pool: hangingPool() as never });
+
+  it('error: bad options throw an AgentKeyError at construction', () => {
+    const bad: unknown[] = [
+      { signupScopes: 'proxy.chat' },
+      { signupScopes: [5] },
+      { signupScopes: ['has space'] },
+      { signupRateLimit: 0 },
+      { signupRateLimit: -3 },
+      { signupRateLimit: 2.5 },
+      { signupRateLimit: '10' },
+      { signupRateLimit: true },
+      { requireEmailForSignup: 'yes' },
+      { signupScope: ['proxy.chat'] },
+    ];
+    for (const options of bad) {
+      expect(() => createAgentKeyRoutes(ak, options as never), JSON.stringify(options)).toThrow(AgentKeyError);
+    }
+  });
+
+  it('happy: good options build a router', () => {
+    expect(typeof createAgentKeyRoutes(ak)).toBe('function');
+    expect(typeof createAgentKeyRoutes(ak, { signupScopes: ['proxy.chat'], signupRateLimit: false, requireEmailForSignup: true })).toBe('function');
+    expect(typeof createAgentKeyRoutes(ak, { signupScopes: null as never })).toBe('function');
+  });
+});
+
+forEachDatabase((getDb) => {
+  describe('POST /signup', () => {
+    it('happy: 201 with a key that holds exactly signupScopes, in a new account of its own', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupScopes: ['proxy.chat', 'usage.read'] });
+      const res = await request(app).post('/signup').send({ email: 'agent@example.com' });
+      expect(res.status).toBe(201);
+      expect(res.headers['content-type']).toMatch(/^application\/json/);
+      expect(res.body).toMatchObject({ key: expect.stringMatching(/^ak_/), id: expect.any(Number), accountId: expect.any(String), scopes: ['proxy.chat', 'usage.read'] });
+      const v = await ak.validate(res.body.key);
+      expect(v).toMatchObject({ valid: true, keyId: res.body.id, accountId: res.body.accountId, scopes: ['proxy.chat', 'usage.read'] });
+      const [row] = await getDb().query(`SELECT user_id FROM ${ak.tableName} WHERE id = $1`, [res.body.id]);
+      expect(row?.user_id).toBe('agent@example.com');
+    });
+
+    it('security: scopes, admin, null scopes or an account id asked for in the body are ignored', async () => {
+      const ak = await getDb().agentKey();
+      const victim = await ak.create({ accountId: 'acct_victim', scopes: ['admin'] });
+      const app = routesApp(ak, { signupScopes: ['proxy.chat'], signupRateLimit: false });
+      const asks = [
+        { scopes: ['admin'] },
+        { scopes: null },
+        { scopes: ['proxy.chat', 'billing.write'] },
+        { scopes: ['admin'], accountId: 'acct_victim', account_id: 'acct_victim', user_id: 'x', keyId: victim.id },
+      ];
+      for (const body of asks) {
+        const res = await request(app).post('/signup').send({ email: 'a@example.com', ...body });
+        expect(res.status, JSON.stringify(body)).toBe(201);
+        expect(res.body.scopes).toEqual(['proxy.chat']);
+        expect(res.body.accountId).not.toBe('acct_victim');
+        const v = await ak.validate(res.body.key);
+        expect(v).toMatchObject({ valid: true, scopes: ['proxy.chat'] });
+        expect(ak.hasScope(v, 'admin')).toBe(false);
+        expect(ak.hasScope(v, 'billing.write')).toBe(false);
+        expect(v.valid && v.accountId).not.toBe('acct_victim');
+      }
+    });
+
+    it('security: with signupScopes unset the key is scopeless ([]), never unlimited', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak);
+      const res = await request(app).post('/signup').send({ scopes: ['admin'] });
+      expect(res.status).toBe(201);
+      expect(res.body.scopes).toEqual([]);
+      const v = await ak.validate(res.body.key);
+      expect(v).toMatchObject({ valid: true, scopes: [] });
+      expect(ak.hasScope(v, 'admin')).toBe(false);
+      expect(ak.hasScope(v, 'anything')).toBe(false);
+      // and it can mint nothing wider than itself
+      const child = await request(app).post('/sdk-keys').set(auth(res.body.key)).send({ scopes: ['anything'] });
+      expectJsonError(child, 403, 'scope_not_allowed');
+    });
+
+    it('happy: each signup gets its own new account, even with the same email', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupScopes: ['proxy.chat'] });
+      const a = await request(app).post('/signup').send({ email: 'same@example.com' });
+      const b = await request(app).post('/signup').send({ email: 'same@example.com' });
+      const c = await request(app).post('/signup');
+      expect([a.status, b.status, c.status]).toEqual([201, 201, 201]);
+      const accounts = new Set([a.body.accountId, b.body.accountId, c.body.accountId]);
+      expect(accounts.size).toBe(3);
+      // one account cannot touch another's keys
+      expectJsonError(await request(app).delete(`/sdk-keys/${b.body.id}`).set(auth(a.body.key)), 404, 'not_found');
+    });
+
+    it('happy: budget_cents, budget_period and expires_in from the body are applied', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupScopes: ['proxy.chat'] });
+      const before = Date.now();
+      const res = await request(app).post('/signup').send({ email: 'a@example.com', budget_cents: 500, budget_period: 'day', expires_in: '1h', name: 'my-agent' });
+      expect(res.status).toBe(201);
+      const v = await ak.validate(res.body.key);
+      expect(v).toMatchObject({ valid: true, budgetCents: 500, budgetRemainingCents: 500, budgetPeriod: 'day', name: 'my-agent' });
+      const expires = Date.parse((v as { expiresAt: string }).expiresAt);
+      expect(expires).toBeGreaterThanOrEqual(before + 3_600_000);
+      expect(expires).toBeLessThanOrEqual(Date.now() + 3_600_000);
+      expect(res.body.expiresAt).toBe((v as { expiresAt: string }).expiresAt);
+    });
+
+    it('error: bad budget_cents, expires_in or budget_period -> 400 with a code, and no key', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupRateLimit: false });
+      const cases: [Record<string, unknown>, string][] = [
+        [{ budget_cents: -1 }, 'invalid_budget'],
+        [{ budget_cents: '100' }, 'invalid_budget'],
+        [{ budget_cents: 1e20 }, 'invalid_budget'],
+        [{ budget_cents: true }, 'invalid_budget'],
+        [{ budget_cents: {} }, 'invalid_budget'],
+        [{ expires_in: '7 days' }, 'invalid_duration'],
+        [{ expires_in: '0d' }, 'invalid_duration'],
+        [{ expires_in: '' }, 'invalid_duration'],
+        [{ expires_in: 3600 }, 'invalid_duration'],
+        [{ expires_in: '1y' }, 'invalid_duration'],
+        [{ budget_period: 'week' }, 'invalid_period'],
+        [{ budget_period: 1 }, 'invalid_period'],
+      ];
+      for (const [body, code] of cases) {
+        const res = await request(app).post('/signup').send(body);
+        expectJsonError(res, 400, code);
+      }
+      expect(await countRows(getDb, ak)).toBe(0);
+    });
+
+    it('error: an invalid email -> 400 invalid_email', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupRateLimit: false });
+      for (const email of ['not-an-email', 'a@b', 'a b@c.de', '@example.com', 'a@@b.co', 42, true, ['a@b.co'], { a: 1 }]) {
+        expectJsonError(await request(app).post('/signup').send({ email }), 400, 'invalid_email');
+      }
+      expect(await countRows(getDb, ak)).toBe(0);
+    });
+
+    it('error: requireEmailForSignup and no email -> 400', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { requireEmailForSignup: true, signupRateLimit: false });
+      expectJsonError(await request(app).post('/signup').send({}), 400, 'email_required');
+      expectJsonError(await request(app).post('/signup'), 400, 'email_required');
+      expectJsonError(await request(app).post('/signup').send({ email: null }), 400, 'email_required');
+      expectJsonError(await request(app).post('/signup').send({ email: '' }), 400);
+      expect(await countRows(getDb, ak)).toBe(0);
+      expect((await request(app).post('/signup').send({ email: 'ok@example.com' })).status).toBe(201);
+    });
+
+    it('security: signupRateLimit 3 -> the 4th signup from one address within a minute is 429 rate_limited and creates no key', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupRateLimit: 3 });
+      for (let i = 0; i < 3; i++) expect((await request(app).post('/signup').send({ email: `a${i}@example.com` })).status).toBe(201);
+      expect(await countRows(getDb, ak)).toBe(3);
+      expectJsonError(await request(app).post('/signup').send({ email: 'a4@example.com' }), 429, 'rate_limited');
+      expectJsonError(await request(app).post('/signup').send({ email: 'a5@example.com' }), 429, 'rate_limited');
+      expect(await countRows(getDb, ak)).toBe(3);
+    });
+
+    it('happy: the signup limit is per client address (behind a trusted proxy)', async () => {
+      const ak = await getDb().agentKey();
+      const app = express();
+      app.set('trust proxy', true);
+      app.use(createAgentKeyRoutes(ak, { signupRateLimit: 1 }));
+      expect((await request(app).post('/signup').set('X-Forwarded-For', '203.0.113.1')).status).toBe(201);
+      expectJsonError(await request(app).post('/signup').set('X-Forwarded-For', '203.0.113.1'), 429, 'rate_limited');
+      expect((await request(app).post('/signup').set('X-Forwarded-For', '203.0.113.2')).status).toBe(201);
+      expect(await countRows(getDb, ak)).toBe(2);
+    });
+
+    it('security: without trust proxy, X-Forwarded-For does not get around the limit', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupRateLimit: 1 });
+      expect((await request(app).post('/signup').set('X-Forwarded-For', '203.0.113.1')).status).toBe(201);
+      expectJsonError(await request(app).post('/signup').set('X-Forwarded-For', '203.0.113.2'), 429, 'rate_limited');
+      expect(await countRows(getDb, ak)).toBe(1);
+    });
+
+    it('error: malformed JSON -> 400 invalid_json; an array or a scalar body -> 400', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupRateLimit: false });
+      const post = (raw: string) => request(app).post('/signup').set('Content-Type', 'application/json').send(raw);
+      expectJsonError(await post('{"email": '), 400, 'invalid_json');
+      expectJsonError(await post('{bad json}'), 400, 'invalid_json');
+      expectJsonError(await post('[]'), 400);
+      expectJsonError(await post('[{"email":"a@example.com"}]'), 400);
+      expectJsonError(await post('"a string"'), 400);
+      expectJsonError(await post('42'), 400);
+      expectJsonError(await post('null'), 400);
+      expect(await countRows(getDb, ak)).toBe(0);
+    });
+
+    it('error: a body over 16 KB -> 413 JSON, and no key', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak);
+      const huge = JSON.stringify({ email: 'a@example.com', name: 'x'.repeat(20_000) });
+      const res = await request(app).post('/signup').set('Content-Type', 'application/json').send(huge);
+      expectJsonError(res, 413);
+      expect(await countRows(getDb, ak)).toBe(0);
+    });
+
+    it('error: over-long or control-character fields -> 400, never 500', async () => {
+      const ak = await getDb().agentKey();
+      const app = routesApp(ak, { signupRateLimit: false });
+      for (const body of [
+        { name: 'x'.repeat(1000) },
+        { name: '' },
+        { name: 'nul\u0000byte' },
+        { delegated_by: 'nul\u0000byte' },
+        { email: 'nul\u0000@example.com' },
+        { email: `${'a'.repeat(200)}@${'b'.repeat(100)}.com` },
+      ]) {
+        const res = await request(app).post('/signup').send(body);
+        expectJsonError(res, 400);
+      }
+      expect(await countRows(getDb, ak)).toBe(0);
+    });
+  });
+
+  describe('GET /sdk-keys/me', () => {
+    it("happy: 200 with the caller's metadata and no secret", async () => {
+      const ak = await getDb().agentKey();
+      const created = await ak.create({ accountId: 'acct_1', scopes: ['proxy.chat'], budgetCents: 300, budgetPeriod: 'month', expiresIn: '7d', delegatedBy: 'user_9', name: 'me' });
+      await ak.trackUsage(created.key, { costCents: 0.25 });
+      const app = routesApp(ak);
+      const res = await request(app).get('/sdk-keys/me').set(auth(created.key));
+      expect(res.status).toBe(200);
+      expect(res.body).toMatchObject({
+        valid: true,
+        keyId: created.id,
+        accountId: 'acct_1',
+        name: 'me',
+        scopes: ['proxy.chat'],
+        budgetCents: 300,
+        budgetUsedCents: 0.25,
+        budgetRemainingCents: 299.75,
+        budgetPeriod: 'month',
+        expiresAt: created.expiresAt,
+        delegatedBy: 'user_9',
+      });
+      const [row] = await getDb().query<{ key_hash: string }>(`SELECT key_hash FROM ${ak.tableName} WHERE id = $1`, [created.id]);
+      for (const secret of [created.key, created.key.slice(3), row?.key_hash as string]) expect(res.text).not.toContain(secret);
+      for (const field of ['key', 'key_hash', 'keyHash', 'hash']) expect(res.body).not.toHaveProperty(field);
+    });
+
+    it('happy: X-API-Key works too', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1' });
+      const res = await request(routesApp(ak)).get('/sdk-keys/me').set('X-API-Key', key);
+      expect(res.status).toBe(200);
+      expect(res.body.accountId).toBe('acct_1');
+    });
+
+    it('error: 401 without a key, with a garbage key, an expired key or a revoked key', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const app = routesApp(ak);
+      const expired = await ak.create({ accountId: 'acct_1', expiresIn: '1h' });
+      await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 second' WHERE id = $1`, [expired.id]);
+      const revoked = await ak.create({ accountId: 'acct_1' });
+      await ak.revoke(revoked.id);
+      expectJsonError(await request(app).get('/sdk-keys/me'), 401, 'missing_key');
+      expectJsonError(await request(app).get('/sdk-keys/me').set(auth('ak_garbage')), 401, 'invalid_key');
+      expectJsonError(await request(app).get('/sdk-keys/me').set(auth(expired.key)), 401, 'key_expired');
+      expectJsonError(await request(app).get('/sdk-keys/me').set(auth(revoked.key)), 401, 'key_revoked');
+    });
+
+    it('happy: a key whose budget is spent can still read its own metadata', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', budgetCents: 5 });
+      await ak.trackUsage(key, { costCents: 5 });
+      const res = await request(routesApp(ak)).get('/sdk-keys/me').set(auth(key));
+      expect(res.status).toBe(200);
+      expect(res.body).toMatchObject({ budgetCents: 5, budgetUsedCents: 5, budgetRemainingCents: 0 });
+    });
+  });
+
+  describe('POST /sdk-keys', () => {
+    it("happy: a child key in the caller's account, with a subset of its scopes", async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat', 'usage.read'], delegatedBy: 'user_1' });
+      const app = routesApp(ak);
+      const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ scopes: ['usage.read'], name: 'child', accountId: 'acct_other', account_id: 'acct_other' });
+      expect(res.status).toBe(201);
+      expect(res.body).toMatchObject({ key: expect.stringMatching(/^ak_/), id: expect.any(Number), accountId: 'acct_p', scopes: ['usage.read'] });
+      expect(res.body.id).not.toBe(parent.id);
+      const v = await ak.validate(res.body.key);
+      expect(v).toMatchObject({ valid: true, accountId: 'acct_p', scopes: ['usage.read'], name: 'child', delegatedBy: 'user_1' });
+    });
+
+    it("happy: omitted scopes, budget and expiry inherit the caller's", async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat'], budgetCents: 250, expiresIn: '2h' });
+      const app = routesApp(ak);
+      for (const body of [{}, undefined, { budget_cents: null, expires_in: null }]) {
+        const req = request(app).post('/sdk-keys').set(auth(parent.key));
+        const res = body === undefined ? await req : await req.send(body);
+        expect(res.status, JSON.stringify(body)).toBe(201);
+        const v = await ak.validate(res.body.key);
+        expect(v).toMatchObject({ valid: true, accountId: 'acct_p', scopes: ['proxy.chat'], budgetCents: 250, expiresAt: parent.expiresAt });
+        expect(res.body.expiresAt).toBe(parent.expiresAt);
+      }
+    });
+
+    it('happy: a budget and an expiry within the caller\'s are applied', async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat'], budgetCents: 250, expiresIn: '2h' });
+      const app = routesApp(ak);
+      const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ budget_cents: 250, expires_in: '30m' });
+      expect(res.status).toBe(201);
+      const v = await ak.validate(res.body.key);
+      expect(v).toMatchObject({ valid: true, budgetCents: 250 });
+      expect(Date.parse((v as { expiresAt: string }).expiresAt)).toBeLessThan(Date.parse(parent.expiresAt as string));
+      const small = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ budget_cents: 0.5 });
+      expect(small.status).toBe(201);
+      expect(await ak.validate(small.body.key)).toMatchObject({ budgetCents: 0.5 });
+    });
+
+    it('happy: an unlimited caller (no budget, no expiry) gives unlimited children by default and any budget on request', async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p' });
+      const app = routesApp(ak);
+      const open = await request(app).post('/sdk-keys').set(auth(parent.key)).send({});
+      expect(open.status).toBe(201);
+      expect(await ak.validate(open.body.key)).toMatchObject({ valid: true, scopes: null, budgetCents: null, expiresAt: null });
+      const capped = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ budget_cents: 1_000_000, expires_in: '1mo', scopes: ['x'] });
+      expect(capped.status).toBe(201);
+      expect(await ak.validate(capped.body.key)).toMatchObject({ valid: true, scopes: ['x'], budgetCents: 1_000_000 });
+    });
+
+    it('security: scopes wider than the caller\'s -> 403 scope_not_allowed, including admin and null (unlimited)', async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat', 'usage.read'] });
+      const app = routesApp(ak);
+      for (const scopes of [['billing.write'], ['proxy.chat', 'billing.write'], ['admin'], null, ['*'], ['proxy.*']]) {
+        const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ scopes });
+        expectJsonError(res, 403, 'scope_not_allowed');
+      }
+      // camelCase field names are no way around it
+      const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ scopes: ['proxy.chat'], Scopes: ['admin'] });
+      expect(res.status).toBe(201);
+      expect(await ak.validate(res.body.key)).toMatchObject({ scopes: ['proxy.chat'] });
+      expect(await countRows(getDb, ak)).toBe(2);
+    });
+
+    it('security: a scopeless caller can only mint scopeless keys', async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', scopes: [] });
+      const app = routesApp(ak);
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(parent.key)).send({ scopes: null }), 403, 'scope_not_allowed');
+      const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({});
+      expect(res.status).toBe(201);
+      expect(await ak.validate(res.body.key)).toMatchObject({ scopes: [] });
+    });
+
+    it('happy: a caller with "admin" or unlimited scopes may grant any scopes', async () => {
+      const ak = await getDb().agentKey();
+      const admin = await ak.create({ accountId: 'acct_p', scopes: ['admin'] });
+      const unlimited = await ak.create({ accountId: 'acct_p', scopes: null });
+      const app = routesApp(ak);
+      for (const parent of [admin, unlimited]) {
+        for (const scopes of [['billing.write'], ['admin'], null]) {
+          const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ scopes });
+          expect(res.status, JSON.stringify(scopes)).toBe(201);
+          expect(await ak.validate(res.body.key)).toMatchObject({ valid: true, accountId: 'acct_p', scopes });
+        }
+      }
+    });
+
+    it("security: a budget above the caller's -> 403 budget_exceeds_parent; a budgeted caller cannot mint an unbudgeted key", async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', budgetCents: 100 });
+      const app = routesApp(ak);
+      for (const budget_cents of [100.0001, 101, 1e9]) {
+        expectJsonError(await request(app).post('/sdk-keys').set(auth(parent.key)).send({ budget_cents }), 403, 'budget_exceeds_parent');
+      }
+      // null means "inherit", never "unlimited"
+      const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ budget_cents: null });
+      expect(res.status).toBe(201);
+      expect(await ak.validate(res.body.key)).toMatchObject({ budgetCents: 100 });
+    });
+
+    it("security: a budgeted caller cannot mint a child whose budget resets more often than its own", async () => {
+      const ak = await getDb().agentKey();
+      const monthly = await ak.create({ accountId: 'acct_p', budgetCents: 100, budgetPeriod: 'month' });
+      const lifetime = await ak.create({ accountId: 'acct_p', budgetCents: 100 });
+      const app = routesApp(ak);
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(monthly.key)).send({ budget_cents: 100, budget_period: 'day' }), 403, 'budget_exceeds_parent');
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(lifetime.key)).send({ budget_period: 'month' }), 403, 'budget_exceeds_parent');
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(lifetime.key)).send({ budget_cents: 1, budget_period: 'day' }), 403, 'budget_exceeds_parent');
+      const same = await request(app).post('/sdk-keys').set(auth(monthly.key)).send({});
+      expect(same.status).toBe(201);
+      expect(await ak.validate(same.body.key)).toMatchObject({ budgetCents: 100, budgetPeriod: 'month' });
+      const once = await request(app).post('/sdk-keys').set(auth(monthly.key)).send({ budget_cents: 50, budget_period: null });
+      expect(once.status).toBe(201);
+      expect(await ak.validate(once.body.key)).toMatchObject({ budgetCents: 50, budgetPeriod: null });
+    });
+
+    it("security: an expiry past the caller's -> 403 expiry_exceeds_parent; an expiring caller cannot mint a never-expiring key", async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', expiresIn: '1h' });
+      const app = routesApp(ak);
+      for (const expires_in of ['2h', '61m', '1d', '1mo']) {
+        expectJsonError(await request(app).post('/sdk-keys').set(auth(parent.key)).send({ expires_in }), 403, 'expiry_exceeds_parent');
+      }
+      const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ expires_in: null });
+      expect(res.status).toBe(201);
+      expect((await ak.validate(res.body.key)) as { expiresAt: string }).toMatchObject({ expiresAt: parent.expiresAt });
+    });
+
+    it('error: bad field types -> 400 with a code, and no key', async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat'], budgetCents: 100, expiresIn: '1d' });
+      const app = routesApp(ak);
+      const cases: Record<string, unknown>[] = [
+        { scopes: 'proxy.chat' },
+        { scopes: [5] },
+        { scopes: [''] },
+        { scopes: {} },
+        { budget_cents: '50' },
+        { budget_cents: '500' },
+        { budget_cents: -1 },
+        { budget_cents: true },
+        { budget_cents: [] },
+        { expires_in: 60 },
+        { expires_in: '' },
+        { expires_in: 'soon' },
+        { expires_in: '0m' },
+        { budget_period: 'year' },
+        { name: 5 },
+        { name: '' },
+        { name: 'x'.repeat(1000) },
+        { delegated_by: {} },
+      ];
+      for (const body of cases) {
+        const res = await request(app).post('/sdk-keys').set(auth(parent.key)).send(body);
+        expect(res.status, JSON.stringify(body)).toBe(400);
+        expectJsonError(res, 400);
+      }
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(parent.key)).set('Content-Type', 'application/json').send('{"scopes": ['), 400, 'invalid_json');
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(parent.key)).set('Content-Type', 'application/json').send('["proxy.chat"]'), 400);
+      const huge = JSON.stringify({ name: 'x'.repeat(20_000) });
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(parent.key)).set('Content-Type', 'application/json').send(huge), 413, 'body_too_large');
+      expect(await countRows(getDb, ak)).toBe(1);
+    });
+
+    it('error: 401 without a valid key, and nothing is created', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const app = routesApp(ak);
+      const revoked = await ak.create({ accountId: 'acct_p' });
+      await ak.revoke(revoked.id);
+      const expired = await ak.create({ accountId: 'acct_p', expiresIn: '1h' });
+      await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 second' WHERE id = $1`, [expired.id]);
+      expectJsonError(await request(app).post('/sdk-keys').send({ scopes: ['x'] }), 401, 'missing_key');
+      expectJsonError(await request(app).post('/sdk-keys').set(auth('ak_nope')).send({}), 401, 'invalid_key');
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(revoked.key)).send({}), 401, 'key_revoked');
+      expectJsonError(await request(app).post('/sdk-keys').set(auth(expired.key)).send({}), 401, 'key_expired');
+      // the key is checked before the body: malformed JSON without a key is still a 401
+      expectJsonError(await request(app).post('/sdk-keys').set('Content-Type', 'application/json').send('{oops'), 401, 'missing_key');
+      expect(await countRows(getDb, ak)).toBe(2);
+    });
+
+    it('security: a key whose budget is spent cannot mint fresh-budget children (429)', async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', budgetCents: 5 });
+      await ak.trackUsage(parent.key, { costCents: 5 });
+      expectJsonError(await request(routesApp(ak)).post('/sdk-keys').set(auth(parent.key)).send({}), 429, 'budget_exceeded');
+      expect(await countRows(getDb, ak)).toBe(1);
+    });
+  });
+
+  describe('DELETE /sdk-keys/:id', () => {
+    it("happy: revokes a key of the caller's account; that key then validates as revoked", async () => {
+      const ak = await getDb().agentKey();
+      const caller = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat'] });
+      const sibling = await ak.create({ accountId: 'acct_p', scopes: ['usage.read'] });
+      const app = routesApp(ak);
+      const child = await request(app).post('/sdk-keys').set(auth(caller.key)).send({});
+      expect(child.status).toBe(201);
+      for (const target of [child.body as { id: number; key: string }, sibling]) {
+        const res = await request(app).delete(`/sdk-keys/${target.id}`).set(auth(caller.key));
+        expect(res.status).toBe(200);
+        expect(res.body).toMatchObject({ revoked: true, id: target.id });
+        expect(await ak.validate(target.key)).toEqual({ valid: false, reason: 'revoked' });
+      }
+      expect(await ak.validate(caller.key)).toMatchObject({ valid: true });
+      // revoking it again finds no active key
+      expectJsonError(await request(app).delete(`/sdk-keys/${sibling.id}`).set(auth(caller.key)), 404, 'not_found');
+    });
+
+    it('happy: a key may revoke itself, and is refused afterwards', async () => {
+      const ak = await getDb().agentKey();
+      const caller = await ak.create({ accountId: 'acct_p' });
+      const app = routesApp(ak);
+      expect((await request(app).delete(`/sdk-keys/${caller.id}`).set(auth(caller.key))).status).toBe(200);
+      expectJsonError(await request(app).get('/sdk-keys/me').set(auth(caller.key)), 401, 'key_revoked');
+    });
+
+    it("security: a key of another account -> 404, and that key stays valid", async () => {
+      const ak = await getDb().agentKey();
+      const caller = await ak.create({ accountId: 'acct_p', scopes: ['admin'] });
+      const victim = await ak.create({ accountId: 'acct_victim' });
+      const app = routesApp(ak);
+      const res = await request(app).delete(`/sdk-keys/${victim.id}`).set(auth(caller.key));
+      expectJsonError(res, 404, 'not_found');
+      expect(await ak.validate(victim.key)).toMatchObject({ valid: true, accountId: 'acct_victim' });
+      // a numeric-looking account id is no way around it either
+      const numeric = await ak.create({ accountId: 7 });
+      const sameDigits = await ak.create({ accountId: '7' });
+      expect((await request(app).delete(`/sdk-keys/${numeric.id}`).set(auth(sameDigits.key))).status).toBe(200);
+      expect((await request(app).delete(`/sdk-keys/${sameDigits.id}`).set(auth(caller.key))).status).toBe(404);
+    });
+
+    it('error: a non-numeric id -> 400, an unknown id -> 404', async () => {
+      const ak = await getDb().agentKey();
+      const caller = await ak.create({ accountId: 'acct_p' });
+      const app = routesApp(ak);
+      for (const id of ['abc', '1.5', '-1', '0', '1e3', '0x10', ' 1', '99999999999999999999', 'me', "1'--", '%ZZ', '%31']) {
+        const res = await request(app).delete(`/sdk-keys/${id}`).set(auth(caller.key));
+        expect(res.status, id).toBe(400);
+        expectJsonError(res, 400);
+      }
+      expectJsonError(await request(app).delete('/sdk-keys/999999').set(auth(caller.key)), 404, 'not_found');
+      expectJsonError(await request(app).delete(`/sdk-keys/${Number.MAX_SAFE_INTEGER}`).set(auth(caller.key)), 404, 'not_found');
+      expect(await ak.validate(caller.key)).toMatchObject({ valid: true });
+    });
+
+    it('error: 401 without a key, and nothing is revoked', async () => {
+      const ak = await getDb().agentKey();
+      const target = await ak.create({ accountId: 'acct_p' });
+      const app = routesApp(ak);
+      expectJsonError(await request(app).delete(`/sdk-keys/${target.id}`), 401, 'missing_key');
+      expectJsonError(await request(app).delete(`/sdk-keys/${target.id}`).set(auth('ak_garbage')), 401, 'invalid_key');
+      expectJsonError(await request(app).delete('/sdk-keys/abc'), 401, 'missing_key');
+      expect(await ak.validate(target.key)).toMatchObject({ valid: true });
+    });
+  });
+
+  describe('the router and the rest of the app', () => {
+    it('happy: routes mounted under a prefix work there', async () => {
+      const ak = await getDb().agentKey();
+      const app = express();
+      app.use('/auth', createAgentKeyRoutes(ak, { signupScopes: ['proxy.chat'] }));
+      const signup = await request(app).post('/auth/signup').send({});
+      expect(signup.status).toBe(201);
+      expect((await request(app).get('/auth/sdk-keys/me').set(auth(signup.body.key))).status).toBe(200);
+      expect((await request(app).post('/signup').send({})).status).toBe(404);
+    });
+
+    it('happy: later app routes get their own bodies, parse errors and thrown errors untouched', async () => {
+      const ak = await getDb().agentKey();
+      const app = express();
+      app.use(createAgentKeyRoutes(ak));
+      app.post('/other/json', express.json(), (req: Request, res: Response) => {
+        res.json({ got: req.body });
+      });
+      app.post('/other/text', express.text(), (req: Request, res: Response) => {
+        res.json({ got: req.body });
+      });
+      app.get('/other/boom', () => {
+        throw Object.assign(new Error('app failure'), { status: 418 });
+      });
+      app.use((err: Error & { status?: number; type?: string }, _req: Request, res: Response, _next: NextFunction) => {
+        res.status(err.status ?? 500).json({ appHandler: true, type: err.type ?? null, message: err.message });
+      });
+
+      const bad = await request(app).post('/other/json').set('Content-Type', 'application/json').send('{oops');
+      expect(bad.status).toBe(400);
+      expect(bad.body).toMatchObject({ appHandler: true, type: 'entity.parse.failed' });
+
+      const big = JSON.stringify({ big: 'y'.repeat(30_000) });
+      const ok = await request(app).post('/other/json').set('Content-Type', 'application/json').send(big);
+      expect(ok.status).toBe(200);
+      expect(ok.body.got.big).toHaveLength(30_000);
+
+      const text = await request(app).post('/other/text').set('Content-Type', 'text/plain').send('plain words');
+      expect(text.body).toEqual({ got: 'plain words' });
+
+      const boom = await request(app).get('/other/boom');
+      expect(boom.status).toBe(418);
+      expect(boom.body).toEqual({ appHandler: true, type: null, message: 'app failure' });
+    });
+
+    it("happy: an app-wide express.json() before the router keeps its own errors, and the routes still work", async () => {
+      const ak = await getDb().agentKey();
+      const app = express();
+      app.use(express.json());
+      app.use(createAgentKeyRoutes(ak, { signupScopes: ['proxy.chat'] }));
+      app.use((err: Error & { status?: number; type?: string }, _req: Request, res: Response, _next: NextFunction) => {
+        res.status(err.status ?? 500).json({ appHandler: true, type: err.type ?? null });
+      });
+      const signup = await request(app).post('/signup').send({ budget_cents: 10 });
+      expect(signup.status).toBe(201);
+      expect(await ak.validate(signup.body.key)).toMatchObject({ scopes: ['proxy.chat'], budgetCents: 10 });
+      const bad = await request(app).post('/signup').set('Content-Type', 'application/json').send('{oops');
+      expect(bad.body).toMatchObject({ appHandler: true, type: 'entity.parse.failed' });
+    });
+
+    it('happy: unrelated paths and other methods on the same paths fall through to the app', async () => {
+      const ak = await getDb().agentKey();
+      const app = express();
+      app.use(createAgentKeyRoutes(ak));
+      app.get('/signup', (_req: Request, res: Response) => {
+        res.json({ page: 'signup form' });
+      });
+      app.put('/sdk-keys/:id', (req: Request, res: Response) => {
+        res.json({ put: req.params.id });
+      });
+      app.get('/health', (_req: Request, res: Response) => {
+        res.json({ ok: true });
+      });
+      app.use((_req: Request, res: Response) => {
+        res.status(404).json({ appNotFound: true });
+      });
+      expect((await request(app).get('/health')).body).toEqual({ ok: true });
+      expect((await request(app).get('/signup')).body).toEqual({ page: 'signup form' });
+      expect((await request(app).put('/sdk-keys/12')).body).toEqual({ put: '12' });
+      expect((await request(app).post('/sdk-keys/12')).body).toEqual({ appNotFound: true });
+      expect((await request(app).get('/nowhere')).body).toEqual({ appNotFound: true });
+      expect((await request(app).get('/sdk-keys')).body).toEqual({ appNotFound: true });
+      expect((await request(app).delete('/sdk-keys/')).body).toEqual({ appNotFound: true });
+      expect((await request(app).delete('/sdk-keys/1/extra')).body).toEqual({ appNotFound: true });
+      expect(await countRows(getDb, ak)).toBe(0);
+    });
+  });
+
+  describe('storage faults', () => {
+    it('security: a pool that rejects -> every route answers 500 JSON without driver detail', async () => {
+      const real = await getDb().agentKey();
+      const { key } = await real.create({ accountId: 'acct_p' });
+      const broken = new AgentKey({ pool: rejectingPool() as never, tableName: real.tableName });
+      const app = routesApp(broken);
+      const responses = [
+        await request(app).post('/signup').send({}),
+        await request(app).get('/sdk-keys/me').set(auth(key)),
+        await request(app).post('/sdk-keys').set(auth(key)).send({}),
+        await request(app).delete('/sdk-keys/1').set(auth(key)),
+      ];
+      for (const res of responses) {
+        expectJsonError(res, 500);
+        expect(res.text).not.toMatch(/hunter2|ECONNREFUSED|10\.9\.8\.7/);
+      }
+    });
+
+    it('error: a pool that never answers -> every route answers 500, not a hang (timeoutMs)', async () => {
+      const real = await getDb().agentKey();
+      const { key } = await real.create({ accountId: 'acct_p' });
+      const slow = new AgentKey({ pool: hangingPool() as never, tableName: real.tableName });
+      const app = routesApp(slow, { timeoutMs: 200 });
+      const responses = [
+        await request(app).post('/signup').send({}).timeout(10_000),
+        await request(app).get('/sdk-keys/me').set(auth(key)).timeout(10_000),
+        await request(app).post('/sdk-keys').set(auth(key)).send({}).timeout(10_000),
+        await request(app).delete('/sdk-keys/1').set(auth(key)).timeout(10_000),
+      ];
+      for (const res of responses) expectJsonError(res, 500, 'storage_timeout');
+    });
+  });
+
+  describe('fuzz: no client mistake ever gets a 500', () => {
+    const bodies = [
+      '1', '"text"', 'true', 'null', '[]', '[1,2]', '{}', '{"a":{"b":{"c":[1,{"d":null}]}}}',
+      '{"email":null,"budget_cents":null,"expires_in":null,"budget_period":null,"name":null,"scopes":null,"delegated_by":null}',
+      '{"email":{},"budget_cents":{},"expires_in":[],"budget_period":{},"name":[],"scopes":{},"delegated_by":1}',
+      '{"budget_cents":1e308}', '{"budget_cents":-0}', '{"budget_cents":0.00001}', '{"budget_cents":123456789012345678901234567890}',
+      '{"expires_in":"9999999mo"}', '{"expires_in":" 1h "}', '{"scopes":["a","a","a"]}', `{"scopes":${JSON.stringify(Array.from({ length: 101 }, (_, i) => `s${i}`))}}`,
+      '{"__proto__":{"admin":true},"constructor":{"prototype":{"x":1}}}', '{"name":"\\u0000"}', '{"name":"\\ud800"}', '{"email":"a@b.co\\u0000"}',
+      '{"budgetCents":5,"budget_cents":"5"}', '{"scopes":[null]}', '{"scopes":[["a"]]}',
+    ];
+
+    const check = (res: request.Response, what: string) => {
+      expect(res.status, what).toBeLessThan(500);
+      if (res.status >= 400) expectErrorShape(res);
+    };
+
+    it('security: POST /signup, POST /sdk-keys, GET /sdk-keys/me and DELETE /sdk-keys/:id with odd input', async () => {
+      const ak = await getDb().agentKey();
+      const caller = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat'], budgetCents: 100, expiresIn: '1d' });
+      const app = routesApp(ak, { signupScopes: ['proxy.chat'], signupRateLimit: false });
+      for (const raw of bodies) {
+        check(await request(app).post('/signup').set('Content-Type', 'application/json').send(raw), `signup ${raw}`);
+        check(await request(app).post('/sdk-keys').set(auth(caller.key)).set('Content-Type', 'application/json').send(raw), `sdk-keys ${raw}`);
+      }
+      for (const type of ['text/plain', 'application/x-www-form-urlencoded', 'application/json; charset=latin-9', 'application/octet-stream']) {
+        check(await request(app).post('/signup').set('Content-Type', type).send('email=a@b.co'), `signup ${type}`);
+        check(await request(app).post('/sdk-keys').set(auth(caller.key)).set('Content-Type', type).send('scopes=admin'), `sdk-keys ${type}`);
+      }
+      check(await request(app).post('/signup').set('Content-Type', 'application/json').set('Content-Encoding', 'bogus').send('{}'), 'signup bogus encoding');
+      for (const header of ['Bearer', 'Bearer  ', 'Bearer a b', 'bEaReR ak_x', 'Token x', `Bearer ${'k'.repeat(8000)}`, 'Bearer \u00e9']) {
+        check(await request(app).get('/sdk-keys/me').set('Authorization', header), `me ${header.slice(0, 20)}`);
+      }
+      for (const id of ['x', '-0', '00000000000000000001', '1'.repeat(40), '%00', '%E0%A4%A', 'NaN', 'Infinity', '1;DROP TABLE x', '%2F']) {
+        check(await request(app).delete(`/sdk-keys/${id}`).set(auth(caller.key)), `delete ${id}`);
+      }
+      expect(await ak.validate(caller.key)).toMatchObject({ valid: true });
+    });
+
+    it('security: random JSON in every body field of POST /signup and POST /sdk-keys', async () => {
+      const ak = await getDb().agentKey();
+      const caller = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat', 'usage.read'], budgetCents: 100, expiresIn: '1d' });
+      const app = routesApp(ak, { signupScopes: ['proxy.chat'], signupRateLimit: false });
+      const field = fc.oneof(fc.jsonValue({ maxDepth: 2 }), fc.string(), fc.constantFrom('1h', '7d', 'day', 'month', 'a@b.co', 'proxy.chat', 50, 0, -1));
+      const body = fc.record(
+        { email: field, name: field, scopes: field, budget_cents: field, budget_period: field, expires_in: field, delegated_by: field, budgetCents: field, expiresIn: field },
+        { requiredKeys: [] },
+      );
+      await fc.assert(
+        fc.asyncProperty(body, async (b) => {
+          const raw = JSON.stringify(b);
+          const signup = await request(app).post('/signup').set('Content-Type', 'application/json').send(raw);
+          check(signup, `signup ${raw}`);
+          if (signup.status === 201) expect(await ak.validate(signup.body.key)).toMatchObject({ valid: true, scopes: ['proxy.chat'] });
+          const child = await request(app).post('/sdk-keys').set(auth(caller.key)).set('Content-Type', 'application/json').send(raw);
+          check(child, `sdk-keys ${raw}`);
+          if (child.status === 201) {
+            const v = await ak.validate(child.body.key);
+            expect(v).toMatchObject({ valid: true, accountId: 'acct_p' });
+            const c = v as { scopes: string[]; budgetCents: number; expiresAt: string };
+            expect(c.scopes.every((s) => ['proxy.chat', 'usage.read'].includes(s))).toBe(true);
+            expect(c.budgetCents).toBeLessThanOrEqual(100);
+            expect(Date.parse(c.expiresAt)).toBeLessThanOrEqual(Date.parse(caller.expiresAt as string));
+          }
+        }),
+        { numRuns: 40 },
+      );
+    });
+  });
+});

@@ -1,0 +1,369 @@
+import { createRequire } from 'node:module';
+import express, { type NextFunction, type Request, type Response } from 'express';
+import request from 'supertest';
+import { describe, expect, it } from 'vitest';
+import * as root from '../src/index.js';
+import { AgentKey, AgentKeyError, agentKeyMiddleware, createAgentKeyRoutes } from '../src/index.js';
+import * as expressEntry from '../src/http/express.js';
+import { forEachDatabase } from './helpers/databases.js';
+
+/**
+ * agentKeyMiddleware(ak, { scope }) on real Express 5 apps, on PostgreSQL and PGlite.
+ * The self-serve routes are in express-routes.test.ts.
+ */
+
+/** Every agentkey HTTP error: JSON `{ error: { code, message } }`, one sentence, no stack. */
+function expectJsonError(res: request.Response, status: number, code: string): void {
+  expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
+  expect(res.headers['content-type']).toMatch(/^application\/json/);
+  const message: unknown = res.body.error.message;
+  expect(typeof message).toBe('string');
+  expectOneSentence(message as string);
+  expect(res.text).not.toMatch(/\n\s+at |Error:|node_modules|\.ts:\d+/);
+}
+
+function expectOneSentence(message: string): void {
+  expect(message.length).toBeGreaterThan(0);
+  expect(message).not.toMatch(/\n/);
+  expect(message).toMatch(/[.!?]$/);
+  expect(message).not.toMatch(/[.!?]\s+[A-Z]/);
+}
+
+/** A pool whose every call rejects, with details that must never reach a client. */
+function rejectingPool() {
+  const fail = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED 10.9.8.7:5432 (password=hunter2)'), { code: 'ECONNREFUSED' }));
+  return { query: fail, connect: fail };
+}
+
+/** A pool whose every call throws synchronously. */
+function throwingPool() {
+  const fail = () => {
+    throw new TypeError('Cannot read properties of undefined (reading hunter2)');
+  };
+  return { query: fail, connect: fail };
+}
+
+/** A pool that never answers. */
+function hangingPool() {
+  const never = () => new Promise<never>(() => {});
+  return { query: never, connect: never };
+}
+
+/**
+ * An app with one protected route; `reached` counts the requests the protected handler
+ * saw, so every refusal can also show the handler never ran.
+ */
+function guardedApp(ak: AgentKey, options: Parameters<typeof agentKeyMiddleware>[1] = { scope: 'usage.read' }) {
+  const app = express();
+  const state = { reached: 0 };
+  app.get('/api/usage', agentKeyMiddleware(ak, options), (req: Request, res: Response) => {
+    state.reached += 1;
+    res.json({ agentKey: (req as Request & { agentKey?: unknown }).agentKey, locals: res.locals.agentKey });
+  });
+  return { app, state };
+}
+
+const bearer = (key: string) => `Bearer ${key}`;
+
+/** Changes one character of the key's random part. */
+function mistype(key: string): string {
+  const i = 10;
+  const swapped = key[i] === 'a' ? 'b' : 'a';
+  return key.slice(0, i) + swapped + key.slice(i + 1);
+}
+
+describe('agentKeyMiddleware: the subpath export', () => {
+  it('happy: src/http/express.ts exports the same functions as the package root', () => {
+    expect(expressEntry.agentKeyMiddleware).toBe(agentKeyMiddleware);
+    expect(expressEntry.agentKeyMiddleware).toBe(root.agentKeyMiddleware);
+    expect(expressEntry.createAgentKeyRoutes).toBe(createAgentKeyRoutes);
+    expect(typeof agentKeyMiddleware).toBe('function');
+  });
+
+  it("happy: the built package's 'agentkey/express' subpath (dist/, built by npm install) exports the same functions, in ESM and CommonJS", async () => {
+    // Specifiers in variables: the package imports itself by name (resolved by Node's
+    // self-reference through package.json "exports"), which tsc does not type.
+    const [sub, rootName] = ['agentkey/express', 'agentkey'];
+    const esmSub = (await import(sub)) as typeof expressEntry;
+    const esmRoot = (await import(rootName)) as typeof expressEntry;
+    expect(esmSub.agentKeyMiddleware).toBe(esmRoot.agentKeyMiddleware);
+    expect(esmSub.createAgentKeyRoutes).toBe(esmRoot.createAgentKeyRoutes);
+    const require = createRequire(import.meta.url);
+    const cjsSub = require('agentkey/express') as typeof expressEntry;
+    expect(typeof cjsSub.agentKeyMiddleware).toBe('function');
+    expect(typeof cjsSub.createAgentKeyRoutes).toBe('function');
+  });
+});
+
+forEachDatabase((getDb) => {
+  describe('agentKeyMiddleware: happy paths', () => {
+    it('happy: a valid key with the scope passes, and req.agentKey / res.locals.agentKey hold its metadata', async () => {
+      const ak = await getDb().agentKey();
+      const created = await ak.create({ accountId: 'acct_1', scopes: ['usage.read', 'proxy.chat'], budgetCents: 5000, budgetPeriod: 'month', expiresIn: '7d', delegatedBy: 'user_456', name: 'sales-agent' });
+      const { app, state } = guardedApp(ak);
+      const res = await request(app).get('/api/usage').set('Authorization', bearer(created.key));
+      expect(res.status).toBe(200);
+      expect(state.reached).toBe(1);
+      expect(res.body.agentKey).toMatchObject({
+        valid: true,
+        keyId: created.id,
+        accountId: 'acct_1',
+        name: 'sales-agent',
+        scopes: ['usage.read', 'proxy.chat'],
+        budgetCents: 5000,
+        budgetUsedCents: 0,
+        budgetRemainingCents: 5000,
+        budgetPeriod: 'month',
+        expiresAt: created.expiresAt,
+        delegatedBy: 'user_456',
+      });
+      expect(res.body.locals).toEqual(res.body.agentKey);
+      expect(JSON.stringify(res.body)).not.toContain(created.key);
+    });
+
+    it('happy: the key is accepted as "Authorization: Bearer", with any case of "bearer", and as "X-API-Key"', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      const { app, state } = guardedApp(ak);
+      expect((await request(app).get('/api/usage').set('Authorization', `Bearer ${key}`)).status).toBe(200);
+      expect((await request(app).get('/api/usage').set('Authorization', `bearer ${key}`)).status).toBe(200);
+      expect((await request(app).get('/api/usage').set('X-API-Key', key)).status).toBe(200);
+      expect(state.reached).toBe(3);
+    });
+
+    it('happy: without a scope option any valid key passes, even a scopeless one', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', scopes: [] });
+      const { app } = guardedApp(ak, {});
+      const res = await request(app).get('/api/usage').set('Authorization', bearer(key));
+      expect(res.status).toBe(200);
+      expect(res.body.agentKey.scopes).toEqual([]);
+    });
+
+    it('happy: an unlimited (null-scopes) key and an "admin" key pass any scope check', async () => {
+      const ak = await getDb().agentKey();
+      const unlimited = await ak.create({ accountId: 'acct_1', scopes: null });
+      const admin = await ak.create({ accountId: 'acct_1', scopes: ['admin'] });
+      const { app } = guardedApp(ak, { scope: 'billing.write' });
+      expect((await request(app).get('/api/usage').set('Authorization', bearer(unlimited.key))).status).toBe(200);
+      expect((await request(app).get('/api/usage').set('Authorization', bearer(admin.key))).status).toBe(200);
+    });
+
+    it('happy: a partly spent budget and an unlimited budget both pass', async () => {
+      const ak = await getDb().agentKey();
+      const partly = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'], budgetCents: 100 });
+      expect(await ak.trackUsage(partly.key, { costCents: 99.9999 })).toMatchObject({ success: true });
+      const unlimited = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'], budgetCents: null });
+      expect(await ak.trackUsage(unlimited.key, { costCents: 1_000_000 })).toMatchObject({ success: true });
+      const { app } = guardedApp(ak);
+      const res = await request(app).get('/api/usage').set('Authorization', bearer(partly.key));
+      expect(res.status).toBe(200);
+      expect(res.body.agentKey.budgetRemainingCents).toBe(0.0001);
+      expect((await request(app).get('/api/usage').set('Authorization', bearer(unlimited.key))).status).toBe(200);
+    });
+
+    it('happy: the CommonJS build of agentkey/express works with an AgentKey from the ESM build', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      const cjs = createRequire(import.meta.url)('agentkey/express') as typeof expressEntry;
+      const app = express();
+      app.get('/api/usage', cjs.agentKeyMiddleware(ak, { scope: 'usage.read' }), (_req: Request, res: Response) => {
+        res.json({ ok: true });
+      });
+      app.use(cjs.createAgentKeyRoutes(ak, { signupScopes: ['usage.read'] }));
+      expect((await request(app).get('/api/usage').set('Authorization', bearer(key))).status).toBe(200);
+      expectJsonError(await request(app).get('/api/usage'), 401, 'missing_key');
+      const signup = await request(app).post('/signup').send({});
+      expect(signup.status).toBe(201);
+      expect(await ak.validate(signup.body.key)).toMatchObject({ valid: true, scopes: ['usage.read'] });
+    });
+
+    it('happy: errors thrown by the protected handler still reach the app, untouched', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1' });
+      const app = express();
+      app.get('/boom', agentKeyMiddleware(ak), () => {
+        throw Object.assign(new Error('app failure'), { status: 418 });
+      });
+      app.use((err: Error & { status?: number }, _req: Request, res: Response, _next: NextFunction) => {
+        res.status(err.status ?? 500).json({ app: err.message });
+      });
+      const res = await request(app).get('/boom').set('Authorization', bearer(key));
+      expect(res.status).toBe(418);
+      expect(res.body).toEqual({ app: 'app failure' });
+    });
+  });
+
+  describe('agentKeyMiddleware: refusals', () => {
+    it('error: no key -> 401 missing_key, and the handler never runs', async () => {
+      const ak = await getDb().agentKey();
+      const { app, state } = guardedApp(ak);
+      expectJsonError(await request(app).get('/api/usage'), 401, 'missing_key');
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', 'Bearer '), 401, 'missing_key');
+      expectJsonError(await request(app).get('/api/usage').set('X-API-Key', ''), 401, 'missing_key');
+      expect(state.reached).toBe(0);
+    });
+
+    it('error: a garbage key -> 401', async () => {
+      const ak = await getDb().agentKey();
+      const { app, state } = guardedApp(ak);
+      for (const garbage of ['hello', 'ak_', 'ak_short', `ak_${'z'.repeat(49)}`, 'x'.repeat(4000), 'ak_../../etc/passwd', "ak_' OR 1=1 --"]) {
+        const res = await request(app).get('/api/usage').set('X-API-Key', garbage);
+        expect(res.status, garbage.slice(0, 20)).toBe(401);
+        expectJsonError(res, 401, res.body.error.code);
+      }
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', 'Bearer not-a-key'), 401, 'invalid_key');
+      expect(state.reached).toBe(0);
+    });
+
+    it('error: a mistyped or truncated key -> 401 invalid_key', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      const { app, state } = guardedApp(ak);
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(mistype(key))), 401, 'invalid_key');
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key.slice(0, -1))), 401, 'invalid_key');
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key + 'x')), 401, 'invalid_key');
+      expect(state.reached).toBe(0);
+    });
+
+    it('error: an expired key -> 401 key_expired', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const { key, id } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'], expiresIn: '1h' });
+      await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 minute' WHERE id = $1`, [id]);
+      const { app, state } = guardedApp(ak);
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 401, 'key_expired');
+      expect(state.reached).toBe(0);
+    });
+
+    it('error: a revoked key -> 401 key_revoked', async () => {
+      const ak = await getDb().agentKey();
+      const { key, id } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      expect(await ak.revoke(id)).toBe(true);
+      const { app, state } = guardedApp(ak);
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 401, 'key_revoked');
+      expect(state.reached).toBe(0);
+    });
+
+    it('error: a key without the scope -> 403 insufficient_scope naming the required scope', async () => {
+      const ak = await getDb().agentKey();
+      const other = await ak.create({ accountId: 'acct_1', scopes: ['proxy.chat'] });
+      const none = await ak.create({ accountId: 'acct_1', scopes: [] });
+      const { app, state } = guardedApp(ak, { scope: 'usage.read' });
+      for (const key of [other.key, none.key]) {
+        const res = await request(app).get('/api/usage').set('Authorization', bearer(key));
+        expectJsonError(res, 403, 'insufficient_scope');
+        expect(res.body.error.requiredScope).toBe('usage.read');
+        expect(res.body.error.message).toContain('usage.read');
+      }
+      expect(state.reached).toBe(0);
+    });
+
+    it('error: a spent budget -> 429 budget_exceeded', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'], budgetCents: 10 });
+      const { app, state } = guardedApp(ak);
+      expect((await request(app).get('/api/usage').set('Authorization', bearer(key))).status).toBe(200);
+      expect(await ak.trackUsage(key, { costCents: 10 })).toMatchObject({ success: true, budgetRemainingCents: 0 });
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 429, 'budget_exceeded');
+      expect(state.reached).toBe(1);
+    });
+
+    it('security: the scope check comes before the budget check, and an invalid key never reveals either', async () => {
+      const ak = await getDb().agentKey();
+      const spentWrongScope = await ak.create({ accountId: 'acct_1', scopes: ['proxy.chat'], budgetCents: 1 });
+      await ak.trackUsage(spentWrongScope.key, { costCents: 1 });
+      const { app } = guardedApp(ak);
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(spentWrongScope.key)), 403, 'insufficient_scope');
+      const res = await request(app).get('/api/usage').set('Authorization', bearer(mistype(spentWrongScope.key)));
+      expectJsonError(res, 401, 'invalid_key');
+      expect(res.body.error.requiredScope).toBeUndefined();
+    });
+
+    it('security: an Authorization header of another scheme is not taken as a key', async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      const { app, state } = guardedApp(ak);
+      const basic = `Basic ${Buffer.from(`user:${key}`).toString('base64')}`;
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', basic), 401, 'missing_key');
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', key), 401, 'missing_key');
+      expect((await request(app).get(`/api/usage?api_key=${key}`)).status).toBe(401);
+      expect(state.reached).toBe(0);
+    });
+  });
+
+  describe('agentKeyMiddleware: storage faults fail closed', () => {
+    it('security: a pool that rejects -> 500 JSON, no driver detail leaked, handler never runs', async () => {
+      const real = await getDb().agentKey();
+      const { key } = await real.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      for (const pool of [rejectingPool(), throwingPool()]) {
+        const broken = new AgentKey({ pool: pool as never, tableName: real.tableName });
+        const { app, state } = guardedApp(broken);
+        const res = await request(app).get('/api/usage').set('Authorization', bearer(key));
+        expect(res.status).toBe(500);
+        expectJsonError(res, 500, res.body.error.code);
+        expect(res.text).not.toMatch(/hunter2|ECONNREFUSED|10\.9\.8\.7|TypeError|reading/);
+        expect(state.reached).toBe(0);
+      }
+    });
+
+    it('error: a pool that never answers -> 500 storage_timeout after timeoutMs, not a hang', async () => {
+      const real = await getDb().agentKey();
+      const { key } = await real.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      const broken = new AgentKey({ pool: hangingPool() as never, tableName: real.tableName });
+      const { app, state } = guardedApp(broken, { scope: 'usage.read', timeoutMs: 200 });
+      const res = await request(app).get('/api/usage').set('Authorization', bearer(key)).timeout(10_000);
+      expectJsonError(res, 500, 'storage_timeout');
+      expect(state.reached).toBe(0);
+    });
+
+    it('security: a malformed key is refused with 401 before any query, even when the pool is down', async () => {
+      const real = await getDb().agentKey();
+      const { key } = await real.create({ accountId: 'acct_1', scopes: ['usage.read'] });
+      const broken = new AgentKey({ pool: rejectingPool() as never, tableName: real.tableName });
+      const { app } = guardedApp(broken);
+      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(mistype(key))), 401, 'invalid_key');
+      expectJsonError(await request(app).get('/api/usage'), 401, 'missing_key');
+    });
+  });
+});
+
+describe('agentKeyMiddleware: options are checked when the middleware is built', () => {
+  const ak = new AgentKey({ pool: hangingPool() as never });
+
+  it('error: bad options throw an AgentKeyError at construction', () => {
+    const bad: unknown[] = [
+      { scope: 5 },
+      { scope: '' },
+      { scope: ['usage.read'] },
+      { timeoutMs: -1 },
+      { timeoutMs: 0 },
+      { timeoutMs: 1.5 },
+      { timeoutMs: '200' },
+      { timeoutMs: Number.NaN },
+      'usage.read',
+      [],
+    ];
+    for (const options of bad) {
+      expect(() => agentKeyMiddleware(ak, options as never), JSON.stringify(options)).toThrow(AgentKeyError);
+    }
+  });
+
+  it('security: a misspelt option (e.g. "scopes") throws instead of silently dropping the scope check', () => {
+    expect(() => agentKeyMiddleware(ak, { scopes: 'admin' } as never)).toThrow(AgentKeyError);
+    expect(() => agentKeyMiddleware(ak, { requiredScope: 'admin' } as never)).toThrow(AgentKeyError);
+  });
+
+  it('error: something that is not an AgentKey throws at construction', () => {
+    for (const notAk of [undefined, null, {}, { validate: 1 }]) {
+      expect(() => agentKeyMiddleware(notAk as never, { scope: 'x' })).toThrow(AgentKeyError);
+      expect(() => createAgentKeyRoutes(notAk as never)).toThrow(AgentKeyError);
+    }
+  });
+
+  it('happy: good options build a middleware', () => {
+    expect(typeof agentKeyMiddleware(ak)).toBe('function');
+    expect(typeof agentKeyMiddleware(ak, { scope: 'usage.read', timeoutMs: 200 })).toBe('function');
+    expect(typeof agentKeyMiddleware(ak, undefined)).toBe('function');
+  });
+});

@@ -1,0 +1,170 @@
+import { type ChildProcess, fork } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'tsup';
+import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { AgentKey } from '../src/index.js';
+import { LATEST_VERSION } from '../src/store/migrations.js';
+import { forEachDatabase, type TestDb } from './helpers/databases.js';
+
+/**
+ * Several OS processes run migrate() at once on one PostgreSQL. Each worker imports the
+ * package built from the current src/ (into node_modules/.cache, so it never tests a stale
+ * dist/), connects, says 'ready', and migrates when all are told 'go' together.
+ */
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const WORKER = path.join(ROOT, 'test/fixtures/migrate-worker.mjs');
+const BUILD_DIR = path.join(ROOT, 'node_modules/.cache', `agentkey-migrate-test-${process.pid}`);
+const BUNDLE = path.join(BUILD_DIR, 'index.js');
+const ALL_VERSIONS = Array.from({ length: LATEST_VERSION }, (_, i) => i + 1);
+
+interface Report {
+  ran?: number[];
+  error?: { name?: string; code?: string; message?: string };
+}
+
+const running = new Set<ChildProcess>();
+
+beforeAll(async () => {
+  await build({
+    entry: { index: path.join(ROOT, 'src/index.ts') },
+    outDir: BUILD_DIR,
+    format: ['esm'],
+    platform: 'node',
+    target: 'node20',
+    config: false,
+    dts: false,
+    sourcemap: false,
+    clean: true,
+    shims: true,
+    silent: true,
+  });
+  expect(fs.existsSync(BUNDLE)).toBe(true);
+}, 120_000);
+
+afterEach(() => {
+  for (const child of running) if (child.exitCode === null && child.signalCode === null) child.kill();
+  running.clear();
+});
+
+afterAll(() => {
+  fs.rmSync(BUILD_DIR, { recursive: true, force: true });
+});
+
+/** Starts one worker per table, waits until all are connected, then lets them all migrate at once. */
+async function migrateInProcesses(url: string, tables: string[], alongside?: () => Promise<unknown>): Promise<{ reports: Report[]; alongside: unknown }> {
+  const children = tables.map((table) => {
+    const child = fork(WORKER, [BUNDLE, url, table], {
+      cwd: ROOT,
+      execArgv: [],
+      env: { ...process.env, NODE_OPTIONS: '' },
+      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
+    });
+    running.add(child);
+    return child;
+  });
+  const stderr = children.map(() => ({ text: '' }));
+  children.forEach((child, i) => {
+    child.stderr?.on('data', (chunk: Buffer) => (stderr[i]!.text += chunk.toString()));
+    child.stdout?.resume();
+  });
+  const exited = children.map((child) => new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code))));
+  const nextMessage = (i: number) =>
+    new Promise<unknown>((resolve, reject) => {
+      const child = children[i]!;
+      const onExit = (code: number | null) => reject(new Error(`worker ${i} exited (${code}) early: ${stderr[i]!.text}`));
+      child.once('exit', onExit);
+      child.once('message', (m) => {
+        child.off('exit', onExit);
+        resolve(m);
+      });
+    });
+
+  expect(await Promise.all(children.map((_, i) => nextMessage(i)))).toEqual(children.map(() => 'ready'));
+  const done = children.map((_, i) => nextMessage(i) as Promise<Report>);
+  for (const child of children) child.send('go');
+  const [reports, other] = await Promise.all([Promise.all(done), alongside?.()]);
+  expect(await Promise.all(exited)).toEqual(children.map(() => 0));
+  return { reports, alongside: other };
+}
+
+async function versions(db: TestDb, table: string): Promise<number[]> {
+  const rows = await db.query<{ version: number }>(
+    `SELECT version FROM agentkey_migrations WHERE table_name = $1 ORDER BY version`,
+    [table],
+  );
+  return rows.map((r) => Number(r.version));
+}
+
+forEachDatabase(
+  (getDb) => {
+    it('several processes migrating one fresh table at once: all succeed, exactly one applies each version', async () => {
+      const db = getDb();
+      const table = db.freshTable();
+      const { reports, alongside } = await migrateInProcesses(
+        db.url!,
+        Array.from({ length: 5 }, () => table),
+        () => new AgentKey({ pool: db.pool, tableName: table }).migrate(),
+      );
+      const results = [...reports.map((r) => r.ran ?? r.error), alongside];
+      expect(reports.filter((r) => r.error)).toEqual([]);
+      expect(results.filter((r) => Array.isArray(r) && r.length > 0)).toEqual([ALL_VERSIONS]);
+      expect(results.filter((r) => Array.isArray(r) && r.length === 0)).toHaveLength(results.length - 1);
+      expect(await versions(db, table)).toEqual(ALL_VERSIONS);
+
+      const ak = new AgentKey({ pool: db.pool, tableName: table });
+      expect(await ak.migrate()).toEqual([]);
+      const key = await ak.create({ accountId: 'a', budgetCents: 10, budgetPeriod: 'month' });
+      expect(await ak.trackUsage(key.key, { costCents: 10 })).toMatchObject({ success: true, budgetRemainingCents: 0 });
+    }, 120_000);
+
+    it("several processes migrating a legacy table of the page's shape at once keep every key and its spend", async () => {
+      const db = getDb();
+      const table = db.freshTable();
+      await db.query(`CREATE TABLE ${table} (id SERIAL PRIMARY KEY, account_id TEXT NOT NULL, key_hash TEXT NOT NULL,
+        key_prefix TEXT, name TEXT, created_at TIMESTAMPTZ DEFAULT now(), last_used_at TIMESTAMPTZ, revoked_at TIMESTAMPTZ)`);
+      await db.query(`ALTER TABLE ${table}
+        ADD COLUMN IF NOT EXISTS user_id TEXT, ADD COLUMN IF NOT EXISTS scopes TEXT[],
+        ADD COLUMN IF NOT EXISTS budget_cents INTEGER, ADD COLUMN IF NOT EXISTS budget_used_cents INTEGER DEFAULT 0,
+        ADD COLUMN IF NOT EXISTS budget_period TEXT, ADD COLUMN IF NOT EXISTS budget_reset_at TIMESTAMPTZ,
+        ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ, ADD COLUMN IF NOT EXISTS delegated_by TEXT`);
+      const keys = Array.from({ length: 3 }, () => 'ak_' + randomBytes(24).toString('hex'));
+      const ids: number[] = [];
+      for (const raw of keys) {
+        const [row] = await db.query<{ id: number }>(
+          `INSERT INTO ${table} (account_id, key_hash, budget_cents, budget_used_cents, budget_period, budget_reset_at)
+           VALUES ('acct_1', $1, 5000, 1200, 'month', now() + interval '5 days') RETURNING id`,
+          [createHash('sha256').update(raw).digest('hex')],
+        );
+        ids.push(Number(row!.id));
+      }
+
+      const { reports } = await migrateInProcesses(db.url!, Array.from({ length: 4 }, () => table));
+      expect(reports.filter((r) => r.error)).toEqual([]);
+      expect(reports.filter((r) => r.ran!.length > 0).map((r) => r.ran)).toEqual([ALL_VERSIONS]);
+      expect(await versions(db, table)).toEqual(ALL_VERSIONS);
+
+      const ak = new AgentKey({ pool: db.pool, tableName: table });
+      for (const [i, raw] of keys.entries()) {
+        expect(await ak.validate(raw)).toMatchObject({ valid: true, keyId: ids[i], budgetCents: 5000, budgetUsedCents: 1200, budgetRemainingCents: 3800 });
+      }
+      expect(await ak.trackUsage(keys[0]!, { costCents: 3800.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
+    }, 120_000);
+
+    it('processes migrating different tables at once each apply their own versions', async () => {
+      const db = getDb();
+      const [a, b, c] = [db.freshTable(), db.freshTable(), db.freshTable()];
+      const { reports } = await migrateInProcesses(db.url!, [a, b, c, a, b, c]);
+      expect(reports.filter((r) => r.error)).toEqual([]);
+      for (const [i, table] of [a, b, c].entries()) {
+        const ran = [reports[i]!.ran, reports[i + 3]!.ran];
+        expect(ran.filter((r) => r!.length > 0), table).toEqual([ALL_VERSIONS]);
+        expect(await versions(db, table)).toEqual(ALL_VERSIONS);
+      }
+    }, 120_000);
+  },
+  ['postgres'],
+);
