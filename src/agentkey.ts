@@ -165,7 +165,7 @@ export class AgentKey {
    * Soft-revokes a key. With `accountId`, only a key of that account. True when a key
    * was revoked, false when nothing matched (or it was already revoked).
    */
-  revoke(keyId: number | string, accountId?: string | number): Promise<boolean> {
+  async revoke(keyId: number | string, accountId?: string | number): Promise<boolean> {
     const id = keyIdNumber(keyId);
     const account = accountId === undefined || accountId === null ? null : accountIdText(accountId);
     return this.guard(() => this.store.revoke(id, account));
@@ -185,7 +185,7 @@ export class AgentKey {
   }
 
   /** `validate()` for an external subject created with `ensureSubject()`. */
-  validateBySubject(subject: string): Promise<ValidationResult> {
+  async validateBySubject(subject: string): Promise<ValidationResult> {
     return this.validateRef({ subject: subjectText(subject) });
   }
 
@@ -288,7 +288,8 @@ function subjectText(subject: unknown): string {
 }
 
 const MISSING_SCHEMA = new Set(['42P01', '42703', '42883']);
-const BAD_VALUE = new Set(['22P02', '22003', '22007', '22008']);
+// 22021/22P05: text the database cannot store (e.g. a NUL character) is the caller's mistake.
+const BAD_VALUE = new Set(['22P02', '22003', '22007', '22008', '22021', '22P05']);
 
 function storageError(err: unknown, table: string): AgentKeyError {
   if (err instanceof AgentKeyError) return err;

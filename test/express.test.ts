@@ -269,6 +269,15 @@ forEachDatabase((getDb) => {
       expect(state.reached).toBe(1);
     });
 
+    it("happy: a $0 key (the page's free-endpoints-only key) passes, while its charges are refused", async () => {
+      const ak = await getDb().agentKey();
+      const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'], budgetCents: 0 });
+      const { app, state } = guardedApp(ak);
+      expect((await request(app).get('/api/usage').set('Authorization', bearer(key))).status).toBe(200);
+      expect(state.reached).toBe(1);
+      expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
+    });
+
     it('security: the scope check comes before the budget check, and an invalid key never reveals either', async () => {
       const ak = await getDb().agentKey();
       const spentWrongScope = await ak.create({ accountId: 'acct_1', scopes: ['proxy.chat'], budgetCents: 1 });
