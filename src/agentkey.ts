@@ -1,6 +1,6 @@
 import { AgentKeyError } from './errors.js';
-import { checkKeyPrefix, hashKey, lookupHash, mintKey } from './keys.js';
-import { budgetToMicros, centsToMicros, isValidCents, microsToCents } from './money.js';
+import { checkKeyPrefix, hashKey, lookupHash, mintKey, randomId } from './keys.js';
+import { budgetToMicros, microsToCents } from './money.js';
 import { accountIdText, checkOptions, keyIdNumber, optionalText } from './options.js';
 import { parseScopes, scopeAllows } from './scopes.js';
 import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
@@ -8,6 +8,29 @@ import { type Db, type PoolLike, toDb } from './store/db.js';
 import { type TableNames, tableNames } from './store/identifiers.js';
 import { type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import { migrate } from './store/migrations.js';
+import { type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
+import {
+  type AdjustResult,
+  type ChargeOptions,
+  type CommitOptions,
+  type CommitResult,
+  type ReleaseResult,
+  type ReserveOptions,
+  type ReserveResult,
+  type TrackUsageResult,
+  CHARGE_OPTIONS,
+  RESERVE_OPTIONS,
+  adjustInput,
+  costMicros,
+  figures,
+  isReservationId,
+  iso,
+  keyStateReason,
+  metadataJson,
+  spendInput,
+} from './spending.js';
+
+export type { AdjustResult, ChargeOptions, CommitOptions, CommitResult, ReleaseResult, ReserveOptions, ReserveResult, TrackUsageResult };
 
 export interface AgentKeyOptions {
   /** A node-postgres `Pool` or a PGlite instance. */
@@ -53,7 +76,10 @@ export interface ValidKey {
   scopes: string[] | null;
   budgetCents: number | null;
   budgetUsedCents: number;
+  /** budget - spent - held: what a new charge or hold may still take. */
   budgetRemainingCents: number | null;
+  /** Money held by live reservations. */
+  budgetHeldCents: number;
   budgetPeriod: BudgetPeriod | null;
   budgetResetAt: string | null;
   expiresAt: string | null;
@@ -67,20 +93,34 @@ export interface InvalidKey {
 
 export type ValidationResult = ValidKey | InvalidKey;
 
-export interface UsageOptions {
-  costCents: number;
+/** Options of `trackUsage()`. */
+export type UsageOptions = ChargeOptions;
+
+export interface UsageQuery {
+  keyId?: number | string;
+  accountId?: string | number;
+  since?: Date | string;
+  until?: Date | string;
+  bucket?: 'hour' | 'day';
 }
 
-export type TrackUsageResult =
-  | { success: true; budgetUsedCents: number; budgetRemainingCents: number | null }
-  | { success: false; reason: 'budget_exceeded'; budgetUsedCents: number; budgetRemainingCents: number | null }
-  | { success: false; reason: 'invalid_cost' | InvalidReason };
+export interface UsageReport {
+  totalCents: number;
+  count: number;
+  buckets: { start: string; costCents: number; count: number }[];
+}
+
+export interface AuditResult {
+  /** True when every checked key's spend counter equals its ledger. */
+  ok: boolean;
+  keysChecked: number;
+  mismatches: { keyId: number; counterCents: number; ledgerCents: number }[];
+}
 
 const CREATE_OPTIONS = [
   'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId',
 ] as const;
 const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt');
-const USAGE_OPTIONS = ['costCents'] as const;
 
 /**
  * Scoped, budgeted, time-bounded API keys for AI agents, on PostgreSQL or PGlite.
@@ -97,6 +137,7 @@ export class AgentKey {
   private readonly db: Db;
   private readonly names: TableNames;
   private readonly store: KeyStore;
+  private readonly spending: SpendStore;
   private readonly validScopes: ReadonlySet<string> | null;
 
   constructor(options: AgentKeyOptions) {
@@ -108,6 +149,7 @@ export class AgentKey {
     this.validScopes = valid ? new Set(valid) : null;
     this.db = toDb(o.pool);
     this.store = new KeyStore(this.db, this.names);
+    this.spending = new SpendStore(this.db, this.names);
   }
 
   /**
@@ -148,11 +190,156 @@ export class AgentKey {
    * @example await ak.trackUsage(key, { costCents: 0.03 }) // { success: true, ... }
    */
   async trackUsage(rawKey: string, usage: UsageOptions): Promise<TrackUsageResult> {
-    const micros = this.costMicros(usage);
-    if (micros === null) return { success: false, reason: 'invalid_cost' };
+    const input = spendInput(usage, CHARGE_OPTIONS, 'trackUsage()');
+    if (input.micros === null) return { success: false, reason: 'invalid_cost' };
     const hash = lookupHash(rawKey, this.keyPrefix);
     if (hash === null) return { success: false, reason: 'invalid' };
-    return this.chargeRef({ hash }, micros);
+    return this.chargeRef({ hash }, { ...input, micros: input.micros });
+  }
+
+  /**
+   * Holds `costCents` against the key's budget before a costly call: what is left is
+   * budget - spent - held. Settle it with `commit()` or `release()`; unsettled, the hold
+   * ends by itself after `ttl` (default '5m').
+   *
+   * @example
+   * const hold = await ak.reserve(key, { costCents: maxTokens * centsPerToken, ttl: '2m' });
+   * if (hold.success) await ak.commit(hold.reservationId, { costCents: realCost });
+   */
+  async reserve(rawKey: string, options: ReserveOptions): Promise<ReserveResult> {
+    const input = spendInput(options, RESERVE_OPTIONS, 'reserve()');
+    if (input.micros === null) return { success: false, reason: 'invalid_cost' };
+    const hash = lookupHash(rawKey, this.keyPrefix);
+    if (hash === null) return { success: false, reason: 'invalid' };
+    return this.reserveRef({ hash }, { ...input, micros: input.micros });
+  }
+
+  /** `reserve()` for an external subject created with `ensureSubject()`. */
+  async reserveBySubject(subject: string, options: ReserveOptions): Promise<ReserveResult> {
+    const s = subjectText(subject);
+    const input = spendInput(options, RESERVE_OPTIONS, 'reserveBySubject()');
+    if (input.micros === null) return { success: false, reason: 'invalid_cost' };
+    return this.reserveRef({ subject: s }, { ...input, micros: input.micros });
+  }
+
+  /**
+   * Settles a hold with the real cost and gives back the rest. The cost is recorded in
+   * full even when it passes the hold or the hold has expired (the money was spent).
+   * A second commit returns the first outcome, never a second charge.
+   */
+  async commit(reservationId: string, options: CommitOptions): Promise<CommitResult> {
+    if (options === null || typeof options !== 'object') return { success: false, reason: 'invalid_cost' };
+    const o = checkOptions<CommitOptions>(options, ['costCents', 'metadata'], 'commit()');
+    const micros = costMicros(o.costCents);
+    if (micros === null) return { success: false, reason: 'invalid_cost' };
+    const metadata = metadataJson(o.metadata);
+    if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
+    const out = await this.guard(() => this.spending.settle(reservationId, 'commit', micros, metadata));
+    if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
+    if (out.outcome === 'already_released') return { success: false, reason: 'already_released' };
+    const held = out.hold ?? 0;
+    const cost = out.committed ?? 0;
+    const spent = figures(out);
+    return {
+      success: true,
+      reservationId,
+      costCents: microsToCents(cost),
+      heldCents: microsToCents(held),
+      releasedCents: microsToCents(Math.max(0, held - cost)),
+      overHoldCents: microsToCents(Math.max(0, cost - held)),
+      holdExpired: out.expired === true,
+      overBudget: out.budget != null && (out.spent ?? 0) + (out.held ?? 0) > out.budget,
+      ...spent,
+      ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
+    };
+  }
+
+  /** Gives a whole hold back. A second release returns the first outcome. */
+  async release(reservationId: string): Promise<ReleaseResult> {
+    if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
+    const out = await this.guard(() => this.spending.settle(reservationId, 'release', 0, null));
+    if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
+    if (out.outcome === 'already_committed') return { success: false, reason: 'already_committed' };
+    return {
+      success: true,
+      reservationId,
+      releasedCents: microsToCents(out.released ?? 0),
+      holdExpired: out.expired === true,
+      ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
+    };
+  }
+
+  /**
+   * An operator's correction: adds `costCents` (negative for a refund) to a key's spend,
+   * with a reason, in the ledger. Enforcement sees it at once; it may take a key over budget.
+   *
+   * @example await ak.adjust(42, { costCents: -150, reason: 'refund: provider outage' })
+   */
+  async adjust(keyId: number | string, options: { costCents: number; reason: string; metadata?: Record<string, unknown> }): Promise<AdjustResult> {
+    const id = keyIdNumber(keyId);
+    const { micros, metadata } = adjustInput(options);
+    const out = await this.spend({ id }, { op: 'adjust', micros, idempotencyKey: null, metadata, holdId: null, ttlMs: null });
+    if (out.outcome === 'invalid') return { success: false, reason: 'invalid' };
+    if (out.outcome === 'refund_exceeds_spend') return { success: false, reason: 'refund_exceeds_spend' };
+    return { success: true, ...figures(out) };
+  }
+
+  /**
+   * Spend from the ledger (charges, commits and adjustments), for one key, one account or
+   * all, over [since, until), with optional hourly or daily buckets in UTC.
+   *
+   * @example await ak.usage({ accountId: 'acct_1', since: '2026-11-01', bucket: 'day' })
+   */
+  async usage(query: UsageQuery = {}): Promise<UsageReport> {
+    const q = checkOptions<UsageQuery>(query, ['keyId', 'accountId', 'since', 'until', 'bucket'], 'usage()');
+    if (q.bucket !== undefined && q.bucket !== 'hour' && q.bucket !== 'day') {
+      throw new AgentKeyError('invalid_argument', `bucket must be 'hour' or 'day'; got ${JSON.stringify(q.bucket)}.`);
+    }
+    const report = await this.guard(() =>
+      this.spending.usage({
+        keyId: q.keyId === undefined ? null : keyIdNumber(q.keyId),
+        accountId: q.accountId === undefined ? null : accountIdText(q.accountId),
+        since: q.since === undefined ? null : parseInstant(q.since, 'since'),
+        until: q.until === undefined ? null : parseInstant(q.until, 'until'),
+        bucket: q.bucket ?? null,
+      }),
+    );
+    return {
+      totalCents: microsToCents(report.total),
+      count: report.count,
+      buckets: report.buckets.map((b) => ({ start: b.start.toISOString(), costCents: microsToCents(b.micros), count: b.count })),
+    };
+  }
+
+  /**
+   * Checks that every key's spend counter equals the sum of its spend rows in the ledger
+   * (the ledger is the truth; counters are its cache).
+   */
+  async audit(options: { keyId?: number | string } = {}): Promise<AuditResult> {
+    const o = checkOptions<{ keyId?: number | string }>(options, ['keyId'], 'audit()');
+    const id = o.keyId === undefined ? null : keyIdNumber(o.keyId);
+    const { checked, mismatches } = await this.guard(() => this.spending.audit(id));
+    return {
+      ok: mismatches.length === 0,
+      keysChecked: checked,
+      mismatches: mismatches.map((m) => ({
+        keyId: m.keyId,
+        counterCents: microsToCents(m.counterMicros),
+        ledgerCents: microsToCents(m.ledgerMicros),
+      })),
+    };
+  }
+
+  /**
+   * Marks holds past their ttl as expired, with an 'expire' ledger row each. Not needed for
+   * correctness (an expired hold stops counting at once); it keeps the holds table tidy.
+   * Returns how many it swept.
+   */
+  sweepExpiredHolds(limit = 1_000): Promise<number> {
+    if (!Number.isInteger(limit) || limit <= 0) {
+      return Promise.reject(new AgentKeyError('invalid_argument', 'limit must be a positive whole number.'));
+    }
+    return this.guard(() => this.spending.sweep(limit));
   }
 
   /** True when a valid result's scopes allow `scope` (null scopes and 'admin' allow everything). */
@@ -192,9 +379,9 @@ export class AgentKey {
   /** `trackUsage()` for an external subject created with `ensureSubject()`. */
   async trackUsageBySubject(subject: string, usage: UsageOptions): Promise<TrackUsageResult> {
     const s = subjectText(subject);
-    const micros = this.costMicros(usage);
-    if (micros === null) return { success: false, reason: 'invalid_cost' };
-    return this.chargeRef({ subject: s }, micros);
+    const input = spendInput(usage, CHARGE_OPTIONS, 'trackUsageBySubject()');
+    if (input.micros === null) return { success: false, reason: 'invalid_cost' };
+    return this.chargeRef({ subject: s }, { ...input, micros: input.micros });
   }
 
   private async validateRef(ref: KeyRef): Promise<ValidationResult> {
@@ -204,23 +391,35 @@ export class AgentKey {
     return toValidKey(row);
   }
 
-  private async chargeRef(ref: KeyRef, micros: number): Promise<TrackUsageResult> {
-    const outcome = await this.guard(() => this.store.charge(ref, micros));
-    if (outcome.ok) {
-      const { budget_micros: budget, spent_micros: spent } = outcome.row;
-      return { success: true, ...spendFields(budget, spent) };
-    }
-    const row = outcome.row;
-    if (!row) return { success: false, reason: 'invalid' };
-    if (row.status !== 'active') return { success: false, reason: row.status };
-    return { success: false, reason: 'budget_exceeded', ...spendFields(row.budget_micros, row.spent_micros) };
+  private spend(ref: KeyRef | { id: number }, request: SpendRequest): Promise<SpendOutcome> {
+    return this.guard(() => this.spending.spend(ref, request));
   }
 
-  /** The cost in micros, or null for a missing, negative, non-finite or non-numeric cost. */
-  private costMicros(usage: UsageOptions): number | null {
-    if (usage === null || typeof usage !== 'object') return null;
-    const o = checkOptions<UsageOptions>(usage, USAGE_OPTIONS, 'usage');
-    return isValidCents(o.costCents) ? centsToMicros(o.costCents) : null;
+  private async chargeRef(ref: KeyRef, input: { micros: number; idempotencyKey: string | null; metadata: string | null }): Promise<TrackUsageResult> {
+    const out = await this.spend(ref, { ...input, op: 'charge', holdId: null, ttlMs: null });
+    const state = keyStateReason(out.outcome);
+    if (state) return { success: false, reason: state };
+    if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
+    if (out.outcome === 'budget_exceeded') return { success: false, reason: 'budget_exceeded', ...figures(out) };
+    return { success: true, ...figures(out), ...(out.outcome === 'replayed' ? { replayed: true as const } : {}) };
+  }
+
+  private async reserveRef(
+    ref: KeyRef,
+    input: { micros: number; idempotencyKey: string | null; metadata: string | null; ttlMs: number | null },
+  ): Promise<ReserveResult> {
+    const out = await this.spend(ref, { ...input, op: 'hold', holdId: randomId('rsv_') });
+    const state = keyStateReason(out.outcome);
+    if (state) return { success: false, reason: state };
+    if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
+    if (out.outcome === 'budget_exceeded') return { success: false, reason: 'budget_exceeded', ...figures(out) };
+    return {
+      success: true,
+      reservationId: out.hold_id as string,
+      expiresAt: iso(out.expires_at) as string,
+      budgetRemainingCents: figures(out).budgetRemainingCents,
+      ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
+    };
   }
 
   private keyFields(o: SubjectOptions & { expiresAt?: Date | string | null }, accountId: string) {
@@ -262,7 +461,8 @@ function toValidKey(row: KeyRow): ValidKey {
     name: row.name,
     scopes: row.scopes,
     budgetCents: row.budget_micros === null ? null : microsToCents(row.budget_micros),
-    ...spendFields(row.budget_micros, row.spent_micros),
+    ...figures({ outcome: 'ok', budget: row.budget_micros, spent: row.spent_micros, held: row.held_micros }),
+    budgetHeldCents: microsToCents(row.held_micros),
     budgetPeriod: row.budget_period as BudgetPeriod | null,
     budgetResetAt: iso(row.budget_reset_at),
     expiresAt: iso(row.expires_at),
@@ -270,16 +470,6 @@ function toValidKey(row: KeyRow): ValidKey {
   };
 }
 
-function spendFields(budget: number | null, spent: number) {
-  return {
-    budgetUsedCents: microsToCents(spent),
-    budgetRemainingCents: budget === null ? null : microsToCents(Math.max(0, budget - spent)),
-  };
-}
-
-function iso(date: Date | string | null): string | null {
-  return date === null ? null : new Date(date).toISOString();
-}
 
 function subjectText(subject: unknown): string {
   const s = optionalText(subject, 'subject');

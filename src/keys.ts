@@ -57,6 +57,11 @@ export function lookupHash(raw: unknown, prefix: string): string | null {
   return null;
 }
 
+/** A random, unguessable id such as 'rsv_…' (24 base62 characters, about 143 bits). */
+export function randomId(prefix: string, length = 24): string {
+  return prefix + randomBase62(length);
+}
+
 function checksum(body: string): string {
   const digest = createHash('sha256').update(body).digest();
   let n = digest.readUInt32BE(0) * 65_536 + digest.readUInt16BE(4);

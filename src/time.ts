@@ -43,6 +43,16 @@ export function parseDuration(value: unknown, field = 'expiresIn'): Duration {
   return duration;
 }
 
+/** A duration in milliseconds, for short fixed spans (no months): hold ttls. */
+export function durationMs(value: unknown, field: string, maxMs: number): number {
+  const d = parseDuration(value, field);
+  const ms = d.unit === 'mo' ? Infinity : d.amount * UNIT_MS[d.unit];
+  if (ms > maxMs) {
+    throw new AgentKeyError('invalid_duration', `${field} must be at most ${maxMs / 3_600_000}h; got ${describe(value)}.`);
+  }
+  return ms;
+}
+
 /**
  * Adds a duration to an instant. Months are calendar months in UTC, clamped to the
  * last day of a shorter month (Jan 31 + 1mo = Feb 28/29).

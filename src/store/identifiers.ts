@@ -20,6 +20,12 @@ export interface TableNames {
   /** The period function and the migrations table, in the same schema as the keys table. */
   nextReset: string;
   migrations: string;
+  /** The append-only usage ledger and the holds (reservations) table. */
+  ledger: string;
+  holds: string;
+  /** The per-table PL/pgSQL functions that spend and settle. */
+  spendFn: string;
+  settleFn: string;
 }
 
 /**
@@ -39,12 +45,19 @@ export function tableNames(name: unknown): TableNames {
   const quoted = parts.map((p) => `"${p}"`);
   const schema = quoted.length === 2 ? `${quoted[0]}.` : '';
   const tablePart = parts[parts.length - 1] as string;
+  const indexBase =
+    tablePart.length <= 40 ? tablePart : `${tablePart.slice(0, 31)}_${createHash('sha256').update(tablePart).digest('hex').slice(0, 8)}`;
+  const beside = (suffix: string) => `${schema}"${indexBase}_${suffix}"`;
   return {
     name: name as string,
     table: quoted.join('.'),
     schema,
-    indexBase: tablePart.length <= 40 ? tablePart : `${tablePart.slice(0, 31)}_${createHash('sha256').update(tablePart).digest('hex').slice(0, 8)}`,
+    indexBase,
     nextReset: `${schema}agentkey_next_reset`,
     migrations: `${schema}agentkey_migrations`,
+    ledger: beside('ledger'),
+    holds: beside('holds'),
+    spendFn: beside('spend'),
+    settleFn: beside('settle'),
   };
 }

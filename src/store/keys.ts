@@ -12,6 +12,8 @@ export interface KeyRow {
   scopes: string[] | null;
   budget_micros: number | null;
   spent_micros: number;
+  /** Money held by live (unexpired, unsettled) reservations. */
+  held_micros: number;
   budget_period: string | null;
   budget_reset_at: Date | null;
   expires_at: Date | null;
@@ -41,10 +43,6 @@ export interface NewKey {
 /** Which row a call is about: by key hash or by external subject. */
 export type KeyRef = { hash: string } | { subject: string };
 
-export type ChargeOutcome =
-  | { ok: true; row: { id: number; budget_micros: number | null; spent_micros: number } }
-  | { ok: false; row: KeyRow | null };
-
 /** All SQL about keys. Method names follow the use cases of the facade. */
 export class KeyStore {
   private readonly due: string;
@@ -56,6 +54,8 @@ export class KeyStore {
     this.spentNow = `(CASE WHEN ${this.due} THEN 0 ELSE spent_micros END)`;
     this.columns = `id, account_id, name, key_prefix, scopes, budget_micros,
       ${this.spentNow} AS spent_micros, budget_period,
+      (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h
+        WHERE h.key_id = k.id AND h.status = 'held' AND h.expires_at > now())::bigint AS held_micros,
       CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END AS budget_reset_at,
       expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
       CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
@@ -103,7 +103,7 @@ export class KeyStore {
   async findAndTouch(ref: KeyRef): Promise<KeyRow | null> {
     const [cond, value] = this.where(ref);
     const rows = await this.db.query<KeyRow>(
-      `WITH k AS (SELECT ${this.columns} FROM ${this.t.table} WHERE ${cond}),
+      `WITH k AS (SELECT ${this.columns} FROM ${this.t.table} k WHERE ${cond}),
        touch AS (UPDATE ${this.t.table} SET last_used_at = now()
                  WHERE id = (SELECT id FROM k WHERE status = 'active'))
        SELECT * FROM k`,
@@ -114,30 +114,8 @@ export class KeyStore {
 
   async find(ref: KeyRef): Promise<KeyRow | null> {
     const [cond, value] = this.where(ref);
-    const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} WHERE ${cond}`, [value]);
+    const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${cond}`, [value]);
     return rows[0] ?? null;
-  }
-
-  /**
-   * The one spending primitive: a guarded increment that rolls the period over, checks
-   * the key's state and budget and adds the cost, all in one statement, so concurrent
-   * charges can never pass the budget. On refusal, reads the row to say why.
-   */
-  async charge(ref: KeyRef, micros: number): Promise<ChargeOutcome> {
-    const [cond, value] = this.where(ref);
-    const rows = await this.db.query<{ id: number; budget_micros: number | null; spent_micros: number }>(
-      `UPDATE ${this.t.table} SET
-         spent_micros = ${this.spentNow} + $2::bigint,
-         budget_used_cents = (${this.spentNow} + $2::bigint) / 10000.0,
-         budget_reset_at = CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END,
-         last_used_at = now()
-       WHERE ${cond} AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
-         AND (budget_micros IS NULL OR ${this.spentNow} + $2::bigint <= budget_micros)
-       RETURNING id, budget_micros, spent_micros`,
-      [value, micros],
-    );
-    if (rows[0]) return { ok: true, row: rows[0] };
-    return { ok: false, row: await this.find(ref) };
   }
 
   async revoke(id: number, accountId: string | null): Promise<boolean> {

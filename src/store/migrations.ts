@@ -1,6 +1,7 @@
 import { AgentKeyError } from '../errors.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
+import { createLedger } from './ledger-schema.js';
 
 interface Migration {
   version: number;
@@ -44,7 +45,7 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
   });
 }
 
-export const LATEST_VERSION = 1;
+export const LATEST_VERSION = 2;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -122,6 +123,11 @@ const MIGRATIONS: Migration[] = [
         ON ${t.table} (external_subject) WHERE external_subject IS NOT NULL`);
       await tx.query(`CREATE INDEX IF NOT EXISTS "${t.indexBase}_account_idx" ON ${t.table} (account_id)`);
     },
+  },
+  {
+    version: 2,
+    name: 'append-only usage ledger, holds, and the spend and settle functions',
+    up: createLedger,
   },
 ];
 

@@ -1,0 +1,154 @@
+import { AgentKeyError } from './errors.js';
+import type { InvalidReason } from './agentkey.js';
+import { MAX_CENTS, centsToMicros, describe, isValidCents, microsToCents } from './money.js';
+import { checkOptions, optionalText } from './options.js';
+import type { SpendOutcome } from './store/spend.js';
+import { durationMs } from './time.js';
+
+export interface ChargeOptions {
+  costCents: number;
+  /** Charges with the same idempotency key (per key) are made once; a retry returns the first result. */
+  idempotencyKey?: string;
+  /** JSON object stored with the ledger row, e.g. `{ model, inputTokens, outputTokens }`. */
+  metadata?: Record<string, unknown>;
+}
+
+export interface ReserveOptions extends ChargeOptions {
+  /** How long the hold lasts unless committed or released: '30s', '5m', up to '24h'. Default '5m'. */
+  ttl?: string;
+}
+
+export interface CommitOptions {
+  costCents: number;
+  metadata?: Record<string, unknown>;
+}
+
+export interface SpendFigures {
+  budgetUsedCents: number;
+  budgetRemainingCents: number | null;
+}
+
+export type TrackUsageResult =
+  | ({ success: true; replayed?: true } & SpendFigures)
+  | ({ success: false; reason: 'budget_exceeded' } & SpendFigures)
+  | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
+
+export type ReserveResult =
+  | { success: true; reservationId: string; expiresAt: string; budgetRemainingCents: number | null; replayed?: true }
+  | ({ success: false; reason: 'budget_exceeded' } & SpendFigures)
+  | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
+
+export type CommitResult =
+  | ({
+      success: true;
+      reservationId: string;
+      /** The real cost, recorded in full even past the hold or its expiry. */
+      costCents: number;
+      heldCents: number;
+      /** The part of the hold given back. */
+      releasedCents: number;
+      /** How far the real cost went past the hold. */
+      overHoldCents: number;
+      /** The hold had expired before this commit. */
+      holdExpired: boolean;
+      /** The key's spend and live holds now exceed its budget. */
+      overBudget: boolean;
+      replayed?: true;
+    } & SpendFigures)
+  | { success: false; reason: 'invalid_cost' | 'reservation_not_found' | 'already_released' };
+
+export type ReleaseResult =
+  | { success: true; reservationId: string; releasedCents: number; holdExpired: boolean; replayed?: true }
+  | { success: false; reason: 'reservation_not_found' | 'already_committed' };
+
+export type AdjustResult =
+  | ({ success: true } & SpendFigures)
+  | { success: false; reason: 'invalid' | 'refund_exceeds_spend' };
+
+export const CHARGE_OPTIONS = ['costCents', 'idempotencyKey', 'metadata'] as const;
+export const RESERVE_OPTIONS = [...CHARGE_OPTIONS, 'ttl'] as const;
+const MAX_TTL_MS = 24 * 3_600_000;
+const MAX_METADATA_BYTES = 8_192;
+
+/** The cost in micros, or null for a negative, non-finite, non-numeric or missing cost. */
+export function costMicros(value: unknown): number | null {
+  return isValidCents(value) ? centsToMicros(value) : null;
+}
+
+export interface SpendInput {
+  micros: number | null;
+  idempotencyKey: string | null;
+  metadata: string | null;
+  ttlMs: number | null;
+}
+
+/** Checks charge/reserve options; a bad cost is data (`micros: null`), anything else throws. */
+export function spendInput(options: unknown, allowed: readonly string[], what: string): SpendInput {
+  if (options === null || typeof options !== 'object') return { micros: null, idempotencyKey: null, metadata: null, ttlMs: null };
+  const o = checkOptions<ReserveOptions>(options, allowed, what);
+  return {
+    micros: costMicros(o.costCents),
+    idempotencyKey: optionalText(o.idempotencyKey, 'idempotencyKey'),
+    metadata: metadataJson(o.metadata),
+    ttlMs: allowed.includes('ttl') ? durationMs(o.ttl ?? '5m', 'ttl', MAX_TTL_MS) : null,
+  };
+}
+
+export function metadataJson(value: unknown): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw new AgentKeyError('invalid_argument', `metadata must be a JSON object; got ${describe(value)}.`);
+  }
+  let json: string;
+  try {
+    json = JSON.stringify(value);
+  } catch {
+    throw new AgentKeyError('invalid_argument', 'metadata must be serialisable as JSON.');
+  }
+  if (Buffer.byteLength(json) > MAX_METADATA_BYTES) {
+    throw new AgentKeyError('invalid_argument', `metadata must be at most ${MAX_METADATA_BYTES} bytes of JSON.`);
+  }
+  return json;
+}
+
+/** Checks an adjustment: a signed cost (refunds negative) and a reason. */
+export function adjustInput(options: unknown): { micros: number; metadata: string } {
+  const o = checkOptions<{ costCents: number; reason: string; metadata?: Record<string, unknown> }>(
+    options,
+    ['costCents', 'reason', 'metadata'],
+    'adjust()',
+  );
+  const cents = o.costCents;
+  if (typeof cents !== 'number' || !Number.isFinite(cents) || Math.abs(cents) > MAX_CENTS || cents === 0) {
+    throw new AgentKeyError('invalid_cost', `costCents must be a non-zero number of cents (negative for a refund); got ${describe(cents)}.`);
+  }
+  const reason = optionalText(o.reason, 'reason', 1_000);
+  if (reason === null) throw new AgentKeyError('invalid_argument', 'adjust() needs a reason, such as "refund for a failed call".');
+  const extra = metadataJson(o.metadata);
+  const metadata = JSON.stringify({ ...(extra ? JSON.parse(extra) : {}), reason });
+  return { micros: centsToMicros(cents), metadata };
+}
+
+export function figures(out: SpendOutcome): SpendFigures {
+  const spent = out.spent ?? 0;
+  const held = out.held ?? 0;
+  const budget = out.budget ?? null;
+  return {
+    budgetUsedCents: microsToCents(spent),
+    budgetRemainingCents: budget === null ? null : microsToCents(Math.max(0, budget - spent - held)),
+  };
+}
+
+/** Outcomes of the spend function that are the key's own state. */
+export function keyStateReason(outcome: string): InvalidReason | null {
+  return outcome === 'invalid' || outcome === 'expired' || outcome === 'revoked' ? outcome : null;
+}
+
+export function iso(date: Date | string | null | undefined): string | null {
+  return date == null ? null : new Date(date).toISOString();
+}
+
+const RESERVATION_ID = /^rsv_[0-9A-Za-z]{24}$/;
+export function isReservationId(value: unknown): value is string {
+  return typeof value === 'string' && RESERVATION_ID.test(value);
+}

@@ -1,0 +1,151 @@
+import type { Db } from './db.js';
+import type { TableNames } from './identifiers.js';
+import type { KeyRef } from './keys.js';
+import { SPEND_KINDS } from './ledger-schema.js';
+
+/** What the spend and settle functions report, in micro-dollars. */
+export interface SpendOutcome {
+  outcome: string;
+  key_id?: number;
+  budget?: number | null;
+  spent?: number;
+  held?: number;
+  hold_id?: string | null;
+  expires_at?: string | null;
+  status?: string;
+  hold?: number;
+  committed?: number;
+  released?: number;
+  expired?: boolean;
+}
+
+export type SpendOp = 'charge' | 'hold' | 'adjust';
+
+export interface SpendRequest {
+  op: SpendOp;
+  micros: number;
+  idempotencyKey: string | null;
+  metadata: string | null;
+  holdId: string | null;
+  ttlMs: number | null;
+}
+
+export interface UsageFilter {
+  keyId: number | null;
+  accountId: string | null;
+  since: Date | null;
+  until: Date | null;
+  bucket: 'hour' | 'day' | null;
+}
+
+export interface AuditMismatch {
+  keyId: number;
+  counterMicros: number;
+  ledgerMicros: number;
+}
+
+/** The SQL of spending: one call of a PL/pgSQL function per step, plus reports over the ledger. */
+export class SpendStore {
+  constructor(private readonly db: Db, private readonly t: TableNames) {}
+
+  async spend(ref: KeyRef | { id: number }, r: SpendRequest): Promise<SpendOutcome> {
+    const by = refParams(ref);
+    const rows = await this.db.query<{ r: SpendOutcome }>(
+      `SELECT ${this.t.spendFn}($1, $2, $3, $4, $5::bigint, $6, $7::jsonb, $8, $9::bigint) AS r`,
+      [...by, r.op, r.micros, r.idempotencyKey, r.metadata, r.holdId, r.ttlMs],
+    );
+    return parse(rows[0]?.r);
+  }
+
+  async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
+    const rows = await this.db.query<{ r: SpendOutcome }>(
+      `SELECT ${this.t.settleFn}($1, $2, $3::bigint, $4::jsonb) AS r`,
+      [holdId, op, micros, metadata],
+    );
+    return parse(rows[0]?.r);
+  }
+
+  /** Marks holds past their time as expired, with an 'expire' ledger row each. Returns how many. */
+  async sweep(limit: number): Promise<number> {
+    const rows = await this.db.query<{ n: number }>(
+      `WITH swept AS (
+         UPDATE ${this.t.holds} SET status = 'expired', settled_at = now()
+         WHERE id IN (SELECT id FROM ${this.t.holds} WHERE status = 'held' AND expires_at <= now()
+                      ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+           AND status = 'held'
+         RETURNING id, key_id, amount_micros),
+       logged AS (
+         INSERT INTO ${this.t.ledger} (key_id, account_id, kind, amount_micros, reservation_id)
+         SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id
+         FROM swept s JOIN ${this.t.table} k ON k.id = s.key_id
+         RETURNING 1)
+       SELECT count(*)::int AS n FROM logged`,
+      [limit],
+    );
+    return Number(rows[0]?.n ?? 0);
+  }
+
+  /** Keys whose spend counter differs from the sum of their spend rows in the ledger. */
+  async audit(keyId: number | null): Promise<{ checked: number; mismatches: AuditMismatch[] }> {
+    const filter = keyId === null ? '' : 'WHERE k.id = $1';
+    const rows = await this.db.query<{ id: number; counter: number; ledger: number }>(
+      `SELECT k.id, k.spent_micros AS counter, COALESCE(l.total, 0)::bigint AS ledger
+       FROM ${this.t.table} k
+       LEFT JOIN (SELECT key_id, sum(amount_micros) AS total FROM ${this.t.ledger}
+                  WHERE kind IN (${SPEND_KINDS.map((k) => `'${k}'`).join(', ')}) GROUP BY key_id) l
+         ON l.key_id = k.id
+       ${filter}`,
+      keyId === null ? [] : [keyId],
+    );
+    const mismatches = rows
+      .filter((r) => Number(r.counter) !== Number(r.ledger))
+      .map((r) => ({ keyId: r.id, counterMicros: Number(r.counter), ledgerMicros: Number(r.ledger) }));
+    return { checked: rows.length, mismatches };
+  }
+
+  /** Spend (charges, commits, adjustments) over a time range, in total and in UTC buckets. */
+  async usage(f: UsageFilter): Promise<{ total: number; count: number; buckets: { start: Date; micros: number; count: number }[] }> {
+    const where = [`kind IN ('charge', 'commit', 'adjust')`];
+    const params: unknown[] = [];
+    const add = (sql: string, value: unknown) => {
+      params.push(value);
+      where.push(sql.replace('?', `$${params.length}`));
+    };
+    if (f.keyId !== null) add('key_id = ?', f.keyId);
+    if (f.accountId !== null) add('account_id = ?', f.accountId);
+    if (f.since !== null) add('created_at >= ?', f.since);
+    if (f.until !== null) add('created_at < ?', f.until);
+    const from = `FROM ${this.t.ledger} WHERE ${where.join(' AND ')}`;
+    if (f.bucket === null) {
+      const rows = await this.db.query<{ total: number; n: number }>(
+        `SELECT COALESCE(sum(amount_micros), 0)::bigint AS total, count(*)::bigint AS n ${from}`,
+        params,
+      );
+      return { total: Number(rows[0]?.total ?? 0), count: Number(rows[0]?.n ?? 0), buckets: [] };
+    }
+    const rows = await this.db.query<{ start: Date; total: number; n: number }>(
+      `SELECT date_trunc('${f.bucket}', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS start,
+              sum(amount_micros)::bigint AS total, count(*)::bigint AS n
+       ${from} GROUP BY 1 ORDER BY 1`,
+      params,
+    );
+    const buckets = rows.map((r) => ({ start: new Date(r.start), micros: Number(r.total), count: Number(r.n) }));
+    return {
+      total: buckets.reduce((sum, b) => sum + b.micros, 0),
+      count: buckets.reduce((sum, b) => sum + b.count, 0),
+      buckets,
+    };
+  }
+}
+
+function refParams(ref: KeyRef | { id: number }): [string | null, string | null, number | null] {
+  if ('hash' in ref) return [ref.hash, null, null];
+  if ('subject' in ref) return [null, ref.subject, null];
+  return [null, null, ref.id];
+}
+
+/** node-postgres and PGlite both parse JSONB; a driver that does not hands back text. */
+function parse(value: unknown): SpendOutcome {
+  const out = typeof value === 'string' ? JSON.parse(value) : value;
+  return (out ?? { outcome: 'invalid' }) as SpendOutcome;
+}
