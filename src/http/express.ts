@@ -4,12 +4,22 @@ import type { AgentKey, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { type HttpError, sendJson } from './errors.js';
 import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
+import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
 import { type VerifyOptions, checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey } from './verify.js';
 
 export type { AgentKeyRoutesOptions } from './self-serve.js';
-export type { VerifyOptions as AgentKeyMiddlewareOptions } from './verify.js';
+export type { HeldReservation } from './hold.js';
 
-type Req = IncomingMessage & { agentKey?: ValidKey; body?: unknown; ip?: string; path?: string };
+/** Options of `agentKeyMiddleware`. */
+export type AgentKeyMiddlewareOptions = VerifyOptions & HoldOptions<Req>;
+
+type Req = IncomingMessage & {
+  agentKey?: ValidKey;
+  agentKeyReservation?: HeldReservation;
+  body?: unknown;
+  ip?: string;
+  path?: string;
+};
 type Res = ServerResponse & { locals?: Record<string, unknown> };
 type Next = (err?: unknown) => void;
 
@@ -22,11 +32,39 @@ function send(res: Res, error: HttpError): void {
  * key lacks `scope` (named in the body), 429 when its budget is spent, 500 when the key
  * store fails. On success the validation result is `req.agentKey` (and `res.locals.agentKey`).
  *
- * @example app.post('/api/proxy', agentKeyMiddleware(ak, { scope: 'proxy.chat' }), handler)
+ * With `reserveCents`, it also holds that much of the budget before the handler (429
+ * when it does not fit) and settles the hold when the response ends: it commits
+ * `res.locals.costCents` if the handler set it, else the whole hold on a success, and
+ * releases the hold when the handler failed (status >= 400) or the client went away.
+ *
+ * @example app.post('/api/proxy', agentKeyMiddleware(ak, { scope: 'proxy.chat', reserveCents: 50 }), handler)
  */
-export function agentKeyMiddleware(ak: AgentKey, options: VerifyOptions = {}) {
+export function agentKeyMiddleware(ak: AgentKey, options: AgentKeyMiddlewareOptions = {}) {
   checkAgentKey(ak, 'agentKeyMiddleware');
-  return authMiddleware(ak, checkVerifyOptions(options), true);
+  const opts = checkVerifyOptions(options, HOLD_OPTIONS);
+  const auth = authMiddleware(ak, opts, true);
+  if (options.reserveCents === undefined) return auth;
+  const hold = checkHoldOptions<Req>(options);
+  return async function agentKeyAuthAndHold(req: Req, res: Res, next: Next): Promise<void> {
+    await auth(req, res, async () => {
+      const rawKey = keyFromHeaders((name) => req.headers[name]) as string;
+      const outcome = await takeHold(ak, rawKey, req, hold);
+      if (!outcome.ok) return send(res, outcome.error);
+      req.agentKeyReservation = outcome.hold;
+      if (res.locals) res.locals.agentKeyReservation = outcome.hold;
+      let settled = false;
+      const settle = () => {
+        if (settled) return;
+        settled = true;
+        // 'finish' means the whole response was sent; 'close' before it, that the client left.
+        const succeeded = res.writableFinished && res.statusCode < 400;
+        void settleHold(ak, outcome.hold, res.locals?.costCents, succeeded, hold.onSettleError);
+      };
+      res.once('finish', settle);
+      res.once('close', settle);
+      next();
+    });
+  };
 }
 
 function authMiddleware(ak: AgentKey, opts: ReturnType<typeof checkVerifyOptions>, checkBudget: boolean) {

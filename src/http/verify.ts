@@ -12,12 +12,13 @@ export interface VerifyOptions {
 }
 
 /** Checks middleware options once, when the middleware is built. */
-export function checkVerifyOptions(options: unknown): Required<Pick<VerifyOptions, 'timeoutMs'>> & VerifyOptions {
+export function checkVerifyOptions(options: unknown, extra: readonly string[] = []): Required<Pick<VerifyOptions, 'timeoutMs'>> & VerifyOptions {
   const o = (options ?? {}) as VerifyOptions;
   if (typeof o !== 'object' || Array.isArray(o)) throw new AgentKeyError('invalid_argument', 'Middleware options must be an object.');
   // A misspelt option (say `scopes`) must not silently turn the scope check off.
-  const unknown = Object.keys(o).find((k) => k !== 'scope' && k !== 'timeoutMs');
-  if (unknown) throw new AgentKeyError('invalid_argument', `Middleware got unknown option "${unknown}"; allowed: scope, timeoutMs.`);
+  const allowed = ['scope', 'timeoutMs', ...extra];
+  const unknown = Object.keys(o).find((k) => !allowed.includes(k));
+  if (unknown) throw new AgentKeyError('invalid_argument', `Middleware got unknown option "${unknown}"; allowed: ${allowed.join(', ')}.`);
   if (o.scope !== undefined && (typeof o.scope !== 'string' || o.scope.length === 0)) {
     throw new AgentKeyError('invalid_argument', 'The scope option must be a non-empty string.');
   }

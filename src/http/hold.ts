@@ -1,0 +1,88 @@
+import type { AgentKey } from '../agentkey.js';
+import { AgentKeyError } from '../errors.js';
+import { MAX_CENTS, describe, isValidCents } from '../money.js';
+import { durationMs } from '../time.js';
+import { type HttpError, errorToHttp, httpError } from './errors.js';
+
+/** A number of cents, or a function of the request that returns one (may be async). */
+export type ReserveCents<Req> = number | ((req: Req) => number | Promise<number>);
+
+export interface HoldOptions<Req> {
+  /** Hold this much before the handler runs; 429 when the budget cannot cover it. */
+  reserveCents?: ReserveCents<Req>;
+  /** How long the hold lives if the process dies before settling it. Default '5m'. */
+  holdTtl?: string;
+  /** Called when settling a hold fails twice (the hold then ends at its ttl). Default: console.error. */
+  onSettleError?: (err: unknown) => void;
+}
+
+export interface HeldReservation {
+  reservationId: string;
+  heldCents: number;
+}
+
+export type HoldOutcome = { ok: true; hold: HeldReservation } | { ok: false; error: HttpError };
+
+export const HOLD_OPTIONS = ['reserveCents', 'holdTtl', 'onSettleError'] as const;
+
+export function checkHoldOptions<Req>(o: HoldOptions<Req>): HoldOptions<Req> & { holdTtl: string } {
+  const r = o.reserveCents;
+  if (r !== undefined && typeof r !== 'function' && !(isValidCents(r) && r > 0)) {
+    throw new AgentKeyError('invalid_argument', `reserveCents must be a number of cents above 0 or a function of the request; got ${describe(r)}.`);
+  }
+  const holdTtl = o.holdTtl ?? '5m';
+  durationMs(holdTtl, 'holdTtl', 24 * 3_600_000);
+  if (o.onSettleError !== undefined && typeof o.onSettleError !== 'function') {
+    throw new AgentKeyError('invalid_argument', 'onSettleError must be a function.');
+  }
+  return { ...o, holdTtl };
+}
+
+/** Takes the hold a request asked for: 429 when the budget cannot cover it. */
+export async function takeHold<Req>(ak: AgentKey, rawKey: string, req: Req, o: HoldOptions<Req> & { holdTtl: string }): Promise<HoldOutcome> {
+  try {
+    const r = o.reserveCents as ReserveCents<Req>;
+    const cents = typeof r === 'function' ? await r(req) : r;
+    if (!isValidCents(cents)) {
+      return { ok: false, error: httpError(500, 'invalid_reserve', `reserveCents returned ${describe(cents)}, not a number of cents from 0 to ${MAX_CENTS}.`) };
+    }
+    const hold = await ak.reserve(rawKey, { costCents: cents, ttl: o.holdTtl });
+    if (hold.success) return { ok: true, hold: { reservationId: hold.reservationId, heldCents: cents } };
+    if (hold.reason === 'budget_exceeded') {
+      return { ok: false, error: httpError(429, 'budget_exceeded', "This key's remaining budget cannot cover this request.") };
+    }
+    return { ok: false, error: httpError(401, `key_${hold.reason}`, 'The API key can no longer spend.') };
+  } catch (err) {
+    return { ok: false, error: errorToHttp(err) };
+  }
+}
+
+/**
+ * Ends a request's hold: commits the cost the handler reported (`costCents`), or, when
+ * it reported none, commits the whole hold after a success and releases it after a
+ * failure or a client that went away. Retries once; never throws.
+ */
+export async function settleHold(
+  ak: AgentKey,
+  hold: HeldReservation,
+  reported: unknown,
+  succeeded: boolean,
+  onError: (err: unknown) => void = defaultOnError,
+): Promise<void> {
+  const settle = () =>
+    isValidCents(reported)
+      ? ak.commit(hold.reservationId, { costCents: reported })
+      : succeeded
+        ? ak.commit(hold.reservationId, { costCents: hold.heldCents })
+        : ak.release(hold.reservationId);
+  try {
+    await settle();
+  } catch {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    await settle().catch(onError);
+  }
+}
+
+function defaultOnError(err: unknown): void {
+  console.error('agentkey: settling a hold failed; it will end at its ttl.', err);
+}
