@@ -418,6 +418,7 @@ forEachDatabase((getDb) => {
         budgetCents: 5000,
         budgetUsedCents: 0,
         budgetRemainingCents: 5000,
+        budgetHeldCents: 0,
         budgetPeriod: 'month',
         budgetResetAt: expect.stringMatching(ISO),
         expiresAt: created.expiresAt,
@@ -431,7 +432,7 @@ forEachDatabase((getDb) => {
         budgetUsedCents: 1200,
         budgetRemainingCents: 3800,
       });
-      expect(await ak.validate(created.key)).toMatchObject({ valid: true, budgetCents: 5000, budgetUsedCents: 1200, budgetRemainingCents: 3800 });
+      expect(await ak.validate(created.key)).toMatchObject({ valid: true, budgetCents: 5000, budgetUsedCents: 1200, budgetRemainingCents: 3800, budgetHeldCents: 0 });
     });
 
     it('happy: a key without budget, scopes or expiry is unlimited', async () => {

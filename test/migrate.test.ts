@@ -93,6 +93,44 @@ async function currentSchema(db: TestDb): Promise<string> {
   return row!.s;
 }
 
+/** The name of an object agentkey keeps beside `table` (short names: the table name is the base). */
+function beside(table: string, suffix: string, schema: string | null = null): string {
+  return `${schema === null ? '' : `${schema}.`}"${table}_${suffix}"`;
+}
+
+/** The ledger rows of a table in id order; null when the table has no ledger (yet). */
+async function ledgerRows(db: TestDb, table: string, schema: string | null = null) {
+  const qualified = beside(table, 'ledger', schema);
+  const [exists] = await db.query<{ t: string | null }>(`SELECT to_regclass($1)::text AS t`, [qualified]);
+  if (!exists?.t) return null;
+  return db.query<{ key_id: number; account_id: string; kind: string; amount: string; reservation_id: string | null; idempotency_key: string | null; metadata: unknown }>(
+    `SELECT key_id, account_id, kind, amount_micros::text AS amount, reservation_id, idempotency_key, metadata
+     FROM ${qualified} ORDER BY id`,
+  );
+}
+
+/** What migration 2 adds beside a table: its tables, functions and the append-only trigger. */
+async function ledgerObjects(db: TestDb, table: string, schema: string | null = null) {
+  const rel = async (suffix: string) =>
+    (await db.query<{ t: string | null }>(`SELECT to_regclass($1)::text AS t`, [beside(table, suffix, schema)]))[0]!.t !== null;
+  const fns = await db.query<{ proname: string }>(
+    `SELECT p.proname::text AS proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname::text = COALESCE($1::text, current_schema()::text) AND p.proname::text = ANY($2::text[])
+     ORDER BY 1`,
+    [schema, [`${table}_spend`, `${table}_settle`]],
+  );
+  const triggers = await db.query<{ tgname: string }>(
+    `SELECT tgname::text AS tgname FROM pg_trigger WHERE tgrelid = to_regclass($1) AND NOT tgisinternal`,
+    [beside(table, 'ledger', schema)],
+  );
+  return {
+    ledger: await rel('ledger'),
+    holds: await rel('holds'),
+    functions: fns.map((f) => f.proname),
+    triggers: triggers.map((t) => t.tgname),
+  };
+}
+
 /** Everything migrate() could change about a table, to compare before and after. */
 async function snapshot(db: TestDb, table: string) {
   const cols = await db.query(
@@ -103,7 +141,7 @@ async function snapshot(db: TestDb, table: string) {
   );
   const rows = await db.query(`SELECT to_jsonb(x) AS row FROM ${table} x ORDER BY id`);
   const fn = await db.query(`SELECT prosrc FROM pg_proc WHERE proname = 'agentkey_next_reset'`);
-  return { cols, indexes: await indexes(db, table), versions: await versionRows(db, table), rows, fn };
+  return { cols, indexes: await indexes(db, table), versions: await versionRows(db, table), rows, fn, ledger: await ledgerRows(db, table) };
 }
 
 async function expectAgentKeyError(promise: Promise<unknown>): Promise<AgentKeyError> {
@@ -125,7 +163,7 @@ forEachDatabase((getDb) => {
       const ak = new AgentKey({ pool: db.pool, tableName: table });
 
       expect(await ak.migrate()).toEqual(ALL_VERSIONS);
-      expect(ALL_VERSIONS).toEqual([1]);
+      expect(ALL_VERSIONS).toEqual([1, 2]);
 
       const cols = await columnTypes(db, table);
       for (const col of ['id', 'account_id', 'key_hash', 'key_prefix', 'name', 'created_at', 'last_used_at', 'revoked_at']) {
@@ -145,10 +183,51 @@ forEachDatabase((getDb) => {
       });
 
       const versions = await versionRows(db, table);
-      expect(versions.map((v) => Number(v.version))).toEqual([1]);
-      expect(versions[0]!.table_name).toBe(table);
-      expect(typeof versions[0]!.name).toBe('string');
-      expect(versions[0]!.applied_at).toBeTruthy();
+      expect(versions.map((v) => Number(v.version))).toEqual([1, 2]);
+      for (const v of versions) {
+        expect(v.table_name).toBe(table);
+        expect(v.name).toMatch(/\S/);
+        expect(v.applied_at).toBeTruthy();
+      }
+      expect(versions[0]!.name).not.toBe(versions[1]!.name);
+
+      // Version 2: the ledger and holds tables, the spend and settle functions, the append-only trigger.
+      expect(await ledgerObjects(db, table)).toEqual({
+        ledger: true,
+        holds: true,
+        functions: [`${table}_settle`, `${table}_spend`],
+        triggers: ['agentkey_append_only'],
+      });
+      expect(await columnTypes(db, `${table}_ledger`)).toEqual({
+        id: 'bigint',
+        key_id: 'bigint',
+        account_id: 'text',
+        kind: 'text',
+        amount_micros: 'bigint',
+        reservation_id: 'text',
+        idempotency_key: 'text',
+        metadata: 'jsonb',
+        created_at: 'timestamp with time zone',
+      });
+      expect(await columnTypes(db, `${table}_holds`)).toMatchObject({
+        id: 'text',
+        key_id: 'bigint',
+        amount_micros: 'bigint',
+        status: 'text',
+        expires_at: 'timestamp with time zone',
+        committed_micros: 'bigint',
+        idempotency_key: 'text',
+      });
+      const ledgerIdx = await indexes(db, `${table}_ledger`);
+      expect(ledgerIdx.some((d) => /UNIQUE INDEX/.test(d) && /\(key_id, idempotency_key\)/.test(d))).toBe(true);
+      expect(ledgerIdx.some((d) => /\(key_id, created_at\)/.test(d))).toBe(true);
+      expect(ledgerIdx.some((d) => /\(account_id, created_at\)/.test(d))).toBe(true);
+      expect(ledgerIdx.some((d) => /\(created_at\)/.test(d))).toBe(true);
+      const holdIdx = await indexes(db, `${table}_holds`);
+      expect(holdIdx.some((d) => /UNIQUE INDEX/.test(d) && /\(key_id, idempotency_key\)/.test(d))).toBe(true);
+      expect(holdIdx.some((d) => /\(key_id, expires_at\)/.test(d) && /WHERE/.test(d))).toBe(true);
+      // An empty table has no spend: no opening balance.
+      expect(await ledgerRows(db, table)).toEqual([]);
 
       expect(await nextResetSchemas(db)).toContain(await currentSchema(db));
       const [reset] = await db.query<{ r: string }>(
@@ -163,7 +242,12 @@ forEachDatabase((getDb) => {
       expect(idx.some((d) => !/UNIQUE/.test(d) && /\(account_id\)/.test(d))).toBe(true);
 
       const key = await ak.create({ accountId: 'acct_1', budgetCents: 100, budgetPeriod: 'month' });
-      expect(await ak.validate(key.key)).toMatchObject({ valid: true, keyId: key.id, budgetRemainingCents: 100 });
+      expect(await ak.validate(key.key)).toMatchObject({ valid: true, keyId: key.id, budgetRemainingCents: 100, budgetHeldCents: 0 });
+
+      // Run again: nothing to apply, the version table still lists 1 and 2 once each.
+      expect(await ak.migrate()).toEqual([]);
+      expect((await versionRows(db, table)).map((v) => Number(v.version))).toEqual([1, 2]);
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
     });
 
     it('is idempotent: a second call, from the same or another instance, returns [] and changes nothing', async () => {
@@ -179,7 +263,9 @@ forEachDatabase((getDb) => {
       expect(await new AgentKey({ pool: db.pool, tableName: table }).migrate()).toEqual([]);
 
       expect(await snapshot(db, table)).toEqual(before);
+      expect(before.ledger).toHaveLength(1);
       expect(await ak.validate(key.key)).toMatchObject({ valid: true, budgetUsedCents: 12.3456, budgetRemainingCents: 4987.6544 });
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [] });
     });
 
     it('migrates several tables of one database independently', async () => {
@@ -232,11 +318,15 @@ forEachDatabase((getDb) => {
         budgetCents: null,
         budgetUsedCents: 0,
         budgetRemainingCents: null,
+        budgetHeldCents: 0,
         budgetPeriod: null,
         budgetResetAt: null,
         expiresAt: null,
         delegatedBy: null,
       });
+      // The bare table had no spend: the ledger starts empty and agrees with every counter.
+      expect(await ledgerRows(db, table)).toEqual([]);
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 4, mismatches: [] });
       expect(ak.hasScope(v48, 'proxy.chat')).toBe(true);
       expect(ak.hasScope(v48, 'billing.write')).toBe(true);
       expect(await ak.validate(k64.raw)).toMatchObject({ valid: true, keyId: id64, accountId: 'acct_123', scopes: null, budgetCents: null });
@@ -257,6 +347,11 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(k48.raw)).toMatchObject({ valid: true, budgetUsedCents: 15.03, budgetCents: null });
       const [spend] = await db.query<{ c: string }>(`SELECT budget_used_cents::text AS c FROM ${table} WHERE id = $1`, [id48]);
       expect(Number(spend!.c)).toBe(15.03);
+      expect((await ledgerRows(db, table))!.map((r) => [Number(r.key_id), r.kind, r.amount])).toEqual([
+        [id48, 'charge', '150000'],
+        [id48, 'charge', '300'],
+      ]);
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [] });
 
       // New keys live beside the legacy ones, with ids after theirs.
       const fresh = await ak.create({ accountId: 'acct_123', scopes: ['proxy.chat'], budgetCents: 100 });
@@ -411,6 +506,7 @@ forEachDatabase((getDb) => {
         budgetCents: 5000,
         budgetUsedCents: 1200,
         budgetRemainingCents: 3800,
+        budgetHeldCents: 0,
         budgetPeriod: 'month',
         budgetResetAt: resetFuture.toISOString(),
         expiresAt: expires.toISOString(),
@@ -433,6 +529,37 @@ forEachDatabase((getDb) => {
       const v = await ak.validate(keys.future.raw);
       expect(ak.hasScope(v, 'proxy.chat')).toBe(true);
       expect(ak.hasScope(v, 'billing.write')).toBe(false);
+    });
+
+    it('opens the ledger with exactly one opening-balance row per key with spend, so audit() is ok at once', async () => {
+      const db = getDb();
+      const { table, ids } = await pageTable(db);
+      const ak = new AgentKey({ pool: db.pool, tableName: table });
+      expect(await ak.migrate()).toEqual(ALL_VERSIONS);
+
+      const rows = (await ledgerRows(db, table))!;
+      const withSpend = [ids.future, ids.nullReset, ids.pastReset, ids.dayPast, ids.lifetime, ids.expired].sort((a, b) => a - b);
+      expect(rows.map((r) => Number(r.key_id)).sort((a, b) => a - b)).toEqual(withSpend);
+      for (const r of rows) {
+        expect(r).toMatchObject({
+          account_id: 'acct_123',
+          kind: 'adjust',
+          amount: '12000000',
+          reservation_id: null,
+          idempotency_key: null,
+          metadata: { reason: expect.stringMatching(/opening balance/) },
+        });
+      }
+      // The key without spend (budget_used_cents NULL) gets no row.
+      expect(rows.some((r) => Number(r.key_id) === ids.nullUsed)).toBe(false);
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 7, mismatches: [] });
+      // Usage reports the opening balances as spend of the migrated keys.
+      expect(await ak.usage({ accountId: 'acct_123' })).toEqual({ totalCents: 7200, count: 6, buckets: [] });
+
+      // A second migrate() adds no second opening balance.
+      expect(await ak.migrate()).toEqual([]);
+      expect(await ledgerRows(db, table)).toEqual(rows);
+      expect(await ak.audit()).toMatchObject({ ok: true });
     });
 
     it('refuses a charge past the remaining budget for every migrated key, and records spend in the cents columns', async () => {
@@ -556,6 +683,7 @@ forEachDatabase((getDb) => {
       expect(await ak.migrate()).toEqual([]);
       expect(await snapshot(db, table)).toEqual(before);
       expect(await ak.validate(keys.future.raw)).toMatchObject({ budgetUsedCents: 1300.1234, budgetRemainingCents: 3699.8766 });
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [] });
     });
   });
 
@@ -574,6 +702,8 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(day.key)).toMatchObject({ valid: true, budgetUsedCents: 0, budgetRemainingCents: 100 });
       const rows = async () => db.query(`SELECT to_jsonb(x) AS row FROM ${table} x ORDER BY id`);
       const before = await rows();
+      const ledgerBefore = await ledgerRows(db, table);
+      expect(ledgerBefore!.map((r) => r.kind)).toEqual(['charge', 'charge']);
 
       const schema = await currentSchema(db);
       expect(await new AgentKey({ pool: db.pool, tableName: `${schema}.${table}` }).migrate()).toEqual(ALL_VERSIONS);
@@ -581,6 +711,9 @@ forEachDatabase((getDb) => {
       expect(await rows()).toEqual(before);
       expect(await ak.validate(day.key)).toMatchObject({ valid: true, budgetUsedCents: 0, budgetRemainingCents: 100 });
       expect(await ak.validate(month.key)).toMatchObject({ valid: true, budgetUsedCents: 12.3456 });
+      // The ledger already had this spend: no opening balance is added a second time.
+      expect(await ledgerRows(db, table)).toEqual(ledgerBefore);
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [] });
     });
   });
 
@@ -609,6 +742,8 @@ forEachDatabase((getDb) => {
       expect(results.filter((r) => r.length > 0)).toEqual([ALL_VERSIONS]);
       const ak = new AgentKey({ pool: db.pool, tableName: table });
       expect(await ak.validate(k.raw)).toMatchObject({ valid: true, budgetUsedCents: 1200, budgetRemainingCents: 3800 });
+      expect((await ledgerRows(db, table))!.map((r) => [r.kind, r.amount])).toEqual([['adjust', '12000000']]);
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
     });
 
     it('concurrent migrate() calls on different tables each apply their versions', async () => {
@@ -646,6 +781,13 @@ forEachDatabase((getDb) => {
       expect(await nextResetSchemas(db)).toContain(schema);
       expect((await versionRows(db, tableName, schema)).map((v) => Number(v.version))).toEqual(ALL_VERSIONS);
       expect(await versionRows(db, tableName)).toEqual([]);
+      expect(await ledgerObjects(db, 'keys', schema)).toEqual({
+        ledger: true,
+        holds: true,
+        functions: ['keys_settle', 'keys_spend'],
+        triggers: ['agentkey_append_only'],
+      });
+      expect(await ledgerObjects(db, 'keys')).toMatchObject({ ledger: false, holds: false, functions: [] });
       const idx = await indexes(db, 'keys', schema);
       expect(idx.some((d) => /UNIQUE INDEX/.test(d) && /\(key_hash\)/.test(d))).toBe(true);
 
@@ -653,6 +795,11 @@ forEachDatabase((getDb) => {
       const key = await ak.create({ accountId: 'a', budgetCents: 10, budgetPeriod: 'month' });
       expect(await ak.trackUsage(key.key, { costCents: 4 })).toMatchObject({ success: true, budgetRemainingCents: 6 });
       expect(await ak.validate(key.key)).toMatchObject({ valid: true, budgetPeriod: 'month', budgetUsedCents: 4 });
+      const hold = await ak.reserve(key.key, { costCents: 5 });
+      expect(hold).toMatchObject({ success: true, budgetRemainingCents: 1 });
+      expect(await ak.commit((hold as { reservationId: string }).reservationId, { costCents: 3 })).toMatchObject({ success: true, budgetUsedCents: 7 });
+      expect((await ledgerRows(db, 'keys', schema))!.map((r) => r.kind)).toEqual(['charge', 'hold', 'commit']);
+      expect(await ak.audit()).toMatchObject({ ok: true });
       expect(await ak.migrate()).toEqual([]);
 
       // A table of the same name in another schema is another table with its own versions.
@@ -715,6 +862,7 @@ forEachDatabase((getDb) => {
       expect(await columnTypes(db, table)).toEqual(colsBefore);
       expect(Object.keys(colsBefore)).not.toContain('budget_micros');
       expect(await versionRows(db, table)).toEqual([]);
+      expect(await ledgerObjects(db, table)).toEqual({ ledger: false, holds: false, functions: [], triggers: [] });
       expect(await snapshot(db, table)).toEqual(before);
 
       // The connection is still usable, and once the data is fixed the migration applies in full.

@@ -2,6 +2,7 @@ import { createRequire } from 'node:module';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AgentKey, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
+import { isValidCents } from '../money.js';
 import { type HttpError, sendJson } from './errors.js';
 import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
 import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
@@ -43,13 +44,20 @@ export function agentKeyMiddleware(ak: AgentKey, options: AgentKeyMiddlewareOpti
   checkAgentKey(ak, 'agentKeyMiddleware');
   const opts = checkVerifyOptions(options, HOLD_OPTIONS);
   const auth = authMiddleware(ak, opts, true);
-  if (options.reserveCents === undefined) return auth;
-  const hold = checkHoldOptions<Req>(options);
+  // Checked even without reserveCents, so a bad holdTtl or onSettleError never passes silently.
+  const hold = checkHoldOptions<Req>(options ?? {});
+  if (hold.reserveCents === undefined) return auth;
   return async function agentKeyAuthAndHold(req: Req, res: Res, next: Next): Promise<void> {
     await auth(req, res, async () => {
       const rawKey = keyFromHeaders((name) => req.headers[name]) as string;
       const outcome = await takeHold(ak, rawKey, req, hold);
       if (!outcome.ok) return send(res, outcome.error);
+      // The client left while the hold was being taken: 'close' has fired already and would
+      // never reach the listeners below, so give the hold back now and skip the handler.
+      if (res.closed || res.destroyed) {
+        void settleHold(ak, outcome.hold, undefined, false, hold.onSettleError);
+        return;
+      }
       req.agentKeyReservation = outcome.hold;
       if (res.locals) res.locals.agentKeyReservation = outcome.hold;
       let settled = false;
@@ -58,7 +66,11 @@ export function agentKeyMiddleware(ak: AgentKey, options: AgentKeyMiddlewareOpti
         settled = true;
         // 'finish' means the whole response was sent; 'close' before it, that the client left.
         const succeeded = res.writableFinished && res.statusCode < 400;
-        void settleHold(ak, outcome.hold, res.locals?.costCents, succeeded, hold.onSettleError);
+        const reported = res.locals?.costCents;
+        void settleHold(ak, outcome.hold, reported, succeeded, hold.onSettleError);
+        if (!res.writableFinished && res.locals && req.agentKey && !isValidCents(reported)) {
+          recordLateCost(ak, res.locals, req.agentKey.keyId, outcome.hold.reservationId, hold.onSettleError);
+        }
       };
       res.once('finish', settle);
       res.once('close', settle);
@@ -75,6 +87,38 @@ function authMiddleware(ak: AgentKey, opts: ReturnType<typeof checkVerifyOptions
     if (res.locals) res.locals.agentKey = outcome.key;
     next();
   };
+}
+
+/**
+ * The client left before the handler reported a cost, so the hold was released; but the
+ * upstream call may still finish and cost money. If the handler reports that cost later,
+ * it is recorded as an adjustment (budgets cannot refuse money already spent).
+ */
+function recordLateCost(
+  ak: AgentKey,
+  locals: Record<string, unknown>,
+  keyId: number,
+  reservationId: string,
+  onError: (err: unknown) => void = (err) => console.error('agentkey: recording a late cost failed.', err),
+): void {
+  let value: unknown;
+  Object.defineProperty(locals, 'costCents', {
+    configurable: true,
+    enumerable: true,
+    get: () => value,
+    set: (cost: unknown) => {
+      value = cost;
+      if (!isValidCents(cost) || cost === 0) return;
+      const reason = 'cost reported after the client went away';
+      ak.adjust(keyId, { costCents: cost, reason, metadata: { reservationId } }).catch((err: unknown) => {
+        try {
+          onError(err);
+        } catch {
+          /* a throwing onSettleError must not crash the process */
+        }
+      });
+    },
+  });
 }
 
 /**

@@ -51,7 +51,9 @@ export async function takeHold<Req>(ak: AgentKey, rawKey: string, req: Req, o: H
     if (hold.reason === 'budget_exceeded') {
       return { ok: false, error: httpError(429, 'budget_exceeded', "This key's remaining budget cannot cover this request.") };
     }
-    return { ok: false, error: httpError(401, `key_${hold.reason}`, 'The API key can no longer spend.') };
+    // The same codes as the key check before it ('invalid_key', 'key_expired', 'key_revoked').
+    const code = hold.reason === 'invalid' ? 'invalid_key' : `key_${hold.reason}`;
+    return { ok: false, error: httpError(401, code, 'The API key can no longer spend.') };
   } catch (err) {
     return { ok: false, error: errorToHttp(err) };
   }
@@ -79,7 +81,15 @@ export async function settleHold(
     await settle();
   } catch {
     await new Promise((resolve) => setTimeout(resolve, 100));
-    await settle().catch(onError);
+    await settle().catch((err: unknown) => {
+      // settleHold runs detached from the request: a throwing onSettleError must not
+      // become an unhandled rejection that takes the process down.
+      try {
+        onError(err);
+      } catch {
+        /* ignored */
+      }
+    });
   }
 }
 

@@ -52,9 +52,12 @@ export async function createLedger(tx: Db, t: TableNames): Promise<void> {
   await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_holds_expiry_idx" ON ${t.holds} (expires_at) WHERE status = 'held'`);
 
   // Spend recorded before the ledger existed (the page's budget_used_cents) becomes its opening row.
+  // Only for keys the ledger does not know yet: this migration runs again when the same table is
+  // migrated under another spelling of its name ('keys' and 'public.keys'), and must not count twice.
   await tx.query(`INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, metadata)
-    SELECT id, account_id::text, 'adjust', spent_micros, '{"reason":"opening balance at migration"}'::jsonb
-    FROM ${t.table} WHERE spent_micros <> 0`);
+    SELECT k.id, k.account_id::text, 'adjust', k.spent_micros, '{"reason":"opening balance at migration"}'::jsonb
+    FROM ${t.table} k WHERE k.spent_micros <> 0
+      AND NOT EXISTS (SELECT 1 FROM ${t.ledger} l WHERE l.key_id = k.id)`);
 
   const rollover = `
     v_spent := k.spent_micros;
@@ -77,12 +80,15 @@ export async function createLedger(tx: Db, t: TableNames): Promise<void> {
     SELECT k.id, k.account_id::text, 'expire', -amount_micros, id FROM swept;
     SELECT COALESCE(sum(amount_micros), 0) INTO v_held FROM ${t.holds}
     WHERE key_id = k.id AND status = 'held' AND expires_at > now();`;
+  // The functions' records are k (key) and h (hold): '#variable_conflict use_variable' keeps
+  // k.id meaning the record's field when the keys table itself is named k or h.
   const figures = `'key_id', k.id, 'budget', k.budget_micros, 'spent', v_spent, 'held', v_held`;
 
   await tx.query(`CREATE OR REPLACE FUNCTION ${t.spendFn}(
       p_hash TEXT, p_subject TEXT, p_id BIGINT, p_op TEXT, p_micros BIGINT,
       p_idem TEXT, p_meta JSONB, p_hold_id TEXT, p_ttl_ms BIGINT)
     RETURNS JSONB LANGUAGE plpgsql AS $fn$
+    #variable_conflict use_variable
     DECLARE
       k RECORD; prior RECORD; v_spent BIGINT; v_held BIGINT; v_expires TIMESTAMPTZ;
     BEGIN
@@ -139,6 +145,7 @@ export async function createLedger(tx: Db, t: TableNames): Promise<void> {
 
   await tx.query(`CREATE OR REPLACE FUNCTION ${t.settleFn}(p_hold_id TEXT, p_op TEXT, p_micros BIGINT, p_meta JSONB)
     RETURNS JSONB LANGUAGE plpgsql AS $fn$
+    #variable_conflict use_variable
     DECLARE
       h RECORD; k RECORD; v_spent BIGINT; v_held BIGINT; v_live BOOLEAN;
     BEGIN
@@ -151,8 +158,9 @@ export async function createLedger(tx: Db, t: TableNames): Promise<void> {
       v_live := h.status = 'held' AND h.expires_at > now();
       ${rollover}
       IF h.status = 'committed' THEN
+        -- A replay reports the first outcome: the hold had expired iff it was settled at or after its expiry.
         RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'commit' THEN 'replayed' ELSE 'already_committed' END,
-          'hold', h.amount_micros, 'committed', h.committed_micros, ${figures});
+          'hold', h.amount_micros, 'committed', h.committed_micros, 'expired', h.settled_at >= h.expires_at, ${figures});
       ELSIF h.status = 'released' THEN
         RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'release' THEN 'replayed' ELSE 'already_released' END,
           'hold', h.amount_micros, 'released', h.amount_micros, ${figures});

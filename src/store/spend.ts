@@ -65,21 +65,24 @@ export class SpendStore {
     return parse(rows[0]?.r);
   }
 
-  /** Marks holds past their time as expired, with an 'expire' ledger row each. Returns how many. */
+  /**
+   * Marks holds past their time as expired, with an 'expire' ledger row each. Returns how many.
+   * The CTE names are prefixed so they cannot shadow a keys table named, say, "swept".
+   */
   async sweep(limit: number): Promise<number> {
     const rows = await this.db.query<{ n: number }>(
-      `WITH swept AS (
+      `WITH agentkey_swept AS (
          UPDATE ${this.t.holds} SET status = 'expired', settled_at = now()
          WHERE id IN (SELECT id FROM ${this.t.holds} WHERE status = 'held' AND expires_at <= now()
                       ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
            AND status = 'held'
          RETURNING id, key_id, amount_micros),
-       logged AS (
+       agentkey_logged AS (
          INSERT INTO ${this.t.ledger} (key_id, account_id, kind, amount_micros, reservation_id)
          SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id
-         FROM swept s JOIN ${this.t.table} k ON k.id = s.key_id
+         FROM agentkey_swept s JOIN ${this.t.table} k ON k.id = s.key_id
          RETURNING 1)
-       SELECT count(*)::int AS n FROM logged`,
+       SELECT count(*)::int AS n FROM agentkey_logged`,
       [limit],
     );
     return Number(rows[0]?.n ?? 0);
