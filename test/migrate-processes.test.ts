@@ -1,13 +1,9 @@
-import { type ChildProcess, fork } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import fs from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { build } from 'tsup';
-import { afterAll, afterEach, beforeAll, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { LATEST_VERSION } from '../src/store/migrations.js';
 import { forEachDatabase, type TestDb } from './helpers/databases.js';
+import { startWorker, useWorkerBundle } from './helpers/processes.js';
 
 /**
  * Several OS processes run migrate() at once on one PostgreSQL. Each worker imports the
@@ -15,10 +11,8 @@ import { forEachDatabase, type TestDb } from './helpers/databases.js';
  * dist/), connects, says 'ready', and migrates when all are told 'go' together.
  */
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
-const WORKER = path.join(ROOT, 'test/fixtures/migrate-worker.mjs');
-const BUILD_DIR = path.join(ROOT, 'node_modules/.cache', `agentkey-migrate-test-${process.pid}`);
-const BUNDLE = path.join(BUILD_DIR, 'index.js');
+const WORKER = 'test/fixtures/migrate-worker.mjs';
+const bundle = useWorkerBundle('migrate');
 const ALL_VERSIONS = Array.from({ length: LATEST_VERSION }, (_, i) => i + 1);
 
 interface Report {
@@ -26,68 +20,14 @@ interface Report {
   error?: { name?: string; code?: string; message?: string };
 }
 
-const running = new Set<ChildProcess>();
-
-beforeAll(async () => {
-  await build({
-    entry: { index: path.join(ROOT, 'src/index.ts') },
-    outDir: BUILD_DIR,
-    format: ['esm'],
-    platform: 'node',
-    target: 'node20',
-    config: false,
-    dts: false,
-    sourcemap: false,
-    clean: true,
-    shims: true,
-    silent: true,
-  });
-  expect(fs.existsSync(BUNDLE)).toBe(true);
-}, 120_000);
-
-afterEach(() => {
-  for (const child of running) if (child.exitCode === null && child.signalCode === null) child.kill();
-  running.clear();
-});
-
-afterAll(() => {
-  fs.rmSync(BUILD_DIR, { recursive: true, force: true });
-});
-
 /** Starts one worker per table, waits until all are connected, then lets them all migrate at once. */
 async function migrateInProcesses(url: string, tables: string[], alongside?: () => Promise<unknown>): Promise<{ reports: Report[]; alongside: unknown }> {
-  const children = tables.map((table) => {
-    const child = fork(WORKER, [BUNDLE, url, table], {
-      cwd: ROOT,
-      execArgv: [],
-      env: { ...process.env, NODE_OPTIONS: '' },
-      stdio: ['ignore', 'pipe', 'pipe', 'ipc'],
-    });
-    running.add(child);
-    return child;
-  });
-  const stderr = children.map(() => ({ text: '' }));
-  children.forEach((child, i) => {
-    child.stderr?.on('data', (chunk: Buffer) => (stderr[i]!.text += chunk.toString()));
-    child.stdout?.resume();
-  });
-  const exited = children.map((child) => new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code))));
-  const nextMessage = (i: number) =>
-    new Promise<unknown>((resolve, reject) => {
-      const child = children[i]!;
-      const onExit = (code: number | null) => reject(new Error(`worker ${i} exited (${code}) early: ${stderr[i]!.text}`));
-      child.once('exit', onExit);
-      child.once('message', (m) => {
-        child.off('exit', onExit);
-        resolve(m);
-      });
-    });
-
-  expect(await Promise.all(children.map((_, i) => nextMessage(i)))).toEqual(children.map(() => 'ready'));
-  const done = children.map((_, i) => nextMessage(i) as Promise<Report>);
-  for (const child of children) child.send('go');
+  const workers = tables.map((table) => startWorker(WORKER, [bundle(), url, table]));
+  expect(await Promise.all(workers.map((w) => w.nextMessage()))).toEqual(workers.map(() => 'ready'));
+  const done = workers.map((w) => w.nextMessage() as Promise<Report>);
+  for (const w of workers) w.child.send('go');
   const [reports, other] = await Promise.all([Promise.all(done), alongside?.()]);
-  expect(await Promise.all(exited)).toEqual(children.map(() => 0));
+  expect(await Promise.all(workers.map((w) => w.exited))).toEqual(workers.map(() => 0));
   return { reports, alongside: other };
 }
 
