@@ -9,6 +9,9 @@ import { type TableNames, tableNames } from './store/identifiers.js';
 import { type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import { migrate } from './store/migrations.js';
 import { type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
+import { AccountStore } from './store/accounts.js';
+import { DEFAULT_MAX_DEPTH, fitUnderParent } from './tree.js';
+import { type AccountBudget, type KeyInfo, iso, toAccountBudget, toKeyInfo } from './views.js';
 import {
   type AdjustResult,
   type ChargeOptions,
@@ -24,12 +27,14 @@ import {
   costMicros,
   figures,
   isReservationId,
-  iso,
+  limitedBy,
   keyStateReason,
   metadataJson,
   spendInput,
 } from './spending.js';
 
+export type { AccountBudget, KeyInfo };
+export type { LimitedBy } from './spending.js';
 export type { AdjustResult, ChargeOptions, CommitOptions, CommitResult, ReleaseResult, ReserveOptions, ReserveResult, TrackUsageResult };
 
 export interface AgentKeyOptions {
@@ -41,6 +46,8 @@ export interface AgentKeyOptions {
   keyPrefix?: string;
   /** When set, `create()` refuses any scope not in this list. */
   validScopes?: readonly string[];
+  /** How deep delegation trees may grow (a root key is depth 0). Default 5. */
+  maxDepth?: number;
 }
 
 export interface CreateKeyOptions {
@@ -55,6 +62,8 @@ export interface CreateKeyOptions {
   delegatedBy?: string | null;
   name?: string | null;
   userId?: string | null;
+  /** Makes the key a child of this key: same account, never wider, and its spend counts against the parent. */
+  parentId?: number | string | null;
 }
 
 export interface CreatedKey {
@@ -64,7 +73,7 @@ export interface CreatedKey {
   expiresAt: string | null;
 }
 
-export type SubjectOptions = Omit<CreateKeyOptions, 'accountId' | 'expiresAt'> & { accountId?: string | number };
+export type SubjectOptions = Omit<CreateKeyOptions, 'accountId' | 'expiresAt' | 'parentId'> & { accountId?: string | number };
 
 export type InvalidReason = 'invalid' | 'expired' | 'revoked';
 
@@ -115,12 +124,14 @@ export interface AuditResult {
   ok: boolean;
   keysChecked: number;
   mismatches: { keyId: number; counterCents: number; ledgerCents: number }[];
+  /** Accounts whose ceiling counter differs from their spend in the ledger this period. */
+  accountMismatches: { accountId: string; counterCents: number; ledgerCents: number }[];
 }
 
 const CREATE_OPTIONS = [
-  'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId',
+  'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId', 'parentId',
 ] as const;
-const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt');
+const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt' && o !== 'parentId');
 
 /**
  * Scoped, budgeted, time-bounded API keys for AI agents, on PostgreSQL or PGlite.
@@ -138,10 +149,16 @@ export class AgentKey {
   private readonly names: TableNames;
   private readonly store: KeyStore;
   private readonly spending: SpendStore;
+  private readonly accounts: AccountStore;
   private readonly validScopes: ReadonlySet<string> | null;
+  private readonly maxDepth: number;
 
   constructor(options: AgentKeyOptions) {
-    const o = checkOptions<AgentKeyOptions>(options, ['pool', 'tableName', 'keyPrefix', 'validScopes'], 'new AgentKey()');
+    const o = checkOptions<AgentKeyOptions>(options, ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth'], 'new AgentKey()');
+    this.maxDepth = o.maxDepth ?? DEFAULT_MAX_DEPTH;
+    if (!Number.isInteger(this.maxDepth) || this.maxDepth < 0 || this.maxDepth > 100) {
+      throw new AgentKeyError('invalid_argument', 'maxDepth must be a whole number from 0 to 100.');
+    }
     this.names = tableNames(o.tableName ?? 'sdk_api_keys');
     this.tableName = this.names.name;
     this.keyPrefix = checkKeyPrefix(o.keyPrefix ?? 'ak_');
@@ -150,6 +167,7 @@ export class AgentKey {
     this.db = toDb(o.pool);
     this.store = new KeyStore(this.db, this.names);
     this.spending = new SpendStore(this.db, this.names);
+    this.accounts = new AccountStore(this.db, this.names);
   }
 
   /**
@@ -167,9 +185,19 @@ export class AgentKey {
    */
   async create(options: CreateKeyOptions): Promise<CreatedKey> {
     const o = checkOptions<CreateKeyOptions>(options, CREATE_OPTIONS, 'create()');
+    let fields = this.keyFields(o, accountIdText(o.accountId));
+    let parent: { id: number; ancestorIds: number[] } | null = null;
+    if (o.parentId != null) {
+      const parentId = keyIdNumber(o.parentId, 'parentId');
+      const row = await this.guard(() => this.store.find({ id: parentId }));
+      if (!row) throw new AgentKeyError('parent_not_found', `No key has id ${parentId}; a child key needs an existing parent.`);
+      const given = { scopes: o.scopes !== undefined, expiry: o.expiresIn !== undefined || o.expiresAt !== undefined };
+      fields = fitUnderParent(row, fields, given, this.maxDepth);
+      parent = { id: row.id, ancestorIds: row.ancestor_ids.map(Number) };
+    }
     const minted = mintKey(this.keyPrefix);
     const row = await this.guard(() =>
-      this.store.insert({ ...this.keyFields(o, accountIdText(o.accountId)), hash: minted.hash, visiblePrefix: minted.visiblePrefix, subject: null }),
+      this.store.insert({ ...fields, hash: minted.hash, visiblePrefix: minted.visiblePrefix, subject: null, parent }),
     );
     return { key: minted.raw, id: row.id, expiresAt: iso(row.expires_at) };
   }
@@ -248,7 +276,8 @@ export class AgentKey {
       releasedCents: microsToCents(Math.max(0, held - cost)),
       overHoldCents: microsToCents(Math.max(0, cost - held)),
       holdExpired: out.expired === true,
-      overBudget: out.budget != null && (out.spent ?? 0) + (out.held ?? 0) > out.budget,
+      overBudget: out.over_budget === true,
+      ...(out.over_budget ? { limitedBy: limitedBy(out) } : {}),
       ...spent,
       ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
     };
@@ -318,9 +347,14 @@ export class AgentKey {
   async audit(options: { keyId?: number | string } = {}): Promise<AuditResult> {
     const o = checkOptions<{ keyId?: number | string }>(options, ['keyId'], 'audit()');
     const id = o.keyId === undefined ? null : keyIdNumber(o.keyId);
-    const { checked, mismatches } = await this.guard(() => this.spending.audit(id));
+    const { checked, mismatches, accounts } = await this.guard(() => this.spending.audit(id));
     return {
-      ok: mismatches.length === 0,
+      ok: mismatches.length === 0 && accounts.length === 0,
+      accountMismatches: accounts.map((m) => ({
+        accountId: m.accountId,
+        counterCents: microsToCents(m.counterMicros),
+        ledgerCents: microsToCents(m.ledgerMicros),
+      })),
       keysChecked: checked,
       mismatches: mismatches.map((m) => ({
         keyId: m.keyId,
@@ -349,8 +383,9 @@ export class AgentKey {
   }
 
   /**
-   * Soft-revokes a key. With `accountId`, only a key of that account. True when a key
-   * was revoked, false when nothing matched (or it was already revoked).
+   * Soft-revokes a key and its whole subtree of children, at once. With `accountId`, only a
+   * key of that account. True when a key was revoked, false when nothing matched (or it
+   * was already revoked).
    */
   async revoke(keyId: number | string, accountId?: string | number): Promise<boolean> {
     const id = keyIdNumber(keyId);
@@ -367,7 +402,7 @@ export class AgentKey {
     const o = checkOptions<SubjectOptions>(options, SUBJECT_OPTIONS, 'ensureSubject()');
     const fields = this.keyFields(o, accountIdText(o.accountId ?? s));
     await this.guard(() =>
-      this.store.insert({ ...fields, hash: `subject:${hashKey(s)}`, visiblePrefix: 'subject', subject: s }),
+      this.store.insert({ ...fields, hash: `subject:${hashKey(s)}`, visiblePrefix: 'subject', subject: s, parent: null }),
     );
   }
 
@@ -382,6 +417,67 @@ export class AgentKey {
     const input = spendInput(usage, CHARGE_OPTIONS, 'trackUsageBySubject()');
     if (input.micros === null) return { success: false, reason: 'invalid_cost' };
     return this.chargeRef({ subject: s }, { ...input, micros: input.micros });
+  }
+
+  /**
+   * Lists an account's keys without their secrets, with budget, spent, held and remaining.
+   *
+   * @example await ak.listKeys({ accountId: 'acct_1', parentId: 42 })
+   */
+  async listKeys(query: { accountId: string | number; parentId?: number | string; includeRevoked?: boolean; limit?: number }): Promise<KeyInfo[]> {
+    const q = checkOptions<typeof query>(query, ['accountId', 'parentId', 'includeRevoked', 'limit'], 'listKeys()');
+    if (q.includeRevoked !== undefined && typeof q.includeRevoked !== 'boolean') {
+      throw new AgentKeyError('invalid_argument', 'includeRevoked must be true or false.');
+    }
+    const limit = q.limit ?? 1_000;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
+      throw new AgentKeyError('invalid_argument', 'limit must be a whole number from 1 to 10000.');
+    }
+    const filter = {
+      accountId: accountIdText(q.accountId),
+      parentId: q.parentId === undefined ? null : keyIdNumber(q.parentId, 'parentId'),
+      includeRevoked: q.includeRevoked ?? false,
+      limit,
+    };
+    const rows = await this.guard(() => this.store.list(filter));
+    return rows.map(toKeyInfo);
+  }
+
+  /** One key without its secret, or null. */
+  async getKey(keyId: number | string): Promise<KeyInfo | null> {
+    const id = keyIdNumber(keyId);
+    const row = await this.guard(() => this.store.find({ id }));
+    return row ? toKeyInfo(row) : null;
+  }
+
+  /**
+   * Sets an account's ceiling: every key of the account, in or out of a tree, counts
+   * against it, atomically with its own budget. `budgetPeriod` is 'day' or 'month'
+   * (calendar, UTC) or null for a lifetime ceiling; the current period's spend so far
+   * comes from the ledger.
+   *
+   * @example await ak.setAccountBudget('acct_1', { budgetCents: 10000, budgetPeriod: 'month' })
+   */
+  async setAccountBudget(accountId: string | number, options: { budgetCents: number; budgetPeriod?: BudgetPeriod | null }): Promise<AccountBudget> {
+    const id = accountIdText(accountId);
+    const o = checkOptions<{ budgetCents: number; budgetPeriod?: BudgetPeriod | null }>(options, ['budgetCents', 'budgetPeriod'], 'setAccountBudget()');
+    const budget = budgetToMicros(o.budgetCents);
+    if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents is required; use clearAccountBudget() to remove a ceiling.');
+    const period = parsePeriod(o.budgetPeriod);
+    return toAccountBudget(await this.guard(() => this.accounts.set(id, budget, period)));
+  }
+
+  /** An account's ceiling and spend this period, or null when it has none. */
+  async getAccountBudget(accountId: string | number): Promise<AccountBudget | null> {
+    const id = accountIdText(accountId);
+    const row = await this.guard(() => this.accounts.get(id));
+    return row ? toAccountBudget(row) : null;
+  }
+
+  /** Removes an account's ceiling. True when it had one. */
+  async clearAccountBudget(accountId: string | number): Promise<boolean> {
+    const id = accountIdText(accountId);
+    return this.guard(() => this.accounts.clear(id));
   }
 
   private async validateRef(ref: KeyRef): Promise<ValidationResult> {
@@ -400,7 +496,9 @@ export class AgentKey {
     const state = keyStateReason(out.outcome);
     if (state) return { success: false, reason: state };
     if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
-    if (out.outcome === 'budget_exceeded') return { success: false, reason: 'budget_exceeded', ...figures(out) };
+    if (out.outcome === 'budget_exceeded') {
+      return { success: false, reason: 'budget_exceeded', limitedBy: limitedBy(out) as NonNullable<ReturnType<typeof limitedBy>>, ...figures(out) };
+    }
     return { success: true, ...figures(out), ...(out.outcome === 'replayed' ? { replayed: true as const } : {}) };
   }
 
@@ -412,7 +510,9 @@ export class AgentKey {
     const state = keyStateReason(out.outcome);
     if (state) return { success: false, reason: state };
     if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
-    if (out.outcome === 'budget_exceeded') return { success: false, reason: 'budget_exceeded', ...figures(out) };
+    if (out.outcome === 'budget_exceeded') {
+      return { success: false, reason: 'budget_exceeded', limitedBy: limitedBy(out) as NonNullable<ReturnType<typeof limitedBy>>, ...figures(out) };
+    }
     return {
       success: true,
       reservationId: out.hold_id as string,

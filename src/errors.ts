@@ -11,6 +11,9 @@ export type AgentKeyErrorCode =
   | 'scope_not_allowed'
   | 'budget_exceeds_parent'
   | 'expiry_exceeds_parent'
+  | 'parent_not_found'
+  | 'parent_inactive'
+  | 'depth_exceeded'
   | 'not_migrated'
   | 'storage_error';
 

@@ -3,13 +3,17 @@ import { describe } from './money.js';
 
 /** The page's super-scope: a key holding it may do anything and mint any scope. */
 export const ADMIN_SCOPE = 'admin';
+/** Grants everything, like `admin`. */
+export const ANY_SCOPE = '*';
 const SCOPE_PATTERN = /^[A-Za-z0-9_.:\/*-]{1,128}$/;
+/** `*` may stand alone or as the last segment: `proxy.*`. */
+const WILDCARD_PATTERN = /^(\*|[^*]+\.\*|[^*]+)$/;
 const MAX_SCOPES = 100;
 
 /**
  * Checks a scopes option: null/undefined means unlimited; otherwise an array of up to
- * 100 distinct scope strings (letters, digits and `_ . : / - *`), each listed in
- * `validScopes` when that is configured.
+ * 100 distinct scope strings (letters, digits and `_ . : / -`, with `*` alone or as the
+ * last segment, e.g. `proxy.*`), each listed in `validScopes` when that is configured.
  */
 export function parseScopes(value: unknown, validScopes: ReadonlySet<string> | null, field = 'scopes'): string[] | null {
   if (value === null || value === undefined) return null;
@@ -17,10 +21,10 @@ export function parseScopes(value: unknown, validScopes: ReadonlySet<string> | n
     throw new AgentKeyError('invalid_scope', `${field} must be an array of at most ${MAX_SCOPES} scope strings, or null; got ${describe(value)}.`);
   }
   for (const scope of value) {
-    if (typeof scope !== 'string' || !SCOPE_PATTERN.test(scope)) {
+    if (typeof scope !== 'string' || !SCOPE_PATTERN.test(scope) || !WILDCARD_PATTERN.test(scope)) {
       throw new AgentKeyError(
         'invalid_scope',
-        `Each scope must be 1 to 128 letters, digits or _ . : / - * characters; got ${describe(scope)}.`,
+        `Each scope must be 1 to 128 letters, digits or _ . : / - characters, with * only alone or as the last segment (proxy.*); got ${describe(scope)}.`,
       );
     }
     if (validScopes && !validScopes.has(scope)) {
@@ -30,14 +34,29 @@ export function parseScopes(value: unknown, validScopes: ReadonlySet<string> | n
   return [...new Set(value as string[])];
 }
 
-/** True when `scopes` (null = unlimited) allows `scope`. */
-export function scopeAllows(scopes: readonly string[] | null, scope: string): boolean {
-  return scopes === null || scopes.includes(ADMIN_SCOPE) || scopes.includes(scope);
+function isSuper(scopes: readonly string[] | null): boolean {
+  return scopes === null || scopes.includes(ADMIN_SCOPE) || scopes.includes(ANY_SCOPE);
 }
 
-/** True when a key with `parent` scopes may mint a key with `child` scopes (never wider). */
+/** True when `pattern` grants `scope`: equal, or a `prefix.*` wildcard over it. */
+function grants(pattern: string, scope: string): boolean {
+  return pattern === scope || (pattern.endsWith('.*') && scope.startsWith(pattern.slice(0, -1)) && scope.length > pattern.length - 1);
+}
+
+/**
+ * True when `scopes` (null = unlimited) allows `scope`: `admin` and `*` allow everything,
+ * `proxy.*` allows `proxy.chat` and `proxy.chat.stream`.
+ */
+export function scopeAllows(scopes: readonly string[] | null, scope: string): boolean {
+  return isSuper(scopes) || (scopes as readonly string[]).some((p) => grants(p, scope));
+}
+
+/**
+ * True when a key with `parent` scopes may mint a key with `child` scopes: never wider.
+ * A wildcard child needs a parent wildcard at least as wide (`a.*` covers `a.b.*`).
+ */
 export function isAttenuation(parent: readonly string[] | null, child: readonly string[] | null): boolean {
-  if (parent === null || parent.includes(ADMIN_SCOPE)) return true;
-  if (child === null) return false;
-  return child.every((scope) => parent.includes(scope));
+  if (isSuper(parent)) return true;
+  if (isSuper(child)) return false;
+  return (child as readonly string[]).every((c) => (parent as readonly string[]).some((p) => grants(p, c)));
 }

@@ -4,6 +4,7 @@ import { MAX_CENTS, centsToMicros, describe, isValidCents, microsToCents } from 
 import { checkOptions, optionalText } from './options.js';
 import type { SpendOutcome } from './store/spend.js';
 import { durationMs } from './time.js';
+import { remaining } from './views.js';
 
 export interface ChargeOptions {
   costCents: number;
@@ -30,12 +31,12 @@ export interface SpendFigures {
 
 export type TrackUsageResult =
   | ({ success: true; replayed?: true } & SpendFigures)
-  | ({ success: false; reason: 'budget_exceeded' } & SpendFigures)
+  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
   | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
 
 export type ReserveResult =
   | { success: true; reservationId: string; expiresAt: string; budgetRemainingCents: number | null; replayed?: true }
-  | ({ success: false; reason: 'budget_exceeded' } & SpendFigures)
+  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
   | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
 
 export type CommitResult =
@@ -51,8 +52,10 @@ export type CommitResult =
       overHoldCents: number;
       /** The hold had expired before this commit. */
       holdExpired: boolean;
-      /** The key's spend and live holds now exceed its budget. */
+      /** The key's spend and live holds now exceed its budget, an ancestor's or the account's. */
       overBudget: boolean;
+      /** Which budget is over, when one is. */
+      limitedBy?: LimitedBy;
       replayed?: true;
     } & SpendFigures)
   | { success: false; reason: 'invalid_cost' | 'reservation_not_found' | 'already_released' };
@@ -131,12 +134,16 @@ export function adjustInput(options: unknown): { micros: number; metadata: strin
 
 export function figures(out: SpendOutcome): SpendFigures {
   const spent = out.spent ?? 0;
-  const held = out.held ?? 0;
-  const budget = out.budget ?? null;
-  return {
-    budgetUsedCents: microsToCents(spent),
-    budgetRemainingCents: budget === null ? null : microsToCents(Math.max(0, budget - spent - held)),
-  };
+  return { budgetUsedCents: microsToCents(spent), budgetRemainingCents: remaining(out.budget ?? null, spent, out.held ?? 0) };
+}
+
+/** Which budget refused a charge or hold: the key's own, an ancestor's, or the account's. */
+export type LimitedBy = { kind: 'key' | 'ancestor'; keyId: number } | { kind: 'account'; accountId: string };
+
+export function limitedBy(out: SpendOutcome): LimitedBy | undefined {
+  if (out.limit === 'account') return { kind: 'account', accountId: String(out.limit_account_id) };
+  if (out.limit === 'key' || out.limit === 'ancestor') return { kind: out.limit, keyId: Number(out.limit_key_id) };
+  return undefined;
 }
 
 /** Outcomes of the spend function that are the key's own state. */
@@ -144,9 +151,6 @@ export function keyStateReason(outcome: string): InvalidReason | null {
   return outcome === 'invalid' || outcome === 'expired' || outcome === 'revoked' ? outcome : null;
 }
 
-export function iso(date: Date | string | null | undefined): string | null {
-  return date == null ? null : new Date(date).toISOString();
-}
 
 const RESERVATION_ID = /^rsv_[0-9A-Za-z]{24}$/;
 export function isReservationId(value: unknown): value is string {

@@ -3,7 +3,7 @@ import type { AgentKey, CreateKeyOptions, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { budgetToMicros, describe } from '../money.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
-import { type BudgetPeriod, addDuration, parseDuration, parsePeriod } from '../time.js';
+import { addDuration, parseDuration, parsePeriod } from '../time.js';
 import { errorToHttp, httpError } from './errors.js';
 import { minuteLimiter } from './rate-limit.js';
 import { TIMEOUT, withTimeout } from './verify.js';
@@ -115,10 +115,6 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         } else if (budgetCents > parent.budgetCents) {
           return fail(403, 'budget_exceeds_parent', `budget_cents may not exceed the calling key's budget of ${parent.budgetCents} cents.`);
         }
-        // A budget that resets more often than the caller's would let the child outspend it.
-        if (PERIOD_LENGTH[budgetPeriod ?? 'none'] < PERIOD_LENGTH[parent.budgetPeriod ?? 'none']) {
-          return fail(403, 'budget_exceeds_parent', "budget_period may not reset more often than the calling key's budget.");
-        }
       }
       let expiresAt: Date | null =
         fields.expiresIn != null ? addDuration(new Date(), parseDuration(fields.expiresIn, 'expires_in')) : null;
@@ -139,6 +135,9 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         scopes,
         delegatedBy,
         accountId: parent.accountId,
+        // A child of the caller: its spend also counts against the caller, so a daily
+        // child under a monthly caller can never outspend the caller's month.
+        parentId: parent.keyId,
       });
       return { status: 201, body: { ...created, accountId: parent.accountId, scopes, budgetCents } };
     }),
@@ -151,9 +150,6 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
     }),
   };
 }
-
-/** How long a budget lasts before it resets: 'none' never resets. */
-const PERIOD_LENGTH: Record<BudgetPeriod | 'none', number> = { day: 1, month: 2, none: 3 };
 
 function fail(status: number, code: string, message: string): RouteOutput {
   const { body } = httpError(status, code, message);

@@ -23,6 +23,8 @@ export interface TableNames {
   /** The append-only usage ledger and the holds (reservations) table. */
   ledger: string;
   holds: string;
+  /** Account ceilings. */
+  accounts: string;
   /** The per-table PL/pgSQL functions that spend and settle. */
   spendFn: string;
   settleFn: string;
@@ -57,6 +59,7 @@ export function tableNames(name: unknown): TableNames {
     migrations: `${schema}agentkey_migrations`,
     ledger: beside('ledger'),
     holds: beside('holds'),
+    accounts: beside('accounts'),
     spendFn: beside('spend'),
     settleFn: beside('settle'),
   };

@@ -23,6 +23,9 @@ export interface KeyRow {
   external_subject: string | null;
   created_at: Date | null;
   last_used_at: Date | null;
+  parent_id: number | null;
+  ancestor_ids: number[];
+  depth: number;
   status: KeyStatus;
 }
 
@@ -38,10 +41,19 @@ export interface NewKey {
   delegatedBy: string | null;
   userId: string | null;
   subject: string | null;
+  /** The parent's id and its own ancestors (root first), or null for a root key. */
+  parent: { id: number; ancestorIds: number[] } | null;
 }
 
-/** Which row a call is about: by key hash or by external subject. */
-export type KeyRef = { hash: string } | { subject: string };
+/** Which row a call is about: by key hash, by external subject, or by id. */
+export type KeyRef = { hash: string } | { subject: string } | { id: number };
+
+export interface KeyFilter {
+  accountId: string;
+  parentId: number | null;
+  includeRevoked: boolean;
+  limit: number;
+}
 
 /** All SQL about keys. Method names follow the use cases of the facade. */
 export class KeyStore {
@@ -55,11 +67,15 @@ export class KeyStore {
     this.columns = `id, account_id, name, key_prefix, scopes, budget_micros,
       ${this.spentNow} AS spent_micros, budget_period,
       (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h
-        WHERE h.key_id = k.id AND h.status = 'held' AND h.expires_at > now())::bigint AS held_micros,
+        WHERE h.status = 'held' AND h.expires_at > now() AND h.path @> ARRAY[k.id])::bigint AS held_micros,
       CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END AS budget_reset_at,
       expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
-      CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
-           WHEN expires_at IS NOT NULL AND expires_at <= now() THEN 'expired'
+      parent_id, ancestor_ids, depth,
+      -- A revoked or expired ancestor takes the whole subtree with it.
+      CASE WHEN revoked_at IS NOT NULL OR EXISTS (SELECT 1 FROM ${t.table} a
+                 WHERE a.id = ANY(k.ancestor_ids) AND a.revoked_at IS NOT NULL) THEN 'revoked'
+           WHEN (expires_at IS NOT NULL AND expires_at <= now()) OR EXISTS (SELECT 1 FROM ${t.table} a
+                 WHERE a.id = ANY(k.ancestor_ids) AND a.expires_at <= now()) THEN 'expired'
            ELSE 'active' END AS status`;
   }
 
@@ -67,19 +83,22 @@ export class KeyStore {
     return `${this.t.nextReset}(budget_period, COALESCE(budget_anchor_at, created_at), ${at})`;
   }
 
-  private where(ref: KeyRef): [string, string] {
-    return 'hash' in ref ? ['key_hash = $1', ref.hash] : ['external_subject = $1', ref.subject];
+  private where(ref: KeyRef): [string, string | number] {
+    if ('hash' in ref) return ['key_hash = $1', ref.hash];
+    if ('subject' in ref) return ['external_subject = $1', ref.subject];
+    return ['id = $1', ref.id];
   }
 
   async insert(k: NewKey): Promise<{ id: number; expires_at: Date | null }> {
     const rows = await this.db.query<{ id: number; expires_at: Date | null }>(
       `INSERT INTO ${this.t.table} (account_id, key_hash, key_prefix, name, scopes,
          budget_micros, budget_cents, spent_micros, budget_used_cents,
-         budget_period, budget_anchor_at, budget_reset_at, expires_at, delegated_by, user_id, external_subject)
+         budget_period, budget_anchor_at, budget_reset_at, expires_at, delegated_by, user_id, external_subject,
+         parent_id, ancestor_ids, depth)
        VALUES ($1, $2, $3, $4, $5::text[], $6::bigint, $6::bigint / 10000.0, 0, 0,
          $7::text, CASE WHEN $7::text IS NULL THEN NULL ELSE now() END,
          CASE WHEN $7::text IS NULL THEN NULL ELSE ${this.t.nextReset}($7::text, now(), now()) END,
-         $8::timestamptz, $9, $10, $11)
+         $8::timestamptz, $9, $10, $11, $12::bigint, $13::bigint[], cardinality($13::bigint[]))
        ${k.subject === null ? '' : 'ON CONFLICT DO NOTHING'}
        RETURNING id, expires_at`,
       [
@@ -94,6 +113,8 @@ export class KeyStore {
         k.delegatedBy,
         k.userId,
         k.subject,
+        k.parent?.id ?? null,
+        k.parent ? [...k.parent.ancestorIds, k.parent.id] : [],
       ],
     );
     return rows[0] as { id: number; expires_at: Date | null };
@@ -118,10 +139,25 @@ export class KeyStore {
     return rows[0] ?? null;
   }
 
+  async list(f: KeyFilter): Promise<KeyRow[]> {
+    const params: unknown[] = [f.accountId, f.limit];
+    let where = 'account_id = $1';
+    if (f.parentId !== null) where += ` AND parent_id = $${params.push(f.parentId)}`;
+    if (!f.includeRevoked) where += ' AND revoked_at IS NULL';
+    return this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${where} ORDER BY id LIMIT $2`, params);
+  }
+
+  /**
+   * Revokes a key and its whole subtree in one statement, locking the rows in id order
+   * (the order spending locks them in), so a revocation never deadlocks with a charge.
+   */
   async revoke(id: number, accountId: string | null): Promise<boolean> {
     const rows = await this.db.query(
       `UPDATE ${this.t.table} SET revoked_at = now()
-       WHERE id = $1 AND revoked_at IS NULL ${accountId === null ? '' : 'AND account_id = $2'}
+       WHERE id IN (SELECT id FROM ${this.t.table}
+                    WHERE (id = $1 OR ancestor_ids @> ARRAY[$1::bigint]) AND revoked_at IS NULL
+                    ORDER BY id FOR UPDATE)
+         ${accountId === null ? '' : `AND EXISTS (SELECT 1 FROM ${this.t.table} r WHERE r.id = $1 AND r.account_id = $2)`}
        RETURNING id`,
       accountId === null ? [id] : [id, accountId],
     );

@@ -2,6 +2,7 @@ import { AgentKeyError } from '../errors.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 import { createLedger } from './ledger-schema.js';
+import { createTrees } from './tree-schema.js';
 
 interface Migration {
   version: number;
@@ -45,7 +46,7 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
   });
 }
 
-export const LATEST_VERSION = 2;
+export const LATEST_VERSION = 3;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -128,6 +129,11 @@ const MIGRATIONS: Migration[] = [
     version: 2,
     name: 'append-only usage ledger, holds, and the spend and settle functions',
     up: createLedger,
+  },
+  {
+    version: 3,
+    name: 'delegation trees, account ceilings, and spend over every budget a key is under',
+    up: createTrees,
   },
 ];
 

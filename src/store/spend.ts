@@ -17,6 +17,10 @@ export interface SpendOutcome {
   committed?: number;
   released?: number;
   expired?: boolean;
+  over_budget?: boolean;
+  limit?: 'key' | 'ancestor' | 'account' | null;
+  limit_key_id?: number | null;
+  limit_account_id?: string | null;
 }
 
 export type SpendOp = 'charge' | 'hold' | 'adjust';
@@ -40,6 +44,12 @@ export interface UsageFilter {
 
 export interface AuditMismatch {
   keyId: number;
+  counterMicros: number;
+  ledgerMicros: number;
+}
+
+export interface AccountMismatch {
+  accountId: string;
   counterMicros: number;
   ledgerMicros: number;
 }
@@ -88,22 +98,37 @@ export class SpendStore {
     return Number(rows[0]?.n ?? 0);
   }
 
-  /** Keys whose spend counter differs from the sum of their spend rows in the ledger. */
-  async audit(keyId: number | null): Promise<{ checked: number; mismatches: AuditMismatch[] }> {
+  /**
+   * Counters that differ from the ledger. A key's counter is the spend rows of its whole
+   * subtree plus its own period resets; an account's is its spend rows since its period began.
+   */
+  async audit(keyId: number | null): Promise<{ checked: number; mismatches: AuditMismatch[]; accounts: AccountMismatch[] }> {
+    const spend = SPEND_KINDS.filter((k) => k !== 'reset').map((k) => `'${k}'`).join(', ');
     const filter = keyId === null ? '' : 'WHERE k.id = $1';
     const rows = await this.db.query<{ id: number; counter: number; ledger: number }>(
-      `SELECT k.id, k.spent_micros AS counter, COALESCE(l.total, 0)::bigint AS ledger
-       FROM ${this.t.table} k
-       LEFT JOIN (SELECT key_id, sum(amount_micros) AS total FROM ${this.t.ledger}
-                  WHERE kind IN (${SPEND_KINDS.map((k) => `'${k}'`).join(', ')}) GROUP BY key_id) l
-         ON l.key_id = k.id
-       ${filter}`,
+      `SELECT k.id, k.spent_micros AS counter,
+         (COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
+                    WHERE l.kind IN (${spend}) AND l.key_id IN (
+                      SELECT d.id FROM ${this.t.table} d WHERE d.id = k.id OR d.ancestor_ids @> ARRAY[k.id])), 0)
+          + COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
+                      WHERE l.kind = 'reset' AND l.key_id = k.id), 0))::bigint AS ledger
+       FROM ${this.t.table} k ${filter}`,
       keyId === null ? [] : [keyId],
     );
     const mismatches = rows
       .filter((r) => Number(r.counter) !== Number(r.ledger))
       .map((r) => ({ keyId: r.id, counterMicros: Number(r.counter), ledgerMicros: Number(r.ledger) }));
-    return { checked: rows.length, mismatches };
+    const accountRows = keyId !== null ? [] : await this.db.query<{ account_id: string; counter: number; ledger: number }>(
+      `SELECT a.account_id, a.spent_micros AS counter,
+         COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
+                   WHERE l.account_id = a.account_id AND l.kind IN (${spend})
+                     AND (a.period_start_at IS NULL OR l.created_at >= a.period_start_at)), 0)::bigint AS ledger
+       FROM ${this.t.accounts} a`,
+    );
+    const accounts = accountRows
+      .filter((r) => Number(r.counter) !== Number(r.ledger))
+      .map((r) => ({ accountId: r.account_id, counterMicros: Number(r.counter), ledgerMicros: Number(r.ledger) }));
+    return { checked: rows.length, mismatches, accounts };
   }
 
   /** Spend (charges, commits, adjustments) over a time range, in total and in UTC buckets. */

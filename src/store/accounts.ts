@@ -1,0 +1,67 @@
+import type { Db } from './db.js';
+import type { TableNames } from './identifiers.js';
+
+export interface AccountRow {
+  account_id: string;
+  budget_micros: number;
+  spent_micros: number;
+  held_micros: number;
+  budget_period: 'day' | 'month' | null;
+  period_start_at: Date | null;
+  budget_reset_at: Date | null;
+}
+
+/** All SQL about account ceilings. */
+export class AccountStore {
+  private readonly columns: string;
+
+  constructor(private readonly db: Db, private readonly t: TableNames) {
+    const due = `(a.budget_period IS NOT NULL AND a.budget_reset_at <= now())`;
+    const start = `${t.schema}agentkey_period_start(a.budget_period, now())`;
+    this.columns = `a.account_id, a.budget_micros, a.budget_period,
+      CASE WHEN ${due} THEN 0 ELSE a.spent_micros END AS spent_micros,
+      CASE WHEN ${due} THEN ${start} ELSE a.period_start_at END AS period_start_at,
+      CASE WHEN ${due} THEN ${t.schema}agentkey_period_end(a.budget_period, now()) ELSE a.budget_reset_at END AS budget_reset_at,
+      (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h
+        WHERE h.status = 'held' AND h.expires_at > now() AND h.account_id = a.account_id)::bigint AS held_micros`;
+  }
+
+  async get(accountId: string): Promise<AccountRow | null> {
+    const rows = await this.db.query<AccountRow>(
+      `SELECT ${this.columns} FROM ${this.t.accounts} a WHERE a.account_id = $1`,
+      [accountId],
+    );
+    return rows[0] ?? null;
+  }
+
+  /**
+   * Sets a ceiling. The account's spend in the current calendar period comes from the
+   * ledger; the account's keys are locked first (in the order spending locks them), so no
+   * charge in flight is missed or counted twice.
+   */
+  async set(accountId: string, budgetMicros: number, period: 'day' | 'month' | null): Promise<AccountRow> {
+    return this.db.transaction(async (tx) => {
+      await tx.query(`SELECT id FROM ${this.t.table} WHERE account_id = $1 ORDER BY id FOR UPDATE`, [accountId]);
+      const fn = (name: string) => (period === null ? 'NULL::timestamptz' : `${this.t.schema}agentkey_period_${name}($3::text, clock_timestamp())`);
+      await tx.query(
+        `INSERT INTO ${this.t.accounts} AS a (account_id, budget_micros, budget_period, period_start_at, budget_reset_at, spent_micros)
+         SELECT $1, $2::bigint, $3::text, s.start, ${fn('end')},
+           (SELECT COALESCE(sum(amount_micros), 0) FROM ${this.t.ledger}
+            WHERE account_id = $1 AND kind IN ('charge', 'commit', 'adjust')
+              AND (s.start IS NULL OR created_at >= s.start))
+         FROM (SELECT ${fn('start')} AS start) s
+         ON CONFLICT (account_id) DO UPDATE SET budget_micros = EXCLUDED.budget_micros,
+           budget_period = EXCLUDED.budget_period, period_start_at = EXCLUDED.period_start_at,
+           budget_reset_at = EXCLUDED.budget_reset_at, spent_micros = EXCLUDED.spent_micros, updated_at = now()`,
+        [accountId, budgetMicros, period],
+      );
+      const rows = await tx.query<AccountRow>(`SELECT ${this.columns} FROM ${this.t.accounts} a WHERE a.account_id = $1`, [accountId]);
+      return rows[0] as AccountRow;
+    });
+  }
+
+  async clear(accountId: string): Promise<boolean> {
+    const rows = await this.db.query(`DELETE FROM ${this.t.accounts} WHERE account_id = $1 RETURNING account_id`, [accountId]);
+    return rows.length > 0;
+  }
+}

@@ -1,0 +1,215 @@
+import type { Db } from './db.js';
+import type { TableNames } from './identifiers.js';
+
+/**
+ * Version 3: delegation trees and account ceilings. Keys get their parent and the ids
+ * of all their ancestors (fixed at creation); accounts get an optional ceiling row; the
+ * spend and settle functions are replaced by ones that lock every budget a step touches
+ * (the key, each ancestor, the account), check them all and change all or none.
+ */
+export async function createTrees(tx: Db, t: TableNames): Promise<void> {
+  const i = t.indexBase;
+  await tx.query(`ALTER TABLE ${t.table}
+    ADD COLUMN IF NOT EXISTS parent_id BIGINT,
+    ADD COLUMN IF NOT EXISTS ancestor_ids BIGINT[] NOT NULL DEFAULT '{}',
+    ADD COLUMN IF NOT EXISTS depth INTEGER NOT NULL DEFAULT 0`);
+  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_parent_idx" ON ${t.table} (parent_id) WHERE parent_id IS NOT NULL`);
+  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_ancestors_idx" ON ${t.table} USING GIN (ancestor_ids)`);
+
+  await tx.query(`CREATE TABLE IF NOT EXISTS ${t.accounts} (
+    account_id TEXT PRIMARY KEY,
+    budget_micros BIGINT NOT NULL,
+    spent_micros BIGINT NOT NULL DEFAULT 0,
+    budget_period TEXT CHECK (budget_period IN ('day', 'month')),
+    period_start_at TIMESTAMPTZ,
+    budget_reset_at TIMESTAMPTZ,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now())`);
+
+  await tx.query(`ALTER TABLE ${t.holds}
+    ADD COLUMN IF NOT EXISTS path BIGINT[],
+    ADD COLUMN IF NOT EXISTS account_id TEXT`);
+  await tx.query(`UPDATE ${t.holds} h SET path = ARRAY[h.key_id], account_id = k.account_id::text
+    FROM ${t.table} k WHERE k.id = h.key_id AND h.path IS NULL`);
+  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_holds_path_idx" ON ${t.holds} USING GIN (path) WHERE status = 'held'`);
+  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_holds_account_idx" ON ${t.holds} (account_id, expires_at) WHERE status = 'held'`);
+  // An account's period reset is a ledger row of the account, with no key.
+  await tx.query(`ALTER TABLE ${t.ledger} ALTER COLUMN key_id DROP NOT NULL`);
+
+  // Start and end of the calendar period (UTC) that contains `at`: accounts bill by calendar.
+  await tx.query(`CREATE OR REPLACE FUNCTION ${t.schema}agentkey_period_start(period TEXT, at TIMESTAMPTZ)
+    RETURNS TIMESTAMPTZ LANGUAGE sql IMMUTABLE AS $fn$
+      SELECT date_trunc(period, at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
+    $fn$`);
+  await tx.query(`CREATE OR REPLACE FUNCTION ${t.schema}agentkey_period_end(period TEXT, at TIMESTAMPTZ)
+    RETURNS TIMESTAMPTZ LANGUAGE sql IMMUTABLE AS $fn$
+      SELECT (date_trunc(period, at AT TIME ZONE 'UTC') + ('1 ' || period)::interval) AT TIME ZONE 'UTC'
+    $fn$`);
+
+  const lockAndRoll = `
+      -- Every budget this step touches is locked in one global order (keys by id, then the
+      -- account), so concurrent steps queue instead of deadlocking.
+      PERFORM 1 FROM ${t.table} WHERE id = ANY(v_nodes) ORDER BY id FOR UPDATE;
+      SELECT * INTO a FROM ${t.accounts} WHERE account_id = v_account FOR UPDATE;
+      -- Read the clock after the locks: whoever holds a budget later sees a later time.
+      v_now := clock_timestamp();
+      INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, created_at)
+        SELECT id, account_id::text, 'reset', -spent_micros, v_now FROM ${t.table}
+        WHERE id = ANY(v_nodes) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0;
+      UPDATE ${t.table} SET spent_micros = 0, budget_used_cents = 0,
+        budget_reset_at = ${t.nextReset}(budget_period, COALESCE(budget_anchor_at, created_at), v_now)
+        WHERE id = ANY(v_nodes) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
+      IF a.account_id IS NOT NULL AND a.budget_period IS NOT NULL AND a.budget_reset_at <= v_now THEN
+        IF a.spent_micros <> 0 THEN
+          INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, created_at)
+          VALUES (NULL, a.account_id, 'reset', -a.spent_micros, v_now);
+        END IF;
+        UPDATE ${t.accounts} SET spent_micros = 0,
+          period_start_at = ${t.schema}agentkey_period_start(a.budget_period, v_now),
+          budget_reset_at = ${t.schema}agentkey_period_end(a.budget_period, v_now)
+          WHERE account_id = a.account_id
+          RETURNING * INTO a;
+      END IF;
+      -- Holds past their time stop counting at once; sweeping this key's just tidies up.
+      WITH swept AS (
+        UPDATE ${t.holds} SET status = 'expired', settled_at = v_now
+        WHERE key_id = v_key AND status = 'held' AND expires_at <= v_now
+        RETURNING id, amount_micros)
+      INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
+      SELECT v_key, v_account, 'expire', -amount_micros, id, v_now FROM swept;
+      SELECT * INTO k FROM ${t.table} WHERE id = v_key;
+      SELECT COALESCE(sum(amount_micros), 0) INTO v_held FROM ${t.holds}
+        WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[v_key];`;
+
+  // The tightest budget among the key, its ancestors and the account that `p_micros` more would pass.
+  const findLimit = (extra: string) => `
+      SELECT n.id, n.depth INTO lim FROM ${t.table} n
+        LEFT JOIN LATERAL (SELECT COALESCE(sum(amount_micros), 0) AS held FROM ${t.holds}
+                           WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id]) live ON true
+        WHERE n.id = ANY(v_nodes) AND n.budget_micros IS NOT NULL
+          AND n.spent_micros + live.held + ${extra} > n.budget_micros
+        ORDER BY n.depth DESC LIMIT 1;
+      v_limit := CASE WHEN lim.id IS NULL THEN NULL WHEN lim.id = v_key THEN 'key' ELSE 'ancestor' END;
+      IF v_limit IS NULL AND a.account_id IS NOT NULL THEN
+        SELECT COALESCE(sum(amount_micros), 0) INTO v_acct_held FROM ${t.holds}
+          WHERE status = 'held' AND expires_at > v_now AND account_id = v_account;
+        IF a.spent_micros + v_acct_held + ${extra} > a.budget_micros THEN v_limit := 'account'; END IF;
+      END IF;`;
+
+  const addSpend = `
+      UPDATE ${t.table} SET spent_micros = spent_micros + p_micros,
+        budget_used_cents = (spent_micros + p_micros) / 10000.0
+        WHERE id = ANY(v_nodes);
+      UPDATE ${t.accounts} SET spent_micros = spent_micros + p_micros WHERE account_id = v_account;
+      SELECT * INTO k FROM ${t.table} WHERE id = v_key;`;
+
+  const figures = `'key_id', v_key, 'budget', k.budget_micros, 'spent', k.spent_micros, 'held', v_held`;
+  const limitFields = `'limit', v_limit, 'limit_key_id', CASE WHEN v_limit IN ('key', 'ancestor') THEN lim.id END,
+          'limit_account_id', CASE WHEN v_limit = 'account' THEN v_account END`;
+  const declare = `k RECORD; a RECORD; lim RECORD; prior RECORD; v_key BIGINT; v_account TEXT; v_nodes BIGINT[];
+      v_now TIMESTAMPTZ; v_held BIGINT; v_acct_held BIGINT; v_limit TEXT; v_state TEXT; v_expires TIMESTAMPTZ;`;
+
+  await tx.query(`CREATE OR REPLACE FUNCTION ${t.spendFn}(
+      p_hash TEXT, p_subject TEXT, p_id BIGINT, p_op TEXT, p_micros BIGINT,
+      p_idem TEXT, p_meta JSONB, p_hold_id TEXT, p_ttl_ms BIGINT)
+    RETURNS JSONB LANGUAGE plpgsql AS $fn$
+    DECLARE ${declare}
+    BEGIN
+      IF p_hash IS NOT NULL THEN
+        SELECT id, account_id::text AS account, ancestor_ids INTO k FROM ${t.table} WHERE key_hash = p_hash;
+      ELSIF p_subject IS NOT NULL THEN
+        SELECT id, account_id::text AS account, ancestor_ids INTO k FROM ${t.table} WHERE external_subject = p_subject;
+      ELSE
+        SELECT id, account_id::text AS account, ancestor_ids INTO k FROM ${t.table} WHERE id = p_id;
+      END IF;
+      IF NOT FOUND THEN RETURN jsonb_build_object('outcome', 'invalid'); END IF;
+      v_key := k.id; v_account := k.account; v_nodes := k.ancestor_ids || k.id;
+      ${lockAndRoll}
+      IF p_op <> 'adjust' THEN
+        -- A revoked or expired ancestor stops the whole subtree.
+        SELECT CASE WHEN bool_or(revoked_at IS NOT NULL) THEN 'revoked'
+                    WHEN bool_or(expires_at IS NOT NULL AND expires_at <= v_now) THEN 'expired' END
+          INTO v_state FROM ${t.table} WHERE id = ANY(v_nodes);
+        IF v_state IS NOT NULL THEN RETURN jsonb_build_object('outcome', v_state); END IF;
+      END IF;
+      IF p_idem IS NOT NULL AND p_op = 'charge' THEN
+        SELECT amount_micros INTO prior FROM ${t.ledger}
+        WHERE key_id = v_key AND idempotency_key = p_idem AND kind = 'charge';
+        IF FOUND THEN
+          RETURN jsonb_build_object('outcome', CASE WHEN prior.amount_micros = p_micros THEN 'replayed' ELSE 'idempotency_conflict' END, ${figures});
+        END IF;
+      ELSIF p_idem IS NOT NULL AND p_op = 'hold' THEN
+        SELECT id, amount_micros, expires_at, status INTO prior FROM ${t.holds}
+        WHERE key_id = v_key AND idempotency_key = p_idem;
+        IF FOUND THEN
+          RETURN jsonb_build_object('outcome', CASE WHEN prior.amount_micros = p_micros THEN 'replayed' ELSE 'idempotency_conflict' END,
+            'hold_id', prior.id, 'expires_at', prior.expires_at, 'status', prior.status, ${figures});
+        END IF;
+      END IF;
+      IF p_op = 'adjust' THEN
+        IF EXISTS (SELECT 1 FROM ${t.table} WHERE id = ANY(v_nodes) AND spent_micros + p_micros < 0) THEN
+          RETURN jsonb_build_object('outcome', 'refund_exceeds_spend', ${figures});
+        END IF;
+      ELSE
+        ${findLimit('p_micros')}
+        IF v_limit IS NOT NULL THEN
+          RETURN jsonb_build_object('outcome', 'budget_exceeded', ${figures}, ${limitFields});
+        END IF;
+      END IF;
+      IF p_op = 'hold' THEN
+        v_expires := v_now + p_ttl_ms * interval '1 millisecond';
+        INSERT INTO ${t.holds} (id, key_id, path, account_id, amount_micros, status, expires_at, idempotency_key, metadata, created_at)
+        VALUES (p_hold_id, v_key, v_nodes, v_account, p_micros, 'held', v_expires, p_idem, p_meta, v_now);
+        INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, idempotency_key, metadata, created_at)
+        VALUES (v_key, v_account, 'hold', p_micros, p_hold_id, p_idem, p_meta, v_now);
+        v_held := v_held + p_micros;
+        UPDATE ${t.table} SET last_used_at = v_now WHERE id = v_key;
+      ELSE
+        ${addSpend}
+        IF p_op = 'charge' THEN UPDATE ${t.table} SET last_used_at = v_now WHERE id = v_key; END IF;
+        INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, idempotency_key, metadata, created_at)
+        VALUES (v_key, v_account, p_op, p_micros, p_idem, p_meta, v_now);
+      END IF;
+      RETURN jsonb_build_object('outcome', 'ok', 'hold_id', p_hold_id, 'expires_at', v_expires, ${figures});
+    END $fn$`);
+
+  await tx.query(`CREATE OR REPLACE FUNCTION ${t.settleFn}(p_hold_id TEXT, p_op TEXT, p_micros BIGINT, p_meta JSONB)
+    RETURNS JSONB LANGUAGE plpgsql AS $fn$
+    DECLARE ${declare} h RECORD; v_live BOOLEAN;
+    BEGIN
+      SELECT key_id, path, account_id INTO h FROM ${t.holds} WHERE id = p_hold_id;
+      IF NOT FOUND THEN RETURN jsonb_build_object('outcome', 'not_found'); END IF;
+      v_key := h.key_id; v_account := h.account_id; v_nodes := h.path;
+      -- The budgets first, then the hold: the same order as reserve, so the two never deadlock.
+      ${lockAndRoll}
+      SELECT * INTO h FROM ${t.holds} WHERE id = p_hold_id FOR UPDATE;
+      IF h.status = 'committed' THEN
+        RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'commit' THEN 'replayed' ELSE 'already_committed' END,
+          'hold', h.amount_micros, 'committed', h.committed_micros, 'expired', h.committed_micros IS NOT NULL AND h.settled_at > h.expires_at, ${figures});
+      ELSIF h.status = 'released' THEN
+        RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'release' THEN 'replayed' ELSE 'already_released' END,
+          'hold', h.amount_micros, 'released', h.amount_micros, ${figures});
+      END IF;
+      v_live := h.status = 'held' AND h.expires_at > v_now;
+      IF p_op = 'release' THEN
+        IF NOT v_live THEN
+          RETURN jsonb_build_object('outcome', 'replayed', 'expired', true, 'hold', h.amount_micros, 'released', 0, ${figures});
+        END IF;
+        UPDATE ${t.holds} SET status = 'released', settled_at = v_now WHERE id = h.id;
+        INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
+        VALUES (v_key, v_account, 'release', -h.amount_micros, h.id, v_now);
+        v_held := v_held - h.amount_micros;
+        RETURN jsonb_build_object('outcome', 'ok', 'hold', h.amount_micros, 'released', h.amount_micros, ${figures});
+      END IF;
+      -- A commit records the real cost even past the hold or its expiry: that money was spent.
+      IF v_live THEN v_held := v_held - h.amount_micros; END IF;
+      UPDATE ${t.holds} SET status = 'committed', committed_micros = p_micros, settled_at = v_now WHERE id = h.id;
+      ${addSpend}
+      UPDATE ${t.table} SET last_used_at = v_now WHERE id = v_key;
+      INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at)
+      VALUES (v_key, v_account, 'commit', p_micros, h.id, p_meta, v_now);
+      ${findLimit('0')}
+      RETURN jsonb_build_object('outcome', 'ok', 'expired', NOT v_live, 'hold', h.amount_micros, 'committed', p_micros,
+        'over_budget', v_limit IS NOT NULL, ${figures}, ${limitFields});
+    END $fn$`);
+}
