@@ -67,7 +67,7 @@ export class KeyStore {
     this.columns = `id, account_id, name, key_prefix, scopes, budget_micros,
       ${this.spentNow} AS spent_micros, budget_period,
       (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h
-        WHERE h.status = 'held' AND h.expires_at > now() AND h.path @> ARRAY[k.id])::bigint AS held_micros,
+        WHERE h.status = 'held' AND h.expires_at > now() AND h.path @> ARRAY[k.id::bigint])::bigint AS held_micros,
       CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END AS budget_reset_at,
       expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
       parent_id, ancestor_ids, depth,
@@ -143,7 +143,11 @@ export class KeyStore {
     const params: unknown[] = [f.accountId, f.limit];
     let where = 'account_id = $1';
     if (f.parentId !== null) where += ` AND parent_id = $${params.push(f.parentId)}`;
-    if (!f.includeRevoked) where += ' AND revoked_at IS NULL';
+    // A key under a revoked ancestor is revoked too, even if it was created while the revoke ran.
+    if (!f.includeRevoked) {
+      where += ` AND revoked_at IS NULL AND NOT EXISTS (SELECT 1 FROM ${this.t.table} a
+                 WHERE a.id = ANY(k.ancestor_ids) AND a.revoked_at IS NOT NULL)`;
+    }
     return this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${where} ORDER BY id LIMIT $2`, params);
   }
 

@@ -109,7 +109,7 @@ export class SpendStore {
       `SELECT k.id, k.spent_micros AS counter,
          (COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
                     WHERE l.kind IN (${spend}) AND l.key_id IN (
-                      SELECT d.id FROM ${this.t.table} d WHERE d.id = k.id OR d.ancestor_ids @> ARRAY[k.id])), 0)
+                      SELECT d.id FROM ${this.t.table} d WHERE d.id = k.id OR d.ancestor_ids @> ARRAY[k.id::bigint])), 0)
           + COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
                       WHERE l.kind = 'reset' AND l.key_id = k.id), 0))::bigint AS ledger
        FROM ${this.t.table} k ${filter}`,

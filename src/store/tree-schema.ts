@@ -85,7 +85,7 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
   const findLimit = (extra: string) => `
       SELECT n.id, n.depth INTO lim FROM ${t.table} n
         LEFT JOIN LATERAL (SELECT COALESCE(sum(amount_micros), 0) AS held FROM ${t.holds}
-                           WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id]) live ON true
+                           WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
         WHERE n.id = ANY(v_nodes) AND n.budget_micros IS NOT NULL
           AND n.spent_micros + live.held + ${extra} > n.budget_micros
         ORDER BY n.depth DESC LIMIT 1;
@@ -100,7 +100,8 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
       UPDATE ${t.table} SET spent_micros = spent_micros + p_micros,
         budget_used_cents = (spent_micros + p_micros) / 10000.0
         WHERE id = ANY(v_nodes);
-      UPDATE ${t.accounts} SET spent_micros = spent_micros + p_micros WHERE account_id = v_account;
+      -- Re-read the account too: a commit checks it again after adding its cost.
+      UPDATE ${t.accounts} SET spent_micros = spent_micros + p_micros WHERE account_id = v_account RETURNING * INTO a;
       SELECT * INTO k FROM ${t.table} WHERE id = v_key;`;
 
   const figures = `'key_id', v_key, 'budget', k.budget_micros, 'spent', k.spent_micros, 'held', v_held`;

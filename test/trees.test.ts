@@ -1,0 +1,916 @@
+import express from 'express';
+import request from 'supertest';
+import { describe, expect, it } from 'vitest';
+import { AgentKey, AgentKeyError, createAgentKeyRoutes } from '../src/index.js';
+import { tableNames } from '../src/store/identifiers.js';
+import { type TestDb, forEachDatabase } from './helpers/databases.js';
+
+/**
+ * Issue 4: delegation trees and account ceilings, on PostgreSQL and PGlite.
+ * create({ parentId }) and its attenuation rules, spend that counts up the tree, account
+ * ceilings, cascading revocation, listKeys/getKey, audit, and POST /sdk-keys making children.
+ */
+
+/** The AgentKeyError code a promise rejects with ('resolved' when it does not reject). */
+async function codeOf(p: Promise<unknown> | (() => unknown)): Promise<string> {
+  try {
+    await (typeof p === 'function' ? p() : p);
+  } catch (err) {
+    if (err instanceof AgentKeyError) return err.code;
+    throw err;
+  }
+  return 'resolved';
+}
+
+/** Row counts of every table agentkey writes, to show that a refusal wrote nothing. */
+async function rowCounts(db: TestDb, ak: AgentKey) {
+  const t = tableNames(ak.tableName);
+  const [row] = await db.query(
+    `SELECT (SELECT count(*) FROM ${t.table})::int AS keys, (SELECT count(*) FROM ${t.ledger})::int AS ledger,
+            (SELECT count(*) FROM ${t.holds})::int AS holds, (SELECT count(*) FROM ${t.accounts})::int AS accounts`,
+  );
+  return row;
+}
+
+/** Expects `make()` to be refused with `code` and to leave every table as it was. */
+async function expectRefused(db: TestDb, ak: AgentKey, make: () => Promise<unknown>, code: string, label = code): Promise<void> {
+  const before = await rowCounts(db, ak);
+  expect(await codeOf(make), label).toBe(code);
+  expect(await rowCounts(db, ak), label).toEqual(before);
+}
+
+async function spentOf(ak: AgentKey, id: number): Promise<number> {
+  const info = await ak.getKey(id);
+  if (!info) throw new Error(`key ${id} not found`);
+  return info.spentCents;
+}
+
+async function auditOk(ak: AgentKey): Promise<void> {
+  const result = await ak.audit();
+  expect(result, JSON.stringify(result)).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
+}
+
+function utcMonthStart(d: Date, plus = 0): string {
+  return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth() + plus, 1)).toISOString();
+}
+function utcDayStart(d: Date, plus = 0): string {
+  return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + plus)).toISOString();
+}
+
+/** A pool whose every call rejects. */
+function brokenPool() {
+  const fail = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
+  return { query: fail, connect: fail };
+}
+
+describe('options checked without a database', () => {
+  it('error: maxDepth must be a whole number from 0 to 100', () => {
+    for (const maxDepth of [-1, 1.5, 101, '5', NaN, Infinity, true]) {
+      expect(() => new AgentKey({ pool: brokenPool() as never, maxDepth: maxDepth as never }), String(maxDepth)).toThrow(AgentKeyError);
+    }
+    expect(() => new AgentKey({ pool: brokenPool() as never, maxDepth: 0 })).not.toThrow();
+    expect(() => new AgentKey({ pool: brokenPool() as never, maxDepth: 100 })).not.toThrow();
+  });
+
+  it('error: a broken pool fails listKeys, getKey and the account calls with storage_error', async () => {
+    const ak = new AgentKey({ pool: brokenPool() as never });
+    expect(await codeOf(ak.listKeys({ accountId: 'a' }))).toBe('storage_error');
+    expect(await codeOf(ak.getKey(1))).toBe('storage_error');
+    expect(await codeOf(ak.setAccountBudget('a', { budgetCents: 5 }))).toBe('storage_error');
+    expect(await codeOf(ak.getAccountBudget('a'))).toBe('storage_error');
+    expect(await codeOf(ak.clearAccountBudget('a'))).toBe('storage_error');
+    expect(await codeOf(ak.create({ accountId: 'a', parentId: 1 }))).toBe('storage_error');
+  });
+});
+
+forEachDatabase((getDb) => {
+  describe('create({ parentId })', () => {
+    it('happy: a child inherits scopes and expiry when not given, not the budget; depth and parentId are recorded', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc', scopes: ['proxy.*', 'usage.read'], expiresIn: '2h', budgetCents: 500, budgetPeriod: 'month' });
+      const child = await ak.create({ accountId: 'acc', parentId: root.id });
+      expect(child.expiresAt).toBe(root.expiresAt);
+      const info = await ak.getKey(child.id);
+      expect(info).toMatchObject({
+        id: child.id,
+        accountId: 'acc',
+        parentId: root.id,
+        depth: 1,
+        scopes: ['proxy.*', 'usage.read'],
+        expiresAt: root.expiresAt,
+        budgetCents: null,
+        budgetPeriod: null,
+        status: 'active',
+      });
+      expect(await ak.getKey(root.id)).toMatchObject({ parentId: null, depth: 0 });
+      // Narrower choices are kept as given; a grandchild goes one level deeper.
+      const narrow = await ak.create({ accountId: 'acc', parentId: String(child.id), scopes: ['proxy.chat'], expiresIn: '1h', budgetCents: 500 });
+      const n = await ak.getKey(narrow.id);
+      expect(n).toMatchObject({ parentId: child.id, depth: 2, scopes: ['proxy.chat'], budgetCents: 500 });
+      expect(new Date(n!.expiresAt!).getTime()).toBeLessThan(new Date(root.expiresAt!).getTime());
+      const v = await ak.validate(narrow.key);
+      expect(v).toMatchObject({ valid: true, keyId: narrow.id, scopes: ['proxy.chat'] });
+      expect(ak.hasScope(v, 'proxy.chat')).toBe(true);
+      expect(ak.hasScope(v, 'proxy.embed')).toBe(false);
+      // A numeric account id matches its text form.
+      const numeric = await ak.create({ accountId: 42, budgetCents: 10 });
+      const numChild = await ak.create({ accountId: '42', parentId: numeric.id });
+      expect(await ak.getKey(numChild.id)).toMatchObject({ parentId: numeric.id, accountId: '42' });
+      expect((await ak.create({ accountId: 42, parentId: numChild.id })).id).toBeGreaterThan(numChild.id);
+      // A root without expiry lets children choose any expiry, or none.
+      const open = await ak.create({ accountId: 'acc' });
+      expect((await ak.create({ accountId: 'acc', parentId: open.id, expiresIn: '400d' })).expiresAt).not.toBeNull();
+      expect((await ak.create({ accountId: 'acc', parentId: open.id })).expiresAt).toBeNull();
+      await auditOk(ak);
+    });
+
+    it('security: scopes never widen (admin, *, wildcards), and refusals write nothing', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const wild = await ak.create({ accountId: 'acc', scopes: ['proxy.*'] });
+      for (const scopes of [['proxy'], ['billing.read'], ['*'], ['admin'], null, ['proxy.chat', 'billing.read'], ['proxy.*', 'usage.read'], ['prox.*'], ['proxyx.chat']]) {
+        await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: wild.id, scopes }), 'scope_not_allowed', JSON.stringify(scopes));
+      }
+      for (const scopes of [['proxy.chat'], ['proxy.x.*'], ['proxy.*'], ['proxy.chat', 'proxy.embed.v2'], []]) {
+        const child = await ak.create({ accountId: 'acc', parentId: wild.id, scopes });
+        expect((await ak.getKey(child.id))!.scopes, JSON.stringify(scopes)).toEqual(scopes);
+      }
+      // A wildcard child's own children are bounded by the child, not the root.
+      const sub = await ak.create({ accountId: 'acc', parentId: wild.id, scopes: ['proxy.x.*'] });
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: sub.id, scopes: ['proxy.chat'] }), 'scope_not_allowed');
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: sub.id, scopes: ['proxy.*'] }), 'scope_not_allowed');
+      const subsub = await ak.create({ accountId: 'acc', parentId: sub.id, scopes: ['proxy.x.y'] });
+      const v = await ak.validate(subsub.key);
+      expect(ak.hasScope(v, 'proxy.x.y')).toBe(true);
+      expect(ak.hasScope(v, 'proxy.x.z')).toBe(false);
+      // A plain-scope parent grants only what it holds.
+      const plain = await ak.create({ accountId: 'acc', scopes: ['proxy.chat'] });
+      for (const scopes of [['proxy.*'], ['proxy.chat.*'], ['*'], ['admin'], null]) {
+        await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: plain.id, scopes }), 'scope_not_allowed', JSON.stringify(scopes));
+      }
+      // 'admin', '*' and unlimited (null) parents may mint anything, including admin and null.
+      for (const parentScopes of [['admin'], ['*'], null, ['usage.read', '*']]) {
+        const p = await ak.create({ accountId: 'acc', scopes: parentScopes });
+        for (const scopes of [['admin'], ['*'], null, ['billing.write'], ['x.*']]) {
+          const c = await ak.create({ accountId: 'acc', parentId: p.id, scopes });
+          expect((await ak.getKey(c.id))!.scopes, `${JSON.stringify(parentScopes)} -> ${JSON.stringify(scopes)}`).toEqual(scopes);
+        }
+      }
+      // A '*' key can do anything; validScopes still applies to children.
+      const star = await ak.validate((await ak.create({ accountId: 'acc', scopes: ['*'] })).key);
+      expect(ak.hasScope(star, 'billing.write')).toBe(true);
+      const strict = await db.agentKey({ validScopes: ['proxy.*', 'proxy.chat'] });
+      const sp = await strict.create({ accountId: 'acc', scopes: ['proxy.*'] });
+      expect(await codeOf(strict.create({ accountId: 'acc', parentId: sp.id, scopes: ['proxy.embed'] }))).toBe('invalid_scope');
+      await strict.create({ accountId: 'acc', parentId: sp.id, scopes: ['proxy.chat'] });
+    });
+
+    it('security: expiry may not pass the parent (later, or none under an expiring parent)', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const parent = await ak.create({ accountId: 'acc', expiresIn: '1h' });
+      const cases: Record<string, unknown>[] = [
+        { expiresIn: '2h' },
+        { expiresIn: null },
+        { expiresAt: null },
+        { expiresAt: new Date(new Date(parent.expiresAt!).getTime() + 1_000) },
+        { expiresIn: '1mo' },
+      ];
+      for (const extra of cases) {
+        await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: parent.id, ...extra }), 'expiry_exceeds_parent', JSON.stringify(extra));
+      }
+      const same = await ak.create({ accountId: 'acc', parentId: parent.id, expiresAt: parent.expiresAt! });
+      expect(same.expiresAt).toBe(parent.expiresAt);
+      const sooner = await ak.create({ accountId: 'acc', parentId: parent.id, expiresIn: '30m' });
+      expect(new Date(sooner.expiresAt!).getTime()).toBeLessThan(new Date(parent.expiresAt!).getTime());
+      // The inherited expiry binds the grandchild too.
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: sooner.id, expiresIn: '45m' }), 'expiry_exceeds_parent');
+    });
+
+    it('security: a budget may not exceed the parent; unlimited and equal budgets are allowed', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const parent = await ak.create({ accountId: 'acc', budgetCents: 1000 });
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: parent.id, budgetCents: 1000.01 }), 'budget_exceeds_parent');
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: parent.id, budgetCents: 5000, budgetPeriod: 'day' }), 'budget_exceeds_parent');
+      const equal = await ak.create({ accountId: 'acc', parentId: parent.id, budgetCents: 1000 });
+      const unlimited = await ak.create({ accountId: 'acc', parentId: parent.id, budgetCents: null });
+      expect(await ak.getKey(equal.id)).toMatchObject({ budgetCents: 1000 });
+      expect(await ak.getKey(unlimited.id)).toMatchObject({ budgetCents: null, remainingCents: null });
+      const small = await ak.create({ accountId: 'acc', parentId: equal.id, budgetCents: 10 });
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: small.id, budgetCents: 11 }), 'budget_exceeds_parent');
+      const free = await ak.create({ accountId: 'acc' });
+      expect((await ak.create({ accountId: 'acc', parentId: free.id, budgetCents: 900_000 })).id).toBeGreaterThan(0);
+    });
+
+    it('error: other account, unknown parent, revoked or expired parent, and bad parentId types; nothing written', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const parent = await ak.create({ accountId: 'acc' });
+      await expectRefused(db, ak, () => ak.create({ accountId: 'other', parentId: parent.id }), 'invalid_argument');
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: 99_999_999 }), 'parent_not_found');
+      for (const parentId of [0, -1, 1.5, 'abc', '', '1e3', {}, [], true, NaN, Number.MAX_SAFE_INTEGER + 2]) {
+        await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: parentId as never }), 'invalid_argument', String(parentId));
+      }
+      const revoked = await ak.create({ accountId: 'acc' });
+      await ak.revoke(revoked.id);
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: revoked.id }), 'parent_inactive');
+      const expiring = await ak.create({ accountId: 'acc', expiresIn: '1h' });
+      const under = await ak.create({ accountId: 'acc', parentId: expiring.id });
+      await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 second' WHERE id = $1`, [expiring.id]);
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: expiring.id }), 'parent_inactive');
+      // The child is still unexpired itself, but its expired ancestor makes it inactive.
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: under.id, expiresIn: '1m' }), 'parent_inactive');
+      // parentId null or undefined makes a root key.
+      const root = await ak.create({ accountId: 'acc', parentId: null });
+      expect(await ak.getKey(root.id)).toMatchObject({ parentId: null, depth: 0 });
+    });
+
+    it('error: trees deeper than maxDepth are refused (default 5; custom 1 and 0)', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      let parent = (await ak.create({ accountId: 'acc' })).id;
+      for (let depth = 1; depth <= 5; depth++) {
+        parent = (await ak.create({ accountId: 'acc', parentId: parent })).id;
+        expect((await ak.getKey(parent))!.depth).toBe(depth);
+      }
+      await expectRefused(db, ak, () => ak.create({ accountId: 'acc', parentId: parent }), 'depth_exceeded');
+
+      const shallow = await db.agentKey({ maxDepth: 1 });
+      const r = await shallow.create({ accountId: 'acc' });
+      const c = await shallow.create({ accountId: 'acc', parentId: r.id });
+      await expectRefused(db, shallow, () => shallow.create({ accountId: 'acc', parentId: c.id }), 'depth_exceeded');
+      expect((await shallow.create({ accountId: 'acc', parentId: r.id })).id).toBeGreaterThan(c.id);
+
+      const flat = await db.agentKey({ maxDepth: 0 });
+      const f = await flat.create({ accountId: 'acc' });
+      await expectRefused(db, flat, () => flat.create({ accountId: 'acc', parentId: f.id }), 'depth_exceeded');
+    });
+  });
+
+  describe('spend counts up the tree', () => {
+    it('concurrency: five children (1000 each) of a 1000-cent parent stop at exactly 1000 in total; limitedBy names the parent', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc', budgetCents: 1000 });
+      const kids = await Promise.all([0, 1, 2, 3, 4].map(() => ak.create({ accountId: 'acc', parentId: root.id, budgetCents: 1000 })));
+      const results = await Promise.all(Array.from({ length: 160 }, (_, i) => ak.trackUsage(kids[i % 5]!.key, { costCents: 10 })));
+      expect(results.filter((r) => r.success)).toHaveLength(100);
+      for (const r of results.filter((x) => !x.success)) {
+        expect(r).toMatchObject({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'ancestor', keyId: root.id } });
+      }
+      expect(await spentOf(ak, root.id)).toBe(1000);
+      const kidSpend = await Promise.all(kids.map((k) => spentOf(ak, k.id)));
+      expect(kidSpend.reduce((a, b) => a + b, 0)).toBe(1000);
+      expect(await ak.validate(root.key)).toMatchObject({ valid: true, budgetUsedCents: 1000, budgetRemainingCents: 0 });
+      // The parent's own charge is refused by its own budget.
+      expect(await ak.trackUsage(root.key, { costCents: 0.0001 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: root.id } });
+      expect(await ak.trackUsage(root.key, { costCents: 0 })).toMatchObject({ success: true });
+      await auditOk(ak);
+    });
+
+    it('concurrency: holds from five children also stop at the parent budget, then commits and releases settle it', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc', budgetCents: 300 });
+      const kids = await Promise.all([0, 1, 2, 3, 4].map(() => ak.create({ accountId: 'acc', parentId: root.id, budgetCents: 300 })));
+      const holds = await Promise.all(
+        Array.from({ length: 60 }, (_, i) => (i % 3 === 0 ? ak.trackUsage(kids[i % 5]!.key, { costCents: 10 }) : ak.reserve(kids[i % 5]!.key, { costCents: 10 }))),
+      );
+      expect(holds.filter((r) => r.success)).toHaveLength(30);
+      for (const r of holds.filter((x) => !x.success)) expect(r).toMatchObject({ limitedBy: { kind: 'ancestor', keyId: root.id } });
+      const info = (await ak.getKey(root.id))!;
+      expect(info.spentCents + info.heldCents).toBe(300);
+      expect(info.remainingCents).toBe(0);
+      const ids = holds.filter((r): r is Extract<typeof r, { reservationId: string }> => r.success && 'reservationId' in r).map((r) => r.reservationId);
+      const settled = await Promise.all(ids.map((id, i) => (i % 2 === 0 ? ak.commit(id, { costCents: 4 }) : ak.release(id))));
+      expect(settled.every((s) => s.success)).toBe(true);
+      const after = (await ak.getKey(root.id))!;
+      expect(after.heldCents).toBe(0);
+      expect(after.spentCents).toBe(info.spentCents + 4 * Math.ceil(ids.length / 2));
+      await auditOk(ak);
+    });
+
+    it('happy: the nearest budget that refuses is named (key, parent, or grandparent)', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc', budgetCents: 100 });
+      const mid = await ak.create({ accountId: 'acc', parentId: root.id, budgetCents: 50 });
+      const leaf = await ak.create({ accountId: 'acc', parentId: mid.id, budgetCents: 30 });
+      expect(await ak.trackUsage(leaf.key, { costCents: 31 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: leaf.id }, budgetUsedCents: 0, budgetRemainingCents: 30 });
+      expect(await ak.trackUsage(mid.key, { costCents: 40 })).toMatchObject({ success: true, budgetUsedCents: 40 });
+      expect(await ak.trackUsage(leaf.key, { costCents: 11 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: mid.id } });
+      expect(await ak.trackUsage(root.key, { costCents: 55 })).toMatchObject({ success: true });
+      // Both mid (40+6 <= 50) and leaf fit, the root (95+6) does not.
+      expect(await ak.trackUsage(leaf.key, { costCents: 6 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: root.id } });
+      expect(await ak.reserve(leaf.key, { costCents: 6 })).toMatchObject({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'ancestor', keyId: root.id } });
+      expect(await ak.trackUsage(leaf.key, { costCents: 5 })).toMatchObject({ success: true, budgetUsedCents: 5, budgetRemainingCents: 25 });
+      expect([await spentOf(ak, root.id), await spentOf(ak, mid.id), await spentOf(ak, leaf.id)]).toEqual([100, 45, 5]);
+      // Idempotent replays in a child are not counted twice up the tree.
+      const unl = await ak.create({ accountId: 'acc2' });
+      const c = await ak.create({ accountId: 'acc2', parentId: unl.id });
+      await ak.trackUsage(c.key, { costCents: 7, idempotencyKey: 'req-1' });
+      expect(await ak.trackUsage(c.key, { costCents: 7, idempotencyKey: 'req-1' })).toMatchObject({ success: true, replayed: true });
+      expect(await spentOf(ak, unl.id)).toBe(7);
+      // Adjustments count up the tree too; a refund may not take any node below zero.
+      expect(await ak.adjust(c.id, { costCents: -3, reason: 'refund' })).toMatchObject({ success: true, budgetUsedCents: 4 });
+      expect(await spentOf(ak, unl.id)).toBe(4);
+      await ak.trackUsage(unl.key, { costCents: 10 });
+      expect(await ak.adjust(c.id, { costCents: -5, reason: 'too much' })).toEqual({ success: false, reason: 'refund_exceeds_spend' });
+      expect(await spentOf(ak, unl.id)).toBe(14);
+      await auditOk(ak);
+    });
+
+    it('happy: a daily child under a monthly parent resets on its own; the parent does not, and still caps the total', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const parent = await ak.create({ accountId: 'acc', budgetCents: 1000, budgetPeriod: 'month' });
+      const child = await ak.create({ accountId: 'acc', parentId: parent.id, budgetCents: 300, budgetPeriod: 'day' });
+      const parentReset = (await ak.getKey(parent.id))!.budgetResetAt;
+      const endDay = () => db.query(`UPDATE ${ak.tableName} SET budget_reset_at = now() - interval '1 second' WHERE id = $1`, [child.id]);
+      expect(await ak.trackUsage(child.key, { costCents: 300 })).toMatchObject({ success: true });
+      expect(await ak.trackUsage(child.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: child.id } });
+      for (let day = 2; day <= 3; day++) {
+        await endDay();
+        expect(await ak.getKey(child.id)).toMatchObject({ spentCents: 0, remainingCents: 300 });
+        expect(await ak.trackUsage(child.key, { costCents: 300 })).toMatchObject({ success: true, budgetUsedCents: 300 });
+        expect(await spentOf(ak, parent.id)).toBe(300 * day);
+      }
+      await endDay();
+      expect(await ak.trackUsage(child.key, { costCents: 101 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: parent.id } });
+      expect(await ak.trackUsage(child.key, { costCents: 100 })).toMatchObject({ success: true, budgetUsedCents: 100 });
+      expect(await ak.getKey(parent.id)).toMatchObject({ spentCents: 1000, remainingCents: 0, budgetResetAt: parentReset });
+      const childInfo = (await ak.getKey(child.id))!;
+      expect(childInfo.spentCents).toBe(100);
+      expect(new Date(childInfo.budgetResetAt!).getTime()).toBeGreaterThan(Date.now());
+      const ledger = tableNames(ak.tableName).ledger;
+      const resets = await db.query<{ key_id: number; amount_micros: number }>(
+        `SELECT key_id::int, amount_micros::bigint::float8 AS amount_micros FROM ${ledger} WHERE kind = 'reset' ORDER BY id`,
+      );
+      expect(resets).toEqual([
+        { key_id: child.id, amount_micros: -3_000_000 },
+        { key_id: child.id, amount_micros: -3_000_000 },
+        { key_id: child.id, amount_micros: -3_000_000 },
+      ]);
+      await auditOk(ak);
+    });
+
+    it('happy: holds on a grandchild count against every ancestor (validate and getKey show them held)', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc', budgetCents: 100 });
+      const mid = await ak.create({ accountId: 'acc', parentId: root.id });
+      const leaf = await ak.create({ accountId: 'acc', parentId: mid.id });
+      const sibling = await ak.create({ accountId: 'acc', parentId: root.id });
+      const hold = await ak.reserve(leaf.key, { costCents: 60 });
+      expect(hold).toMatchObject({ success: true });
+      expect(await ak.validate(root.key)).toMatchObject({ valid: true, budgetHeldCents: 60, budgetUsedCents: 0, budgetRemainingCents: 40 });
+      expect(await ak.getKey(root.id)).toMatchObject({ heldCents: 60, spentCents: 0, remainingCents: 40 });
+      expect(await ak.getKey(mid.id)).toMatchObject({ heldCents: 60, remainingCents: null });
+      expect(await ak.getKey(leaf.id)).toMatchObject({ heldCents: 60 });
+      expect(await ak.getKey(sibling.id)).toMatchObject({ heldCents: 0 });
+      expect(await ak.trackUsage(sibling.key, { costCents: 41 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: root.id } });
+      expect(await ak.reserve(mid.key, { costCents: 41 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: root.id } });
+      expect(await ak.trackUsage(root.key, { costCents: 41 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: root.id } });
+      expect(await ak.trackUsage(sibling.key, { costCents: 40 })).toMatchObject({ success: true });
+      if (!hold.success) throw new Error('hold failed');
+      expect(await ak.release(hold.reservationId)).toMatchObject({ success: true, releasedCents: 60 });
+      expect(await ak.getKey(root.id)).toMatchObject({ heldCents: 0, spentCents: 40, remainingCents: 60 });
+      expect(await ak.getKey(mid.id)).toMatchObject({ heldCents: 0, spentCents: 0 });
+      // A hold past its time stops counting at every ancestor and at the account at once.
+      await ak.setAccountBudget('acc', { budgetCents: 100 });
+      const late = await ak.reserve(leaf.key, { costCents: 60 });
+      if (!late.success) throw new Error(JSON.stringify(late));
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ heldCents: 60, spentCents: 40, remainingCents: 0 });
+      expect(await ak.trackUsage(sibling.key, { costCents: 1 })).toMatchObject({ success: false });
+      const holds = tableNames(ak.tableName).holds;
+      await getDb().query(`UPDATE ${holds} SET expires_at = now() - interval '1 second' WHERE id = $1`, [late.reservationId]);
+      expect(await ak.getKey(root.id)).toMatchObject({ heldCents: 0, remainingCents: 60 });
+      expect(await ak.getKey(mid.id)).toMatchObject({ heldCents: 0 });
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ heldCents: 0, remainingCents: 60 });
+      expect(await ak.trackUsage(sibling.key, { costCents: 60 })).toMatchObject({ success: true });
+      expect(await ak.sweepExpiredHolds()).toBe(1);
+      await auditOk(ak);
+    });
+
+    it('happy: a commit past its hold is recorded in full and may take an ancestor over budget (overBudget, limitedBy)', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc', budgetCents: 100 });
+      const child = await ak.create({ accountId: 'acc', parentId: root.id, budgetCents: 100 });
+      const sibling = await ak.create({ accountId: 'acc', parentId: root.id });
+      await ak.trackUsage(sibling.key, { costCents: 20 });
+      const hold = await ak.reserve(child.key, { costCents: 80 });
+      if (!hold.success) throw new Error(JSON.stringify(hold));
+      expect(await ak.reserve(child.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: root.id } });
+      const commit = await ak.commit(hold.reservationId, { costCents: 95 });
+      expect(commit).toMatchObject({
+        success: true,
+        costCents: 95,
+        heldCents: 80,
+        overHoldCents: 15,
+        overBudget: true,
+        limitedBy: { kind: 'ancestor', keyId: root.id },
+        budgetUsedCents: 95,
+        budgetRemainingCents: 5,
+      });
+      expect(await ak.getKey(root.id)).toMatchObject({ spentCents: 115, heldCents: 0, remainingCents: 0 });
+      expect(await ak.trackUsage(child.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: root.id } });
+      // The replay returns the first outcome and charges nothing more.
+      expect(await ak.commit(hold.reservationId, { costCents: 95 })).toMatchObject({ success: true, replayed: true });
+      expect(await spentOf(ak, root.id)).toBe(115);
+
+      // Over its own budget: the key itself is named.
+      const own = await ak.create({ accountId: 'acc3', budgetCents: 50 });
+      const h2 = await ak.reserve(own.key, { costCents: 50 });
+      if (!h2.success) throw new Error('hold failed');
+      expect(await ak.commit(h2.reservationId, { costCents: 70 })).toMatchObject({ overBudget: true, limitedBy: { kind: 'key', keyId: own.id } });
+      // Within every budget: no limitedBy.
+      const fine = await ak.create({ accountId: 'acc4', budgetCents: 50 });
+      const h3 = await ak.reserve(fine.key, { costCents: 20 });
+      if (!h3.success) throw new Error('hold failed');
+      const ok = await ak.commit(h3.reservationId, { costCents: 30 });
+      expect(ok).toMatchObject({ success: true, overBudget: false, overHoldCents: 10 });
+      expect(ok).not.toHaveProperty('limitedBy');
+      await auditOk(ak);
+    });
+  });
+
+  describe('account ceilings', () => {
+    it('concurrency: ten keys (in and out of a tree) under a 500-cent ceiling stop at exactly 500; limitedBy names the account', async () => {
+      const ak = await getDb().agentKey();
+      expect(await ak.setAccountBudget('acc', { budgetCents: 500, budgetPeriod: 'month' })).toMatchObject({ accountId: 'acc', budgetCents: 500, spentCents: 0, heldCents: 0, remainingCents: 500 });
+      const tree = await ak.create({ accountId: 'acc' });
+      const keys = [tree];
+      for (let i = 0; i < 3; i++) keys.push(await ak.create({ accountId: 'acc', parentId: tree.id, budgetCents: 200 }));
+      for (let i = 0; i < 6; i++) keys.push(await ak.create({ accountId: 'acc', budgetCents: 100 }));
+      const other = await ak.create({ accountId: 'other' });
+      const results = await Promise.all(Array.from({ length: 150 }, (_, i) => ak.trackUsage(keys[i % 10]!.key, { costCents: 5 })));
+      expect(results.filter((r) => r.success)).toHaveLength(100);
+      for (const r of results.filter((x) => !x.success)) {
+        expect(r).toMatchObject({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'account', accountId: 'acc' } });
+      }
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ spentCents: 500, remainingCents: 0, heldCents: 0 });
+      // The roots (the tree's root counts its children) add up to the account's spend.
+      const rootSpend = await Promise.all([tree, ...keys.slice(4)].map((k) => spentOf(ak, k.id)));
+      expect(rootSpend.reduce((a, b) => a + b, 0)).toBe(500);
+      const childSpend = await Promise.all(keys.slice(1, 4).map((k) => spentOf(ak, k.id)));
+      expect(childSpend.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(rootSpend[0]!);
+      expect(await ak.reserve(keys[5]!.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'account', accountId: 'acc' } });
+      // Other accounts are not limited by it.
+      expect(await ak.trackUsage(other.key, { costCents: 10_000 })).toMatchObject({ success: true });
+      await auditOk(ak);
+    });
+
+    it('happy: a ceiling picks up spend already in the ledger this period, and live holds count', async () => {
+      const ak = await getDb().agentKey();
+      const a = await ak.create({ accountId: 'acc' });
+      const b = await ak.create({ accountId: 'acc', parentId: a.id });
+      const c = await ak.create({ accountId: 'acc' });
+      await ak.trackUsage(b.key, { costCents: 70 });
+      await ak.trackUsage(c.key, { costCents: 50 });
+      await ak.adjust(c.id, { costCents: -20, reason: 'refund' });
+      const hold = await ak.reserve(a.key, { costCents: 30 });
+      expect(hold.success).toBe(true);
+      expect(await ak.setAccountBudget('acc', { budgetCents: 200, budgetPeriod: 'month' })).toMatchObject({
+        budgetCents: 200,
+        spentCents: 100,
+        heldCents: 30,
+        remainingCents: 70,
+      });
+      expect(await ak.trackUsage(c.key, { costCents: 71 })).toMatchObject({ success: false, limitedBy: { kind: 'account', accountId: 'acc' } });
+      expect(await ak.trackUsage(b.key, { costCents: 70 })).toMatchObject({ success: true });
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ spentCents: 170, heldCents: 30, remainingCents: 0 });
+      // Setting it again (lifetime now) recomputes from the ledger, without double counting.
+      expect(await ak.setAccountBudget('acc', { budgetCents: 250, budgetPeriod: null })).toMatchObject({ spentCents: 170, heldCents: 30, remainingCents: 50, budgetPeriod: null, periodStartAt: null, budgetResetAt: null });
+      expect(await ak.setAccountBudget('acc', { budgetCents: 250 })).toMatchObject({ spentCents: 170, budgetPeriod: null });
+      await auditOk(ak);
+    });
+
+    it('happy: get and clear; after clearing, spend is limited by key budgets only', async () => {
+      const ak = await getDb().agentKey();
+      expect(await ak.getAccountBudget('acc')).toBeNull();
+      expect(await ak.clearAccountBudget('acc')).toBe(false);
+      const k = await ak.create({ accountId: 'acc', budgetCents: 1000 });
+      const child = await ak.create({ accountId: 'acc', parentId: k.id });
+      await ak.setAccountBudget('acc', { budgetCents: 0 });
+      expect(await ak.trackUsage(child.key, { costCents: 0.01 })).toMatchObject({ success: false, limitedBy: { kind: 'account', accountId: 'acc' } });
+      await ak.setAccountBudget('acc', { budgetCents: 50, budgetPeriod: 'day' });
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ accountId: 'acc', budgetCents: 50, budgetPeriod: 'day', spentCents: 0 });
+      expect(await ak.trackUsage(child.key, { costCents: 50 })).toMatchObject({ success: true });
+      expect(await ak.trackUsage(k.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'account' } });
+      expect(await ak.clearAccountBudget('acc')).toBe(true);
+      expect(await ak.getAccountBudget('acc')).toBeNull();
+      expect(await ak.clearAccountBudget('acc')).toBe(false);
+      expect(await ak.trackUsage(k.key, { costCents: 900 })).toMatchObject({ success: true });
+      expect(await ak.trackUsage(k.key, { costCents: 51 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: k.id } });
+      // Account ids are the same whether given as a number or as text.
+      await ak.setAccountBudget(77, { budgetCents: 5 });
+      expect(await ak.getAccountBudget('77')).toMatchObject({ accountId: '77', budgetCents: 5 });
+      const n = await ak.create({ accountId: 77 });
+      expect(await ak.trackUsage(n.key, { costCents: 6 })).toMatchObject({ success: false, limitedBy: { kind: 'account', accountId: '77' } });
+      expect(await ak.clearAccountBudget(77)).toBe(true);
+      await auditOk(ak);
+    });
+
+    it('happy: a commit past its hold that takes the account over its ceiling says so (overBudget, limitedBy account)', async () => {
+      const ak = await getDb().agentKey();
+      await ak.setAccountBudget('acc', { budgetCents: 100 });
+      const root = await ak.create({ accountId: 'acc' });
+      const child = await ak.create({ accountId: 'acc', parentId: root.id, budgetCents: 500 });
+      await ak.trackUsage(root.key, { costCents: 30 });
+      const hold = await ak.reserve(child.key, { costCents: 70 });
+      if (!hold.success) throw new Error(JSON.stringify(hold));
+      expect(await ak.trackUsage(root.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'account', accountId: 'acc' } });
+      const commit = await ak.commit(hold.reservationId, { costCents: 90 });
+      expect(commit).toMatchObject({ success: true, overHoldCents: 20, overBudget: true, limitedBy: { kind: 'account', accountId: 'acc' } });
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ spentCents: 120, heldCents: 0, remainingCents: 0 });
+      // Under the ceiling again after a refund: a commit within it is not over budget.
+      await ak.adjust(child.id, { costCents: -60, reason: 'refund' });
+      const h2 = await ak.reserve(child.key, { costCents: 10 });
+      if (!h2.success) throw new Error(JSON.stringify(h2));
+      const c2 = await ak.commit(h2.reservationId, { costCents: 10 });
+      expect(c2).toMatchObject({ success: true, overBudget: false });
+      expect(c2).not.toHaveProperty('limitedBy');
+      await auditOk(ak);
+    });
+
+    it('concurrency: setting a ceiling while charges are in flight counts every charge once', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc' });
+      const keys = [root, ...(await Promise.all([0, 1, 2].map(() => ak.create({ accountId: 'acc', parentId: root.id })))), await ak.create({ accountId: 'acc' })];
+      const charges = Array.from({ length: 100 }, (_, i) => ak.trackUsage(keys[i % keys.length]!.key, { costCents: 3 }));
+      const set = ak.setAccountBudget('acc', { budgetCents: 200, budgetPeriod: 'day' });
+      const results = await Promise.all(charges);
+      await set;
+      const ok = results.filter((r) => r.success).length;
+      for (const r of results.filter((x) => !x.success)) expect(r).toMatchObject({ limitedBy: { kind: 'account' } });
+      const acct = (await ak.getAccountBudget('acc'))!;
+      expect(acct.spentCents).toBe(ok * 3);
+      expect((await ak.usage({ accountId: 'acc' })).totalCents).toBe(ok * 3);
+      await auditOk(ak);
+    });
+
+    it('error: bad inputs throw AgentKeyError and write nothing', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      await ak.create({ accountId: 'acc' });
+      const bad: [unknown, unknown, string][] = [
+        ['acc', { budgetCents: -1 }, 'invalid_budget'],
+        ['acc', { budgetCents: NaN }, 'invalid_budget'],
+        ['acc', { budgetCents: '500' }, 'invalid_budget'],
+        ['acc', { budgetCents: Infinity }, 'invalid_budget'],
+        ['acc', { budgetCents: 500, budgetPeriod: 'week' }, 'invalid_period'],
+        ['acc', {}, 'invalid_budget'],
+        ['acc', { budgetCents: null }, 'invalid_budget'],
+        ['acc', { budgetCents: 500, ceiling: 1 }, 'invalid_argument'],
+        ['acc', null, 'invalid_argument'],
+        ['acc', undefined, 'invalid_argument'],
+        ['', { budgetCents: 500 }, 'invalid_argument'],
+        [null, { budgetCents: 500 }, 'invalid_argument'],
+        [1.5, { budgetCents: 500 }, 'invalid_argument'],
+      ];
+      for (const [id, options, code] of bad) {
+        await expectRefused(db, ak, () => ak.setAccountBudget(id as never, options as never), code, JSON.stringify([id, options]));
+      }
+      expect(await codeOf(ak.getAccountBudget(''))).toBe('invalid_argument');
+      expect(await codeOf(ak.clearAccountBudget({} as never))).toBe('invalid_argument');
+      expect(await ak.getAccountBudget('acc')).toBeNull();
+    });
+
+    it('happy: calendar periods in UTC (month: the 1st 00:00Z to the next 1st; day: midnight to midnight)', async () => {
+      const ak = await getDb().agentKey();
+      const before = new Date();
+      const month = await ak.setAccountBudget('m', { budgetCents: 100, budgetPeriod: 'month' });
+      const day = await ak.setAccountBudget('d', { budgetCents: 100, budgetPeriod: 'day' });
+      const after = new Date();
+      expect([utcMonthStart(before), utcMonthStart(after)]).toContain(month.periodStartAt);
+      expect([utcMonthStart(before, 1), utcMonthStart(after, 1)]).toContain(month.budgetResetAt);
+      expect([utcDayStart(before), utcDayStart(after)]).toContain(day.periodStartAt);
+      expect([utcDayStart(before, 1), utcDayStart(after, 1)]).toContain(day.budgetResetAt);
+      expect(new Date(month.budgetResetAt!).getTime()).toBeGreaterThan(after.getTime() - 1);
+      expect(await ak.getAccountBudget('m')).toEqual(month);
+    });
+
+    it('happy: when the account period ends, the next spend resets it and writes a reset ledger row with no key', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const t = tableNames(ak.tableName);
+      await ak.setAccountBudget('acc', { budgetCents: 100, budgetPeriod: 'month' });
+      const k = await ak.create({ accountId: 'acc' });
+      expect(await ak.trackUsage(k.key, { costCents: 100 })).toMatchObject({ success: true });
+      expect(await ak.trackUsage(k.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'account' } });
+      // Make it as if that spend happened last month, and the account's month has ended.
+      await db.query(`ALTER TABLE ${t.ledger} DISABLE TRIGGER agentkey_append_only`);
+      await db.query(`UPDATE ${t.ledger} SET created_at = created_at - interval '40 days' WHERE account_id = 'acc'`);
+      await db.query(`ALTER TABLE ${t.ledger} ENABLE TRIGGER agentkey_append_only`);
+      await db.query(
+        `UPDATE ${t.accounts} SET period_start_at = period_start_at - interval '1 month', budget_reset_at = now() - interval '1 second' WHERE account_id = 'acc'`,
+      );
+      await auditOk(ak);
+      const now = new Date();
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ spentCents: 0, remainingCents: 100 });
+      expect(await ak.trackUsage(k.key, { costCents: 60 })).toMatchObject({ success: true, budgetUsedCents: 160 });
+      const acct = (await ak.getAccountBudget('acc'))!;
+      expect(acct).toMatchObject({ spentCents: 60, remainingCents: 40 });
+      expect([utcMonthStart(now), utcMonthStart(new Date())]).toContain(acct.periodStartAt);
+      expect([utcMonthStart(now, 1), utcMonthStart(new Date(), 1)]).toContain(acct.budgetResetAt);
+      const resets = await db.query<{ key_id: number | null; account_id: string; amount: number }>(
+        `SELECT key_id, account_id, amount_micros::float8 AS amount FROM ${t.ledger} WHERE kind = 'reset'`,
+      );
+      expect(resets).toEqual([{ key_id: null, account_id: 'acc', amount: -1_000_000 }]);
+      expect(await ak.trackUsage(k.key, { costCents: 41 })).toMatchObject({ success: false, limitedBy: { kind: 'account' } });
+      // The account's reset does not touch the key's own counter, nor usage().
+      expect(await spentOf(ak, k.id)).toBe(160);
+      expect(await ak.usage({ accountId: 'acc' })).toMatchObject({ totalCents: 160 });
+      await auditOk(ak);
+    });
+  });
+
+  describe('revocation cascades', () => {
+    it('happy: revoking a key revokes its whole subtree at once; its ancestors and siblings keep working', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc' });
+      const a = await ak.create({ accountId: 'acc', parentId: root.id });
+      const b = await ak.create({ accountId: 'acc', parentId: root.id });
+      const a1 = await ak.create({ accountId: 'acc', parentId: a.id });
+      const a2 = await ak.create({ accountId: 'acc', parentId: a.id });
+      const a11 = await ak.create({ accountId: 'acc', parentId: a1.id });
+      const hold = await ak.reserve(a11.key, { costCents: 5 });
+      expect(await ak.revoke(a.id)).toBe(true);
+      const all = await ak.listKeys({ accountId: 'acc', includeRevoked: true });
+      const byId = new Map(all.map((k) => [k.id, k]));
+      const sub = [a, a1, a2, a11];
+      for (const k of sub) {
+        expect(byId.get(k.id)).toMatchObject({ status: 'revoked', revokedAt: expect.any(String) });
+        expect(await ak.validate(k.key)).toEqual({ valid: false, reason: 'revoked' });
+        expect(await ak.trackUsage(k.key, { costCents: 1 })).toEqual({ success: false, reason: 'revoked' });
+        expect(await ak.reserve(k.key, { costCents: 1 })).toEqual({ success: false, reason: 'revoked' });
+      }
+      // One statement: one revocation time for the whole subtree.
+      expect(new Set(sub.map((k) => byId.get(k.id)!.revokedAt)).size).toBe(1);
+      for (const k of [root, b]) {
+        expect(byId.get(k.id)).toMatchObject({ status: 'active', revokedAt: null });
+        expect(await ak.validate(k.key)).toMatchObject({ valid: true });
+        expect(await ak.trackUsage(k.key, { costCents: 1 })).toMatchObject({ success: true });
+      }
+      expect((await ak.listKeys({ accountId: 'acc' })).map((k) => k.id)).toEqual([root.id, b.id]);
+      // A hold taken before the revocation can still be released, and revoking again does nothing.
+      if (!hold.success) throw new Error('hold failed');
+      expect(await ak.release(hold.reservationId)).toMatchObject({ success: true, releasedCents: 5 });
+      expect(await ak.revoke(a.id)).toBe(false);
+      expect(await ak.revoke(a11.id)).toBe(false);
+      expect(await ak.revoke(root.id)).toBe(true);
+      expect(await ak.validate(b.key)).toEqual({ valid: false, reason: 'revoked' });
+      expect(await ak.listKeys({ accountId: 'acc' })).toEqual([]);
+      await auditOk(ak);
+    });
+
+    it('happy: an ancestor past its expiry makes every descendant expired on the next validate and refuses their charges', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const root = await ak.create({ accountId: 'acc', expiresIn: '1h' });
+      const mid = await ak.create({ accountId: 'acc', parentId: root.id });
+      const leaf = await ak.create({ accountId: 'acc', parentId: mid.id, expiresIn: '30m' });
+      const other = await ak.create({ accountId: 'acc' });
+      const hold = await ak.reserve(leaf.key, { costCents: 2 });
+      expect(await ak.validate(leaf.key)).toMatchObject({ valid: true });
+      await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 second' WHERE id = $1`, [mid.id]);
+      expect(await ak.validate(leaf.key)).toEqual({ valid: false, reason: 'expired' });
+      expect(await ak.validate(mid.key)).toEqual({ valid: false, reason: 'expired' });
+      expect(await ak.validate(root.key)).toMatchObject({ valid: true });
+      expect(await ak.validate(other.key)).toMatchObject({ valid: true });
+      expect(await ak.trackUsage(leaf.key, { costCents: 1 })).toEqual({ success: false, reason: 'expired' });
+      expect(await ak.reserve(leaf.key, { costCents: 1 })).toEqual({ success: false, reason: 'expired' });
+      expect(await ak.getKey(leaf.id)).toMatchObject({ status: 'expired' });
+      expect(await ak.trackUsage(root.key, { costCents: 1 })).toMatchObject({ success: true });
+      // A revoked ancestor wins over an expired one.
+      await ak.revoke(root.id);
+      expect(await ak.validate(leaf.key)).toEqual({ valid: false, reason: 'revoked' });
+      if (!hold.success) throw new Error('hold failed');
+      expect(await ak.release(hold.reservationId)).toMatchObject({ success: true });
+      await auditOk(ak);
+    });
+
+    it('security: revoke with another account id is false and revokes nothing', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc' });
+      const child = await ak.create({ accountId: 'acc', parentId: root.id });
+      expect(await ak.revoke(root.id, 'intruder')).toBe(false);
+      expect(await ak.revoke(child.id, 'intruder')).toBe(false);
+      expect(await ak.revoke(99_999_999, 'acc')).toBe(false);
+      expect((await ak.listKeys({ accountId: 'acc', includeRevoked: true })).map((k) => k.status)).toEqual(['active', 'active']);
+      expect(await ak.validate(child.key)).toMatchObject({ valid: true });
+      expect(await ak.revoke(root.id, 'acc')).toBe(true);
+      expect(await ak.validate(child.key)).toEqual({ valid: false, reason: 'revoked' });
+      await auditOk(ak);
+    });
+
+    it('concurrency: revoking while children charge leaves no child charging afterwards, and no deadlock', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc', budgetCents: 100_000 });
+      const kids = await Promise.all([0, 1, 2, 3].map(() => ak.create({ accountId: 'acc', parentId: root.id })));
+      const grand = await Promise.all(kids.map((k) => ak.create({ accountId: 'acc', parentId: k.id })));
+      const keys = [...kids, ...grand];
+      const work = Array.from({ length: 80 }, (_, i) => ak.trackUsage(keys[i % keys.length]!.key, { costCents: 1 }));
+      const revoked = ak.revoke(root.id);
+      const results = await Promise.all(work);
+      expect(await revoked).toBe(true);
+      for (const r of results) expect(r.success || (r as { reason: string }).reason === 'revoked').toBe(true);
+      const ok = results.filter((r) => r.success).length;
+      expect(await spentOf(ak, root.id)).toBe(ok);
+      for (const k of keys) expect(await ak.trackUsage(k.key, { costCents: 1 })).toEqual({ success: false, reason: 'revoked' });
+      await auditOk(ak);
+    });
+  });
+
+  describe('listKeys and getKey', () => {
+    it('happy: no secret or hash; filters accountId, parentId, includeRevoked and limit; spent, held and remaining', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const root = await ak.create({ accountId: 'acc', name: 'root', budgetCents: 100, scopes: ['proxy.*'], delegatedBy: 'alice' });
+      const c1 = await ak.create({ accountId: 'acc', parentId: root.id, budgetCents: 50, budgetPeriod: 'day', name: 'c1' });
+      const c2 = await ak.create({ accountId: 'acc', parentId: root.id });
+      const g = await ak.create({ accountId: 'acc', parentId: c1.id });
+      const other = await ak.create({ accountId: 'other' });
+      await ak.trackUsage(g.key, { costCents: 10 });
+      await ak.trackUsage(c1.key, { costCents: 5 });
+      await ak.reserve(c2.key, { costCents: 20 });
+      await ak.revoke(c2.id);
+
+      const listed = await ak.listKeys({ accountId: 'acc', includeRevoked: true });
+      expect(listed.map((k) => k.id)).toEqual([root.id, c1.id, c2.id, g.id]);
+      const hashes = await db.query<{ key_hash: string }>(`SELECT key_hash FROM ${ak.tableName}`);
+      const text = JSON.stringify([listed, await ak.getKey(root.id)]);
+      for (const secret of [root.key, c1.key, c2.key, g.key, ...hashes.map((h) => h.key_hash)]) expect(text).not.toContain(secret);
+      for (const k of listed) {
+        expect(Object.keys(k).sort()).toEqual(
+          [
+            'id', 'accountId', 'name', 'prefix', 'scopes', 'status', 'parentId', 'depth', 'budgetCents', 'spentCents', 'heldCents',
+            'remainingCents', 'budgetPeriod', 'budgetResetAt', 'expiresAt', 'revokedAt', 'createdAt', 'lastUsedAt', 'delegatedBy', 'externalSubject',
+          ].sort(),
+        );
+        const raw = new Map([root, c1, c2, g].map((c) => [c.id, c.key])).get(k.id)!;
+        expect(k.prefix && k.prefix.length >= 4 && raw.startsWith(k.prefix) && k.prefix.length < raw.length).toBe(true);
+      }
+      expect(listed[0]).toMatchObject({ id: root.id, name: 'root', scopes: ['proxy.*'], status: 'active', parentId: null, depth: 0, budgetCents: 100, spentCents: 15, heldCents: 20, remainingCents: 65, delegatedBy: 'alice' });
+      expect(listed[1]).toMatchObject({ id: c1.id, name: 'c1', parentId: root.id, depth: 1, budgetCents: 50, budgetPeriod: 'day', spentCents: 15, heldCents: 0, remainingCents: 35, scopes: ['proxy.*'] });
+      expect(listed[2]).toMatchObject({ id: c2.id, status: 'revoked', spentCents: 0, heldCents: 20, remainingCents: null });
+      expect(listed[3]).toMatchObject({ id: g.id, parentId: c1.id, depth: 2, spentCents: 10, remainingCents: null, lastUsedAt: expect.any(String) });
+      expect(await ak.getKey(g.id)).toEqual(listed[3]);
+
+      expect((await ak.listKeys({ accountId: 'acc' })).map((k) => k.id)).toEqual([root.id, c1.id, g.id]);
+      expect((await ak.listKeys({ accountId: 'acc', parentId: root.id })).map((k) => k.id)).toEqual([c1.id]);
+      expect((await ak.listKeys({ accountId: 'acc', parentId: String(root.id), includeRevoked: true })).map((k) => k.id)).toEqual([c1.id, c2.id]);
+      expect((await ak.listKeys({ accountId: 'acc', parentId: c1.id })).map((k) => k.id)).toEqual([g.id]);
+      expect(await ak.listKeys({ accountId: 'acc', parentId: g.id })).toEqual([]);
+      expect(await ak.listKeys({ accountId: 'other', parentId: root.id })).toEqual([]);
+      expect((await ak.listKeys({ accountId: 'acc', limit: 2, includeRevoked: true })).map((k) => k.id)).toEqual([root.id, c1.id]);
+      expect((await ak.listKeys({ accountId: 'other' })).map((k) => k.id)).toEqual([other.id]);
+      expect(await ak.listKeys({ accountId: 'nobody' })).toEqual([]);
+      expect(await ak.getKey(99_999_999)).toBeNull();
+      expect(await ak.getKey(String(root.id))).toMatchObject({ id: root.id });
+      await auditOk(ak);
+    });
+
+    it('happy: a key created while its parent was being revoked is listed as revoked, not as live', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const root = await ak.create({ accountId: 'acc' });
+      const child = await ak.create({ accountId: 'acc', parentId: root.id });
+      // As if the child's insert committed just after the cascade: only the parent row is marked.
+      await db.query(`UPDATE ${ak.tableName} SET revoked_at = now() WHERE id = $1`, [root.id]);
+      expect(await ak.validate(child.key)).toEqual({ valid: false, reason: 'revoked' });
+      expect(await ak.listKeys({ accountId: 'acc' })).toEqual([]);
+      expect(await ak.listKeys({ accountId: 'acc', parentId: root.id })).toEqual([]);
+      expect((await ak.listKeys({ accountId: 'acc', includeRevoked: true })).map((k) => [k.id, k.status])).toEqual([
+        [root.id, 'revoked'],
+        [child.id, 'revoked'],
+      ]);
+      // Revoking the parent again marks the straggler.
+      expect(await ak.revoke(root.id)).toBe(true);
+      expect((await ak.getKey(child.id))!.revokedAt).not.toBeNull();
+    });
+
+    it('error: bad inputs throw invalid_argument', async () => {
+      const ak = await getDb().agentKey();
+      const bad: unknown[] = [
+        undefined,
+        null,
+        {},
+        { accountId: '' },
+        { accountId: 'acc', includeRevoked: 'yes' },
+        { accountId: 'acc', includeRevoked: 1 },
+        { accountId: 'acc', limit: 0 },
+        { accountId: 'acc', limit: 10_001 },
+        { accountId: 'acc', limit: 1.5 },
+        { accountId: 'acc', limit: '5' },
+        { accountId: 'acc', parentId: 'x' },
+        { accountId: 'acc', parentId: 0 },
+        { accountId: 'acc', parentId: null },
+        { accountId: 'acc', status: 'active' },
+      ];
+      for (const q of bad) expect(await codeOf(() => ak.listKeys(q as never)), JSON.stringify(q)).toBe('invalid_argument');
+      for (const id of [0, -1, 'x', 1.5, null, undefined, {}]) expect(await codeOf(() => ak.getKey(id as never)), String(id)).toBe('invalid_argument');
+    });
+  });
+
+  describe('audit()', () => {
+    it('security: tampering with an ancestor counter or an account counter is detected', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const t = tableNames(ak.tableName);
+      await ak.setAccountBudget('acc', { budgetCents: 1000, budgetPeriod: 'month' });
+      const root = await ak.create({ accountId: 'acc', budgetCents: 500 });
+      const mid = await ak.create({ accountId: 'acc', parentId: root.id });
+      const leaf = await ak.create({ accountId: 'acc', parentId: mid.id });
+      await ak.trackUsage(leaf.key, { costCents: 30 });
+      await ak.trackUsage(mid.key, { costCents: 20 });
+      const h = await ak.reserve(leaf.key, { costCents: 10 });
+      if (!h.success) throw new Error('hold failed');
+      await ak.commit(h.reservationId, { costCents: 5 });
+      await auditOk(ak);
+      expect(await ak.audit({ keyId: mid.id })).toMatchObject({ ok: true, keysChecked: 1 });
+
+      await db.query(`UPDATE ${t.table} SET spent_micros = spent_micros + 1 WHERE id = $1`, [root.id]);
+      const tampered = await ak.audit();
+      expect(tampered).toMatchObject({ ok: false, accountMismatches: [] });
+      expect(tampered.mismatches).toEqual([{ keyId: root.id, counterCents: 55.0001, ledgerCents: 55 }]);
+      expect(await ak.audit({ keyId: mid.id })).toMatchObject({ ok: true });
+      expect(await ak.audit({ keyId: root.id })).toMatchObject({ ok: false });
+      await db.query(`UPDATE ${t.table} SET spent_micros = spent_micros - 1 WHERE id = $1`, [root.id]);
+      await auditOk(ak);
+
+      await db.query(`UPDATE ${t.accounts} SET spent_micros = spent_micros - 200000 WHERE account_id = 'acc'`);
+      const acct = await ak.audit();
+      expect(acct).toMatchObject({ ok: false, mismatches: [], accountMismatches: [{ accountId: 'acc', counterCents: 35, ledgerCents: 55 }] });
+      await db.query(`UPDATE ${t.accounts} SET spent_micros = spent_micros + 200000 WHERE account_id = 'acc'`);
+      await auditOk(ak);
+    });
+  });
+
+  describe('legacy tables', () => {
+    it("happy: trees, holds, ceilings and audit work on the page's table with an INTEGER (SERIAL) id", async () => {
+      const db = getDb();
+      const table = db.freshTable();
+      await db.query(`CREATE TABLE ${table} (id SERIAL PRIMARY KEY, account_id TEXT NOT NULL, key_hash TEXT NOT NULL, key_prefix TEXT,
+        name TEXT, created_at TIMESTAMPTZ DEFAULT now(), last_used_at TIMESTAMPTZ, revoked_at TIMESTAMPTZ)`);
+      const ak = new AgentKey({ pool: db.pool as never, tableName: table });
+      await ak.migrate();
+      const root = await ak.create({ accountId: 'acc', budgetCents: 100 });
+      const mid = await ak.create({ accountId: 'acc', parentId: root.id });
+      const leaf = await ak.create({ accountId: 'acc', parentId: mid.id });
+      await ak.setAccountBudget('acc', { budgetCents: 90 });
+      expect(await ak.validate(leaf.key)).toMatchObject({ valid: true, keyId: leaf.id });
+      const hold = await ak.reserve(leaf.key, { costCents: 50 });
+      expect(hold).toMatchObject({ success: true });
+      expect(await ak.getKey(root.id)).toMatchObject({ heldCents: 50, remainingCents: 50 });
+      expect(await ak.trackUsage(mid.key, { costCents: 41 })).toMatchObject({ success: false, limitedBy: { kind: 'account', accountId: 'acc' } });
+      expect(await ak.trackUsage(mid.key, { costCents: 40 })).toMatchObject({ success: true });
+      expect((await ak.listKeys({ accountId: 'acc' })).map((k) => [k.id, k.spentCents, k.heldCents])).toEqual([
+        [root.id, 40, 50],
+        [mid.id, 40, 50],
+        [leaf.id, 0, 50],
+      ]);
+      await auditOk(ak);
+    });
+  });
+
+  describe('POST /sdk-keys makes children of the caller', () => {
+    it('happy: the child counts against the caller, is listed under it, and revoking the caller revokes it', async () => {
+      const ak = await getDb().agentKey();
+      const app = express();
+      app.use(createAgentKeyRoutes(ak));
+      const caller = await ak.create({ accountId: 'acc', scopes: ['proxy.*'], budgetCents: 100, budgetPeriod: 'month', expiresIn: '1h' });
+      const auth = { Authorization: `Bearer ${caller.key}` };
+      const res = await request(app).post('/sdk-keys').set(auth).send({ scopes: ['proxy.chat'], budget_cents: 80, budget_period: 'day' });
+      expect(res.status).toBe(201);
+      const child = res.body as { key: string; id: number };
+      expect(await ak.getKey(child.id)).toMatchObject({ parentId: caller.id, depth: 1, scopes: ['proxy.chat'], budgetCents: 80, budgetPeriod: 'day', expiresAt: caller.expiresAt });
+      expect((await ak.listKeys({ accountId: 'acc', parentId: caller.id })).map((k) => k.id)).toEqual([child.id]);
+      // Wider asks keep the page's status codes.
+      expect((await request(app).post('/sdk-keys').set(auth).send({ scopes: ['billing.read'] })).status).toBe(403);
+      expect((await request(app).post('/sdk-keys').set(auth).send({ budget_cents: 101 })).status).toBe(403);
+      expect((await request(app).post('/sdk-keys').set(auth).send({ expires_in: '2h' })).status).toBe(403);
+
+      // A grandchild made by the child through the route counts against both.
+      const gres = await request(app).post('/sdk-keys').set({ Authorization: `Bearer ${child.key}` }).send({ budget_cents: 30 });
+      expect(gres.status).toBe(201);
+      expect(await ak.getKey(gres.body.id)).toMatchObject({ parentId: child.id, depth: 2, scopes: ['proxy.chat'], budgetCents: 30 });
+      expect(await ak.trackUsage(gres.body.key, { costCents: 30 })).toMatchObject({ success: true });
+      expect(await ak.trackUsage(child.key, { costCents: 50 })).toMatchObject({ success: true, budgetUsedCents: 80 });
+      expect(await ak.trackUsage(child.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: child.id } });
+      expect(await ak.getKey(caller.id)).toMatchObject({ spentCents: 80, remainingCents: 20 });
+      expect(await ak.trackUsage(caller.key, { costCents: 21 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: caller.id } });
+      const sibling = await request(app).post('/sdk-keys').set(auth).send({});
+      expect(sibling.status).toBe(201);
+      expect(await ak.getKey(sibling.body.id)).toMatchObject({ parentId: caller.id, budgetCents: 100, scopes: ['proxy.*'] });
+      expect(await ak.trackUsage(sibling.body.key, { costCents: 21 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: caller.id } });
+      expect(await ak.trackUsage(sibling.body.key, { costCents: 20 })).toMatchObject({ success: true });
+
+      // The caller revokes itself through the route: the children go with it.
+      const del = await request(app).delete(`/sdk-keys/${caller.id}`).set(auth);
+      expect(del.status).toBe(200);
+      expect(await ak.validate(child.key)).toEqual({ valid: false, reason: 'revoked' });
+      expect(await ak.validate(sibling.body.key)).toEqual({ valid: false, reason: 'revoked' });
+      expect(await ak.validate(gres.body.key)).toEqual({ valid: false, reason: 'revoked' });
+      expect((await request(app).get('/sdk-keys/me').set({ Authorization: `Bearer ${child.key}` })).status).toBe(401);
+      await auditOk(ak);
+    });
+  });
+});
