@@ -454,6 +454,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(key, { costCents: 85.0001 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
+        limitedBy: { kind: 'key', keyId: id },
         budgetUsedCents: 15,
         budgetRemainingCents: 85,
       });
@@ -1230,11 +1231,11 @@ forEachDatabase((getDb) => {
       const db = getDb();
       const ak = await db.agentKey();
       await ak.ensureSubject('mch_1', { budgetCents: 10 });
+      const id = await subjectId(db, ak, 'mch_1');
       expect(await ak.trackUsageBySubject('mch_1', { costCents: 6 })).toEqual({ success: true, budgetUsedCents: 6, budgetRemainingCents: 4 });
-      expect(await ak.trackUsageBySubject('mch_1', { costCents: 4.0001 })).toEqual({ success: false, reason: 'budget_exceeded', budgetUsedCents: 6, budgetRemainingCents: 4 });
+      expect(await ak.trackUsageBySubject('mch_1', { costCents: 4.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 6, budgetRemainingCents: 4 });
       expect(await ak.trackUsageBySubject('mch_1', { costCents: 4 })).toEqual({ success: true, budgetUsedCents: 10, budgetRemainingCents: 0 });
       expect(await ak.validateBySubject('mch_1')).toMatchObject({ valid: true, budgetUsedCents: 10, budgetRemainingCents: 0 });
-      const id = await subjectId(db, ak, 'mch_1');
       expect((await rawRow(db, ak, id)).spent_micros).toBe('100000');
     });
 

@@ -445,20 +445,78 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(res.body.key)).toMatchObject({ budgetCents: 100 });
     });
 
-    it("security: a budgeted caller cannot mint a child whose budget resets more often than its own", async () => {
-      const ak = await getDb().agentKey();
+    it('security: a daily child of a monthly caller is created (201) as its child, and can never spend past the caller\'s month in total', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
       const monthly = await ak.create({ accountId: 'acct_p', budgetCents: 100, budgetPeriod: 'month' });
       const lifetime = await ak.create({ accountId: 'acct_p', budgetCents: 100 });
       const app = routesApp(ak);
-      expectJsonError(await request(app).post('/sdk-keys').set(auth(monthly.key)).send({ budget_cents: 100, budget_period: 'day' }), 403, 'budget_exceeds_parent');
-      expectJsonError(await request(app).post('/sdk-keys').set(auth(lifetime.key)).send({ budget_period: 'month' }), 403, 'budget_exceeds_parent');
-      expectJsonError(await request(app).post('/sdk-keys').set(auth(lifetime.key)).send({ budget_cents: 1, budget_period: 'day' }), 403, 'budget_exceeds_parent');
+      const monthlyReset = (await ak.getKey(monthly.id))!.budgetResetAt;
+
+      // A budget that resets more often than the caller's is allowed: the child is a real child
+      // of the caller, so its spend counts against the caller's own budget too.
+      const daily = await request(app).post('/sdk-keys').set(auth(monthly.key)).send({ budget_cents: 60, budget_period: 'day' });
+      expect(daily.status).toBe(201);
+      const child = daily.body as { key: string; id: number };
+      expect(await ak.validate(child.key)).toMatchObject({ valid: true, accountId: 'acct_p', budgetCents: 60, budgetPeriod: 'day' });
+      expect(await ak.getKey(child.id)).toMatchObject({ parentId: monthly.id, depth: 1, budgetCents: 60, budgetPeriod: 'day' });
+      for (const send of [{ budget_period: 'month' }, { budget_cents: 1, budget_period: 'day' }]) {
+        const res = await request(app).post('/sdk-keys').set(auth(lifetime.key)).send(send);
+        expect(res.status, JSON.stringify(send)).toBe(201);
+        expect(await ak.getKey(res.body.id)).toMatchObject({ parentId: lifetime.id, depth: 1, budgetPeriod: send.budget_period });
+      }
+
+      // Without a budget_period the child inherits the caller's, and budget_period null is a lifetime budget.
+      // (Minted before any spend: a caller with nothing left may not mint keys.)
       const same = await request(app).post('/sdk-keys').set(auth(monthly.key)).send({});
       expect(same.status).toBe(201);
       expect(await ak.validate(same.body.key)).toMatchObject({ budgetCents: 100, budgetPeriod: 'month' });
       const once = await request(app).post('/sdk-keys').set(auth(monthly.key)).send({ budget_cents: 50, budget_period: null });
       expect(once.status).toBe(201);
       expect(await ak.validate(once.body.key)).toMatchObject({ budgetCents: 50, budgetPeriod: null });
+
+      // Day 1: the child spends up to its daily cap; its own budget refuses more.
+      expect(await ak.trackUsage(child.key, { costCents: 60 })).toEqual({ success: true, budgetUsedCents: 60, budgetRemainingCents: 0 });
+      expect(await ak.trackUsage(child.key, { costCents: 0.0001 })).toEqual({
+        success: false,
+        reason: 'budget_exceeded',
+        limitedBy: { kind: 'key', keyId: child.id },
+        budgetUsedCents: 60,
+        budgetRemainingCents: 0,
+      });
+      // The child's day ends (forced with SQL); the caller's month does not.
+      const endDay = () => db.query(`UPDATE ${ak.tableName} SET budget_reset_at = now() - interval '1 second' WHERE id = $1`, [child.id]);
+      await endDay();
+      // Day 2: a fresh daily budget of 60, but only 40 of the caller's month is left: the caller refuses.
+      expect(await ak.trackUsage(child.key, { costCents: 40.0001 })).toEqual({
+        success: false,
+        reason: 'budget_exceeded',
+        limitedBy: { kind: 'ancestor', keyId: monthly.id },
+        budgetUsedCents: 0,
+        budgetRemainingCents: 60,
+      });
+      expect(await ak.reserve(child.key, { costCents: 60 })).toEqual({
+        success: false,
+        reason: 'budget_exceeded',
+        limitedBy: { kind: 'ancestor', keyId: monthly.id },
+        budgetUsedCents: 0,
+        budgetRemainingCents: 60,
+      });
+      expect(await ak.trackUsage(child.key, { costCents: 40 })).toEqual({ success: true, budgetUsedCents: 40, budgetRemainingCents: 20 });
+      // Day 3: nothing at all is left of the caller's month.
+      await endDay();
+      expect(await ak.trackUsage(child.key, { costCents: 0.0001 })).toEqual({
+        success: false,
+        reason: 'budget_exceeded',
+        limitedBy: { kind: 'ancestor', keyId: monthly.id },
+        budgetUsedCents: 0,
+        budgetRemainingCents: 60,
+      });
+      // In total the child spent exactly the caller's monthly budget, and the caller's month never reset.
+      expect(await ak.getKey(monthly.id)).toMatchObject({ spentCents: 100, remainingCents: 0, budgetResetAt: monthlyReset });
+      expect(await ak.usage({ keyId: child.id })).toMatchObject({ totalCents: 100, count: 2 });
+      expect(await ak.trackUsage(monthly.key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: monthly.id } });
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
     });
 
     it("security: an expiry past the caller's -> 403 expiry_exceeds_parent; an expiring caller cannot mint a never-expiring key", async () => {

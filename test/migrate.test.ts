@@ -131,6 +131,61 @@ async function ledgerObjects(db: TestDb, table: string, schema: string | null = 
   };
 }
 
+/**
+ * What migration 3 adds beside a table: the tree columns of the keys table, the accounts table,
+ * the hold paths, the calendar period functions, and the spend and settle functions replaced by
+ * ones that walk a key's ancestors and its account.
+ */
+async function treeObjects(db: TestDb, table: string, schema: string | null = null) {
+  const keys = await columnTypes(db, table, schema);
+  const holds = await columnTypes(db, `${table}_holds`, schema);
+  const [accounts] = await db.query<{ t: string | null }>(`SELECT to_regclass($1)::text AS t`, [beside(table, 'accounts', schema)]);
+  const [ledgerKey] = await db.query<{ is_nullable: string }>(
+    `SELECT is_nullable FROM information_schema.columns
+     WHERE table_schema::text = COALESCE($2::text, current_schema()::text) AND table_name::text = $1 AND column_name = 'key_id'`,
+    [`${table}_ledger`, schema],
+  );
+  const fns = await db.query<{ proname: string; prosrc: string }>(
+    `SELECT p.proname::text AS proname, p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+     WHERE n.nspname::text = COALESCE($1::text, current_schema()::text) AND p.proname::text = ANY($2::text[])
+     ORDER BY 1`,
+    [schema, ['agentkey_period_start', 'agentkey_period_end', `${table}_spend`, `${table}_settle`]],
+  );
+  const accountsName = `"${table}_accounts"`;
+  return {
+    keyColumns: { parent_id: keys.parent_id, ancestor_ids: keys.ancestor_ids, depth: keys.depth },
+    accounts: accounts!.t !== null ? await columnTypes(db, `${table}_accounts`, schema) : null,
+    holdColumns: { path: holds.path, account_id: holds.account_id },
+    ledgerKeyIdNullable: ledgerKey?.is_nullable,
+    periodFunctions: fns.filter((f) => f.proname.startsWith('agentkey_period_')).map((f) => f.proname),
+    // The version-3 spend and settle functions lock every budget on the key's path and its account row.
+    treeAwareFunctions: fns
+      .filter((f) => !f.proname.startsWith('agentkey_period_') && f.prosrc.includes(accountsName) && f.prosrc.includes('v_nodes'))
+      .map((f) => f.proname),
+  };
+}
+
+/** treeObjects() of a table that migration 3 has been applied to. */
+function treeObjectsOf(table: string) {
+  return {
+    keyColumns: { parent_id: 'bigint', ancestor_ids: 'ARRAY', depth: 'integer' },
+    accounts: {
+      account_id: 'text',
+      budget_micros: 'bigint',
+      spent_micros: 'bigint',
+      budget_period: 'text',
+      period_start_at: 'timestamp with time zone',
+      budget_reset_at: 'timestamp with time zone',
+      created_at: 'timestamp with time zone',
+      updated_at: 'timestamp with time zone',
+    },
+    holdColumns: { path: 'ARRAY', account_id: 'text' },
+    ledgerKeyIdNullable: 'YES',
+    periodFunctions: ['agentkey_period_end', 'agentkey_period_start'],
+    treeAwareFunctions: [`${table}_settle`, `${table}_spend`],
+  };
+}
+
 /** Everything migrate() could change about a table, to compare before and after. */
 async function snapshot(db: TestDb, table: string) {
   const cols = await db.query(
@@ -163,7 +218,7 @@ forEachDatabase((getDb) => {
       const ak = new AgentKey({ pool: db.pool, tableName: table });
 
       expect(await ak.migrate()).toEqual(ALL_VERSIONS);
-      expect(ALL_VERSIONS).toEqual([1, 2]);
+      expect(ALL_VERSIONS).toEqual([1, 2, 3]);
 
       const cols = await columnTypes(db, table);
       for (const col of ['id', 'account_id', 'key_hash', 'key_prefix', 'name', 'created_at', 'last_used_at', 'revoked_at']) {
@@ -183,13 +238,13 @@ forEachDatabase((getDb) => {
       });
 
       const versions = await versionRows(db, table);
-      expect(versions.map((v) => Number(v.version))).toEqual([1, 2]);
+      expect(versions.map((v) => Number(v.version))).toEqual([1, 2, 3]);
       for (const v of versions) {
         expect(v.table_name).toBe(table);
         expect(v.name).toMatch(/\S/);
         expect(v.applied_at).toBeTruthy();
       }
-      expect(versions[0]!.name).not.toBe(versions[1]!.name);
+      expect(new Set(versions.map((v) => v.name)).size).toBe(versions.length);
 
       // Version 2: the ledger and holds tables, the spend and settle functions, the append-only trigger.
       expect(await ledgerObjects(db, table)).toEqual({
@@ -209,6 +264,14 @@ forEachDatabase((getDb) => {
         metadata: 'jsonb',
         created_at: 'timestamp with time zone',
       });
+      // Version 3: tree columns, the accounts table, hold paths, the calendar period functions,
+      // spend and settle replaced by tree- and account-aware ones; an account's ledger rows have no key.
+      expect(await treeObjects(db, table)).toEqual(treeObjectsOf(table));
+      const [period] = await db.query<{ s: string; e: string }>(
+        `SELECT to_char(agentkey_period_start('month', '2024-02-10T05:00:00Z') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS s,
+                to_char(agentkey_period_end('month', '2024-02-10T05:00:00Z') AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI') AS e`,
+      );
+      expect(period).toEqual({ s: '2024-02-01 00:00', e: '2024-03-01 00:00' });
       expect(await columnTypes(db, `${table}_holds`)).toMatchObject({
         id: 'text',
         key_id: 'bigint',
@@ -244,10 +307,10 @@ forEachDatabase((getDb) => {
       const key = await ak.create({ accountId: 'acct_1', budgetCents: 100, budgetPeriod: 'month' });
       expect(await ak.validate(key.key)).toMatchObject({ valid: true, keyId: key.id, budgetRemainingCents: 100, budgetHeldCents: 0 });
 
-      // Run again: nothing to apply, the version table still lists 1 and 2 once each.
+      // Run again: nothing to apply, the version table still lists 1, 2 and 3 once each.
       expect(await ak.migrate()).toEqual([]);
-      expect((await versionRows(db, table)).map((v) => Number(v.version))).toEqual([1, 2]);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
+      expect((await versionRows(db, table)).map((v) => Number(v.version))).toEqual([1, 2, 3]);
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
     });
 
     it('is idempotent: a second call, from the same or another instance, returns [] and changes nothing', async () => {
@@ -326,7 +389,7 @@ forEachDatabase((getDb) => {
       });
       // The bare table had no spend: the ledger starts empty and agrees with every counter.
       expect(await ledgerRows(db, table)).toEqual([]);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 4, mismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 4, mismatches: [], accountMismatches: [] });
       expect(ak.hasScope(v48, 'proxy.chat')).toBe(true);
       expect(ak.hasScope(v48, 'billing.write')).toBe(true);
       expect(await ak.validate(k64.raw)).toMatchObject({ valid: true, keyId: id64, accountId: 'acct_123', scopes: null, budgetCents: null });
@@ -552,7 +615,7 @@ forEachDatabase((getDb) => {
       }
       // The key without spend (budget_used_cents NULL) gets no row.
       expect(rows.some((r) => Number(r.key_id) === ids.nullUsed)).toBe(false);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 7, mismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 7, mismatches: [], accountMismatches: [] });
       // Usage reports the opening balances as spend of the migrated keys.
       expect(await ak.usage({ accountId: 'acct_123' })).toEqual({ totalCents: 7200, count: 6, buckets: [] });
 
@@ -573,6 +636,7 @@ forEachDatabase((getDb) => {
         expect(await ak.trackUsage(raw, { costCents: 3800.0001 }), name).toEqual({
           success: false,
           reason: 'budget_exceeded',
+          limitedBy: { kind: 'key', keyId: ids[name] },
           budgetUsedCents: 1200,
           budgetRemainingCents: 3800,
         });
@@ -713,7 +777,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(month.key)).toMatchObject({ valid: true, budgetUsedCents: 12.3456 });
       // The ledger already had this spend: no opening balance is added a second time.
       expect(await ledgerRows(db, table)).toEqual(ledgerBefore);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [] });
     });
   });
 
@@ -743,7 +807,7 @@ forEachDatabase((getDb) => {
       const ak = new AgentKey({ pool: db.pool, tableName: table });
       expect(await ak.validate(k.raw)).toMatchObject({ valid: true, budgetUsedCents: 1200, budgetRemainingCents: 3800 });
       expect((await ledgerRows(db, table))!.map((r) => [r.kind, r.amount])).toEqual([['adjust', '12000000']]);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
     });
 
     it('concurrent migrate() calls on different tables each apply their versions', async () => {
@@ -788,6 +852,7 @@ forEachDatabase((getDb) => {
         triggers: ['agentkey_append_only'],
       });
       expect(await ledgerObjects(db, 'keys')).toMatchObject({ ledger: false, holds: false, functions: [] });
+      expect(await treeObjects(db, 'keys', schema)).toEqual(treeObjectsOf('keys'));
       const idx = await indexes(db, 'keys', schema);
       expect(idx.some((d) => /UNIQUE INDEX/.test(d) && /\(key_hash\)/.test(d))).toBe(true);
 

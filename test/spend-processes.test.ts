@@ -261,7 +261,7 @@ forEachDatabase((getDb) => {
     }
     expect([spentSoFar, held, overSoFar]).toEqual([spent, 0, overHoldTotal]);
 
-    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
+    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
     expect(await ak.usage({ keyId: id })).toMatchObject({ totalCents: spent / 10_000, count: accepted.size + committed.size });
     expect(await ak.validate(key)).toMatchObject({ valid: true, budgetUsedCents: spent / 10_000, budgetHeldCents: 0 });
 
@@ -336,7 +336,7 @@ forEachDatabase((getDb) => {
     const [holdK, holdS] = lines.map((l) => l.result!.reservationId!) as [string, string];
 
     // The dead process's holds still count: a charge or hold that does not fit is refused.
-    expect(await ak.trackUsage(k.key, { costCents: 5 })).toEqual({ success: false, reason: 'budget_exceeded', budgetUsedCents: 0, budgetRemainingCents: 2 });
+    expect(await ak.trackUsage(k.key, { costCents: 5 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: k.id }, budgetUsedCents: 0, budgetRemainingCents: 2 });
     expect(await ak.reserve(s.key, { costCents: 5 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
     expect(await ak.validate(k.key)).toMatchObject({ budgetHeldCents: 8, budgetRemainingCents: 2 });
 
@@ -381,7 +381,7 @@ forEachDatabase((getDb) => {
     expect(await ak.release(holdS)).toMatchObject({ success: true, releasedCents: 0, holdExpired: true });
     expect((await ledger(db, t, s.id)).map((r) => r.kind)).toEqual(['hold', 'expire', 'charge']);
 
-    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [] });
+    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [] });
     expect(await db.query(`SELECT id FROM ${t.holds} WHERE status = 'held'`)).toEqual([]);
   }, 30_000);
 
@@ -410,6 +410,6 @@ forEachDatabase((getDb) => {
     expect(await ak.usage({ keyId: id })).toMatchObject({ totalCents: 60, count: 2000 });
     expect(await ak.validate(key)).toMatchObject({ budgetUsedCents: 60, budgetRemainingCents: 0 });
     expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
-    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
+    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
   }, 60_000);
 });

@@ -207,7 +207,7 @@ forEachDatabase((getDb) => {
     it('happy: a hold counts at once in reserve, validate and trackUsage (remaining = budget - spent - held)', async () => {
       const db = getDb();
       const ak = await db.agentKey();
-      const { key } = await ak.create({ accountId: 'a', budgetCents: 100 });
+      const { key, id } = await ak.create({ accountId: 'a', budgetCents: 100 });
       await ak.trackUsage(key, { costCents: 10 });
       const first = reserved(await ak.reserve(key, { costCents: 30 }));
       expect(first.budgetRemainingCents).toBe(60);
@@ -220,8 +220,8 @@ forEachDatabase((getDb) => {
       expect(valid(await ak.validate(key))).toMatchObject({ budgetUsedCents: 15, budgetHeldCents: 85, budgetRemainingCents: 0 });
 
       // Spent 15 + held 85 = 100: nothing more fits, neither as a charge nor as a hold.
-      expect(await ak.trackUsage(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', budgetUsedCents: 15, budgetRemainingCents: 0 });
-      expect(await ak.reserve(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', budgetUsedCents: 15, budgetRemainingCents: 0 });
+      expect(await ak.trackUsage(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 15, budgetRemainingCents: 0 });
+      expect(await ak.reserve(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 15, budgetRemainingCents: 0 });
       // A free call still fits.
       expect(await ak.trackUsage(key, { costCents: 0 })).toMatchObject({ success: true, budgetUsedCents: 15 });
       await expectAudited(ak);
@@ -238,13 +238,14 @@ forEachDatabase((getDb) => {
     it("error: refuses with 'budget_exceeded' when spent + held + cost > budget, writing nothing", async () => {
       const db = getDb();
       const ak = await db.agentKey();
-      const { key } = await ak.create({ accountId: 'a', budgetCents: 100 });
+      const { key, id } = await ak.create({ accountId: 'a', budgetCents: 100 });
       await ak.trackUsage(key, { costCents: 40 });
       reserved(await ak.reserve(key, { costCents: 35 }));
       const before = await state(db, ak);
       expect(await ak.reserve(key, { costCents: 25.0001 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
+        limitedBy: { kind: 'key', keyId: id },
         budgetUsedCents: 40,
         budgetRemainingCents: 25,
       });
@@ -978,13 +979,13 @@ forEachDatabase((getDb) => {
       const b = await ak.create({ accountId: 'b', budgetCents: 100 });
       await ak.trackUsage(a.key, { costCents: 10 });
       await ak.trackUsage(b.key, { costCents: 4 });
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [] });
 
       // Someone "gives back" 6 cents of spend by editing the counter.
       await db.query(`UPDATE ${ak.tableName} SET spent_micros = 40000 WHERE id = $1`, [a.id]);
-      expect(await ak.audit()).toEqual({ ok: false, keysChecked: 2, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }] });
-      expect(await ak.audit({ keyId: a.id })).toEqual({ ok: false, keysChecked: 1, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }] });
-      expect(await ak.audit({ keyId: String(b.id) })).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: false, keysChecked: 2, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }], accountMismatches: [] });
+      expect(await ak.audit({ keyId: a.id })).toEqual({ ok: false, keysChecked: 1, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }], accountMismatches: [] });
+      expect(await ak.audit({ keyId: String(b.id) })).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
 
       // A forged ledger row (inserts are allowed) is caught too.
       await db.query(
@@ -1002,7 +1003,7 @@ forEachDatabase((getDb) => {
       await rejectsWith(() => ak.audit({ keyId: 'abc' }), 'invalid_argument', 'keyId abc');
       await rejectsWith(() => ak.audit({ keyId: 0 }), 'invalid_argument', 'keyId 0');
       await rejectsWith(() => ak.audit({ key: 1 } as never), 'invalid_argument', 'unknown option');
-      expect(await ak.audit({ keyId: 999_999 })).toEqual({ ok: true, keysChecked: 0, mismatches: [] });
+      expect(await ak.audit({ keyId: 999_999 })).toEqual({ ok: true, keysChecked: 0, mismatches: [], accountMismatches: [] });
     });
   });
 
@@ -1257,7 +1258,7 @@ forEachDatabase((getDb) => {
       expect(rows.every((r) => r.kind === 'charge' && r.amount === 300)).toBe(true);
       expect(await ak.usage({ keyId: id })).toEqual({ totalCents: 60, count: 2000, buckets: [] });
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
     });
 
     it('security: concurrent reserves, charges, commits and releases never pass the budget; ledger equals counters', async () => {

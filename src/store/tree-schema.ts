@@ -114,6 +114,7 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
       p_hash TEXT, p_subject TEXT, p_id BIGINT, p_op TEXT, p_micros BIGINT,
       p_idem TEXT, p_meta JSONB, p_hold_id TEXT, p_ttl_ms BIGINT)
     RETURNS JSONB LANGUAGE plpgsql AS $fn$
+    #variable_conflict use_variable
     DECLARE ${declare}
     BEGIN
       IF p_hash IS NOT NULL THEN
@@ -148,7 +149,8 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
         END IF;
       END IF;
       IF p_op = 'adjust' THEN
-        IF EXISTS (SELECT 1 FROM ${t.table} WHERE id = ANY(v_nodes) AND spent_micros + p_micros < 0) THEN
+        IF EXISTS (SELECT 1 FROM ${t.table} WHERE id = ANY(v_nodes) AND spent_micros + p_micros < 0)
+           OR (a.account_id IS NOT NULL AND a.spent_micros + p_micros < 0) THEN
           RETURN jsonb_build_object('outcome', 'refund_exceeds_spend', ${figures});
         END IF;
       ELSE
@@ -176,6 +178,7 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
 
   await tx.query(`CREATE OR REPLACE FUNCTION ${t.settleFn}(p_hold_id TEXT, p_op TEXT, p_micros BIGINT, p_meta JSONB)
     RETURNS JSONB LANGUAGE plpgsql AS $fn$
+    #variable_conflict use_variable
     DECLARE ${declare} h RECORD; v_live BOOLEAN;
     BEGIN
       SELECT key_id, path, account_id INTO h FROM ${t.holds} WHERE id = p_hold_id;
@@ -186,7 +189,7 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
       SELECT * INTO h FROM ${t.holds} WHERE id = p_hold_id FOR UPDATE;
       IF h.status = 'committed' THEN
         RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'commit' THEN 'replayed' ELSE 'already_committed' END,
-          'hold', h.amount_micros, 'committed', h.committed_micros, 'expired', h.committed_micros IS NOT NULL AND h.settled_at > h.expires_at, ${figures});
+          'hold', h.amount_micros, 'committed', h.committed_micros, 'expired', h.settled_at >= h.expires_at, ${figures});
       ELSIF h.status = 'released' THEN
         RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'release' THEN 'replayed' ELSE 'already_released' END,
           'hold', h.amount_micros, 'released', h.amount_micros, ${figures});
