@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentKey, AgentKeyError, MAX_CENTS, agentKeyMiddleware } from '../src/index.js';
 import type { HeldReservation } from '../src/http/express.js';
 import { type TestDb, forEachDatabase } from './helpers/databases.js';
+import { expectJsonError } from './helpers/http.js';
 
 /**
  * agentKeyMiddleware(ak, { reserveCents }) on real Express 5 apps, on PostgreSQL and PGlite:
@@ -19,16 +20,6 @@ import { type TestDb, forEachDatabase } from './helpers/databases.js';
  */
 
 type HoldRequest = Request & { agentKeyReservation?: HeldReservation; agentKey?: { keyId: number } };
-
-/** Every agentkey HTTP error: JSON `{ error: { code, message } }`, one sentence, no stack. */
-function expectJsonError(res: request.Response, status: number, code: string): void {
-  expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
-  expect(res.headers['content-type']).toMatch(/^application\/json/);
-  const message: unknown = res.body.error.message;
-  expect(typeof message).toBe('string');
-  expect(message as string).toMatch(/^[^\n]+[.!?]$/);
-  expect(res.text).not.toMatch(/\n\s+at |Error:|node_modules|\.ts:\d+/);
-}
 
 const bearer = (key: string) => `Bearer ${key}`;
 

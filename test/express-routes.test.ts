@@ -4,46 +4,18 @@ import request from 'supertest';
 import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError, type AgentKeyRoutesOptions, createAgentKeyRoutes } from '../src/index.js';
 import { forEachDatabase } from './helpers/databases.js';
+import { hangingPool, rejectingPool } from './helpers/faults.js';
+import { expectErrorShape, expectJsonError as expectJsonErrorStrict, expectOneSentence } from './helpers/http.js';
+
+/** The routes' errors may quote fuzzed input, which may contain "Error:". */
+const expectJsonError = (res: Parameters<typeof expectJsonErrorStrict>[0], status: number, code?: string) =>
+  expectJsonErrorStrict(res, status, code, { quotesInput: true });
 
 /**
  * createAgentKeyRoutes(ak, opts) mounted with app.use(...) on real Express 5 apps, on
  * PostgreSQL and PGlite: POST /signup, GET /sdk-keys/me, POST /sdk-keys,
  * DELETE /sdk-keys/:id and the page's security model.
  */
-
-/** Every agentkey HTTP error: JSON `{ error: { code, message } }`, one sentence, no stack. */
-function expectJsonError(res: request.Response, status: number, code?: string): void {
-  expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code: code ?? res.body?.error?.code });
-  expectErrorShape(res);
-  expectOneSentence(res.body.error.message);
-}
-
-/** JSON `{ error: { code, message } }` without a stack trace (messages may quote fuzz input). */
-function expectErrorShape(res: request.Response): void {
-  expect(res.headers['content-type']).toMatch(/^application\/json/);
-  expect(res.body).toEqual({ error: expect.objectContaining({ code: expect.any(String), message: expect.any(String) }) });
-  expect(res.body.error.code).toMatch(/^[a-z_]+$/);
-  expect(res.text).not.toMatch(/\n\s+at |node_modules|\.ts:\d+|\.js:\d+/);
-}
-
-function expectOneSentence(message: string): void {
-  expect(message.length).toBeGreaterThan(0);
-  expect(message).not.toMatch(/\n/);
-  expect(message).toMatch(/[.!?]$/);
-  expect(message).not.toMatch(/[.!?]\s+[A-Z]/);
-}
-
-/** A pool whose every call rejects, with details that must never reach a client. */
-function rejectingPool() {
-  const fail = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED 10.9.8.7:5432 (password=hunter2)'), { code: 'ECONNREFUSED' }));
-  return { query: fail, connect: fail };
-}
-
-/** A pool that never answers. */
-function hangingPool() {
-  const never = () => new Promise<never>(() => {});
-  return { query: never, connect: never };
-}
 
 /** An app with the self-serve routes mounted, as the page shows. */
 function routesApp(ak: AgentKey, options?: AgentKeyRoutesOptions): Express {
@@ -794,7 +766,7 @@ forEachDatabase((getDb) => {
 
     const check = (res: request.Response, what: string) => {
       expect(res.status, what).toBeLessThan(500);
-      if (res.status >= 400) expectErrorShape(res);
+      if (res.status >= 400) expectErrorShape(res, { quotesInput: true });
     };
 
     it('security: POST /signup, POST /sdk-keys, GET /sdk-keys/me and DELETE /sdk-keys/:id with odd input', async () => {

@@ -6,48 +6,13 @@ import * as root from '../src/index.js';
 import { AgentKey, AgentKeyError, agentKeyMiddleware, createAgentKeyRoutes } from '../src/index.js';
 import * as expressEntry from '../src/http/express.js';
 import { forEachDatabase } from './helpers/databases.js';
+import { hangingPool, rejectingPool, throwingPool } from './helpers/faults.js';
+import { expectJsonError } from './helpers/http.js';
 
 /**
  * agentKeyMiddleware(ak, { scope }) on real Express 5 apps, on PostgreSQL and PGlite.
  * The self-serve routes are in express-routes.test.ts.
  */
-
-/** Every agentkey HTTP error: JSON `{ error: { code, message } }`, one sentence, no stack. */
-function expectJsonError(res: request.Response, status: number, code: string): void {
-  expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
-  expect(res.headers['content-type']).toMatch(/^application\/json/);
-  const message: unknown = res.body.error.message;
-  expect(typeof message).toBe('string');
-  expectOneSentence(message as string);
-  expect(res.text).not.toMatch(/\n\s+at |Error:|node_modules|\.ts:\d+/);
-}
-
-function expectOneSentence(message: string): void {
-  expect(message.length).toBeGreaterThan(0);
-  expect(message).not.toMatch(/\n/);
-  expect(message).toMatch(/[.!?]$/);
-  expect(message).not.toMatch(/[.!?]\s+[A-Z]/);
-}
-
-/** A pool whose every call rejects, with details that must never reach a client. */
-function rejectingPool() {
-  const fail = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED 10.9.8.7:5432 (password=hunter2)'), { code: 'ECONNREFUSED' }));
-  return { query: fail, connect: fail };
-}
-
-/** A pool whose every call throws synchronously. */
-function throwingPool() {
-  const fail = () => {
-    throw new TypeError('Cannot read properties of undefined (reading hunter2)');
-  };
-  return { query: fail, connect: fail };
-}
-
-/** A pool that never answers. */
-function hangingPool() {
-  const never = () => new Promise<never>(() => {});
-  return { query: never, connect: never };
-}
 
 /**
  * An app with one protected route; `reached` counts the requests the protected handler

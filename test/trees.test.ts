@@ -4,6 +4,7 @@ import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError, createAgentKeyRoutes } from '../src/index.js';
 import { tableNames } from '../src/store/identifiers.js';
 import { type TestDb, forEachDatabase } from './helpers/databases.js';
+import { rejectingPool } from './helpers/faults.js';
 
 /**
  * Issue 4: delegation trees and account ceilings, on PostgreSQL and PGlite.
@@ -57,23 +58,17 @@ function utcDayStart(d: Date, plus = 0): string {
   return new Date(Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), d.getUTCDate() + plus)).toISOString();
 }
 
-/** A pool whose every call rejects. */
-function brokenPool() {
-  const fail = () => Promise.reject(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }));
-  return { query: fail, connect: fail };
-}
-
 describe('options checked without a database', () => {
   it('error: maxDepth must be a whole number from 0 to 100', () => {
     for (const maxDepth of [-1, 1.5, 101, '5', NaN, Infinity, true]) {
-      expect(() => new AgentKey({ pool: brokenPool() as never, maxDepth: maxDepth as never }), String(maxDepth)).toThrow(AgentKeyError);
+      expect(() => new AgentKey({ pool: rejectingPool() as never, maxDepth: maxDepth as never }), String(maxDepth)).toThrow(AgentKeyError);
     }
-    expect(() => new AgentKey({ pool: brokenPool() as never, maxDepth: 0 })).not.toThrow();
-    expect(() => new AgentKey({ pool: brokenPool() as never, maxDepth: 100 })).not.toThrow();
+    expect(() => new AgentKey({ pool: rejectingPool() as never, maxDepth: 0 })).not.toThrow();
+    expect(() => new AgentKey({ pool: rejectingPool() as never, maxDepth: 100 })).not.toThrow();
   });
 
   it('error: a broken pool fails listKeys, getKey and the account calls with storage_error', async () => {
-    const ak = new AgentKey({ pool: brokenPool() as never });
+    const ak = new AgentKey({ pool: rejectingPool() as never });
     expect(await codeOf(ak.listKeys({ accountId: 'a' }))).toBe('storage_error');
     expect(await codeOf(ak.getKey(1))).toBe('storage_error');
     expect(await codeOf(ak.setAccountBudget('a', { budgetCents: 5 }))).toBe('storage_error');

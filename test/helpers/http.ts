@@ -1,0 +1,32 @@
+import type request from 'supertest';
+import { expect } from 'vitest';
+
+/**
+ * Every agentkey HTTP error: JSON `{ error: { code, message } }` with a snake_case code and
+ * a one-sentence message, and no stack trace or internals in the body. `quotesInput` allows
+ * messages that quote the client's own (fuzzed) input, which may contain "Error:".
+ */
+export function expectJsonError(
+  res: request.Response,
+  status: number,
+  code?: string,
+  options: { quotesInput?: boolean } = {},
+): void {
+  expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code: code ?? res.body?.error?.code });
+  expectErrorShape(res, options);
+  expectOneSentence(res.body.error.message);
+}
+
+export function expectErrorShape(res: request.Response, options: { quotesInput?: boolean } = {}): void {
+  expect(res.headers['content-type']).toMatch(/^application\/json/);
+  expect(res.body).toEqual({ error: expect.objectContaining({ code: expect.any(String), message: expect.any(String) }) });
+  expect(res.body.error.code).toMatch(/^[a-z_]+$/);
+  expect(res.text).not.toMatch(options.quotesInput ? /\n\s+at |node_modules|\.ts:\d+|\.js:\d+/ : /\n\s+at |Error:|node_modules|\.ts:\d+|\.js:\d+/);
+}
+
+export function expectOneSentence(message: string): void {
+  expect(message.length).toBeGreaterThan(0);
+  expect(message).not.toMatch(/\n/);
+  expect(message).toMatch(/[.!?]$/);
+  expect(message).not.toMatch(/[.!?]\s+[A-Z]/);
+}
