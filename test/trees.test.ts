@@ -617,6 +617,41 @@ forEachDatabase((getDb) => {
     });
   });
 
+  describe('edge cases of the spend functions', () => {
+    it('error: a refund may not push an account ceiling below zero (nothing written)', async () => {
+      const ak = await getDb().agentKey();
+      const { id, key } = await ak.create({ accountId: 'acct_r', budgetCents: 100 });
+      expect(await ak.trackUsage(key, { costCents: 30 })).toMatchObject({ success: true });
+      // The ceiling starts with the ledger's spend this period: 30.
+      expect(await ak.setAccountBudget('acct_r', { budgetCents: 500 })).toMatchObject({ spentCents: 30 });
+      // Simulate an account counter that knows less than the key (e.g. spend before its period).
+      await getDb().query(`UPDATE "${tableNames(ak.tableName).indexBase}_accounts" SET spent_micros = 100000`);
+      expect(await ak.adjust(id, { costCents: -20, reason: 'refund' })).toEqual({ success: false, reason: 'refund_exceeds_spend' });
+      expect((await ak.getKey(id))!.spentCents).toBe(30);
+      expect(await ak.adjust(id, { costCents: -10, reason: 'refund' })).toMatchObject({ success: true, budgetUsedCents: 20 });
+      expect(await ak.getAccountBudget('acct_r')).toMatchObject({ spentCents: 0 });
+    });
+
+    it('happy: keys tables named like the functions\' variables (k, h, a, prior) still spend and settle', async () => {
+      for (const tableName of ['k', 'h', 'a', 'prior']) {
+        const ak = await getDb().agentKey({ tableName: `${tableName}` });
+        const parent = await ak.create({ accountId: 'acct_v', budgetCents: 50 });
+        const child = await ak.create({ accountId: 'acct_v', parentId: parent.id });
+        await ak.setAccountBudget('acct_v', { budgetCents: 40 });
+        expect(await ak.trackUsage(child.key, { costCents: 10 }), tableName).toMatchObject({ success: true });
+        const hold = await ak.reserve(child.key, { costCents: 20 });
+        expect(hold.success, tableName).toBe(true);
+        if (!hold.success) continue;
+        expect(await ak.commit(hold.reservationId, { costCents: 5 }), tableName).toMatchObject({ success: true, costCents: 5 });
+        expect(await ak.trackUsage(child.key, { costCents: 30 }), tableName).toMatchObject({
+          success: false,
+          limitedBy: { kind: 'account', accountId: 'acct_v' },
+        });
+        expect(await ak.audit(), tableName).toMatchObject({ ok: true });
+      }
+    });
+  });
+
   describe('revocation cascades', () => {
     it('happy: revoking a key revokes its whole subtree at once; its ancestors and siblings keep working', async () => {
       const ak = await getDb().agentKey();
