@@ -31,10 +31,12 @@ import {
   keyStateReason,
   metadataJson,
   spendInput,
+  type ReservationStatus,
 } from './spending.js';
 
 export type { AccountBudget, KeyInfo };
 export type { LimitedBy } from './spending.js';
+export type { ReservationStatus } from './spending.js';
 export type { AdjustResult, ChargeOptions, CommitOptions, CommitResult, ReleaseResult, ReserveOptions, ReserveResult, TrackUsageResult };
 
 export interface AgentKeyOptions {
@@ -518,7 +520,8 @@ export class AgentKey {
       reservationId: out.hold_id as string,
       expiresAt: iso(out.expires_at) as string,
       budgetRemainingCents: figures(out).budgetRemainingCents,
-      ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
+      // A retry of a hold that was settled or expired since says so: it no longer holds money.
+      ...(out.outcome === 'replayed' ? { replayed: true as const, reservationStatus: out.status as ReservationStatus } : {}),
     };
   }
 

@@ -35,7 +35,16 @@ export type TrackUsageResult =
   | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
 
 export type ReserveResult =
-  | { success: true; reservationId: string; expiresAt: string; budgetRemainingCents: number | null; replayed?: true }
+  | {
+      success: true;
+      reservationId: string;
+      expiresAt: string;
+      budgetRemainingCents: number | null;
+      /** Set on a retry with the same idempotency key: the first hold, returned again. */
+      replayed?: true;
+      /** On a retry, where that first hold stands now: only 'held' still holds money. */
+      reservationStatus?: ReservationStatus;
+    }
   | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
   | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
 
@@ -59,6 +68,8 @@ export type CommitResult =
       replayed?: true;
     } & SpendFigures)
   | { success: false; reason: 'invalid_cost' | 'reservation_not_found' | 'already_released' };
+
+export type ReservationStatus = 'held' | 'committed' | 'released' | 'expired';
 
 export type ReleaseResult =
   | { success: true; reservationId: string; releasedCents: number; holdExpired: boolean; replayed?: true }

@@ -753,16 +753,17 @@ forEachDatabase((getDb) => {
       const first = reserved(await ak.reserve(key, { costCents: 30, idempotencyKey: 'hold-1', ttl: '10m' }));
       const before = await state(db, ak);
       const again = await ak.reserve(key, { costCents: 30, idempotencyKey: 'hold-1', ttl: '10m' });
-      expect(again).toEqual({ ...first, replayed: true });
+      expect(again).toEqual({ ...first, replayed: true, reservationStatus: 'held' });
       expect(await state(db, ak)).toBe(before);
       expect(valid(await ak.validate(key))).toMatchObject({ budgetHeldCents: 30, budgetRemainingCents: 70 });
       expect((await holds(db, ak)).map((h) => [h.id, h.idempotency_key])).toEqual([[first.reservationId, 'hold-1']]);
 
       committed(await ak.commit(first.reservationId, { costCents: 10 }));
-      // A retry after the commit gets the same reservation back, and holds nothing again.
+      // A retry after the commit gets the same reservation back, says it is settled, and holds nothing again.
       expect(await ak.reserve(key, { costCents: 30, idempotencyKey: 'hold-1' })).toMatchObject({
         success: true,
         replayed: true,
+        reservationStatus: 'committed',
         reservationId: first.reservationId,
         expiresAt: first.expiresAt,
       });
