@@ -5,7 +5,7 @@ import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError, type AgentKeyRoutesOptions, createAgentKeyRoutes } from '../src/index.js';
 import { forEachDatabase } from './helpers/databases.js';
 import { hangingPool, rejectingPool } from './helpers/faults.js';
-import { expectErrorShape, expectJsonError as expectJsonErrorStrict, expectOneSentence } from './helpers/http.js';
+import { expectErrorShape, expectJsonError as expectJsonErrorStrict } from './helpers/http.js';
 
 /** The routes' errors may quote fuzzed input, which may contain "Error:". */
 const expectJsonError = (res: Parameters<typeof expectJsonErrorStrict>[0], status: number, code?: string) =>
@@ -25,7 +25,6 @@ function routesApp(ak: AgentKey, options?: AgentKeyRoutesOptions): Express {
 }
 
 const auth = (key: string) => ({ Authorization: `Bearer ${key}` });
-const isoIn = (ms: number) => new Date(Date.now() + ms).toISOString();
 
 async function countRows(getDb: () => { query: (text: string) => Promise<Record<string, unknown>[]> }, ak: AgentKey): Promise<number> {
   const [row] = await getDb().query(`SELECT count(*)::int AS n FROM ${ak.tableName}`);

@@ -1,4 +1,4 @@
-import { describe, expect, it } from 'vitest';
+import { expect, it } from 'vitest';
 import { forEachDatabase } from './helpers/databases.js';
 
 forEachDatabase((getDb) => {
