@@ -10,6 +10,10 @@ import { type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import { migrate } from './store/migrations.js';
 import { type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
 import { AccountStore } from './store/accounts.js';
+import { type Subscription, listen } from './store/listen.js';
+import { type CacheStats, type CachedKey, KeyCache } from './cache.js';
+import { Coalescer } from './coalesce.js';
+import { Touches } from './touches.js';
 import { DEFAULT_MAX_DEPTH, fitUnderParent } from './tree.js';
 import { type AccountBudget, type KeyInfo, iso, toAccountBudget, toKeyInfo } from './views.js';
 import {
@@ -34,7 +38,7 @@ import {
   type ReservationStatus,
 } from './spending.js';
 
-export type { AccountBudget, KeyInfo };
+export type { AccountBudget, CacheStats, KeyInfo };
 export type { LimitedBy } from './spending.js';
 export type { ReservationStatus } from './spending.js';
 export type { AdjustResult, ChargeOptions, CommitOptions, CommitResult, ReleaseResult, ReserveOptions, ReserveResult, TrackUsageResult };
@@ -50,6 +54,34 @@ export interface AgentKeyOptions {
   validScopes?: readonly string[];
   /** How deep delegation trees may grow (a root key is depth 0). Default 5. */
   maxDepth?: number;
+  /**
+   * The in-process cache of validated keys, or false for none. A change to a key (revoke,
+   * expiry, scopes, budget...) drops it at once here and, through LISTEN/NOTIFY, in every
+   * other process on the database. Budget figures in a cached result may lag other
+   * processes' spending by up to `ttlMs`; charges and holds always decide on the database.
+   * Default `{ maxKeys: 10000, ttlMs: 5000 }`.
+   */
+  cache?: CacheOptions | false;
+  /**
+   * Coalescing of concurrent charges and holds into one statement per batch, with the
+   * outcome each would have had one after another; false sends each on its own.
+   * Default `{ maxBatch: 128, lanes: 2 }`.
+   */
+  batching?: BatchingOptions | false;
+}
+
+export interface CacheOptions {
+  /** Most keys kept; the least recently used go first. Default 10000. */
+  maxKeys?: number;
+  /** How long a validation is served from memory at most, in ms. Default 5000. */
+  ttlMs?: number;
+}
+
+export interface BatchingOptions {
+  /** Most charges and holds in one statement. Default 128. */
+  maxBatch?: number;
+  /** Batches in flight at once (each holds one connection while it runs). Default 2. */
+  lanes?: number;
 }
 
 export interface CreateKeyOptions {
@@ -154,9 +186,20 @@ export class AgentKey {
   private readonly accounts: AccountStore;
   private readonly validScopes: ReadonlySet<string> | null;
   private readonly maxDepth: number;
+  private readonly pool: PoolLike;
+  private readonly cache: KeyCache | null;
+  private readonly loading = new Map<string, Promise<KeyRow | null>>();
+  private subscription: Subscription | null = null;
+  private closed = false;
+  private readonly batches: Coalescer<{ ref: KeyRef; request: SpendRequest }, SpendOutcome> | null;
+  private readonly touches: Touches;
 
   constructor(options: AgentKeyOptions) {
-    const o = checkOptions<AgentKeyOptions>(options, ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth'], 'new AgentKey()');
+    const o = checkOptions<AgentKeyOptions>(
+      options,
+      ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching'],
+      'new AgentKey()',
+    );
     this.maxDepth = o.maxDepth ?? DEFAULT_MAX_DEPTH;
     if (!Number.isInteger(this.maxDepth) || this.maxDepth < 0 || this.maxDepth > 100) {
       throw new AgentKeyError('invalid_argument', 'maxDepth must be a whole number from 0 to 100.');
@@ -167,9 +210,15 @@ export class AgentKey {
     const valid = o.validScopes === undefined ? null : parseScopes(o.validScopes, null, 'validScopes');
     this.validScopes = valid ? new Set(valid) : null;
     this.db = toDb(o.pool);
+    this.pool = o.pool;
     this.store = new KeyStore(this.db, this.names);
     this.spending = new SpendStore(this.db, this.names);
     this.accounts = new AccountStore(this.db, this.names);
+    const cache = cacheOptions(o.cache);
+    this.cache = cache && new KeyCache(cache.maxKeys, cache.ttlMs);
+    const batching = batchingOptions(o.batching);
+    this.batches = batching && new Coalescer((items) => this.spending.spendMany(items), batching);
+    this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
   }
 
   /**
@@ -264,7 +313,7 @@ export class AgentKey {
     if (micros === null) return { success: false, reason: 'invalid_cost' };
     const metadata = metadataJson(o.metadata);
     if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
-    const out = await this.guard(() => this.spending.settle(reservationId, 'commit', micros, metadata));
+    const out = await this.settle(reservationId, 'commit', micros, metadata);
     if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
     if (out.outcome === 'already_released') return { success: false, reason: 'already_released' };
     const held = out.hold ?? 0;
@@ -288,7 +337,7 @@ export class AgentKey {
   /** Gives a whole hold back. A second release returns the first outcome. */
   async release(reservationId: string): Promise<ReleaseResult> {
     if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
-    const out = await this.guard(() => this.spending.settle(reservationId, 'release', 0, null));
+    const out = await this.settle(reservationId, 'release', 0, null);
     if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
     if (out.outcome === 'already_committed') return { success: false, reason: 'already_committed' };
     return {
@@ -392,7 +441,35 @@ export class AgentKey {
   async revoke(keyId: number | string, accountId?: string | number): Promise<boolean> {
     const id = keyIdNumber(keyId);
     const account = accountId === undefined || accountId === null ? null : accountIdText(accountId);
-    return this.guard(() => this.store.revoke(id, account));
+    const revoked = await this.guard(() => this.store.revoke(id, account));
+    // Here at once; other processes hear it from the database.
+    if (revoked) this.cache?.invalidate(id);
+    return revoked;
+  }
+
+  /** Counters of the validation cache (null when it is off). */
+  cacheStats(): CacheStats | null {
+    return this.cache?.stats() ?? null;
+  }
+
+  /** Writes the `last_used_at` stamps noted so far (they are written every second anyway). */
+  flush(): Promise<void> {
+    return this.guard(() => this.touches.flush());
+  }
+
+  /**
+   * Finishes what is in flight (charges, holds, `last_used_at` stamps) and stops listening
+   * for changes. The pool stays open: it is yours. Later calls still work, uncached.
+   */
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.batches?.settled();
+    this.touches.stop();
+    const subscription = this.subscription;
+    this.subscription = null;
+    await subscription?.close();
+    this.cache?.clear();
+    await this.flush();
   }
 
   /**
@@ -441,6 +518,7 @@ export class AgentKey {
       includeRevoked: q.includeRevoked ?? false,
       limit,
     };
+    await this.flushQuietly();
     const rows = await this.guard(() => this.store.list(filter));
     return rows.map(toKeyInfo);
   }
@@ -448,6 +526,7 @@ export class AgentKey {
   /** One key without its secret, or null. */
   async getKey(keyId: number | string): Promise<KeyInfo | null> {
     const id = keyIdNumber(keyId);
+    await this.flushQuietly();
     const row = await this.guard(() => this.store.find({ id }));
     return row ? toKeyInfo(row) : null;
   }
@@ -483,18 +562,87 @@ export class AgentKey {
   }
 
   private async validateRef(ref: KeyRef): Promise<ValidationResult> {
-    const row = await this.guard(() => this.store.findAndTouch(ref));
+    const cache = this.cache;
+    const cacheKey = 'hash' in ref ? ref.hash : 'subject' in ref ? `\u0000${ref.subject}` : `\u0001${ref.id}`;
+    if (cache) {
+      this.startListening();
+      const hit = cache.listening ? cache.get(cacheKey, Date.now()) : undefined;
+      if (hit) return this.validation(hit);
+    }
+    let loading = this.loading.get(cacheKey);
+    if (!loading) {
+      const generation = cache?.generation;
+      loading = this.guard(() => this.store.find(ref)).then((row) => {
+        // Kept only if no change was announced while it was read (it might predate the change).
+        if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs));
+        return row;
+      });
+      loading.finally(() => this.loading.delete(cacheKey)).catch(() => {});
+      this.loading.set(cacheKey, loading);
+    }
+    const row = await loading;
     if (!row) return { valid: false, reason: 'invalid' };
-    if (row.status !== 'active') return { valid: false, reason: row.status };
-    return toValidKey(row);
+    return this.validation(toCached(row, 0));
   }
 
-  private spend(ref: KeyRef | { id: number }, request: SpendRequest): Promise<SpendOutcome> {
-    return this.guard(() => this.spending.spend(ref, request));
+  private validation(key: CachedKey): ValidationResult {
+    if (key.status !== 'active') return { valid: false, reason: key.status };
+    this.touches.touch(key.id);
+    return toValidKey(key);
+  }
+
+  /** Starts hearing about changed keys, once, on the first validation. */
+  private startListening(): void {
+    const cache = this.cache;
+    if (!cache || this.subscription || this.closed) return;
+    this.subscription = listen(this.pool, this.names.channel, {
+      notify: (payload) => {
+        const id = Number(payload);
+        if (Number.isSafeInteger(id)) cache.invalidate(id);
+        else cache.clear();
+      },
+      up: () => {
+        // Changes made while not listening were missed: start from nothing.
+        cache.clear();
+        cache.listening = true;
+      },
+      down: () => {
+        cache.listening = false;
+        cache.clear();
+      },
+    });
+  }
+
+  private async spend(ref: KeyRef | { id: number }, request: SpendRequest): Promise<SpendOutcome> {
+    const out = await this.guard(() => this.spending.spend(ref, request));
+    this.noteFigures(out);
+    return out;
+  }
+
+  private async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
+    const out = await this.guard(() => this.spending.settle(holdId, op, micros, metadata));
+    this.noteFigures(out);
+    return out;
+  }
+
+  /** A cached key shows the figures of the latest step taken on it here. */
+  private noteFigures(out: SpendOutcome): void {
+    if (this.cache && typeof out.key_id === 'number' && typeof out.spent === 'number') {
+      this.cache.updateFigures(out.key_id, out.budget ?? null, out.spent, out.held ?? 0);
+    }
+  }
+
+  /** A charge or hold: coalesced with concurrent ones into one statement when batching is on. */
+  private async spendCoalesced(ref: KeyRef, request: SpendRequest): Promise<SpendOutcome> {
+    const out = this.batches
+      ? await this.guard(() => (this.batches as NonNullable<typeof this.batches>).submit({ ref, request }))
+      : await this.spend(ref, request);
+    if (this.batches) this.noteFigures(out);
+    return out;
   }
 
   private async chargeRef(ref: KeyRef, input: { micros: number; idempotencyKey: string | null; metadata: string | null }): Promise<TrackUsageResult> {
-    const out = await this.spend(ref, { ...input, op: 'charge', holdId: null, ttlMs: null });
+    const out = await this.spendCoalesced(ref, { ...input, op: 'charge', holdId: null, ttlMs: null });
     const state = keyStateReason(out.outcome);
     if (state) return { success: false, reason: state };
     if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
@@ -508,7 +656,7 @@ export class AgentKey {
     ref: KeyRef,
     input: { micros: number; idempotencyKey: string | null; metadata: string | null; ttlMs: number | null },
   ): Promise<ReserveResult> {
-    const out = await this.spend(ref, { ...input, op: 'hold', holdId: randomId('rsv_') });
+    const out = await this.spendCoalesced(ref, { ...input, op: 'hold', holdId: randomId('rsv_') });
     const state = keyStateReason(out.outcome);
     if (state) return { success: false, reason: state };
     if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
@@ -523,6 +671,11 @@ export class AgentKey {
       // A retry of a hold that was settled or expired since says so: it no longer holds money.
       ...(out.outcome === 'replayed' ? { replayed: true as const, reservationStatus: out.status as ReservationStatus } : {}),
     };
+  }
+
+  /** Reads show this process's own recent uses; a failed stamp write does not fail a read. */
+  private flushQuietly(): Promise<void> {
+    return this.touches.flush().catch(() => {});
   }
 
   private keyFields(o: SubjectOptions & { expiresAt?: Date | string | null }, accountId: string) {
@@ -556,21 +709,78 @@ export class AgentKey {
   }
 }
 
-function toValidKey(row: KeyRow): ValidKey {
+const TOUCH_INTERVAL_MS = 1_000;
+const NO_ANCESTORS: readonly number[] = Object.freeze([]);
+
+function toCached(row: KeyRow, ttlMs: number): CachedKey {
+  const ms = (d: Date | string | null) => (d === null ? null : new Date(d).getTime());
+  const resetAt = ms(row.budget_reset_at);
+  const expiresAt = ms(row.expires_at);
+  const ancestorsExpire = ms(row.ancestors_expire_at);
+  let until = Date.now() + ttlMs;
+  // An entry ends when its key (or an ancestor) expires or its period rolls over.
+  for (const at of [resetAt, expiresAt, ancestorsExpire]) if (at !== null && at < until) until = at;
   return {
-    valid: true,
-    keyId: row.id,
+    id: row.id,
     accountId: row.account_id,
     name: row.name,
     scopes: row.scopes,
-    budgetCents: row.budget_micros === null ? null : microsToCents(row.budget_micros),
-    ...figures({ outcome: 'ok', budget: row.budget_micros, spent: row.spent_micros, held: row.held_micros }),
-    budgetHeldCents: microsToCents(row.held_micros),
-    budgetPeriod: row.budget_period as BudgetPeriod | null,
-    budgetResetAt: iso(row.budget_reset_at),
-    expiresAt: iso(row.expires_at),
+    budget: row.budget_micros,
+    spent: row.spent_micros,
+    held: row.held_micros,
+    period: row.budget_period,
+    resetAt,
+    expiresAt,
     delegatedBy: row.delegated_by,
+    status: row.status,
+    ancestors: row.ancestor_ids.length === 0 ? NO_ANCESTORS : row.ancestor_ids.map(Number),
+    until,
   };
+}
+
+function toValidKey(k: CachedKey): ValidKey {
+  return {
+    valid: true,
+    keyId: k.id,
+    accountId: k.accountId,
+    name: k.name,
+    scopes: k.scopes === null ? null : [...k.scopes],
+    budgetCents: k.budget === null ? null : microsToCents(k.budget),
+    ...figures({ outcome: 'ok', budget: k.budget, spent: k.spent, held: k.held }),
+    budgetHeldCents: microsToCents(k.held),
+    budgetPeriod: k.period as BudgetPeriod | null,
+    budgetResetAt: k.resetAt === null ? null : new Date(k.resetAt).toISOString(),
+    expiresAt: k.expiresAt === null ? null : new Date(k.expiresAt).toISOString(),
+    delegatedBy: k.delegatedBy,
+  };
+}
+
+function cacheOptions(value: unknown): Required<CacheOptions> | null {
+  if (value === false) return null;
+  const o = checkOptions<CacheOptions>(value ?? {}, ['maxKeys', 'ttlMs'], 'the cache option');
+  const maxKeys = o.maxKeys ?? 10_000;
+  const ttlMs = o.ttlMs ?? 5_000;
+  if (!Number.isInteger(maxKeys) || maxKeys < 1 || maxKeys > 10_000_000) {
+    throw new AgentKeyError('invalid_argument', 'cache.maxKeys must be a whole number from 1 to 10000000.');
+  }
+  if (!Number.isInteger(ttlMs) || ttlMs < 1 || ttlMs > 3_600_000) {
+    throw new AgentKeyError('invalid_argument', 'cache.ttlMs must be a whole number of milliseconds from 1 to 3600000.');
+  }
+  return { maxKeys, ttlMs };
+}
+
+function batchingOptions(value: unknown): Required<BatchingOptions> | null {
+  if (value === false) return null;
+  const o = checkOptions<BatchingOptions>(value ?? {}, ['maxBatch', 'lanes'], 'the batching option');
+  const maxBatch = o.maxBatch ?? 128;
+  const lanes = o.lanes ?? 2;
+  if (!Number.isInteger(maxBatch) || maxBatch < 1 || maxBatch > 1_000) {
+    throw new AgentKeyError('invalid_argument', 'batching.maxBatch must be a whole number from 1 to 1000.');
+  }
+  if (!Number.isInteger(lanes) || lanes < 1 || lanes > 64) {
+    throw new AgentKeyError('invalid_argument', 'batching.lanes must be a whole number from 1 to 64.');
+  }
+  return { maxBatch, lanes };
 }
 
 

@@ -409,6 +409,9 @@ forEachDatabase((getDb) => {
         expiresAt: created.expiresAt,
         delegatedBy: 'user_456',
       });
+      // last_used_at is written in batches (every second, or on flush()), not by each validation.
+      expect((await rawRow(db, ak, created.id)).last_used_at).toBeNull();
+      await ak.flush();
       expect((await rawRow(db, ak, created.id)).last_used_at).not.toBeNull();
 
       // The page's example: 1200 of 5000 spent.

@@ -738,7 +738,8 @@ forEachDatabase((getDb) => {
 
     it('security: a store that fails when the hold is taken -> 500 JSON, handler never runs, nothing held', async () => {
       const db = getDb();
-      const real = await db.agentKey();
+      // Uncached: it must see at once what the other AgentKey on the broken pool did.
+      const real = await db.agentKey({ cache: false });
       const { key, id } = await real.create({ accountId: 'acct_1', budgetCents: 100 });
       const { ctl, pool } = breakablePool(db);
       const ak = new AgentKey({ pool: pool as never, tableName: real.tableName });
@@ -796,7 +797,8 @@ forEachDatabase((getDb) => {
 
     it('error: the commit fails -> onSettleError is told, the request still completed, and the hold ends at its ttl', async () => {
       const db = getDb();
-      const real = await db.agentKey();
+      // Uncached: it must see at once what the other AgentKey on the broken pool did.
+      const real = await db.agentKey({ cache: false });
       const { key, id } = await real.create({ accountId: 'acct_1', budgetCents: 100 });
       const { ctl, pool } = breakablePool(db);
       const ak = new AgentKey({ pool: pool as never, tableName: real.tableName });
@@ -838,7 +840,8 @@ forEachDatabase((getDb) => {
 
     it('happy: a commit that fails once is retried and lands; onSettleError is not called', async () => {
       const db = getDb();
-      const real = await db.agentKey();
+      // Uncached: it must see at once what the other AgentKey on the broken pool did.
+      const real = await db.agentKey({ cache: false });
       const { key, id } = await real.create({ accountId: 'acct_1', budgetCents: 100 });
       const { ctl, pool } = breakablePool(db);
       const ak = new AgentKey({ pool: pool as never, tableName: real.tableName });

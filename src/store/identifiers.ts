@@ -28,6 +28,14 @@ export interface TableNames {
   /** The per-table PL/pgSQL functions that spend and settle. */
   spendFn: string;
   settleFn: string;
+  /** The batch form of the spend function: many charges and holds in one atomic statement. */
+  spendManyFn: string;
+  /**
+   * The LISTEN/NOTIFY channel on which changes to keys (revoked, expiry, scopes, budget...)
+   * are announced, so every process drops them from its cache. Named from the table part
+   * only, so 'keys' and 'public.keys' share it (a shared channel only costs extra misses).
+   */
+  channel: string;
 }
 
 /**
@@ -62,5 +70,7 @@ export function tableNames(name: unknown): TableNames {
     accounts: beside('accounts'),
     spendFn: beside('spend'),
     settleFn: beside('settle'),
+    spendManyFn: beside('spend_many'),
+    channel: `agentkey_${createHash('sha256').update(tablePart).digest('hex').slice(0, 24)}`,
   };
 }

@@ -26,6 +26,8 @@ export interface KeyRow {
   parent_id: number | null;
   ancestor_ids: number[];
   depth: number;
+  /** The earliest expiry among the key's ancestors, which ends the key too. */
+  ancestors_expire_at: Date | null;
   status: KeyStatus;
 }
 
@@ -71,6 +73,7 @@ export class KeyStore {
       CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END AS budget_reset_at,
       expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
       parent_id, ancestor_ids, depth,
+      (SELECT min(a.expires_at) FROM ${t.table} a WHERE a.id = ANY(k.ancestor_ids)) AS ancestors_expire_at,
       -- A revoked or expired ancestor takes the whole subtree with it.
       CASE WHEN revoked_at IS NOT NULL OR EXISTS (SELECT 1 FROM ${t.table} a
                  WHERE a.id = ANY(k.ancestor_ids) AND a.revoked_at IS NOT NULL) THEN 'revoked'
@@ -120,17 +123,15 @@ export class KeyStore {
     return rows[0] as { id: number; expires_at: Date | null };
   }
 
-  /** Reads a key and, when it is active, stamps `last_used_at`, in one round trip. */
-  async findAndTouch(ref: KeyRef): Promise<KeyRow | null> {
-    const [cond, value] = this.where(ref);
-    const rows = await this.db.query<KeyRow>(
-      `WITH k AS (SELECT ${this.columns} FROM ${this.t.table} k WHERE ${cond}),
-       touch AS (UPDATE ${this.t.table} SET last_used_at = now()
-                 WHERE id = (SELECT id FROM k WHERE status = 'active'))
-       SELECT * FROM k`,
-      [value],
+  /** Stamps `last_used_at` on many keys (never moving it back), locking them in id order. */
+  async touch(ids: number[], at: Date[]): Promise<void> {
+    await this.db.query(
+      `WITH agentkey_locked AS (SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE)
+       UPDATE ${this.t.table} k SET last_used_at = GREATEST(k.last_used_at, v.at)
+       FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
+       WHERE k.id = v.id AND k.id IN (SELECT id FROM agentkey_locked)`,
+      [ids, at],
     );
-    return rows[0] ?? null;
   }
 
   async find(ref: KeyRef): Promise<KeyRow | null> {

@@ -3,6 +3,7 @@ import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 import { createLedger } from './ledger-schema.js';
 import { createTrees } from './tree-schema.js';
+import { createBatching } from './batch-schema.js';
 
 interface Migration {
   version: number;
@@ -46,7 +47,7 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
   });
 }
 
-export const LATEST_VERSION = 3;
+export const LATEST_VERSION = 4;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -134,6 +135,11 @@ const MIGRATIONS: Migration[] = [
     version: 3,
     name: 'delegation trees, account ceilings, and spend over every budget a key is under',
     up: createTrees,
+  },
+  {
+    version: 4,
+    name: 'batched charges and holds, and change notifications for key caches',
+    up: createBatching,
   },
 ];
 

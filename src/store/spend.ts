@@ -67,6 +67,35 @@ export class SpendStore {
     return parse(rows[0]?.r);
   }
 
+  /**
+   * Many charges and holds in one statement, with the outcomes they would have had one
+   * after another in the order given. All or nothing: a failure changes nothing.
+   */
+  async spendMany(items: readonly { ref: KeyRef; request: SpendRequest }[]): Promise<SpendOutcome[]> {
+    const col = <T>(pick: (item: { ref: KeyRef; request: SpendRequest }) => T) => items.map(pick);
+    const rows = await this.db.query<{ r: SpendOutcome[] | string }>(
+      `SELECT ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
+         $6::text[], $7::jsonb[], $8::text[], $9::bigint[]) AS r`,
+      [
+        col((i) => ('hash' in i.ref ? i.ref.hash : null)),
+        col((i) => ('subject' in i.ref ? i.ref.subject : null)),
+        col((i) => ('id' in i.ref ? i.ref.id : null)),
+        col((i) => i.request.op),
+        col((i) => i.request.micros),
+        col((i) => i.request.idempotencyKey),
+        col((i) => i.request.metadata),
+        col((i) => i.request.holdId),
+        col((i) => i.request.ttlMs),
+      ],
+    );
+    const raw = rows[0]?.r;
+    const outs = (typeof raw === 'string' ? JSON.parse(raw) : raw) as SpendOutcome[] | null;
+    if (!Array.isArray(outs) || outs.length !== items.length) {
+      throw new Error(`the batch spend function returned ${Array.isArray(outs) ? outs.length : 'no'} outcomes for ${items.length} items`);
+    }
+    return outs;
+  }
+
   async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
     const rows = await this.db.query<{ r: SpendOutcome }>(
       `SELECT ${this.t.settleFn}($1, $2, $3::bigint, $4::jsonb) AS r`,
