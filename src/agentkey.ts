@@ -189,6 +189,7 @@ export class AgentKey {
   private readonly pool: PoolLike;
   private readonly cache: KeyCache | null;
   private readonly loading = new Map<string, Promise<KeyRow | null>>();
+  private readonly lookups: Coalescer<string, KeyRow | null>;
   private subscription: Subscription | null = null;
   private closed = false;
   private readonly batches: Coalescer<{ ref: KeyRef; request: SpendRequest }, SpendOutcome> | null;
@@ -218,6 +219,7 @@ export class AgentKey {
     this.cache = cache && new KeyCache(cache.maxKeys, cache.ttlMs);
     const batching = batchingOptions(o.batching);
     this.batches = batching && new Coalescer((items) => this.spending.spendMany(items), batching);
+    this.lookups = new Coalescer((hashes) => this.store.findByHashes(hashes), { maxBatch: 256, lanes: 2 });
     this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
   }
 
@@ -572,7 +574,9 @@ export class AgentKey {
     let loading = this.loading.get(cacheKey);
     if (!loading) {
       const generation = cache?.generation;
-      loading = this.guard(() => this.store.find(ref)).then((row) => {
+      // Concurrent lookups of different keys go out together as one query.
+      const read = 'hash' in ref ? this.lookups.submit(ref.hash) : this.store.find(ref);
+      loading = this.guard(() => read).then((row) => {
         // Kept only if no change was announced while it was read (it might predate the change).
         if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs));
         return row;

@@ -134,6 +134,21 @@ export class KeyStore {
     );
   }
 
+  /** Many keys by lookup hash in one query, in the order asked (null where none matches). */
+  async findByHashes(hashes: readonly string[]): Promise<(KeyRow | null)[]> {
+    const rows = await this.db.query<KeyRow & { key_hash: string }>(
+      `SELECT ${this.columns}, key_hash FROM ${this.t.table} k WHERE key_hash = ANY($1::text[])`,
+      [hashes],
+    );
+    const byHash = new Map(rows.map((r) => [r.key_hash, r]));
+    return hashes.map((h) => {
+      const row = byHash.get(h);
+      if (!row) return null;
+      const { key_hash: _, ...rest } = row;
+      return rest;
+    });
+  }
+
   async find(ref: KeyRef): Promise<KeyRow | null> {
     const [cond, value] = this.where(ref);
     const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${cond}`, [value]);

@@ -72,28 +72,42 @@ export class SpendStore {
    * after another in the order given. All or nothing: a failure changes nothing.
    */
   async spendMany(items: readonly { ref: KeyRef; request: SpendRequest }[]): Promise<SpendOutcome[]> {
-    const col = <T>(pick: (item: { ref: KeyRef; request: SpendRequest }) => T) => items.map(pick);
-    const rows = await this.db.query<{ r: SpendOutcome[] | string }>(
-      `SELECT ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bigint[],
-         $6::text[], $7::jsonb[], $8::text[], $9::bigint[]) AS r`,
+    // Each distinct key is looked up once however many items name it.
+    const refs = new Map<string, number>();
+    const hashes: (string | null)[] = [];
+    const subjects: (string | null)[] = [];
+    const ids: (number | null)[] = [];
+    const refOf = items.map(({ ref }) => {
+      const name = 'hash' in ref ? `h${ref.hash}` : 'subject' in ref ? `s${ref.subject}` : `i${ref.id}`;
+      let at = refs.get(name);
+      if (at === undefined) {
+        refs.set(name, (at = hashes.length + 1));
+        hashes.push('hash' in ref ? ref.hash : null);
+        subjects.push('subject' in ref ? ref.subject : null);
+        ids.push('id' in ref ? ref.id : null);
+      }
+      return at;
+    });
+    const rows = await this.db.query<BatchRow>(
+      `SELECT * FROM ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::int[], $5::text[], $6::bigint[],
+         $7::text[], $8::jsonb[], $9::text[], $10::bigint[])`,
       [
-        col((i) => ('hash' in i.ref ? i.ref.hash : null)),
-        col((i) => ('subject' in i.ref ? i.ref.subject : null)),
-        col((i) => ('id' in i.ref ? i.ref.id : null)),
-        col((i) => i.request.op),
-        col((i) => i.request.micros),
-        col((i) => i.request.idempotencyKey),
-        col((i) => i.request.metadata),
-        col((i) => i.request.holdId),
-        col((i) => i.request.ttlMs),
+        hashes,
+        subjects,
+        ids,
+        refOf,
+        items.map((i) => i.request.op),
+        items.map((i) => i.request.micros),
+        items.map((i) => i.request.idempotencyKey),
+        items.map((i) => i.request.metadata),
+        items.map((i) => i.request.holdId),
+        items.map((i) => i.request.ttlMs),
       ],
     );
-    const raw = rows[0]?.r;
-    const outs = (typeof raw === 'string' ? JSON.parse(raw) : raw) as SpendOutcome[] | null;
-    if (!Array.isArray(outs) || outs.length !== items.length) {
-      throw new Error(`the batch spend function returned ${Array.isArray(outs) ? outs.length : 'no'} outcomes for ${items.length} items`);
+    if (rows.length !== items.length) {
+      throw new Error(`the batch spend function returned ${rows.length} outcomes for ${items.length} items`);
     }
-    return outs;
+    return rows.map(fromBatchRow);
   }
 
   async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
@@ -193,6 +207,34 @@ export class SpendStore {
       buckets,
     };
   }
+}
+
+interface BatchRow {
+  r_outcome: string;
+  r_key_id: number | null;
+  r_budget: number | null;
+  r_spent: number | null;
+  r_held: number | null;
+  r_hold_id: string | null;
+  r_expires_at: Date | string | null;
+  r_status: string | null;
+  r_limit: 'key' | 'ancestor' | 'account' | null;
+  r_limit_key_id: number | null;
+  r_limit_account_id: string | null;
+}
+
+/** A batch row in the shape the single-step function reports (only the fields it would set). */
+function fromBatchRow(r: BatchRow): SpendOutcome {
+  const out: SpendOutcome = { outcome: r.r_outcome };
+  if (r.r_key_id === null) return out;
+  Object.assign(out, { key_id: r.r_key_id, budget: r.r_budget, spent: r.r_spent ?? 0, held: r.r_held ?? 0 });
+  if (r.r_hold_id !== null) out.hold_id = r.r_hold_id;
+  if (r.r_expires_at !== null) out.expires_at = new Date(r.r_expires_at).toISOString();
+  if (r.r_status !== null) out.status = r.r_status;
+  if (r.r_limit !== null) {
+    Object.assign(out, { limit: r.r_limit, limit_key_id: r.r_limit_key_id, limit_account_id: r.r_limit_account_id });
+  }
+  return out;
 }
 
 function refParams(ref: KeyRef | { id: number }): [string | null, string | null, number | null] {

