@@ -8,7 +8,7 @@ import { type Db, type PoolLike, toDb } from './store/db.js';
 import { type TableNames, tableNames } from './store/identifiers.js';
 import { type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import { migrate } from './store/migrations.js';
-import { type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
+import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
 import { AccountStore } from './store/accounts.js';
 import { type Subscription, listen } from './store/listen.js';
 import { type CacheStats, type CachedKey, KeyCache } from './cache.js';
@@ -192,7 +192,7 @@ export class AgentKey {
   private readonly lookups: Coalescer<string, KeyRow | null>;
   private subscription: Subscription | null = null;
   private closed = false;
-  private readonly batches: Coalescer<{ ref: KeyRef; request: SpendRequest }, SpendOutcome> | null;
+  private readonly batches: Coalescer<BatchItem, SpendOutcome> | null;
   private readonly touches: Touches;
 
   constructor(options: AgentKeyOptions) {
@@ -624,7 +624,12 @@ export class AgentKey {
   }
 
   private async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
-    const out = await this.guard(() => this.spending.settle(holdId, op, micros, metadata));
+    const batches = this.batches;
+    const out = await this.guard(() =>
+      batches
+        ? batches.submit({ ref: { hold: holdId }, request: { op, micros, metadata } })
+        : this.spending.settle(holdId, op, micros, metadata),
+    );
     this.noteFigures(out);
     return out;
   }

@@ -38,14 +38,14 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
   await tx.query(`CREATE TRIGGER agentkey_deleted AFTER DELETE ON ${t.table} FOR EACH ROW
     EXECUTE FUNCTION ${t.schema}agentkey_notify_change('${t.channel}')`);
 
-  await tx.query(`DROP FUNCTION IF EXISTS ${t.spendManyFn}(TEXT[], TEXT[], BIGINT[], INT[], TEXT[], BIGINT[], TEXT[], JSONB[], TEXT[], BIGINT[])`);
   // Plans are kept generic: the statements are the same every call, and planning them
   // afresh each time cost more than running them.
   await tx.query(`CREATE FUNCTION ${t.spendManyFn}(
-      p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
+      p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_hold TEXT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
       p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[])
     RETURNS TABLE (r_outcome TEXT, r_key_id BIGINT, r_budget BIGINT, r_spent BIGINT, r_held BIGINT, r_hold_id TEXT,
-                   r_expires_at TIMESTAMPTZ, r_status TEXT, r_limit TEXT, r_limit_key_id BIGINT, r_limit_account_id TEXT)
+                   r_expires_at TIMESTAMPTZ, r_status TEXT, r_limit TEXT, r_limit_key_id BIGINT, r_limit_account_id TEXT,
+                   r_hold_amount BIGINT, r_committed BIGINT, r_released BIGINT, r_expired BOOLEAN, r_over_budget BOOLEAN)
     LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
     #variable_conflict use_variable
     DECLARE
@@ -53,6 +53,8 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
       r RECORD; prior RECORD;
       -- Per distinct key asked for: its id, account and path (ancestors then the key) as a slice of v_paths.
       k_id BIGINT[] := '{}'; k_acct TEXT[] := '{}'; k_from INT[] := '{}'; k_to INT[] := '{}';
+      h_status TEXT[]; h_amount BIGINT[]; h_committed BIGINT[]; h_expires TIMESTAMPTZ[]; h_settled TIMESTAMPTZ[];
+      h_dirty BOOLEAN := false; v_live BOOLEAN;
       v_paths BIGINT[] := '{}'; v_due BOOLEAN; v_expired BOOLEAN; v_holds INT := 0;
       -- Per distinct key, worked out once: where its node and account sit in the arrays below,
       -- and 'invalid', 'revoked' or 'expired' when no item of it can spend; per path entry, its node.
@@ -65,10 +67,12 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
       w_ord INT[] := '{}';
       o_outcome TEXT[]; o_key BIGINT[]; o_budget BIGINT[]; o_spent BIGINT[]; o_held BIGINT[]; o_hold TEXT[];
       o_expires TIMESTAMPTZ[]; o_status TEXT[]; o_limit TEXT[]; o_limit_key BIGINT[]; o_limit_acct TEXT[];
+      o_hamount BIGINT[]; o_committed BIGINT[]; o_released BIGINT[]; o_expired BOOLEAN[]; o_over BOOLEAN[];
+      l_amount BIGINT[];
       v_now TIMESTAMPTZ; v_key BIGINT; v_ref INT; v_k INT; v_c INT; v_x INT; v_lim INT; v_prior INT;
     BEGIN
       FOR i IN 1..n LOOP
-        IF p_op[i] NOT IN ('charge', 'hold') THEN
+        IF p_op[i] NOT IN ('charge', 'hold', 'commit', 'release') THEN
           RAISE EXCEPTION 'agentkey spend_many: unknown op %', p_op[i] USING ERRCODE = '22023';
         END IF;
       END LOOP;
@@ -76,26 +80,32 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
       o_budget := o_key; o_spent := o_key; o_held := o_key; o_limit_key := o_key;
       o_hold := o_outcome; o_status := o_outcome; o_limit := o_outcome; o_limit_acct := o_outcome;
       o_expires := array_fill(NULL::timestamptz, ARRAY[n]);
+      o_hamount := o_key; o_committed := o_key; o_released := o_key; l_amount := o_key;
+      o_expired := array_fill(NULL::boolean, ARRAY[n]); o_over := o_expired;
 
-      FOR r IN SELECT u.ord, k.id, k.account_id, k.ancestor_ids
-        FROM unnest(p_hash, p_subject, p_id) WITH ORDINALITY AS u(h, s, kid, ord)
+      -- A key is named by hash, subject or id; a settlement by its hold, whose path was fixed when taken.
+      FOR r IN SELECT u.ord, k.id, k.account_id, k.path
+        FROM unnest(p_hash, p_subject, p_id, p_hold) WITH ORDINALITY AS u(h, s, kid, hid, ord)
         LEFT JOIN LATERAL (
-          SELECT id, account_id::text AS account_id, ancestor_ids FROM ${t.table} WHERE key_hash = u.h
-          UNION ALL SELECT id, account_id::text, ancestor_ids FROM ${t.table} WHERE external_subject = u.s
-          UNION ALL SELECT id, account_id::text, ancestor_ids FROM ${t.table} WHERE id = u.kid
+          SELECT id, account_id::text AS account_id, ancestor_ids || id AS path FROM ${t.table} WHERE key_hash = u.h
+          UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM ${t.table} WHERE external_subject = u.s
+          UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM ${t.table} WHERE id = u.kid
+          UNION ALL SELECT key_id, account_id, path FROM ${t.holds} WHERE id = u.hid
           LIMIT 1) k ON true
         ORDER BY u.ord
       LOOP
         k_id := array_append(k_id, r.id);
         k_acct := array_append(k_acct, r.account_id);
         k_from := array_append(k_from, cardinality(v_paths) + 1);
-        IF r.id IS NOT NULL THEN v_paths := v_paths || r.ancestor_ids || r.id; END IF;
+        IF r.id IS NOT NULL THEN v_paths := v_paths || r.path; END IF;
         k_to := array_append(k_to, cardinality(v_paths));
       END LOOP;
 
       -- Every budget the batch touches, locked in the one global order: keys by id, then accounts.
       PERFORM 1 FROM ${t.table} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE;
       PERFORM 1 FROM ${t.accounts} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE;
+      -- Holds being settled come last, as in the single-step settle.
+      PERFORM 1 FROM ${t.holds} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE;
       v_now := clock_timestamp();
 
       -- Periods that ended start again (with a reset row in the ledger) and expired holds end.
@@ -157,6 +167,15 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
       c_spent0 := c_spent;
       s_touch := array_fill(false, ARRAY[cardinality(s_id)]);
 
+      -- The holds being settled, by ref (after the sweep, so an expired one says so).
+      IF cardinality(array_remove(p_hold, NULL)) > 0 THEN
+        SELECT array_agg(h.status ORDER BY u.ord), array_agg(h.amount_micros ORDER BY u.ord),
+               array_agg(h.committed_micros ORDER BY u.ord), array_agg(h.expires_at ORDER BY u.ord),
+               array_agg(h.settled_at ORDER BY u.ord)
+          INTO h_status, h_amount, h_committed, h_expires, h_settled
+          FROM unnest(p_hold) WITH ORDINALITY AS u(hid, ord) LEFT JOIN ${t.holds} h ON h.id = u.hid;
+      END IF;
+
       v_pos := array_fill(NULL::int, ARRAY[cardinality(v_paths)]);
       k_pos := array_fill(NULL::int, ARRAY[cardinality(k_id)]);
       k_cpos := k_pos;
@@ -180,6 +199,67 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
 
       FOR i IN 1..n LOOP
         v_ref := p_ref[i];
+        IF p_op[i] IN ('commit', 'release') THEN
+          -- A settlement: recorded whatever the key's state now (the money was held, or spent).
+          IF k_id[v_ref] IS NULL THEN
+            o_outcome[i] := 'not_found';
+            CONTINUE;
+          END IF;
+          v_key := k_id[v_ref]; v_k := k_pos[v_ref]; v_c := k_cpos[v_ref];
+          o_key[i] := v_key; o_budget[i] := s_budget[v_k]; o_hamount[i] := h_amount[v_ref];
+          IF h_status[v_ref] = 'committed' THEN
+            o_outcome[i] := CASE WHEN p_op[i] = 'commit' THEN 'replayed' ELSE 'already_committed' END;
+            o_committed[i] := h_committed[v_ref]; o_expired[i] := h_settled[v_ref] >= h_expires[v_ref];
+          ELSIF h_status[v_ref] = 'released' THEN
+            o_outcome[i] := CASE WHEN p_op[i] = 'release' THEN 'replayed' ELSE 'already_released' END;
+            o_released[i] := h_amount[v_ref];
+          ELSE
+            v_live := h_status[v_ref] = 'held' AND h_expires[v_ref] > v_now;
+            IF p_op[i] = 'release' AND NOT v_live THEN
+              o_outcome[i] := 'replayed'; o_expired[i] := true; o_released[i] := 0;
+            ELSE
+              IF v_live THEN
+                FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_held[v_pos[j]] := s_held[v_pos[j]] - h_amount[v_ref]; END LOOP;
+                IF v_c IS NOT NULL THEN c_held[v_c] := c_held[v_c] - h_amount[v_ref]; END IF;
+              END IF;
+              h_dirty := true;
+              h_settled[v_ref] := v_now;
+              w_ord := array_append(w_ord, i);
+              o_outcome[i] := 'ok';
+              IF p_op[i] = 'release' THEN
+                h_status[v_ref] := 'released';
+                l_amount[i] := -h_amount[v_ref];
+                o_released[i] := h_amount[v_ref];
+              ELSE
+                -- A commit records the real cost even past the hold or its expiry: that money was spent.
+                h_status[v_ref] := 'committed';
+                h_committed[v_ref] := p_micros[i];
+                l_amount[i] := p_micros[i];
+                FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + p_micros[i]; END LOOP;
+                IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + p_micros[i]; END IF;
+                s_touch[v_k] := true;
+                o_committed[i] := p_micros[i];
+                o_expired[i] := NOT v_live;
+                -- Whether this step left a budget past its cap (the cost is recorded all the same).
+                v_lim := NULL;
+                FOR j IN k_from[v_ref]..k_to[v_ref] LOOP
+                  v_x := v_pos[j];
+                  IF s_spent[v_x] + s_held[v_x] > s_budget[v_x] AND (v_lim IS NULL OR s_depth[v_x] > s_depth[v_lim]) THEN v_lim := v_x; END IF;
+                END LOOP;
+                IF v_lim IS NOT NULL THEN
+                  o_limit[i] := CASE WHEN s_id[v_lim] = v_key THEN 'key' ELSE 'ancestor' END;
+                  o_limit_key[i] := s_id[v_lim];
+                ELSIF v_c IS NOT NULL AND c_spent[v_c] + c_held[v_c] > c_budget[v_c] THEN
+                  o_limit[i] := 'account';
+                  o_limit_acct[i] := k_acct[v_ref];
+                END IF;
+                o_over[i] := o_limit[i] IS NOT NULL;
+              END IF;
+            END IF;
+          END IF;
+          o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
+          CONTINUE;
+        END IF;
         IF k_state[v_ref] IS NOT NULL THEN
           o_outcome[i] := k_state[v_ref];
           CONTINUE;
@@ -258,6 +338,7 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
         END IF;
         s_touch[v_k] := true;
         w_ord := array_append(w_ord, i);
+        l_amount[i] := p_micros[i];
         o_outcome[i] := 'ok';
         o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
         IF p_op[i] = 'hold' THEN
@@ -283,13 +364,18 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
                  v_now + p_ttl_ms[w.o] * interval '1 millisecond', p_idem[w.o], p_meta[w.o], v_now
           FROM unnest(w_ord) AS w(o) WHERE p_op[w.o] = 'hold';
       END IF;
+      IF h_dirty THEN
+        UPDATE ${t.holds} h SET status = d.status, committed_micros = d.committed, settled_at = d.settled
+          FROM unnest(p_hold, h_status, h_committed, h_settled) AS d(id, status, committed, settled)
+          WHERE h.id = ANY(p_hold) AND h.id = d.id AND d.settled = v_now;
+      END IF;
       IF cardinality(w_ord) > 0 THEN
         INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, idempotency_key, metadata, created_at)
-          SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], p_op[w.o], p_micros[w.o], p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now
+          SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], p_op[w.o], l_amount[w.o], p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now
           FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos) ORDER BY w.pos;
       END IF;
       RETURN QUERY SELECT * FROM unnest(o_outcome, o_key, o_budget, o_spent, o_held, o_hold, o_expires, o_status,
-                                        o_limit, o_limit_key, o_limit_acct);
+                                        o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over);
     END $fn$`);
   // The ledger only grows, in time order: a BRIN index serves time ranges at a fraction of a
   // B-tree's cost on every insert.

@@ -25,6 +25,11 @@ export interface SpendOutcome {
 
 export type SpendOp = 'charge' | 'hold' | 'adjust';
 
+/** One step of a batch: a charge or hold on a key, or the commit or release of a hold. */
+export type BatchItem =
+  | { ref: KeyRef; request: SpendRequest }
+  | { ref: { hold: string }; request: { op: 'commit' | 'release'; micros: number; metadata: string | null } };
+
 export interface SpendRequest {
   op: SpendOp;
   micros: number;
@@ -71,37 +76,43 @@ export class SpendStore {
    * Many charges and holds in one statement, with the outcomes they would have had one
    * after another in the order given. All or nothing: a failure changes nothing.
    */
-  async spendMany(items: readonly { ref: KeyRef; request: SpendRequest }[]): Promise<SpendOutcome[]> {
-    // Each distinct key is looked up once however many items name it.
+  async spendMany(items: readonly BatchItem[]): Promise<SpendOutcome[]> {
+    // Each distinct key (or hold) is looked up once however many items name it.
     const refs = new Map<string, number>();
     const hashes: (string | null)[] = [];
     const subjects: (string | null)[] = [];
     const ids: (number | null)[] = [];
+    const holds: (string | null)[] = [];
     const refOf = items.map(({ ref }) => {
-      const name = 'hash' in ref ? `h${ref.hash}` : 'subject' in ref ? `s${ref.subject}` : `i${ref.id}`;
+      const name =
+        'hash' in ref ? `h${ref.hash}` : 'subject' in ref ? `s${ref.subject}` : 'hold' in ref ? `r${ref.hold}` : `i${ref.id}`;
       let at = refs.get(name);
       if (at === undefined) {
         refs.set(name, (at = hashes.length + 1));
         hashes.push('hash' in ref ? ref.hash : null);
         subjects.push('subject' in ref ? ref.subject : null);
         ids.push('id' in ref ? ref.id : null);
+        holds.push('hold' in ref ? ref.hold : null);
       }
       return at;
     });
+    const field = <K extends keyof SpendRequest>(i: BatchItem, k: K): SpendRequest[K] | null =>
+      k in i.request ? (i.request as SpendRequest)[k] : null;
     const rows = await this.db.query<BatchRow>(
-      `SELECT * FROM ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::int[], $5::text[], $6::bigint[],
-         $7::text[], $8::jsonb[], $9::text[], $10::bigint[])`,
+      `SELECT * FROM ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
+         $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[])`,
       [
         hashes,
         subjects,
         ids,
+        holds,
         refOf,
         items.map((i) => i.request.op),
         items.map((i) => i.request.micros),
-        items.map((i) => i.request.idempotencyKey),
+        items.map((i) => field(i, 'idempotencyKey')),
         items.map((i) => i.request.metadata),
-        items.map((i) => i.request.holdId),
-        items.map((i) => i.request.ttlMs),
+        items.map((i) => ('hold' in i.ref ? i.ref.hold : field(i, 'holdId'))),
+        items.map((i) => field(i, 'ttlMs')),
       ],
     );
     if (rows.length !== items.length) {
@@ -221,6 +232,11 @@ interface BatchRow {
   r_limit: 'key' | 'ancestor' | 'account' | null;
   r_limit_key_id: number | null;
   r_limit_account_id: string | null;
+  r_hold_amount: number | null;
+  r_committed: number | null;
+  r_released: number | null;
+  r_expired: boolean | null;
+  r_over_budget: boolean | null;
 }
 
 /** A batch row in the shape the single-step function reports (only the fields it would set). */
@@ -234,6 +250,11 @@ function fromBatchRow(r: BatchRow): SpendOutcome {
   if (r.r_limit !== null) {
     Object.assign(out, { limit: r.r_limit, limit_key_id: r.r_limit_key_id, limit_account_id: r.r_limit_account_id });
   }
+  if (r.r_hold_amount !== null) out.hold = r.r_hold_amount;
+  if (r.r_committed !== null) out.committed = r.r_committed;
+  if (r.r_released !== null) out.released = r.r_released;
+  if (r.r_expired !== null) out.expired = r.r_expired;
+  if (r.r_over_budget !== null) out.over_budget = r.r_over_budget;
   return out;
 }
 
