@@ -460,6 +460,38 @@ async function cacheHeap(pool: pg.Pool): Promise<string[]> {
   ];
 }
 
+/**
+ * How long a revocation takes to reach another AgentKey's cache (its own pool, so its own
+ * listening connection, as in another process): revoke through one, poll the other.
+ */
+async function revocationDelay(poolA: pg.Pool): Promise<string[]> {
+  const poolB = new pg.Pool({ connectionString: URL, max: 2 });
+  const a = await freshAgentKey(poolA);
+  const b = new AgentKey({ pool: poolB, tableName: a.tableName, cache: { ttlMs: 600_000 } });
+  const delays: number[] = [];
+  for (let i = 0; i < 20; i++) {
+    const { key, id } = await a.create({ accountId: 'acct_revoke' });
+    await b.validate(key);
+    while (!b.cacheStats()?.listening) await new Promise((r) => setTimeout(r, 5));
+    await b.validate(key);
+    const hits = b.cacheStats()?.hits ?? 0;
+    await b.validate(key);
+    if ((b.cacheStats()?.hits ?? 0) <= hits) throw new Error('the key was not served from the cache');
+    const t0 = performance.now();
+    await a.revoke(id);
+    while ((await b.validate(key)).valid) await new Promise((r) => setImmediate(r));
+    delays.push(performance.now() - t0);
+  }
+  await b.close();
+  await a.close();
+  await poolB.end();
+  delays.sort((x, y) => x - y);
+  const at = (q: number) => (delays[Math.min(delays.length - 1, Math.floor(q * delays.length))] as number).toFixed(1);
+  return [
+    `Revocation seen by another pool's cache (its own LISTEN connection; cached with a 10-minute TTL): median ${at(0.5)} ms, max ${at(1)} ms over ${delays.length} revocations (counted from the revoke call, which includes its own commit).`,
+  ];
+}
+
 // --- report ------------------------------------------------------------------------------
 
 function fmt(n: number): string {
@@ -508,6 +540,7 @@ async function main() {
   console.log('');
   const heapLines = only === null || 'heap'.includes(only) ? await cacheHeap(pool) : [];
   for (const line of heapLines) console.log(line);
+  if (only === null || 'revocation'.includes(only)) for (const line of await revocationDelay(pool)) console.log(line);
   await pool.end();
 
   const failed = rows.flatMap((r) => r.failed.map((f) => `${r.workload}: ${f}`));
