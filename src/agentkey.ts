@@ -12,7 +12,7 @@ import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore } from
 import { AccountStore } from './store/accounts.js';
 import { type Subscription, listen } from './store/listen.js';
 import { type CacheStats, type CachedKey, KeyCache } from './cache.js';
-import { Coalescer } from './coalesce.js';
+import { Coalescer, ItemFailure } from './coalesce.js';
 import { Touches } from './touches.js';
 import { DEFAULT_MAX_DEPTH, fitUnderParent } from './tree.js';
 import { type AccountBudget, type KeyInfo, iso, toAccountBudget, toKeyInfo } from './views.js';
@@ -188,7 +188,10 @@ export class AgentKey {
   private readonly maxDepth: number;
   private readonly pool: PoolLike;
   private readonly cache: KeyCache | null;
-  private readonly loading = new Map<string, Promise<KeyRow | null>>();
+  /** Reads in flight, shared by validations of the same key, with the `changes` count they started at. */
+  private readonly loading = new Map<string, { changes: number; read: Promise<KeyRow | null> }>();
+  /** Moves on every key change seen here: a read that started before one is never shared after it. */
+  private changes = 0;
   private readonly lookups: Coalescer<string, KeyRow | null>;
   private subscription: Subscription | null = null;
   private closed = false;
@@ -218,7 +221,7 @@ export class AgentKey {
     const cache = cacheOptions(o.cache);
     this.cache = cache && new KeyCache(cache.maxKeys, cache.ttlMs);
     const batching = batchingOptions(o.batching);
-    this.batches = batching && new Coalescer((items) => this.spending.spendMany(items), batching);
+    this.batches = batching && new Coalescer((items) => this.spendBatch(items), batching);
     this.lookups = new Coalescer((hashes) => this.store.findByHashes(hashes), { maxBatch: 256, lanes: 2 });
     this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
   }
@@ -445,6 +448,7 @@ export class AgentKey {
     const account = accountId === undefined || accountId === null ? null : accountIdText(accountId);
     const revoked = await this.guard(() => this.store.revoke(id, account));
     // Here at once; other processes hear it from the database.
+    this.changes++;
     if (revoked) this.cache?.invalidate(id);
     return revoked;
   }
@@ -572,19 +576,25 @@ export class AgentKey {
       if (hit) return this.validation(hit);
     }
     let loading = this.loading.get(cacheKey);
-    if (!loading) {
+    if (!loading || loading.changes !== this.changes) {
       const generation = cache?.generation;
       // Concurrent lookups of different keys go out together as one query.
       const read = 'hash' in ref ? this.lookups.submit(ref.hash) : this.store.find(ref);
-      loading = this.guard(() => read).then((row) => {
-        // Kept only if no change was announced while it was read (it might predate the change).
-        if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs));
-        return row;
-      });
-      loading.finally(() => this.loading.delete(cacheKey)).catch(() => {});
-      this.loading.set(cacheKey, loading);
+      const entry = {
+        changes: this.changes,
+        read: this.guard(() => read).then((row) => {
+          // Kept only if no change was announced while it was read (it might predate the change).
+          if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs));
+          return row;
+        }),
+      };
+      entry.read.finally(() => {
+        if (this.loading.get(cacheKey) === entry) this.loading.delete(cacheKey);
+      }).catch(() => {});
+      this.loading.set(cacheKey, entry);
+      loading = entry;
     }
-    const row = await loading;
+    const row = await loading.read;
     if (!row) return { valid: false, reason: 'invalid' };
     return this.validation(toCached(row, 0));
   }
@@ -601,17 +611,20 @@ export class AgentKey {
     if (!cache || this.subscription || this.closed) return;
     this.subscription = listen(this.pool, this.names.channel, {
       notify: (payload) => {
+        this.changes++;
         const id = Number(payload);
         if (Number.isSafeInteger(id)) cache.invalidate(id);
         else cache.clear();
       },
       up: () => {
         // Changes made while not listening were missed: start from nothing.
+        this.changes++;
         cache.clear();
         cache.listening = true;
       },
       down: () => {
         cache.listening = false;
+        this.changes++;
         cache.clear();
       },
     });
@@ -632,6 +645,28 @@ export class AgentKey {
     );
     this.noteFigures(out);
     return out;
+  }
+
+  /**
+   * One batch in one statement. If the database refuses a value of one item (a data error,
+   * class 22), nothing was written: the items run again one by one, so only that call fails.
+   */
+  private async spendBatch(items: BatchItem[]): Promise<(SpendOutcome | ItemFailure)[]> {
+    try {
+      return await this.spending.spendMany(items);
+    } catch (err) {
+      const code = (err as { code?: unknown } | null)?.code;
+      if (items.length === 1 || typeof code !== 'string' || !code.startsWith('22')) throw err;
+      const outs: (SpendOutcome | ItemFailure)[] = [];
+      for (const item of items) {
+        try {
+          outs.push((await this.spending.spendMany([item]))[0] as SpendOutcome);
+        } catch (itemErr) {
+          outs.push(new ItemFailure(itemErr));
+        }
+      }
+      return outs;
+    }
   }
 
   /** A cached key shows the figures of the latest step taken on it here. */

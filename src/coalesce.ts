@@ -5,6 +5,11 @@ export interface CoalesceOptions {
   lanes: number;
 }
 
+/** What a batch returns for one call that failed on its own: that call rejects with `error`. */
+export class ItemFailure {
+  constructor(readonly error: unknown) {}
+}
+
 interface Waiting<I, O> {
   item: I;
   resolve(out: O): void;
@@ -24,7 +29,7 @@ export class Coalescer<I, O> {
   private idle: (() => void)[] = [];
 
   constructor(
-    private readonly run: (items: I[]) => Promise<O[]>,
+    private readonly run: (items: I[]) => Promise<(O | ItemFailure)[]>,
     private readonly options: CoalesceOptions,
   ) {}
 
@@ -62,7 +67,11 @@ export class Coalescer<I, O> {
   private async send(batch: Waiting<I, O>[]): Promise<void> {
     try {
       const outs = await this.run(batch.map((w) => w.item));
-      batch.forEach((w, i) => w.resolve(outs[i] as O));
+      batch.forEach((w, i) => {
+        const out = outs[i];
+        if (out instanceof ItemFailure) w.reject(out.error);
+        else w.resolve(out as O);
+      });
     } catch (err) {
       for (const w of batch) w.reject(err);
     }

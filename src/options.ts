@@ -22,6 +22,9 @@ export function optionalText(value: unknown, field: string, max = 256): string |
   if (typeof value !== 'string' || value.length === 0 || value.length > max) {
     throw new AgentKeyError('invalid_argument', `${field} must be a non-empty string of at most ${max} characters; got ${describe(value)}.`);
   }
+  if (value.includes('\u0000')) {
+    throw new AgentKeyError('invalid_argument', `${field} must not contain a NUL character (PostgreSQL cannot store one).`);
+  }
   return value;
 }
 

@@ -119,6 +119,10 @@ export function metadataJson(value: unknown): string | null {
   } catch {
     throw new AgentKeyError('invalid_argument', 'metadata must be serialisable as JSON.');
   }
+  // JSON escapes NUL as \u0000, which PostgreSQL's jsonb refuses.
+  if (json.includes('\\u0000')) {
+    throw new AgentKeyError('invalid_argument', 'metadata must not contain a NUL character (PostgreSQL cannot store one).');
+  }
   if (Buffer.byteLength(json) > MAX_METADATA_BYTES) {
     throw new AgentKeyError('invalid_argument', `metadata must be at most ${MAX_METADATA_BYTES} bytes of JSON.`);
   }

@@ -40,6 +40,8 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
 
   // Plans are kept generic: the statements are the same every call, and planning them
   // afresh each time cost more than running them.
+  // Dropped first: this migration runs again when the table is migrated under another spelling of its name.
+  await tx.query(`DROP FUNCTION IF EXISTS ${t.spendManyFn}(TEXT[], TEXT[], BIGINT[], TEXT[], INT[], TEXT[], BIGINT[], TEXT[], JSONB[], TEXT[], BIGINT[])`);
   await tx.query(`CREATE FUNCTION ${t.spendManyFn}(
       p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_hold TEXT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
       p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[])
@@ -296,7 +298,10 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
               WHERE key_id = v_key AND idempotency_key = p_idem[i];
             IF FOUND THEN
               o_outcome[i] := CASE WHEN prior.amount_micros = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
-              o_hold[i] := prior.id; o_expires[i] := prior.expires_at; o_status[i] := prior.status;
+              o_hold[i] := prior.id; o_expires[i] := prior.expires_at;
+              -- A hold settled earlier in this batch is only written at the end: its state is here.
+              v_x := array_position(p_hold, prior.id);
+              o_status[i] := CASE WHEN v_x IS NULL THEN prior.status ELSE h_status[v_x] END;
             END IF;
           END IF;
           IF o_outcome[i] IS NOT NULL THEN

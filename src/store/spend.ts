@@ -73,8 +73,11 @@ export class SpendStore {
   }
 
   /**
-   * Many charges and holds in one statement, with the outcomes they would have had one
-   * after another in the order given. All or nothing: a failure changes nothing.
+   * Many charges, holds, commits and releases in one statement, with the outcomes they
+   * would have had one after another in the order given. All or nothing: a failure
+   * changes nothing. Two shapes the AgentKey never sends differ from the single-step
+   * functions: settling a hold taken earlier in the same batch (not_found: a caller only
+   * learns the id once the reserve returns), and a release with metadata (the batch keeps it).
    */
   async spendMany(items: readonly BatchItem[]): Promise<SpendOutcome[]> {
     // Each distinct key (or hold) is looked up once however many items name it.
