@@ -671,9 +671,10 @@ export class AgentKey {
 
   /** A cached key shows the figures of the latest step taken on it here. */
   private noteFigures(out: SpendOutcome): void {
-    if (this.cache && typeof out.key_id === 'number' && typeof out.spent === 'number') {
-      this.cache.updateFigures(out.key_id, out.budget ?? null, out.spent, out.held ?? 0);
-    }
+    if (!this.cache || typeof out.key_id !== 'number' || typeof out.spent !== 'number') return;
+    // Without the batch's time the figures cannot be ordered against others: read them afresh.
+    if (out.at === undefined) this.cache.invalidate(out.key_id);
+    else this.cache.updateFigures(out.key_id, out.budget ?? null, out.spent, out.held ?? 0, out.at);
   }
 
   /** A charge or hold: coalesced with concurrent ones into one statement when batching is on. */
@@ -779,6 +780,7 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
     status: row.status,
     ancestors: row.ancestor_ids.length === 0 ? NO_ANCESTORS : row.ancestor_ids.map(Number),
     until,
+    asOf: row.read_at ? new Date(row.read_at).getTime() : 0,
   };
 }
 

@@ -17,6 +17,8 @@ export interface CachedKey {
   ancestors: readonly number[];
   /** When this entry stops being served (ms): its TTL, its key's or an ancestor's expiry, or its period's end. */
   until: number;
+  /** When its figures were true (ms, database time): older figures never replace them. */
+  asOf: number;
 }
 
 export interface CacheStats {
@@ -65,6 +67,10 @@ export class KeyCache {
 
   set(cacheKey: string, entry: CachedKey): void {
     const old = this.entries.get(cacheKey);
+    if (old !== undefined && old.asOf > entry.asOf) {
+      // A read that started before the latest spend seen here keeps that spend's figures.
+      Object.assign(entry, { budget: old.budget, spent: old.spent, held: old.held, asOf: old.asOf });
+    }
     if (old !== undefined) this.remove(cacheKey, old);
     this.entries.set(cacheKey, entry);
     this.index(entry.id, cacheKey);
@@ -95,12 +101,13 @@ export class KeyCache {
   }
 
   /** Fresher spend figures for a cached key, from a charge or hold made here. */
-  updateFigures(id: number, budget: number | null, spent: number, held: number): void {
+  updateFigures(id: number, budget: number | null, spent: number, held: number, at: number): void {
     const found = this.byId.get(id);
     if (found === undefined) return;
     for (const cacheKey of typeof found === 'string' ? [found] : found) {
       const entry = this.entries.get(cacheKey);
-      if (entry?.id === id) {
+      if (entry?.id === id && at >= entry.asOf) {
+        entry.asOf = at;
         entry.budget = budget;
         entry.spent = spent;
         entry.held = held;

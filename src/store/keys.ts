@@ -26,6 +26,8 @@ export interface KeyRow {
   parent_id: number | null;
   ancestor_ids: number[];
   depth: number;
+  /** When this row was read (the statement's start), to order it against spending seen since. */
+  read_at: Date;
   /** The earliest expiry among the key's ancestors, which ends the key too. */
   ancestors_expire_at: Date | null;
   status: KeyStatus;
@@ -74,6 +76,7 @@ export class KeyStore {
       expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
       parent_id, ancestor_ids, depth,
       (SELECT min(a.expires_at) FROM ${t.table} a WHERE a.id = ANY(k.ancestor_ids)) AS ancestors_expire_at,
+      statement_timestamp() AS read_at,
       -- A revoked or expired ancestor takes the whole subtree with it.
       CASE WHEN revoked_at IS NOT NULL OR EXISTS (SELECT 1 FROM ${t.table} a
                  WHERE a.id = ANY(k.ancestor_ids) AND a.revoked_at IS NOT NULL) THEN 'revoked'

@@ -6,6 +6,8 @@ import { SPEND_KINDS } from './ledger-schema.js';
 /** What the spend and settle functions report, in micro-dollars. */
 export interface SpendOutcome {
   outcome: string;
+  /** When a batch decided it (ms), so figures from batches that finish out of order are not mixed up. */
+  at?: number;
   key_id?: number;
   budget?: number | null;
   spent?: number;
@@ -118,10 +120,11 @@ export class SpendStore {
         items.map((i) => field(i, 'ttlMs')),
       ],
     );
-    if (rows.length !== items.length) {
-      throw new Error(`the batch spend function returned ${rows.length} outcomes for ${items.length} items`);
+    const r = rows[0];
+    if (!r || !Array.isArray(r.r_outcome) || r.r_outcome.length !== items.length) {
+      throw new Error(`the batch spend function returned ${r?.r_outcome?.length ?? 0} outcomes for ${items.length} items`);
     }
-    return rows.map(fromBatchRow);
+    return items.map((_, i) => fromBatchRow(r, i));
   }
 
   async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
@@ -223,41 +226,58 @@ export class SpendStore {
   }
 }
 
+/** The batch function's one row: an array per field, one entry per item. */
 interface BatchRow {
-  r_outcome: string;
-  r_key_id: number | null;
-  r_budget: number | null;
-  r_spent: number | null;
-  r_held: number | null;
-  r_hold_id: string | null;
-  r_expires_at: Date | string | null;
-  r_status: string | null;
-  r_limit: 'key' | 'ancestor' | 'account' | null;
-  r_limit_key_id: number | null;
-  r_limit_account_id: string | null;
-  r_hold_amount: number | null;
-  r_committed: number | null;
-  r_released: number | null;
-  r_expired: boolean | null;
-  r_over_budget: boolean | null;
+  r_outcome: string[];
+  r_key_id: Num[];
+  r_budget: Num[];
+  r_spent: Num[];
+  r_held: Num[];
+  r_hold_id: (string | null)[];
+  r_expires_at: (Date | string | null)[];
+  r_status: (string | null)[];
+  r_limit: ('key' | 'ancestor' | 'account' | null)[];
+  r_limit_key_id: Num[];
+  r_limit_account_id: (string | null)[];
+  r_hold_amount: Num[];
+  r_committed: Num[];
+  r_released: Num[];
+  r_expired: (boolean | null)[];
+  r_over_budget: (boolean | null)[];
+  /** When the batch took place: later batches on a key always have later times (the clock is read after the locks). */
+  r_at: Date | string;
 }
 
-/** A batch row in the shape the single-step function reports (only the fields it would set). */
-function fromBatchRow(r: BatchRow): SpendOutcome {
-  const out: SpendOutcome = { outcome: r.r_outcome };
-  if (r.r_key_id === null) return out;
-  Object.assign(out, { key_id: r.r_key_id, budget: r.r_budget, spent: r.r_spent ?? 0, held: r.r_held ?? 0 });
-  if (r.r_hold_id !== null) out.hold_id = r.r_hold_id;
-  if (r.r_expires_at !== null) out.expires_at = new Date(r.r_expires_at).toISOString();
-  if (r.r_status !== null) out.status = r.r_status;
-  if (r.r_limit !== null) {
-    Object.assign(out, { limit: r.r_limit, limit_key_id: r.r_limit_key_id, limit_account_id: r.r_limit_account_id });
+/** BIGINT array entries: strings from node-postgres, numbers from PGlite. */
+type Num = number | string | null;
+const num = (v: Num | undefined): number | null => (v === null || v === undefined ? null : Number(v));
+
+/** Item `i` of a batch row, in the shape the single-step function reports (only the fields it would set). */
+function fromBatchRow(r: BatchRow, i: number): SpendOutcome {
+  const out: SpendOutcome = { outcome: r.r_outcome[i] as string, at: new Date(r.r_at).getTime() };
+  const keyId = num(r.r_key_id[i]);
+  if (keyId === null) return out;
+  Object.assign(out, { key_id: keyId, budget: num(r.r_budget[i]), spent: num(r.r_spent[i]) ?? 0, held: num(r.r_held[i]) ?? 0 });
+  const holdId = r.r_hold_id[i] ?? null;
+  if (holdId !== null) out.hold_id = holdId;
+  const expiresAt = r.r_expires_at[i] ?? null;
+  if (expiresAt !== null) out.expires_at = new Date(expiresAt).toISOString();
+  const status = r.r_status[i] ?? null;
+  if (status !== null) out.status = status;
+  const limit = r.r_limit[i] ?? null;
+  if (limit !== null) {
+    Object.assign(out, { limit, limit_key_id: num(r.r_limit_key_id[i]), limit_account_id: r.r_limit_account_id[i] ?? null });
   }
-  if (r.r_hold_amount !== null) out.hold = r.r_hold_amount;
-  if (r.r_committed !== null) out.committed = r.r_committed;
-  if (r.r_released !== null) out.released = r.r_released;
-  if (r.r_expired !== null) out.expired = r.r_expired;
-  if (r.r_over_budget !== null) out.over_budget = r.r_over_budget;
+  const hold = num(r.r_hold_amount[i]);
+  if (hold !== null) out.hold = hold;
+  const committed = num(r.r_committed[i]);
+  if (committed !== null) out.committed = committed;
+  const released = num(r.r_released[i]);
+  if (released !== null) out.released = released;
+  const expired = r.r_expired[i] ?? null;
+  if (expired !== null) out.expired = expired;
+  const over = r.r_over_budget[i] ?? null;
+  if (over !== null) out.over_budget = over;
   return out;
 }
 
