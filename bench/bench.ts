@@ -11,6 +11,7 @@ import { performance } from 'node:perf_hooks';
 import pg from 'pg';
 import { AgentKey } from '../src/index.js';
 import { mintKey } from '../src/keys.js';
+import { seededRandom } from '../test/helpers/random.js';
 
 const URL = process.env.BENCH_DATABASE_URL as string;
 const CALLERS = 64;
@@ -68,17 +69,7 @@ async function drive(limit: { ops: number } | { seconds: number }, op: (i: numbe
   return { ops: latencies.length, seconds, p50: at(0.5), p99: at(0.99) };
 }
 
-/** A small seeded generator, so both implementations get the same sequence of costs and keys. */
-function random(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const random = seededRandom;
 
 /** Costs in micro-dollars: 1 to 100 cent-hundredths (0.01 to 1.00 cents). */
 function costs(n: number, seed: number): number[] {

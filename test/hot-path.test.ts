@@ -3,6 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError, type TrackUsageResult } from '../src/index.js';
 import { type TableNames, tableNames } from '../src/store/identifiers.js';
 import { forEachDatabase, type TestDb } from './helpers/databases.js';
+import { seededRandom } from './helpers/random.js';
 
 /**
  * Issue 5, the hot path: charges coalesced under concurrency stay exact (no overspend, one
@@ -15,16 +16,7 @@ import { forEachDatabase, type TestDb } from './helpers/databases.js';
 /** Replay a run with AGENTKEY_TEST_SEED=<seed>; the seed is in every failure message. */
 const SEED = Number(process.env.AGENTKEY_TEST_SEED ?? Math.floor(Math.random() * 1_000_000));
 
-function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const rng = seededRandom;
 const between = (random: () => number, lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
 const toMicros = (cents: number) => Math.round(cents * 10_000);
 const toCents = (micros: number) => micros / 10_000;
