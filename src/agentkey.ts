@@ -10,7 +10,7 @@ import { type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import { migrate } from './store/migrations.js';
 import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
 import { AccountStore } from './store/accounts.js';
-import { type Subscription, listen } from './store/listen.js';
+import { type ListenHandlers, type Subscription, listen } from './store/listen.js';
 import { type CacheStats, type CachedKey, KeyCache } from './cache.js';
 import { Coalescer, ItemFailure } from './coalesce.js';
 import { Touches } from './touches.js';
@@ -194,6 +194,7 @@ export class AgentKey {
   private changes = 0;
   private readonly lookups: Coalescer<string, KeyRow | null>;
   private subscription: Subscription | null = null;
+  private listener: ListenHandlers | null = null;
   private closed = false;
   private readonly batches: Coalescer<BatchItem, SpendOutcome> | null;
   private readonly touches: Touches;
@@ -474,6 +475,7 @@ export class AgentKey {
     const subscription = this.subscription;
     this.subscription = null;
     await subscription?.close();
+    this.listener = null;
     this.cache?.clear();
     await this.flush();
   }
@@ -609,7 +611,8 @@ export class AgentKey {
   private startListening(): void {
     const cache = this.cache;
     if (!cache || this.subscription || this.closed) return;
-    this.subscription = listen(this.pool, this.names.channel, {
+    // Kept here: the hub holds it only weakly, so a dropped AgentKey leaves the hub.
+    this.listener = {
       notify: (payload) => {
         this.changes++;
         const id = Number(payload);
@@ -627,7 +630,8 @@ export class AgentKey {
         this.changes++;
         cache.clear();
       },
-    });
+    };
+    this.subscription = listen(this.pool, this.names.channel, this.listener);
   }
 
   private async spend(ref: KeyRef | { id: number }, request: SpendRequest): Promise<SpendOutcome> {

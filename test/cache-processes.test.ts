@@ -107,3 +107,15 @@ forEachDatabase(
   },
   ['postgres'],
 );
+
+forEachDatabase((getDb) => {
+  it('happy: AgentKeys dropped without close() leave the hub, and the last one ends the listening connection', async () => {
+    const db = getDb();
+    const ak = await db.agentKey();
+    const { key } = await ak.create({ accountId: 'acct_1' });
+    const worker = startWorker('test/fixtures/dropped-worker.mjs', [bundle(), JSON.stringify({ url: db.url, table: ak.tableName, key, count: 40 })]);
+    expect(await worker.exited, worker.stderr()).toBe(0);
+    // 40 AgentKeys, each listening in turn, shared one connection; once they were collected it ended.
+    expect(worker.lines).toEqual([{ used: 40, whileUsed: 1, after: 0 }]);
+  }, 60_000);
+}, ['postgres']);

@@ -3,6 +3,9 @@
  * AgentKey on it. Handlers hear `up` once notifications flow, `down` when they may have
  * been missed (the connection dropped; they reconnect by themselves), and each payload.
  * The connection never keeps a process alive.
+ *
+ * Hubs hold handlers weakly: an AgentKey that is dropped without close() (say, one made per
+ * request) is collected, leaves its hub, and the last one to go ends the connection.
  */
 
 export interface ListenHandlers {
@@ -16,11 +19,14 @@ export interface Subscription {
 }
 
 interface Hub {
-  add(channel: string, h: ListenHandlers): void;
-  remove(channel: string, h: ListenHandlers): Promise<void>;
+  add(channel: string, h: WeakRef<ListenHandlers>): void;
+  remove(channel: string, h: WeakRef<ListenHandlers>): Promise<void>;
 }
 
 const hubs = new WeakMap<object, Hub>();
+const collected = new FinalizationRegistry<{ hub: Hub; channel: string; ref: WeakRef<ListenHandlers> }>(({ hub, channel, ref }) => {
+  hub.remove(channel, ref).catch(() => {});
+});
 
 /** Subscribes to `channel` on the pool's database; null when the pool cannot listen. */
 export function listen(pool: unknown, channel: string, handlers: ListenHandlers): Subscription | null {
@@ -33,8 +39,16 @@ export function listen(pool: unknown, channel: string, handlers: ListenHandlers)
     hubs.set(pool, hub);
   }
   const h = hub;
-  h.add(channel, handlers);
-  return { close: () => h.remove(channel, handlers) };
+  const ref = new WeakRef(handlers);
+  h.add(channel, ref);
+  const token = {};
+  collected.register(handlers, { hub: h, channel, ref }, token);
+  return {
+    close: () => {
+      collected.unregister(token);
+      return h.remove(channel, ref);
+    },
+  };
 }
 
 function makeHub(pool: object): Hub | null {
@@ -55,25 +69,25 @@ interface PGliteListen {
 
 /** PGlite delivers notifications in-process; nothing can drop them. */
 class PGliteHub implements Hub {
-  private readonly unlisten = new Map<ListenHandlers, Promise<(() => Promise<void>) | null>>();
+  private readonly unlisten = new Map<WeakRef<ListenHandlers>, Promise<(() => Promise<void>) | null>>();
 
   constructor(private readonly pg: PGliteListen) {}
 
-  add(channel: string, h: ListenHandlers): void {
-    const started = this.pg.listen(channel, (payload) => h.notify(payload)).then(
+  add(channel: string, ref: WeakRef<ListenHandlers>): void {
+    const started = this.pg.listen(channel, (payload) => ref.deref()?.notify(payload)).then(
       (stop) => {
-        h.up();
+        ref.deref()?.up();
         return stop;
       },
       () => null,
     );
-    this.unlisten.set(h, started);
+    this.unlisten.set(ref, started);
   }
 
-  async remove(_channel: string, h: ListenHandlers): Promise<void> {
-    const stop = await this.unlisten.get(h);
-    this.unlisten.delete(h);
-    h.down();
+  async remove(_channel: string, ref: WeakRef<ListenHandlers>): Promise<void> {
+    const stop = await this.unlisten.get(ref);
+    this.unlisten.delete(ref);
+    ref.deref()?.down();
     await stop?.().catch(() => {});
   }
 }
@@ -103,7 +117,7 @@ const RETRY_MAX_MS = 5_000;
 const POOL_CHECK_MS = 250;
 
 class PgHub implements Hub {
-  private readonly subs = new Map<string, Set<ListenHandlers>>();
+  private readonly subs = new Map<string, Set<WeakRef<ListenHandlers>>>();
   private client: PgListenClient | null = null;
   private connecting = false;
   private retryMs = RETRY_MIN_MS;
@@ -112,23 +126,23 @@ class PgHub implements Hub {
 
   constructor(private readonly pool: PgPoolListen) {}
 
-  add(channel: string, h: ListenHandlers): void {
+  add(channel: string, ref: WeakRef<ListenHandlers>): void {
     let set = this.subs.get(channel);
     const fresh = !set;
     if (!set) this.subs.set(channel, (set = new Set()));
-    set.add(h);
+    set.add(ref);
     const client = this.client;
     if (client && fresh) {
-      client.query(`LISTEN "${channel}"`).then(() => h.up(), () => this.lost(client));
+      client.query(`LISTEN "${channel}"`).then(() => ref.deref()?.up(), () => this.lost(client));
     } else if (client) {
-      h.up();
+      ref.deref()?.up();
     } else this.connect();
   }
 
-  async remove(channel: string, h: ListenHandlers): Promise<void> {
+  async remove(channel: string, ref: WeakRef<ListenHandlers>): Promise<void> {
     const set = this.subs.get(channel);
-    set?.delete(h);
-    h.down();
+    set?.delete(ref);
+    ref.deref()?.down();
     if (set && set.size === 0) {
       this.subs.delete(channel);
       await this.client?.query(`UNLISTEN "${channel}"`).catch(() => {});
@@ -136,14 +150,20 @@ class PgHub implements Hub {
     if (this.subs.size === 0) this.shutdown();
   }
 
+  /** Calls `fn` for each live handler of `channel`. */
+  private each(channel: string, fn: (h: ListenHandlers) => void): void {
+    for (const ref of this.subs.get(channel) ?? []) {
+      const h = ref.deref();
+      if (h) fn(h);
+    }
+  }
+
   private connect(): void {
     if (this.connecting || this.client || this.subs.size === 0) return;
     this.connecting = true;
     this.open().then(
       async (client) => {
-        client.on('notification', (m) => {
-          for (const h of this.subs.get(m.channel) ?? []) h.notify(m.payload ?? '');
-        });
+        client.on('notification', (m) => this.each(m.channel, (h) => h.notify(m.payload ?? '')));
         client.on('error', () => this.lost(client));
         client.on('end', () => this.lost(client));
         try {
@@ -158,7 +178,7 @@ class PgHub implements Hub {
         if (this.subs.size === 0) return this.close(client);
         this.client = client;
         this.retryMs = RETRY_MIN_MS;
-        for (const set of this.subs.values()) for (const h of set) h.up();
+        for (const channel of this.subs.keys()) this.each(channel, (h) => h.up());
       },
       () => {
         this.connecting = false;
@@ -185,7 +205,7 @@ class PgHub implements Hub {
       if (!this.pool.ending && !this.pool.ended) return;
       const client = this.client;
       if (client) this.lost(client);
-      for (const set of this.subs.values()) for (const h of set) h.down();
+      for (const channel of this.subs.keys()) this.each(channel, (h) => h.down());
       this.subs.clear();
       this.shutdown();
     }, POOL_CHECK_MS);
@@ -195,7 +215,7 @@ class PgHub implements Hub {
   private lost(client: PgListenClient): void {
     if (this.client !== client) return;
     this.client = null;
-    for (const set of this.subs.values()) for (const h of set) h.down();
+    for (const channel of this.subs.keys()) this.each(channel, (h) => h.down());
     this.close(client);
     this.scheduleRetry();
   }
