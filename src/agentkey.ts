@@ -569,9 +569,10 @@ export class AgentKey {
     return this.guard(() => this.accounts.clear(id));
   }
 
-  private async validateRef(ref: KeyRef): Promise<ValidationResult> {
+  private async validateRef(ref: { hash: string } | { subject: string }): Promise<ValidationResult> {
     const cache = this.cache;
-    const cacheKey = 'hash' in ref ? ref.hash : 'subject' in ref ? `\u0000${ref.subject}` : `\u0001${ref.id}`;
+    // Subjects get a prefix no hash can start with.
+    const cacheKey = 'hash' in ref ? ref.hash : `\u0000${ref.subject}`;
     if (cache) {
       this.startListening();
       const hit = cache.listening ? cache.get(cacheKey, Date.now()) : undefined;
@@ -683,10 +684,10 @@ export class AgentKey {
 
   /** A charge or hold: coalesced with concurrent ones into one statement when batching is on. */
   private async spendCoalesced(ref: KeyRef, request: SpendRequest): Promise<SpendOutcome> {
-    const out = this.batches
-      ? await this.guard(() => (this.batches as NonNullable<typeof this.batches>).submit({ ref, request }))
-      : await this.spend(ref, request);
-    if (this.batches) this.noteFigures(out);
+    const batches = this.batches;
+    if (!batches) return this.spend(ref, request);
+    const out = await this.guard(() => batches.submit({ ref, request }));
+    this.noteFigures(out);
     return out;
   }
 
