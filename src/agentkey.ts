@@ -153,6 +153,20 @@ export interface UsageReport {
   buckets: { start: string; costCents: number; count: number }[];
 }
 
+/** A hold as `getReservation()` reports it. */
+export interface ReservationInfo {
+  reservationId: string;
+  keyId: number;
+  accountId: string;
+  heldCents: number;
+  /** What a commit recorded; null until committed. */
+  costCents: number | null;
+  status: ReservationStatus;
+  expiresAt: string;
+  createdAt: string;
+  settledAt: string | null;
+}
+
 export interface AuditResult {
   /** True when every checked key's spend counter equals its ledger. */
   ok: boolean;
@@ -356,6 +370,41 @@ export class AgentKey {
   }
 
   /**
+   * The id of the key a raw key is, whatever its status (revoked and expired keys too), or
+   * null when it is no key of this table. For checking ownership, e.g. that the key settling
+   * a hold is the one that took it: a key revoked mid-call must still be able to commit.
+   */
+  async identify(rawKey: string): Promise<number | null> {
+    const hash = lookupHash(rawKey, this.keyPrefix);
+    if (hash === null) return null;
+    const row = await this.guard(() => this.store.find({ hash }));
+    return row ? row.id : null;
+  }
+
+  /**
+   * Where a hold stands: its key, amount, status and expiry; null when no hold has this id.
+   * A hold past its expiry reads 'expired' even before `sweepExpiredHolds()` marks it.
+   *
+   * @example const r = await ak.getReservation(hold.reservationId); if (r?.keyId !== caller.keyId) deny();
+   */
+  async getReservation(reservationId: string): Promise<ReservationInfo | null> {
+    if (!isReservationId(reservationId)) return null;
+    const row = await this.guard(() => this.spending.findHold(reservationId));
+    if (!row) return null;
+    return {
+      reservationId: row.id,
+      keyId: row.key_id,
+      accountId: row.account_id,
+      heldCents: microsToCents(row.amount_micros),
+      costCents: row.committed_micros === null ? null : microsToCents(row.committed_micros),
+      status: row.lapsed ? 'expired' : row.status,
+      expiresAt: iso(row.expires_at) as string,
+      createdAt: iso(row.created_at) as string,
+      settledAt: iso(row.settled_at),
+    };
+  }
+
+  /**
    * An operator's correction: adds `costCents` (negative for a refund) to a key's spend,
    * with a reason, in the ledger. Enforcement sees it at once; it may take a key over budget.
    *
@@ -507,11 +556,12 @@ export class AgentKey {
   }
 
   /**
-   * Lists an account's keys without their secrets, with budget, spent, held and remaining.
+   * Lists an account's keys (or, without `accountId`, every account's) without their
+   * secrets, with budget, spent, held and remaining, in id order.
    *
    * @example await ak.listKeys({ accountId: 'acct_1', parentId: 42 })
    */
-  async listKeys(query: { accountId: string | number; parentId?: number | string; includeRevoked?: boolean; limit?: number }): Promise<KeyInfo[]> {
+  async listKeys(query: { accountId?: string | number; parentId?: number | string; includeRevoked?: boolean; limit?: number }): Promise<KeyInfo[]> {
     const q = checkOptions<typeof query>(query, ['accountId', 'parentId', 'includeRevoked', 'limit'], 'listKeys()');
     if (q.includeRevoked !== undefined && typeof q.includeRevoked !== 'boolean') {
       throw new AgentKeyError('invalid_argument', 'includeRevoked must be true or false.');
@@ -521,7 +571,7 @@ export class AgentKey {
       throw new AgentKeyError('invalid_argument', 'limit must be a whole number from 1 to 10000.');
     }
     const filter = {
-      accountId: accountIdText(q.accountId),
+      accountId: q.accountId === undefined ? null : accountIdText(q.accountId),
       parentId: q.parentId === undefined ? null : keyIdNumber(q.parentId, 'parentId'),
       includeRevoked: q.includeRevoked ?? false,
       limit,

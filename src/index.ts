@@ -17,6 +17,7 @@ export {
   type KeyInfo,
   type LimitedBy,
   type ReleaseResult,
+  type ReservationInfo,
   type ReservationStatus,
   type ReserveOptions,
   type ReserveResult,

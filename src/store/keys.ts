@@ -53,7 +53,8 @@ export interface NewKey {
 export type KeyRef = { hash: string } | { subject: string } | { id: number };
 
 export interface KeyFilter {
-  accountId: string;
+  /** null: every account's keys. */
+  accountId: string | null;
   parentId: number | null;
   includeRevoked: boolean;
   limit: number;
@@ -159,15 +160,16 @@ export class KeyStore {
   }
 
   async list(f: KeyFilter): Promise<KeyRow[]> {
-    const params: unknown[] = [f.accountId, f.limit];
-    let where = 'account_id = $1';
+    const params: unknown[] = [f.limit];
+    let where = 'true';
+    if (f.accountId !== null) where += ` AND account_id = $${params.push(f.accountId)}`;
     if (f.parentId !== null) where += ` AND parent_id = $${params.push(f.parentId)}`;
     // A key under a revoked ancestor is revoked too, even if it was created while the revoke ran.
     if (!f.includeRevoked) {
       where += ` AND revoked_at IS NULL AND NOT EXISTS (SELECT 1 FROM ${this.t.table} a
                  WHERE a.id = ANY(k.ancestor_ids) AND a.revoked_at IS NOT NULL)`;
     }
-    return this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${where} ORDER BY id LIMIT $2`, params);
+    return this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${where} ORDER BY id LIMIT $1`, params);
   }
 
   /**

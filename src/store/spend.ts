@@ -41,6 +41,20 @@ export interface SpendRequest {
   ttlMs: number | null;
 }
 
+export interface HoldRow {
+  id: string;
+  key_id: number;
+  account_id: string;
+  amount_micros: number;
+  committed_micros: number | null;
+  status: 'held' | 'committed' | 'released' | 'expired';
+  expires_at: Date;
+  created_at: Date;
+  settled_at: Date | null;
+  /** Still 'held' in the table, but past its expiry: it holds nothing. */
+  lapsed: boolean;
+}
+
 export interface UsageFilter {
   keyId: number | null;
   accountId: string | null;
@@ -133,6 +147,16 @@ export class SpendStore {
       [holdId, op, micros, metadata],
     );
     return parse(rows[0]?.r);
+  }
+
+  async findHold(id: string): Promise<HoldRow | null> {
+    const rows = await this.db.query<HoldRow>(
+      `SELECT h.id, h.key_id, k.account_id::text AS account_id, h.amount_micros, h.committed_micros, h.status,
+              h.expires_at, h.created_at, h.settled_at, (h.status = 'held' AND h.expires_at <= now()) AS lapsed
+       FROM ${this.t.holds} h JOIN ${this.t.table} k ON k.id = h.key_id WHERE h.id = $1`,
+      [id],
+    );
+    return rows[0] ?? null;
   }
 
   /**

@@ -16,16 +16,24 @@ export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 const running = new Set<ChildProcess>();
 
 /**
- * Bundles src/index.ts once for this file (beforeAll), removes it afterwards (afterAll),
+ * The `agentkey` command bundled from the current src/cli (see useWorkerBundle): run it
+ * with `node <path> <args>`.
+ */
+export function useCliBundle(name: string): () => string {
+  return useWorkerBundle(name, 'src/cli/bin.ts');
+}
+
+/**
+ * Bundles src/index.ts (or `entry`) once for this file (beforeAll), removes it afterwards (afterAll),
  * and kills any worker a test left running (afterEach). Returns the bundle's path.
  */
-export function useWorkerBundle(name: string): () => string {
+export function useWorkerBundle(name: string, entry = 'src/index.ts'): () => string {
   const dir = path.join(ROOT, 'node_modules/.cache', `agentkey-${name}-test-${process.pid}`);
   const bundle = path.join(dir, 'index.js');
   let built = false;
   beforeAll(async () => {
     await build({
-      entry: { index: path.join(ROOT, 'src/index.ts') },
+      entry: { index: path.join(ROOT, entry) },
       outDir: dir,
       format: ['esm'],
       platform: 'node',

@@ -1,0 +1,105 @@
+import asciichart from 'asciichart';
+import Table from 'cli-table3';
+import type { AccountBudget, KeyInfo, UsageReport } from '../agentkey.js';
+
+/** Cents as dollars: 250 -> '$2.50'; sub-cent amounts keep their digits: 0.15 -> '$0.0015'. */
+export function dollars(cents: number | null): string {
+  if (cents === null) return 'unlimited';
+  const value = cents / 100;
+  const text = value.toFixed(6).replace(/0+$/, '');
+  const [whole, fraction = ''] = text.split('.');
+  return `${value < 0 ? '-' : ''}$${Math.abs(Number(whole)).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;
+}
+
+export function table(head: string[], rows: (string | number)[][]): string {
+  // No colours: output goes to pipes and logs as often as to a terminal.
+  const t = new Table({ head, style: { head: [], border: [] } });
+  t.push(...rows.map((r) => r.map(String)));
+  return t.toString();
+}
+
+function when(iso: string | null): string {
+  return iso === null ? '-' : iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
+}
+
+export function keysTable(keys: KeyInfo[]): string {
+  if (keys.length === 0) return 'No keys.';
+  return table(
+    ['id', 'name', 'account', 'prefix', 'status', 'scopes', 'budget', 'spent', 'held', 'remaining', 'period', 'expires'],
+    keys.map((k) => [
+      k.id,
+      k.name ?? '',
+      String(k.accountId),
+      k.prefix ?? '',
+      k.status,
+      k.scopes === null ? '(all)' : k.scopes.join(', ') || '(none)',
+      dollars(k.budgetCents),
+      dollars(k.spentCents),
+      dollars(k.heldCents),
+      dollars(k.remainingCents),
+      k.budgetPeriod ?? '-',
+      when(k.expiresAt),
+    ]),
+  );
+}
+
+export function keyDetails(k: KeyInfo): string {
+  const rows: [string, string][] = [
+    ['id', String(k.id)],
+    ['name', k.name ?? '-'],
+    ['account', String(k.accountId)],
+    ['prefix', k.prefix ?? '-'],
+    ['status', k.status],
+    ['scopes', k.scopes === null ? '(all)' : k.scopes.join(', ') || '(none)'],
+    ['parent', k.parentId === null ? '-' : String(k.parentId)],
+    ['budget', `${dollars(k.budgetCents)}${k.budgetPeriod ? ` per ${k.budgetPeriod}` : ''}`],
+    ['spent', dollars(k.spentCents)],
+    ['held', dollars(k.heldCents)],
+    ['remaining', dollars(k.remainingCents)],
+    ['next reset', when(k.budgetResetAt)],
+    ['expires', when(k.expiresAt)],
+    ['revoked', when(k.revokedAt)],
+    ['created', when(k.createdAt)],
+    ['last used', when(k.lastUsedAt)],
+    ['delegated by', k.delegatedBy ?? '-'],
+  ];
+  const t = new Table({ style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
+  t.push(...rows.map(([name, value]) => ({ [name]: value })));
+  return t.toString();
+}
+
+export function accountDetails(a: AccountBudget): string {
+  return table(
+    ['account', 'ceiling', 'period', 'spent', 'held', 'remaining', 'next reset'],
+    [[a.accountId, dollars(a.budgetCents), a.budgetPeriod ?? 'lifetime', dollars(a.spentCents), dollars(a.heldCents), dollars(a.remainingCents), when(a.budgetResetAt)]],
+  );
+}
+
+/** The usage table, its total, and a small chart of spend per bucket (empty buckets as zero). */
+export function usageReport(report: UsageReport, bucket: 'hour' | 'day', since: Date, until: Date): string {
+  if (report.count === 0) return `No spend between ${when(since.toISOString())} and ${when(until.toISOString())}.`;
+  const lines = [
+    table(
+      [bucket === 'hour' ? 'hour (UTC)' : 'day (UTC)', 'spend', 'calls'],
+      report.buckets.map((b) => [bucket === 'day' ? b.start.slice(0, 10) : when(b.start).slice(0, 16), dollars(b.costCents), b.count]),
+    ),
+    `Total: ${dollars(report.totalCents)} over ${report.count} call${report.count === 1 ? '' : 's'}.`,
+  ];
+  const series = filled(report, bucket, since, until);
+  if (series.length >= 2) {
+    lines.push('', `Spend per ${bucket}, in dollars (${series.length} ${bucket}s to ${when(until.toISOString())}):`);
+    lines.push(asciichart.plot(series.map((c) => c / 100), { height: 8, format: (x: number) => `$${x.toFixed(2)}`.padStart(10) }));
+  }
+  return lines.join('\n');
+}
+
+const MAX_POINTS = 90;
+
+function filled(report: UsageReport, bucket: 'hour' | 'day', since: Date, until: Date): number[] {
+  const step = bucket === 'hour' ? 3_600_000 : 86_400_000;
+  const first = Math.floor(since.getTime() / step) * step;
+  const byStart = new Map(report.buckets.map((b) => [Date.parse(b.start), b.costCents]));
+  const points: number[] = [];
+  for (let t = first; t < until.getTime(); t += step) points.push(byStart.get(t) ?? 0);
+  return points.slice(-MAX_POINTS);
+}

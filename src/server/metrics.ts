@@ -1,0 +1,73 @@
+import { Counter, Histogram, Registry } from 'prom-client';
+import type { AgentKey } from '../agentkey.js';
+
+/**
+ * The service's Prometheus metrics, on a registry of its own (never prom-client's global
+ * one, so two services in one process do not collide). Routes are labelled by their
+ * pattern ('/v1/keys/:id'), never by the raw path, so the label set stays small.
+ */
+export function createMetrics(ak: AgentKey) {
+  const registry = new Registry();
+  const requests = new Counter({
+    name: 'agentkey_http_requests_total',
+    help: 'HTTP requests by method, route pattern and status.',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: 'agentkey_http_request_duration_seconds',
+    help: 'HTTP request duration by route pattern.',
+    labelNames: ['route'] as const,
+    buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+  const verifications = new Counter({
+    name: 'agentkey_verifications_total',
+    help: 'POST /v1/verify outcomes: valid, invalid, expired, revoked, insufficient_scope.',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  const charges = new Counter({
+    name: 'agentkey_charges_total',
+    help: 'Charges and commits by outcome (charged, budget_exceeded, ...).',
+    labelNames: ['kind', 'outcome'] as const,
+    registers: [registry],
+  });
+  const cents = new Counter({
+    name: 'agentkey_charged_cents_total',
+    help: 'Cents charged by charges and commits.',
+    registers: [registry],
+  });
+  // Read from the AgentKey when scraped: counters it keeps itself.
+  const cacheCounter = (name: string, help: string, field: 'hits' | 'misses' | 'evictions' | 'invalidations') =>
+    new Counter({
+      name,
+      help,
+      registers: [registry],
+      collect() {
+        this.reset();
+        this.inc(ak.cacheStats()?.[field] ?? 0);
+      },
+    });
+  cacheCounter('agentkey_cache_hits_total', 'Validations answered from the in-process cache.', 'hits');
+  cacheCounter('agentkey_cache_misses_total', 'Validations that read the database.', 'misses');
+  cacheCounter('agentkey_cache_evictions_total', 'Cache entries evicted to stay within maxKeys.', 'evictions');
+  cacheCounter('agentkey_cache_invalidations_total', 'Cache entries dropped because their key changed.', 'invalidations');
+
+  return {
+    registry,
+    request(method: string, route: string, status: number, seconds: number) {
+      requests.inc({ method, route, status: String(status) });
+      duration.observe({ route }, seconds);
+    },
+    verified(outcome: string) {
+      verifications.inc({ outcome });
+    },
+    charged(kind: 'charge' | 'commit', outcome: string, costCents = 0) {
+      charges.inc({ kind, outcome });
+      if (costCents > 0) cents.inc(costCents);
+    },
+  };
+}
+
+export type Metrics = ReturnType<typeof createMetrics>;

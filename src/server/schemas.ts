@@ -1,0 +1,224 @@
+import { z } from '@hono/zod-openapi';
+import { MAX_CENTS } from '../money.js';
+
+/**
+ * The request and response schemas of the HTTP service. The same objects validate
+ * requests (through @hono/zod-openapi) and generate /openapi.json, so the document can
+ * never drift from what the service accepts. Objects are strict: a misspelt field (say
+ * `budget_cents` for `budgetCents`) is a 400, never silently an unlimited key.
+ */
+
+const cents = (description: string) => z.number().min(0).max(MAX_CENTS).openapi({ description, example: 15 });
+const metadata = z
+  .record(z.string(), z.unknown())
+  .optional()
+  .openapi({ description: 'JSON object stored with the ledger row, e.g. { "model": "gpt-5", "inputTokens": 1200 }.' });
+const rawKey = z.string().min(1).max(512).openapi({ description: "The agent's API key.", example: 'ak_7f3a...' });
+const keyId = z.string().regex(/^[1-9][0-9]{0,15}$/, 'must be a key id (a positive whole number)').openapi({ example: '42' });
+const accountId = z.string().min(1).max(256).openapi({ example: 'acct_123' });
+const period = z.enum(['day', 'month']).nullable().optional().openapi({ description: "Budget reset interval: 'day' or 'month' (UTC), or null." });
+const instant = z.string().min(1).max(64).openapi({ description: 'An ISO 8601 date or time.', example: '2026-11-01T00:00:00Z' });
+
+export const ErrorBody = z
+  .object({
+    error: z.object({
+      code: z.string().openapi({ example: 'invalid_request' }),
+      message: z.string().openapi({ example: 'costCents: expected number, received string.' }),
+    }),
+  })
+  .openapi('Error');
+
+export const KeyInfo = z
+  .object({
+    id: z.number().int(),
+    accountId: z.union([z.string(), z.number()]),
+    name: z.string().nullable(),
+    prefix: z.string().nullable(),
+    scopes: z.array(z.string()).nullable(),
+    status: z.enum(['active', 'expired', 'revoked']),
+    parentId: z.number().int().nullable(),
+    depth: z.number().int(),
+    budgetCents: z.number().nullable(),
+    spentCents: z.number(),
+    heldCents: z.number(),
+    remainingCents: z.number().nullable(),
+    budgetPeriod: z.enum(['day', 'month']).nullable(),
+    budgetResetAt: z.string().nullable(),
+    expiresAt: z.string().nullable(),
+    revokedAt: z.string().nullable(),
+    createdAt: z.string().nullable(),
+    lastUsedAt: z.string().nullable(),
+    delegatedBy: z.string().nullable(),
+    externalSubject: z.string().nullable(),
+  })
+  .openapi('KeyInfo');
+
+export const CreateKeyBody = z
+  .object({
+    accountId: z.union([accountId, z.number().int()]),
+    scopes: z.array(z.string().min(1).max(128)).max(100).nullable().optional().openapi({ example: ['proxy.chat'] }),
+    budgetCents: cents('Spending cap in cents; null for no cap.').nullable().optional(),
+    budgetPeriod: period,
+    expiresIn: z.string().max(16).nullable().optional().openapi({ description: "'30m', '1h', '7d', '1mo'; null for no expiry.", example: '7d' }),
+    expiresAt: instant.nullable().optional(),
+    delegatedBy: z.string().max(256).nullable().optional(),
+    name: z.string().max(256).nullable().optional(),
+    userId: z.string().max(256).nullable().optional(),
+    parentId: z.union([keyId, z.number().int().positive()]).nullable().optional().openapi({ description: 'Make the key a child of this key.' }),
+  })
+  .strict()
+  .openapi('CreateKey');
+
+export const CreatedKey = KeyInfo.extend({
+  key: z.string().openapi({ description: 'The raw key: shown once, never stored.' }),
+}).openapi('CreatedKey');
+
+export const KeyList = z.object({ keys: z.array(KeyInfo) }).openapi('KeyList');
+
+export const KeyListQuery = z
+  .object({
+    accountId: accountId.optional(),
+    parentId: keyId.optional(),
+    includeRevoked: z.enum(['true', 'false']).optional(),
+    limit: z.string().regex(/^[0-9]{1,5}$/, 'must be a whole number from 1 to 10000').optional(),
+  })
+  .strict();
+
+export const KeyIdParam = z.object({ id: keyId.openapi({ param: { name: 'id', in: 'path' } }) });
+export const AccountIdParam = z.object({ id: accountId.openapi({ param: { name: 'id', in: 'path' } }) });
+export const ReservationIdParam = z.object({
+  id: z.string().min(1).max(64).openapi({ param: { name: 'id', in: 'path' }, example: 'rsv_1b2c...' }),
+});
+
+export const Revoked = z
+  .object({ id: z.number().int(), revoked: z.boolean().openapi({ description: 'False when the key was already revoked.' }), key: KeyInfo })
+  .openapi('Revoked');
+
+export const AccountBudgetBody = z
+  .object({ budgetCents: cents("The account's ceiling in cents."), budgetPeriod: period })
+  .strict()
+  .openapi('SetAccountBudget');
+
+export const AccountBudget = z
+  .object({
+    accountId: z.string(),
+    budgetCents: z.number(),
+    budgetPeriod: z.enum(['day', 'month']).nullable(),
+    spentCents: z.number(),
+    heldCents: z.number(),
+    remainingCents: z.number(),
+    periodStartAt: z.string().nullable(),
+    budgetResetAt: z.string().nullable(),
+  })
+  .openapi('AccountBudget');
+
+export const UsageQuery = z
+  .object({
+    keyId: keyId.optional(),
+    accountId: accountId.optional(),
+    since: instant.optional(),
+    until: instant.optional(),
+    bucket: z.enum(['hour', 'day']).optional(),
+  })
+  .strict();
+
+export const UsageReport = z
+  .object({
+    totalCents: z.number(),
+    count: z.number().int(),
+    buckets: z.array(z.object({ start: z.string(), costCents: z.number(), count: z.number().int() })),
+  })
+  .openapi('UsageReport');
+
+export const VerifyBody = z
+  .object({ key: rawKey, scope: z.string().min(1).max(128).optional().openapi({ example: 'proxy.chat' }) })
+  .strict()
+  .openapi('Verify');
+
+export const Verification = z
+  .object({
+    valid: z.boolean(),
+    reason: z.enum(['invalid', 'expired', 'revoked', 'insufficient_scope']).optional(),
+    requiredScope: z.string().optional(),
+    keyId: z.number().int().optional(),
+    accountId: z.union([z.string(), z.number()]).optional(),
+    name: z.string().nullable().optional(),
+    scopes: z.array(z.string()).nullable().optional(),
+    budgetCents: z.number().nullable().optional(),
+    budgetUsedCents: z.number().optional(),
+    budgetRemainingCents: z.number().nullable().optional(),
+    budgetHeldCents: z.number().optional(),
+    budgetPeriod: z.enum(['day', 'month']).nullable().optional(),
+    budgetResetAt: z.string().nullable().optional(),
+    expiresAt: z.string().nullable().optional(),
+    delegatedBy: z.string().nullable().optional(),
+  })
+  .openapi('Verification');
+
+export const ChargeBody = z
+  .object({
+    key: rawKey,
+    costCents: cents('What the call cost, in cents (fractions down to 0.0001).'),
+    idempotencyKey: z.string().min(1).max(256).optional().openapi({ description: 'A retry with the same value is charged once.' }),
+    metadata,
+  })
+  .strict()
+  .openapi('Charge');
+
+export const Charged = z
+  .object({ success: z.literal(true), budgetUsedCents: z.number(), budgetRemainingCents: z.number().nullable(), replayed: z.literal(true).optional() })
+  .openapi('Charged');
+
+export const ReserveBody = ChargeBody.extend({
+  costCents: cents('How much to hold, in cents.'),
+  ttl: z.string().max(16).optional().openapi({ description: "How long the hold lasts unless settled: '30s', '5m', up to '24h'. Default '5m'.", example: '2m' }),
+})
+  .strict()
+  .openapi('Reserve');
+
+export const Reserved = z
+  .object({
+    success: z.literal(true),
+    reservationId: z.string(),
+    expiresAt: z.string(),
+    budgetRemainingCents: z.number().nullable(),
+    replayed: z.literal(true).optional(),
+    reservationStatus: z.enum(['held', 'committed', 'released', 'expired']).optional(),
+  })
+  .openapi('Reserved');
+
+const settleKey = rawKey
+  .optional()
+  .openapi({ description: 'The key that took the hold (or send it as "Authorization: Bearer <key>").' });
+
+export const CommitBody = z
+  .object({ key: settleKey, costCents: cents('The real cost, recorded in full even past the hold.'), metadata })
+  .strict()
+  .openapi('Commit');
+
+export const Committed = z
+  .object({
+    success: z.literal(true),
+    reservationId: z.string(),
+    costCents: z.number(),
+    heldCents: z.number(),
+    releasedCents: z.number(),
+    overHoldCents: z.number(),
+    holdExpired: z.boolean(),
+    overBudget: z.boolean(),
+    limitedBy: z.unknown().optional(),
+    budgetUsedCents: z.number(),
+    budgetRemainingCents: z.number().nullable(),
+    replayed: z.literal(true).optional(),
+  })
+  .openapi('Committed');
+
+export const ReleaseBody = z.object({ key: settleKey }).strict().openapi('Release');
+
+export const Released = z
+  .object({ success: z.literal(true), reservationId: z.string(), releasedCents: z.number(), holdExpired: z.boolean(), replayed: z.literal(true).optional() })
+  .openapi('Released');
+
+export const Health = z.object({ status: z.literal('ok'), database: z.enum(['pglite', 'postgres']) }).openapi('Health');
+
+export const Removed = z.object({ accountId: z.string(), removed: z.literal(true) }).openapi('Removed');

@@ -1,0 +1,123 @@
+import type { AddressInfo } from 'node:net';
+import { serve } from '@hono/node-server';
+import { getConnInfo } from '@hono/node-server/conninfo';
+import { AgentKey } from '../agentkey.js';
+import type { AgentKeyRoutesOptions } from '../http/self-serve.js';
+import { type AdminKey, resolveAdminKey } from './admin-key.js';
+import { type Logger, createApp } from './app.js';
+import { StartupError, type StorageOptions, openStorage } from './storage.js';
+
+export interface ServeOptions extends StorageOptions {
+  /** Default 8787; 0 picks a free port. */
+  port?: number;
+  /** Default '0.0.0.0'. */
+  host?: string;
+  /** The admin key (AGENTKEY_ADMIN_KEY); without it one is created on the first start. */
+  adminKey?: string | undefined;
+  /** Mount the self-serve routes (/signup, /sdk-keys...). */
+  selfServe?: AgentKeyRoutesOptions | false;
+  /** The keys table. Default 'sdk_api_keys'. */
+  tableName?: string;
+  bodyLimitBytes?: number;
+  logger?: Logger;
+  /** Called once with a newly created admin key: the only time it exists in the clear. */
+  onAdminKeyCreated?: (key: string) => void;
+  /** How long close() lets in-flight requests finish before cutting them. Default 10 s. */
+  shutdownGraceMs?: number;
+}
+
+export interface RunningServer {
+  url: string;
+  port: number;
+  adminKey: AdminKey;
+  ak: AgentKey;
+  /** Stops accepting, lets in-flight requests finish, flushes batched writes, closes the database. */
+  close(): Promise<void>;
+}
+
+/**
+ * Runs the agentkey HTTP service on Node: opens the storage, migrates, resolves the admin
+ * key and listens.
+ *
+ * @example const server = await startServer({ port: 8787, dataDir: './.agentkey' });
+ */
+export async function startServer(options: ServeOptions = {}): Promise<RunningServer> {
+  const port = options.port ?? 8787;
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StartupError(`The port must be a whole number from 0 to 65535; got ${port}.`);
+  const storage = await openStorage(options);
+  let ak: AgentKey | undefined;
+  try {
+    ak = new AgentKey({ pool: storage.pool, ...(options.tableName ? { tableName: options.tableName } : {}) });
+    await ak.migrate();
+    const adminKey = await resolveAdminKey(storage, options.adminKey);
+    if (adminKey.created) options.onAdminKeyCreated?.(adminKey.created);
+    const { app } = createApp(ak, {
+      adminKey: { sha256: adminKey.sha256 },
+      selfServe: options.selfServe ?? false,
+      ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}),
+      ...(options.logger ? { logger: options.logger } : {}),
+      health: storage.ping,
+      database: storage.kind,
+      clientAddress: (c) => {
+        try {
+          return getConnInfo(c).remote.address ?? 'unknown';
+        } catch {
+          return 'unknown';
+        }
+      },
+    });
+    const server = await listen(app.fetch, port, options.host ?? '0.0.0.0');
+    const bound = (server.address() as AddressInfo).port;
+    const shownHost = options.host && options.host !== '0.0.0.0' && options.host !== '::' ? options.host : 'localhost';
+    const running = ak;
+    let closing: Promise<void> | undefined;
+    return {
+      url: `http://${shownHost}:${bound}`,
+      port: bound,
+      adminKey,
+      ak: running,
+      close: () =>
+        (closing ??= (async () => {
+          await stopListening(server, options.shutdownGraceMs ?? 10_000);
+          try {
+            await running.close();
+          } finally {
+            await storage.close();
+          }
+        })()),
+    };
+  } catch (err) {
+    await ak?.close().catch(() => {});
+    await storage.close().catch(() => {});
+    throw err;
+  }
+}
+
+type NodeServer = ReturnType<typeof serve> & {
+  address(): AddressInfo | string | null;
+  closeIdleConnections?(): void;
+  closeAllConnections?(): void;
+};
+
+function listen(fetch: (req: Request) => Response | Promise<Response>, port: number, hostname: string): Promise<NodeServer> {
+  return new Promise((resolve, reject) => {
+    const server = serve({ fetch, port, hostname }) as NodeServer;
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(err.code === 'EADDRINUSE' ? new StartupError(`Port ${port} is in use; pick another with --port or PORT.`) : err),
+    );
+    server.once('listening', () => resolve(server));
+  });
+}
+
+/** Stops accepting; keep-alive connections close once idle; in-flight requests get `graceMs`. */
+function stopListening(server: NodeServer, graceMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => server.closeAllConnections?.(), graceMs);
+    timer.unref();
+    server.close(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+    server.closeIdleConnections?.();
+  });
+}
