@@ -337,6 +337,7 @@ function version(): string {
 }
 
 function oneLine(err: unknown): string {
+  if (err instanceof AgentKeyError && err.code === 'not_migrated') return err.message.replace('run ak.migrate() first', 'run `agentkey migrate` first');
   if (err instanceof UserError || err instanceof StartupError || err instanceof AgentKeyError) return err.message;
   if (err instanceof Error) return `${err.message} (unexpected; please report it)`;
   return String(err);
