@@ -893,7 +893,7 @@ function subjectText(subject: unknown): string {
 
 const MISSING_SCHEMA = new Set(['42P01', '42703', '42883']);
 // 22021/22P05: text the database cannot store (e.g. a NUL character) is the caller's mistake.
-const BAD_VALUE = new Set(['22P02', '22003', '22007', '22008', '22021', '22P05']);
+const BAD_VALUE = new Set(['22P02', '22003', '22007', '22008', '22009', '22021', '22P05']);
 
 function storageError(err: unknown, table: string): AgentKeyError {
   if (err instanceof AgentKeyError) return err;

@@ -79,11 +79,29 @@ export function parsePeriod(value: unknown, field = 'budgetPeriod'): BudgetPerio
   throw new AgentKeyError('invalid_period', `${field} must be 'day', 'month' or null; got ${describe(value)}.`);
 }
 
-/** Parses an absolute expiry given as a Date or an ISO-8601 string. */
+const ISO_8601 = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;
+
+/**
+ * Parses an instant given as a Date or an ISO-8601 string ('2026-11-01',
+ * '2026-11-01T12:00:00Z'; a time without a zone is UTC), in the years 1 to 9999 that PostgreSQL stores. Strings that
+ * `Date` would read leniently ('-1', 'March 7', '2026-02-30') are refused, not reinterpreted.
+ */
 export function parseInstant(value: unknown, field: string): Date {
-  const date = value instanceof Date ? value : typeof value === 'string' && value.length <= 64 ? new Date(value) : null;
-  if (!date || Number.isNaN(date.getTime())) {
-    throw new AgentKeyError('invalid_argument', `${field} must be a Date or an ISO-8601 timestamp; got ${describe(value)}.`);
+  let date: Date | null = null;
+  if (value instanceof Date) date = value;
+  else if (typeof value === 'string' && value.length <= 64) {
+    const m = ISO_8601.exec(value.trim());
+    if (m) {
+      const [y, mo, d] = [Number(m[1]), Number(m[2]), Number(m[3])];
+      const day = new Date(Date.UTC(2000, mo - 1, d));
+      day.setUTCFullYear(y);
+      // The calendar date must exist as written: Date would roll 2026-02-30 over to March 2.
+      // A time without a zone is UTC, as periods are (Date would read it in the local zone).
+      if (day.getUTCMonth() === mo - 1 && day.getUTCDate() === d) date = new Date(m[4] ? `${m[1]}-${m[2]}-${m[3]}T${m[4]}${m[5] ?? 'Z'}` : value.trim());
+    }
+  }
+  if (!date || Number.isNaN(date.getTime()) || date.getUTCFullYear() < 1 || date.getUTCFullYear() > 9999) {
+    throw new AgentKeyError('invalid_argument', `${field} must be a Date or an ISO-8601 date or time between the years 1 and 9999; got ${describe(value)}.`);
   }
   return date;
 }

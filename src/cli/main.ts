@@ -7,6 +7,7 @@ import { AgentKeyError } from '../errors.js';
 import { rotateAdminKey } from '../server/admin-key.js';
 import { startServer } from '../server/serve.js';
 import { StartupError, type Storage, openStorage } from '../server/storage.js';
+import { parseInstant } from '../time.js';
 import { accountDetails, keyDetails, keysTable, usageReport } from './format.js';
 
 interface Common {
@@ -76,9 +77,11 @@ function list(value: string): string[] {
 function instant(value: string): Date {
   const rel = /^(\d+)([hdw])$/.exec(value);
   if (rel) return new Date(Date.now() - Number(rel[1]) * { h: 3_600_000, d: 86_400_000, w: 604_800_000 }[rel[2] as 'h' | 'd' | 'w']);
-  const date = new Date(value);
-  if (Number.isNaN(date.getTime())) throw new InvalidArgumentError("expected a time like '7d', '24h', '2w' or an ISO date such as 2026-11-01.");
-  return date;
+  try {
+    return parseInstant(value, 'the time');
+  } catch {
+    throw new InvalidArgumentError("expected a time like '7d', '24h', '2w' or an ISO date such as 2026-11-01.");
+  }
 }
 
 function withCommon(cmd: Command): Command {

@@ -8,8 +8,9 @@ import { timeout } from 'hono/timeout';
 import type { AgentKey, TrackUsageResult, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { errorToHttp } from '../http/errors.js';
+import { MICROS_PER_CENT, centsToMicros } from '../money.js';
 import { type AgentKeyRoutesOptions, checkRoutesOptions, selfServeHandlers } from '../http/self-serve.js';
-import { checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey } from '../http/verify.js';
+import { TIMEOUT, checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey, withTimeout } from '../http/verify.js';
 import { type Metrics, createMetrics } from './metrics.js';
 import * as S from './schemas.js';
 
@@ -77,7 +78,7 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   if (!Number.isInteger(limit) || limit < 1024) throw new AgentKeyError('invalid_argument', 'bodyLimitBytes must be a whole number of at least 1024.');
   const timeoutMs = options.timeoutMs ?? 10_000;
   if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
-  const selfServe = options.selfServe ? checkRoutesOptions(options.selfServe) : null;
+  const selfServe = options.selfServe ? checkRoutesOptions({ timeoutMs, ...options.selfServe }) : null;
   const log = options.logger;
   const metrics = createMetrics(ak);
 
@@ -236,7 +237,7 @@ export function createApp(ak: AgentKey, options: AppOptions) {
     async (c) => {
       const { key, ...usage } = c.req.valid('json');
       const result = await ak.trackUsage(key, usage);
-      metrics.charged('charge', result.success ? 'charged' : result.reason, result.success && !result.replayed ? usage.costCents : 0);
+      metrics.charged('charge', result.success ? 'charged' : result.reason, result.success && !result.replayed ? recorded(usage.costCents) : 0);
       if (!result.success) throw spendRefused(result);
       return c.json(result, 200);
     },
@@ -298,9 +299,9 @@ export function createApp(ak: AgentKey, options: AppOptions) {
     }),
     async (c) => {
       try {
-        await options.health?.();
+        await withTimeout(Promise.resolve(options.health?.()), timeoutMs);
       } catch (err) {
-        log?.error({ err: String(err) }, 'health check failed');
+        log?.error({ err: err === TIMEOUT ? 'timed out' : String(err) }, 'health check failed');
         throw new ApiError(503, 'unhealthy', 'The database is not reachable.');
       }
       return c.json({ status: 'ok' as const, database: options.database ?? 'postgres' }, 200);
@@ -359,6 +360,11 @@ function errors(...statuses: number[]) {
   );
 }
 
+/** Cents as the ledger records them: rounded up to a whole micro-dollar. */
+function recorded(cents: number): number {
+  return centsToMicros(cents, 'up') / MICROS_PER_CENT;
+}
+
 function errorBody(code: string, message: string, extra: Record<string, unknown> = {}) {
   return { error: { code, message, ...extra } };
 }
@@ -368,6 +374,7 @@ function toHttp(err: unknown): { status: number; body: unknown } {
   if (err instanceof HTTPException) {
     if (err.status === 503) return { status: 503, body: errorBody('storage_timeout', 'The key store did not answer in time; try again later.') };
     if (err.status === 400) return { status: 400, body: errorBody('invalid_json', 'The request body is not valid JSON.') };
+    if (err.status === 415) return { status: 415, body: errorBody('unsupported_media_type', 'Send the body as JSON with "Content-Type: application/json".') };
     return { status: err.status, body: errorBody('bad_request', 'The request could not be handled.') };
   }
   return errorToHttp(err);
@@ -380,14 +387,17 @@ function errorDetail(err: unknown): Record<string, unknown> {
 
 function describeIssue(issue: { path: PropertyKey[]; message: string; code?: string; keys?: string[] } | undefined, target: string): string {
   const where = target === 'json' ? 'the body' : target === 'query' ? 'the query' : target === 'param' ? 'the path' : target;
-  if (!issue) return `Invalid ${where}.`;
+  if (!issue) return `The request is invalid in ${where}.`;
   if (issue.code === 'unrecognized_keys' && issue.keys) {
     return `Unknown field${issue.keys.length > 1 ? 's' : ''} in ${where}: ${issue.keys.map((k) => `"${k}"`).join(', ')}.`;
   }
   const field = issue.path.map(String).join('.');
   const message = issue.message.replace(/\.$/, '');
-  return field ? `Field "${field}" in ${where} is invalid: ${message}.` : `Invalid ${where}: ${message}.`;
+  return field ? `Field "${field}" in ${where} is invalid: ${message}.` : `The request is invalid in ${where}: ${message}.`;
 }
+
+// The rule @hono/zod-openapi's validators apply, so a type they refuse is refused here first, clearly.
+const JSON_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/i;
 
 /** 415 for a body that is not declared as JSON: the validators would otherwise see it as empty. */
 const requireJson: MiddlewareHandler = async (c, next) => {
@@ -396,7 +406,7 @@ const requireJson: MiddlewareHandler = async (c, next) => {
     const length = c.req.header('content-length');
     const hasBody = (length !== undefined && length !== '0') || c.req.header('transfer-encoding') !== undefined;
     const type = c.req.header('content-type') ?? '';
-    if (hasBody && !/^application\/([\w.-]+\+)?json\s*(;|$)/i.test(type)) {
+    if (hasBody && !JSON_TYPE.test(type)) {
       throw new ApiError(415, 'unsupported_media_type', 'Send the body as JSON with "Content-Type: application/json".');
     }
   }
@@ -472,7 +482,7 @@ function mountSelfServe(app: OpenAPIHono<Env>, ak: AgentKey, opts: ReturnType<ty
     const outcome = await verifyKey(ak, keyFromHeaders((name) => c.req.header(name)), verifyOpts, checkBudget);
     if (!outcome.ok) {
       const { code, message, ...extra } = outcome.error.body.error;
-      throw new ApiError(outcome.error.status, code, message, extra);
+      throw new ApiError(code === 'storage_timeout' ? 503 : outcome.error.status, code, message, extra);
     }
     return outcome.key;
   };
@@ -485,7 +495,9 @@ function mountSelfServe(app: OpenAPIHono<Env>, ak: AgentKey, opts: ReturnType<ty
       throw new ApiError(400, 'invalid_json', 'The request body is not valid JSON.');
     }
   };
-  const send = (c: Context, out: { status: number; body: unknown }) => c.json(out.body as object, out.status as 200);
+  // A store that did not answer is a 503 here, as on every /v1 route.
+  const send = (c: Context, out: { status: number; body: unknown }) =>
+    c.json(out.body as object, ((out.body as { error?: { code?: string } }).error?.code === 'storage_timeout' ? 503 : out.status) as 200);
   app.post('/signup', async (c) => send(c, await handlers.signup({ body: await json(c), key: undefined, ip: clientAddress(c) })));
   app.get('/sdk-keys/me', async (c) => send(c, await handlers.me({ body: undefined, key: await keyOf(c, false), ip: clientAddress(c) })));
   app.post('/sdk-keys', async (c) => {
