@@ -96,8 +96,8 @@ export function buildProgram(): Command {
   const program = new Command('agentkey')
     .description('Scoped, budgeted, time-bounded API keys for AI agents: the service and its operator CLI.')
     .version(version(), '-v, --version')
-    .showHelpAfterError('(run with --help for usage)')
-    .configureOutput({ outputError: (str, write) => write(`agentkey: ${str.replace(/^error: /, '')}`) })
+    // One line: the mistake and where to look.
+    .configureOutput({ outputError: (str, write) => write(`agentkey: ${str.replace(/^error: /, '').trim().replace(/\.?$/, '')} (see --help).\n`) })
     .exitOverride();
 
   withCommon(program.command('serve'))
@@ -153,8 +153,9 @@ export function buildProgram(): Command {
           },
         );
       };
-      process.once('SIGTERM', () => stop('SIGTERM'));
-      process.once('SIGINT', () => stop('SIGINT'));
+      // `on`, not `once`: a second Ctrl-C must reach stop() too, not Node's default exit.
+      process.on('SIGTERM', () => stop('SIGTERM'));
+      process.on('SIGINT', () => stop('SIGINT'));
       // Keep the action pending: the service runs until a signal stops it.
       await new Promise<never>(() => {});
     });

@@ -47,7 +47,8 @@ async function openPostgres(url: string): Promise<Storage> {
     throw new StartupError('DATABASE_URL is not a valid URL (postgres://user:password@host:5432/database).');
   }
   const { default: pg } = await import('pg');
-  const pool = new pg.Pool({ connectionString: url, max: 10 });
+  // A server that accepts connections but never answers must not hang the service or the CLI.
+  const pool = new pg.Pool({ connectionString: url, max: 10, connectionTimeoutMillis: 10_000 });
   // An idle client that loses its server must not crash the process; the next query reports it.
   pool.on('error', () => {});
   try {
