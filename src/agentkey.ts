@@ -153,6 +153,31 @@ export interface UsageReport {
   buckets: { start: string; costCents: number; count: number }[];
 }
 
+/** An account as `listAccounts()` reports it. */
+export interface AccountSummary {
+  accountId: string;
+  /** Keys of the account, revoked and expired included. */
+  keys: number;
+  /** Keys neither revoked nor expired. */
+  liveKeys: number;
+  /** Spend from the ledger over the account's whole life. */
+  spentCents: number;
+  /** Its ceiling and spend this period, or null when it has none. */
+  ceiling: AccountBudget | null;
+}
+
+/** One ledger row as `ledger()` reports it. Holds, releases and expiries move held money; the rest spend. */
+export interface LedgerEntry {
+  id: number;
+  keyId: number;
+  accountId: string;
+  kind: 'charge' | 'hold' | 'commit' | 'release' | 'expire' | 'reset' | 'adjust';
+  amountCents: number;
+  reservationId: string | null;
+  metadata: Record<string, unknown> | null;
+  createdAt: string;
+}
+
 /** A hold as `getReservation()` reports it. */
 export interface ReservationInfo {
   reservationId: string;
@@ -611,6 +636,62 @@ export class AgentKey {
     const id = accountIdText(accountId);
     const row = await this.guard(() => this.accounts.get(id));
     return row ? toAccountBudget(row) : null;
+  }
+
+  /**
+   * Every account that has keys or a ceiling, in id order, for overviews: how many keys
+   * (and how many are live), its lifetime spend from the ledger, and its ceiling or null.
+   *
+   * @example for (const a of await ak.listAccounts()) console.log(a.accountId, a.spentCents, a.ceiling?.remainingCents)
+   */
+  async listAccounts(options: { limit?: number } = {}): Promise<AccountSummary[]> {
+    const o = checkOptions<{ limit?: number }>(options, ['limit'], 'listAccounts()');
+    const limit = o.limit ?? 1_000;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
+      throw new AgentKeyError('invalid_argument', 'limit must be a whole number from 1 to 10000.');
+    }
+    const rows = await this.guard(() => this.accounts.list(limit));
+    return rows.map((r) => ({
+      accountId: r.summary_id,
+      keys: Number(r.key_count),
+      liveKeys: Number(r.live_key_count),
+      spentCents: microsToCents(Number(r.lifetime_micros)),
+      ceiling: r.budget_micros === null ? null : toAccountBudget({ ...r, account_id: r.summary_id, budget_micros: r.budget_micros }),
+    }));
+  }
+
+  /**
+   * The ledger, newest first: every charge, hold, commit, release, expiry, reset and
+   * adjustment of a key or an account (or all), with its metadata. Page with `before`
+   * (the last id you got).
+   *
+   * @example await ak.ledger({ keyId: 42, limit: 20 })
+   */
+  async ledger(query: { keyId?: number | string; accountId?: string | number; before?: number; limit?: number } = {}): Promise<LedgerEntry[]> {
+    const q = checkOptions<{ keyId?: number | string; accountId?: string | number; before?: number; limit?: number }>(
+      query, ['keyId', 'accountId', 'before', 'limit'], 'ledger()');
+    const limit = q.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 1 || limit > 1_000) {
+      throw new AgentKeyError('invalid_argument', 'limit must be a whole number from 1 to 1000.');
+    }
+    const rows = await this.guard(() =>
+      this.spending.ledger({
+        keyId: q.keyId === undefined ? null : keyIdNumber(q.keyId),
+        accountId: q.accountId === undefined ? null : accountIdText(q.accountId),
+        before: q.before === undefined ? null : keyIdNumber(q.before, 'before'),
+        limit,
+      }),
+    );
+    return rows.map((r) => ({
+      id: Number(r.id),
+      keyId: Number(r.key_id),
+      accountId: r.account_id,
+      kind: r.kind,
+      amountCents: microsToCents(Number(r.amount_micros)),
+      reservationId: r.reservation_id,
+      metadata: r.metadata,
+      createdAt: iso(r.created_at) as string,
+    }));
   }
 
   /** Removes an account's ceiling. True when it had one. */

@@ -1,6 +1,7 @@
 export {
   AgentKey,
   type AccountBudget,
+  type AccountSummary,
   type AdjustResult,
   type AgentKeyOptions,
   type AuditResult,
@@ -15,6 +16,7 @@ export {
   type InvalidKey,
   type InvalidReason,
   type KeyInfo,
+  type LedgerEntry,
   type LimitedBy,
   type ReleaseResult,
   type ReservationInfo,

@@ -149,6 +149,8 @@ function everyRoute(key: string, holdId = UNKNOWN_HOLD) {
       ['GET', '/v1/accounts/acct_a/budget'],
       ['DELETE', '/v1/accounts/acct_a/budget'],
       ['GET', '/v1/usage'],
+      ['GET', '/v1/accounts'],
+      ['GET', '/v1/ledger'],
     ] as [string, string, unknown?][],
     agent: [
       ['POST', '/v1/verify', { key }],
@@ -261,8 +263,10 @@ describe('without a database: routes that need no store, and broken stores', () 
         '/v1/keys': ['get', 'post'],
         '/v1/keys/{id}': ['get'],
         '/v1/keys/{id}/revoke': ['post'],
+        '/v1/accounts': ['get'],
         '/v1/accounts/{id}/budget': ['delete', 'get', 'put'],
         '/v1/usage': ['get'],
+        '/v1/ledger': ['get'],
         '/v1/verify': ['post'],
         '/v1/charge': ['post'],
         '/v1/reservations': ['post'],
@@ -296,7 +300,7 @@ describe('without a database: routes that need no store, and broken stores', () 
       expect(d.components.securitySchemes.adminKey).toMatchObject({ type: 'http', scheme: 'bearer' });
       for (const [path, ops] of Object.entries(d.paths)) {
         for (const [method, op] of Object.entries(ops)) {
-          const adminRoute = path.startsWith('/v1/keys') || path.startsWith('/v1/accounts') || path === '/v1/usage';
+          const adminRoute = path.startsWith('/v1/keys') || path.startsWith('/v1/accounts') || path === '/v1/usage' || path === '/v1/ledger';
           expect(op.security, `${method} ${path}`).toEqual(adminRoute ? [{ adminKey: [] }] : undefined);
           for (const [status, response] of Object.entries(op.responses)) {
             if (Number(status) >= 400) expect(response.content?.['application/json']?.schema.$ref, `${method} ${path} ${status}`).toBe('#/components/schemas/Error');
@@ -929,6 +933,57 @@ forEachDatabase((getDb) => {
       expect(await ak.getAccountBudget('acct_new')).toBeNull();
       expect(await ak.getAccountBudget(long.slice(0, 256))).toBeNull();
       expect(await ak.getAccountBudget('acct_set')).toEqual(setBefore);
+    });
+  });
+
+  describe('GET /v1/accounts and GET /v1/ledger', () => {
+    it('happy: accounts with keys or a ceiling, their key counts, lifetime spend and ceiling', async () => {
+      const { ak, svc } = await setup();
+      expect((await svc.admin('GET', '/v1/accounts')).body).toEqual({ accounts: [] });
+      const a1 = await ak.create({ accountId: 'acct_a', budgetCents: 100 });
+      const a2 = await ak.create({ accountId: 'acct_a' });
+      await ak.create({ accountId: 'acct_b' });
+      await ak.revoke(a2.id);
+      await ak.setAccountBudget('acct_c', { budgetCents: 300, budgetPeriod: 'month' });
+      await ak.setAccountBudget('acct_a', { budgetCents: 1000 });
+      expect((await svc.post('/v1/charge', { key: a1.key, costCents: 12.5 })).status).toBe(200);
+      expect((await svc.post('/v1/reservations', { key: a1.key, costCents: 5 })).status).toBe(201);
+      const res = await svc.admin('GET', '/v1/accounts');
+      expect(res.status).toBe(200);
+      expect(res.body.accounts.map((a: { accountId: string }) => a.accountId)).toEqual(['acct_a', 'acct_b', 'acct_c']);
+      const [a, b, c] = res.body.accounts;
+      expect(a).toMatchObject({ keys: 2, liveKeys: 1, spentCents: 12.5, ceiling: { accountId: 'acct_a', budgetCents: 1000, spentCents: 12.5, heldCents: 5, remainingCents: 982.5, budgetPeriod: null } });
+      expect(b).toEqual({ accountId: 'acct_b', keys: 1, liveKeys: 1, spentCents: 0, ceiling: null });
+      expect(c).toMatchObject({ keys: 0, liveKeys: 0, spentCents: 0, ceiling: { budgetCents: 300, budgetPeriod: 'month' } });
+      expect((await svc.admin('GET', '/v1/accounts?limit=1')).body.accounts).toHaveLength(1);
+    });
+
+    it('happy: ledger rows newest first with kind, amount and metadata, per key or account, paged with before', async () => {
+      const { ak, svc } = await setup();
+      const k1 = await ak.create({ accountId: 'acct_l' });
+      const k2 = await ak.create({ accountId: 'acct_m' });
+      expect((await svc.post('/v1/charge', { key: k1.key, costCents: 1.5, metadata: { model: 'm1', inputTokens: 10 } })).status).toBe(200);
+      const hold = await svc.post('/v1/reservations', { key: k1.key, costCents: 4 });
+      expect((await svc.post(`/v1/reservations/${hold.body.reservationId}/commit`, { key: k1.key, costCents: 3 })).status).toBe(200);
+      expect((await svc.post('/v1/charge', { key: k2.key, costCents: 2 })).status).toBe(200);
+      const rows = (await svc.admin('GET', `/v1/ledger?keyId=${k1.id}`)).body.entries;
+      expect(rows.map((r: { kind: string; amountCents: number }) => [r.kind, r.amountCents])).toEqual([['commit', 3], ['hold', 4], ['charge', 1.5]]);
+      expect(rows[2]).toMatchObject({ keyId: k1.id, accountId: 'acct_l', metadata: { model: 'm1', inputTokens: 10 }, reservationId: null });
+      expect(rows[1].reservationId).toBe(hold.body.reservationId);
+      expect(rows[0].id).toBeGreaterThan(rows[1].id);
+      const page = (await svc.admin('GET', `/v1/ledger?keyId=${k1.id}&limit=1&before=${rows[0].id}`)).body.entries;
+      expect(page.map((r: { id: number }) => r.id)).toEqual([rows[1].id]);
+      expect((await svc.admin('GET', '/v1/ledger?accountId=acct_m')).body.entries.map((r: { keyId: number }) => r.keyId)).toEqual([k2.id]);
+      expect((await svc.admin('GET', '/v1/ledger')).body.entries).toHaveLength(4);
+    });
+
+    it('error: bad query values are 400 and unknown fields are refused', async () => {
+      const { svc } = await setup();
+      for (const path of ['/v1/accounts?limit=0', '/v1/accounts?limit=x', '/v1/accounts?accountId=a', '/v1/ledger?keyId=abc', '/v1/ledger?limit=1001', '/v1/ledger?before=0', '/v1/ledger?kind=charge']) {
+        const res = await svc.admin('GET', path);
+        expect(res.status, path).toBe(400);
+        expectError(res, 400);
+      }
     });
   });
 

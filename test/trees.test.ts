@@ -822,7 +822,6 @@ forEachDatabase((getDb) => {
       const bad: unknown[] = [
         undefined,
         null,
-        {},
         { accountId: '' },
         { accountId: 'acc', includeRevoked: 'yes' },
         { accountId: 'acc', includeRevoked: 1 },
@@ -837,6 +836,15 @@ forEachDatabase((getDb) => {
       ];
       for (const q of bad) expect(await codeOf(() => ak.listKeys(q as never)), JSON.stringify(q)).toBe('invalid_argument');
       for (const id of [0, -1, 'x', 1.5, null, undefined, {}]) expect(await codeOf(() => ak.getKey(id as never)), String(id)).toBe('invalid_argument');
+    });
+
+    it('happy: without accountId, listKeys lists every account\'s keys in id order', async () => {
+      const ak = await getDb().agentKey();
+      const a = await ak.create({ accountId: 'acc_all_1' });
+      const b = await ak.create({ accountId: 'acc_all_2' });
+      const c = await ak.create({ accountId: 'acc_all_1', parentId: a.id });
+      expect((await ak.listKeys({})).map((k) => [k.id, k.accountId])).toEqual([[a.id, 'acc_all_1'], [b.id, 'acc_all_2'], [c.id, 'acc_all_1']]);
+      expect((await ak.listKeys({ parentId: a.id })).map((k) => k.id)).toEqual([c.id]);
     });
   });
 

@@ -11,6 +11,7 @@ import { errorToHttp } from '../http/errors.js';
 import { MICROS_PER_CENT, centsToMicros } from '../money.js';
 import { type AgentKeyRoutesOptions, checkRoutesOptions, selfServeHandlers } from '../http/self-serve.js';
 import { TIMEOUT, checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey, withTimeout } from '../http/verify.js';
+import { mountDashboard } from './dashboard.js';
 import { type Metrics, createMetrics } from './metrics.js';
 import * as S from './schemas.js';
 
@@ -36,6 +37,8 @@ export interface AppOptions {
   health?: () => Promise<void>;
   /** Which database the service runs on, as /healthz reports it. */
   database?: 'pglite' | 'postgres';
+  /** Serve the web dashboard at /dashboard. Default true. */
+  dashboard?: boolean;
   /** The client's address, for the signup rate limit. Default: the X-Forwarded-For header is NOT trusted; 'unknown'. */
   clientAddress?: (c: Context) => string;
 }
@@ -104,6 +107,8 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   app.use('/v1/keys/*', admin);
   app.use('/v1/accounts/*', admin);
   app.use('/v1/usage', admin);
+  app.use('/v1/accounts', admin);
+  app.use('/v1/ledger', admin);
   app.openAPIRegistry.registerComponent('securitySchemes', 'adminKey', { type: 'http', scheme: 'bearer', description: 'The admin key.' });
   const adminOnly = [{ adminKey: [] }];
 
@@ -206,6 +211,36 @@ export function createApp(ak: AgentKey, options: AppOptions) {
       responses: { 200: { description: 'Usage', content: { 'application/json': { schema: S.UsageReport } } }, ...errors(400, 401) },
     }),
     async (c) => c.json(await ak.usage(c.req.valid('query')), 200),
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get', path: '/v1/accounts', tags: ['admin'], security: adminOnly, summary: 'Every account with keys or a ceiling: key counts, lifetime spend, ceiling.',
+      request: { query: S.AccountListQuery },
+      responses: { 200: { description: 'The accounts', content: { 'application/json': { schema: S.AccountList } } }, ...errors(400, 401) },
+    }),
+    async (c) => {
+      const { limit } = c.req.valid('query');
+      return c.json({ accounts: await ak.listAccounts(limit === undefined ? {} : { limit: Number(limit) }) }, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'get', path: '/v1/ledger', tags: ['admin'], security: adminOnly, summary: 'Ledger rows, newest first (page with before=<last id>).',
+      request: { query: S.LedgerQuery },
+      responses: { 200: { description: 'Ledger rows', content: { 'application/json': { schema: S.LedgerList } } }, ...errors(400, 401) },
+    }),
+    async (c) => {
+      const q = c.req.valid('query');
+      const entries = await ak.ledger({
+        ...(q.keyId !== undefined ? { keyId: q.keyId } : {}),
+        ...(q.accountId !== undefined ? { accountId: q.accountId } : {}),
+        ...(q.before !== undefined ? { before: Number(q.before) } : {}),
+        ...(q.limit !== undefined ? { limit: Number(q.limit) } : {}),
+      });
+      return c.json({ entries }, 200);
+    },
   );
 
   // ---- Agent API: the agent's own key, never the admin key ----
@@ -313,6 +348,7 @@ export function createApp(ak: AgentKey, options: AppOptions) {
     return c.body(await metrics.registry.metrics());
   });
 
+  if (options.dashboard !== false) mountDashboard(app as never);
   if (selfServe) mountSelfServe(app, ak, selfServe, options.clientAddress ?? (() => 'unknown'));
 
   app.doc31('/openapi.json', {

@@ -222,3 +222,42 @@ export const Released = z
 export const Health = z.object({ status: z.literal('ok'), database: z.enum(['pglite', 'postgres']) }).openapi('Health');
 
 export const Removed = z.object({ accountId: z.string(), removed: z.literal(true) }).openapi('Removed');
+
+export const AccountList = z
+  .object({
+    accounts: z.array(
+      z.object({
+        accountId: z.string(),
+        keys: z.number().int(),
+        liveKeys: z.number().int(),
+        spentCents: z.number().openapi({ description: 'Lifetime spend from the ledger.' }),
+        ceiling: AccountBudget.nullable(),
+      }),
+    ),
+  })
+  .openapi('AccountList');
+
+const limitParam = (max: number) => z.string().regex(/^[0-9]{1,5}$/, `must be a whole number from 1 to ${max}`).optional();
+
+export const AccountListQuery = z.object({ limit: limitParam(10_000) }).strict();
+
+export const LedgerQuery = z
+  .object({ keyId: keyId.optional(), accountId: accountId.optional(), before: keyId.optional(), limit: limitParam(1_000) })
+  .strict();
+
+export const LedgerList = z
+  .object({
+    entries: z.array(
+      z.object({
+        id: z.number().int(),
+        keyId: z.number().int(),
+        accountId: z.string(),
+        kind: z.enum(['charge', 'hold', 'commit', 'release', 'expire', 'reset', 'adjust']),
+        amountCents: z.number(),
+        reservationId: z.string().nullable(),
+        metadata: z.record(z.string(), z.unknown()).nullable(),
+        createdAt: z.string(),
+      }),
+    ),
+  })
+  .openapi('LedgerList');

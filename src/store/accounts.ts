@@ -11,6 +11,14 @@ export interface AccountRow {
   budget_reset_at: Date | null;
 }
 
+export interface AccountSummaryRow extends Omit<AccountRow, 'budget_micros'> {
+  summary_id: string;
+  key_count: number;
+  live_key_count: number;
+  lifetime_micros: number;
+  budget_micros: number | null;
+}
+
 /** All SQL about account ceilings. */
 export class AccountStore {
   private readonly columns: string;
@@ -58,6 +66,28 @@ export class AccountStore {
       const rows = await tx.query<AccountRow>(`SELECT ${this.columns} FROM ${this.t.accounts} a WHERE a.account_id = $1`, [accountId]);
       return rows[0] as AccountRow;
     });
+  }
+
+  /**
+   * Every account that has keys or a ceiling, in id order: its key counts, its lifetime
+   * spend from the ledger, and its ceiling (budget_micros null when it has none).
+   */
+  async list(limit: number): Promise<AccountSummaryRow[]> {
+    const t = this.t;
+    return this.db.query<AccountSummaryRow>(
+      `WITH agentkey_ids AS (SELECT DISTINCT account_id::text AS id FROM ${t.table}
+                             UNION SELECT account_id FROM ${t.accounts})
+       SELECT i.id AS summary_id,
+         (SELECT count(*) FROM ${t.table} k WHERE k.account_id::text = i.id)::bigint AS key_count,
+         (SELECT count(*) FROM ${t.table} k WHERE k.account_id::text = i.id AND k.revoked_at IS NULL
+            AND (k.expires_at IS NULL OR k.expires_at > now()))::bigint AS live_key_count,
+         (SELECT COALESCE(sum(l.amount_micros), 0) FROM ${t.ledger} l
+            WHERE l.account_id = i.id AND l.kind IN ('charge', 'commit', 'adjust'))::bigint AS lifetime_micros,
+         ${this.columns}
+       FROM agentkey_ids i LEFT JOIN ${t.accounts} a ON a.account_id = i.id
+       ORDER BY i.id LIMIT $1`,
+      [limit],
+    );
   }
 
   async clear(accountId: string): Promise<boolean> {

@@ -41,6 +41,17 @@ export interface SpendRequest {
   ttlMs: number | null;
 }
 
+export interface LedgerRow {
+  id: number;
+  key_id: number;
+  account_id: string;
+  kind: 'charge' | 'hold' | 'commit' | 'release' | 'expire' | 'reset' | 'adjust';
+  amount_micros: number;
+  reservation_id: string | null;
+  metadata: Record<string, unknown> | null;
+  created_at: Date;
+}
+
 export interface HoldRow {
   id: string;
   key_id: number;
@@ -147,6 +158,20 @@ export class SpendStore {
       [holdId, op, micros, metadata],
     );
     return parse(rows[0]?.r);
+  }
+
+  /** Ledger rows, newest first, for a key and/or an account, before a row id (for paging). */
+  async ledger(f: { keyId: number | null; accountId: string | null; before: number | null; limit: number }): Promise<LedgerRow[]> {
+    const where: string[] = [];
+    const params: unknown[] = [f.limit];
+    if (f.keyId !== null) where.push(`key_id = $${params.push(f.keyId)}`);
+    if (f.accountId !== null) where.push(`account_id = $${params.push(f.accountId)}`);
+    if (f.before !== null) where.push(`id < $${params.push(f.before)}`);
+    return this.db.query<LedgerRow>(
+      `SELECT id, key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at FROM ${this.t.ledger}
+       ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT $1`,
+      params,
+    );
   }
 
   async findHold(id: string): Promise<HoldRow | null> {

@@ -1,0 +1,425 @@
+// The agentkey dashboard: a small client over the admin API, no build step.
+// Everything user-supplied (names, scopes, metadata) goes in with textContent, never HTML.
+
+const STORE = 'agentkey.adminKey';
+const REFRESH_MS = 5000;
+const $ = (id) => document.getElementById(id);
+
+const state = { filters: { account: '', status: '', sort: 'spend' }, bucket: 'hour', timer: null, chart: null };
+
+// ---- helpers ----
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else el.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+  return el;
+}
+
+/** Cents as dollars: 250 -> $2.50; sub-cent amounts keep their digits: 0.15 -> $0.0015. */
+export function dollars(cents) {
+  if (cents === null || cents === undefined) return 'unlimited';
+  const value = Math.abs(cents) / 100;
+  const [whole, fraction = ''] = value.toFixed(6).replace(/0+$/, '').split('.');
+  return `${cents < 0 ? '-' : ''}$${Number(whole).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;
+}
+
+function ago(iso) {
+  if (!iso) return 'never';
+  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
+  if (s < 0) return 'in ' + span(-s);
+  return span(s) + ' ago';
+}
+function span(s) {
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m`;
+  if (s < 86400) return `${Math.floor(s / 3600)}h`;
+  return `${Math.floor(s / 86400)}d`;
+}
+function when(iso) {
+  return iso ? iso.replace('T', ' ').replace(/:\d\d\.\d+Z$/, ' UTC') : '—';
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, {
+    ...options,
+    headers: { authorization: `Bearer ${sessionStorage.getItem(STORE)}`, ...(options.body ? { 'content-type': 'application/json' } : {}) },
+  });
+  const body = await res.json().catch(() => ({ error: { code: 'bad_response', message: 'The service sent something that is not JSON.' } }));
+  if (res.status === 401 && path.startsWith('/v1/') && !path.startsWith('/v1/verify')) {
+    signOut('The admin key was refused; sign in again.');
+    throw new Error('signed out');
+  }
+  if (!res.ok) throw Object.assign(new Error(body.error?.message ?? `HTTP ${res.status}`), { code: body.error?.code });
+  return body;
+}
+
+// ---- budget bar: spent | held | remaining ----
+
+function bar(b) {
+  const budget = b.budgetCents;
+  if (budget === null || budget === undefined) {
+    return h('div', { class: 'bar-text' }, `${dollars(b.spentCents)} spent`, b.heldCents > 0 ? ` · ${dollars(b.heldCents)} held` : '', ' · no cap');
+  }
+  const pct = (x) => (budget > 0 ? Math.min(100, (x / budget) * 100) : 0);
+  const spent = pct(b.spentCents);
+  const held = Math.min(100 - spent, pct(b.heldCents));
+  const label = `Spent ${dollars(b.spentCents)}, held ${dollars(b.heldCents)}, remaining ${dollars(b.remainingCents)} of ${dollars(budget)}`;
+  const over = b.spentCents + b.heldCents > budget;
+  return h(
+    'div',
+    { class: 'budget' },
+    h(
+      'div',
+      { class: 'bar' + (over ? ' over' : ''), role: 'img', 'aria-label': label, title: label },
+      h('span', { class: 'spent', style: `width:${spent}%` }),
+      h('span', { class: 'held', style: `width:${held}%` }),
+    ),
+    h(
+      'div',
+      { class: 'bar-text' },
+      h('span', { class: 'amount-spent' }, dollars(b.spentCents)),
+      ' spent',
+      b.heldCents > 0 ? h('span', {}, ' · ', h('span', { class: 'amount-held' }, dollars(b.heldCents)), ' held') : '',
+      ' · ',
+      h('span', { class: 'amount-remaining' }, dollars(b.remainingCents)),
+      ' left of ',
+      h('span', { class: 'amount-budget' }, dollars(budget)),
+    ),
+  );
+}
+
+function statusBadge(status) {
+  return h('span', { class: `badge ${status}` }, status);
+}
+
+// ---- views ----
+
+async function overview(view) {
+  const [{ accounts }, { keys }] = await Promise.all([api('/v1/accounts'), api('/v1/keys?includeRevoked=true&limit=10000')]);
+  const f = state.filters;
+  const shown = keys
+    .filter((k) => (!f.account || String(k.accountId) === f.account) && (!f.status || k.status === f.status))
+    .sort(
+      {
+        spend: (a, b) => b.spentCents - a.spentCents || a.id - b.id,
+        remaining: (a, b) => (a.remainingCents ?? Infinity) - (b.remainingCents ?? Infinity) || a.id - b.id,
+        name: (a, b) => (a.name ?? '').localeCompare(b.name ?? '') || a.id - b.id,
+        newest: (a, b) => b.id - a.id,
+      }[f.sort],
+    );
+
+  const select = (id, label, value, options, onchange) =>
+    h(
+      'div',
+      { class: 'filter' },
+      h('label', { for: id }, label),
+      h('select', { id, onchange: (e) => onchange(e.target.value) }, options.map(([v, text]) => h('option', { value: v, selected: v === value }, text))),
+    );
+
+  view.replaceChildren(
+    h('h1', {}, 'Overview'),
+    h('section', { class: 'card', 'aria-labelledby': 'accounts-title' },
+      h('h2', { id: 'accounts-title' }, 'Accounts'),
+      accounts.length === 0
+        ? h('p', { class: 'empty' }, 'No accounts yet. Create a key with the curl example in the README, or ', h('code', {}, 'agentkey keys create --account acct_1'), '.')
+        : h('div', { class: 'table-wrap' },
+            h('table', { id: 'accounts' },
+              h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Account'), h('th', { scope: 'col' }, 'Keys'), h('th', { scope: 'col' }, 'Ceiling this period'), h('th', { scope: 'col' }, 'Lifetime spend'))),
+              h('tbody', {}, accounts.map((a) =>
+                h('tr', { 'data-account': a.accountId },
+                  h('th', { scope: 'row' }, a.accountId),
+                  h('td', { 'data-label': 'Keys' }, `${a.liveKeys} live / ${a.keys}`),
+                  h('td', { 'data-label': 'Ceiling' }, a.ceiling ? [bar(a.ceiling), h('div', { class: 'muted' }, a.ceiling.budgetPeriod ? `per ${a.ceiling.budgetPeriod}, resets ${ago(a.ceiling.budgetResetAt)}` : 'lifetime')] : h('span', { class: 'muted' }, 'no ceiling')),
+                  h('td', { class: 'num', 'data-label': 'Lifetime spend' }, dollars(a.spentCents)),
+                ))),
+            )),
+    ),
+    h('section', { class: 'card', 'aria-labelledby': 'keys-title' },
+      h('h2', { id: 'keys-title' }, 'Keys'),
+      h('div', { class: 'filters' },
+        select('filter-account', 'Account', f.account, [['', 'All accounts'], ...accounts.map((a) => [a.accountId, a.accountId])], (v) => { f.account = v; refresh(); }),
+        select('filter-status', 'Status', f.status, [['', 'Any status'], ['active', 'Active'], ['expired', 'Expired'], ['revoked', 'Revoked']], (v) => { f.status = v; refresh(); }),
+        select('sort', 'Sort by', f.sort, [['spend', 'Most spent'], ['remaining', 'Least remaining'], ['name', 'Name'], ['newest', 'Newest']], (v) => { f.sort = v; refresh(); }),
+      ),
+      shown.length === 0
+        ? h('p', { class: 'empty' }, keys.length === 0 ? 'No keys yet.' : 'No key matches these filters.')
+        : h('div', { class: 'table-wrap' },
+            h('table', { id: 'keys' },
+              h('thead', {}, h('tr', {}, ['Key', 'Account', 'Scopes', 'Status', 'Budget', 'Period', 'Last used'].map((t) => h('th', { scope: 'col' }, t)))),
+              h('tbody', {}, shown.map((k) =>
+                h('tr', { 'data-key-id': k.id, class: k.status },
+                  h('th', { scope: 'row' }, h('a', { href: `#/keys/${k.id}` }, k.name || `key ${k.id}`), h('div', { class: 'muted mono' }, k.prefix ?? ''), k.parentId ? h('div', { class: 'muted' }, `child of ${k.parentId}`) : ''),
+                  h('td', { 'data-label': 'Account' }, String(k.accountId)),
+                  h('td', { 'data-label': 'Scopes' }, scopes(k.scopes)),
+                  h('td', { class: 'status', 'data-label': 'Status' }, statusBadge(k.status)),
+                  h('td', { class: 'budget-cell', 'data-label': 'Budget' }, bar(k)),
+                  h('td', { 'data-label': 'Period' }, k.budgetPeriod ? [`per ${k.budgetPeriod}`, h('div', { class: 'muted' }, `resets ${ago(k.budgetResetAt)}`)] : h('span', { class: 'muted' }, 'lifetime')),
+                  h('td', { 'data-label': 'Last used' }, ago(k.lastUsedAt)),
+                ))),
+            )),
+    ),
+  );
+}
+
+function scopes(list) {
+  if (list === null) return h('span', { class: 'muted' }, 'all');
+  if (list.length === 0) return h('span', { class: 'muted' }, 'none');
+  return h('span', { class: 'scopes' }, list.map((s) => h('code', {}, s)));
+}
+
+async function keyPage(view, id, { quiet } = {}) {
+  const since = new Date(Date.now() - (state.bucket === 'hour' ? 48 * 3600e3 : 30 * 86400e3));
+  const [key, usage, { entries }, { keys: children }] = await Promise.all([
+    api(`/v1/keys/${id}`),
+    api(`/v1/usage?keyId=${id}&bucket=${state.bucket}&since=${since.toISOString()}`),
+    api(`/v1/ledger?keyId=${id}&limit=25`),
+    api(`/v1/keys?parentId=${id}&includeRevoked=true`),
+  ]);
+  // A background refresh keeps what the operator is typing and a raw key not yet copied.
+  const keepForm = (quiet && view.querySelector('#child-form')) || null;
+  const created = view.querySelector('#created-key');
+  const page = [
+    h('p', {}, h('a', { href: '#/' }, '← Overview')),
+    h('h1', {}, key.name || `Key ${key.id}`, ' ', statusBadge(key.status)),
+    h('section', { class: 'card' },
+      h('div', { class: 'grid' },
+        field('Id', key.id), field('Account', key.accountId), field('Prefix', h('span', { class: 'mono' }, key.prefix ?? '—')),
+        field('Scopes', scopes(key.scopes)), field('Parent', key.parentId ? h('a', { href: `#/keys/${key.parentId}` }, `key ${key.parentId}`) : '—'),
+        field('Period', key.budgetPeriod ? `per ${key.budgetPeriod}, next reset ${when(key.budgetResetAt)}` : 'lifetime'),
+        field('Expires', when(key.expiresAt)), field('Last used', ago(key.lastUsedAt)), field('Delegated by', key.delegatedBy ?? '—'),
+      ),
+      h('div', { id: 'key-budget' }, bar(key)),
+    ),
+    h('section', { class: 'card', 'aria-labelledby': 'chart-title' },
+      h('div', { class: 'row' },
+        h('h2', { id: 'chart-title' }, 'Spend over time'),
+        h('div', { class: 'filter' }, h('label', { for: 'bucket' }, 'Buckets'),
+          h('select', { id: 'bucket', onchange: (e) => { state.bucket = e.target.value; refresh(); } },
+            h('option', { value: 'hour', selected: state.bucket === 'hour' }, 'Hourly, 48 hours'),
+            h('option', { value: 'day', selected: state.bucket === 'day' }, 'Daily, 30 days'))),
+      ),
+      h('p', { class: 'muted', id: 'chart-total' }, `${dollars(usage.totalCents)} over ${usage.count} call${usage.count === 1 ? '' : 's'} in this window`),
+      h('div', { id: 'chart', role: 'img', 'aria-label': `Spend per ${state.bucket}: ${dollars(usage.totalCents)} in total` }),
+    ),
+    h('section', { class: 'card', 'aria-labelledby': 'ledger-title' },
+      h('h2', { id: 'ledger-title' }, 'Recent ledger rows'),
+      entries.length === 0
+        ? h('p', { class: 'empty' }, 'Nothing recorded yet.')
+        : h('div', { class: 'table-wrap' }, h('table', { id: 'ledger' },
+            h('thead', {}, h('tr', {}, ['When', 'Kind', 'Amount', 'Details'].map((t) => h('th', { scope: 'col' }, t)))),
+            h('tbody', {}, entries.map((e) => h('tr', {},
+              h('td', {}, when(e.createdAt)), h('td', {}, h('span', { class: `kind ${e.kind}` }, e.kind)),
+              h('td', { class: 'num' }, dollars(e.amountCents)), h('td', { class: 'meta' }, details(e))))))),
+    ),
+    h('section', { class: 'card', 'aria-labelledby': 'children-title' },
+      h('h2', { id: 'children-title' }, 'Delegated keys'),
+      children.length === 0
+        ? h('p', { class: 'empty' }, 'No child keys.')
+        : h('ul', { id: 'children', class: 'children' }, children.map((c) =>
+            h('li', { 'data-key-id': c.id }, h('div', { class: 'row' }, h('a', { href: `#/keys/${c.id}` }, c.name || `key ${c.id}`), statusBadge(c.status)), bar(c)))),
+    ),
+    h('section', { class: 'card', 'aria-labelledby': 'actions-title' },
+      h('h2', { id: 'actions-title' }, 'Actions'),
+      created ?? h('div', { id: 'created-slot' }),
+      keepForm ?? childForm(key),
+      key.status === 'revoked'
+        ? h('p', { class: 'muted' }, `Revoked ${when(key.revokedAt)}.`)
+        : h('button', { type: 'button', id: 'revoke', class: 'danger', onclick: () => revoke(key, children) }, 'Revoke key'),
+      h('p', { id: 'action-error', class: 'error', role: 'alert' }),
+    ),
+  ];
+  view.replaceChildren(...page);
+  drawChart(usage, since);
+}
+
+function field(name, value) {
+  return h('div', { class: 'field' }, h('div', { class: 'muted' }, name), h('div', {}, value));
+}
+
+function details(e) {
+  const parts = [];
+  if (e.metadata) for (const [k, v] of Object.entries(e.metadata)) parts.push(`${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`);
+  if (e.reservationId) parts.push(`reservation ${e.reservationId}`);
+  return parts.join(' · ') || '—';
+}
+
+function childForm(key) {
+  const disabled = key.status !== 'active';
+  return h('form', { id: 'child-form', class: 'child-form', onsubmit: (e) => { e.preventDefault(); createChild(key, e.target); } },
+    h('h3', {}, 'Create a child key'),
+    h('div', { class: 'grid' },
+      h('label', { for: 'child-name' }, 'Name', h('input', { id: 'child-name', name: 'name', maxlength: 256 })),
+      h('label', { for: 'child-budget' }, 'Budget (cents)', h('input', { id: 'child-budget', name: 'budget', type: 'number', min: 0, step: 'any', inputmode: 'decimal' })),
+      h('label', { for: 'child-scopes' }, 'Scopes (comma-separated)', h('input', { id: 'child-scopes', name: 'scopes', placeholder: (key.scopes ?? []).join(', ') })),
+      h('label', { for: 'child-expires' }, 'Expires in', h('input', { id: 'child-expires', name: 'expires', placeholder: '7d' })),
+    ),
+    h('button', { type: 'submit', disabled }, 'Create child key'),
+  );
+}
+
+async function createChild(parent, form) {
+  const error = $('action-error');
+  error.textContent = '';
+  const v = (n) => form.elements[n].value.trim();
+  const body = { accountId: String(parent.accountId), parentId: parent.id };
+  if (v('name')) body.name = v('name');
+  if (v('budget')) body.budgetCents = Number(v('budget'));
+  if (v('scopes')) body.scopes = v('scopes').split(',').map((s) => s.trim()).filter(Boolean);
+  if (v('expires')) body.expiresIn = v('expires');
+  try {
+    const created = await api('/v1/keys', { method: 'POST', body: JSON.stringify(body) });
+    form.reset();
+    const box = h('div', { id: 'created-key', class: 'created', role: 'status' },
+      h('p', {}, `Created key ${created.id}. Copy it now: it is shown this once.`),
+      h('div', { class: 'row' },
+        h('code', { id: 'raw-key', class: 'mono' }, created.key),
+        h('button', { type: 'button', class: 'secondary', onclick: (e) => copy(created.key, e.target) }, 'Copy')),
+      h('button', { type: 'button', class: 'link', onclick: () => box.remove() }, 'Done'));
+    const slot = $('created-slot') ?? $('created-key');
+    slot?.replaceWith(box);
+    await refresh(true);
+  } catch (err) {
+    if (err.message !== 'signed out') error.textContent = err.message;
+  }
+}
+
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    button.textContent = 'Copied';
+  } catch {
+    // No clipboard (plain http on another host): select the text so Ctrl-C works.
+    const range = document.createRange();
+    range.selectNodeContents($('raw-key'));
+    getSelection().removeAllRanges();
+    getSelection().addRange(range);
+    button.textContent = 'Selected: press Ctrl-C';
+  }
+}
+
+async function revoke(key, children) {
+  const live = children.filter((c) => c.status === 'active').length;
+  $('confirm-title').textContent = `Revoke ${key.name || `key ${key.id}`}?`;
+  $('confirm-text').textContent =
+    `It stops working at once${live ? `, and so do its ${live} active child key${live === 1 ? '' : 's'} and every key under them` : ''}. This cannot be undone.`;
+  const dialog = $('confirm');
+  dialog.returnValue = '';
+  dialog.showModal();
+  dialog.addEventListener('close', async function onClose() {
+    dialog.removeEventListener('close', onClose);
+    if (dialog.returnValue !== 'ok') return;
+    try {
+      await api(`/v1/keys/${key.id}/revoke`, { method: 'POST' });
+      await refresh(true);
+    } catch (err) {
+      if (err.message !== 'signed out') $('action-error').textContent = err.message;
+    }
+  });
+}
+
+function drawChart(usage, since) {
+  const el = $('chart');
+  state.chart?.destroy();
+  state.chart = null;
+  if (!el || typeof uPlot === 'undefined') return;
+  const step = state.bucket === 'hour' ? 3600 : 86400;
+  const first = Math.floor(since.getTime() / 1000 / step) * step;
+  const now = Date.now() / 1000;
+  const byStart = new Map(usage.buckets.map((b) => [Date.parse(b.start) / 1000, b.costCents / 100]));
+  const xs = [];
+  const ys = [];
+  for (let t = first; t <= now; t += step) {
+    xs.push(t);
+    ys.push(byStart.get(t) ?? 0);
+  }
+  const width = Math.max(260, el.clientWidth || 600);
+  state.chart = new uPlot(
+    {
+      width,
+      height: 220,
+      legend: { show: false },
+      cursor: { drag: { x: false, y: false } },
+      // Half a bucket of room on each side, so the first and the current bucket's bars show whole.
+      scales: { x: { time: true, range: (u, min, max) => [min - step / 2, max + step / 2] }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 0.01)] } },
+      axes: [{}, { values: (u, ticks) => ticks.map((v) => dollars(v * 100)), size: 70 }],
+      series: [{}, { label: 'Spend', stroke: '#2563eb', fill: 'rgba(37,99,235,0.6)', width: 1, paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false } }],
+    },
+    [xs, ys],
+    el,
+  );
+}
+
+// ---- shell ----
+
+function route() {
+  const m = /^#\/keys\/(\d+)$/.exec(location.hash);
+  return m ? { page: 'key', id: m[1] } : { page: 'overview' };
+}
+
+async function refresh(quiet = false) {
+  if (!sessionStorage.getItem(STORE)) return;
+  const view = $('view');
+  const r = route();
+  try {
+    if (r.page === 'key') await keyPage(view, r.id, { quiet });
+    else await overview(view);
+    $('live').textContent = `Updated ${new Date().toLocaleTimeString()}`;
+  } catch (err) {
+    if (err.message === 'signed out') return;
+    if (err.code === 'key_not_found') view.replaceChildren(h('p', {}, h('a', { href: '#/' }, '← Overview')), h('p', { class: 'empty' }, 'No key has this id.'));
+    else $('live').textContent = `Could not refresh: ${err.message}`;
+  }
+}
+
+function schedule() {
+  clearInterval(state.timer);
+  state.timer = setInterval(() => {
+    // Leave the page alone while the operator is typing or confirming.
+    const active = document.activeElement;
+    if ($('confirm').open || (active && active.closest && active.closest('form'))) return;
+    if (document.visibilityState === 'visible') refresh(true);
+  }, REFRESH_MS);
+}
+
+function signedIn() {
+  $('sign-in').hidden = true;
+  $('view').hidden = false;
+  $('sign-out').hidden = false;
+  refresh();
+  schedule();
+}
+
+function signOut(message = '') {
+  sessionStorage.removeItem(STORE);
+  clearInterval(state.timer);
+  $('view').hidden = true;
+  $('view').replaceChildren();
+  $('sign-out').hidden = true;
+  $('sign-in').hidden = false;
+  $('sign-in-error').textContent = message;
+  $('live').textContent = '';
+  $('admin-key').focus();
+}
+
+$('sign-in-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const key = $('admin-key').value.trim();
+  $('sign-in-error').textContent = '';
+  const res = await fetch('/v1/accounts?limit=1', { headers: { authorization: `Bearer ${key}` } }).catch(() => null);
+  if (!res) return ($('sign-in-error').textContent = 'The service did not answer.');
+  if (res.status === 401) return ($('sign-in-error').textContent = 'That is not the admin key.');
+  sessionStorage.setItem(STORE, key);
+  $('admin-key').value = '';
+  signedIn();
+});
+$('sign-out').addEventListener('click', () => signOut());
+addEventListener('hashchange', () => refresh());
+
+if (sessionStorage.getItem(STORE)) signedIn();
+else signOut();

@@ -1,0 +1,288 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { type Browser, type Page, chromium } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type RunningServer, startServer } from '../src/server/index.js';
+import { ROOT } from './helpers/processes.js';
+
+/**
+ * The dashboard end to end: the real service (embedded PGlite) and Debian's chromium
+ * driven by playwright-core. Keys are created and charged over the HTTP API, as an
+ * operator's agents would; the browser must show them. Screenshots go to
+ * test-results/dashboard/ for a person to look at.
+ */
+
+const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium';
+const ADMIN = 'akadmin_dashboard_test_0123456789';
+const SHOTS = path.join(ROOT, 'test-results/dashboard');
+
+let browser: Browser;
+let server: RunningServer;
+let dataDir: string;
+
+async function call(method: string, route: string, body?: unknown, admin = true) {
+  const res = await fetch(server.url + route, {
+    method,
+    headers: { ...(admin ? { authorization: `Bearer ${ADMIN}` } : {}), ...(body ? { 'content-type': 'application/json' } : {}) },
+    body: body ? JSON.stringify(body) : undefined,
+  });
+  const json = (await res.json()) as Record<string, any>;
+  if (!res.ok) throw new Error(`${method} ${route} -> ${res.status} ${JSON.stringify(json)}`);
+  return json;
+}
+
+async function signIn(page: Page, key = ADMIN) {
+  await page.goto(`${server.url}/dashboard`);
+  await page.getByLabel('Admin key').fill(key);
+  await page.getByRole('button', { name: 'Sign in' }).click();
+}
+
+async function shot(page: Page, name: string) {
+  fs.mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
+}
+
+/** Fails on any error the page logs or throws: a broken script must not pass as an empty page. */
+function watchErrors(page: Page): string[] {
+  const errors: string[] = [];
+  page.on('pageerror', (err) => errors.push(err.message));
+  page.on('console', (msg) => {
+    if (msg.type() === 'error') errors.push(msg.text());
+  });
+  return errors;
+}
+
+const keys: Record<string, { id: number; key: string }> = {};
+
+beforeAll(async () => {
+  if (!fs.existsSync(CHROMIUM)) {
+    throw new Error(`chromium is not at ${CHROMIUM}: run "apt-get install -y chromium" (.ci/run does), or set CHROMIUM_PATH.`);
+  }
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
+  });
+  dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'agentkey-dashboard-'));
+  server = await startServer({ dataDir, port: 0, host: '127.0.0.1', adminKey: ADMIN });
+
+  const make = async (name: string, body: Record<string, unknown>) => {
+    const k = await call('POST', '/v1/keys', { name, ...body });
+    keys[name] = { id: k.id, key: k.key };
+  };
+  await make('sales-agent', { accountId: 'acct_acme', scopes: ['proxy.chat'], budgetCents: 500, budgetPeriod: 'month' });
+  await make('research-sub', { accountId: 'acct_acme', parentId: keys['sales-agent']!.id, budgetCents: 200 });
+  await make('deep-sub', { accountId: 'acct_acme', parentId: keys['research-sub']!.id, budgetCents: 50 });
+  await make('batch-bot', { accountId: 'acct_zeta', budgetCents: 10_000 });
+  await call('PUT', '/v1/accounts/acct_acme/budget', { budgetCents: 2000, budgetPeriod: 'month' });
+  await call('POST', '/v1/charge', { key: keys['sales-agent']!.key, costCents: 125, metadata: { model: 'gpt-test', inputTokens: 1200 } }, false);
+  await call('POST', '/v1/charge', { key: keys['research-sub']!.key, costCents: 30 }, false);
+  await call('POST', '/v1/reservations', { key: keys['sales-agent']!.key, costCents: 50, ttl: '1h' }, false);
+  await call('POST', '/v1/charge', { key: keys['batch-bot']!.key, costCents: 7.5 }, false);
+}, 120_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await server?.close();
+  if (dataDir) fs.rmSync(dataDir, { recursive: true, force: true });
+});
+
+describe('dashboard', () => {
+  it('security: a wrong admin key is refused and nothing is shown; the key never goes in the URL', async () => {
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page, 'akadmin_not_the_right_key_000000');
+    await expect.poll(() => page.locator('#sign-in-error').textContent()).toContain('not the admin key');
+    expect(await page.locator('#view').isHidden()).toBe(true);
+    expect(page.url()).not.toContain('akadmin');
+    // The browser logs the refused request itself; nothing else may go wrong.
+    expect(errors.filter((e) => !e.includes('status of 401'))).toEqual([]);
+    await page.close();
+  });
+
+  it('happy: signing in shows accounts and every key with its spend, held and remaining money in dollars', async () => {
+    const page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
+    const errors = watchErrors(page);
+    await signIn(page);
+    const row = (name: string) => page.locator('#keys tbody tr', { hasText: name });
+    await expect.poll(() => row('sales-agent').count()).toBe(1);
+    expect(page.url()).not.toContain(ADMIN);
+    expect(await page.evaluate(() => sessionStorage.getItem('agentkey.adminKey'))).toBe(ADMIN);
+
+    // sales-agent: $1.25 own + $0.30 by its child = $1.55 spent, $0.50 held, $2.95 left of $5.00.
+    const sales = row('sales-agent');
+    expect(await sales.locator('.amount-spent').textContent()).toBe('$1.55');
+    expect(await sales.locator('.amount-held').textContent()).toBe('$0.50');
+    expect(await sales.locator('.amount-remaining').textContent()).toBe('$2.95');
+    expect(await sales.locator('.amount-budget').textContent()).toBe('$5.00');
+    expect(await sales.locator('.bar').getAttribute('aria-label')).toBe('Spent $1.55, held $0.50, remaining $2.95 of $5.00');
+    expect(await sales.locator('.status').textContent()).toBe('active');
+    expect(await sales.textContent()).toContain('proxy.chat');
+    expect(await sales.textContent()).toContain('per month');
+    expect(await row('batch-bot').locator('.amount-spent').textContent()).toBe('$0.075');
+
+    const acme = page.locator('#accounts tr[data-account="acct_acme"]');
+    expect(await acme.locator('.amount-spent').textContent()).toBe('$1.55');
+    expect(await acme.locator('.amount-budget').textContent()).toBe('$20.00');
+    expect(await page.locator('#accounts tr[data-account="acct_zeta"]').textContent()).toContain('no ceiling');
+    await shot(page, 'overview-desktop');
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('happy: filters by account and status, and sorts by spend', async () => {
+    const page = await browser.newPage();
+    await signIn(page);
+    await page.locator('#keys').waitFor();
+    const names = () => page.locator('#keys tbody tr th a').allTextContents();
+    expect(await names()).toEqual(['sales-agent', 'research-sub', 'batch-bot', 'deep-sub']);
+    await page.getByLabel('Account', { exact: true }).selectOption('acct_zeta');
+    await expect.poll(names).toEqual(['batch-bot']);
+    await page.getByLabel('Account', { exact: true }).selectOption('');
+    await page.getByLabel('Status').selectOption('revoked');
+    await expect.poll(() => page.locator('#view .empty').last().textContent()).toBe('No key matches these filters.');
+    await page.getByLabel('Status').selectOption('');
+    await page.getByLabel('Sort by').selectOption('name');
+    await expect.poll(names).toEqual(['batch-bot', 'deep-sub', 'research-sub', 'sales-agent']);
+    await page.close();
+  });
+
+  it('happy: the overview refreshes by itself, so a running agent\'s spend moves', async () => {
+    const page = await browser.newPage();
+    await signIn(page);
+    const spent = page.locator('#keys tbody tr', { hasText: 'batch-bot' }).locator('.amount-spent');
+    await expect.poll(() => spent.textContent()).toBe('$0.075');
+    await call('POST', '/v1/charge', { key: keys['batch-bot']!.key, costCents: 100 }, false);
+    // No reload, no click: the page polls.
+    await expect.poll(() => spent.textContent(), { timeout: 20_000 }).toBe('$1.075');
+    await page.close();
+  });
+
+  it('happy: a key page shows its chart, ledger rows with metadata, and its children with bars', async () => {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.locator('#keys tbody tr th a', { hasText: 'sales-agent' }).click();
+    await page.locator('#chart canvas').waitFor();
+    expect(page.url()).toMatch(new RegExp(`#/keys/${keys['sales-agent']!.id}$`));
+    expect(await page.locator('#view h1').textContent()).toContain('sales-agent');
+    // The ledger: the charge with its model, and the hold.
+    const ledger = page.locator('#ledger tbody tr');
+    expect(await ledger.count()).toBe(2);
+    const rows = await ledger.allTextContents();
+    expect(rows.some((r) => r.includes('charge') && r.includes('$1.25') && r.includes('model: gpt-test'))).toBe(true);
+    expect(rows.some((r) => r.includes('hold') && r.includes('$0.50'))).toBe(true);
+    expect(await page.locator('#chart-total').textContent()).toContain('$1.25 over 1 call');
+    const box = await page.locator('#chart canvas').boundingBox();
+    expect(box?.width).toBeGreaterThan(200);
+    expect(box?.height).toBeGreaterThan(100);
+    const child = page.locator('#children li', { hasText: 'research-sub' });
+    expect(await child.locator('.amount-spent').textContent()).toBe('$0.30');
+    expect(await child.locator('.amount-budget').textContent()).toBe('$2.00');
+    // Reached by a link (a hash change), the page still has both actions.
+    expect(await page.getByRole('button', { name: 'Create child key' }).count()).toBe(1);
+    expect(await page.getByRole('button', { name: 'Revoke key' }).count()).toBe(1);
+    await page.getByLabel('Buckets').selectOption('day');
+    await expect.poll(() => page.locator('#chart').getAttribute('aria-label')).toBe('Spend per day: $1.25 in total');
+    await shot(page, 'key-desktop');
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('happy: creating a child key shows the raw key once, and that key works', async () => {
+    const page = await browser.newPage();
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${keys['batch-bot']!.id}`);
+    await page.getByLabel('Name').fill('batch-helper');
+    await page.getByLabel('Budget (cents)').fill('250');
+    await page.getByRole('button', { name: 'Create child key' }).click();
+    const raw = (await page.locator('#raw-key').textContent()) ?? '';
+    expect(raw).toMatch(/^ak_/);
+    await shot(page, 'child-created');
+    const verified = await call('POST', '/v1/verify', { key: raw }, false);
+    expect(verified).toMatchObject({ valid: true, name: 'batch-helper', budgetCents: 250, accountId: 'acct_zeta' });
+    expect(await page.locator('#children li', { hasText: 'batch-helper' }).count()).toBe(1);
+    // Shown once: a reload does not bring it back.
+    await page.reload();
+    await page.locator('#children').waitFor();
+    expect(await page.content()).not.toContain(raw);
+    await page.close();
+  });
+
+  it('happy: revoking asks first; then the key and its whole subtree show as revoked', async () => {
+    const page = await browser.newPage();
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${keys['research-sub']!.id}`);
+    await page.getByRole('button', { name: 'Revoke key' }).click();
+    expect(await page.locator('#confirm').isVisible()).toBe(true);
+    expect(await page.locator('#confirm-text').textContent()).toContain('1 active child key');
+    // Cancel changes nothing.
+    await page.getByRole('button', { name: 'Cancel' }).click();
+    expect((await call('GET', `/v1/keys/${keys['research-sub']!.id}`)).status).toBe('active');
+    await page.getByRole('button', { name: 'Revoke key' }).click();
+    await page.locator('#confirm-ok').click();
+    await expect.poll(() => page.locator('#view h1 .badge').textContent()).toBe('revoked');
+    expect(await page.locator('#children li', { hasText: 'deep-sub' }).locator('.badge').textContent()).toBe('revoked');
+    expect((await call('GET', `/v1/keys/${keys['deep-sub']!.id}`)).status).toBe('revoked');
+    expect((await call('GET', `/v1/keys/${keys['sales-agent']!.id}`)).status).toBe('active');
+    await page.locator('a', { hasText: 'Overview' }).click();
+    const status = (name: string) => page.locator('#keys tbody tr', { hasText: name }).locator('.status').textContent();
+    await expect.poll(() => status('research-sub')).toBe('revoked');
+    expect(await status('deep-sub')).toBe('revoked');
+    expect(await status('sales-agent')).toBe('active');
+    await page.close();
+  });
+
+  it('happy: readable on a phone: no horizontal overflow of the page itself', async () => {
+    const page = await browser.newPage({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+    await signIn(page);
+    await page.locator('#keys').waitFor();
+    await shot(page, 'overview-phone');
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    expect(overflow).toBeLessThanOrEqual(0);
+    await page.goto(`${server.url}/dashboard#/keys/${keys['sales-agent']!.id}`);
+    await page.locator('#chart canvas').waitFor();
+    await shot(page, 'key-phone');
+    expect(await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)).toBeLessThanOrEqual(0);
+    await page.close();
+  });
+
+  it('happy: every asset comes from the service itself', async () => {
+    const page = await browser.newPage();
+    const origins = new Set<string>();
+    page.on('request', (req) => origins.add(new URL(req.url()).origin));
+    await signIn(page);
+    await page.locator('#keys').waitFor();
+    expect([...origins]).toEqual([new URL(server.url).origin]);
+    const res = await fetch(`${server.url}/dashboard`);
+    expect(res.headers.get('content-security-policy')).toContain("default-src 'self'");
+    await page.close();
+  });
+});
+
+describe('dashboard with no keys', () => {
+  let empty: RunningServer;
+  let dir: string;
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'agentkey-dashboard-empty-'));
+    empty = await startServer({ dataDir: dir, port: 0, host: '127.0.0.1', adminKey: ADMIN });
+  }, 60_000);
+  afterAll(async () => {
+    await empty?.close();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('happy: empty states say what to do, and sign-out forgets the key', async () => {
+    const page = await browser.newPage();
+    await page.goto(`${empty.url}/dashboard`);
+    await page.getByLabel('Admin key').fill(ADMIN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await expect.poll(() => page.locator('#view .empty').first().textContent()).toContain('No accounts yet');
+    expect(await page.locator('#view .empty').last().textContent()).toBe('No keys yet.');
+    await shot(page, 'empty');
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    expect(await page.evaluate(() => sessionStorage.getItem('agentkey.adminKey'))).toBeNull();
+    expect(await page.getByLabel('Admin key').isVisible()).toBe(true);
+    await page.close();
+  });
+});
