@@ -2,7 +2,16 @@ import { defineConfig } from 'tsup';
 
 export default defineConfig([
   {
-    entry: { index: 'src/index.ts', express: 'src/http/express.ts', server: 'src/server/index.ts' },
+    entry: {
+      index: 'src/index.ts',
+      express: 'src/http/express.ts',
+      hono: 'src/http/hono.ts',
+      fetch: 'src/http/fetch.ts',
+      fastify: 'src/http/fastify.ts',
+      jwt: 'src/identity/jwt.ts',
+      clerk: 'src/identity/clerk.ts',
+      server: 'src/server/index.ts',
+    },
     format: ['esm', 'cjs'],
     dts: true,
     clean: false,

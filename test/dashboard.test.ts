@@ -107,7 +107,7 @@ describe('dashboard', () => {
     const row = (name: string) => page.locator('#keys tbody tr', { hasText: name });
     await expect.poll(() => row('sales-agent').count()).toBe(1);
     expect(page.url()).not.toContain(ADMIN);
-    expect(await page.evaluate(() => sessionStorage.getItem('agentkey.adminKey'))).toBe(ADMIN);
+    expect(await page.evaluate("sessionStorage.getItem('agentkey.adminKey')")).toBe(ADMIN);
 
     // sales-agent: $1.25 own + $0.30 by its child = $1.55 spent, $0.50 held, $2.95 left of $5.00.
     const sales = row('sales-agent');
@@ -238,12 +238,12 @@ describe('dashboard', () => {
     await signIn(page);
     await page.locator('#keys').waitFor();
     await shot(page, 'overview-phone');
-    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth);
+    const overflow = await page.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth');
     expect(overflow).toBeLessThanOrEqual(0);
     await page.goto(`${server.url}/dashboard#/keys/${keys['sales-agent']!.id}`);
     await page.locator('#chart canvas').waitFor();
     await shot(page, 'key-phone');
-    expect(await page.evaluate(() => document.documentElement.scrollWidth - document.documentElement.clientWidth)).toBeLessThanOrEqual(0);
+    expect(await page.evaluate('document.documentElement.scrollWidth - document.documentElement.clientWidth')).toBeLessThanOrEqual(0);
     await page.close();
   });
 
@@ -281,7 +281,7 @@ describe('dashboard with no keys', () => {
     expect(await page.locator('#view .empty').last().textContent()).toBe('No keys yet.');
     await shot(page, 'empty');
     await page.getByRole('button', { name: 'Sign out' }).click();
-    expect(await page.evaluate(() => sessionStorage.getItem('agentkey.adminKey'))).toBeNull();
+    expect(await page.evaluate("sessionStorage.getItem('agentkey.adminKey')")).toBeNull();
     expect(await page.getByLabel('Admin key').isVisible()).toBe(true);
     await page.close();
   });

@@ -6,7 +6,16 @@ import { isValidCents } from '../money.js';
 import { type HttpError, sendJson } from './errors.js';
 import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
 import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
-import { type VerifyOptions, checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey } from './verify.js';
+import {
+  type Authenticate,
+  type Identity,
+  type VerifyOptions,
+  checkAgentKey,
+  checkVerifyOptions,
+  keyAuthenticator,
+  keyFromHeaders,
+  verifyIdentity,
+} from './verify.js';
 
 export type { AgentKeyRoutesOptions } from './self-serve.js';
 export type { HeldReservation } from './hold.js';
@@ -42,15 +51,21 @@ function send(res: Res, error: HttpError): void {
  */
 export function agentKeyMiddleware(ak: AgentKey, options: AgentKeyMiddlewareOptions = {}) {
   checkAgentKey(ak, 'agentKeyMiddleware');
+  return expressGuard(ak, options, keyAuthenticator(ak));
+}
+
+/** agentKeyMiddleware for any kind of bearer (agentkey keys, JWTs, Clerk tokens), through `authenticate`. */
+export function expressGuard(ak: AgentKey, options: AgentKeyMiddlewareOptions, authenticate: Authenticate) {
   const opts = checkVerifyOptions(options, HOLD_OPTIONS);
-  const auth = authMiddleware(ak, opts, true);
+  const identities = new WeakMap<Req, Identity>();
+  const auth = authMiddleware(ak, opts, true, authenticate, identities);
   // Checked even without reserveCents, so a bad holdTtl or onSettleError never passes silently.
   const hold = checkHoldOptions<Req>(options ?? {});
   if (hold.reserveCents === undefined) return auth;
   return async function agentKeyAuthAndHold(req: Req, res: Res, next: Next): Promise<void> {
     await auth(req, res, async () => {
-      const rawKey = keyFromHeaders((name) => req.headers[name]) as string;
-      const outcome = await takeHold(ak, rawKey, req, hold);
+      const identity = identities.get(req) as Identity;
+      const outcome = await takeHold((o) => identity.reserve(o), req, hold);
       if (!outcome.ok) return send(res, outcome.error);
       // The client left while the hold was being taken: 'close' has fired already and would
       // never reach the listeners below, so give the hold back now and skip the handler.
@@ -79,10 +94,17 @@ export function agentKeyMiddleware(ak: AgentKey, options: AgentKeyMiddlewareOpti
   };
 }
 
-function authMiddleware(ak: AgentKey, opts: ReturnType<typeof checkVerifyOptions>, checkBudget: boolean) {
+function authMiddleware(
+  ak: AgentKey,
+  opts: ReturnType<typeof checkVerifyOptions>,
+  checkBudget: boolean,
+  authenticate: Authenticate = keyAuthenticator(ak),
+  identities?: WeakMap<Req, Identity>,
+) {
   return async function agentKeyAuth(req: Req, res: Res, next: Next): Promise<void> {
-    const outcome = await verifyKey(ak, keyFromHeaders((name) => req.headers[name]), opts, checkBudget);
+    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => req.headers[name]), authenticate, opts, checkBudget);
     if (!outcome.ok) return send(res, outcome.error);
+    identities?.set(req, outcome.identity);
     req.agentKey = outcome.key;
     if (res.locals) res.locals.agentKey = outcome.key;
     next();

@@ -1,6 +1,7 @@
 import type { AgentKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { MAX_CENTS, describe, isValidCents } from '../money.js';
+import type { ReserveOptions, ReserveResult } from '../spending.js';
 import { durationMs } from '../time.js';
 import { type HttpError, errorToHttp, httpError } from './errors.js';
 
@@ -39,14 +40,18 @@ export function checkHoldOptions<Req>(o: HoldOptions<Req>): HoldOptions<Req> & {
 }
 
 /** Takes the hold a request asked for: 429 when the budget cannot cover it. */
-export async function takeHold<Req>(ak: AgentKey, rawKey: string, req: Req, o: HoldOptions<Req> & { holdTtl: string }): Promise<HoldOutcome> {
+export async function takeHold<Req>(
+  reserve: (options: ReserveOptions) => Promise<ReserveResult>,
+  req: Req,
+  o: HoldOptions<Req> & { holdTtl: string },
+): Promise<HoldOutcome> {
   try {
     const r = o.reserveCents as ReserveCents<Req>;
     const cents = typeof r === 'function' ? await r(req) : r;
     if (!isValidCents(cents)) {
       return { ok: false, error: httpError(500, 'invalid_reserve', `reserveCents returned ${describe(cents)}, not a number of cents from 0 to ${MAX_CENTS}.`) };
     }
-    const hold = await ak.reserve(rawKey, { costCents: cents, ttl: o.holdTtl });
+    const hold = await reserve({ costCents: cents, ttl: o.holdTtl });
     if (hold.success) return { ok: true, hold: { reservationId: hold.reservationId, heldCents: cents } };
     if (hold.reason === 'budget_exceeded') {
       return { ok: false, error: httpError(429, 'budget_exceeded', "This key's remaining budget cannot cover this request.") };

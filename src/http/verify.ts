@@ -1,4 +1,5 @@
-import type { AgentKey, ValidKey } from '../agentkey.js';
+import type { AgentKey, ValidKey, ValidationResult } from '../agentkey.js';
+import type { ReserveOptions, ReserveResult } from '../spending.js';
 import { AgentKeyError } from '../errors.js';
 import { type HttpError, errorToHttp, httpError } from './errors.js';
 
@@ -61,9 +62,28 @@ const INVALID: Record<string, [string, string]> = {
 };
 
 /**
+ * Who is calling, as an adapter learns it from a bearer: the validation result (for an
+ * agentkey key, or an external subject's budget row) and how to hold money for it.
+ */
+export interface Identity {
+  result: ValidationResult;
+  reserve(options: ReserveOptions): Promise<ReserveResult>;
+}
+
+/** Turns a bearer into an Identity; an `HttpError` for a credential it refuses outright. */
+export type Authenticate = (token: string) => Promise<Identity | HttpError>;
+
+/** The Authenticate for agentkey's own keys. */
+export function keyAuthenticator(ak: AgentKey): Authenticate {
+  return async (rawKey) => ({ result: await ak.validate(rawKey), reserve: (o) => ak.reserve(rawKey, o) });
+}
+
+export type IdentityOutcome = { ok: true; key: ValidKey; identity: Identity } | { ok: false; error: HttpError };
+
+/**
  * The framework-neutral check behind every adapter: 401 for a missing, invalid,
- * expired or revoked key, 403 for a missing scope, 429 for a spent budget, 500
- * when the store fails (fail closed).
+ * expired or revoked key, 403 for a missing scope, 429 for a spent budget, 500 when
+ * the store fails (fail closed).
  */
 export async function verifyKey(
   ak: AgentKey,
@@ -71,15 +91,28 @@ export async function verifyKey(
   options: ReturnType<typeof checkVerifyOptions>,
   checkBudget = true,
 ): Promise<VerifyOutcome> {
-  if (!rawKey) {
+  return verifyIdentity(ak, rawKey, keyAuthenticator(ak), options, checkBudget);
+}
+
+/** `verifyKey` for any kind of bearer, through `authenticate`. */
+export async function verifyIdentity(
+  ak: AgentKey,
+  token: string | null,
+  authenticate: Authenticate,
+  options: ReturnType<typeof checkVerifyOptions>,
+  checkBudget = true,
+): Promise<IdentityOutcome> {
+  if (!token) {
     return { ok: false, error: httpError(401, 'missing_key', 'Send an API key as "Authorization: Bearer <key>".') };
   }
-  let result;
+  let identity: Identity | HttpError;
   try {
-    result = await withTimeout(ak.validate(rawKey), options.timeoutMs);
+    identity = await withTimeout(authenticate(token), options.timeoutMs);
   } catch (err) {
     return { ok: false, error: err === TIMEOUT ? httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') : errorToHttp(err) };
   }
+  if ('status' in identity) return { ok: false, error: identity };
+  const result = identity.result;
   if (!result.valid) {
     const [code, message] = INVALID[result.reason] ?? (INVALID.invalid as [string, string]);
     return { ok: false, error: httpError(401, code, message) };
@@ -94,7 +127,7 @@ export async function verifyKey(
   if (checkBudget && result.budgetCents !== null && result.budgetCents > 0 && result.budgetRemainingCents === 0) {
     return { ok: false, error: httpError(429, 'budget_exceeded', "This key's budget is spent.") };
   }
-  return { ok: true, key: result };
+  return { ok: true, key: result, identity };
 }
 
 export const TIMEOUT = Symbol('timeout');

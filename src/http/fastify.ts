@@ -1,0 +1,89 @@
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import type { AgentKey, ValidKey } from '../agentkey.js';
+import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
+import { type Authenticate, type VerifyOptions, checkAgentKey, checkVerifyOptions, keyAuthenticator, keyFromHeaders, verifyIdentity } from './verify.js';
+
+export type { HeldReservation } from './hold.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The validation result, set by the agentkey preHandler. */
+    agentKey?: ValidKey;
+    /** The hold taken with `reserveCents`. */
+    agentKeyReservation?: HeldReservation;
+    /** Set it in the handler to commit the real cost instead of the whole hold. */
+    costCents?: number;
+  }
+}
+
+export type FastifyAgentKeyOptions = VerifyOptions & HoldOptions<FastifyRequest>;
+
+/**
+ * A Fastify `preHandler`: the same statuses and JSON errors as the Express middleware.
+ * On success `request.agentKey` is the validation result. With `reserveCents` it holds
+ * that much and settles the hold when the response is sent: `request.costCents` if the
+ * handler set it, else the whole hold on a status below 400; released on failure or when
+ * the client goes away.
+ *
+ * @example app.post('/api/chat', { preHandler: agentKeyPreHandler(ak, { scope: 'proxy.chat' }) }, async (req) => req.agentKey)
+ */
+export function agentKeyPreHandler(ak: AgentKey, options: FastifyAgentKeyOptions = {}) {
+  checkAgentKey(ak, 'agentKeyPreHandler');
+  return fastifyGuard(ak, options, keyAuthenticator(ak));
+}
+
+/** The preHandler for any kind of bearer, through `authenticate` (used by agentkey/jwt and agentkey/clerk). */
+export function fastifyGuard(ak: AgentKey, options: FastifyAgentKeyOptions, authenticate: Authenticate) {
+  const opts = checkVerifyOptions(options, HOLD_OPTIONS);
+  const hold = checkHoldOptions<FastifyRequest>(options ?? {});
+  return async function agentKeyPreHandler(request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers[name]), authenticate, opts, true);
+    if (!outcome.ok) {
+      await reply.code(outcome.error.status).send(outcome.error.body);
+      return;
+    }
+    request.agentKey = outcome.key;
+    if (hold.reserveCents === undefined) return;
+    const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold);
+    if (!taken.ok) {
+      await reply.code(taken.error.status).send(taken.error.body);
+      return;
+    }
+    request.agentKeyReservation = taken.hold;
+    const raw = reply.raw;
+    let settled = false;
+    const settle = () => {
+      if (settled) return;
+      settled = true;
+      // 'finish': the whole response was sent; 'close' before it: the client left.
+      void settleHold(ak, taken.hold, request.costCents, raw.writableFinished && reply.statusCode < 400, hold.onSettleError);
+    };
+    raw.once('finish', settle);
+    raw.once('close', settle);
+    if (raw.destroyed) settle();
+  };
+}
+
+export interface AgentKeyPluginOptions extends FastifyAgentKeyOptions {
+  ak: AgentKey;
+}
+
+/**
+ * A Fastify plugin: `app.register(agentKeyPlugin, { ak, scope })` runs the preHandler
+ * on every route of the context it is registered in (register it inside a plugin of
+ * your own to guard only that plugin's routes).
+ */
+export const agentKeyPlugin = Object.assign(
+  async function agentKeyPlugin(fastify: FastifyInstance, options: AgentKeyPluginOptions): Promise<void> {
+    const { ak, ...rest } = options ?? ({} as AgentKeyPluginOptions);
+    // Fastify's own register options may sit beside ours; anything else (say `scopes`) is
+    // refused by agentKeyPreHandler, so a misspelt scope never turns the check off.
+    const fastifyOwn = ['prefix', 'logLevel', 'logSerializers'];
+    const own = Object.fromEntries(Object.entries(rest).filter(([k]) => !fastifyOwn.includes(k)));
+    const preHandler = agentKeyPreHandler(ak, own);
+    if (!fastify.hasRequestDecorator('agentKey')) fastify.decorateRequest('agentKey', undefined);
+    fastify.addHook('preHandler', preHandler);
+  },
+  // As fastify-plugin does: the hook applies to the context the plugin is registered in.
+  { [Symbol.for('skip-override')]: true, [Symbol.for('fastify.display-name')]: 'agentkey' },
+);

@@ -1,0 +1,95 @@
+import type { AgentKey, SubjectOptions, ValidationResult } from '../agentkey.js';
+import { AgentKeyError } from '../errors.js';
+import { httpError } from '../http/errors.js';
+import type { Authenticate, Identity } from '../http/verify.js';
+import { isAttenuation } from '../scopes.js';
+
+/** The budget row an external identity gets on first sight; `accountId` may come from its claims. */
+export type SubjectDefaults = Omit<SubjectOptions, 'accountId'> & {
+  accountId?: string | number | ((claims: Record<string, unknown>) => string | number);
+};
+
+/** What a verifier learned from a token it accepted. */
+export interface VerifiedToken {
+  subject: string;
+  /** Scopes the token carries, or null when it carries none. */
+  scopes: string[] | null;
+  claims: Record<string, unknown>;
+}
+
+/** A token refused: 'expired' for a token past its time, 'invalid' for anything else. */
+export interface RefusedToken {
+  refused: 'expired' | 'invalid';
+  detail: string;
+}
+
+/** `validateBySubject`'s shape, plus the subject and the token's claims when valid. */
+export type SubjectValidation =
+  | (Extract<ValidationResult, { valid: true }> & { subject: string; claims: Record<string, unknown> })
+  | { valid: false; reason: 'invalid' | 'expired' | 'revoked'; detail?: string };
+
+/**
+ * Turns verified tokens into budgeted subjects: the subject's row is made on first sight
+ * from `defaults`, then validated (scope, budget, expiry, revocation) as a key is, with
+ * the token's scopes narrowing (never widening) the row's.
+ */
+export function subjectIdentities(
+  ak: AgentKey,
+  verifyToken: (token: string) => Promise<VerifiedToken | RefusedToken>,
+  defaults: SubjectDefaults,
+  tokenScopes: 'narrow' | 'ignore' = 'narrow',
+) {
+  if (!defaults || typeof defaults !== 'object') throw new AgentKeyError('invalid_argument', 'subject defaults must be an object (budgetCents, budgetPeriod, scopes, ...).');
+  if (tokenScopes !== 'narrow' && tokenScopes !== 'ignore') throw new AgentKeyError('invalid_argument', "tokenScopes must be 'narrow' or 'ignore'.");
+  const seen = new Set<string>();
+
+  async function ensure(token: VerifiedToken): Promise<void> {
+    if (seen.has(token.subject)) return;
+    const { accountId, ...rest } = defaults;
+    const account = typeof accountId === 'function' ? accountId(token.claims) : accountId;
+    await ak.ensureSubject(token.subject, { ...rest, ...(account !== undefined ? { accountId: account } : {}) });
+    // Bounded: forgetting a subject costs one idempotent ensureSubject, never correctness.
+    if (seen.size >= 10_000) seen.clear();
+    seen.add(token.subject);
+  }
+
+  async function verify(raw: string): Promise<SubjectValidation> {
+    if (typeof raw !== 'string' || raw.length === 0) return { valid: false, reason: 'invalid', detail: 'no token' };
+    const token = await verifyToken(raw);
+    if ('refused' in token) return { valid: false, reason: token.refused, detail: token.detail };
+    await ensure(token);
+    const result = await ak.validateBySubject(token.subject);
+    if (!result.valid) return result;
+    const scopes = tokenScopes === 'narrow' && token.scopes !== null ? narrow(result.scopes, token.scopes) : result.scopes;
+    return { ...result, scopes, subject: token.subject, claims: token.claims };
+  }
+
+  const authenticate: Authenticate = async (raw) => {
+    const token = await verifyToken(raw);
+    if ('refused' in token) {
+      return token.refused === 'expired'
+        ? httpError(401, 'token_expired', 'The bearer token has expired.')
+        : httpError(401, 'invalid_token', `The bearer token is not valid: ${sentence(token.detail)}`);
+    }
+    await ensure(token);
+    const result = await ak.validateBySubject(token.subject);
+    const narrowed = result.valid && tokenScopes === 'narrow' && token.scopes !== null ? { ...result, scopes: narrow(result.scopes, token.scopes) } : result;
+    const identity: Identity = {
+      result: narrowed.valid ? Object.assign({}, narrowed, { subject: token.subject }) : narrowed,
+      reserve: (o) => ak.reserveBySubject(token.subject, o),
+    };
+    return identity;
+  };
+
+  return { verify, authenticate };
+}
+
+/** The token's scopes that the row's scopes allow: a token may narrow, never widen. */
+export function narrow(rowScopes: string[] | null, tokenScopes: string[]): string[] {
+  return tokenScopes.filter((s) => isAttenuation(rowScopes, [s]));
+}
+
+function sentence(detail: string): string {
+  const d = detail.replace(/\s+/g, ' ').trim().slice(0, 200);
+  return /[.!?]$/.test(d) ? d : `${d}.`;
+}
