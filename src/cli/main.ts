@@ -111,7 +111,8 @@ export function buildProgram(): Command {
       new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('info').choices(['fatal', 'error', 'warn', 'info', 'debug', 'silent']),
     )
     .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; bodyLimit: number; logLevel: string }) => {
-      const logger = pino({ level: o.logLevel, base: { service: 'agentkey' } });
+      // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
+      const logger = pino({ level: o.logLevel, base: { service: 'agentkey' } }, pino.destination({ dest: 1, sync: true }));
       const server = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () =>
         startServer({
           ...storageOptions(o),
