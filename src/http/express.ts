@@ -65,7 +65,7 @@ export function expressGuard(ak: AgentKey, options: AgentKeyMiddlewareOptions, a
   return async function agentKeyAuthAndHold(req: Req, res: Res, next: Next): Promise<void> {
     await auth(req, res, async () => {
       const identity = identities.get(req) as Identity;
-      const outcome = await takeHold((o) => identity.reserve(o), req, hold);
+      const outcome = await takeHold((o) => identity.reserve(o), req, hold, opts.timeoutMs);
       if (!outcome.ok) return send(res, outcome.error);
       // The client left while the hold was being taken: 'close' has fired already and would
       // never reach the listeners below, so give the hold back now and skip the handler.

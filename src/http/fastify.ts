@@ -44,7 +44,7 @@ export function fastifyGuard(ak: AgentKey, options: FastifyAgentKeyOptions, auth
     }
     request.agentKey = outcome.key;
     if (hold.reserveCents === undefined) return;
-    const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold);
+    const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold, opts.timeoutMs);
     if (!taken.ok) {
       await reply.code(taken.error.status).send(taken.error.body);
       return;
@@ -52,15 +52,16 @@ export function fastifyGuard(ak: AgentKey, options: FastifyAgentKeyOptions, auth
     request.agentKeyReservation = taken.hold;
     const raw = reply.raw;
     let settled = false;
-    const settle = () => {
+    const settle = (sent: boolean) => {
       if (settled) return;
       settled = true;
-      // 'finish': the whole response was sent; 'close' before it: the client left.
-      void settleHold(ak, taken.hold, request.costCents, raw.writableFinished && reply.statusCode < 400, hold.onSettleError);
+      void settleHold(ak, taken.hold, request.costCents, sent && reply.statusCode < 400, hold.onSettleError);
     };
-    raw.once('finish', settle);
-    raw.once('close', settle);
-    if (raw.destroyed) settle();
+    // 'finish': the whole response was sent (writableFinished can still read false then,
+    // e.g. under inject); 'close' before any 'finish': the client left.
+    raw.once('finish', () => settle(true));
+    raw.once('close', () => settle(raw.writableFinished));
+    if (raw.destroyed) settle(false);
   };
 }
 

@@ -60,7 +60,7 @@ export function fetchGuard(ak: AgentKey, options: FetchAgentKeyOptions, authenti
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers.get(name)), authenticate, opts, true);
     if (!outcome.ok) return refusal(outcome.error.status, outcome.error.body);
     if (hold.reserveCents === undefined) return { ok: true, agentKey: outcome.key, settle: async () => {} };
-    const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold);
+    const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold, opts.timeoutMs);
     if (!taken.ok) return refusal(taken.error.status, taken.error.body);
     let settled = false;
     return {

@@ -4,6 +4,7 @@ import { MAX_CENTS, describe, isValidCents } from '../money.js';
 import type { ReserveOptions, ReserveResult } from '../spending.js';
 import { durationMs } from '../time.js';
 import { type HttpError, errorToHttp, httpError } from './errors.js';
+import { TIMEOUT, withTimeout } from './verify.js';
 
 /** A number of cents, or a function of the request that returns one (may be async). */
 export type ReserveCents<Req> = number | ((req: Req) => number | Promise<number>);
@@ -44,6 +45,7 @@ export async function takeHold<Req>(
   reserve: (options: ReserveOptions) => Promise<ReserveResult>,
   req: Req,
   o: HoldOptions<Req> & { holdTtl: string },
+  timeoutMs = 10_000,
 ): Promise<HoldOutcome> {
   try {
     const r = o.reserveCents as ReserveCents<Req>;
@@ -51,7 +53,8 @@ export async function takeHold<Req>(
     if (!isValidCents(cents)) {
       return { ok: false, error: httpError(500, 'invalid_reserve', `reserveCents returned ${describe(cents)}, not a number of cents from 0 to ${MAX_CENTS}.`) };
     }
-    const hold = await reserve({ costCents: cents, ttl: o.holdTtl });
+    // Bounded like the key check: a store that stalls here must fail closed, not hang.
+    const hold = await withTimeout(reserve({ costCents: cents, ttl: o.holdTtl }), timeoutMs);
     if (hold.success) return { ok: true, hold: { reservationId: hold.reservationId, heldCents: cents } };
     if (hold.reason === 'budget_exceeded') {
       return { ok: false, error: httpError(429, 'budget_exceeded', "This key's remaining budget cannot cover this request.") };
@@ -60,6 +63,7 @@ export async function takeHold<Req>(
     const code = hold.reason === 'invalid' ? 'invalid_key' : `key_${hold.reason}`;
     return { ok: false, error: httpError(401, code, 'The API key can no longer spend.') };
   } catch (err) {
+    if (err === TIMEOUT) return { ok: false, error: httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') };
     return { ok: false, error: errorToHttp(err) };
   }
 }

@@ -40,7 +40,7 @@ export function honoGuard(ak: AgentKey, options: HonoAgentKeyOptions, authentica
     if (!outcome.ok) return c.json(outcome.error.body, outcome.error.status as 401);
     c.set('agentKey', outcome.key);
     if (hold.reserveCents === undefined) return next();
-    const taken = await takeHold((o) => outcome.identity.reserve(o), c as Context, hold);
+    const taken = await takeHold((o) => outcome.identity.reserve(o), c as Context, hold, opts.timeoutMs);
     if (!taken.ok) return c.json(taken.error.body, taken.error.status as 429);
     c.set('agentKeyReservation', taken.hold);
     let succeeded = false;

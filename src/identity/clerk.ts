@@ -42,11 +42,18 @@ export function clerkM2M(ak: AgentKey, options: ClerkM2MOptions) {
       throw new AgentKeyError('invalid_argument', 'agentkey/clerk needs the @clerk/backend package; run npm install @clerk/backend.', { cause: err });
     });
     const verify = await verifier;
-    const { data, errors, tokenType } = await verify(token, {
-      ...(o.jwtKey ? { jwtKey: o.jwtKey } : {}),
-      ...(o.secretKey ? { secretKey: o.secretKey } : {}),
-      ...(o.apiUrl ? { apiUrl: o.apiUrl } : {}),
-    } as never);
+    let checked: Awaited<ReturnType<typeof verify>>;
+    try {
+      checked = await verify(token, {
+        ...(o.jwtKey ? { jwtKey: o.jwtKey } : {}),
+        ...(o.secretKey ? { secretKey: o.secretKey } : {}),
+        ...(o.apiUrl ? { apiUrl: o.apiUrl } : {}),
+      } as never);
+    } catch (err) {
+      // @clerk/backend throws (rather than returns an error) for a bearer of no known shape.
+      return { refused: 'invalid', detail: err instanceof Error ? err.message : 'it is not a Clerk machine token' };
+    }
+    const { data, errors, tokenType } = checked;
     if (errors) {
       const message = errors[0]?.message ?? 'it could not be verified';
       return /expired/i.test(message) ? { refused: 'expired', detail: 'the token has expired' } : { refused: 'invalid', detail: message };
@@ -57,10 +64,26 @@ export function clerkM2M(ak: AgentKey, options: ClerkM2MOptions) {
     const m2m = data as { subject: string; scopes?: string[]; claims?: Record<string, unknown> | null; revoked?: boolean; expired?: boolean };
     if (m2m.revoked) return { refused: 'invalid', detail: 'the token has been revoked' };
     if (m2m.expired) return { refused: 'expired', detail: 'the token has expired' };
-    return { subject: m2m.subject, scopes: Array.isArray(m2m.scopes) ? m2m.scopes : null, claims: { ...(m2m.claims ?? {}), sub: m2m.subject } };
+    return { subject: m2m.subject, scopes: tokenScopesOf(token, m2m.scopes), claims: { ...(m2m.claims ?? {}), sub: m2m.subject } };
   }
 
   return withAdapters(ak, subjectIdentities(ak, verifyToken, o.subject, o.tokenScopes ?? 'narrow'));
+}
+
+/**
+ * The scopes a token really carries, or null. @clerk/backend reports [] (or the audience)
+ * for a JWT with no `scopes` claim; that must not narrow the machine to nothing.
+ */
+function tokenScopesOf(token: string, reported: string[] | undefined): string[] | null {
+  if (!token.startsWith('mt_')) {
+    try {
+      const payload = JSON.parse(Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('utf8')) as { scopes?: unknown };
+      return typeof payload.scopes === 'string' ? payload.scopes.split(/\s+/).filter(Boolean) : null;
+    } catch {
+      return null;
+    }
+  }
+  return Array.isArray(reported) && reported.length > 0 ? reported : null;
 }
 
 function checkClerkOptions(options: ClerkM2MOptions): ClerkM2MOptions {

@@ -2,7 +2,10 @@ import type { AgentKey, SubjectOptions, ValidationResult } from '../agentkey.js'
 import { AgentKeyError } from '../errors.js';
 import { httpError } from '../http/errors.js';
 import type { Authenticate, Identity } from '../http/verify.js';
-import { isAttenuation } from '../scopes.js';
+import { budgetToMicros } from '../money.js';
+import { accountIdText, checkOptions } from '../options.js';
+import { isAttenuation, parseScopes } from '../scopes.js';
+import { parseDuration, parsePeriod } from '../time.js';
 
 /** The budget row an external identity gets on first sight; `accountId` may come from its claims. */
 export type SubjectDefaults = Omit<SubjectOptions, 'accountId'> & {
@@ -41,6 +44,7 @@ export function subjectIdentities(
 ) {
   if (!defaults || typeof defaults !== 'object') throw new AgentKeyError('invalid_argument', 'subject defaults must be an object (budgetCents, budgetPeriod, scopes, ...).');
   if (tokenScopes !== 'narrow' && tokenScopes !== 'ignore') throw new AgentKeyError('invalid_argument', "tokenScopes must be 'narrow' or 'ignore'.");
+  checkDefaults(defaults);
   const seen = new Set<string>();
 
   async function ensure(token: VerifiedToken): Promise<void> {
@@ -82,6 +86,16 @@ export function subjectIdentities(
   };
 
   return { verify, authenticate };
+}
+
+/** Defaults are checked when the adapter is built, not on some client's first request. */
+function checkDefaults(d: SubjectDefaults): void {
+  checkOptions(d, ['scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'delegatedBy', 'name', 'userId', 'accountId'], 'subject defaults');
+  parseScopes(d.scopes, null, 'subject.scopes');
+  budgetToMicros(d.budgetCents, 'subject.budgetCents');
+  parsePeriod(d.budgetPeriod, 'subject.budgetPeriod');
+  if (d.expiresIn !== undefined && d.expiresIn !== null) parseDuration(d.expiresIn, 'subject.expiresIn');
+  if (d.accountId !== undefined && typeof d.accountId !== 'function') accountIdText(d.accountId, 'subject.accountId');
 }
 
 /** The token's scopes that the row's scopes allow: a token may narrow, never widen. */

@@ -133,10 +133,19 @@ class PgHub implements Hub {
     set.add(ref);
     const client = this.client;
     if (client && fresh) {
-      client.query(`LISTEN "${channel}"`).then(() => ref.deref()?.up(), () => this.lost(client));
+      this.serial(client, `LISTEN "${channel}"`).then(() => ref.deref()?.up(), () => this.lost(client));
     } else if (client) {
       ref.deref()?.up();
     } else this.connect();
+  }
+
+  private queue: Promise<unknown> = Promise.resolve();
+
+  /** One statement at a time on the listening client (pg deprecates overlapping queries on a client). */
+  private serial(client: { query(text: string): Promise<unknown> }, text: string): Promise<unknown> {
+    const run = this.queue.then(() => client.query(text));
+    this.queue = run.catch(() => {});
+    return run;
   }
 
   async remove(channel: string, ref: WeakRef<ListenHandlers>): Promise<void> {
@@ -145,7 +154,7 @@ class PgHub implements Hub {
     ref.deref()?.down();
     if (set && set.size === 0) {
       this.subs.delete(channel);
-      await this.client?.query(`UNLISTEN "${channel}"`).catch(() => {});
+      if (this.client) await this.serial(this.client, `UNLISTEN "${channel}"`).catch(() => {});
     }
     if (this.subs.size === 0) this.shutdown();
   }
@@ -167,7 +176,7 @@ class PgHub implements Hub {
         client.on('error', () => this.lost(client));
         client.on('end', () => this.lost(client));
         try {
-          for (const channel of this.subs.keys()) await client.query(`LISTEN "${channel}"`);
+          for (const channel of this.subs.keys()) await this.serial(client, `LISTEN "${channel}"`);
         } catch {
           this.connecting = false;
           this.close(client);
