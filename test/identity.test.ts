@@ -516,7 +516,18 @@ forEachDatabase((getDb) => {
       const url = `${down.url}/.well-known/jwks.json`;
       await down.close();
       const unreachable = jwtIds(ak, { jwks: undefined, jwksUrl: url });
-      expect(await unreachable.verify(await jwtToken({ sub: 'agent_nokeys' }))).toMatchObject({ valid: false, reason: 'invalid' });
+      expect(await unreachable.verify(await jwtToken({ sub: 'agent_nokeys' }))).toMatchObject({
+        valid: false,
+        reason: 'invalid',
+        detail: "the issuer's key set could not be fetched",
+      });
+      expect(await rowsFor(ak, 'agent_nokeys')).toBe(0);
+      // In the middleware it fails closed as the issuer's fault (503), not the client's token (401).
+      for (const ids of [notFound, unreachable]) {
+        const { call, state } = mount('hono', ids, {});
+        expectError(await call(await jwtToken({ sub: 'agent_nokeys' })), 503, 'issuer_unavailable');
+        expect(state.reached).toBe(0);
+      }
       expect(await rowsFor(ak, 'agent_nokeys')).toBe(0);
     });
 

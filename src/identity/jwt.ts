@@ -62,6 +62,7 @@ export function jwtSubjects(ak: AgentKey, options: JwtSubjectsOptions) {
       payload = keySet ? (await jwtVerify(token, keySet, verifyOptions)).payload : (await jwtVerify(token, o.key as never, verifyOptions)).payload;
     } catch (err) {
       if (err instanceof errors.JWTExpired) return { refused: 'expired', detail: 'the token has expired' };
+      if (o.jwksUrl !== undefined && keySetUnavailable(err)) return { refused: 'unavailable', detail: "the issuer's key set could not be fetched" };
       return { refused: 'invalid', detail: joseDetail(err) };
     }
     const subject = payload[subjectClaim];
@@ -80,6 +81,12 @@ function scopesOf(payload: JWTPayload, claim: string | undefined): string[] | nu
   if (typeof value === 'string') return value.split(/\s+/).filter(Boolean);
   if (Array.isArray(value)) return value.filter((s): s is string => typeof s === 'string' && s.length > 0);
   return [];
+}
+
+/** A remote key set that timed out, answered with something other than a key set, or could not be reached. */
+function keySetUnavailable(err: unknown): boolean {
+  if (!(err instanceof errors.JOSEError)) return true;
+  return err instanceof errors.JWKSTimeout || err instanceof errors.JWKSInvalid || err.code === 'ERR_JOSE_GENERIC';
 }
 
 function joseDetail(err: unknown): string {

@@ -20,9 +20,12 @@ export interface VerifiedToken {
   claims: Record<string, unknown>;
 }
 
-/** A token refused: 'expired' for a token past its time, 'invalid' for anything else. */
+/**
+ * A token refused: 'expired' for a token past its time, 'unavailable' when the issuer's
+ * keys could not be fetched (the token may be fine), 'invalid' for anything else.
+ */
 export interface RefusedToken {
-  refused: 'expired' | 'invalid';
+  refused: 'expired' | 'invalid' | 'unavailable';
   detail: string;
 }
 
@@ -60,7 +63,7 @@ export function subjectIdentities(
   async function verify(raw: string): Promise<SubjectValidation> {
     if (typeof raw !== 'string' || raw.length === 0) return { valid: false, reason: 'invalid', detail: 'no token' };
     const token = await verifyToken(raw);
-    if ('refused' in token) return { valid: false, reason: token.refused, detail: token.detail };
+    if ('refused' in token) return { valid: false, reason: token.refused === 'expired' ? 'expired' : 'invalid', detail: token.detail };
     await ensure(token);
     const result = await ak.validateBySubject(token.subject);
     if (!result.valid) return result;
@@ -71,9 +74,10 @@ export function subjectIdentities(
   const authenticate: Authenticate = async (raw) => {
     const token = await verifyToken(raw);
     if ('refused' in token) {
-      return token.refused === 'expired'
-        ? httpError(401, 'token_expired', 'The bearer token has expired.')
-        : httpError(401, 'invalid_token', `The bearer token is not valid: ${sentence(token.detail)}`);
+      if (token.refused === 'expired') return httpError(401, 'token_expired', 'The bearer token has expired.');
+      // Fail closed, but say whose fault it is: the client's token may be fine.
+      if (token.refused === 'unavailable') return httpError(503, 'issuer_unavailable', "The token issuer's keys could not be fetched; try again later.");
+      return httpError(401, 'invalid_token', `The bearer token is not valid: ${sentence(token.detail)}`);
     }
     await ensure(token);
     const result = await ak.validateBySubject(token.subject);
