@@ -154,7 +154,7 @@ async function overview(view) {
               h('thead', {}, h('tr', {}, ['Key', 'Account', 'Scopes', 'Status', 'Budget', 'Period', 'Last used'].map((t) => h('th', { scope: 'col' }, t)))),
               h('tbody', {}, shown.map((k) =>
                 h('tr', { 'data-key-id': k.id, class: k.status },
-                  h('th', { scope: 'row' }, h('a', { href: `#/keys/${k.id}` }, k.name || `key ${k.id}`), h('div', { class: 'muted mono' }, k.prefix ?? ''), k.parentId ? h('div', { class: 'muted' }, `child of ${k.parentId}`) : ''),
+                  h('th', { scope: 'row' }, h('a', { href: `#/keys/${k.id}` }, k.name || `key ${k.id}`), h('div', { class: 'muted mono' }, k.externalSubject ? `subject ${k.externalSubject}` : k.prefix ?? ''), k.parentId ? h('div', { class: 'muted' }, `child of ${k.parentId}`) : ''),
                   h('td', { 'data-label': 'Account' }, String(k.accountId)),
                   h('td', { 'data-label': 'Scopes' }, scopes(k.scopes)),
                   h('td', { class: 'status', 'data-label': 'Status' }, statusBadge(k.status)),
@@ -189,7 +189,8 @@ async function keyPage(view, id, { quiet } = {}) {
     h('h1', {}, key.name || `Key ${key.id}`, ' ', statusBadge(key.status)),
     h('section', { class: 'card' },
       h('div', { class: 'grid' },
-        field('Id', key.id), field('Account', key.accountId), field('Prefix', h('span', { class: 'mono' }, key.prefix ?? '—')),
+        field('Id', key.id), field('Account', key.accountId),
+        key.externalSubject ? field('External subject', h('span', { class: 'mono' }, key.externalSubject)) : field('Prefix', h('span', { class: 'mono' }, key.prefix ?? '—')),
         field('Scopes', scopes(key.scopes)), field('Parent', key.parentId ? h('a', { href: `#/keys/${key.parentId}` }, `key ${key.parentId}`) : '—'),
         field('Period', key.budgetPeriod ? `per ${key.budgetPeriod}, next reset ${when(key.budgetResetAt)}` : 'lifetime'),
         field('Expires', when(key.expiresAt)), field('Last used', ago(key.lastUsedAt)), field('Delegated by', key.delegatedBy ?? '—'),

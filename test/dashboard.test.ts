@@ -247,6 +247,21 @@ describe('dashboard', () => {
     await page.close();
   });
 
+  it('happy: an external subject (a JWT or Clerk machine) shows as a key named by its subject, with its spend', async () => {
+    await server.ak.ensureSubject('mch_dashboard', { accountId: 'acct_ext', budgetCents: 300 });
+    expect(await server.ak.trackUsageBySubject('mch_dashboard', { costCents: 40 })).toMatchObject({ success: true });
+    const page = await browser.newPage();
+    await signIn(page);
+    const row = page.locator('#keys tbody tr', { hasText: 'subject mch_dashboard' });
+    await expect.poll(() => row.count()).toBe(1);
+    expect(await row.locator('.amount-spent').textContent()).toBe('$0.40');
+    expect(await row.locator('.amount-budget').textContent()).toBe('$3.00');
+    await row.locator('th a').click();
+    await page.locator('#chart canvas').waitFor();
+    expect(await page.locator('#view .grid').first().textContent()).toContain('External subjectmch_dashboard');
+    await page.close();
+  });
+
   it('happy: every asset comes from the service itself', async () => {
     const page = await browser.newPage();
     const origins = new Set<string>();
