@@ -394,6 +394,18 @@ describe('serve on PostgreSQL (DATABASE_URL)', () => {
     expect(spaced.stderr).not.toContain('long enough but spaced');
   }, 60_000);
 
+  it('AGENTKEY_SELF_SERVE: true mounts the self-serve routes, false (or unset) does not, anything else exits 1', async () => {
+    const signup = async (url: string) => (await fetch(`${url}/signup`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })).status;
+    const on = await serve([], { DATABASE_URL: db.url, AGENTKEY_SELF_SERVE: 'true' });
+    expect(await signup(on.url)).toBe(201);
+    await stop(on);
+    const off = await serve([], { DATABASE_URL: db.url, AGENTKEY_SELF_SERVE: 'false' });
+    expect(await signup(off.url)).toBe(404);
+    await stop(off);
+    const bad = await runCli(cli(), ['serve', '--port', '0', '--host', '127.0.0.1'], { env: cliEnv({ DATABASE_URL: db.url, AGENTKEY_SELF_SERVE: 'maybe' }) });
+    expectOneLineFailure(bad, /AGENTKEY_SELF_SERVE must be true or false/);
+  }, 90_000);
+
   it('DATABASE_URL pointing at a closed port: exit 1 with one line, without the password', async () => {
     const closed = await busyPort();
     await closed.close();

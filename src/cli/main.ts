@@ -104,7 +104,8 @@ export function buildProgram(): Command {
     .description('run the HTTP service (admin API, agent API, /openapi.json, /healthz, /metrics)')
     .addOption(new Option('-p, --port <port>', 'port to listen on').env('PORT').default(8787).argParser(wholeNumber('port', 0, 65535)))
     .addOption(new Option('--host <host>', 'address to listen on').env('HOST').default('0.0.0.0'))
-    .addOption(new Option('--self-serve', 'mount the self-serve routes: /signup, /sdk-keys/me, /sdk-keys, /sdk-keys/:id').env('AGENTKEY_SELF_SERVE'))
+    // Not .env(): commander would turn a flag on for any value, AGENTKEY_SELF_SERVE=false included.
+    .option('--self-serve', 'mount the self-serve routes: /signup, /sdk-keys/me, /sdk-keys, /sdk-keys/:id (env AGENTKEY_SELF_SERVE=true)')
     .addOption(new Option('--signup-scopes <scopes>', 'comma-separated scopes that POST /signup grants').env('AGENTKEY_SIGNUP_SCOPES').argParser(list))
     .addOption(new Option('--body-limit <bytes>', 'largest request body').default(65_536).argParser(wholeNumber('body limit', 1024, 10_485_760)))
     .addOption(
@@ -112,6 +113,7 @@ export function buildProgram(): Command {
     )
     .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; bodyLimit: number; logLevel: string }) => {
       // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
+      const selfServe = o.selfServe === true || envFlag('AGENTKEY_SELF_SERVE');
       const logger = pino({ level: o.logLevel, base: { service: 'agentkey' } }, pino.destination({ dest: 1, sync: true }));
       const server = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () =>
         startServer({
@@ -119,7 +121,7 @@ export function buildProgram(): Command {
           port: o.port,
           host: o.host,
           adminKey: process.env.AGENTKEY_ADMIN_KEY,
-          selfServe: o.selfServe ? { signupScopes: o.signupScopes ?? [] } : false,
+          selfServe: selfServe ? { signupScopes: o.signupScopes ?? [] } : false,
           bodyLimitBytes: o.bodyLimit,
           logger,
           ...(o.table ? { tableName: o.table } : {}),
@@ -331,6 +333,14 @@ export async function main(argv: string[]): Promise<void> {
     process.stderr.write(`agentkey: ${oneLine(err)}\n`);
     process.exitCode = 1;
   }
+}
+
+/** A boolean environment variable: true/1/yes or false/0/no (or unset); anything else is a mistake. */
+function envFlag(name: string): boolean {
+  const value = process.env[name]?.trim().toLowerCase();
+  if (value === undefined || value === '' || value === 'false' || value === '0' || value === 'no') return false;
+  if (value === 'true' || value === '1' || value === 'yes') return true;
+  throw new UserError(`${name} must be true or false; got ${JSON.stringify(process.env[name])}.`);
 }
 
 function version(): string {
