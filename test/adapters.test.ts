@@ -11,6 +11,7 @@ import { agentKeyGuard, withAgentKey } from '../src/http/fetch.js';
 import { agentKeyPlugin, agentKeyPreHandler } from '../src/http/fastify.js';
 import type { HeldReservation } from '../src/http/hold.js';
 import { type TestDb, forEachDatabase } from './helpers/databases.js';
+import { sleep, until } from './helpers/wait.js';
 import { hangingPool, rejectingPool, throwingPool } from './helpers/faults.js';
 import { expectJsonError as expectSupertestJsonError } from './helpers/http.js';
 
@@ -221,16 +222,6 @@ function expectJsonError(reply: Reply, status: number, code?: string): void {
   expectSupertestJsonError(reply as unknown as request.Response, status, code);
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `check` until it holds: a bounded loop (about 15 s), never a timed assertion. */
-async function until(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (await check()) return;
-    await sleep(25);
-  }
-  throw new Error(`gave up waiting for ${what}`);
-}
 
 /** The key's money as getKey() reports it, in cents. */
 async function money(ak: AgentKey, keyId: number) {

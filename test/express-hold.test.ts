@@ -8,6 +8,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AgentKey, AgentKeyError, MAX_CENTS, agentKeyMiddleware } from '../src/index.js';
 import type { HeldReservation } from '../src/http/express.js';
 import { type TestDb, forEachDatabase } from './helpers/databases.js';
+import { sleep, until } from './helpers/wait.js';
 import { expectJsonError } from './helpers/http.js';
 
 /**
@@ -33,16 +34,6 @@ function deferred<T = void>() {
   return { promise, resolve, reject };
 }
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `check` until it holds: a bounded loop (about 15 s), never a timed assertion. */
-async function until(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (await check()) return;
-    await sleep(25);
-  }
-  throw new Error(`gave up waiting for ${what}`);
-}
 
 /** What the key's validation says, in cents. */
 async function money(ak: AgentKey, key: string) {
