@@ -60,15 +60,20 @@ export function subjectIdentities(
     seen.add(token.subject);
   }
 
+  /** The subject's validation (its row made on first sight), with the token's scopes narrowing it. */
+  async function validate(token: VerifiedToken): Promise<ValidationResult> {
+    await ensure(token);
+    const result = await ak.validateBySubject(token.subject);
+    if (!result.valid || tokenScopes !== 'narrow' || token.scopes === null) return result;
+    return { ...result, scopes: narrow(result.scopes, token.scopes) };
+  }
+
   async function verify(raw: string): Promise<SubjectValidation> {
     if (typeof raw !== 'string' || raw.length === 0) return { valid: false, reason: 'invalid', detail: 'no token' };
     const token = await verifyToken(raw);
     if ('refused' in token) return { valid: false, reason: token.refused === 'expired' ? 'expired' : 'invalid', detail: token.detail };
-    await ensure(token);
-    const result = await ak.validateBySubject(token.subject);
-    if (!result.valid) return result;
-    const scopes = tokenScopes === 'narrow' && token.scopes !== null ? narrow(result.scopes, token.scopes) : result.scopes;
-    return { ...result, scopes, subject: token.subject, claims: token.claims };
+    const result = await validate(token);
+    return result.valid ? { ...result, subject: token.subject, claims: token.claims } : result;
   }
 
   const authenticate: Authenticate = async (raw) => {
@@ -79,11 +84,9 @@ export function subjectIdentities(
       if (token.refused === 'unavailable') return httpError(503, 'issuer_unavailable', "The token issuer's keys could not be fetched; try again later.");
       return httpError(401, 'invalid_token', `The bearer token is not valid: ${sentence(token.detail)}`);
     }
-    await ensure(token);
-    const result = await ak.validateBySubject(token.subject);
-    const narrowed = result.valid && tokenScopes === 'narrow' && token.scopes !== null ? { ...result, scopes: narrow(result.scopes, token.scopes) } : result;
+    const result = await validate(token);
     const identity: Identity = {
-      result: narrowed.valid ? Object.assign({}, narrowed, { subject: token.subject }) : narrowed,
+      result: result.valid ? Object.assign({}, result, { subject: token.subject }) : result,
       reserve: (o) => ak.reserveBySubject(token.subject, o),
     };
     return identity;
