@@ -2,11 +2,11 @@ import { AgentKeyError } from './errors.js';
 import { checkKeyPrefix, hashKey, lookupHash, mintKey, randomId } from './keys.js';
 import { budgetToMicros, microsToCents } from './money.js';
 import { accountIdText, checkOptions, keyIdNumber, optionalText } from './options.js';
-import { parseScopes, scopeAllows } from './scopes.js';
+import { invalidScopes, parseScopes, scopeAllows } from './scopes.js';
 import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
 import { type Db, type PoolLike, toDb } from './store/db.js';
 import { type TableNames, tableNames } from './store/identifiers.js';
-import { type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
+import { type InsertedKey, type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import { migrate } from './store/migrations.js';
 import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
 import { AccountStore } from './store/accounts.js';
@@ -25,6 +25,7 @@ import {
   type ReserveOptions,
   type ReserveResult,
   type TrackUsageResult,
+  type KeyRefusal,
   CHARGE_OPTIONS,
   RESERVE_OPTIONS,
   adjustInput,
@@ -41,7 +42,7 @@ import {
 export type { AccountBudget, CacheStats, KeyInfo };
 export type { LimitedBy } from './spending.js';
 export type { ReservationStatus } from './spending.js';
-export type { AdjustResult, ChargeOptions, CommitOptions, CommitResult, ReleaseResult, ReserveOptions, ReserveResult, TrackUsageResult };
+export type { AdjustResult, ChargeOptions, CommitOptions, CommitResult, KeyRefusal, ReleaseResult, ReserveOptions, ReserveResult, TrackUsageResult };
 
 export interface AgentKeyOptions {
   /** A node-postgres `Pool` or a PGlite instance. */
@@ -100,22 +101,35 @@ export interface CreateKeyOptions {
   parentId?: number | string | null;
 }
 
-export interface CreatedKey {
+/** What `create()` returns: the package's `CreateKeyResult`. */
+export interface CreateKeyResult {
   /** The raw key: returned once, never stored. */
   key: string;
   id: number;
+  scopes: string[] | null;
+  budgetCents: number | null;
+  budgetPeriod: BudgetPeriod | null;
   expiresAt: string | null;
 }
+/** This project's earlier name for `CreateKeyResult`. */
+export type CreatedKey = CreateKeyResult;
 
-export type SubjectOptions = Omit<CreateKeyOptions, 'accountId' | 'expiresAt' | 'parentId'> & { accountId?: string | number };
+/** Options of `ensureSubject()`: those of `create()`, with `accountId` optional (it defaults to the subject). */
+export type EnsureSubjectOptions = Omit<CreateKeyOptions, 'accountId' | 'expiresAt' | 'parentId'> & { accountId?: string | number };
+/** This project's earlier name for `EnsureSubjectOptions`. */
+export type SubjectOptions = EnsureSubjectOptions;
 
-export type InvalidReason = 'invalid' | 'expired' | 'revoked';
-
-export interface ValidKey {
+/** A valid key as `validate()` reports it: the package's `ValidateResult`, plus `keyId` and `budgetHeldCents`. */
+export interface ValidateResult {
   valid: true;
+  /** The key's id (the package's name for it). */
+  id: number;
+  /** The same id, under this project's earlier name. */
   keyId: number;
   accountId: string | number;
-  name: string | null;
+  userId: string | null;
+  /** The key's label: 'default' when the row has none, as in the package. */
+  name: string;
   scopes: string[] | null;
   budgetCents: number | null;
   budgetUsedCents: number;
@@ -128,13 +142,23 @@ export interface ValidKey {
   expiresAt: string | null;
   delegatedBy: string | null;
 }
+/** This project's earlier name for `ValidateResult`. */
+export type ValidKey = ValidateResult;
 
-export interface InvalidKey {
+/**
+ * A refused key: unknown or malformed ('invalid'), 'expired', 'revoked' (itself or an
+ * ancestor), or 'budget_exceeded': nothing left to spend under its own budget, an
+ * ancestor's or its account's.
+ */
+export interface ValidateFailure {
   valid: false;
-  reason: InvalidReason;
+  reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded';
 }
+/** This project's earlier names. */
+export type InvalidKey = ValidateFailure;
+export type InvalidReason = ValidateFailure['reason'];
 
-export type ValidationResult = ValidKey | InvalidKey;
+export type ValidationResult = ValidateResult | ValidateFailure;
 
 /** Options of `trackUsage()`. */
 export type UsageOptions = ChargeOptions;
@@ -279,7 +303,7 @@ export class AgentKey {
    *
    * @example await ak.create({ accountId: 'acct_1', budgetCents: 5000, budgetPeriod: 'month', expiresIn: '7d' })
    */
-  async create(options: CreateKeyOptions): Promise<CreatedKey> {
+  async create(options: CreateKeyOptions): Promise<CreateKeyResult> {
     const o = checkOptions<CreateKeyOptions>(options, CREATE_OPTIONS, 'create()');
     let fields = this.keyFields(o, accountIdText(o.accountId));
     let parent: { id: number; ancestorIds: number[] } | null = null;
@@ -295,7 +319,7 @@ export class AgentKey {
     const row = await this.guard(() =>
       this.store.insert({ ...fields, hash: minted.hash, visiblePrefix: minted.visiblePrefix, subject: null, parent }),
     );
-    return { key: minted.raw, id: row.id, expiresAt: iso(row.expires_at) };
+    return { key: minted.raw, ...createdFields(row) };
   }
 
   /**
@@ -317,7 +341,9 @@ export class AgentKey {
     const input = spendInput(usage, CHARGE_OPTIONS, 'trackUsage()');
     if (input.micros === null) return { success: false, reason: 'invalid_cost' };
     const hash = lookupHash(rawKey, this.keyPrefix);
-    if (hash === null) return { success: false, reason: 'invalid' };
+    if (hash === null) return { success: false, reason: 'invalid_key' };
+    // As in the package: a free call records nothing and needs no round trip.
+    if (input.micros === 0) return { success: true };
     return this.chargeRef({ hash }, { ...input, micros: input.micros });
   }
 
@@ -334,7 +360,7 @@ export class AgentKey {
     const input = spendInput(options, RESERVE_OPTIONS, 'reserve()');
     if (input.micros === null) return { success: false, reason: 'invalid_cost' };
     const hash = lookupHash(rawKey, this.keyPrefix);
-    if (hash === null) return { success: false, reason: 'invalid' };
+    if (hash === null) return { success: false, reason: 'invalid_key' };
     return this.reserveRef({ hash }, { ...input, micros: input.micros });
   }
 
@@ -439,7 +465,7 @@ export class AgentKey {
     const id = keyIdNumber(keyId);
     const { micros, metadata } = adjustInput(options);
     const out = await this.spend({ id }, { op: 'adjust', micros, idempotencyKey: null, metadata, holdId: null, ttlMs: null });
-    if (out.outcome === 'invalid') return { success: false, reason: 'invalid' };
+    if (out.outcome === 'invalid') return { success: false, reason: 'invalid_key' };
     if (out.outcome === 'refund_exceeds_spend') return { success: false, reason: 'refund_exceeds_spend' };
     return { success: true, ...figures(out) };
   }
@@ -505,6 +531,18 @@ export class AgentKey {
       return Promise.reject(new AgentKeyError('invalid_argument', 'limit must be a positive whole number.'));
     }
     return this.guard(() => this.spending.sweep(limit));
+  }
+
+  /**
+   * Which of `scopes` `create()` would refuse: not well-formed, or not among `validScopes`
+   * when that is configured ('admin' always passes). The package's method.
+   *
+   * @example ak.validateScopes(['read', 'nope']) // { valid: false, invalid: ['nope'] }
+   */
+  validateScopes(scopes: readonly string[]): { valid: boolean; invalid?: string[] } {
+    if (!Array.isArray(scopes)) return { valid: false, invalid: [] };
+    const invalid = invalidScopes(scopes, this.validScopes);
+    return invalid.length === 0 ? { valid: true } : { valid: false, invalid: invalid.map(String) };
   }
 
   /** True when a valid result's scopes allow `scope` (null scopes and 'admin' allow everything). */
@@ -577,6 +615,7 @@ export class AgentKey {
     const s = subjectText(subject);
     const input = spendInput(usage, CHARGE_OPTIONS, 'trackUsageBySubject()');
     if (input.micros === null) return { success: false, reason: 'invalid_cost' };
+    if (input.micros === 0) return { success: true };
     return this.chargeRef({ subject: s }, { ...input, micros: input.micros });
   }
 
@@ -628,7 +667,9 @@ export class AgentKey {
     const budget = budgetToMicros(o.budgetCents);
     if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents is required; use clearAccountBudget() to remove a ceiling.');
     const period = parsePeriod(o.budgetPeriod);
-    return toAccountBudget(await this.guard(() => this.accounts.set(id, budget, period)));
+    const row = await this.guard(() => this.accounts.set(id, budget, period));
+    this.forgetAll();
+    return toAccountBudget(row);
   }
 
   /** An account's ceiling and spend this period, or null when it has none. */
@@ -697,7 +738,15 @@ export class AgentKey {
   /** Removes an account's ceiling. True when it had one. */
   async clearAccountBudget(accountId: string | number): Promise<boolean> {
     const id = accountIdText(accountId);
-    return this.guard(() => this.accounts.clear(id));
+    const cleared = await this.guard(() => this.accounts.clear(id));
+    this.forgetAll();
+    return cleared;
+  }
+
+  /** A change that may concern any cached key (here at once; other processes hear it from the database). */
+  private forgetAll(): void {
+    this.changes++;
+    this.cache?.clear();
   }
 
   private async validateRef(ref: { hash: string } | { subject: string }): Promise<ValidationResult> {
@@ -707,7 +756,9 @@ export class AgentKey {
     if (cache) {
       this.startListening();
       const hit = cache.listening ? cache.get(cacheKey, Date.now()) : undefined;
-      if (hit) return this.validation(hit);
+      const pathRoom = hit && cache.pathRoom(hit);
+      // A budget above the key that this cache no longer knows: read the key again.
+      if (hit && pathRoom !== undefined) return this.validation(hit, pathRoom);
     }
     let loading = this.loading.get(cacheKey);
     if (!loading || loading.changes !== this.changes) {
@@ -718,7 +769,7 @@ export class AgentKey {
         changes: this.changes,
         read: this.guard(() => read).then((row) => {
           // Kept only if no change was announced while it was read (it might predate the change).
-          if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs));
+          if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs), limitRooms(row));
           return row;
         }),
       };
@@ -730,11 +781,16 @@ export class AgentKey {
     }
     const row = await loading.read;
     if (!row) return { valid: false, reason: 'invalid' };
-    return this.validation(toCached(row, 0));
+    const rooms = limitRooms(row);
+    return this.validation(toCached(row, 0), rooms.length === 0 ? null : Math.min(...rooms));
   }
 
-  private validation(key: CachedKey): ValidationResult {
+  /** `pathRoom`: the least that the budgets above the key leave (null when none has a budget). */
+  private validation(key: CachedKey, pathRoom: number | null): ValidationResult {
     if (key.status !== 'active') return { valid: false, reason: key.status };
+    // Nothing left under its own budget, an ancestor's or the account's: refused, as the package refuses a spent key.
+    const own = key.budget === null ? null : key.budget - key.spent - key.held;
+    if ((own !== null && own <= 0) || (pathRoom !== null && pathRoom <= 0)) return { valid: false, reason: 'budget_exceeded' };
     this.touches.touch(key.id);
     return toValidKey(key);
   }
@@ -768,7 +824,7 @@ export class AgentKey {
 
   private async spend(ref: KeyRef | { id: number }, request: SpendRequest): Promise<SpendOutcome> {
     const out = await this.guard(() => this.spending.spend(ref, request));
-    this.noteFigures(out);
+    this.noteFigures(out, out.outcome === 'ok' ? request.micros : 0);
     return out;
   }
 
@@ -779,7 +835,8 @@ export class AgentKey {
         ? batches.submit({ ref: { hold: holdId }, request: { op, micros, metadata } })
         : this.spending.settle(holdId, op, micros, metadata),
     );
-    this.noteFigures(out);
+    const held = out.expired ? 0 : (out.hold ?? 0);
+    this.noteFigures(out, out.outcome !== 'ok' ? 0 : op === 'commit' ? (out.committed ?? 0) - held : -(out.released ?? 0));
     return out;
   }
 
@@ -805,12 +862,18 @@ export class AgentKey {
     }
   }
 
-  /** A cached key shows the figures of the latest step taken on it here. */
-  private noteFigures(out: SpendOutcome): void {
+  /**
+   * A cached key shows the figures of the latest step taken on it here, and the budgets
+   * above it (cached for its siblings too) move by `moved`: what the step added to spent + held.
+   */
+  private noteFigures(out: SpendOutcome, moved: number): void {
     if (!this.cache || typeof out.key_id !== 'number' || typeof out.spent !== 'number') return;
-    // Without the batch's time the figures cannot be ordered against others: read them afresh.
+    // Without the step's time the figures cannot be ordered against others: read them afresh.
     if (out.at === undefined) this.cache.invalidate(out.key_id);
-    else this.cache.updateFigures(out.key_id, out.budget ?? null, out.spent, out.held ?? 0, out.at);
+    else {
+      const above = { moved, ancestors: (out.path ?? []).filter((id) => id !== out.key_id), accountId: out.account_id ?? null };
+      this.cache.updateFigures(out.key_id, out.budget ?? null, out.spent, out.held ?? 0, out.at, above);
+    }
   }
 
   /** A charge or hold: coalesced with concurrent ones into one statement when batching is on. */
@@ -818,7 +881,7 @@ export class AgentKey {
     const batches = this.batches;
     if (!batches) return this.spend(ref, request);
     const out = await this.guard(() => batches.submit({ ref, request }));
-    this.noteFigures(out);
+    this.noteFigures(out, out.outcome === 'ok' ? request.micros : 0);
     return out;
   }
 
@@ -863,10 +926,11 @@ export class AgentKey {
     if (o.expiresIn != null && o.expiresAt != null) {
       throw new AgentKeyError('invalid_argument', 'Give expiresIn or expiresAt, not both.');
     }
-    const expiresAt =
-      o.expiresIn != null ? addDuration(new Date(), parseDuration(o.expiresIn)) : o.expiresAt != null ? parseInstant(o.expiresAt, 'expiresAt') : null;
-    if (expiresAt && expiresAt.getTime() <= Date.now()) {
-      throw new AgentKeyError('invalid_argument', `expiresAt must be in the future; got ${expiresAt.toISOString()}.`);
+    // A zero expiresIn ('0h') makes a key that is expired at once, as in the package.
+    const expiresAt = o.expiresIn != null ? addDuration(new Date(), parseDuration(o.expiresIn)) : null;
+    const at = o.expiresAt != null ? parseInstant(o.expiresAt, 'expiresAt') : null;
+    if (at && at.getTime() <= Date.now()) {
+      throw new AgentKeyError('invalid_argument', `expiresAt must be in the future; got ${at.toISOString()}.`);
     }
     return {
       accountId,
@@ -874,7 +938,7 @@ export class AgentKey {
       scopes: parseScopes(o.scopes, this.validScopes),
       budgetMicros: budgetToMicros(o.budgetCents),
       budgetPeriod: parsePeriod(o.budgetPeriod),
-      expiresAt,
+      expiresAt: expiresAt ?? at,
       delegatedBy: optionalText(o.delegatedBy, 'delegatedBy'),
       userId: optionalText(o.userId, 'userId'),
     };
@@ -897,18 +961,19 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
   const ms = (d: Date | string | null) => (d === null ? null : new Date(d).getTime());
   const resetAt = ms(row.budget_reset_at);
   const expiresAt = ms(row.expires_at);
-  const ancestorsExpire = ms(row.ancestors_expire_at);
   let until = Date.now() + ttlMs;
-  // An entry ends when its key (or an ancestor) expires or its period rolls over.
-  for (const at of [resetAt, expiresAt, ancestorsExpire]) if (at !== null && at < until) until = at;
+  // An entry ends when its key (or an ancestor) expires or a period over it rolls over.
+  for (const at of [resetAt, expiresAt, ms(row.ancestors_expire_at), ms(row.path_reset_at)]) if (at !== null && at < until) until = at;
   return {
     id: row.id,
     accountId: row.account_id,
+    userId: row.user_id,
     name: row.name,
     scopes: row.scopes,
     budget: row.budget_micros,
     spent: row.spent_micros,
     held: row.held_micros,
+    limits: [...row.limit_ids.map((id) => `k${id}`), ...(row.account_room === null ? [] : [`a${row.account_id}`])],
     period: row.budget_period,
     resetAt,
     expiresAt,
@@ -920,12 +985,20 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
   };
 }
 
+/** What each budget in `toCached(row).limits` left when the row was read, in the same order. */
+function limitRooms(row: KeyRow): number[] {
+  const rooms = row.limit_rooms.map(Number);
+  return row.account_room === null ? rooms : [...rooms, Number(row.account_room)];
+}
+
 function toValidKey(k: CachedKey): ValidKey {
   return {
     valid: true,
+    id: k.id,
     keyId: k.id,
     accountId: k.accountId,
-    name: k.name,
+    userId: k.userId,
+    name: k.name ?? 'default',
     scopes: k.scopes === null ? null : [...k.scopes],
     budgetCents: k.budget === null ? null : microsToCents(k.budget),
     ...figures({ outcome: 'ok', budget: k.budget, spent: k.spent, held: k.held }),
@@ -934,6 +1007,17 @@ function toValidKey(k: CachedKey): ValidKey {
     budgetResetAt: k.resetAt === null ? null : new Date(k.resetAt).toISOString(),
     expiresAt: k.expiresAt === null ? null : new Date(k.expiresAt).toISOString(),
     delegatedBy: k.delegatedBy,
+  };
+}
+
+/** The package's `CreateKeyResult` fields, from the row as the table stored it (its defaults included). */
+function createdFields(row: InsertedKey): Omit<CreateKeyResult, 'key'> {
+  return {
+    id: row.id,
+    scopes: row.scopes,
+    budgetCents: row.budget_micros === null ? null : microsToCents(row.budget_micros),
+    budgetPeriod: row.budget_period as BudgetPeriod | null,
+    expiresAt: iso(row.expires_at),
   };
 }
 

@@ -4,11 +4,17 @@ import type { KeyStatus } from './store/keys.js';
 export interface CachedKey {
   id: number;
   accountId: string | number;
+  userId: string | null;
   name: string | null;
   scopes: string[] | null;
   budget: number | null;
   spent: number;
   held: number;
+  /**
+   * The budgets above the key: its budgeted ancestors (`k<id>`) and its account's ceiling
+   * (`a<id>`). What each leaves is kept once for the whole cache (see KeyCache.rooms).
+   */
+  limits: readonly string[];
   period: string | null;
   resetAt: number | null;
   expiresAt: number | null;
@@ -18,6 +24,12 @@ export interface CachedKey {
   /** When this entry stops being served (ms): its TTL, its key's or an ancestor's expiry, or its period's end. */
   until: number;
   /** When its figures were true (ms, database time): older figures never replace them. */
+  asOf: number;
+}
+
+/** What one budget above cached keys leaves, and as of when (ms, database time). */
+interface Room {
+  room: number;
   asOf: number;
 }
 
@@ -45,6 +57,13 @@ export class KeyCache {
   private readonly entries = new Map<string, CachedKey>();
   /** Key id -> the cache keys of that key and of keys under it (one string, or a set when several). */
   private readonly byId = new Map<number, string | Set<string>>();
+  /**
+   * What each budgeted key and account ceiling above cached keys leaves. Shared, so that a
+   * charge here on one child is seen at once by its cached siblings: every step on a key
+   * moves the rooms of its ancestors and account by what it moved the key. Steps taken by
+   * other processes show when an entry is read again (at most its TTL), like other figures.
+   */
+  private readonly rooms = new Map<string, Room>();
   private hits = 0;
   private misses = 0;
   private evictions = 0;
@@ -65,7 +84,13 @@ export class KeyCache {
     return entry;
   }
 
-  set(cacheKey: string, entry: CachedKey): void {
+  /**
+   * Stores a key read from the database, with what the budgets above it left at that read
+   * (`rooms`: the same names as `entry.limits`).
+   */
+  set(cacheKey: string, entry: CachedKey, rooms: readonly number[] = []): void {
+    entry.limits.forEach((name, i) => this.note(name, rooms[i] as number, entry.asOf));
+    if (entry.budget !== null) this.note(`k${entry.id}`, entry.budget - entry.spent - entry.held, entry.asOf);
     const old = this.entries.get(cacheKey);
     if (old !== undefined && old.asOf > entry.asOf) {
       // A read that started before the latest spend seen here keeps that spend's figures.
@@ -82,10 +107,25 @@ export class KeyCache {
     }
   }
 
+  /**
+   * The least the budgets above a key leave (null: none has one; undefined: not known here
+   * any more, so the key must be read again).
+   */
+  pathRoom(entry: CachedKey): number | null | undefined {
+    let least: number | null = null;
+    for (const name of entry.limits) {
+      const r = this.rooms.get(name);
+      if (r === undefined) return undefined;
+      if (least === null || r.room < least) least = r.room;
+    }
+    return least;
+  }
+
   /** Drops a key and every key under it. */
   invalidate(id: number): void {
     this.generation++;
     this.invalidations++;
+    this.rooms.delete(`k${id}`);
     const found = this.byId.get(id);
     if (found === undefined) return;
     for (const cacheKey of typeof found === 'string' ? [found] : [...found]) {
@@ -98,10 +138,26 @@ export class KeyCache {
     this.generation++;
     this.entries.clear();
     this.byId.clear();
+    this.rooms.clear();
   }
 
-  /** Fresher spend figures for a cached key, from a charge or hold made here. */
-  updateFigures(id: number, budget: number | null, spent: number, held: number, at: number): void {
+  /**
+   * Fresher spend figures for a key, from a step taken here, and what the step moved the
+   * budgets above it by (its ancestors' and its account's rooms shrink by `above.moved`).
+   */
+  updateFigures(
+    id: number,
+    budget: number | null,
+    spent: number,
+    held: number,
+    at: number,
+    above: { moved: number; ancestors: readonly number[]; accountId: string | null } = { moved: 0, ancestors: [], accountId: null },
+  ): void {
+    if (budget !== null) this.note(`k${id}`, budget - spent - held, at);
+    if (above.moved !== 0) {
+      for (const ancestor of above.ancestors) this.move(`k${ancestor}`, above.moved, at);
+      if (above.accountId !== null) this.move(`a${above.accountId}`, above.moved, at);
+    }
     const found = this.byId.get(id);
     if (found === undefined) return;
     for (const cacheKey of typeof found === 'string' ? [found] : found) {
@@ -126,6 +182,19 @@ export class KeyCache {
       invalidations: this.invalidations,
       listening: this.listening,
     };
+  }
+
+  /** A room as read at `asOf`: kept unless a later figure is already known. */
+  private note(name: string, room: number, asOf: number): void {
+    const r = this.rooms.get(name);
+    if (r === undefined || asOf >= r.asOf) this.rooms.set(name, { room, asOf });
+    // Rooms of keys long gone from the cache are dropped now and then (a missing room only costs a read).
+    if (this.rooms.size > 2 * this.maxKeys + 1_000) this.rooms.clear();
+  }
+
+  private move(name: string, delta: number, at: number): void {
+    const r = this.rooms.get(name);
+    if (r !== undefined) this.rooms.set(name, { room: r.room - delta, asOf: Math.max(r.asOf, at) });
   }
 
   private index(id: number, cacheKey: string): void {

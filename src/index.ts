@@ -12,10 +12,13 @@ export {
   type CommitOptions,
   type CommitResult,
   type CreateKeyOptions,
+  type CreateKeyResult,
   type CreatedKey,
+  type EnsureSubjectOptions,
   type InvalidKey,
   type InvalidReason,
   type KeyInfo,
+  type KeyRefusal,
   type LedgerEntry,
   type LimitedBy,
   type ReleaseResult,
@@ -29,6 +32,8 @@ export {
   type UsageQuery,
   type UsageReport,
   type ValidKey,
+  type ValidateFailure,
+  type ValidateResult,
   type ValidationResult,
 } from './agentkey.js';
 export { AgentKeyError, type AgentKeyErrorCode, isAgentKeyError } from './errors.js';
@@ -38,7 +43,8 @@ export {
   type AgentKeyMiddlewareOptions,
   type AgentKeyRoutesOptions,
   type HeldReservation,
+  type RouteOptions,
 } from './http/express.js';
 export { MAX_CENTS, MICROS_PER_CENT } from './money.js';
-export type { BudgetPeriod } from './time.js';
+export { expiryFromDuration, type BudgetPeriod } from './time.js';
 export type { PoolLike } from './store/db.js';

@@ -13,25 +13,42 @@ const MAX_SCOPES = 100;
 /**
  * Checks a scopes option: null/undefined means unlimited; otherwise an array of up to
  * 100 distinct scope strings (letters, digits and `_ . : / -`, with `*` alone or as the
- * last segment, e.g. `proxy.*`), each listed in `validScopes` when that is configured.
+ * last segment, e.g. `proxy.*`), each listed in `validScopes` when that is configured
+ * (`admin` always passes, as in the package). Throws `invalid_scope` with the package's
+ * message, `Invalid scopes: a, b`, followed by why.
  */
 export function parseScopes(value: unknown, validScopes: ReadonlySet<string> | null, field = 'scopes'): string[] | null {
   if (value === null || value === undefined) return null;
   if (!Array.isArray(value) || value.length > MAX_SCOPES) {
-    throw new AgentKeyError('invalid_scope', `${field} must be an array of at most ${MAX_SCOPES} scope strings, or null; got ${describe(value)}.`);
+    throw new AgentKeyError(
+      'invalid_scope',
+      `Invalid scopes: ${describe(value)} (${field} must be an array of at most ${MAX_SCOPES} scope strings, or null).`,
+    );
   }
-  for (const scope of value) {
-    if (typeof scope !== 'string' || !SCOPE_PATTERN.test(scope) || !WILDCARD_PATTERN.test(scope)) {
-      throw new AgentKeyError(
-        'invalid_scope',
-        `Each scope must be 1 to 128 letters, digits or _ . : / - characters, with * only alone or as the last segment (proxy.*); got ${describe(scope)}.`,
-      );
-    }
-    if (validScopes && !validScopes.has(scope)) {
-      throw new AgentKeyError('invalid_scope', `Scope ${JSON.stringify(scope)} is not one of the configured validScopes.`);
-    }
+  const invalid = invalidScopes(value, validScopes);
+  if (invalid.length > 0) {
+    const why = [
+      invalid.some((s) => !wellFormed(s))
+        ? 'each scope must be 1 to 128 letters, digits or _ . : / - characters, with * only alone or as the last segment (proxy.*)'
+        : null,
+      invalid.some(wellFormed) ? `allowed: ${[...(validScopes ?? [])].join(', ')}` : null,
+    ];
+    throw new AgentKeyError('invalid_scope', `Invalid scopes: ${invalid.map(show).join(', ')} (${why.filter(Boolean).join('; ')}).`);
   }
   return [...new Set(value as string[])];
+}
+
+/** The entries of `scopes` that `create()` would refuse, in order (the package's `validateScopes`). */
+export function invalidScopes(scopes: readonly unknown[], validScopes: ReadonlySet<string> | null): unknown[] {
+  return scopes.filter((s) => !wellFormed(s) || (validScopes !== null && s !== ADMIN_SCOPE && !validScopes.has(s)));
+}
+
+function wellFormed(scope: unknown): scope is string {
+  return typeof scope === 'string' && SCOPE_PATTERN.test(scope) && WILDCARD_PATTERN.test(scope);
+}
+
+function show(scope: unknown): string {
+  return typeof scope === 'string' && scope.length <= 128 ? scope : describe(scope);
 }
 
 function isSuper(scopes: readonly string[] | null): boolean {

@@ -1,5 +1,4 @@
 import { AgentKeyError } from './errors.js';
-import type { InvalidReason } from './agentkey.js';
 import { MAX_CENTS, centsToMicros, describe, isValidCents, microsToCents } from './money.js';
 import { checkOptions, optionalText } from './options.js';
 import type { SpendOutcome } from './store/spend.js';
@@ -29,14 +28,42 @@ export interface SpendFigures {
   budgetRemainingCents: number | null;
 }
 
+/**
+ * Why a key itself cannot spend: 'invalid_key' (no such key, as the package says), or
+ * 'expired' / 'revoked' (itself or an ancestor).
+ */
+export type KeyRefusal = 'invalid_key' | 'expired' | 'revoked';
+
+/**
+ * The package's `TrackUsageResult`, as a union that narrows on `success` and `reason`.
+ * Every member declares every field, so code written for the package's flat interface
+ * (`r.reason`, `r.budgetRemainingCents` without narrowing) compiles unchanged.
+ */
 export type TrackUsageResult =
-  | ({ success: true; replayed?: true } & SpendFigures)
-  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
-  | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
+  | {
+      success: true;
+      reason?: undefined;
+      /** Absent for a zero-cost charge, which records nothing (as the package did). */
+      budgetUsedCents?: number;
+      budgetRemainingCents?: number | null;
+      limitedBy?: undefined;
+      /** Set on a retry with the same idempotency key: the first charge's result, charged once. */
+      replayed?: true;
+    }
+  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy; replayed?: undefined } & SpendFigures)
+  | {
+      success: false;
+      reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal;
+      budgetUsedCents?: undefined;
+      budgetRemainingCents?: undefined;
+      limitedBy?: undefined;
+      replayed?: undefined;
+    };
 
 export type ReserveResult =
   | {
       success: true;
+      reason?: undefined;
       reservationId: string;
       expiresAt: string;
       budgetRemainingCents: number | null;
@@ -46,7 +73,7 @@ export type ReserveResult =
       reservationStatus?: ReservationStatus;
     }
   | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
-  | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | InvalidReason };
+  | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal };
 
 export type CommitResult =
   | ({
@@ -77,7 +104,7 @@ export type ReleaseResult =
 
 export type AdjustResult =
   | ({ success: true } & SpendFigures)
-  | { success: false; reason: 'invalid' | 'refund_exceeds_spend' };
+  | { success: false; reason: 'invalid_key' | 'refund_exceeds_spend' };
 
 export const CHARGE_OPTIONS = ['costCents', 'idempotencyKey', 'metadata'] as const;
 export const RESERVE_OPTIONS = [...CHARGE_OPTIONS, 'ttl'] as const;
@@ -162,8 +189,9 @@ export function limitedBy(out: SpendOutcome): LimitedBy | undefined {
 }
 
 /** Outcomes of the spend function that are the key's own state. */
-export function keyStateReason(outcome: string): InvalidReason | null {
-  return outcome === 'invalid' || outcome === 'expired' || outcome === 'revoked' ? outcome : null;
+export function keyStateReason(outcome: string): KeyRefusal | null {
+  if (outcome === 'invalid') return 'invalid_key';
+  return outcome === 'expired' || outcome === 'revoked' ? outcome : null;
 }
 
 

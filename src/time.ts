@@ -22,33 +22,49 @@ const UNIT_MS: Record<Exclude<DurationUnit, 'mo'>, number> = {
 const MAX_MS = 100 * 366 * 86_400_000;
 
 /**
- * Parses '30s', '30m' (minutes), '1h', '7d', '2w', '1mo'. Throws `invalid_duration`
- * for anything else, including zero and durations longer than 100 years.
+ * Parses '30s', '30m' (minutes), '1h', '7d', '2w', '1mo'. Zero ('0h') is a duration too:
+ * a key given it expires at once, as in the package. Throws `invalid_duration` with the
+ * package's message, `Invalid duration: <input>`, for anything else, including durations
+ * longer than 100 years.
  *
  * @example parseDuration('7d') // { amount: 7, unit: 'd' }
  */
 export function parseDuration(value: unknown, field = 'expiresIn'): Duration {
-  const match = typeof value === 'string' ? /^([1-9][0-9]{0,6})(mo|s|m|h|d|w)$/.exec(value.trim()) : null;
+  const match = typeof value === 'string' ? /^(0|[1-9][0-9]{0,6})(mo|s|m|h|d|w)$/.exec(value.trim()) : null;
   if (!match) {
     throw new AgentKeyError(
       'invalid_duration',
-      `${field} must be a positive whole number followed by s, m (minutes), h, d, w or mo, such as '30m' or '7d'; got ${describe(value)}.`,
+      `Invalid duration: ${shown(value)} (${field} must be a whole number followed by s, m (minutes), h, d, w or mo, such as '30m' or '7d').`,
     );
   }
   const duration = { amount: Number(match[1]), unit: match[2] as DurationUnit };
   const approxMs = duration.unit === 'mo' ? duration.amount * 31 * 86_400_000 : duration.amount * UNIT_MS[duration.unit];
   if (approxMs > MAX_MS) {
-    throw new AgentKeyError('invalid_duration', `${field} must be at most 100 years; got ${describe(value)}.`);
+    throw new AgentKeyError('invalid_duration', `Invalid duration: ${shown(value)} (${field} must be at most 100 years).`);
   }
   return duration;
 }
 
-/** A duration in milliseconds, for short fixed spans (no months): hold ttls. */
+/**
+ * The instant a duration from now ends, or null for no duration (null, undefined or '').
+ * The package's helper; months are calendar months in UTC.
+ *
+ * @example expiryFromDuration('7d') // a Date seven days from now
+ */
+export function expiryFromDuration(dur: string | null | undefined, from: Date = new Date()): Date | null {
+  if (dur === null || dur === undefined || dur === '') return null;
+  return addDuration(from, parseDuration(dur, 'the duration'));
+}
+
+/** A duration in milliseconds, for short fixed spans (no months): hold ttls. Zero is refused. */
 export function durationMs(value: unknown, field: string, maxMs: number): number {
   const d = parseDuration(value, field);
   const ms = d.unit === 'mo' ? Infinity : d.amount * UNIT_MS[d.unit];
+  if (ms === 0) {
+    throw new AgentKeyError('invalid_duration', `Invalid duration: ${shown(value)} (${field} must be longer than zero).`);
+  }
   if (ms > maxMs) {
-    throw new AgentKeyError('invalid_duration', `${field} must be at most ${maxMs / 3_600_000}h; got ${describe(value)}.`);
+    throw new AgentKeyError('invalid_duration', `Invalid duration: ${shown(value)} (${field} must be at most ${maxMs / 3_600_000}h).`);
   }
   return ms;
 }
@@ -72,11 +88,19 @@ export function addUtcMonths(from: Date, months: number): Date {
   );
 }
 
-/** Checks a budgetPeriod option: 'day', 'month' or null. Throws `invalid_period` otherwise. */
+/**
+ * Checks a budgetPeriod option: 'day', 'month' or null. Throws `invalid_period` with the
+ * package's message, `Invalid budget period: <input>`, otherwise.
+ */
 export function parsePeriod(value: unknown, field = 'budgetPeriod'): BudgetPeriod | null {
   if (value === null || value === undefined) return null;
   if (typeof value === 'string' && (BUDGET_PERIODS as readonly string[]).includes(value)) return value as BudgetPeriod;
-  throw new AgentKeyError('invalid_period', `${field} must be 'day', 'month' or null; got ${describe(value)}.`);
+  throw new AgentKeyError('invalid_period', `Invalid budget period: ${shown(value)} (${field} must be 'day', 'month' or null).`);
+}
+
+/** A value as the package's messages show it: a string as it is (cut at 40 characters), anything else described. */
+function shown(value: unknown): string {
+  return typeof value === 'string' ? (value.length > 40 ? `${value.slice(0, 40)}…` : value) : describe(value);
 }
 
 const ISO_8601 = /^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?)(Z|[+-]\d{2}:?\d{2})?)?$/i;

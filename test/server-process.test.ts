@@ -395,7 +395,8 @@ describe('serve on PostgreSQL (DATABASE_URL)', () => {
   }, 60_000);
 
   it('AGENTKEY_SELF_SERVE: true mounts the self-serve routes, false (or unset) does not, anything else exits 1', async () => {
-    const signup = async (url: string) => (await fetch(`${url}/signup`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{}' })).status;
+    const signup = async (url: string) =>
+      (await fetch(`${url}/signup`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"email":"a@example.com"}' })).status;
     const on = await serve([], { DATABASE_URL: db.url, AGENTKEY_SELF_SERVE: 'true' });
     expect(await signup(on.url)).toBe(201);
     await stop(on);

@@ -15,7 +15,10 @@ forEachDatabase((getDb) => {
     expect(await ak.validate(key.key)).toEqual({ valid: false, reason: 'revoked' });
     await ak.ensureSubject('mch_1', { budgetCents: 10 });
     await ak.ensureSubject('mch_1', { budgetCents: 10 });
-    expect(await ak.trackUsageBySubject('mch_1', { costCents: 10 })).toMatchObject({ success: true });
-    expect(await ak.validateBySubject('mch_1')).toMatchObject({ valid: true, budgetRemainingCents: 0, accountId: 'mch_1' });
+    expect(await ak.trackUsageBySubject('mch_1', { costCents: 9 })).toMatchObject({ success: true });
+    expect(await ak.validateBySubject('mch_1')).toMatchObject({ valid: true, budgetRemainingCents: 1, accountId: 'mch_1' });
+    expect(await ak.trackUsageBySubject('mch_1', { costCents: 1 })).toMatchObject({ success: true, budgetRemainingCents: 0 });
+    // Nothing left: refused, as the package refuses a spent key.
+    expect(await ak.validateBySubject('mch_1')).toEqual({ valid: false, reason: 'budget_exceeded' });
   });
 });

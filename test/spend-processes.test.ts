@@ -408,7 +408,8 @@ forEachDatabase((getDb) => {
     const [count] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${t.ledger} WHERE key_id = $1 AND kind = 'charge'`, [id]);
     expect(count!.n).toBe(2000);
     expect(await ak.usage({ keyId: id })).toMatchObject({ totalCents: 60, count: 2000 });
-    expect(await ak.validate(key)).toMatchObject({ budgetUsedCents: 60, budgetRemainingCents: 0 });
+    expect(await ak.getKey(id)).toMatchObject({ spentCents: 60, remainingCents: 0 });
+    expect(await ak.validate(key)).toEqual({ valid: false, reason: 'budget_exceeded' });
     expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
     expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
   }, 60_000);

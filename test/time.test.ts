@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentKeyError } from '../src/errors.js';
-import { addDuration, addUtcMonths, parseDuration, parseInstant, parsePeriod } from '../src/time.js';
+import { addDuration, addUtcMonths, durationMs, parseDuration, parseInstant, parsePeriod } from '../src/time.js';
 
 function codeOf(fn: () => unknown): string | undefined {
   try {
@@ -18,7 +18,7 @@ const at = (iso: string) => new Date(iso);
 const plus = (iso: string, duration: string) => addDuration(at(iso), parseDuration(duration)).toISOString();
 
 export const MALFORMED_DURATIONS: unknown[] = [
-  '7x', '', ' ', '0d', '00d', '1.5h', -1, 1, 7, '-1d', '999999999d', 'm', 'mo', 'd7', '7 d', '7D', '7M', '1y',
+  '7x', '', ' ', '00d', '1.5h', -1, 1, 7, '-1d', '999999999d', 'm', 'mo', 'd7', '7 d', '7D', '7M', '1y',
   '1e3s', '７d', '7dd', '7d;', 'Infinity', null, {}, [], '40000d', '5300w', '1300mo',
 ];
 
@@ -32,9 +32,22 @@ describe('parseDuration', () => {
     expect(parseDuration('1mo')).toEqual({ amount: 1, unit: 'mo' });
     expect(parseDuration('36500d')).toEqual({ amount: 36500, unit: 'd' }); // 100 years is the cap
     expect(parseDuration('1000mo')).toEqual({ amount: 1000, unit: 'mo' });
+    // Zero, as in the package: a key given '0h' is expired at once.
+    expect(parseDuration('0h')).toEqual({ amount: 0, unit: 'h' });
+    expect(parseDuration('0mo')).toEqual({ amount: 0, unit: 'mo' });
   });
 
-  it('error: a malformed, zero or absurdly long duration throws invalid_duration', () => {
+  it("error: messages begin with the package's 'Invalid duration: <input>'", () => {
+    expect(() => parseDuration('7x')).toThrow(/^Invalid duration: 7x \(/);
+    expect(() => parseDuration(42)).toThrow(/^Invalid duration: 42 \(/);
+  });
+
+  it('error: a zero ttl is refused: a hold must last a while', () => {
+    expect(codeOf(() => durationMs('0s', 'ttl', 86_400_000))).toBe('invalid_duration');
+    expect(durationMs('1s', 'ttl', 86_400_000)).toBe(1_000);
+  });
+
+  it('error: a malformed or absurdly long duration throws invalid_duration', () => {
     for (const value of MALFORMED_DURATIONS) {
       expect(codeOf(() => parseDuration(value)), JSON.stringify(value)).toBe('invalid_duration');
     }

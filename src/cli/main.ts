@@ -107,13 +107,15 @@ export function buildProgram(): Command {
     // Not .env(): commander would turn a flag on for any value, AGENTKEY_SELF_SERVE=false included.
     .option('--self-serve', 'mount the self-serve routes: /signup, /sdk-keys/me, /sdk-keys, /sdk-keys/:id (env AGENTKEY_SELF_SERVE=true)')
     .addOption(new Option('--signup-scopes <scopes>', 'comma-separated scopes that POST /signup grants').env('AGENTKEY_SIGNUP_SCOPES').argParser(list))
+    .option('--signup-without-email', 'let POST /signup issue keys without an email, which it needs by default (env AGENTKEY_SIGNUP_WITHOUT_EMAIL=true)')
     .addOption(new Option('--body-limit <bytes>', 'largest request body').default(65_536).argParser(wholeNumber('body limit', 1024, 10_485_760)))
     .addOption(
       new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('info').choices(['fatal', 'error', 'warn', 'info', 'debug', 'silent']),
     )
-    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; bodyLimit: number; logLevel: string }) => {
+    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; logLevel: string }) => {
       // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
       const selfServe = o.selfServe === true || envFlag('AGENTKEY_SELF_SERVE');
+      const withoutEmail = o.signupWithoutEmail === true || envFlag('AGENTKEY_SIGNUP_WITHOUT_EMAIL');
       const logger = pino({ level: o.logLevel, base: { service: 'agentkey' } }, pino.destination({ dest: 1, sync: true }));
       const server = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () =>
         startServer({
@@ -121,7 +123,9 @@ export function buildProgram(): Command {
           port: o.port,
           host: o.host,
           adminKey: process.env.AGENTKEY_ADMIN_KEY,
-          selfServe: selfServe ? { signupScopes: o.signupScopes ?? [] } : false,
+          selfServe: selfServe
+            ? { ...(o.signupScopes ? { signupScopes: o.signupScopes } : {}), ...(withoutEmail ? { requireEmailForSignup: false } : {}) }
+            : false,
           bodyLimitBytes: o.bodyLimit,
           logger,
           ...(o.table ? { tableName: o.table } : {}),

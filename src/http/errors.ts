@@ -50,3 +50,36 @@ export interface JsonResponse {
   setHeader(name: string, value: string): unknown;
   end(chunk?: string): unknown;
 }
+
+/**
+ * The body the package's own HTTP surfaces send (`agentKeyMiddleware`, the self-serve
+ * routes): `error` is a string, as the package's clients parse it, with this project's
+ * `code` and `message` beside it. Refusals the package had keep its string; others show
+ * their message. `failure` is the string for a 5xx (the package said 'auth_unavailable'
+ * in the middleware and 'Failed to create key' in the routes).
+ */
+export interface PackageErrorBody {
+  error: string;
+  code: string;
+  message: string;
+  [extra: string]: unknown;
+}
+
+const PACKAGE_ERROR: Record<string, string> = {
+  missing_key: 'Missing API key',
+  invalid_key: 'invalid',
+  key_expired: 'expired',
+  key_revoked: 'revoked',
+  budget_exceeded: 'budget_exceeded',
+  insufficient_scope: 'insufficient_scope',
+  invalid_email: 'Valid email is required',
+  email_required: 'Valid email is required',
+};
+
+export function packageBody(e: HttpError, failure = 'auth_unavailable'): PackageErrorBody {
+  // `packageError`: the package's own text for this refusal, when it had one of its own.
+  const { code, message, requiredScope, availableScopes, packageError, ...extra } = e.body.error;
+  const error = e.status >= 500 ? failure : typeof packageError === 'string' ? packageError : (PACKAGE_ERROR[code] ?? message);
+  const scope = code === 'insufficient_scope' ? { required: requiredScope, available: availableScopes ?? null } : {};
+  return { error, ...scope, ...extra, code, message };
+}

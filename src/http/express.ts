@@ -3,7 +3,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AgentKey, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { isValidCents } from '../money.js';
-import { type HttpError, sendJson } from './errors.js';
+import { type HttpError, httpError, packageBody, sendJson } from './errors.js';
 import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
 import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
 import {
@@ -17,7 +17,7 @@ import {
   verifyIdentity,
 } from './verify.js';
 
-export type { AgentKeyRoutesOptions } from './self-serve.js';
+export type { AgentKeyRoutesOptions, RouteOptions } from './self-serve.js';
 export type { HeldReservation } from './hold.js';
 
 /** Options of `agentKeyMiddleware`. */
@@ -33,14 +33,18 @@ type Req = IncomingMessage & {
 type Res = ServerResponse & { locals?: Record<string, unknown> };
 type Next = (err?: unknown) => void;
 
+/** Refusals in the package's shape: `{ error: 'budget_exceeded', code, message }`. */
 function send(res: Res, error: HttpError): void {
-  sendJson(res, error.status, error.body);
+  sendJson(res, error.status, packageBody(error));
 }
 
 /**
- * Express middleware: 401 for a missing, invalid, expired or revoked key, 403 when the
- * key lacks `scope` (named in the body), 429 when its budget is spent, 500 when the key
- * store fails. On success the validation result is `req.agentKey` (and `res.locals.agentKey`).
+ * Express middleware, answering as the package's did: 401 `{ error: 'Missing API key' }`,
+ * 401 `{ error: 'invalid' | 'expired' | 'revoked' }`, 429 `{ error: 'budget_exceeded' }`
+ * for a key with nothing left to spend, 403 `{ error: 'insufficient_scope', required,
+ * available }`, 500 `{ error: 'auth_unavailable' }` when the key store fails; each also
+ * with this project's `code` and `message`. On success the validation result is
+ * `req.agentKey` (and `res.locals.agentKey`).
  *
  * With `reserveCents`, it also holds that much of the budget before the handler (429
  * when it does not fit) and settles the hold when the response ends: it commits
@@ -58,7 +62,7 @@ export function agentKeyMiddleware(ak: AgentKey, options: AgentKeyMiddlewareOpti
 export function expressGuard(ak: AgentKey, options: AgentKeyMiddlewareOptions, authenticate: Authenticate) {
   const opts = checkVerifyOptions(options, HOLD_OPTIONS);
   const identities = new WeakMap<Req, Identity>();
-  const auth = authMiddleware(ak, opts, true, authenticate, identities);
+  const auth = authMiddleware(ak, opts, authenticate, identities);
   // Checked even without reserveCents, so a bad holdTtl or onSettleError never passes silently.
   const hold = checkHoldOptions<Req>(options ?? {});
   if (hold.reserveCents === undefined) return auth;
@@ -97,12 +101,11 @@ export function expressGuard(ak: AgentKey, options: AgentKeyMiddlewareOptions, a
 function authMiddleware(
   ak: AgentKey,
   opts: ReturnType<typeof checkVerifyOptions>,
-  checkBudget: boolean,
   authenticate: Authenticate = keyAuthenticator(ak),
   identities?: WeakMap<Req, Identity>,
 ) {
   return async function agentKeyAuth(req: Req, res: Res, next: Next): Promise<void> {
-    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => req.headers[name]), authenticate, opts, checkBudget);
+    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => req.headers[name]), authenticate, opts);
     if (!outcome.ok) return send(res, outcome.error);
     identities?.set(req, outcome.identity);
     req.agentKey = outcome.key;
@@ -155,9 +158,7 @@ export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOption
   const express = loadExpress();
   const router = express.Router();
   const verifyOpts = checkVerifyOptions({ timeoutMs: opts.timeoutMs });
-  const auth = authMiddleware(ak, verifyOpts, true);
-  // Reading its own metadata or revoking keys spends nothing, so a spent key may still do it.
-  const authAnyBudget = authMiddleware(ak, verifyOpts, false);
+  const auth = authMiddleware(ak, verifyOpts);
   const parse = express.json({ limit: '16kb' });
   // JSON is parsed per route, and parse errors answered per route, so the router never
   // touches the requests (or the errors) of the rest of the app.
@@ -165,11 +166,12 @@ export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOption
     parse(req, res, (err?: unknown) => {
       if (!err) return next();
       const tooLarge = (err as { type?: string }).type === 'entity.too.large';
-      sendJson(res, tooLarge ? 413 : 400, {
-        error: tooLarge
-          ? { code: 'body_too_large', message: 'The request body must be at most 16 KB of JSON.' }
-          : { code: 'invalid_json', message: 'The request body is not valid JSON.' },
-      });
+      send(
+        res,
+        tooLarge
+          ? httpError(413, 'body_too_large', 'The request body must be at most 16 KB of JSON.')
+          : httpError(400, 'invalid_json', 'The request body is not valid JSON.'),
+      );
     });
   const handlers = selfServeHandlers(ak, opts);
   const run = (handler: (input: { body: unknown; key: ValidKey | undefined; ip: string; id?: string }) => Promise<{ status: number; body: unknown }>) =>
@@ -185,9 +187,9 @@ export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOption
       sendJson(res, out.status, out.body);
     };
   router.post('/signup', json, run(handlers.signup));
-  router.get('/sdk-keys/me', authAnyBudget, run(handlers.me));
+  router.get('/sdk-keys/me', auth, run(handlers.me));
   router.post('/sdk-keys', auth, json, run(handlers.createChild));
-  router.delete(/^\/sdk-keys\/[^/]+\/?$/i, authAnyBudget, run(handlers.revoke));
+  router.delete(/^\/sdk-keys\/[^/]+\/?$/i, auth, run(handlers.revoke));
   return router;
 }
 

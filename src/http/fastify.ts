@@ -37,7 +37,7 @@ export function fastifyGuard(ak: AgentKey, options: FastifyAgentKeyOptions, auth
   const opts = checkVerifyOptions(options, HOLD_OPTIONS);
   const hold = checkHoldOptions<FastifyRequest>(options ?? {});
   return async function agentKeyPreHandler(request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers[name]), authenticate, opts, true);
+    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers[name]), authenticate, opts);
     if (!outcome.ok) {
       await reply.code(outcome.error.status).send(outcome.error.body);
       return;

@@ -57,7 +57,7 @@ export function fetchGuard(ak: AgentKey, options: FetchAgentKeyOptions, authenti
   const opts = checkVerifyOptions(options, HOLD_OPTIONS);
   const hold = checkHoldOptions<Request>(options ?? {});
   return async function guard(request: Request): Promise<GuardResult> {
-    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers.get(name)), authenticate, opts, true);
+    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers.get(name)), authenticate, opts);
     if (!outcome.ok) return refusal(outcome.error.status, outcome.error.body);
     if (hold.reserveCents === undefined) return { ok: true, agentKey: outcome.key, settle: async () => {} };
     const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold, opts.timeoutMs);

@@ -60,7 +60,7 @@ export async function takeHold<Req>(
       return { ok: false, error: httpError(429, 'budget_exceeded', "This key's remaining budget cannot cover this request.") };
     }
     // The same codes as the key check before it ('invalid_key', 'key_expired', 'key_revoked').
-    const code = hold.reason === 'invalid' ? 'invalid_key' : `key_${hold.reason}`;
+    const code = hold.reason === 'expired' || hold.reason === 'revoked' ? `key_${hold.reason}` : 'invalid_key';
     return { ok: false, error: httpError(401, code, 'The API key can no longer spend.') };
   } catch (err) {
     if (err === TIMEOUT) return { ok: false, error: httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') };

@@ -36,7 +36,7 @@ export function honoGuard(ak: AgentKey, options: HonoAgentKeyOptions, authentica
   const opts = checkVerifyOptions(options, HOLD_OPTIONS);
   const hold = checkHoldOptions<Context>(options ?? {});
   return async function agentKeyMiddleware(c, next) {
-    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => c.req.header(name) ?? null), authenticate, opts, true);
+    const outcome = await verifyIdentity(ak, keyFromHeaders((name) => c.req.header(name) ?? null), authenticate, opts);
     if (!outcome.ok) return c.json(outcome.error.body, outcome.error.status as 401);
     c.set('agentKey', outcome.key);
     if (hold.reserveCents === undefined) return next();

@@ -4,16 +4,16 @@ import { AgentKeyError } from '../errors.js';
 import { budgetToMicros, describe } from '../money.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
 import { addDuration, parseDuration, parsePeriod } from '../time.js';
-import { errorToHttp, httpError } from './errors.js';
+import { type PackageErrorBody, errorToHttp, httpError, packageBody } from './errors.js';
 import { minuteLimiter } from './rate-limit.js';
 import { TIMEOUT, withTimeout } from './verify.js';
 
 export interface AgentKeyRoutesOptions {
-  /** The only scopes POST /signup grants. Unset: a scopeless key. */
+  /** The only scopes POST /signup grants (a body may ask for some of them). Unset: a scopeless key. */
   signupScopes?: string[];
   /** Signups allowed per client address per minute (429 past it). Default 10; false turns it off. */
   signupRateLimit?: number | false;
-  /** Refuse signups without a valid `email` (400). Default false. */
+  /** Refuse signups without a valid `email` (400), as the package does by default. Default true. */
   requireEmailForSignup?: boolean;
   /** How long a route waits for the key store before failing closed with 500. Default 10 s. */
   timeoutMs?: number;
@@ -30,9 +30,12 @@ export interface RouteOutput {
   body: unknown;
 }
 
+/** The package's name for these options. */
+export type RouteOptions = AgentKeyRoutesOptions;
+
 export function checkRoutesOptions(
   options: unknown,
-): Required<Pick<AgentKeyRoutesOptions, 'signupRateLimit' | 'requireEmailForSignup' | 'timeoutMs'>> & { signupScopes: string[] } {
+): Required<Pick<AgentKeyRoutesOptions, 'signupRateLimit' | 'requireEmailForSignup' | 'timeoutMs'>> & { signupScopes: string[] | null } {
   const o = (options ?? {}) as AgentKeyRoutesOptions;
   if (typeof o !== 'object' || Array.isArray(o)) throw new AgentKeyError('invalid_argument', 'createAgentKeyRoutes options must be an object.');
   const allowed = ['signupScopes', 'signupRateLimit', 'requireEmailForSignup', 'timeoutMs'];
@@ -51,9 +54,9 @@ export function checkRoutesOptions(
   }
   return {
     timeoutMs,
-    signupScopes: parseScopes(o.signupScopes, null, 'signupScopes') ?? [],
+    signupScopes: parseScopes(o.signupScopes, null, 'signupScopes'),
     signupRateLimit: limit,
-    requireEmailForSignup: o.requireEmailForSignup ?? false,
+    requireEmailForSignup: o.requireEmailForSignup ?? true,
   };
 }
 
@@ -61,24 +64,24 @@ const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,189}\.[^\s@]{1,63}$/;
 
 /**
  * The page's self-serve routes, framework-neutral: each takes the parsed request and
- * returns a status and a JSON body, never throws.
+ * returns a status and a JSON body, never throws. Refusals have the package's shape
+ * (`error` a string, plus `code` and `message`).
  */
 export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRoutesOptions>) {
   const allowSignup = opts.signupRateLimit === false ? () => true : minuteLimiter(opts.signupRateLimit);
-  const guarded = (fn: (input: RouteInput) => Promise<RouteOutput>) => async (input: RouteInput): Promise<RouteOutput> => {
+  const guarded = (failure: string, fn: (input: RouteInput) => Promise<RouteOutput>) => async (input: RouteInput): Promise<RouteOutput> => {
     try {
       // A store that never answers must not hang the request: fail closed instead.
       return await withTimeout(fn(input), opts.timeoutMs);
     } catch (err) {
-      if (err === TIMEOUT) return fail(500, 'storage_timeout', 'The key store did not answer in time; try again later.');
-      const { status, body } = errorToHttp(err);
-      return { status, body };
+      const e = err === TIMEOUT ? httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') : errorToHttp(err);
+      return { status: e.status, body: packageBody(e, failure) };
     }
   };
 
   return {
-    /** POST /signup: a new account and a key with only `signupScopes`. Unauthenticated. */
-    signup: guarded(async ({ body, ip }) => {
+    /** POST /signup: a new account and a key with only `signupScopes` (or some of them). Unauthenticated. */
+    signup: guarded('Failed to create key', async ({ body, ip }) => {
       if (!allowSignup(ip)) return fail(429, 'rate_limited', 'Too many signups from this address; try again in a minute.');
       const b = bodyObject(body);
       const email = b.email;
@@ -86,17 +89,39 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         return fail(400, 'invalid_email', 'email must be a valid email address.');
       }
       if (opts.requireEmailForSignup && !email) return fail(400, 'email_required', 'Signup needs an email address in the "email" field.');
+      const allowed = opts.signupScopes;
+      let scopes: string[] = allowed ?? [];
+      // Without signupScopes the key is scopeless, whatever the body asks: never a caller's scopes.
+      if (allowed !== null && b.scopes !== undefined && b.scopes !== null) {
+        const asked = parseScopes(b.scopes, null) ?? [];
+        const disallowed = asked.filter((x) => !allowed.includes(x));
+        if (disallowed.length > 0) {
+          const named = disallowed.join(', ');
+          return fail(400, 'scope_not_allowed', `These scopes are not allowed on signup: ${named}.`, {
+            allowed,
+            packageError: `Scopes not allowed on signup: ${named}`,
+          });
+        }
+        scopes = asked;
+      }
       const accountId = `acct_${randomUUID().replaceAll('-', '')}`;
       const fields = keyFields(b);
-      const created = await ak.create({ ...fields, accountId, scopes: opts.signupScopes, userId: (email as string | undefined) ?? null });
-      return { status: 201, body: { ...created, accountId, scopes: opts.signupScopes } };
+      const created = await ak.create({
+        ...fields,
+        // As the package: a signup key lasts 24 hours unless the body says otherwise.
+        expiresIn: fields.expiresIn ?? '24h',
+        accountId,
+        scopes,
+        userId: (email as string | undefined) ?? null,
+      });
+      return { status: 201, body: { ...created, accountId } };
     }),
 
     /** GET /sdk-keys/me: the calling key's own metadata. */
-    me: guarded(async ({ key }) => ({ status: 200, body: key })),
+    me: guarded('Failed to read key', async ({ key }) => ({ status: 200, body: key })),
 
-    /** POST /sdk-keys: a key for the caller's account, never wider than the caller. */
-    createChild: guarded(async ({ body, key }) => {
+    /** POST /sdk-keys: a key for the caller's account, a child of the caller and never wider. */
+    createChild: guarded('Failed to create key', async ({ body, key }) => {
       const parent = key as ValidKey;
       const b = bodyObject(body);
       const fields = keyFields(b);
@@ -106,44 +131,42 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
       }
       // Check the types first, so that e.g. "500" is a 400, never compared as a string.
       budgetToMicros(fields.budgetCents, 'budget_cents');
-      let budgetCents = fields.budgetCents ?? null;
-      let budgetPeriod = parsePeriod(fields.budgetPeriod, 'budget_period');
+      const budgetCents = fields.budgetCents ?? null;
       if (parent.budgetCents !== null) {
         if (budgetCents === null) {
-          budgetCents = parent.budgetCents;
-          if (fields.budgetPeriod === undefined) budgetPeriod = parent.budgetPeriod;
-        } else if (budgetCents > parent.budgetCents) {
+          return fail(403, 'budget_exceeds_parent', `budget_cents is required: the calling key has a budget of ${parent.budgetCents} cents, and the keys it makes may not be unlimited.`);
+        }
+        if (budgetCents > parent.budgetCents) {
           return fail(403, 'budget_exceeds_parent', `budget_cents may not exceed the calling key's budget of ${parent.budgetCents} cents.`);
         }
       }
-      let expiresAt: Date | null =
-        fields.expiresIn != null ? addDuration(new Date(), parseDuration(fields.expiresIn, 'expires_in')) : null;
+      const expiresAt = fields.expiresIn != null ? addDuration(new Date(), parseDuration(fields.expiresIn, 'expires_in')) : null;
       if (parent.expiresAt !== null) {
-        const limit = new Date(parent.expiresAt);
-        if (expiresAt === null) expiresAt = limit;
-        else if (expiresAt > limit) {
+        if (expiresAt === null) {
+          return fail(403, 'expiry_exceeds_parent', `expires_in is required: the calling key expires at ${parent.expiresAt}, and the keys it makes may not outlive it.`);
+        }
+        if (expiresAt > new Date(parent.expiresAt)) {
           return fail(403, 'expiry_exceeds_parent', `expires_in may not reach past the calling key's expiry (${parent.expiresAt}).`);
         }
       }
-      const delegatedBy = fields.delegatedBy ?? parent.delegatedBy;
       const created = await ak.create({
         ...fields,
         expiresIn: null,
         expiresAt,
         budgetCents,
-        budgetPeriod,
+        budgetPeriod: parsePeriod(fields.budgetPeriod, 'budget_period'),
         scopes,
-        delegatedBy,
+        delegatedBy: fields.delegatedBy ?? parent.delegatedBy,
         accountId: parent.accountId,
         // A child of the caller: its spend also counts against the caller, so a daily
         // child under a monthly caller can never outspend the caller's month.
         parentId: parent.keyId,
       });
-      return { status: 201, body: { ...created, accountId: parent.accountId, scopes, budgetCents } };
+      return { status: 201, body: { ...created, accountId: parent.accountId } };
     }),
 
     /** DELETE /sdk-keys/:id: revokes a key of the caller's own account only. */
-    revoke: guarded(async ({ key, id }) => {
+    revoke: guarded('Failed to revoke key', async ({ key, id }) => {
       const revoked = await ak.revoke(id as string, (key as ValidKey).accountId);
       if (!revoked) return fail(404, 'not_found', 'No active key with this id belongs to your account.');
       return { status: 200, body: { revoked: true, id: Number(id) } };
@@ -151,9 +174,8 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
   };
 }
 
-function fail(status: number, code: string, message: string): RouteOutput {
-  const { body } = httpError(status, code, message);
-  return { status, body };
+function fail(status: number, code: string, message: string, extra: Record<string, unknown> = {}): RouteOutput & { body: PackageErrorBody } {
+  return { status, body: packageBody(httpError(status, code, message, extra)) };
 }
 
 function bodyObject(body: unknown): Record<string, unknown> {

@@ -55,10 +55,11 @@ function first(value: string | string[] | undefined | null): string | undefined 
   return Array.isArray(value) ? value[0] : (value ?? undefined);
 }
 
-const INVALID: Record<string, [string, string]> = {
-  invalid: ['invalid_key', 'The API key is not valid.'],
-  expired: ['key_expired', 'The API key has expired.'],
-  revoked: ['key_revoked', 'The API key has been revoked.'],
+const INVALID: Record<string, [number, string, string]> = {
+  invalid: [401, 'invalid_key', 'The API key is not valid.'],
+  expired: [401, 'key_expired', 'The API key has expired.'],
+  revoked: [401, 'key_revoked', 'The API key has been revoked.'],
+  budget_exceeded: [429, 'budget_exceeded', "This key's budget is spent."],
 };
 
 /**
@@ -82,16 +83,11 @@ export type IdentityOutcome = { ok: true; key: ValidKey; identity: Identity } | 
 
 /**
  * The framework-neutral check behind every adapter: 401 for a missing, invalid,
- * expired or revoked key, 403 for a missing scope, 429 for a spent budget, 500 when
- * the store fails (fail closed).
+ * expired or revoked key, 429 for a key with nothing left to spend, 403 for a missing
+ * scope, 500 when the store fails (fail closed).
  */
-export async function verifyKey(
-  ak: AgentKey,
-  rawKey: string | null,
-  options: ReturnType<typeof checkVerifyOptions>,
-  checkBudget = true,
-): Promise<VerifyOutcome> {
-  return verifyIdentity(ak, rawKey, keyAuthenticator(ak), options, checkBudget);
+export async function verifyKey(ak: AgentKey, rawKey: string | null, options: ReturnType<typeof checkVerifyOptions>): Promise<VerifyOutcome> {
+  return verifyIdentity(ak, rawKey, keyAuthenticator(ak), options);
 }
 
 /** `verifyKey` for any kind of bearer, through `authenticate`. */
@@ -100,7 +96,6 @@ export async function verifyIdentity(
   token: string | null,
   authenticate: Authenticate,
   options: ReturnType<typeof checkVerifyOptions>,
-  checkBudget = true,
 ): Promise<IdentityOutcome> {
   if (!token) {
     return { ok: false, error: httpError(401, 'missing_key', 'Send an API key as "Authorization: Bearer <key>".') };
@@ -114,18 +109,18 @@ export async function verifyIdentity(
   if ('status' in identity) return { ok: false, error: identity };
   const result = identity.result;
   if (!result.valid) {
-    const [code, message] = INVALID[result.reason] ?? (INVALID.invalid as [string, string]);
-    return { ok: false, error: httpError(401, code, message) };
+    // A key with nothing left to spend is refused by validate() itself, as in the package: 429.
+    const [status, code, message] = INVALID[result.reason] ?? (INVALID.invalid as [number, string, string]);
+    return { ok: false, error: httpError(status, code, message) };
   }
   if (options.scope !== undefined && !ak.hasScope(result, options.scope)) {
     return {
       ok: false,
-      error: httpError(403, 'insufficient_scope', `This key lacks the scope "${options.scope}".`, { requiredScope: options.scope }),
+      error: httpError(403, 'insufficient_scope', `This key lacks the scope "${options.scope}".`, {
+        requiredScope: options.scope,
+        availableScopes: result.scopes,
+      }),
     };
-  }
-  // A $0 key is the page's "free endpoints only" key: it passes, and any charge is refused.
-  if (checkBudget && result.budgetCents !== null && result.budgetCents > 0 && result.budgetRemainingCents === 0) {
-    return { ok: false, error: httpError(429, 'budget_exceeded', "This key's budget is spent.") };
   }
   return { ok: true, key: result, identity };
 }

@@ -32,7 +32,7 @@ export interface RefusedToken {
 /** `validateBySubject`'s shape, plus the subject and the token's claims when valid. */
 export type SubjectValidation =
   | (Extract<ValidationResult, { valid: true }> & { subject: string; claims: Record<string, unknown> })
-  | { valid: false; reason: 'invalid' | 'expired' | 'revoked'; detail?: string };
+  | { valid: false; reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded'; detail?: string };
 
 /**
  * Turns verified tokens into budgeted subjects: the subject's row is made on first sight

@@ -7,7 +7,7 @@ import { matchedRoutes } from 'hono/route';
 import { timeout } from 'hono/timeout';
 import type { AgentKey, TrackUsageResult, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
-import { errorToHttp } from '../http/errors.js';
+import { type HttpError, errorToHttp, httpError, packageBody } from '../http/errors.js';
 import { MICROS_PER_CENT, centsToMicros } from '../money.js';
 import { type AgentKeyRoutesOptions, checkRoutesOptions, selfServeHandlers } from '../http/self-serve.js';
 import { TIMEOUT, checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey, withTimeout } from '../http/verify.js';
@@ -61,6 +61,7 @@ const NO_KEY = new ApiError(401, 'missing_admin_key', 'This route needs the admi
 const BAD_KEY = new ApiError(401, 'invalid_admin_key', 'The bearer is not the admin key; agent keys cannot use admin routes.');
 const KEY_REFUSED: Record<string, [string, string]> = {
   invalid: ['invalid_key', 'The API key is not valid.'],
+  invalid_key: ['invalid_key', 'The API key is not valid.'],
   expired: ['key_expired', 'The API key has expired.'],
   revoked: ['key_revoked', 'The API key has been revoked.'],
 };
@@ -510,37 +511,39 @@ function settleRefused(reason: string): ApiError {
   return new ApiError(400, reason, 'costCents must be a number of cents of at least 0.');
 }
 
-/** The seed page's self-serve routes, with their security model (see README). */
+/**
+ * The seed page's self-serve routes, with their security model (see README), answering
+ * in the package's shape (`error` a string, with `code` and `message`), as its clients parse it.
+ */
 function mountSelfServe(app: OpenAPIHono<Env>, ak: AgentKey, opts: ReturnType<typeof checkRoutesOptions>, clientAddress: (c: Context) => string) {
   const handlers = selfServeHandlers(ak, opts);
   const verifyOpts = checkVerifyOptions({ timeoutMs: opts.timeoutMs });
-  const keyOf = async (c: Context, checkBudget: boolean): Promise<ValidKey> => {
-    const outcome = await verifyKey(ak, keyFromHeaders((name) => c.req.header(name)), verifyOpts, checkBudget);
-    if (!outcome.ok) {
-      const { code, message, ...extra } = outcome.error.body.error;
-      throw new ApiError(code === 'storage_timeout' ? 503 : outcome.error.status, code, message, extra);
-    }
-    return outcome.key;
+  type Out = { status: number; body: unknown };
+  const refused = (e: HttpError): Out => ({ status: e.status, body: packageBody(e) });
+  const withKey = async (c: Context, handle: (key: ValidKey) => Promise<Out>): Promise<Out> => {
+    const outcome = await verifyKey(ak, keyFromHeaders((name) => c.req.header(name)), verifyOpts);
+    return outcome.ok ? handle(outcome.key) : refused(outcome.error);
   };
-  const json = async (c: Context): Promise<unknown> => {
+  const withJson = async (c: Context, handle: (body: unknown) => Promise<Out>): Promise<Out> => {
     const text = await c.req.text();
-    if (text.trim() === '') return undefined;
+    if (text.trim() === '') return handle(undefined);
+    let body: unknown;
     try {
-      return JSON.parse(text);
+      body = JSON.parse(text);
     } catch {
-      throw new ApiError(400, 'invalid_json', 'The request body is not valid JSON.');
+      return refused(httpError(400, 'invalid_json', 'The request body is not valid JSON.'));
     }
+    return handle(body);
   };
   // A store that did not answer is a 503 here, as on every /v1 route.
-  const send = (c: Context, out: { status: number; body: unknown }) =>
-    c.json(out.body as object, ((out.body as { error?: { code?: string } }).error?.code === 'storage_timeout' ? 503 : out.status) as 200);
-  app.post('/signup', async (c) => send(c, await handlers.signup({ body: await json(c), key: undefined, ip: clientAddress(c) })));
-  app.get('/sdk-keys/me', async (c) => send(c, await handlers.me({ body: undefined, key: await keyOf(c, false), ip: clientAddress(c) })));
-  app.post('/sdk-keys', async (c) => {
-    const key = await keyOf(c, true);
-    return send(c, await handlers.createChild({ body: await json(c), key, ip: clientAddress(c) }));
-  });
+  const send = (c: Context, out: Out) => c.json(out.body as object, ((out.body as { code?: string }).code === 'storage_timeout' ? 503 : out.status) as 200);
+  const ip = (c: Context) => clientAddress(c);
+  app.post('/signup', async (c) => send(c, await withJson(c, (body) => handlers.signup({ body, key: undefined, ip: ip(c) }))));
+  app.get('/sdk-keys/me', async (c) => send(c, await withKey(c, (key) => handlers.me({ body: undefined, key, ip: ip(c) }))));
+  app.post('/sdk-keys', async (c) =>
+    send(c, await withKey(c, (key) => withJson(c, (body) => handlers.createChild({ body, key, ip: ip(c) })))),
+  );
   app.delete('/sdk-keys/:id', async (c) =>
-    send(c, await handlers.revoke({ body: undefined, key: await keyOf(c, false), ip: clientAddress(c), id: c.req.param('id') })),
+    send(c, await withKey(c, (key) => handlers.revoke({ body: undefined, key, ip: ip(c), id: c.req.param('id') }))),
   );
 }

@@ -138,11 +138,13 @@ export const VerifyBody = z
 export const Verification = z
   .object({
     valid: z.boolean(),
-    reason: z.enum(['invalid', 'expired', 'revoked', 'insufficient_scope']).optional(),
+    reason: z.enum(['invalid', 'expired', 'revoked', 'budget_exceeded', 'insufficient_scope']).optional(),
     requiredScope: z.string().optional(),
+    id: z.number().int().optional(),
     keyId: z.number().int().optional(),
     accountId: z.union([z.string(), z.number()]).optional(),
-    name: z.string().nullable().optional(),
+    userId: z.string().nullable().optional(),
+    name: z.string().optional(),
     scopes: z.array(z.string()).nullable().optional(),
     budgetCents: z.number().nullable().optional(),
     budgetUsedCents: z.number().optional(),
@@ -166,7 +168,12 @@ export const ChargeBody = z
   .openapi('Charge');
 
 export const Charged = z
-  .object({ success: z.literal(true), budgetUsedCents: z.number(), budgetRemainingCents: z.number().nullable(), replayed: z.literal(true).optional() })
+  .object({
+    success: z.literal(true),
+    budgetUsedCents: z.number().optional().openapi({ description: 'Absent for a zero cost, which records nothing.' }),
+    budgetRemainingCents: z.number().nullable().optional(),
+    replayed: z.literal(true).optional(),
+  })
   .openapi('Charged');
 
 export const ReserveBody = ChargeBody.extend({

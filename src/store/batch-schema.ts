@@ -1,14 +1,23 @@
+import type { Definition } from './catalog.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 
-/** Columns whose change makes a cached validation stale (spend counters and last use do not). */
+/**
+ * Columns whose change makes a cached validation stale. Spend counters and last use are
+ * not among them (spending never pays for the trigger); a period rollover is (once a period).
+ */
 const WATCHED = [
   'key_hash', 'external_subject', 'account_id', 'name', 'scopes', 'budget_micros', 'budget_cents', 'budget_period',
-  'budget_anchor_at', 'expires_at', 'revoked_at', 'delegated_by', 'user_id', 'parent_id', 'ancestor_ids',
+  'budget_anchor_at', 'budget_reset_at', 'expires_at', 'revoked_at', 'delegated_by', 'user_id', 'parent_id', 'ancestor_ids',
 ];
 
+/** Version 4: the ledger's B-tree time index gives way to a BRIN one (see ledgerIndexes). */
+export async function createBatching(tx: Db, t: TableNames): Promise<void> {
+  await tx.query(`DROP INDEX IF EXISTS ${t.schema}"${t.indexBase}_ledger_time_idx"`);
+}
+
 /**
- * Version 4: the batch spend function and change notifications.
+ * The batch spend function and change notifications.
  *
  * `<table>_spend_many` takes many charges and holds and settles them in one statement,
  * with the outcome each would have had run one after another in the order given: it locks
@@ -19,8 +28,12 @@ const WATCHED = [
  * A trigger announces changes to keys on a NOTIFY channel, so caches in every process
  * drop them at once.
  */
-export async function createBatching(tx: Db, t: TableNames): Promise<void> {
-  await tx.query(`CREATE OR REPLACE FUNCTION ${t.schema}agentkey_notify_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
+export function batchFunctions(t: TableNames): Definition[] {
+  const defs: Definition[] = [];
+  defs.push({
+    kind: 'function',
+    signature: `${t.schema}agentkey_notify_change()`,
+    sql: `CREATE OR REPLACE FUNCTION ${t.schema}agentkey_notify_change() RETURNS trigger LANGUAGE plpgsql AS $fn$
     BEGIN
       IF TG_OP = 'DELETE' THEN
         PERFORM pg_notify(TG_ARGV[0], OLD.id::text);
@@ -28,27 +41,30 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
         PERFORM pg_notify(TG_ARGV[0], NEW.id::text);
       END IF;
       RETURN NULL;
-    END $fn$`);
-  const cols = (side: string) => WATCHED.map((c) => `${side}.${c}`).join(', ');
-  await tx.query(`DROP TRIGGER IF EXISTS agentkey_changed ON ${t.table}`);
-  // Only statements that set a watched column fire it: spending never does, so it costs spending nothing.
-  await tx.query(`CREATE TRIGGER agentkey_changed AFTER UPDATE OF ${WATCHED.join(', ')} ON ${t.table} FOR EACH ROW
-    WHEN ((${cols('OLD')}) IS DISTINCT FROM (${cols('NEW')}))
-    EXECUTE FUNCTION ${t.schema}agentkey_notify_change('${t.channel}')`);
-  await tx.query(`DROP TRIGGER IF EXISTS agentkey_deleted ON ${t.table}`);
-  await tx.query(`CREATE TRIGGER agentkey_deleted AFTER DELETE ON ${t.table} FOR EACH ROW
-    EXECUTE FUNCTION ${t.schema}agentkey_notify_change('${t.channel}')`);
-
-  // Plans are kept generic: the statements are the same every call, and planning them
-  // afresh each time cost more than running them.
-  // Dropped first: this migration runs again when the table is migrated under another spelling of its name.
-  await tx.query(`DROP FUNCTION IF EXISTS ${t.spendManyFn}(TEXT[], TEXT[], BIGINT[], TEXT[], INT[], TEXT[], BIGINT[], TEXT[], JSONB[], TEXT[], BIGINT[])`);
-  await tx.query(`CREATE FUNCTION ${t.spendManyFn}(
+    END $fn$`,
+  });
+  defs.push({
+    kind: 'function',
+    signature: `${t.schema}agentkey_notify_all()`,
+    // A change that may concern any cached key (an account's ceiling): every cache starts afresh.
+    sql: `CREATE OR REPLACE FUNCTION ${t.schema}agentkey_notify_all() RETURNS trigger LANGUAGE plpgsql AS $fn$
+    BEGIN
+      PERFORM pg_notify(TG_ARGV[0], 'all');
+      RETURN NULL;
+    END $fn$`,
+  });
+  defs.push({
+    kind: 'function',
+    signature: `${t.spendManyFn}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[])`,
+    // Plans are kept generic: the statements are the same every call, and planning them
+    // afresh each time cost more than running them.
+    sql: `CREATE OR REPLACE FUNCTION ${t.spendManyFn}(
       p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_hold TEXT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
       p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[])
     RETURNS TABLE (r_outcome TEXT[], r_key_id BIGINT[], r_budget BIGINT[], r_spent BIGINT[], r_held BIGINT[], r_hold_id TEXT[],
                    r_expires_at TIMESTAMPTZ[], r_status TEXT[], r_limit TEXT[], r_limit_key_id BIGINT[], r_limit_account_id TEXT[],
-                   r_hold_amount BIGINT[], r_committed BIGINT[], r_released BIGINT[], r_expired BOOLEAN[], r_over_budget BOOLEAN[], r_at TIMESTAMPTZ)
+                   r_hold_amount BIGINT[], r_committed BIGINT[], r_released BIGINT[], r_expired BOOLEAN[], r_over_budget BOOLEAN[], r_at TIMESTAMPTZ,
+                   r_ref_paths TEXT[], r_ref_accounts TEXT[])
     LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
     #variable_conflict use_variable
     DECLARE
@@ -355,7 +371,7 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
       END LOOP;
 
       -- Write once: counters, account counters, holds, then the ledger in item order.
-      UPDATE ${t.table} k SET spent_micros = d.spent, budget_used_cents = d.spent / 10000.0,
+      UPDATE ${t.table} k SET spent_micros = d.spent, budget_used_cents = ${t.centsUp}(d.spent),
           last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END
         FROM unnest(s_id, s_spent, s_spent0, s_touch) AS d(id, spent, spent0, touch)
         WHERE k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
@@ -380,15 +396,44 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
           SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], p_op[w.o], l_amount[w.o], p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now
           FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos) ORDER BY w.pos;
       END IF;
-      -- One row of arrays, one entry per item: cheaper than a row per item.
+      -- One row of arrays, one entry per item: cheaper than a row per item. Then, per key named
+      -- (by p_ref), its path and account, so a cache can move what the budgets above it leave.
       RETURN QUERY SELECT o_outcome, o_key, o_budget, o_spent, o_held, o_hold, o_expires, o_status,
-                          o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over, v_now;
-    END $fn$`);
-  // The ledger only grows, in time order: a BRIN index serves time ranges at a fraction of a
-  // B-tree's cost on every insert.
-  await tx.query(`DROP INDEX IF EXISTS ${t.schema}"${t.indexBase}_ledger_time_idx"`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${t.indexBase}_ledger_time_brin" ON ${t.ledger} USING BRIN (created_at)`);
-  // The single-step functions of version 3 are planned the same way.
-  await tx.query(`ALTER FUNCTION ${t.spendFn}(TEXT, TEXT, BIGINT, TEXT, BIGINT, TEXT, JSONB, TEXT, BIGINT) SET plan_cache_mode = force_generic_plan`);
-  await tx.query(`ALTER FUNCTION ${t.settleFn}(TEXT, TEXT, BIGINT, JSONB) SET plan_cache_mode = force_generic_plan`);
+                          o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over, v_now,
+                          ARRAY(SELECT array_to_string(v_paths[k_from[x]:k_to[x]], ',') FROM generate_subscripts(k_id, 1) AS g(x) ORDER BY x),
+                          k_acct;
+    END $fn$`,
+  });
+  return defs;
+}
+
+/** Changes to keys are announced on a NOTIFY channel, so caches in every process drop them at once. */
+export function batchTriggers(t: TableNames): Definition[] {
+  const cols = (side: string) => WATCHED.map((c) => `${side}.${c}`).join(', ');
+  return [
+    {
+      kind: 'trigger',
+      name: 'agentkey_changed',
+      table: t.table,
+      // Only statements that set a watched column fire it: spending never does, so it costs spending nothing.
+      sql: `CREATE TRIGGER agentkey_changed AFTER UPDATE OF ${WATCHED.join(', ')} ON ${t.table} FOR EACH ROW
+        WHEN ((${cols('OLD')}) IS DISTINCT FROM (${cols('NEW')}))
+        EXECUTE FUNCTION ${t.schema}agentkey_notify_change('${t.channel}')`,
+    },
+    {
+      kind: 'trigger',
+      name: 'agentkey_deleted',
+      table: t.table,
+      sql: `CREATE TRIGGER agentkey_deleted AFTER DELETE ON ${t.table} FOR EACH ROW
+        EXECUTE FUNCTION ${t.schema}agentkey_notify_change('${t.channel}')`,
+    },
+    {
+      kind: 'trigger',
+      name: 'agentkey_ceiling_changed',
+      table: t.accounts,
+      // A ceiling set, changed or removed changes what every key of the account may spend.
+      sql: `CREATE TRIGGER agentkey_ceiling_changed AFTER INSERT OR DELETE OR UPDATE OF budget_micros, budget_period ON ${t.accounts}
+        FOR EACH STATEMENT EXECUTE FUNCTION ${t.schema}agentkey_notify_all('${t.channel}')`,
+    },
+  ];
 }

@@ -19,6 +19,12 @@ export interface TableNames {
   indexBase: string;
   /** The period function and the migrations table, in the same schema as the keys table. */
   nextReset: string;
+  /**
+   * Micro-dollars to the whole cents the page's INTEGER columns show: spend rounded up,
+   * budgets rounded down (so SQL over those columns never sees more room than there is).
+   */
+  centsUp: string;
+  centsDown: string;
   migrations: string;
   /** The append-only usage ledger and the holds (reservations) table. */
   ledger: string;
@@ -30,6 +36,10 @@ export interface TableNames {
   settleFn: string;
   /** The batch form of the spend function: many charges and holds in one atomic statement. */
   spendManyFn: string;
+  /** The trigger function that keeps agentkey's exact columns in step with SQL edits of the page's columns. */
+  syncFn: string;
+  /** Rows set aside from side tables whose keys table was dropped (made only when needed). */
+  orphans: string;
   /**
    * The LISTEN/NOTIFY channel on which changes to keys (revoked, expiry, scopes, budget...)
    * are announced, so every process drops them from its cache. Named from the table part
@@ -64,6 +74,8 @@ export function tableNames(name: unknown): TableNames {
     schema,
     indexBase,
     nextReset: `${schema}agentkey_next_reset`,
+    centsUp: `${schema}agentkey_cents_up`,
+    centsDown: `${schema}agentkey_cents_down`,
     migrations: `${schema}agentkey_migrations`,
     ledger: beside('ledger'),
     holds: beside('holds'),
@@ -71,6 +83,8 @@ export function tableNames(name: unknown): TableNames {
     spendFn: beside('spend'),
     settleFn: beside('settle'),
     spendManyFn: beside('spend_many'),
+    syncFn: beside('sync'),
+    orphans: beside('orphans'),
     channel: `agentkey_${createHash('sha256').update(tablePart).digest('hex').slice(0, 24)}`,
   };
 }

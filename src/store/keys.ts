@@ -30,6 +30,13 @@ export interface KeyRow {
   read_at: Date;
   /** The earliest expiry among the key's ancestors, which ends the key too. */
   ancestors_expire_at: Date | null;
+  /** The ancestors with a budget, and what each leaves (budget - spent - held), in the same order. */
+  limit_ids: (number | string)[];
+  limit_rooms: (number | string)[];
+  /** What the account's ceiling leaves, or null when the account has none. */
+  account_room: number | null;
+  /** When an ancestor's or the account's period ends (and what they leave grows again). */
+  path_reset_at: Date | null;
   status: KeyStatus;
 }
 
@@ -49,6 +56,15 @@ export interface NewKey {
   parent: { id: number; ancestorIds: number[] } | null;
 }
 
+/** A new key as the table holds it (defaults of the user's table included). */
+export interface InsertedKey {
+  id: number;
+  scopes: string[] | null;
+  budget_micros: number | null;
+  budget_period: string | null;
+  expires_at: Date | null;
+}
+
 /** Which row a call is about: by key hash, by external subject, or by id. */
 export type KeyRef = { hash: string } | { subject: string } | { id: number };
 
@@ -62,21 +78,35 @@ export interface KeyFilter {
 
 /** All SQL about keys. Method names follow the use cases of the facade. */
 export class KeyStore {
-  private readonly due: string;
-  private readonly spentNow: string;
   private readonly columns: string;
 
   constructor(private readonly db: Db, private readonly t: TableNames) {
-    this.due = `(budget_period IS NOT NULL AND budget_reset_at IS NOT NULL AND budget_reset_at <= now())`;
-    this.spentNow = `(CASE WHEN ${this.due} THEN 0 ELSE spent_micros END)`;
+    const due = (k: string) => `(${k}.budget_period IS NOT NULL AND ${k}.budget_reset_at IS NOT NULL AND ${k}.budget_reset_at <= now())`;
+    const live = `h.status = 'held' AND h.expires_at > now()`;
+    const heldOn = (k: string) => `(SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.path @> ARRAY[${k}.id::bigint])`;
+    const accountDue = `(a.budget_period IS NOT NULL AND a.budget_reset_at <= now())`;
     this.columns = `id, account_id, name, key_prefix, scopes, budget_micros,
-      ${this.spentNow} AS spent_micros, budget_period,
-      (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h
-        WHERE h.status = 'held' AND h.expires_at > now() AND h.path @> ARRAY[k.id::bigint])::bigint AS held_micros,
-      CASE WHEN ${this.due} THEN ${this.nextReset('now()')} ELSE budget_reset_at END AS budget_reset_at,
+      (CASE WHEN ${due('k')} THEN 0 ELSE spent_micros END) AS spent_micros, budget_period,
+      ${heldOn('k')}::bigint AS held_micros,
+      CASE WHEN ${due('k')} THEN ${this.nextReset('k', 'now()')} ELSE budget_reset_at END AS budget_reset_at,
       expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
       parent_id, ancestor_ids, depth,
       (SELECT min(a.expires_at) FROM ${t.table} a WHERE a.id = ANY(k.ancestor_ids)) AS ancestors_expire_at,
+      -- What each budgeted ancestor and the account's ceiling leave for any key under them.
+      (SELECT COALESCE(array_agg(n.id ORDER BY n.id), '{}') FROM ${t.table} n
+         WHERE n.id = ANY(k.ancestor_ids) AND n.budget_micros IS NOT NULL) AS limit_ids,
+      (SELECT COALESCE(array_agg(n.budget_micros - (CASE WHEN ${due('n')} THEN 0 ELSE n.spent_micros END) - ${heldOn('n')} ORDER BY n.id), '{}')
+         FROM ${t.table} n WHERE n.id = ANY(k.ancestor_ids) AND n.budget_micros IS NOT NULL)::bigint[] AS limit_rooms,
+      (SELECT a.budget_micros - (CASE WHEN ${accountDue} THEN 0 ELSE a.spent_micros END)
+              - (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.account_id = a.account_id)
+         FROM ${t.accounts} a WHERE a.account_id = k.account_id::text)::bigint AS account_room,
+      -- When those figures change by themselves: the first period end among them.
+      LEAST(
+        (SELECT min(CASE WHEN ${due('n')} THEN ${this.nextReset('n', 'now()')} ELSE n.budget_reset_at END)
+           FROM ${t.table} n WHERE n.id = ANY(k.ancestor_ids) AND n.budget_micros IS NOT NULL AND n.budget_period IS NOT NULL),
+        (SELECT CASE WHEN a.budget_period IS NULL THEN NULL WHEN ${accountDue} THEN ${t.schema}agentkey_period_end(a.budget_period, now())
+                     ELSE a.budget_reset_at END
+           FROM ${t.accounts} a WHERE a.account_id = k.account_id::text)) AS path_reset_at,
       statement_timestamp() AS read_at,
       -- A revoked or expired ancestor takes the whole subtree with it.
       CASE WHEN revoked_at IS NOT NULL OR EXISTS (SELECT 1 FROM ${t.table} a
@@ -86,8 +116,8 @@ export class KeyStore {
            ELSE 'active' END AS status`;
   }
 
-  private nextReset(at: string): string {
-    return `${this.t.nextReset}(budget_period, COALESCE(budget_anchor_at, created_at), ${at})`;
+  private nextReset(k: string, at: string): string {
+    return `${this.t.nextReset}(${k}.budget_period, COALESCE(${k}.budget_anchor_at, ${k}.created_at), ${at})`;
   }
 
   private where(ref: KeyRef): [string, string | number] {
@@ -96,35 +126,51 @@ export class KeyStore {
     return ['id = $1', ref.id];
   }
 
-  async insert(k: NewKey): Promise<{ id: number; expires_at: Date | null }> {
-    const rows = await this.db.query<{ id: number; expires_at: Date | null }>(
-      `INSERT INTO ${this.t.table} (account_id, key_hash, key_prefix, name, scopes,
-         budget_micros, budget_cents, spent_micros, budget_used_cents,
-         budget_period, budget_anchor_at, budget_reset_at, expires_at, delegated_by, user_id, external_subject,
-         parent_id, ancestor_ids, depth)
-       VALUES ($1, $2, $3, $4, $5::text[], $6::bigint, $6::bigint / 10000.0, 0, 0,
-         $7::text, CASE WHEN $7::text IS NULL THEN NULL ELSE now() END,
-         CASE WHEN $7::text IS NULL THEN NULL ELSE ${this.t.nextReset}($7::text, now(), now()) END,
-         $8::timestamptz, $9, $10, $11, $12::bigint, $13::bigint[], cardinality($13::bigint[]))
+  /**
+   * Inserts a key, naming only the columns it sets: a column left out keeps the table's
+   * default (the page's `name TEXT NOT NULL DEFAULT 'default'`, or any column of the
+   * user's own). The page's budget columns are written as whole cents beside the exact ones.
+   */
+  async insert(k: NewKey): Promise<InsertedKey> {
+    const columns: string[] = [];
+    const values: string[] = [];
+    const params: unknown[] = [];
+    const set = (column: string, value: unknown, cast = '', expr?: (p: string) => string) => {
+      if (value === null || value === undefined) return;
+      const p = `$${params.push(value)}${cast}`;
+      columns.push(column);
+      values.push(expr ? expr(p) : p);
+    };
+    set('account_id', k.accountId);
+    set('key_hash', k.hash);
+    set('key_prefix', k.visiblePrefix);
+    set('name', k.name);
+    set('scopes', k.scopes, '::text[]');
+    set('budget_micros', k.budgetMicros, '::bigint');
+    set('budget_cents', k.budgetMicros, '::bigint', (p) => `${this.t.centsDown}(${p})`);
+    // The page's create() wrote 0 here too: a table without a default on it still reads 0.
+    set('budget_used_cents', 0);
+    if (k.budgetPeriod !== null) {
+      set('budget_period', k.budgetPeriod, '::text');
+      columns.push('budget_anchor_at', 'budget_reset_at');
+      values.push('now()', `${this.t.nextReset}($${params.length}::text, now(), now())`);
+    }
+    set('expires_at', k.expiresAt, '::timestamptz');
+    set('delegated_by', k.delegatedBy);
+    set('user_id', k.userId);
+    set('external_subject', k.subject);
+    if (k.parent) {
+      set('parent_id', k.parent.id, '::bigint');
+      set('ancestor_ids', [...k.parent.ancestorIds, k.parent.id], '::bigint[]');
+      set('depth', k.parent.ancestorIds.length + 1, '::int');
+    }
+    const rows = await this.db.query<InsertedKey>(
+      `INSERT INTO ${this.t.table} (${columns.join(', ')}) VALUES (${values.join(', ')})
        ${k.subject === null ? '' : 'ON CONFLICT DO NOTHING'}
-       RETURNING id, expires_at`,
-      [
-        k.accountId,
-        k.hash,
-        k.visiblePrefix,
-        k.name,
-        k.scopes,
-        k.budgetMicros,
-        k.budgetPeriod,
-        k.expiresAt,
-        k.delegatedBy,
-        k.userId,
-        k.subject,
-        k.parent?.id ?? null,
-        k.parent ? [...k.parent.ancestorIds, k.parent.id] : [],
-      ],
+       RETURNING id, scopes, budget_micros, budget_period, expires_at`,
+      params,
     );
-    return rows[0] as { id: number; expires_at: Date | null };
+    return rows[0] as InsertedKey;
   }
 
   /** Stamps `last_used_at` on many keys (never moving it back), locking them in id order. */

@@ -1,16 +1,12 @@
+import type { Definition, IndexSpec } from './catalog.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 
 /** Ledger kinds that change a key's spend; the others (hold, release, expire) change what is held. */
 export const SPEND_KINDS = ['charge', 'commit', 'adjust', 'reset'] as const;
 
-/**
- * Version 2: the append-only usage ledger and the holds table. The functions that write
- * them (`<table>_spend`, `<table>_settle`) are created by version 3, which always runs in
- * the same migrate() as this one: no release ever stopped at version 2.
- */
+/** Version 2: the append-only usage ledger and the holds table. */
 export async function createLedger(tx: Db, t: TableNames): Promise<void> {
-  const i = t.indexBase;
   await tx.query(`CREATE TABLE IF NOT EXISTS ${t.ledger} (
     id BIGSERIAL PRIMARY KEY,
     key_id BIGINT NOT NULL,
@@ -21,19 +17,6 @@ export async function createLedger(tx: Db, t: TableNames): Promise<void> {
     idempotency_key TEXT,
     metadata JSONB,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now())`);
-  await tx.query(`CREATE UNIQUE INDEX IF NOT EXISTS "${i}_ledger_idem_uidx" ON ${t.ledger} (key_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL AND kind = 'charge'`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_ledger_key_idx" ON ${t.ledger} (key_id, created_at)`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_ledger_account_idx" ON ${t.ledger} (account_id, created_at)`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_ledger_time_idx" ON ${t.ledger} (created_at)`);
-  await tx.query(`CREATE OR REPLACE FUNCTION ${t.schema}agentkey_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
-    BEGIN
-      RAISE EXCEPTION 'the agentkey ledger % is append-only', TG_TABLE_NAME USING ERRCODE = 'P0001';
-    END $fn$`);
-  await tx.query(`DROP TRIGGER IF EXISTS agentkey_append_only ON ${t.ledger}`);
-  await tx.query(`CREATE TRIGGER agentkey_append_only BEFORE UPDATE OR DELETE ON ${t.ledger}
-    FOR EACH ROW EXECUTE FUNCTION ${t.schema}agentkey_append_only()`);
-
   await tx.query(`CREATE TABLE IF NOT EXISTS ${t.holds} (
     id TEXT PRIMARY KEY,
     key_id BIGINT NOT NULL,
@@ -45,16 +28,68 @@ export async function createLedger(tx: Db, t: TableNames): Promise<void> {
     metadata JSONB,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     settled_at TIMESTAMPTZ)`);
-  await tx.query(`CREATE UNIQUE INDEX IF NOT EXISTS "${i}_holds_idem_uidx" ON ${t.holds} (key_id, idempotency_key)
-    WHERE idempotency_key IS NOT NULL`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_holds_live_idx" ON ${t.holds} (key_id, expires_at) WHERE status = 'held'`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_holds_expiry_idx" ON ${t.holds} (expires_at) WHERE status = 'held'`);
+}
 
-  // Spend recorded before the ledger existed (the page's budget_used_cents) becomes its opening row.
-  // Only for keys the ledger does not know yet: this migration runs again when the same table is
-  // migrated under another spelling of its name ('keys' and 'public.keys'), and must not count twice.
+/**
+ * Spend a key already had that the ledger does not explain (the page's budget_used_cents
+ * of a table agentkey just took over, or a table restored without its ledger) becomes one
+ * opening row, so audit() holds from the first day. Keys the ledger knows are left alone,
+ * so running it again never counts twice.
+ */
+export async function openingBalances(tx: Db, t: TableNames): Promise<void> {
   await tx.query(`INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, metadata)
-    SELECT k.id, k.account_id::text, 'adjust', k.spent_micros, '{"reason":"opening balance at migration"}'::jsonb
+    SELECT k.id, COALESCE(k.account_id::text, ''), 'adjust', k.spent_micros, '{"reason":"opening balance at migration"}'::jsonb
     FROM ${t.table} k WHERE k.spent_micros <> 0
       AND NOT EXISTS (SELECT 1 FROM ${t.ledger} l WHERE l.key_id = k.id)`);
+}
+
+export function ledgerIndexes(t: TableNames): IndexSpec[] {
+  const i = t.indexBase;
+  const held = "WHERE (status = 'held'::text)";
+  return [
+    {
+      table: t.ledger,
+      name: `${i}_ledger_idem_uidx`,
+      unique: true,
+      definition: "USING btree (key_id, idempotency_key) WHERE ((idempotency_key IS NOT NULL) AND (kind = 'charge'::text))",
+    },
+    { table: t.ledger, name: `${i}_ledger_key_idx`, definition: 'USING btree (key_id, created_at)' },
+    { table: t.ledger, name: `${i}_ledger_account_idx`, definition: 'USING btree (account_id, created_at)' },
+    // The ledger only grows, in time order: a BRIN index serves time ranges at a fraction of
+    // a B-tree's cost on every insert.
+    { table: t.ledger, name: `${i}_ledger_time_brin`, definition: 'USING brin (created_at)' },
+    {
+      table: t.holds,
+      name: `${i}_holds_idem_uidx`,
+      unique: true,
+      definition: 'USING btree (key_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)',
+    },
+    { table: t.holds, name: `${i}_holds_live_idx`, definition: `USING btree (key_id, expires_at) ${held}` },
+    { table: t.holds, name: `${i}_holds_expiry_idx`, definition: `USING btree (expires_at) ${held}` },
+  ];
+}
+
+export function ledgerFunctions(t: TableNames): Definition[] {
+  return [
+    {
+      kind: 'function',
+      signature: `${t.schema}agentkey_append_only()`,
+      sql: `CREATE OR REPLACE FUNCTION ${t.schema}agentkey_append_only() RETURNS trigger LANGUAGE plpgsql AS $fn$
+        BEGIN
+          RAISE EXCEPTION 'the agentkey ledger % is append-only', TG_TABLE_NAME USING ERRCODE = 'P0001';
+        END $fn$`,
+    },
+  ];
+}
+
+export function ledgerTriggers(t: TableNames): Definition[] {
+  return [
+    {
+      kind: 'trigger',
+      name: 'agentkey_append_only',
+      table: t.ledger,
+      sql: `CREATE TRIGGER agentkey_append_only BEFORE UPDATE OR DELETE ON ${t.ledger}
+        FOR EACH ROW EXECUTE FUNCTION ${t.schema}agentkey_append_only()`,
+    },
+  ];
 }

@@ -23,6 +23,9 @@ export interface SpendOutcome {
   limit?: 'key' | 'ancestor' | 'account' | null;
   limit_key_id?: number | null;
   limit_account_id?: string | null;
+  /** The key's ancestors, then the key; and its account. */
+  path?: number[];
+  account_id?: string;
 }
 
 export type SpendOp = 'charge' | 'hold' | 'adjust';
@@ -149,7 +152,7 @@ export class SpendStore {
     if (!r || !Array.isArray(r.r_outcome) || r.r_outcome.length !== items.length) {
       throw new Error(`the batch spend function returned ${r?.r_outcome?.length ?? 0} outcomes for ${items.length} items`);
     }
-    return items.map((_, i) => fromBatchRow(r, i));
+    return items.map((_, i) => fromBatchRow(r, i, (refOf[i] as number) - 1));
   }
 
   async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
@@ -295,6 +298,9 @@ interface BatchRow {
   r_over_budget: (boolean | null)[];
   /** When the batch took place: later batches on a key always have later times (the clock is read after the locks). */
   r_at: Date | string;
+  /** Per key named (not per item): its path as 'ancestor,...,key', and its account. */
+  r_ref_paths: string[];
+  r_ref_accounts: (string | null)[];
 }
 
 /** BIGINT array entries: strings from node-postgres, numbers from PGlite. */
@@ -302,11 +308,15 @@ type Num = number | string | null;
 const num = (v: Num | undefined): number | null => (v === null || v === undefined ? null : Number(v));
 
 /** Item `i` of a batch row, in the shape the single-step function reports (only the fields it would set). */
-function fromBatchRow(r: BatchRow, i: number): SpendOutcome {
+function fromBatchRow(r: BatchRow, i: number, ref: number): SpendOutcome {
   const out: SpendOutcome = { outcome: r.r_outcome[i] as string, at: new Date(r.r_at).getTime() };
   const keyId = num(r.r_key_id[i]);
   if (keyId === null) return out;
   Object.assign(out, { key_id: keyId, budget: num(r.r_budget[i]), spent: num(r.r_spent[i]) ?? 0, held: num(r.r_held[i]) ?? 0 });
+  const path = r.r_ref_paths[ref];
+  if (path) out.path = path.split(',').map(Number);
+  const account = r.r_ref_accounts[ref];
+  if (account !== null && account !== undefined) out.account_id = account;
   const holdId = r.r_hold_id[i] ?? null;
   if (holdId !== null) out.hold_id = holdId;
   const expiresAt = r.r_expires_at[i] ?? null;

@@ -1,21 +1,16 @@
+import type { Definition, IndexSpec } from './catalog.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 
 /**
  * Version 3: delegation trees and account ceilings. Keys get their parent and the ids
- * of all their ancestors (fixed at creation); accounts get an optional ceiling row; the
- * spend and settle functions are replaced by ones that lock every budget a step touches
- * (the key, each ancestor, the account), check them all and change all or none.
+ * of all their ancestors (fixed at creation); accounts get an optional ceiling row.
  */
 export async function createTrees(tx: Db, t: TableNames): Promise<void> {
-  const i = t.indexBase;
   await tx.query(`ALTER TABLE ${t.table}
     ADD COLUMN IF NOT EXISTS parent_id BIGINT,
     ADD COLUMN IF NOT EXISTS ancestor_ids BIGINT[] NOT NULL DEFAULT '{}',
     ADD COLUMN IF NOT EXISTS depth INTEGER NOT NULL DEFAULT 0`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_parent_idx" ON ${t.table} (parent_id) WHERE parent_id IS NOT NULL`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_ancestors_idx" ON ${t.table} USING GIN (ancestor_ids)`);
-
   await tx.query(`CREATE TABLE IF NOT EXISTS ${t.accounts} (
     account_id TEXT PRIMARY KEY,
     budget_micros BIGINT NOT NULL,
@@ -25,26 +20,50 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
     budget_reset_at TIMESTAMPTZ,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     updated_at TIMESTAMPTZ NOT NULL DEFAULT now())`);
-
   await tx.query(`ALTER TABLE ${t.holds}
     ADD COLUMN IF NOT EXISTS path BIGINT[],
     ADD COLUMN IF NOT EXISTS account_id TEXT`);
   await tx.query(`UPDATE ${t.holds} h SET path = ARRAY[h.key_id], account_id = k.account_id::text
     FROM ${t.table} k WHERE k.id = h.key_id AND h.path IS NULL`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_holds_path_idx" ON ${t.holds} USING GIN (path) WHERE status = 'held'`);
-  await tx.query(`CREATE INDEX IF NOT EXISTS "${i}_holds_account_idx" ON ${t.holds} (account_id, expires_at) WHERE status = 'held'`);
   // An account's period reset is a ledger row of the account, with no key.
   await tx.query(`ALTER TABLE ${t.ledger} ALTER COLUMN key_id DROP NOT NULL`);
+}
 
+export function treeIndexes(t: TableNames): IndexSpec[] {
+  const i = t.indexBase;
+  const held = "WHERE (status = 'held'::text)";
+  return [
+    { table: t.table, name: `${i}_parent_idx`, definition: 'USING btree (parent_id) WHERE (parent_id IS NOT NULL)' },
+    { table: t.table, name: `${i}_ancestors_idx`, definition: 'USING gin (ancestor_ids)' },
+    { table: t.holds, name: `${i}_holds_path_idx`, definition: `USING gin (path) ${held}` },
+    { table: t.holds, name: `${i}_holds_account_idx`, definition: `USING btree (account_id, expires_at) ${held}` },
+  ];
+}
+
+/**
+ * The spend and settle functions lock every budget a step touches (the key, each
+ * ancestor, the account), check them all and change all or none; and the calendar
+ * periods of account ceilings.
+ */
+export function treeFunctions(t: TableNames): Definition[] {
+  const defs: Definition[] = [];
   // Start and end of the calendar period (UTC) that contains `at`: accounts bill by calendar.
-  await tx.query(`CREATE OR REPLACE FUNCTION ${t.schema}agentkey_period_start(period TEXT, at TIMESTAMPTZ)
+  defs.push({
+    kind: 'function',
+    signature: `${t.schema}agentkey_period_start(text, timestamptz)`,
+    sql: `CREATE OR REPLACE FUNCTION ${t.schema}agentkey_period_start(period TEXT, at TIMESTAMPTZ)
     RETURNS TIMESTAMPTZ LANGUAGE sql IMMUTABLE AS $fn$
       SELECT date_trunc(period, at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-    $fn$`);
-  await tx.query(`CREATE OR REPLACE FUNCTION ${t.schema}agentkey_period_end(period TEXT, at TIMESTAMPTZ)
+    $fn$`,
+  });
+  defs.push({
+    kind: 'function',
+    signature: `${t.schema}agentkey_period_end(text, timestamptz)`,
+    sql: `CREATE OR REPLACE FUNCTION ${t.schema}agentkey_period_end(period TEXT, at TIMESTAMPTZ)
     RETURNS TIMESTAMPTZ LANGUAGE sql IMMUTABLE AS $fn$
       SELECT (date_trunc(period, at AT TIME ZONE 'UTC') + ('1 ' || period)::interval) AT TIME ZONE 'UTC'
-    $fn$`);
+    $fn$`,
+  });
 
   const lockAndRoll = `
       -- Every budget this step touches is locked in one global order (keys by id, then the
@@ -98,22 +117,30 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
 
   const addSpend = `
       UPDATE ${t.table} SET spent_micros = spent_micros + p_micros,
-        budget_used_cents = (spent_micros + p_micros) / 10000.0
+        budget_used_cents = ${t.centsUp}(spent_micros + p_micros)
         WHERE id = ANY(v_nodes);
       -- Re-read the account too: a commit checks it again after adding its cost.
       UPDATE ${t.accounts} SET spent_micros = spent_micros + p_micros WHERE account_id = v_account RETURNING * INTO a;
       SELECT * INTO k FROM ${t.table} WHERE id = v_key;`;
 
-  const figures = `'key_id', v_key, 'budget', k.budget_micros, 'spent', k.spent_micros, 'held', v_held`;
+  // The key's path (ancestors, then itself) and account let a cache move what the budgets above it leave.
+  // 'at' (ms, read after the locks) orders these figures against those of other steps on the key.
+  const figures = `'key_id', v_key, 'budget', k.budget_micros, 'spent', k.spent_micros, 'held', v_held, 'path', v_nodes, 'account_id', v_account,
+          'at', extract(epoch FROM v_now) * 1000`;
   const limitFields = `'limit', v_limit, 'limit_key_id', CASE WHEN v_limit IN ('key', 'ancestor') THEN lim.id END,
           'limit_account_id', CASE WHEN v_limit = 'account' THEN v_account END`;
   const declare = `k RECORD; a RECORD; lim RECORD; prior RECORD; v_key BIGINT; v_account TEXT; v_nodes BIGINT[];
       v_now TIMESTAMPTZ; v_held BIGINT; v_acct_held BIGINT; v_limit TEXT; v_state TEXT; v_expires TIMESTAMPTZ;`;
 
-  await tx.query(`CREATE OR REPLACE FUNCTION ${t.spendFn}(
+  defs.push({
+    kind: 'function',
+    signature: `${t.spendFn}(text, text, bigint, text, bigint, text, jsonb, text, bigint)`,
+    // Plans are kept generic: the statements are the same every call, and planning them
+    // afresh each time cost more than running them.
+    sql: `CREATE OR REPLACE FUNCTION ${t.spendFn}(
       p_hash TEXT, p_subject TEXT, p_id BIGINT, p_op TEXT, p_micros BIGINT,
       p_idem TEXT, p_meta JSONB, p_hold_id TEXT, p_ttl_ms BIGINT)
-    RETURNS JSONB LANGUAGE plpgsql AS $fn$
+    RETURNS JSONB LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
     #variable_conflict use_variable
     DECLARE ${declare}
     BEGIN
@@ -174,10 +201,14 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
         VALUES (v_key, v_account, p_op, p_micros, p_idem, p_meta, v_now);
       END IF;
       RETURN jsonb_build_object('outcome', 'ok', 'hold_id', p_hold_id, 'expires_at', v_expires, ${figures});
-    END $fn$`);
+    END $fn$`,
+  });
 
-  await tx.query(`CREATE OR REPLACE FUNCTION ${t.settleFn}(p_hold_id TEXT, p_op TEXT, p_micros BIGINT, p_meta JSONB)
-    RETURNS JSONB LANGUAGE plpgsql AS $fn$
+  defs.push({
+    kind: 'function',
+    signature: `${t.settleFn}(text, text, bigint, jsonb)`,
+    sql: `CREATE OR REPLACE FUNCTION ${t.settleFn}(p_hold_id TEXT, p_op TEXT, p_micros BIGINT, p_meta JSONB)
+    RETURNS JSONB LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
     #variable_conflict use_variable
     DECLARE ${declare} h RECORD; v_live BOOLEAN;
     BEGIN
@@ -215,5 +246,7 @@ export async function createTrees(tx: Db, t: TableNames): Promise<void> {
       ${findLimit('0')}
       RETURN jsonb_build_object('outcome', 'ok', 'expired', NOT v_live, 'hold', h.amount_micros, 'committed', p_micros,
         'over_budget', v_limit IS NOT NULL, ${figures}, ${limitFields});
-    END $fn$`);
+    END $fn$`,
+  });
+  return defs;
 }

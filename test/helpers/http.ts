@@ -30,3 +30,20 @@ export function expectOneSentence(message: string): void {
   expect(message).toMatch(/[.!?]$/);
   expect(message).not.toMatch(/[.!?]\s+[A-Z]/);
 }
+
+/**
+ * An error from one of the package's own HTTP surfaces (agentKeyMiddleware, the self-serve
+ * routes): `error` is a string, as the package's clients parse it, with this project's
+ * `code` and one-sentence `message` beside it.
+ */
+export function expectPackageError(res: request.Response, status: number, error: string | RegExp, code?: string): void {
+  expect(res.headers['content-type']).toMatch(/^application\/json/);
+  expect(res.status, res.text).toBe(status);
+  expect(typeof res.body.error).toBe('string');
+  if (typeof error === 'string') expect(res.body.error).toBe(error);
+  else expect(res.body.error).toMatch(error);
+  expect(res.body.code).toMatch(/^[a-z_]+$/);
+  if (code !== undefined) expect(res.body.code).toBe(code);
+  expectOneSentence(res.body.message);
+  expect(res.text).not.toMatch(/\n\s+at |node_modules|\.ts:\d+|hunter2|ECONNREFUSED/);
+}
