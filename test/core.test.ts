@@ -242,7 +242,7 @@ describe('new AgentKey() (no database)', () => {
     ];
     for (const v of variants) {
       expect(await ak.validate(v), v).toEqual({ valid: false, reason: 'invalid' });
-      expect(await ak.trackUsage(v, { costCents: 1 }), v).toEqual({ success: false, reason: 'invalid' });
+      expect(await ak.trackUsage(v, { costCents: 1 }), v).toEqual({ success: false, reason: 'invalid_key' });
     }
     expect(pool.calls).toBe(callsBefore);
   });
@@ -369,12 +369,13 @@ describe('the package in a separate Node process', () => {
 
 forEachDatabase((getDb) => {
   describe('the page API', () => {
-    it('happy: create returns exactly { key, id, expiresAt }', async () => {
+    it('happy: create returns exactly { key, id, scopes, budgetCents, budgetPeriod, expiresAt }', async () => {
       const ak = await getDb().agentKey();
       const before = Date.now();
       const created = await ak.create(PAGE_EXAMPLE);
       const after = Date.now();
-      expect(Object.keys(created).sort()).toEqual(['expiresAt', 'id', 'key']);
+      expect(Object.keys(created).sort()).toEqual(['budgetCents', 'budgetPeriod', 'expiresAt', 'id', 'key', 'scopes']);
+      expect(created).toMatchObject({ scopes: ['usage.read', 'proxy.chat'], budgetCents: 5000, budgetPeriod: 'month' });
       expect(created.key.startsWith('ak_')).toBe(true);
       expect(typeof created.id).toBe('number');
       expect(Number.isSafeInteger(created.id) && created.id > 0).toBe(true);
@@ -384,7 +385,7 @@ forEachDatabase((getDb) => {
       expect(Date.parse(created.expiresAt!)).toBeLessThanOrEqual(after + week);
 
       const unbounded = await ak.create({ accountId: 'acct_123' });
-      expect(unbounded.expiresAt).toBeNull();
+      expect(unbounded).toMatchObject({ scopes: null, budgetCents: null, budgetPeriod: null, expiresAt: null });
       expect(unbounded.id).toBeGreaterThan(created.id);
       expect(unbounded.key).not.toBe(created.key);
     });
@@ -396,8 +397,10 @@ forEachDatabase((getDb) => {
       const result = await ak.validate(created.key);
       expect(result).toEqual({
         valid: true,
+        id: created.id,
         keyId: created.id,
         accountId: 'acct_123',
+        userId: null,
         name: 'sales-agent',
         scopes: ['usage.read', 'proxy.chat'],
         budgetCents: 5000,
@@ -428,7 +431,9 @@ forEachDatabase((getDb) => {
       const { key } = await ak.create({ accountId: 42 });
       const v = valid(await ak.validate(key));
       expect(String(v.accountId)).toBe('42'); // stored in the TEXT account_id column
-      expect(v).toMatchObject({ scopes: null, budgetCents: null, budgetUsedCents: 0, budgetRemainingCents: null, budgetPeriod: null, budgetResetAt: null, expiresAt: null, delegatedBy: null, name: null });
+      // A key without a name is 'default' to validate(); getKey() shows the row's null.
+      expect(v).toMatchObject({ scopes: null, budgetCents: null, budgetUsedCents: 0, budgetRemainingCents: null, budgetPeriod: null, budgetResetAt: null, expiresAt: null, delegatedBy: null, name: 'default', userId: null });
+      expect(await ak.getKey(v.id)).toMatchObject({ name: null, budgetCents: null });
       expect(await ak.trackUsage(key, { costCents: MAX_CENTS })).toEqual({ success: true, budgetUsedCents: MAX_CENTS, budgetRemainingCents: null });
       expect(ak.hasScope(v, 'anything.at.all')).toBe(true);
     });
@@ -449,11 +454,17 @@ forEachDatabase((getDb) => {
       expect(await snapshot(db, ak)).toBe(before);
       expect(await ak.trackUsage(key, { costCents: 85 })).toEqual({ success: true, budgetUsedCents: 100, budgetRemainingCents: 0 });
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
-      expect(await ak.trackUsage(key, { costCents: 0 })).toMatchObject({ success: true, budgetUsedCents: 100 });
+      // A free call succeeds without figures and records nothing.
+      const atCap = await snapshot(db, ak);
+      const entries = (await ak.ledger({ keyId: id })).length;
+      expect(await ak.trackUsage(key, { costCents: 0 })).toEqual({ success: true });
+      expect(await snapshot(db, ak)).toBe(atCap);
+      expect(await ak.ledger({ keyId: id })).toHaveLength(entries);
       expect((await rawRow(db, ak, id)).spent_micros).toBe('1000000');
+      expect(await ak.getKey(id)).toMatchObject({ spentCents: 100, remainingCents: 0 });
       // A budget of zero allows free calls only.
       const free = await ak.create({ accountId: 'a', budgetCents: 0 });
-      expect(await ak.trackUsage(free.key, { costCents: 0 })).toMatchObject({ success: true });
+      expect(await ak.trackUsage(free.key, { costCents: 0 })).toEqual({ success: true });
       expect(await ak.trackUsage(free.key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
     });
 
@@ -463,7 +474,7 @@ forEachDatabase((getDb) => {
       const other = await db.agentKey();
       const stranger = await other.create({ accountId: 'a' }); // well-formed, but not in ak's table
       expect(await ak.validate(stranger.key)).toEqual({ valid: false, reason: 'invalid' });
-      expect(await ak.trackUsage(stranger.key, { costCents: 1 })).toEqual({ success: false, reason: 'invalid' });
+      expect(await ak.trackUsage(stranger.key, { costCents: 1 })).toEqual({ success: false, reason: 'invalid_key' });
 
       const expiring = await ak.create({ accountId: 'a', budgetCents: 100, expiresIn: '2s' });
       await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 second' WHERE id = $1`, [expiring.id]);
@@ -601,11 +612,22 @@ forEachDatabase((getDb) => {
       const { key } = await ak.create({ accountId: 'a', scopes: ['usage.read'] });
       expect(await ak.validate(key)).toMatchObject({ valid: true, scopes: ['usage.read'] });
       const before = await snapshot(db, ak);
-      for (const scopes of [['billing.write'], ['usage.read', 'billing.write'], ['admin'], ['usage.*'], ['USAGE.READ']]) {
-        await rejectsWith(() => ak.create({ accountId: 'a', scopes }), 'invalid_scope', JSON.stringify(scopes));
+      const refused: [string[], string][] = [
+        [['billing.write'], 'billing.write'],
+        [['usage.read', 'billing.write'], 'billing.write'],
+        [['admin', 'billing.write', 'x.y'], 'billing.write, x.y'],
+        [['usage.*'], 'usage.*'],
+        [['USAGE.READ'], 'USAGE.READ'],
+      ];
+      for (const [scopes, listed] of refused) {
+        const err = await rejectsWith(() => ak.create({ accountId: 'a', scopes }), 'invalid_scope', JSON.stringify(scopes));
+        expect(err.message.startsWith(`Invalid scopes: ${listed} (`), err.message).toBe(true);
         await rejectsWith(() => ak.ensureSubject('mch_x', { scopes }), 'invalid_scope', JSON.stringify(scopes));
       }
       expect(await snapshot(db, ak)).toBe(before);
+      // 'admin' is always accepted, as in the package.
+      const admin = await ak.create({ accountId: 'a', scopes: ['admin'] });
+      expect(await ak.validate(admin.key)).toMatchObject({ valid: true, scopes: ['admin'] });
     });
   });
 
@@ -684,13 +706,12 @@ forEachDatabase((getDb) => {
         floatSum += 0.03;
       }
       expect(floatSum).not.toBe(60); // what summing floats would have stored
-      const v = valid(await ak.validate(key));
-      expect(v.budgetUsedCents).toBe(60);
-      expect(v.budgetRemainingCents).toBe(0);
+      // Nothing left: validate refuses the key; getKey shows its figures.
+      expect(await ak.validate(key)).toEqual({ valid: false, reason: 'budget_exceeded' });
+      expect(await ak.getKey(id)).toMatchObject({ spentCents: 60, remainingCents: 0 });
       const row = await rawRow(db, ak, id);
       expect(row.spent_micros).toBe('600000');
-      expect(Number(row.budget_used_cents)).toBe(60);
-      expect(row.budget_used_cents).toMatch(/^60(\.0+)?$/);
+      expect(row.budget_used_cents).toBe('60');
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded', budgetUsedCents: 60 });
     });
 
@@ -701,14 +722,15 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(key, { costCents: 0.03 })).toEqual({ success: true, budgetUsedCents: 0.03, budgetRemainingCents: 0.97 });
       const row = await rawRow(db, ak, id);
       expect(row.spent_micros).toBe('300');
-      expect(Number(row.budget_used_cents)).toBe(0.03);
+      // The page's INTEGER column shows whole cents, spend rounded up.
+      expect(row.budget_used_cents).toBe('1');
       // 0.1 + 0.2 is exactly 0.3 here.
       await ak.trackUsage(key, { costCents: 0.1 });
       await ak.trackUsage(key, { costCents: 0.2 });
       expect(valid(await ak.validate(key)).budgetUsedCents).toBe(0.33);
       // 0.07 * 10000 is 700.0000000000001 in floating point; the charge is still 700 micros.
       expect(await ak.trackUsage(key, { costCents: 0.07 })).toEqual({ success: true, budgetUsedCents: 0.4, budgetRemainingCents: 0.6 });
-      expect((await rawRow(db, ak, id)).spent_micros).toBe('4000');
+      expect(await rawRow(db, ak, id)).toMatchObject({ spent_micros: '4000', budget_cents: '1', budget_used_cents: '1' });
     });
 
     it('happy: a $1 billion budget charges exactly to the cent, then refuses 0.0001 cent more', async () => {
@@ -726,23 +748,25 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded', budgetUsedCents: 1e11 });
       const row = await rawRow(db, ak, id);
       expect(row.spent_micros).toBe('1000000000000000');
-      expect(Number(row.budget_cents)).toBe(1e11);
-      expect(Number(row.budget_used_cents)).toBe(1e11);
+      expect(row.budget_micros).toBe('1000000000000000');
+      // The page's INTEGER columns are capped at 2147483647 cents; the micros columns hold the figures.
+      expect(row.budget_cents).toBe('2147483647');
+      expect(row.budget_used_cents).toBe('2147483647');
 
       const max = await ak.create({ accountId: 'a', budgetCents: MAX_CENTS });
       expect(await ak.trackUsage(max.key, { costCents: MAX_CENTS })).toMatchObject({ success: true, budgetRemainingCents: 0 });
       await rejectsWith(() => ak.create({ accountId: 'a', budgetCents: MAX_CENTS + 1 }), 'invalid_budget');
     });
 
-    it("happy: the page's budget_cents and budget_used_cents columns hold cents exactly (numeric)", async () => {
+    it("happy: the page's budget_cents and budget_used_cents columns stay INTEGER whole cents (budget down, spend up); micros are exact", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const { key, id } = await ak.create({ accountId: 'a', budgetCents: 1234.5678 });
       await ak.trackUsage(key, { costCents: 0.0003 });
       await ak.trackUsage(key, { costCents: 12.5 });
       const row = await rawRow(db, ak, id);
-      expect(row.budget_cents).toMatch(/^1234\.5678$/);
-      expect(row.budget_used_cents).toMatch(/^12\.5003$/);
+      expect(row.budget_cents).toBe('1234');
+      expect(row.budget_used_cents).toBe('13');
       expect(row.budget_micros).toBe('12345678');
       expect(row.spent_micros).toBe('125003');
       const types = await db.query<{ column_name: string; data_type: string }>(
@@ -752,8 +776,8 @@ forEachDatabase((getDb) => {
         [ak.tableName],
       );
       expect(Object.fromEntries(types.map((t) => [t.column_name, t.data_type]))).toEqual({
-        budget_cents: 'numeric',
-        budget_used_cents: 'numeric',
+        budget_cents: 'integer',
+        budget_used_cents: 'integer',
         budget_micros: 'bigint',
         spent_micros: 'bigint',
       });
@@ -762,7 +786,10 @@ forEachDatabase((getDb) => {
     it('security: budgets finer than a micro-dollar round down and costs round up', async () => {
       const ak = await getDb().agentKey();
       const half = await ak.create({ accountId: 'a', budgetCents: 0.00005 });
-      expect(valid(await ak.validate(half.key)).budgetCents).toBe(0);
+      expect(half.budgetCents).toBe(0);
+      expect(await ak.getKey(half.id)).toMatchObject({ budgetCents: 0 });
+      // A $0 budget leaves nothing to spend: validate refuses it.
+      expect(await ak.validate(half.key)).toEqual({ valid: false, reason: 'budget_exceeded' });
       expect(await ak.trackUsage(half.key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
       const k = await ak.create({ accountId: 'a', budgetCents: 0.00015 });
       expect(await ak.trackUsage(k.key, { costCents: 0.00001 })).toEqual({ success: true, budgetUsedCents: 0.0001, budgetRemainingCents: 0 });
@@ -858,12 +885,26 @@ forEachDatabase((getDb) => {
     it('error: a malformed duration throws invalid_duration and writes nothing', async () => {
       const db = getDb();
       const ak = await db.agentKey();
-      const bad: unknown[] = ['7x', '', '0d', '1.5h', -1, '999999999d', 'm', '7', 'd7', '7 d', '1y', '-7d', 7, {}, '40000d'];
+      const bad: unknown[] = ['7x', '', '1.5h', -1, '999999999d', 'm', '7', 'd7', '7 d', '1y', '-7d', 7, {}, '40000d'];
       for (const expiresIn of bad) {
         await rejectsWith(() => ak.create({ accountId: 'a', expiresIn: expiresIn as string }), 'invalid_duration', JSON.stringify(expiresIn));
-        await rejectsWith(() => ak.ensureSubject('mch_t', { expiresIn: expiresIn as string }), 'invalid_duration', JSON.stringify(expiresIn));
+        const err = await rejectsWith(() => ak.ensureSubject('mch_t', { expiresIn: expiresIn as string }), 'invalid_duration', JSON.stringify(expiresIn));
+        if (typeof expiresIn === 'string') expect(err.message.startsWith(`Invalid duration: ${expiresIn} (`), err.message).toBe(true);
       }
       expect(await count(db, ak)).toBe(0);
+    });
+
+    it("happy: a zero expiresIn ('0h', '0d') makes a key that is expired at once", async () => {
+      const ak = await getDb().agentKey();
+      for (const expiresIn of ['0s', '0h', '0d']) {
+        const before = Date.now();
+        const created = await ak.create({ accountId: 'a', expiresIn });
+        expect(Date.parse(created.expiresAt!), expiresIn).toBeGreaterThanOrEqual(before);
+        expect(Date.parse(created.expiresAt!), expiresIn).toBeLessThanOrEqual(Date.now());
+        expect(await ak.validate(created.key), expiresIn).toEqual({ valid: false, reason: 'expired' });
+      }
+      await ak.ensureSubject('mch_zero', { expiresIn: '0d' });
+      expect(await ak.validateBySubject('mch_zero')).toEqual({ valid: false, reason: 'expired' });
     });
 
     it('error: an unknown budget period throws invalid_period and writes nothing', async () => {
@@ -1099,7 +1140,7 @@ forEachDatabase((getDb) => {
       const { key } = await ak.create({ accountId: 'a', budgetCents: 100 });
       const before = await snapshot(db, ak);
       for (const raw of [undefined, null, 42, '', 'ak_' + 'x'.repeat(100_000)]) {
-        expect(await ak.trackUsage(raw as never, { costCents: 1 })).toEqual({ success: false, reason: 'invalid' });
+        expect(await ak.trackUsage(raw as never, { costCents: 1 })).toEqual({ success: false, reason: 'invalid_key' });
       }
       await rejectsWith(() => ak.trackUsage(key, { costCents: 1, cost: 1 } as never), 'invalid_argument', 'unknown option');
       await rejectsWith(() => ak.trackUsage(key, { cost: 1 } as never), 'invalid_argument', 'misspelt option');
@@ -1146,7 +1187,8 @@ forEachDatabase((getDb) => {
         [{ budgetCents: 'lots' }, 'invalid_budget'],
         [{ scopes: 'admin' }, 'invalid_scope'],
         [{ budgetPeriod: 'year' }, 'invalid_period'],
-        [{ expiresIn: '0d' }, 'invalid_duration'],
+        [{ expiresIn: '-1d' }, 'invalid_duration'],
+        [{ expiresIn: '1.5d' }, 'invalid_duration'],
       ];
       for (const [options, code] of cases) {
         await rejectsWith(() => ak.ensureSubject('mch_new', options as never), code, JSON.stringify(options));
@@ -1223,7 +1265,9 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsageBySubject('mch_1', { costCents: 6 })).toEqual({ success: true, budgetUsedCents: 6, budgetRemainingCents: 4 });
       expect(await ak.trackUsageBySubject('mch_1', { costCents: 4.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 6, budgetRemainingCents: 4 });
       expect(await ak.trackUsageBySubject('mch_1', { costCents: 4 })).toEqual({ success: true, budgetUsedCents: 10, budgetRemainingCents: 0 });
-      expect(await ak.validateBySubject('mch_1')).toMatchObject({ valid: true, budgetUsedCents: 10, budgetRemainingCents: 0 });
+      // Spent to the cent: validateBySubject refuses it; getKey shows its figures.
+      expect(await ak.validateBySubject('mch_1')).toEqual({ valid: false, reason: 'budget_exceeded' });
+      expect(await ak.getKey(id)).toMatchObject({ budgetCents: 10, spentCents: 10, remainingCents: 0 });
       expect((await rawRow(db, ak, id)).spent_micros).toBe('100000');
     });
 
@@ -1259,11 +1303,11 @@ forEachDatabase((getDb) => {
       expect(await ak.validateBySubject('mch_rev')).toEqual({ valid: false, reason: 'revoked' });
     });
 
-    it("error: an unknown subject is 'invalid', and a subject is not a bearer key", async () => {
+    it("error: an unknown subject is 'invalid' ('invalid_key' to charge), and a subject is not a bearer key", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       expect(await ak.validateBySubject('mch_nobody')).toEqual({ valid: false, reason: 'invalid' });
-      expect(await ak.trackUsageBySubject('mch_nobody', { costCents: 1 })).toEqual({ success: false, reason: 'invalid' });
+      expect(await ak.trackUsageBySubject('mch_nobody', { costCents: 1 })).toEqual({ success: false, reason: 'invalid_key' });
       await ak.ensureSubject('mch_1', { budgetCents: 10 });
       expect(await ak.validateBySubject('MCH_1')).toEqual({ valid: false, reason: 'invalid' });
       expect(await ak.validate('mch_1')).toEqual({ valid: false, reason: 'invalid' });

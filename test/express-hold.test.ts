@@ -9,13 +9,14 @@ import { AgentKey, AgentKeyError, MAX_CENTS, agentKeyMiddleware } from '../src/i
 import type { HeldReservation } from '../src/http/express.js';
 import { type TestDb, forEachDatabase } from './helpers/databases.js';
 import { sleep, until } from './helpers/wait.js';
-import { expectJsonError } from './helpers/http.js';
+import { expectPackageError } from './helpers/http.js';
 
 /**
  * agentKeyMiddleware(ak, { reserveCents }) on real Express 5 apps, on PostgreSQL and PGlite:
  * the hold is taken before the handler, committed with the cost the handler reports when
  * the response finishes, released when the handler fails or the client goes away, and a
- * hold that does not fit is a 429. Settling runs after the response, so every check of
+ * hold that does not fit is a 429. Refusals come in the @katrinalaszlo/agentkey package's
+ * shape: `{ error: '<string>', code, message }`. Settling runs after the response, so every check of
  * what a request settled waits (in a bounded loop) for the key's hold to reach zero.
  * The middleware without reserveCents is covered in express.test.ts.
  */
@@ -35,11 +36,18 @@ function deferred<T = void>() {
 }
 
 
-/** What the key's validation says, in cents. */
+/**
+ * What the key's validation says, in cents. validate() refuses a key with nothing left to
+ * spend ('budget_exceeded', as the package does), so for such a key the same figures are
+ * read from getKey().
+ */
 async function money(ak: AgentKey, key: string) {
   const v = await ak.validate(key);
-  if (!v.valid) throw new Error(`key is ${v.reason}`);
-  return { held: v.budgetHeldCents, spent: v.budgetUsedCents, remaining: v.budgetRemainingCents };
+  if (v.valid) return { held: v.budgetHeldCents, spent: v.budgetUsedCents, remaining: v.budgetRemainingCents };
+  if (v.reason !== 'budget_exceeded') throw new Error(`key is ${v.reason}`);
+  const info = await ak.getKey((await ak.identify(key)) as number);
+  if (!info) throw new Error('key not found');
+  return { held: info.heldCents, spent: info.spentCents, remaining: info.remainingCents };
 }
 
 /** Waits until no hold of the key counts any more (the request's hold was settled). */
@@ -587,21 +595,24 @@ forEachDatabase((getDb) => {
       const { key, id } = await ak.create({ accountId: 'acct_1', budgetCents: 100 });
       expect(await ak.trackUsage(key, { costCents: 70 })).toMatchObject({ success: true, budgetRemainingCents: 30 });
       const { app, state } = holdApp(ak, { reserveCents: 80 });
-      expectJsonError(await request(app).post('/api/chat').set('Authorization', bearer(key)), 429, 'budget_exceeded');
+      expectPackageError(await request(app).post('/api/chat').set('Authorization', bearer(key)), 429, 'budget_exceeded', 'budget_exceeded');
       const { app: justOver } = holdApp(ak, { reserveCents: 30.0001 });
-      expectJsonError(await request(justOver).post('/api/chat').set('Authorization', bearer(key)), 429, 'budget_exceeded');
+      expectPackageError(await request(justOver).post('/api/chat').set('Authorization', bearer(key)), 429, 'budget_exceeded', 'budget_exceeded');
       expect(state.reached).toBe(0);
       expect(await money(ak, key)).toEqual({ held: 0, spent: 70, remaining: 30 });
       expect(await kinds(db, ak, id)).toEqual(['charge']);
     });
 
-    it('error: a $0 key passes the key check but its hold is refused -> 429', async () => {
+    it('error: a $0 key is refused at the key check (as in the package) -> 429, reserveCents never asked, nothing held', async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const { key, id } = await ak.create({ accountId: 'acct_1', budgetCents: 0 });
-      const { app, state } = holdApp(ak, { reserveCents: 0.0001 });
-      expectJsonError(await request(app).post('/api/chat').set('Authorization', bearer(key)), 429, 'budget_exceeded');
+      const reserveCents = vi.fn(() => 0.0001);
+      const { app, state } = holdApp(ak, { reserveCents });
+      expectPackageError(await request(app).post('/api/chat').set('Authorization', bearer(key)), 429, 'budget_exceeded', 'budget_exceeded');
+      expect(reserveCents).not.toHaveBeenCalled();
       expect(state.reached).toBe(0);
+      expect(await db.query(`SELECT id FROM "${ak.tableName}_holds"`)).toEqual([]);
       expect(await kinds(db, ak, id)).toEqual([]);
     });
 
@@ -629,7 +640,9 @@ forEachDatabase((getDb) => {
               return r;
             }),
         );
-        // Every request is either waiting in the handler or already refused.
+        // Every request is either waiting in the handler or already refused: at the hold, or,
+        // once the whole budget is held, already at the key check (validate() refuses a key
+        // with nothing left); either way a 429 budget_exceeded.
         await until(() => entered + answered === 20, 'all 20 requests to be admitted or refused');
         expect({ entered, answered }).toEqual({ entered: 10, answered: 10 });
         expect(await money(ak, key)).toEqual({ held: 100, spent: 0, remaining: 0 });
@@ -637,7 +650,7 @@ forEachDatabase((getDb) => {
         const responses = await Promise.all(all);
         const statuses = responses.map((r) => r.status).sort();
         expect(statuses).toEqual([...Array(10).fill(200), ...Array(10).fill(429)]);
-        for (const r of responses.filter((x) => x.status === 429)) expectJsonError(r, 429, 'budget_exceeded');
+        for (const r of responses.filter((x) => x.status === 429)) expectPackageError(r, 429, 'budget_exceeded', 'budget_exceeded');
         await holdsSettled(ak, key);
         expect(await money(ak, key)).toEqual({ held: 0, spent: 100, remaining: 0 });
         const rows = await kinds(db, ak, id);
@@ -658,8 +671,9 @@ forEachDatabase((getDb) => {
       const reserveCents = vi.fn(() => 10);
       const { app, state } = holdApp(ak, { scope: 'proxy.chat', reserveCents });
       const res = await request(app).post('/api/chat').set('Authorization', bearer(key));
-      expectJsonError(res, 403, 'insufficient_scope');
-      expect(res.body.error.requiredScope).toBe('proxy.chat');
+      expectPackageError(res, 403, 'insufficient_scope', 'insufficient_scope');
+      expect(res.body.required).toBe('proxy.chat');
+      expect(res.body.available).toEqual(['usage.read']);
       expect(reserveCents).not.toHaveBeenCalled();
       expect(state.reached).toBe(0);
       expect(await kinds(db, ak, id)).toEqual([]);
@@ -674,10 +688,10 @@ forEachDatabase((getDb) => {
       await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 minute' WHERE id = $1`, [expired.id]);
       const reserveCents = vi.fn(() => 10);
       const { app, state } = holdApp(ak, { reserveCents });
-      expectJsonError(await request(app).post('/api/chat'), 401, 'missing_key');
-      expectJsonError(await request(app).post('/api/chat').set('Authorization', 'Bearer ak_garbage'), 401, 'invalid_key');
-      expectJsonError(await request(app).post('/api/chat').set('Authorization', bearer(revoked.key)), 401, 'key_revoked');
-      expectJsonError(await request(app).post('/api/chat').set('Authorization', bearer(expired.key)), 401, 'key_expired');
+      expectPackageError(await request(app).post('/api/chat'), 401, 'Missing API key', 'missing_key');
+      expectPackageError(await request(app).post('/api/chat').set('Authorization', 'Bearer ak_garbage'), 401, 'invalid', 'invalid_key');
+      expectPackageError(await request(app).post('/api/chat').set('Authorization', bearer(revoked.key)), 401, 'revoked', 'key_revoked');
+      expectPackageError(await request(app).post('/api/chat').set('Authorization', bearer(expired.key)), 401, 'expired', 'key_expired');
       expect(reserveCents).not.toHaveBeenCalled();
       expect(state.reached).toBe(0);
       const holds = await db.query(`SELECT id FROM "${ak.tableName}_holds"`);
@@ -694,7 +708,7 @@ forEachDatabase((getDb) => {
           return 10;
         },
       });
-      expectJsonError(await request(revokeFirst.app).post('/api/chat').set('Authorization', bearer(key)), 401, 'key_revoked');
+      expectPackageError(await request(revokeFirst.app).post('/api/chat').set('Authorization', bearer(key)), 401, 'revoked', 'key_revoked');
       expect(revokeFirst.state.reached).toBe(0);
 
       const other = await ak.create({ accountId: 'acct_1', budgetCents: 100 });
@@ -704,7 +718,7 @@ forEachDatabase((getDb) => {
           return 10;
         },
       });
-      expectJsonError(await request(deleteFirst.app).post('/api/chat').set('Authorization', bearer(other.key)), 401, 'invalid_key');
+      expectPackageError(await request(deleteFirst.app).post('/api/chat').set('Authorization', bearer(other.key)), 401, 'invalid', 'invalid_key');
       expect(deleteFirst.state.reached).toBe(0);
       expect(await db.query(`SELECT id FROM "${ak.tableName}_holds"`)).toEqual([]);
     });
@@ -720,7 +734,7 @@ forEachDatabase((getDb) => {
       ctl.broken = true;
       const { app, state } = holdApp(ak, { reserveCents: 10 });
       const res = await request(app).post('/api/chat').set('Authorization', bearer(key));
-      expectJsonError(res, 500, 'storage_error');
+      expectPackageError(res, 500, 'auth_unavailable', 'storage_error');
       expect(res.text).not.toMatch(/hunter2|ECONNREFUSED|10\.9\.8\.7/);
       expect(state.reached).toBe(0);
       ctl.broken = false;
@@ -741,7 +755,7 @@ forEachDatabase((getDb) => {
         },
       });
       const res = await request(app).post('/api/chat').set('Authorization', bearer(key));
-      expectJsonError(res, 500, 'storage_error');
+      expectPackageError(res, 500, 'auth_unavailable', 'storage_error');
       expect(res.text).not.toMatch(/hunter2|ECONNREFUSED|10\.9\.8\.7/);
       expect(state.reached).toBe(0);
       ctl.broken = false;
@@ -756,10 +770,10 @@ forEachDatabase((getDb) => {
       for (const bad of [Number.NaN, -1, -0.0001, '5', Number.POSITIVE_INFINITY, MAX_CENTS + 1, undefined, null, {}]) {
         const { app, state } = holdApp(ak, { reserveCents: () => bad as number });
         const res = await request(app).post('/api/chat').set('Authorization', bearer(key)).timeout(10_000);
-        expectJsonError(res, 500, 'invalid_reserve');
+        expectPackageError(res, 500, 'auth_unavailable', 'invalid_reserve');
         expect(state.reached, String(bad)).toBe(0);
         const { app: asyncApp } = holdApp(ak, { reserveCents: async () => bad as number });
-        expectJsonError(await request(asyncApp).post('/api/chat').set('Authorization', bearer(key)).timeout(10_000), 500, 'invalid_reserve');
+        expectPackageError(await request(asyncApp).post('/api/chat').set('Authorization', bearer(key)).timeout(10_000), 500, 'auth_unavailable', 'invalid_reserve');
       }
       expect(await money(ak, key)).toEqual({ held: 0, spent: 0, remaining: 100 });
       expect(await kinds(db, ak, id)).toEqual([]);
@@ -773,14 +787,14 @@ forEachDatabase((getDb) => {
         reserveCents: (req) => (req.body as { maxTokens: number }).maxTokens * 0.001, // no body: TypeError
       });
       const res = await request(throwing.app).post('/api/chat').set('Authorization', bearer(key));
-      expectJsonError(res, 500, 'internal_error');
+      expectPackageError(res, 500, 'auth_unavailable', 'internal_error');
       const rejecting = holdApp(ak, {
         reserveCents: async () => {
           throw new Error('pricing table secret-xyz unavailable');
         },
       });
       const res2 = await request(rejecting.app).post('/api/chat').set('Authorization', bearer(key));
-      expectJsonError(res2, 500, 'internal_error');
+      expectPackageError(res2, 500, 'auth_unavailable', 'internal_error');
       expect(res2.text).not.toContain('secret-xyz');
       expect(throwing.state.reached + rejecting.state.reached).toBe(0);
       expect(await kinds(db, ak, id)).toEqual([]);

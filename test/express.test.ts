@@ -7,11 +7,12 @@ import { AgentKey, AgentKeyError, agentKeyMiddleware, createAgentKeyRoutes } fro
 import * as expressEntry from '../src/http/express.js';
 import { forEachDatabase } from './helpers/databases.js';
 import { hangingPool, rejectingPool, throwingPool } from './helpers/faults.js';
-import { expectJsonError } from './helpers/http.js';
+import { expectPackageError } from './helpers/http.js';
 
 /**
  * agentKeyMiddleware(ak, { scope }) on real Express 5 apps, on PostgreSQL and PGlite.
- * The self-serve routes are in express-routes.test.ts.
+ * Refusals come in the @katrinalaszlo/agentkey package's shape: `{ error: '<string>',
+ * code, message }`. The self-serve routes are in express-routes.test.ts.
  */
 
 /**
@@ -71,7 +72,9 @@ forEachDatabase((getDb) => {
       expect(state.reached).toBe(1);
       expect(res.body.agentKey).toMatchObject({
         valid: true,
+        id: created.id,
         keyId: created.id,
+        userId: null,
         accountId: 'acct_1',
         name: 'sales-agent',
         scopes: ['usage.read', 'proxy.chat'],
@@ -137,8 +140,10 @@ forEachDatabase((getDb) => {
       });
       app.use(cjs.createAgentKeyRoutes(ak, { signupScopes: ['usage.read'] }));
       expect((await request(app).get('/api/usage').set('Authorization', bearer(key))).status).toBe(200);
-      expectJsonError(await request(app).get('/api/usage'), 401, 'missing_key');
-      const signup = await request(app).post('/signup').send({});
+      expectPackageError(await request(app).get('/api/usage'), 401, 'Missing API key', 'missing_key');
+      // As in the package, signup needs an email by default (requireEmailForSignup).
+      expectPackageError(await request(app).post('/signup').send({}), 400, 'Valid email is required', 'email_required');
+      const signup = await request(app).post('/signup').send({ email: 'agent@example.com' });
       expect(signup.status).toBe(201);
       expect(await ak.validate(signup.body.key)).toMatchObject({ valid: true, scopes: ['usage.read'] });
     });
@@ -163,9 +168,9 @@ forEachDatabase((getDb) => {
     it('error: no key -> 401 missing_key, and the handler never runs', async () => {
       const ak = await getDb().agentKey();
       const { app, state } = guardedApp(ak);
-      expectJsonError(await request(app).get('/api/usage'), 401, 'missing_key');
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', 'Bearer '), 401, 'missing_key');
-      expectJsonError(await request(app).get('/api/usage').set('X-API-Key', ''), 401, 'missing_key');
+      expectPackageError(await request(app).get('/api/usage'), 401, 'Missing API key', 'missing_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', 'Bearer '), 401, 'Missing API key', 'missing_key');
+      expectPackageError(await request(app).get('/api/usage').set('X-API-Key', ''), 401, 'Missing API key', 'missing_key');
       expect(state.reached).toBe(0);
     });
 
@@ -175,9 +180,9 @@ forEachDatabase((getDb) => {
       for (const garbage of ['hello', 'ak_', 'ak_short', `ak_${'z'.repeat(49)}`, 'x'.repeat(4000), 'ak_../../etc/passwd', "ak_' OR 1=1 --"]) {
         const res = await request(app).get('/api/usage').set('X-API-Key', garbage);
         expect(res.status, garbage.slice(0, 20)).toBe(401);
-        expectJsonError(res, 401, res.body.error.code);
+        expectPackageError(res, 401, 'invalid', 'invalid_key');
       }
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', 'Bearer not-a-key'), 401, 'invalid_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', 'Bearer not-a-key'), 401, 'invalid', 'invalid_key');
       expect(state.reached).toBe(0);
     });
 
@@ -185,9 +190,9 @@ forEachDatabase((getDb) => {
       const ak = await getDb().agentKey();
       const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
       const { app, state } = guardedApp(ak);
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(mistype(key))), 401, 'invalid_key');
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key.slice(0, -1))), 401, 'invalid_key');
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key + 'x')), 401, 'invalid_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(mistype(key))), 401, 'invalid', 'invalid_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(key.slice(0, -1))), 401, 'invalid', 'invalid_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(key + 'x')), 401, 'invalid', 'invalid_key');
       expect(state.reached).toBe(0);
     });
 
@@ -197,7 +202,7 @@ forEachDatabase((getDb) => {
       const { key, id } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'], expiresIn: '1h' });
       await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 minute' WHERE id = $1`, [id]);
       const { app, state } = guardedApp(ak);
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 401, 'key_expired');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 401, 'expired', 'key_expired');
       expect(state.reached).toBe(0);
     });
 
@@ -206,7 +211,7 @@ forEachDatabase((getDb) => {
       const { key, id } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
       expect(await ak.revoke(id)).toBe(true);
       const { app, state } = guardedApp(ak);
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 401, 'key_revoked');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 401, 'revoked', 'key_revoked');
       expect(state.reached).toBe(0);
     });
 
@@ -215,11 +220,12 @@ forEachDatabase((getDb) => {
       const other = await ak.create({ accountId: 'acct_1', scopes: ['proxy.chat'] });
       const none = await ak.create({ accountId: 'acct_1', scopes: [] });
       const { app, state } = guardedApp(ak, { scope: 'usage.read' });
-      for (const key of [other.key, none.key]) {
+      for (const [key, scopes] of [[other.key, ['proxy.chat']], [none.key, []]] as const) {
         const res = await request(app).get('/api/usage').set('Authorization', bearer(key));
-        expectJsonError(res, 403, 'insufficient_scope');
-        expect(res.body.error.requiredScope).toBe('usage.read');
-        expect(res.body.error.message).toContain('usage.read');
+        expectPackageError(res, 403, 'insufficient_scope', 'insufficient_scope');
+        expect(res.body.required).toBe('usage.read');
+        expect(res.body.available).toEqual(scopes);
+        expect(res.body.message).toContain('usage.read');
       }
       expect(state.reached).toBe(0);
     });
@@ -230,28 +236,36 @@ forEachDatabase((getDb) => {
       const { app, state } = guardedApp(ak);
       expect((await request(app).get('/api/usage').set('Authorization', bearer(key))).status).toBe(200);
       expect(await ak.trackUsage(key, { costCents: 10 })).toMatchObject({ success: true, budgetRemainingCents: 0 });
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 429, 'budget_exceeded');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 429, 'budget_exceeded', 'budget_exceeded');
       expect(state.reached).toBe(1);
     });
 
-    it("happy: a $0 key (the page's free-endpoints-only key) passes, while its charges are refused", async () => {
+    it('error: a $0 key has nothing to spend -> 429 budget_exceeded at the key check (as in the package), and its charges are refused', async () => {
       const ak = await getDb().agentKey();
       const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'], budgetCents: 0 });
       const { app, state } = guardedApp(ak);
-      expect((await request(app).get('/api/usage').set('Authorization', bearer(key))).status).toBe(200);
-      expect(state.reached).toBe(1);
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(key)), 429, 'budget_exceeded', 'budget_exceeded');
+      expect(state.reached).toBe(0);
+      expect(await ak.validate(key)).toEqual({ valid: false, reason: 'budget_exceeded' });
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
     });
 
-    it('security: the scope check comes before the budget check, and an invalid key never reveals either', async () => {
+    it('security: a spent key is refused for its budget before the scope check (as in the package), and an invalid key never reveals either', async () => {
       const ak = await getDb().agentKey();
       const spentWrongScope = await ak.create({ accountId: 'acct_1', scopes: ['proxy.chat'], budgetCents: 1 });
+      const { app, state } = guardedApp(ak);
+      // Before it is spent, the same key is refused for its scope.
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(spentWrongScope.key)), 403, 'insufficient_scope', 'insufficient_scope');
       await ak.trackUsage(spentWrongScope.key, { costCents: 1 });
-      const { app } = guardedApp(ak);
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(spentWrongScope.key)), 403, 'insufficient_scope');
+      const spent = await request(app).get('/api/usage').set('Authorization', bearer(spentWrongScope.key));
+      expectPackageError(spent, 429, 'budget_exceeded', 'budget_exceeded');
+      expect(spent.body.required).toBeUndefined();
+      expect(spent.body.available).toBeUndefined();
       const res = await request(app).get('/api/usage').set('Authorization', bearer(mistype(spentWrongScope.key)));
-      expectJsonError(res, 401, 'invalid_key');
-      expect(res.body.error.requiredScope).toBeUndefined();
+      expectPackageError(res, 401, 'invalid', 'invalid_key');
+      expect(res.body.required).toBeUndefined();
+      expect(res.body.available).toBeUndefined();
+      expect(state.reached).toBe(0);
     });
 
     it('security: an Authorization header of another scheme is not taken as a key', async () => {
@@ -259,8 +273,8 @@ forEachDatabase((getDb) => {
       const { key } = await ak.create({ accountId: 'acct_1', scopes: ['usage.read'] });
       const { app, state } = guardedApp(ak);
       const basic = `Basic ${Buffer.from(`user:${key}`).toString('base64')}`;
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', basic), 401, 'missing_key');
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', key), 401, 'missing_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', basic), 401, 'Missing API key', 'missing_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', key), 401, 'Missing API key', 'missing_key');
       expect((await request(app).get(`/api/usage?api_key=${key}`)).status).toBe(401);
       expect(state.reached).toBe(0);
     });
@@ -275,7 +289,7 @@ forEachDatabase((getDb) => {
         const { app, state } = guardedApp(broken);
         const res = await request(app).get('/api/usage').set('Authorization', bearer(key));
         expect(res.status).toBe(500);
-        expectJsonError(res, 500, res.body.error.code);
+        expectPackageError(res, 500, 'auth_unavailable');
         expect(res.text).not.toMatch(/hunter2|ECONNREFUSED|10\.9\.8\.7|TypeError|reading/);
         expect(state.reached).toBe(0);
       }
@@ -287,7 +301,7 @@ forEachDatabase((getDb) => {
       const broken = new AgentKey({ pool: hangingPool() as never, tableName: real.tableName });
       const { app, state } = guardedApp(broken, { scope: 'usage.read', timeoutMs: 200 });
       const res = await request(app).get('/api/usage').set('Authorization', bearer(key)).timeout(10_000);
-      expectJsonError(res, 500, 'storage_timeout');
+      expectPackageError(res, 500, 'auth_unavailable', 'storage_timeout');
       expect(state.reached).toBe(0);
     });
 
@@ -296,8 +310,8 @@ forEachDatabase((getDb) => {
       const { key } = await real.create({ accountId: 'acct_1', scopes: ['usage.read'] });
       const broken = new AgentKey({ pool: rejectingPool() as never, tableName: real.tableName });
       const { app } = guardedApp(broken);
-      expectJsonError(await request(app).get('/api/usage').set('Authorization', bearer(mistype(key))), 401, 'invalid_key');
-      expectJsonError(await request(app).get('/api/usage'), 401, 'missing_key');
+      expectPackageError(await request(app).get('/api/usage').set('Authorization', bearer(mistype(key))), 401, 'invalid', 'invalid_key');
+      expectPackageError(await request(app).get('/api/usage'), 401, 'Missing API key', 'missing_key');
     });
   });
 });

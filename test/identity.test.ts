@@ -142,6 +142,8 @@ function expectInvalidArgument(fn: () => unknown, message?: RegExp): void {
 type Adapter = 'express' | 'hono' | 'fetch';
 const ADAPTERS: Adapter[] = ['express', 'hono', 'fetch'];
 interface Reply {
+  /** The adapter that answered: Express answers errors in the package's shape. */
+  adapter: Adapter;
   status: number;
   // biome-ignore lint: response bodies are checked field by field
   body: any;
@@ -175,7 +177,7 @@ function mount(kind: Adapter, ids: Ids, opts: { scope?: string; reserveCents?: n
       let r = request(app).post('/api/chat');
       for (const [k, v] of Object.entries(headersOf(token, extra))) r = r.set(k, v);
       const res = await r;
-      return { status: res.status, body: res.body, contentType: res.headers['content-type'] ?? null };
+      return { adapter: kind, status: res.status, body: res.body, contentType: res.headers['content-type'] ?? null };
     };
   } else if (kind === 'hono') {
     const app = new Hono<AgentKeyEnv>();
@@ -186,28 +188,61 @@ function mount(kind: Adapter, ids: Ids, opts: { scope?: string; reserveCents?: n
     });
     call = async (token, extra = {}) => {
       const res = await app.request('/api/chat', { method: 'POST', headers: headersOf(token, extra) });
-      return { status: res.status, body: await res.json(), contentType: res.headers.get('content-type') };
+      return { adapter: kind, status: res.status, body: await res.json(), contentType: res.headers.get('content-type') };
     };
   } else {
     const guard = ids.fetch(opts);
     call = async (token, extra = {}) => {
       const g = await guard(new Request('http://api.test/api/chat', { method: 'POST', headers: headersOf(token, extra) }));
-      if (!g.ok) return { status: g.status, body: await g.response.json(), contentType: g.response.headers.get('content-type') };
+      if (!g.ok) return { adapter: kind, status: g.status, body: await g.response.json(), contentType: g.response.headers.get('content-type') };
       state.reached += 1;
       await g.settle({ ...(handler.costCents !== undefined ? { costCents: handler.costCents } : {}), succeeded: status < 400 });
-      return { status, body: { agentKey: g.agentKey, reservation: g.reservation ?? null }, contentType: 'application/json' };
+      return { adapter: kind, status, body: { agentKey: g.agentKey, reservation: g.reservation ?? null }, contentType: 'application/json' };
     };
   }
   return { call, state };
 }
 
-/** A JSON error with this status and code, one sentence, no internals. */
+/** The `error` string of the package's shape (Express) for a code; codes the package never had show their message. */
+const PACKAGE_ERROR: Record<string, string> = {
+  missing_key: 'Missing API key',
+  invalid_key: 'invalid',
+  key_expired: 'expired',
+  key_revoked: 'revoked',
+  budget_exceeded: 'budget_exceeded',
+  insufficient_scope: 'insufficient_scope',
+};
+
+/**
+ * A JSON error with this status and code, one sentence, no internals. Hono and fetch send
+ * `{ error: { code, message, ... } }`; Express sends the package's shape, `{ error: '<string>',
+ * code, message, ... }` (with `required`/`available` for a missing scope).
+ */
 function expectError(res: Reply, status: number, code: string): void {
-  expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
   expect(res.contentType).toMatch(/^application\/json/);
-  expect(typeof res.body.error.message).toBe('string');
-  expect(res.body.error.message).toMatch(/[.!?]$/);
-  expect(res.body.error.message).not.toMatch(/\n|\s+at |node_modules|\.ts:\d+/);
+  if (res.adapter === 'express') {
+    expect({ status: res.status, code: res.body?.code }).toEqual({ status, code });
+    expect(typeof res.body.error).toBe('string');
+    expect(res.body.error).toBe(status >= 500 ? 'auth_unavailable' : (PACKAGE_ERROR[code] ?? res.body.message));
+  } else {
+    expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
+  }
+  const message = messageOf(res);
+  expect(typeof message).toBe('string');
+  expect(message).toMatch(/[.!?]$/);
+  expect(message).not.toMatch(/\n|\s+at |node_modules|\.ts:\d+/);
+}
+
+/** An error reply's message, wherever its adapter puts it. */
+function messageOf(res: Reply): string {
+  return res.adapter === 'express' ? res.body.message : res.body.error.message;
+}
+
+/** A 403 insufficient_scope reply's required scope and the key's scopes, wherever its adapter puts them. */
+function scopesOf(res: Reply): { required: unknown; available: unknown } {
+  return res.adapter === 'express'
+    ? { required: res.body.required, available: res.body.available }
+    : { required: res.body.error.requiredScope, available: res.body.error.availableScopes };
 }
 
 forEachDatabase((getDb) => {
@@ -642,9 +677,10 @@ forEachDatabase((getDb) => {
       const { call, state } = mount('express', jwtIds(ak), { scope: 'proxy.chat' });
       const res = await call(await jwtToken({ sub: 'agent_m', scope: 'usage.read' }));
       expectError(res, 403, 'insufficient_scope');
-      expect(res.body.error.requiredScope).toBe('proxy.chat');
+      expect(scopesOf(res)).toEqual({ required: 'proxy.chat', available: ['usage.read'] });
       const admin = await call(await jwtToken({ sub: 'agent_m', scope: 'admin' }));
       expectError(admin, 403, 'insufficient_scope');
+      expect(scopesOf(admin)).toEqual({ required: 'proxy.chat', available: [] });
       expect(state.reached).toBe(0);
       const ok = await call(await jwtToken({ sub: 'agent_m', scope: 'proxy.chat' }));
       expect(ok.status).toBe(200);
@@ -673,7 +709,9 @@ forEachDatabase((getDb) => {
       expect(after).toMatchObject({ valid: true, budgetUsedCents: 98, budgetRemainingCents: 2 });
       expect(await ak.trackUsageBySubject('agent_budget', { costCents: 3 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
       expect(await ak.trackUsageBySubject('agent_budget', { costCents: 2 })).toMatchObject({ success: true });
-      expect(await ak.validateBySubject('agent_budget')).toMatchObject({ budgetUsedCents: 100, budgetRemainingCents: 0 });
+      // Nothing left to spend: validateBySubject refuses the subject; its row holds the whole budget as spent.
+      expect(await ak.validateBySubject('agent_budget')).toEqual({ valid: false, reason: 'budget_exceeded' });
+      expect(await ak.getKey(after.valid ? after.keyId : -1)).toMatchObject({ budgetCents: 100, spentCents: 100, heldCents: 0 });
       const audit = await ak.audit();
       expect(audit).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
       expect(await rowsFor(ak, 'agent_budget')).toBe(1);
@@ -804,7 +842,7 @@ forEachDatabase((getDb) => {
       const { call } = mount('express', ids, {});
       const res = await call('mt_valid');
       expectError(res, 401, 'invalid_token');
-      expect(res.body.error.message).toMatch(/secretKey/);
+      expect(messageOf(res)).toMatch(/secretKey/);
       expect(clerkApi.hits()).toBe(before);
       expect(await totalRows(ak)).toBe(0);
     });
@@ -941,13 +979,13 @@ forEachDatabase((getDb) => {
           expectError(await call(null, { authorization: 'Basic dXNlcjpwYXNz' }), 401, 'missing_key');
           const forged = await call(await id.mint({ sub, scopes: 'proxy.chat', forged: true }));
           expectError(forged, 401, 'invalid_token');
-          expect(forged.body.error.message).toMatch(/^The bearer token is not valid: /);
+          expect(messageOf(forged)).toMatch(/^The bearer token is not valid: /);
           expectError(await call('a.b.c'), 401, 'invalid_token');
           expectError(await call(await id.mint({ sub, scopes: 'proxy.chat', expired: true })), 401, 'token_expired');
           expect(await totalRows(ak)).toBe(0);
           const narrowed = await call(await id.mint({ sub, scopes: 'usage.read' }));
           expectError(narrowed, 403, 'insufficient_scope');
-          expect(narrowed.body.error.requiredScope).toBe('proxy.chat');
+          expect(scopesOf(narrowed)).toEqual({ required: 'proxy.chat', available: ['usage.read'] });
           expectError(await call(await id.mint({ sub, scopes: 'admin *' })), 403, 'insufficient_scope');
           expect(state.reached).toBe(0);
         });

@@ -6,7 +6,7 @@ import { AgentKey, AgentKeyError } from '../src/index.js';
 import { type AppOptions, type Logger, createApp } from '../src/server/index.js';
 import { type TestDb, forEachDatabase } from './helpers/databases.js';
 import { hangingPool, rejectingPool, throwingPool } from './helpers/faults.js';
-import { expectErrorShape, expectJsonError } from './helpers/http.js';
+import { expectErrorShape, expectJsonError, expectPackageError } from './helpers/http.js';
 
 /**
  * The HTTP service (createApp: Hono + @hono/zod-openapi) called in-process with
@@ -66,6 +66,14 @@ async function call(app: App, method: string, path: string, o: CallOptions = {})
 function expectError(res: Reply, status: number, code?: string): void {
   expect(res.status, res.text).toBe(status);
   expectJsonError(res as unknown as request.Response, status, code);
+}
+
+/**
+ * An error of a self-serve route (/signup, /sdk-keys...): the package's shape, `{ error:
+ * '<string>', code, message, ...extra }`, as the package's clients parse it.
+ */
+function expectSelfServeError(res: Reply, status: number, error: string | RegExp, code?: string): void {
+  expectPackageError(res as unknown as request.Response, status, error, code);
 }
 
 /** The error shape only: for fuzzed input, which the message may quote. */
@@ -318,11 +326,12 @@ describe('without a database: routes that need no store, and broken stores', () 
         ...agent.map(([m, p, j]) => ({ method: m, path: p, o: { json: j } as CallOptions })),
       ];
     };
-    const selfServeRoutes = (key: string): { method: string; path: string; o: CallOptions }[] => [
-      { method: 'POST', path: '/signup', o: { json: {} } },
-      { method: 'GET', path: '/sdk-keys/me', o: { bearer: key } },
-      { method: 'POST', path: '/sdk-keys', o: { bearer: key, json: {} } },
-      { method: 'DELETE', path: '/sdk-keys/1', o: { bearer: key } },
+    // `error`: the package's string for a failed store, as each route says it (a key is checked before its route runs).
+    const selfServeRoutes = (key: string): { method: string; path: string; o: CallOptions; error: string }[] => [
+      { method: 'POST', path: '/signup', o: { json: { email: 'agent@example.com' } }, error: 'Failed to create key' },
+      { method: 'GET', path: '/sdk-keys/me', o: { bearer: key }, error: 'auth_unavailable' },
+      { method: 'POST', path: '/sdk-keys', o: { bearer: key, json: {} }, error: 'auth_unavailable' },
+      { method: 'DELETE', path: '/sdk-keys/1', o: { bearer: key }, error: 'auth_unavailable' },
     ];
 
     for (const [name, makePool] of [['rejects', rejectingPool], ['throws', throwingPool]] as const) {
@@ -330,10 +339,13 @@ describe('without a database: routes that need no store, and broken stores', () 
         const broken = new AgentKey({ pool: makePool() as never });
         const { logger, lines } = memoryLogger();
         const svc = service(broken, { logger, selfServe: { signupRateLimit: false } });
-        for (const { method, path, o } of [...routesOf(UNKNOWN_KEY), ...selfServeRoutes(UNKNOWN_KEY)]) {
+        const routes: { method: string; path: string; o: CallOptions; error?: string }[] = [...routesOf(UNKNOWN_KEY), ...selfServeRoutes(UNKNOWN_KEY)];
+        for (const { method, path, o, error } of routes) {
           const res = await svc.send(method, path, { ...o, headers: { 'x-request-id': `r-${method}-${path}` } });
           expect([500, 503], `${method} ${path}`).toContain(res.status);
-          expectError(res, res.status);
+          // The /v1 routes answer { error: { code, message } }; the self-serve routes the package's shape.
+          if (error === undefined) expectError(res, res.status);
+          else expectSelfServeError(res, res.status, error);
           expect(res.text).not.toMatch(/hunter2|ECONNREFUSED|10\.9\.8\.7|TypeError|at .*\.(ts|js)/);
         }
         // The /v1 routes log the detail, tied to the request: operators see what clients do not.
@@ -362,11 +374,14 @@ describe('without a database: routes that need no store, and broken stores', () 
       const routes = selfServeRoutes(UNKNOWN_KEY);
       const replies = await Promise.all(routes.map(({ method, path, o }) => svc.send(method, path, o)));
       replies.forEach((res, i) => {
-        expect({ route: `${routes[i]?.method} ${routes[i]?.path}`, status: res.status, code: res.body?.error?.code }).toEqual({
+        // In the package's shape: the code beside the package's string.
+        expect({ route: `${routes[i]?.method} ${routes[i]?.path}`, status: res.status, code: res.body?.code, error: res.body?.error }).toEqual({
           route: `${routes[i]?.method} ${routes[i]?.path}`,
           status: 503,
           code: 'storage_timeout',
+          error: routes[i]?.error,
         });
+        expectSelfServeError(res, 503, routes[i]?.error as string, 'storage_timeout');
       });
     });
 
@@ -579,7 +594,7 @@ forEachDatabase((getDb) => {
       expect(await snapshot(ak)).toEqual(before);
     });
 
-    it('error: wrong types, missing fields and unknown fields (budget_cents) -> 400 naming the field; nothing is created', async () => {
+    it('error: wrong types, missing fields and unknown fields (budget_cents) -> 400 naming the field; nothing is created (a zero expiresIn is no error: its key is expired at once)', async () => {
       const { db, ak, svc } = await setup();
       const cases: [unknown, string, RegExp?][] = [
         [{}, 'invalid_request', /accountId/],
@@ -603,8 +618,8 @@ forEachDatabase((getDb) => {
         [{ accountId: 'a', scopes: ['has space'] }, 'invalid_scope'],
         [{ accountId: 'a', budgetPeriod: 'week' }, 'invalid_request', /budgetPeriod/],
         [{ accountId: 'a', expiresIn: 3600 }, 'invalid_request', /expiresIn/],
-        [{ accountId: 'a', expiresIn: '7 days' }, 'invalid_duration'],
-        [{ accountId: 'a', expiresIn: '0d' }, 'invalid_duration'],
+        [{ accountId: 'a', expiresIn: '7 days' }, 'invalid_duration', /^Invalid duration: 7 days/],
+        [{ accountId: 'a', expiresIn: '-1d' }, 'invalid_duration', /^Invalid duration: -1d/],
         [{ accountId: 'a', expiresAt: '2020-01-01T00:00:00Z' }, 'invalid_argument'],
         [{ accountId: 'a', expiresAt: 'tomorrow' }, 'invalid_argument'],
         [{ accountId: 'a', expiresIn: '1h', expiresAt: '2099-01-01T00:00:00Z' }, 'invalid_argument'],
@@ -630,6 +645,11 @@ forEachDatabase((getDb) => {
         if (names) expect(res.body.error.message).toMatch(names);
       }
       expect(await countKeys(db, ak)).toBe(0);
+      // A zero duration is no error (as in the package): the key is made expired at once.
+      const zero = await svc.admin('POST', '/v1/keys', { accountId: 'a', expiresIn: '0d' });
+      expect(zero.status, zero.text).toBe(201);
+      expect(Date.parse(zero.body.expiresAt)).toBeLessThanOrEqual(Date.now());
+      expect(await ak.validate(zero.body.key)).toEqual({ valid: false, reason: 'expired' });
     });
 
     it('error: malformed JSON, an empty body and no body -> 400; nothing is created', async () => {
@@ -1161,10 +1181,12 @@ forEachDatabase((getDb) => {
       expect(await ak.getKey(k.id)).toMatchObject({ spentCents: 2.5, remainingCents: 7.5 });
       expect(await ak.usage({ keyId: k.id })).toMatchObject({ totalCents: 2.5, count: 1 });
       expect((await svc.admin('GET', `/v1/keys/${k.id}`)).body).toMatchObject({ spentCents: 2.5 });
-      // Cents down to 0.0001, rounded up (never under-charged); 0 is a charge too.
+      // Cents down to 0.0001, rounded up (never under-charged); 0 succeeds but records nothing (as in the package).
       expect((await svc.post('/v1/charge', { key: k.key, costCents: 0.00005 })).body).toEqual({ success: true, budgetUsedCents: 2.5001, budgetRemainingCents: 7.4999 });
-      expect((await svc.post('/v1/charge', { key: k.key, costCents: 0 })).status).toBe(200);
-      expect(await ak.usage({ keyId: k.id })).toMatchObject({ totalCents: 2.5001, count: 3 });
+      const free = await svc.post('/v1/charge', { key: k.key, costCents: 0 });
+      expect(free.status).toBe(200);
+      expect(free.body).toEqual({ success: true });
+      expect(await ak.usage({ keyId: k.id })).toMatchObject({ totalCents: 2.5001, count: 2 });
       // Up to exactly what is left.
       expect((await svc.post('/v1/charge', { key: k.key, costCents: 7.4999 })).body).toEqual({ success: true, budgetUsedCents: 10, budgetRemainingCents: 0 });
       // An unbudgeted key has no remaining figure.
@@ -1573,7 +1595,6 @@ forEachDatabase((getDb) => {
 
       expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'charged' })).toBe(3);
       expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'budget_exceeded' })).toBe(1);
-      expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'invalid' })).toBe(1);
       expect(metric(samples, 'agentkey_charges_total', { kind: 'commit', outcome: 'charged' })).toBe(1);
       // The replay is not charged twice.
       expect(metric(samples, 'agentkey_charged_cents_total')).toBeCloseTo(4.25, 10);
@@ -1609,6 +1630,8 @@ forEachDatabase((getDb) => {
       expect(metric(samples, 'agentkey_cache_hits_total')).toBe(cacheHits);
       expect(res.text).toMatch(/^# HELP agentkey_cache_hits_total /m);
       expect(res.text).toMatch(/^# TYPE agentkey_charges_total counter$/m);
+      // A charge with a key that is no agent key (401 invalid_key) is counted as 'invalid', as verifications are.
+      expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'invalid' })).toBe(1);
     });
 
     it('happy: agentkey_charged_cents_total counts the cents the ledger recorded (costs are rounded up to 0.0001 cent)', async () => {
@@ -1649,14 +1672,22 @@ forEachDatabase((getDb) => {
       expect(signup.status).toBe(201);
       expect(signup.body).toMatchObject({ key: expect.stringMatching(/^ak_/), id: expect.any(Number), accountId: expect.stringMatching(/^acct_/), scopes: ['proxy.chat'] });
       expect(await ak.getKey(signup.body.id)).toMatchObject({ accountId: signup.body.accountId, scopes: ['proxy.chat'], budgetCents: 50 });
-      expect((await svc.send('POST', '/signup')).status).toBe(201);
+      // As in the package: a signup key lasts 24 hours unless the body says otherwise.
+      const lasts = Date.parse(signup.body.expiresAt) - Date.now();
+      expect(lasts).toBeGreaterThan(23 * 3_600_000);
+      expect(lasts).toBeLessThanOrEqual(24 * 3_600_000);
+      // As in the package, signup needs an email by default.
+      expectSelfServeError(await svc.send('POST', '/signup'), 400, 'Valid email is required', 'email_required');
+      expect((await svc.send('POST', '/signup', { json: { email: 'b@example.com' } })).status).toBe(201);
 
       const me = await svc.send('GET', '/sdk-keys/me', { bearer: signup.body.key });
       expect(me.status).toBe(200);
       expect(me.body).toMatchObject({ valid: true, keyId: signup.body.id, budgetCents: 50 });
 
-      const child = await svc.send('POST', '/sdk-keys', { bearer: signup.body.key, json: { name: 'child', budget_cents: 10 } });
-      expect(child.status).toBe(201);
+      // The caller expires, so its child must too, within the caller's expiry.
+      expectSelfServeError(await svc.send('POST', '/sdk-keys', { bearer: signup.body.key, json: { name: 'child', budget_cents: 10 } }), 403, /\S/, 'expiry_exceeds_parent');
+      const child = await svc.send('POST', '/sdk-keys', { bearer: signup.body.key, json: { name: 'child', budget_cents: 10, expires_in: '1h' } });
+      expect(child.status, child.text).toBe(201);
       expect(await ak.getKey(child.body.id)).toMatchObject({ parentId: signup.body.id, accountId: signup.body.accountId, budgetCents: 10, name: 'child' });
 
       const del = await svc.send('DELETE', `/sdk-keys/${child.body.id}`, { bearer: signup.body.key });
@@ -1673,16 +1704,18 @@ forEachDatabase((getDb) => {
       const victim = await ak.create({ accountId: 'acct_victim' });
       const victimChild = await ak.create({ accountId: 'acct_victim', parentId: victim.id });
       const before = await snapshot(ak);
+      // The package's shape: codes the package had no string for show their message as `error`.
+      const notFound = 'No active key with this id belongs to your account.';
       for (const id of [victim.id, victimChild.id]) {
-        expectError(await svc.send('DELETE', `/sdk-keys/${id}`, { bearer: caller.key }), 404, 'not_found');
-        expectError(await svc.send('DELETE', `/sdk-keys/${id}`, { headers: { 'x-api-key': caller.key } }), 404, 'not_found');
-        expectError(await svc.send('DELETE', `/sdk-keys/${id}`, { bearer: ADMIN }), 401, 'invalid_key');
-        expectError(await svc.send('DELETE', `/sdk-keys/${id}`), 401, 'missing_key');
+        expectSelfServeError(await svc.send('DELETE', `/sdk-keys/${id}`, { bearer: caller.key }), 404, notFound, 'not_found');
+        expectSelfServeError(await svc.send('DELETE', `/sdk-keys/${id}`, { headers: { 'x-api-key': caller.key } }), 404, notFound, 'not_found');
+        expectSelfServeError(await svc.send('DELETE', `/sdk-keys/${id}`, { bearer: ADMIN }), 401, 'invalid', 'invalid_key');
+        expectSelfServeError(await svc.send('DELETE', `/sdk-keys/${id}`), 401, 'Missing API key', 'missing_key');
       }
-      for (const id of ['abc', '0', '-1', '1.5', '1e3']) expectError(await svc.send('DELETE', `/sdk-keys/${id}`, { bearer: caller.key }), 400);
-      expectError(await svc.send('DELETE', '/sdk-keys/424242', { bearer: caller.key }), 404, 'not_found');
-      expectError(await svc.send('GET', '/sdk-keys/me', { bearer: ADMIN }), 401, 'invalid_key');
-      expectError(await svc.send('POST', '/sdk-keys', { bearer: ADMIN, json: {} }), 401, 'invalid_key');
+      for (const id of ['abc', '0', '-1', '1.5', '1e3']) expectSelfServeError(await svc.send('DELETE', `/sdk-keys/${id}`, { bearer: caller.key }), 400, /\S/);
+      expectSelfServeError(await svc.send('DELETE', '/sdk-keys/424242', { bearer: caller.key }), 404, notFound, 'not_found');
+      expectSelfServeError(await svc.send('GET', '/sdk-keys/me', { bearer: ADMIN }), 401, 'invalid', 'invalid_key');
+      expectSelfServeError(await svc.send('POST', '/sdk-keys', { bearer: ADMIN, json: {} }), 401, 'invalid', 'invalid_key');
       expect(await snapshot(ak)).toEqual(before);
       expect(await ak.validate(victim.key)).toMatchObject({ valid: true, accountId: 'acct_victim' });
     });
@@ -1690,14 +1723,20 @@ forEachDatabase((getDb) => {
     it('error: malformed JSON -> 400 invalid_json, a huge body -> 413, a non-JSON body -> 415; no key is created', async () => {
       const { db, ak, svc } = await setup({ selfServe: { signupRateLimit: false } });
       const caller = await ak.create({ accountId: 'acct_p' });
-      expectError(await svc.send('POST', '/signup', { raw: '{"email":' }), 400, 'invalid_json');
-      expectError(await svc.send('POST', '/signup', { raw: '[]' }), 400);
-      expectError(await svc.send('POST', '/signup', { json: { name: 'x'.repeat(70_000) } }), 413, 'body_too_large');
-      expectError(await svc.send('POST', '/signup', { raw: 'email=a@b.co', type: 'application/x-www-form-urlencoded' }), 415, 'unsupported_media_type');
-      expectError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, raw: '{"scopes":[' }), 400, 'invalid_json');
-      expectError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, json: { pad: 'x'.repeat(70_000) } }), 413, 'body_too_large');
-      expectError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, json: { budget_cents: '5' } }), 400, 'invalid_budget');
+      // Every answer of a self-serve route is in the package's shape, whichever step refuses the body.
+      const notJson = 'The request body is not valid JSON.';
+      expectSelfServeError(await svc.send('POST', '/signup', { raw: '{"email":' }), 400, notJson, 'invalid_json');
+      expectSelfServeError(await svc.send('POST', '/signup', { raw: '[]' }), 400, /\S/);
+      expectSelfServeError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, raw: '{"scopes":[' }), 400, notJson, 'invalid_json');
+      expectSelfServeError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, json: { budget_cents: '5' } }), 400, /\S/, 'invalid_budget');
+      const hugeSignup = await svc.send('POST', '/signup', { json: { email: 'a@example.com', name: 'x'.repeat(70_000) } });
+      const formSignup = await svc.send('POST', '/signup', { raw: 'email=a@b.co', type: 'application/x-www-form-urlencoded' });
+      const hugeChild = await svc.send('POST', '/sdk-keys', { bearer: caller.key, json: { pad: 'x'.repeat(70_000) } });
       expect(await countKeys(db, ak)).toBe(1);
+      // The body limit and the JSON check refuse before the route runs: their answers too are the package's shape.
+      expectSelfServeError(hugeSignup, 413, /\S/, 'body_too_large');
+      expectSelfServeError(formSignup, 415, /\S/, 'unsupported_media_type');
+      expectSelfServeError(hugeChild, 413, /\S/, 'body_too_large');
     });
   });
 
@@ -1741,8 +1780,12 @@ forEachDatabase((getDb) => {
           const after = await snapshot(ak);
           if (res.status === 200) {
             expect(res.body.success).toBe(true);
-            expect(after.usage.count).toBe(before.usage.count + (res.body.replayed ? 0 : 1));
-            if (!res.body.replayed) expect(after.keys.find((x) => x.id === k.id)?.spentCents).toBe(res.body.budgetUsedCents);
+            // A zero cost succeeds without figures and records nothing (as in the package).
+            const charged = !res.body.replayed && res.body.budgetUsedCents !== undefined;
+            expect(after.usage.count).toBe(before.usage.count + (charged ? 1 : 0));
+            if (charged) expect(after.keys.find((x) => x.id === k.id)?.spentCents).toBe(res.body.budgetUsedCents);
+            else if (!res.body.replayed) expect(res.body, raw).toEqual({ success: true });
+            if (!charged) expect(after, raw).toEqual(before);
           } else {
             expect(after, raw).toEqual(before);
           }
@@ -1786,7 +1829,14 @@ forEachDatabase((getDb) => {
             expect(after.keys.slice(0, -1)).toEqual(before.keys);
             const { key, ...info } = res.body;
             expect(after.keys.at(-1)).toEqual(Object.fromEntries(Object.entries(info).filter(([name]) => name !== 'lastUsedAt')));
-            expect(await ak.validate(key)).toMatchObject({ valid: true, keyId: info.id });
+            // A zero duration makes a key expired at once, and a $0 budget leaves nothing to spend: validate() refuses both.
+            const expected =
+              info.expiresAt !== null && Date.parse(info.expiresAt) <= Date.now()
+                ? { valid: false, reason: 'expired' }
+                : info.budgetCents === 0
+                  ? { valid: false, reason: 'budget_exceeded' }
+                  : { valid: true, keyId: info.id };
+            expect(await ak.validate(key), raw).toMatchObject(expected);
             expect([null, parent.id, other.id]).toContain(info.parentId);
             if (info.parentId === parent.id) {
               // Never wider than its parent.

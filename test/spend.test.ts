@@ -202,13 +202,18 @@ forEachDatabase((getDb) => {
       const second = reserved(await ak.reserve(key, { costCents: 55 }));
       expect(second.budgetRemainingCents).toBe(0);
       expect(second.reservationId).not.toBe(first.reservationId);
-      expect(valid(await ak.validate(key))).toMatchObject({ budgetUsedCents: 15, budgetHeldCents: 85, budgetRemainingCents: 0 });
+      // Nothing left to spend (spent + held = budget): validate refuses the key; getKey shows its figures.
+      expect(await ak.validate(key)).toEqual({ valid: false, reason: 'budget_exceeded' });
+      expect(await ak.getKey(id)).toMatchObject({ budgetCents: 100, spentCents: 15, heldCents: 85, remainingCents: 0 });
 
       // Spent 15 + held 85 = 100: nothing more fits, neither as a charge nor as a hold.
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 15, budgetRemainingCents: 0 });
       expect(await ak.reserve(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 15, budgetRemainingCents: 0 });
-      // A free call still fits.
-      expect(await ak.trackUsage(key, { costCents: 0 })).toMatchObject({ success: true, budgetUsedCents: 15 });
+      // A free call still fits: it succeeds without figures and records nothing.
+      const ledgerBefore = await counts(db, ak);
+      expect(await ak.trackUsage(key, { costCents: 0 })).toEqual({ success: true });
+      expect(await counts(db, ak)).toEqual(ledgerBefore);
+      expect(await spentMicros(db, ak, id)).toBe(150_000);
       await expectAudited(ak);
     });
 
@@ -243,7 +248,7 @@ forEachDatabase((getDb) => {
       expect(reserved(await ak.reserve(zero.key, { costCents: 0 })).budgetRemainingCents).toBe(0);
     });
 
-    it("error: reasons 'invalid', 'expired' and 'revoked' for the key's state, writing nothing", async () => {
+    it("error: reasons 'invalid_key', 'expired' and 'revoked' for the key's state, writing nothing", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const other = await db.agentKey();
@@ -255,11 +260,11 @@ forEachDatabase((getDb) => {
       const before = await state(db, ak);
 
       const cases: [string, unknown, string][] = [
-        ['malformed', 'not-a-key', 'invalid'],
-        ['empty', '', 'invalid'],
-        ['not a string', 42, 'invalid'],
-        ['well-formed but unknown', mintKey('ak_').raw, 'invalid'],
-        ['of another table', foreign.key, 'invalid'],
+        ['malformed', 'not-a-key', 'invalid_key'],
+        ['empty', '', 'invalid_key'],
+        ['not a string', 42, 'invalid_key'],
+        ['well-formed but unknown', mintKey('ak_').raw, 'invalid_key'],
+        ['of another table', foreign.key, 'invalid_key'],
         ['expired', expired.key, 'expired'],
         ['revoked', revoked.key, 'revoked'],
       ];
@@ -739,7 +744,8 @@ forEachDatabase((getDb) => {
       const h = reserved(await ak.reserve(key, { costCents: 20, idempotencyKey: 'hold-1' }));
       const before = await state(db, ak);
       expect(await ak.trackUsage(key, { costCents: 5.0001, idempotencyKey: 'req-1' })).toEqual({ success: false, reason: 'idempotency_conflict' });
-      expect(await ak.trackUsage(key, { costCents: 0, idempotencyKey: 'req-1' })).toEqual({ success: false, reason: 'idempotency_conflict' });
+      // A free call records nothing and needs no database call, so it is never checked against the key: it succeeds, charging nothing.
+      expect(await ak.trackUsage(key, { costCents: 0, idempotencyKey: 'req-1' })).toEqual({ success: true });
       expect(await ak.reserve(key, { costCents: 21, idempotencyKey: 'hold-1' })).toEqual({ success: false, reason: 'idempotency_conflict' });
       expect(await state(db, ak)).toBe(before);
       expect(valid(await ak.validate(key))).toMatchObject({ budgetUsedCents: 5, budgetHeldCents: 20 });
@@ -1198,7 +1204,7 @@ forEachDatabase((getDb) => {
       await expectAudited(ak);
     });
 
-    it("error: a missing reason, a zero, NaN or non-numeric cost, or unknown options throw; an unknown key id is 'invalid'", async () => {
+    it("error: a missing reason, a zero, NaN or non-numeric cost, or unknown options throw; an unknown key id is 'invalid_key'", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const { key, id } = await ak.create({ accountId: 'a', budgetCents: 100 });
@@ -1224,8 +1230,8 @@ forEachDatabase((getDb) => {
       for (const keyId of [0, -1, 1.5, 'abc', null]) {
         await rejectsWith(() => ak.adjust(keyId as never, { costCents: -1, reason: 'x' }), 'invalid_argument', `keyId ${String(keyId)}`);
       }
-      expect(await ak.adjust(999_999, { costCents: -1, reason: 'x' })).toEqual({ success: false, reason: 'invalid' });
-      expect(await ak.adjust(999_999, { costCents: 1, reason: 'x' })).toEqual({ success: false, reason: 'invalid' });
+      expect(await ak.adjust(999_999, { costCents: -1, reason: 'x' })).toEqual({ success: false, reason: 'invalid_key' });
+      expect(await ak.adjust(999_999, { costCents: 1, reason: 'x' })).toEqual({ success: false, reason: 'invalid_key' });
       expect(await state(db, ak)).toBe(before);
     });
   });
@@ -1238,7 +1244,9 @@ forEachDatabase((getDb) => {
       const results = await Promise.all(Array.from({ length: 2000 }, () => ak.trackUsage(key, { costCents: 0.03 })));
       expect(results.filter((r) => !r.success)).toEqual([]);
       expect(await spentMicros(db, ak, id)).toBe(600_000);
-      expect(valid(await ak.validate(key))).toMatchObject({ budgetUsedCents: 60, budgetRemainingCents: 0 });
+      // Spent to the cent: validate refuses the key; getKey shows its figures.
+      expect(await ak.validate(key)).toEqual({ valid: false, reason: 'budget_exceeded' });
+      expect(await ak.getKey(id)).toMatchObject({ budgetCents: 60, spentCents: 60, heldCents: 0, remainingCents: 0 });
       const rows = await ledger(db, ak);
       expect(rows).toHaveLength(2000);
       expect(rows.every((r) => r.kind === 'charge' && r.amount === 300)).toBe(true);
@@ -1291,19 +1299,19 @@ forEachDatabase((getDb) => {
       await expectAudited(ak);
     });
 
-    it("error: an unknown subject is 'invalid'; a bad subject or bad options throw", async () => {
+    it("error: an unknown subject is 'invalid_key'; a bad subject or bad options throw", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       await ak.ensureSubject('mch_2', { budgetCents: 10 });
       const before = await state(db, ak);
-      expect(await ak.reserveBySubject('mch_unknown', { costCents: 1 })).toEqual({ success: false, reason: 'invalid' });
+      expect(await ak.reserveBySubject('mch_unknown', { costCents: 1 })).toEqual({ success: false, reason: 'invalid_key' });
       expect(await ak.reserveBySubject('mch_2', { costCents: -1 })).toEqual({ success: false, reason: 'invalid_cost' });
       await rejectsWith(() => ak.reserveBySubject('', { costCents: 1 }), 'invalid_argument', 'empty subject');
       await rejectsWith(() => ak.reserveBySubject(42 as never, { costCents: 1 }), 'invalid_argument', 'numeric subject');
       await rejectsWith(() => ak.reserveBySubject('mch_2', { costCents: 1, extra: 1 } as never), 'invalid_argument', 'unknown option');
       expect(await state(db, ak)).toBe(before);
       // A hold of a subject cannot be taken through a raw key path and vice versa: the subject is not a key.
-      expect(await ak.reserve('mch_2', { costCents: 1 })).toEqual({ success: false, reason: 'invalid' });
+      expect(await ak.reserve('mch_2', { costCents: 1 })).toEqual({ success: false, reason: 'invalid_key' });
     });
   });
 });
@@ -1342,7 +1350,9 @@ describe('storage failures', () => {
     expect(await ak.release(42 as never)).toEqual({ success: false, reason: 'reservation_not_found' });
     expect(await ak.commit(unknownReservationId(), { costCents: -1 })).toEqual({ success: false, reason: 'invalid_cost' });
     expect(await ak.reserve(key, { costCents: NaN })).toEqual({ success: false, reason: 'invalid_cost' });
-    expect(await ak.reserve('not-a-key', { costCents: 1 })).toEqual({ success: false, reason: 'invalid' });
+    expect(await ak.reserve('not-a-key', { costCents: 1 })).toEqual({ success: false, reason: 'invalid_key' });
+    // A free charge needs no database call either.
+    expect(await ak.trackUsage(key, { costCents: 0 })).toEqual({ success: true });
     await rejectsWith(() => ak.reserve(key, { costCents: 1, ttl: '0s' }), 'invalid_duration');
     await rejectsWith(() => ak.usage({ bucket: 'week' as never }), 'invalid_argument');
     await rejectsWith(() => ak.adjust(1, { costCents: 0, reason: 'x' }), 'invalid_cost');

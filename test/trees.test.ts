@@ -5,6 +5,7 @@ import { AgentKey, AgentKeyError, createAgentKeyRoutes } from '../src/index.js';
 import { tableNames } from '../src/store/identifiers.js';
 import { type TestDb, forEachDatabase } from './helpers/databases.js';
 import { rejectingPool } from './helpers/faults.js';
+import { soon } from './helpers/wait.js';
 
 /**
  * Issue 4: delegation trees and account ceilings, on PostgreSQL and PGlite.
@@ -256,7 +257,10 @@ forEachDatabase((getDb) => {
       expect(await spentOf(ak, root.id)).toBe(1000);
       const kidSpend = await Promise.all(kids.map((k) => spentOf(ak, k.id)));
       expect(kidSpend.reduce((a, b) => a + b, 0)).toBe(1000);
-      expect(await ak.validate(root.key)).toMatchObject({ valid: true, budgetUsedCents: 1000, budgetRemainingCents: 0 });
+      // Nothing left: validate() refuses the parent (as the package refuses a spent key), and so its children too.
+      expect(await ak.getKey(root.id)).toMatchObject({ spentCents: 1000, heldCents: 0, remainingCents: 0 });
+      expect(await ak.validate(root.key)).toEqual({ valid: false, reason: 'budget_exceeded' });
+      for (const k of kids) expect(await ak.validate(k.key)).toEqual({ valid: false, reason: 'budget_exceeded' });
       // The parent's own charge is refused by its own budget.
       expect(await ak.trackUsage(root.key, { costCents: 0.0001 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: root.id } });
       expect(await ak.trackUsage(root.key, { costCents: 0 })).toMatchObject({ success: true });
@@ -590,9 +594,11 @@ forEachDatabase((getDb) => {
       const k = await ak.create({ accountId: 'acc' });
       expect(await ak.trackUsage(k.key, { costCents: 100 })).toMatchObject({ success: true });
       expect(await ak.trackUsage(k.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'account' } });
-      // Make it as if that spend happened last month, and the account's month has ended.
+      // Make it as if that spend happened last month, and the account's month has ended. (One calendar
+      // month back, not a fixed number of days: early in a month, 40 days back is the month before last,
+      // before the moved period start, and the audit rightly counted none of it.)
       await db.query(`ALTER TABLE ${t.ledger} DISABLE TRIGGER agentkey_append_only`);
-      await db.query(`UPDATE ${t.ledger} SET created_at = created_at - interval '40 days' WHERE account_id = 'acc'`);
+      await db.query(`UPDATE ${t.ledger} SET created_at = created_at - interval '1 month' WHERE account_id = 'acc'`);
       await db.query(`ALTER TABLE ${t.ledger} ENABLE TRIGGER agentkey_append_only`);
       await db.query(
         `UPDATE ${t.accounts} SET period_start_at = period_start_at - interval '1 month', budget_reset_at = now() - interval '1 second' WHERE account_id = 'acc'`,
@@ -701,7 +707,8 @@ forEachDatabase((getDb) => {
       const hold = await ak.reserve(leaf.key, { costCents: 2 });
       expect(await ak.validate(leaf.key)).toMatchObject({ valid: true });
       await db.query(`UPDATE ${ak.tableName} SET expires_at = now() - interval '1 second' WHERE id = $1`, [mid.id]);
-      expect(await ak.validate(leaf.key)).toEqual({ valid: false, reason: 'expired' });
+      // The leaf was validated (and may be cached): a plain SQL edit reaches the cache through LISTEN/NOTIFY, a few ms later.
+      expect(await soon(() => ak.validate(leaf.key), { valid: false, reason: 'expired' })).toEqual({ valid: false, reason: 'expired' });
       expect(await ak.validate(mid.key)).toEqual({ valid: false, reason: 'expired' });
       expect(await ak.validate(root.key)).toMatchObject({ valid: true });
       expect(await ak.validate(other.key)).toMatchObject({ valid: true });
@@ -916,18 +923,22 @@ forEachDatabase((getDb) => {
       app.use(createAgentKeyRoutes(ak));
       const caller = await ak.create({ accountId: 'acc', scopes: ['proxy.*'], budgetCents: 100, budgetPeriod: 'month', expiresIn: '1h' });
       const auth = { Authorization: `Bearer ${caller.key}` };
-      const res = await request(app).post('/sdk-keys').set(auth).send({ scopes: ['proxy.chat'], budget_cents: 80, budget_period: 'day' });
+      // A caller with a budget and an expiry must name both for its child (403 otherwise): nothing is inherited silently.
+      expect((await request(app).post('/sdk-keys').set(auth).send({ scopes: ['proxy.chat'], budget_cents: 80, budget_period: 'day' })).status).toBe(403);
+      const res = await request(app).post('/sdk-keys').set(auth).send({ scopes: ['proxy.chat'], budget_cents: 80, budget_period: 'day', expires_in: '30m' });
       expect(res.status).toBe(201);
       const child = res.body as { key: string; id: number };
-      expect(await ak.getKey(child.id)).toMatchObject({ parentId: caller.id, depth: 1, scopes: ['proxy.chat'], budgetCents: 80, budgetPeriod: 'day', expiresAt: caller.expiresAt });
+      const childInfo = (await ak.getKey(child.id))!;
+      expect(childInfo).toMatchObject({ parentId: caller.id, depth: 1, scopes: ['proxy.chat'], budgetCents: 80, budgetPeriod: 'day' });
+      expect(Date.parse(childInfo.expiresAt!)).toBeLessThanOrEqual(Date.parse(caller.expiresAt!));
       expect((await ak.listKeys({ accountId: 'acc', parentId: caller.id })).map((k) => k.id)).toEqual([child.id]);
       // Wider asks keep the page's status codes.
-      expect((await request(app).post('/sdk-keys').set(auth).send({ scopes: ['billing.read'] })).status).toBe(403);
-      expect((await request(app).post('/sdk-keys').set(auth).send({ budget_cents: 101 })).status).toBe(403);
-      expect((await request(app).post('/sdk-keys').set(auth).send({ expires_in: '2h' })).status).toBe(403);
+      expect((await request(app).post('/sdk-keys').set(auth).send({ scopes: ['billing.read'], budget_cents: 10, expires_in: '30m' })).status).toBe(403);
+      expect((await request(app).post('/sdk-keys').set(auth).send({ budget_cents: 101, expires_in: '30m' })).status).toBe(403);
+      expect((await request(app).post('/sdk-keys').set(auth).send({ budget_cents: 10, expires_in: '2h' })).status).toBe(403);
 
       // A grandchild made by the child through the route counts against both.
-      const gres = await request(app).post('/sdk-keys').set({ Authorization: `Bearer ${child.key}` }).send({ budget_cents: 30 });
+      const gres = await request(app).post('/sdk-keys').set({ Authorization: `Bearer ${child.key}` }).send({ budget_cents: 30, expires_in: '20m' });
       expect(gres.status).toBe(201);
       expect(await ak.getKey(gres.body.id)).toMatchObject({ parentId: child.id, depth: 2, scopes: ['proxy.chat'], budgetCents: 30 });
       expect(await ak.trackUsage(gres.body.key, { costCents: 30 })).toMatchObject({ success: true });
@@ -935,7 +946,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(child.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: child.id } });
       expect(await ak.getKey(caller.id)).toMatchObject({ spentCents: 80, remainingCents: 20 });
       expect(await ak.trackUsage(caller.key, { costCents: 21 })).toMatchObject({ success: false, limitedBy: { kind: 'key', keyId: caller.id } });
-      const sibling = await request(app).post('/sdk-keys').set(auth).send({});
+      const sibling = await request(app).post('/sdk-keys').set(auth).send({ budget_cents: 100, expires_in: '30m' });
       expect(sibling.status).toBe(201);
       expect(await ak.getKey(sibling.body.id)).toMatchObject({ parentId: caller.id, budgetCents: 100, scopes: ['proxy.*'] });
       expect(await ak.trackUsage(sibling.body.key, { costCents: 21 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: caller.id } });

@@ -20,6 +20,19 @@ import {
 export type { AgentKeyRoutesOptions, RouteOptions } from './self-serve.js';
 export type { HeldReservation } from './hold.js';
 
+// As the package declared it: handlers behind agentKeyMiddleware read `req.agentKey` typed.
+declare global {
+  // eslint-disable-next-line @typescript-eslint/no-namespace
+  namespace Express {
+    interface Request {
+      /** The validated key, set by agentKeyMiddleware. */
+      agentKey?: ValidKey;
+      /** The hold taken for this request, when the middleware has `reserveCents`. */
+      agentKeyReservation?: HeldReservation;
+    }
+  }
+}
+
 /** Options of `agentKeyMiddleware`. */
 export type AgentKeyMiddlewareOptions = VerifyOptions & HoldOptions<Req>;
 

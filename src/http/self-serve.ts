@@ -151,8 +151,9 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
       }
       const created = await ak.create({
         ...fields,
-        expiresIn: null,
-        expiresAt,
+        // create() works the expiry out again and checks it against the caller's (a zero
+        // expires_in makes a key expired at once, as on /signup).
+        expiresIn: fields.expiresIn ?? null,
         budgetCents,
         budgetPeriod: parsePeriod(fields.budgetPeriod, 'budget_period'),
         scopes,

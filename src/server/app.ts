@@ -273,7 +273,9 @@ export function createApp(ak: AgentKey, options: AppOptions) {
     async (c) => {
       const { key, ...usage } = c.req.valid('json');
       const result = await ak.trackUsage(key, usage);
-      metrics.charged('charge', result.success ? 'charged' : result.reason, result.success && !result.replayed ? recorded(usage.costCents) : 0);
+      // 'invalid' as before: the library's 'invalid_key' keeps the label that verifications use too.
+      const outcome = result.success ? 'charged' : result.reason === 'invalid_key' ? 'invalid' : result.reason;
+      metrics.charged('charge', outcome, result.success && !result.replayed ? recorded(usage.costCents) : 0);
       if (!result.success) throw spendRefused(result);
       return c.json(result, 200);
     },
@@ -365,6 +367,11 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   app.onError((err, c) => {
     const { status, body } = toHttp(err);
     if (status >= 500) log?.error({ requestId: c.get('requestId'), err: errorDetail(err) }, 'request failed');
+    // The page's routes answer in the package's shape even when the service refused the request first (413, 415).
+    if (selfServe && isSelfServePath(c.req.path)) {
+      const { code, message, ...extra } = (body as { error: { code: string; message: string } }).error;
+      return c.json(packageBody(httpError(status, code, message, extra), 'Failed to create key'), status as 400);
+    }
     return c.json(body, status as 400);
   });
 
@@ -415,6 +422,10 @@ function toHttp(err: unknown): { status: number; body: unknown } {
     return { status: err.status, body: errorBody('bad_request', 'The request could not be handled.') };
   }
   return errorToHttp(err);
+}
+
+function isSelfServePath(path: string): boolean {
+  return path === '/signup' || path === '/sdk-keys' || path.startsWith('/sdk-keys/');
 }
 
 function errorDetail(err: unknown): Record<string, unknown> {

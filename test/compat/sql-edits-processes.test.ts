@@ -37,6 +37,9 @@ forEachDatabase(
         [`UPDATE ${table} SET budget_used_cents = 0 WHERE id = $1`, [k.id], { valid: true, budgetUsedCents: 0, budgetRemainingCents: 100 }],
         [`UPDATE ${table} SET budget_cents = 250 WHERE id = $1`, [k.id], { valid: true, budgetCents: 250, budgetRemainingCents: 250 }],
         [`UPDATE ${table} SET budget_period = 'day' WHERE id = $1`, [k.id], { valid: true, budgetPeriod: 'day' }],
+        [`UPDATE ${table} SET budget_used_cents = 40 WHERE id = $1`, [k.id], { valid: true, budgetUsedCents: 40, budgetRemainingCents: 210 }],
+        // The period's end moved into the past: the next read rolls it over.
+        [`UPDATE ${table} SET budget_reset_at = NOW() - INTERVAL '1 hour' WHERE id = $1`, [k.id], { valid: true, budgetUsedCents: 0, budgetRemainingCents: 250 }],
         [`UPDATE ${table} SET budget_period = NULL WHERE id = $1`, [k.id], { valid: true, budgetPeriod: null, budgetResetAt: null }],
         [`UPDATE ${table} SET scopes = '{read,write}' WHERE id = $1`, [k.id], { valid: true, scopes: ['read', 'write'] }],
         [`UPDATE ${table} SET name = 'second' WHERE id = $1`, [k.id], { valid: true, name: 'second' }],
