@@ -5,18 +5,8 @@ import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError, type AgentKeyRoutesOptions, createAgentKeyRoutes } from '../src/index.js';
 import { forEachDatabase } from './helpers/databases.js';
 import { hangingPool, rejectingPool } from './helpers/faults.js';
-import { expectPackageError } from './helpers/http.js';
+import { PACKAGE_ERRORS, expectPackageError } from './helpers/http.js';
 
-/** The `error` strings the package had for these refusals; any other refusal shows its message. */
-const PACKAGE_ERROR: Record<string, string> = {
-  missing_key: 'Missing API key',
-  invalid_key: 'invalid',
-  key_expired: 'expired',
-  key_revoked: 'revoked',
-  budget_exceeded: 'budget_exceeded',
-  invalid_email: 'Valid email is required',
-  email_required: 'Valid email is required',
-};
 
 /**
  * The routes answer in the package's shape: `{ error: '<string>', code, message }`. `error`
@@ -32,7 +22,7 @@ function expectRouteError(res: request.Response, status: number, code?: string, 
       ? (failure ?? /^(auth_unavailable|Failed to (create|read|revoke) key)$/)
       : signupScopes
         ? /^Scopes not allowed on signup: \S/
-        : (PACKAGE_ERROR[seen] ?? (res.body?.message as string));
+        : (PACKAGE_ERRORS[seen] ?? (res.body?.message as string));
   expectPackageError(res, status, error, code);
 }
 

@@ -11,6 +11,7 @@ import type { SubjectDefaults } from '../src/identity/subjects.js';
 import { AgentKeyError } from '../src/index.js';
 import { tableNames } from '../src/store/identifiers.js';
 import { forEachDatabase } from './helpers/databases.js';
+import { PACKAGE_ERRORS } from './helpers/http.js';
 import {
   CLERK_M2M_CATEGORY,
   CLERK_SESSION_CATEGORY,
@@ -203,15 +204,6 @@ function mount(kind: Adapter, ids: Ids, opts: { scope?: string; reserveCents?: n
   return { call, state };
 }
 
-/** The `error` string of the package's shape (Express) for a code; codes the package never had show their message. */
-const PACKAGE_ERROR: Record<string, string> = {
-  missing_key: 'Missing API key',
-  invalid_key: 'invalid',
-  key_expired: 'expired',
-  key_revoked: 'revoked',
-  budget_exceeded: 'budget_exceeded',
-  insufficient_scope: 'insufficient_scope',
-};
 
 /**
  * A JSON error with this status and code, one sentence, no internals. Hono and fetch send
@@ -223,7 +215,7 @@ function expectError(res: Reply, status: number, code: string): void {
   if (res.adapter === 'express') {
     expect({ status: res.status, code: res.body?.code }).toEqual({ status, code });
     expect(typeof res.body.error).toBe('string');
-    expect(res.body.error).toBe(status >= 500 ? 'auth_unavailable' : (PACKAGE_ERROR[code] ?? res.body.message));
+    expect(res.body.error).toBe(status >= 500 ? 'auth_unavailable' : (PACKAGE_ERRORS[code] ?? res.body.message));
   } else {
     expect({ status: res.status, code: res.body?.error?.code }).toEqual({ status, code });
   }

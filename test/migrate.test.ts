@@ -3,7 +3,7 @@ import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError } from '../src/index.js';
 import { LATEST_VERSION } from '../src/store/migrations.js';
 import { forEachDatabase, type TestDb } from './helpers/databases.js';
-import { packageKey as legacyKey } from './helpers/package.js';
+import { packageKey as legacyKey, packageMigrationSql as pageMigrationSql } from './helpers/package.js';
 
 /** Every version migrate() applies to an empty table, in order. */
 const ALL_VERSIONS = Array.from({ length: LATEST_VERSION }, (_, i) => i + 1);
@@ -22,18 +22,6 @@ function legacyTableSql(table: string, accountType = 'TEXT'): string {
     revoked_at TIMESTAMPTZ)`;
 }
 
-/** The seed page's own migration SQL, verbatim but for the table name. */
-function pageMigrationSql(table: string): string {
-  return `ALTER TABLE ${table}
-    ADD COLUMN IF NOT EXISTS user_id TEXT,
-    ADD COLUMN IF NOT EXISTS scopes TEXT[],
-    ADD COLUMN IF NOT EXISTS budget_cents INTEGER,
-    ADD COLUMN IF NOT EXISTS budget_used_cents INTEGER DEFAULT 0,
-    ADD COLUMN IF NOT EXISTS budget_period TEXT,
-    ADD COLUMN IF NOT EXISTS budget_reset_at TIMESTAMPTZ,
-    ADD COLUMN IF NOT EXISTS expires_at TIMESTAMPTZ,
-    ADD COLUMN IF NOT EXISTS delegated_by TEXT`;
-}
 
 async function insertRow(db: TestDb, table: string, fields: Record<string, unknown>): Promise<number> {
   const cols = Object.keys(fields);

@@ -32,6 +32,21 @@ export function expectOneSentence(message: string): void {
 }
 
 /**
+ * The `error` strings the package sent for these refusals (by this project's code); any
+ * other refusal shows its message there. Written out here, not taken from src/.
+ */
+export const PACKAGE_ERRORS: Readonly<Record<string, string>> = {
+  missing_key: 'Missing API key',
+  invalid_key: 'invalid',
+  key_expired: 'expired',
+  key_revoked: 'revoked',
+  budget_exceeded: 'budget_exceeded',
+  insufficient_scope: 'insufficient_scope',
+  invalid_email: 'Valid email is required',
+  email_required: 'Valid email is required',
+};
+
+/**
  * An error from one of the package's own HTTP surfaces (agentKeyMiddleware, the self-serve
  * routes): `error` is a string, as the package's clients parse it, with this project's
  * `code` and one-sentence `message` beside it.
