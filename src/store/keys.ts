@@ -79,41 +79,48 @@ export interface KeyFilter {
 /** All SQL about keys. Method names follow the use cases of the facade. */
 export class KeyStore {
   private readonly columns: string;
+  private readonly from: string;
 
   constructor(private readonly db: Db, private readonly t: TableNames) {
     const due = (k: string) => `(${k}.budget_period IS NOT NULL AND ${k}.budget_reset_at IS NOT NULL AND ${k}.budget_reset_at <= now())`;
     const live = `h.status = 'held' AND h.expires_at > now()`;
     const heldOn = (k: string) => `(SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.path @> ARRAY[${k}.id::bigint])`;
     const accountDue = `(a.budget_period IS NOT NULL AND a.budget_reset_at <= now())`;
-    this.columns = `id, account_id, name, key_prefix, scopes, budget_micros,
-      (CASE WHEN ${due('k')} THEN 0 ELSE spent_micros END) AS spent_micros, budget_period,
+    const budgeted = 'FILTER (WHERE n.budget_micros IS NOT NULL)';
+    this.columns = `k.id, k.account_id, k.name, k.key_prefix, k.scopes, k.budget_micros,
+      (CASE WHEN ${due('k')} THEN 0 ELSE k.spent_micros END) AS spent_micros, k.budget_period,
       ${heldOn('k')}::bigint AS held_micros,
-      CASE WHEN ${due('k')} THEN ${this.nextReset('k', 'now()')} ELSE budget_reset_at END AS budget_reset_at,
-      expires_at, revoked_at, delegated_by, user_id, external_subject, created_at, last_used_at,
-      parent_id, ancestor_ids, depth,
-      (SELECT min(a.expires_at) FROM ${t.table} a WHERE a.id = ANY(k.ancestor_ids)) AS ancestors_expire_at,
-      -- What each budgeted ancestor and the account's ceiling leave for any key under them.
-      (SELECT COALESCE(array_agg(n.id ORDER BY n.id), '{}') FROM ${t.table} n
-         WHERE n.id = ANY(k.ancestor_ids) AND n.budget_micros IS NOT NULL) AS limit_ids,
-      (SELECT COALESCE(array_agg(n.budget_micros - (CASE WHEN ${due('n')} THEN 0 ELSE n.spent_micros END) - ${heldOn('n')} ORDER BY n.id), '{}')
-         FROM ${t.table} n WHERE n.id = ANY(k.ancestor_ids) AND n.budget_micros IS NOT NULL)::bigint[] AS limit_rooms,
-      (SELECT a.budget_micros - (CASE WHEN ${accountDue} THEN 0 ELSE a.spent_micros END)
-              - (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.account_id = a.account_id)
-         FROM ${t.accounts} a WHERE a.account_id = k.account_id::text)::bigint AS account_room,
-      -- When those figures change by themselves: the first period end among them.
-      LEAST(
-        (SELECT min(CASE WHEN ${due('n')} THEN ${this.nextReset('n', 'now()')} ELSE n.budget_reset_at END)
-           FROM ${t.table} n WHERE n.id = ANY(k.ancestor_ids) AND n.budget_micros IS NOT NULL AND n.budget_period IS NOT NULL),
-        (SELECT CASE WHEN a.budget_period IS NULL THEN NULL WHEN ${accountDue} THEN ${t.schema}agentkey_period_end(a.budget_period, now())
-                     ELSE a.budget_reset_at END
-           FROM ${t.accounts} a WHERE a.account_id = k.account_id::text)) AS path_reset_at,
+      CASE WHEN ${due('k')} THEN ${this.nextReset('k', 'now()')} ELSE k.budget_reset_at END AS budget_reset_at,
+      k.expires_at, k.revoked_at, k.delegated_by, k.user_id, k.external_subject, k.created_at, k.last_used_at,
+      k.parent_id, k.ancestor_ids, k.depth,
+      anc.anc_expire_at AS ancestors_expire_at,
+      COALESCE(anc.anc_limit_ids, '{}') AS limit_ids, COALESCE(anc.anc_limit_rooms, '{}')::bigint[] AS limit_rooms,
+      acct.acct_room::bigint AS account_room,
+      LEAST(anc.anc_reset_at, acct.acct_reset_at) AS path_reset_at,
       statement_timestamp() AS read_at,
       -- A revoked or expired ancestor takes the whole subtree with it.
-      CASE WHEN revoked_at IS NOT NULL OR EXISTS (SELECT 1 FROM ${t.table} a
-                 WHERE a.id = ANY(k.ancestor_ids) AND a.revoked_at IS NOT NULL) THEN 'revoked'
-           WHEN (expires_at IS NOT NULL AND expires_at <= now()) OR EXISTS (SELECT 1 FROM ${t.table} a
-                 WHERE a.id = ANY(k.ancestor_ids) AND a.expires_at <= now()) THEN 'expired'
+      CASE WHEN k.revoked_at IS NOT NULL OR anc.anc_revoked THEN 'revoked'
+           WHEN (k.expires_at IS NOT NULL AND k.expires_at <= now()) OR anc.anc_expired THEN 'expired'
            ELSE 'active' END AS status`;
+    // Each key's ancestors, read once (and not at all for a root key): their expiry and
+    // revocation, and what each budgeted one leaves; then what the account's ceiling leaves.
+    // Both end by themselves at the first period end among them (path_reset_at).
+    this.from = `${t.table} k
+      LEFT JOIN LATERAL (
+        SELECT min(n.expires_at) AS anc_expire_at, bool_or(n.revoked_at IS NOT NULL) AS anc_revoked,
+               bool_or(n.expires_at <= now()) AS anc_expired,
+               array_agg(n.id ORDER BY n.id) ${budgeted} AS anc_limit_ids,
+               array_agg(n.budget_micros - (CASE WHEN ${due('n')} THEN 0 ELSE n.spent_micros END) - ${heldOn('n')} ORDER BY n.id)
+                 ${budgeted} AS anc_limit_rooms,
+               min(CASE WHEN ${due('n')} THEN ${this.nextReset('n', 'now()')} ELSE n.budget_reset_at END)
+                 FILTER (WHERE n.budget_micros IS NOT NULL AND n.budget_period IS NOT NULL) AS anc_reset_at
+        FROM ${t.table} n WHERE cardinality(k.ancestor_ids) > 0 AND n.id = ANY(k.ancestor_ids)) anc ON true
+      LEFT JOIN LATERAL (
+        SELECT a.budget_micros - (CASE WHEN ${accountDue} THEN 0 ELSE a.spent_micros END)
+                 - (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.account_id = a.account_id) AS acct_room,
+               CASE WHEN a.budget_period IS NULL THEN NULL WHEN ${accountDue} THEN ${t.schema}agentkey_period_end(a.budget_period, now())
+                    ELSE a.budget_reset_at END AS acct_reset_at
+        FROM ${t.accounts} a WHERE a.account_id = k.account_id::text) acct ON true`;
   }
 
   private nextReset(k: string, at: string): string {
@@ -187,7 +194,7 @@ export class KeyStore {
   /** Many keys by lookup hash in one query, in the order asked (null where none matches). */
   async findByHashes(hashes: readonly string[]): Promise<(KeyRow | null)[]> {
     const rows = await this.db.query<KeyRow & { key_hash: string }>(
-      `SELECT ${this.columns}, key_hash FROM ${this.t.table} k WHERE key_hash = ANY($1::text[])`,
+      `SELECT ${this.columns}, k.key_hash FROM ${this.from} WHERE k.key_hash = ANY($1::text[])`,
       [hashes],
     );
     const byHash = new Map(rows.map((r) => [r.key_hash, r]));
@@ -201,21 +208,18 @@ export class KeyStore {
 
   async find(ref: KeyRef): Promise<KeyRow | null> {
     const [cond, value] = this.where(ref);
-    const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${cond}`, [value]);
+    const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.${cond}`, [value]);
     return rows[0] ?? null;
   }
 
   async list(f: KeyFilter): Promise<KeyRow[]> {
     const params: unknown[] = [f.limit];
     let where = 'true';
-    if (f.accountId !== null) where += ` AND account_id = $${params.push(f.accountId)}`;
-    if (f.parentId !== null) where += ` AND parent_id = $${params.push(f.parentId)}`;
+    if (f.accountId !== null) where += ` AND k.account_id = $${params.push(f.accountId)}`;
+    if (f.parentId !== null) where += ` AND k.parent_id = $${params.push(f.parentId)}`;
     // A key under a revoked ancestor is revoked too, even if it was created while the revoke ran.
-    if (!f.includeRevoked) {
-      where += ` AND revoked_at IS NULL AND NOT EXISTS (SELECT 1 FROM ${this.t.table} a
-                 WHERE a.id = ANY(k.ancestor_ids) AND a.revoked_at IS NOT NULL)`;
-    }
-    return this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.t.table} k WHERE ${where} ORDER BY id LIMIT $1`, params);
+    if (!f.includeRevoked) where += ` AND k.revoked_at IS NULL AND anc.anc_revoked IS NOT TRUE`;
+    return this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE ${where} ORDER BY k.id LIMIT $1`, params);
   }
 
   /**
