@@ -14,7 +14,7 @@ import { type ListenHandlers, type Subscription, listen } from './store/listen.j
 import { type CacheStats, type CachedKey, KeyCache } from './cache.js';
 import { Coalescer, ItemFailure } from './coalesce.js';
 import { Touches } from './touches.js';
-import { DEFAULT_MAX_DEPTH, fitUnderParent } from './tree.js';
+import { DEFAULT_MAX_DEPTH, fitUnderParent, mayActOn } from './tree.js';
 import { type AccountBudget, type KeyInfo, iso, toAccountBudget, toKeyInfo } from './views.js';
 import {
   type AdjustResult,
@@ -555,10 +555,29 @@ export class AgentKey {
    * Soft-revokes a key and its whole subtree of children, at once. With `accountId`, only a
    * key of that account. True when a key was revoked, false when nothing matched (or it
    * was already revoked).
+   *
+   * With `{ by: keyId }`, a key revokes: the tree is a boundary (`mayActOn`). A key may
+   * revoke itself and its descendants, a root key also other trees of its account; any
+   * other key of the account throws `key_outside_tree`, and one outside it is no match.
+   *
+   * @example await ak.revoke(childId, caller.accountId, { by: caller.id })
    */
-  async revoke(keyId: number | string, accountId?: string | number): Promise<boolean> {
+  async revoke(keyId: number | string, accountId?: string | number | null, options?: { by?: number | string }): Promise<boolean> {
     const id = keyIdNumber(keyId);
     const account = accountId === undefined || accountId === null ? null : accountIdText(accountId);
+    const o = checkOptions<{ by?: number | string }>(options ?? {}, ['by'], 'revoke()');
+    if (o.by !== undefined) {
+      const by = keyIdNumber(o.by, 'by');
+      const [actor, target] = await this.guard(() => Promise.all([this.store.find({ id: by }), this.store.find({ id })]));
+      if (!actor) throw new AgentKeyError('invalid_argument', `No key has id ${by}; \`by\` must name the key that revokes.`);
+      if (!target || target.status === 'revoked' || (account !== null && String(target.account_id) !== account)) return false;
+      if (!mayActOn(actor, target)) {
+        throw new AgentKeyError(
+          'key_outside_tree',
+          `Key ${by} may revoke only itself and its own descendants${actor.parent_id === null ? ' and keys of its account' : ''}; key ${id} is not one of them.`,
+        );
+      }
+    }
     const revoked = await this.guard(() => this.store.revoke(id, account));
     // Here at once; other processes hear it from the database.
     this.changes++;

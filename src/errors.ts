@@ -14,6 +14,7 @@ export type AgentKeyErrorCode =
   | 'parent_not_found'
   | 'parent_inactive'
   | 'depth_exceeded'
+  | 'key_outside_tree'
   | 'not_migrated'
   | 'storage_error';
 

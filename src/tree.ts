@@ -50,3 +50,15 @@ export function fitUnderParent<F extends KeyFields>(
   }
   return { ...fields, scopes, expiresAt };
 }
+
+/**
+ * The tree as a boundary: whether `actor` may act on `target` (revoke it, and any other
+ * step a key takes on a key by id). A key acts on itself and its own descendants; a root
+ * key (no parent) also on the other trees of its account, as the package's self-serve
+ * routes allowed. A child never acts on an ancestor or a sibling.
+ */
+export function mayActOn(actor: KeyRow, target: KeyRow): boolean {
+  if (String(actor.account_id) !== String(target.account_id)) return false;
+  if (target.id === actor.id || target.ancestor_ids.map(Number).includes(Number(actor.id))) return true;
+  return actor.parent_id === null;
+}

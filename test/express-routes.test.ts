@@ -679,6 +679,37 @@ forEachDatabase((getDb) => {
       expectRouteError(await request(app).get('/sdk-keys/me').set(auth(caller.key)), 401, 'key_revoked');
     });
 
+    it('security: the tree is a boundary: a child revokes itself and its descendants, never its parent or a sibling (403, nothing revoked)', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acct_t', budgetCents: 100 });
+      const app = routesApp(ak);
+      const mint = async (key: string) => {
+        const res = await request(app).post('/sdk-keys').set(auth(key)).send({ budget_cents: 1 });
+        expect(res.status).toBe(201);
+        return res.body as { id: number; key: string };
+      };
+      const child = await mint(root.key);
+      const sibling = await mint(root.key);
+      const grandchild = await mint(child.key);
+      for (const target of [root, sibling]) {
+        const res = await request(app).delete(`/sdk-keys/${target.id}`).set(auth(child.key));
+        expectRouteError(res, 403, 'key_outside_tree');
+        expect(res.body.error).toMatch(/may revoke only itself and its own descendants/);
+      }
+      // a grandchild cannot reach up either
+      expectRouteError(await request(app).delete(`/sdk-keys/${child.id}`).set(auth(grandchild.key)), 403, 'key_outside_tree');
+      for (const k of [root, sibling, child, grandchild]) expect(await ak.validate(k.key)).toMatchObject({ valid: true });
+      // its own descendant, then itself
+      expect((await request(app).delete(`/sdk-keys/${grandchild.id}`).set(auth(child.key))).status).toBe(200);
+      expect(await ak.validate(grandchild.key)).toEqual({ valid: false, reason: 'revoked' });
+      expect((await request(app).delete(`/sdk-keys/${child.id}`).set(auth(child.key))).status).toBe(200);
+      expect(await ak.validate(root.key)).toMatchObject({ valid: true });
+      expect(await ak.validate(sibling.key)).toMatchObject({ valid: true });
+      // a root key keeps the package's reach over its account: another tree's key
+      const otherRoot = await ak.create({ accountId: 'acct_t' });
+      expect((await request(app).delete(`/sdk-keys/${sibling.id}`).set(auth(otherRoot.key))).status).toBe(200);
+    });
+
     it("security: a key of another account -> 404, and that key stays valid", async () => {
       const ak = await getDb().agentKey();
       const caller = await ak.create({ accountId: 'acct_p', scopes: ['admin'] });

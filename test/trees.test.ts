@@ -697,6 +697,39 @@ forEachDatabase((getDb) => {
       await auditOk(ak);
     });
 
+    it("security: revoke(id, account, { by }) keeps a key inside its own subtree; a root key reaches its account's other trees", async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acc' });
+      const a = await ak.create({ accountId: 'acc', parentId: root.id });
+      const b = await ak.create({ accountId: 'acc', parentId: root.id });
+      const a1 = await ak.create({ accountId: 'acc', parentId: a.id });
+      const other = await ak.create({ accountId: 'acc' });
+      const stranger = await ak.create({ accountId: 'elsewhere' });
+      // up the tree, sideways, and into another root's tree: refused, nothing revoked
+      for (const [by, target] of [[a, root], [a, b], [a1, a], [a1, b], [a, other]] as const) {
+        await expect(ak.revoke(target.id, 'acc', { by: by.id })).rejects.toMatchObject({
+          code: 'key_outside_tree',
+          message: `Key ${by.id} may revoke only itself and its own descendants; key ${target.id} is not one of them.`,
+        });
+      }
+      for (const k of [root, a, b, a1, other]) expect(await ak.validate(k.key)).toMatchObject({ valid: true });
+      // another account's key is no match, whoever asks
+      expect(await ak.revoke(stranger.id, 'acc', { by: root.id })).toBe(false);
+      expect(await ak.validate(stranger.key)).toMatchObject({ valid: true });
+      // a root key reaches another root's tree in its account
+      expect(await ak.revoke(other.id, 'acc', { by: root.id })).toBe(true);
+      // down the tree, and itself
+      expect(await ak.revoke(a1.id, 'acc', { by: a.id })).toBe(true);
+      expect(await ak.revoke(a.id, 'acc', { by: a.id })).toBe(true);
+      expect(await ak.revoke(a.id, 'acc', { by: a.id })).toBe(false);
+      expect(await ak.validate(b.key)).toMatchObject({ valid: true });
+      // bad input changes nothing
+      await expect(ak.revoke(b.id, 'acc', { by: 'x' })).rejects.toMatchObject({ code: 'invalid_argument' });
+      await expect(ak.revoke(b.id, 'acc', { by: 999_999 })).rejects.toMatchObject({ code: 'invalid_argument', message: expect.stringMatching(/No key has id 999999/) });
+      await expect(ak.revoke(b.id, 'acc', { bye: 1 } as never)).rejects.toMatchObject({ code: 'invalid_argument' });
+      expect(await ak.validate(b.key)).toMatchObject({ valid: true });
+    });
+
     it('happy: an ancestor past its expiry makes every descendant expired on the next validate and refuses their charges', async () => {
       const db = getDb();
       const ak = await db.agentKey();

@@ -20,6 +20,7 @@ const STATUS: Partial<Record<AgentKeyErrorCode, number>> = {
   expiry_exceeds_parent: 403,
   parent_inactive: 403,
   depth_exceeded: 403,
+  key_outside_tree: 403,
   parent_not_found: 404,
   not_migrated: 500,
   storage_error: 500,

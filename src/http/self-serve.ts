@@ -166,9 +166,13 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
       return { status: 201, body: { ...created, accountId: parent.accountId } };
     }),
 
-    /** DELETE /sdk-keys/:id: revokes a key of the caller's own account only. */
+    /**
+     * DELETE /sdk-keys/:id: revokes the caller itself or one of its descendants; a root
+     * caller also other keys of its account. A child never revokes an ancestor or a sibling.
+     */
     revoke: guarded('Failed to revoke key', async ({ key, id }) => {
-      const revoked = await ak.revoke(id as string, (key as ValidKey).accountId);
+      const caller = key as ValidKey;
+      const revoked = await ak.revoke(id as string, caller.accountId, { by: caller.keyId });
       if (!revoked) return fail(404, 'not_found', 'No active key with this id belongs to your account.');
       return { status: 200, body: { revoked: true, id: Number(id) } };
     }),
