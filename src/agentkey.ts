@@ -1,6 +1,6 @@
 import { AgentKeyError } from './errors.js';
 import { checkKeyPrefix, hashKey, lookupHash, mintKey, randomId } from './keys.js';
-import { budgetToMicros, microsToCents } from './money.js';
+import { type CentsInput, budgetToMicros, microsToCents } from './money.js';
 import { accountIdText, checkOptions, keyIdNumber, optionalText } from './options.js';
 import { invalidScopes, parseScopes, scopeAllows } from './scopes.js';
 import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
@@ -88,7 +88,8 @@ export interface BatchingOptions {
 export interface CreateKeyOptions {
   accountId: string | number;
   scopes?: string[] | null;
-  budgetCents?: number | null;
+  /** Cents: a number, or a decimal string (`"500"`, `"0.5"`) read exactly; null for no cap. */
+  budgetCents?: CentsInput | null;
   budgetPeriod?: BudgetPeriod | null;
   /** '30s', '30m', '1h', '7d', '2w', '1mo'; null for no expiry. */
   expiresIn?: string | null;
@@ -461,7 +462,7 @@ export class AgentKey {
    *
    * @example await ak.adjust(42, { costCents: -150, reason: 'refund: provider outage' })
    */
-  async adjust(keyId: number | string, options: { costCents: number; reason: string; metadata?: Record<string, unknown> }): Promise<AdjustResult> {
+  async adjust(keyId: number | string, options: { costCents: CentsInput; reason: string; metadata?: Record<string, unknown> }): Promise<AdjustResult> {
     const id = keyIdNumber(keyId);
     const { micros, metadata } = adjustInput(options);
     const out = await this.spend({ id }, { op: 'adjust', micros, idempotencyKey: null, metadata, holdId: null, ttlMs: null });
@@ -680,9 +681,9 @@ export class AgentKey {
    *
    * @example await ak.setAccountBudget('acct_1', { budgetCents: 10000, budgetPeriod: 'month' })
    */
-  async setAccountBudget(accountId: string | number, options: { budgetCents: number; budgetPeriod?: BudgetPeriod | null }): Promise<AccountBudget> {
+  async setAccountBudget(accountId: string | number, options: { budgetCents: CentsInput; budgetPeriod?: BudgetPeriod | null }): Promise<AccountBudget> {
     const id = accountIdText(accountId);
-    const o = checkOptions<{ budgetCents: number; budgetPeriod?: BudgetPeriod | null }>(options, ['budgetCents', 'budgetPeriod'], 'setAccountBudget()');
+    const o = checkOptions<{ budgetCents: CentsInput; budgetPeriod?: BudgetPeriod | null }>(options, ['budgetCents', 'budgetPeriod'], 'setAccountBudget()');
     const budget = budgetToMicros(o.budgetCents);
     if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents is required; use clearAccountBudget() to remove a ceiling.');
     const period = parsePeriod(o.budgetPeriod);

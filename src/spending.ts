@@ -1,12 +1,13 @@
 import { AgentKeyError } from './errors.js';
-import { MAX_CENTS, centsToMicros, describe, isValidCents, microsToCents } from './money.js';
+import { type CentsInput, centsToMicros, describe, isValidCents, microsToCents } from './money.js';
 import { checkOptions, optionalText } from './options.js';
 import type { SpendOutcome } from './store/spend.js';
 import { durationMs } from './time.js';
 import { remaining } from './views.js';
 
 export interface ChargeOptions {
-  costCents: number;
+  /** Cents: a number, or a decimal string (`"0.3"`) read exactly. */
+  costCents: CentsInput;
   /** Charges with the same idempotency key (per key) are made once; a retry returns the first result. */
   idempotencyKey?: string;
   /** JSON object stored with the ledger row, e.g. `{ model, inputTokens, outputTokens }`. */
@@ -19,7 +20,7 @@ export interface ReserveOptions extends ChargeOptions {
 }
 
 export interface CommitOptions {
-  costCents: number;
+  costCents: CentsInput;
   metadata?: Record<string, unknown>;
 }
 
@@ -158,20 +159,21 @@ export function metadataJson(value: unknown): string | null {
 
 /** Checks an adjustment: a signed cost (refunds negative) and a reason. */
 export function adjustInput(options: unknown): { micros: number; metadata: string } {
-  const o = checkOptions<{ costCents: number; reason: string; metadata?: Record<string, unknown> }>(
+  const o = checkOptions<{ costCents: CentsInput; reason: string; metadata?: Record<string, unknown> }>(
     options,
     ['costCents', 'reason', 'metadata'],
     'adjust()',
   );
   const cents = o.costCents;
-  if (typeof cents !== 'number' || !Number.isFinite(cents) || Math.abs(cents) > MAX_CENTS || cents === 0) {
+  const micros = isValidCents(cents, true) ? centsToMicros(cents) : 0;
+  if (micros === 0) {
     throw new AgentKeyError('invalid_cost', `costCents must be a non-zero number of cents (negative for a refund); got ${describe(cents)}.`);
   }
   const reason = optionalText(o.reason, 'reason', 1_000);
   if (reason === null) throw new AgentKeyError('invalid_argument', 'adjust() needs a reason, such as "refund for a failed call".');
   const extra = metadataJson(o.metadata);
   const metadata = JSON.stringify({ ...(extra ? JSON.parse(extra) : {}), reason });
-  return { micros: centsToMicros(cents), metadata };
+  return { micros, metadata };
 }
 
 export function figures(out: SpendOutcome): SpendFigures {

@@ -495,7 +495,7 @@ forEachDatabase((getDb) => {
       const ak = await db.agentKey();
       const { key } = await ak.create({ accountId: 'a', budgetCents: 100 });
       const before = await snapshot(db, ak);
-      const costs: unknown[] = [-1, -0.0001, NaN, Infinity, -Infinity, '5', '0', null, undefined, 10n, {}, [], true, MAX_CENTS + 1];
+      const costs: unknown[] = [-1, -0.0001, NaN, Infinity, -Infinity, '5e0', ' 0', '-5', null, undefined, 10n, {}, [], true, MAX_CENTS + 1];
       for (const costCents of costs) {
         expect(await ak.trackUsage(key, { costCents } as never), String(costCents)).toEqual({ success: false, reason: 'invalid_cost' });
       }
@@ -1102,7 +1102,8 @@ forEachDatabase((getDb) => {
         [{ accountId: 'a', budgetCents: -1 }, 'invalid_budget'],
         [{ accountId: 'a', budgetCents: NaN }, 'invalid_budget'],
         [{ accountId: 'a', budgetCents: Infinity }, 'invalid_budget'],
-        [{ accountId: 'a', budgetCents: '5000' }, 'invalid_budget'],
+        [{ accountId: 'a', budgetCents: '5e3' }, 'invalid_budget'],
+        [{ accountId: 'a', budgetCents: ' 5000' }, 'invalid_budget'],
         [{ accountId: 'a', budgetCents: MAX_CENTS + 1 }, 'invalid_budget'],
         [{ accountId: 'a', budgetCents: true }, 'invalid_budget'],
         [{ accountId: 'a', budgetPeriod: 'week' }, 'invalid_period'],

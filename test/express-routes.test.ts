@@ -181,7 +181,8 @@ forEachDatabase((getDb) => {
       // ('0d' is no longer among them: a zero duration is valid, as in the package, and makes a key that is expired at once.)
       const cases: [Record<string, unknown>, string][] = [
         [{ budget_cents: -1 }, 'invalid_budget'],
-        [{ budget_cents: '100' }, 'invalid_budget'],
+        [{ budget_cents: '1e2' }, 'invalid_budget'],
+        [{ budget_cents: 'one hundred' }, 'invalid_budget'],
         [{ budget_cents: 1e20 }, 'invalid_budget'],
         [{ budget_cents: true }, 'invalid_budget'],
         [{ budget_cents: {} }, 'invalid_budget'],
@@ -584,6 +585,17 @@ forEachDatabase((getDb) => {
       expect(res.body.expiresAt).toBe(new Date(expiresAt).toISOString());
     });
 
+    it("happy: budget_cents may be a decimal string, compared exactly with the caller's budget", async () => {
+      const ak = await getDb().agentKey();
+      const parent = await ak.create({ accountId: 'acct_p', budgetCents: 100 });
+      const app = routesApp(ak);
+      const ok = await request(app).post('/sdk-keys').set(auth(parent.key)).send({ budget_cents: '99.9999' });
+      expect(ok.status).toBe(201);
+      expect(ok.body).toMatchObject({ budgetCents: 99.9999 });
+      expectRouteError(await request(app).post('/sdk-keys').set(auth(parent.key)).send({ budget_cents: '100.0001' }), 403, 'budget_exceeds_parent');
+      expect(await countRows(getDb, ak)).toBe(2);
+    });
+
     it('error: bad field types -> 400 with a code, and no key', async () => {
       const ak = await getDb().agentKey();
       const parent = await ak.create({ accountId: 'acct_p', scopes: ['proxy.chat'], budgetCents: 100, expiresIn: '1d' });
@@ -593,8 +605,8 @@ forEachDatabase((getDb) => {
         { scopes: [5] },
         { scopes: [''] },
         { scopes: {} },
-        { budget_cents: '50' },
-        { budget_cents: '500' },
+        { budget_cents: '5e1' },
+        { budget_cents: '-50' },
         { budget_cents: -1 },
         { budget_cents: true },
         { budget_cents: [] },

@@ -47,6 +47,41 @@ describe('centsToMicros', () => {
     expect(centsToMicros(1.2e-3)).toBe(12); // exponent form without a sub-micro remainder
   });
 
+  it('happy: float noise lands on the boundary it came from; 10,000 charges of 0.1 + 0.2 cost 3,000 cents, not 3,001', () => {
+    expect(0.1 + 0.2).toBe(0.30000000000000004);
+    expect(centsToMicros(0.1 + 0.2)).toBe(3_000);
+    expect(centsToMicros(0.1 + 0.2, 'down')).toBe(3_000);
+    expect(centsToMicros(0.3 - 0.1)).toBe(2_000); // 0.19999999999999998
+    expect(centsToMicros(0.7 + 0.1)).toBe(8_000); // 0.7999999999999999
+    let total = 0;
+    for (let i = 0; i < 10_000; i++) total += centsToMicros(0.1 + 0.2);
+    expect(microsToCents(total)).toBe(3_000);
+    // a genuine remainder still rounds: up for a cost, down for a budget
+    expect(centsToMicros(0.30001)).toBe(3_001);
+    expect(centsToMicros(0.30001, 'down')).toBe(3_000);
+  });
+
+  it('happy: a sum of decimal prices, in any order, costs what the decimals add up to (property)', () => {
+    fc.assert(
+      fc.property(fc.array(fc.integer({ min: 0, max: 100_000_000 }), { minLength: 1, maxLength: 12 }), (parts) => {
+        const asFloat = parts.reduce((sum, micros) => sum + micros / MICROS_PER_CENT, 0);
+        const exact = parts.reduce((sum, micros) => sum + micros, 0);
+        expect(centsToMicros(asFloat)).toBe(exact);
+      }),
+    );
+  });
+
+  it('happy: a decimal string is read exactly, digit for digit', () => {
+    expect(centsToMicros('0.3')).toBe(3_000);
+    expect(centsToMicros('0.30000000000000004')).toBe(3_001); // written out, it is more than 0.3
+    expect(centsToMicros('0.30000000000000004', 'down')).toBe(3_000);
+    expect(centsToMicros('0.00001')).toBe(1);
+    expect(centsToMicros('15')).toBe(150_000);
+    expect(centsToMicros('-0.5')).toBe(-5_000);
+    expect(centsToMicros(`${MAX_CENTS}`)).toBe(MAX_CENTS * MICROS_PER_CENT);
+    expect(budgetToMicros('500', 'budget_cents')).toBe(5_000_000);
+  });
+
   it('security: a budget finer than a micro-dollar is rounded down, so it is never exceeded', () => {
     expect(centsToMicros(0.00001, 'down')).toBe(0);
     expect(centsToMicros(1.23456, 'down')).toBe(12_345);
@@ -97,9 +132,18 @@ describe('isValidCents', () => {
   });
 
   it('error: refuses negative, NaN, infinite, too large and non-numeric values', () => {
-    for (const v of [-0.0001, -1, NaN, Infinity, -Infinity, MAX_CENTS + 1, '5', null, undefined, 10n, {}, [], true]) {
+    for (const v of [-0.0001, -1, NaN, Infinity, -Infinity, MAX_CENTS + 1, null, undefined, 10n, {}, [], true]) {
       expect(isValidCents(v), String(v)).toBe(false);
     }
+  });
+
+  it('happy: decimal strings are amounts too; anything but plain digits and one point is refused', () => {
+    for (const v of ['5', '0', '0.3', '0.30000000000000004', '15.0000', `${MAX_CENTS}`, `${MAX_CENTS}.000`]) expect(isValidCents(v), v).toBe(true);
+    for (const v of ['', ' 5', '5 ', '-5', '+5', '5e3', '0x10', '1,5', '.5', '5.', '1.2.3', 'NaN', 'Infinity', `${MAX_CENTS}.0001`, '99999999999999999']) {
+      expect(isValidCents(v), v).toBe(false);
+    }
+    expect(isValidCents('-5', true)).toBe(true);
+    expect(isValidCents('--5', true)).toBe(false);
   });
 });
 
@@ -111,7 +155,7 @@ describe('budgetToMicros', () => {
   });
 
   it('error: anything else throws AgentKeyError invalid_budget naming the field', () => {
-    for (const v of [-1, NaN, Infinity, '5', MAX_CENTS + 1, true, {}, []]) {
+    for (const v of [-1, NaN, Infinity, '5e3', '-5', ' 5', MAX_CENTS + 1, true, {}, []]) {
       let err: unknown;
       try {
         budgetToMicros(v, 'budget_cents');

@@ -608,7 +608,8 @@ forEachDatabase((getDb) => {
         [{ accountId: 'a', budget_cents: 100 }, 'invalid_request', /budget_cents/],
         [{ accountId: 'a', account_id: 'b' }, 'invalid_request', /account_id/],
         [{ accountId: 'a', Scopes: ['admin'] }, 'invalid_request', /Scopes/],
-        [{ accountId: 'a', budgetCents: '100' }, 'invalid_request', /budgetCents/],
+        [{ accountId: 'a', budgetCents: '1e2' }, 'invalid_request', /budgetCents/],
+        [{ accountId: 'a', budgetCents: '-1' }, 'invalid_request', /budgetCents/],
         [{ accountId: 'a', budgetCents: -1 }, 'invalid_request', /budgetCents/],
         [{ accountId: 'a', budgetCents: 1e12 }, 'invalid_request', /budgetCents/],
         [{ accountId: 'a', budgetCents: true }, 'invalid_request', /budgetCents/],
@@ -927,7 +928,7 @@ forEachDatabase((getDb) => {
         [{}, 'invalid_request'],
         [{ budgetCents: null }, 'invalid_request'],
         [{ budgetCents: -1 }, 'invalid_request'],
-        [{ budgetCents: '10' }, 'invalid_request'],
+        [{ budgetCents: 'ten' }, 'invalid_request'],
         [{ budgetCents: 1e12 }, 'invalid_request'],
         [{ budget_cents: 10 }, 'invalid_request'],
         [{ budgetCents: 10, budgetPeriod: 'week' }, 'invalid_request'],
@@ -1257,6 +1258,24 @@ forEachDatabase((getDb) => {
       expect(await snapshot(ak)).toEqual(before);
     });
 
+    it('happy: amounts may be decimal strings, read exactly: a key, a charge, a hold and its commit', async () => {
+      const { ak, svc } = await setup();
+      const created = await svc.post('/v1/keys', { accountId: 'acct_s', budgetCents: '10.5' }, ADMIN);
+      expect(created.status).toBe(201);
+      const { key, id } = created.body as { key: string; id: number };
+      const charged = await svc.post('/v1/charge', { key, costCents: '0.30000000000000004' });
+      expect(charged.status).toBe(200);
+      expect(charged.body).toMatchObject({ success: true, budgetUsedCents: 0.3001 });
+      // a number with float noise is charged as the decimal it came from
+      expect((await svc.post('/v1/charge', { key, costCents: 0.1 + 0.2 })).body).toMatchObject({ budgetUsedCents: 0.6001 });
+      const held = await svc.post('/v1/reservations', { key, costCents: '2' });
+      expect(held.status).toBe(201);
+      const rid = (held.body as { reservationId: string }).reservationId;
+      const committed = await svc.post(`/v1/reservations/${rid}/commit`, { key, costCents: '1.25' });
+      expect(committed.body).toMatchObject({ success: true, costCents: 1.25, releasedCents: 0.75 });
+      expect(await ak.getKey(id)).toMatchObject({ budgetCents: 10.5, spentCents: 1.8501 });
+    });
+
     it('error: missing, wrong-typed and unknown fields, malformed JSON, huge bodies -> 400/413/415; nothing is charged', async () => {
       const { ak, svc } = await setup();
       const k = await ak.create({ accountId: 'acct_a', budgetCents: 10 });
@@ -1265,7 +1284,9 @@ forEachDatabase((getDb) => {
         [{}, 'invalid_request'],
         [{ key: k.key }, 'invalid_request', /costCents/],
         [{ costCents: 1 }, 'invalid_request', /key/],
-        [{ key: k.key, costCents: '1' }, 'invalid_request', /costCents/],
+        [{ key: k.key, costCents: '1e0' }, 'invalid_request', /costCents/],
+        [{ key: k.key, costCents: '-1' }, 'invalid_request', /costCents/],
+        [{ key: k.key, costCents: '1000000000000' }, 'invalid_request', /costCents/],
         [{ key: k.key, costCents: -1 }, 'invalid_request', /costCents/],
         [{ key: k.key, costCents: -0.0001 }, 'invalid_request', /costCents/],
         [{ key: k.key, costCents: 1e12 }, 'invalid_request', /costCents/],
@@ -1359,7 +1380,7 @@ forEachDatabase((getDb) => {
       const bodies: [unknown, string][] = [
         [{ key: k.key }, 'invalid_request'],
         [{ key: k.key, costCents: -1 }, 'invalid_request'],
-        [{ key: k.key, costCents: '1' }, 'invalid_request'],
+        [{ key: k.key, costCents: ' 1' }, 'invalid_request'],
         [{ key: k.key, costCents: 1, ttl: 60 }, 'invalid_request'],
         [{ key: k.key, costCents: 1, ttl: 'x'.repeat(17) }, 'invalid_request'],
         [{ key: k.key, costCents: 1, ttl: '25h' }, 'invalid_duration'],
@@ -1511,7 +1532,7 @@ forEachDatabase((getDb) => {
         [{ key: owner.key }, 'invalid_request'],
         [{}, 'invalid_request'],
         [{ key: owner.key, costCents: -1 }, 'invalid_request'],
-        [{ key: owner.key, costCents: '1' }, 'invalid_request'],
+        [{ key: owner.key, costCents: '0x1' }, 'invalid_request'],
         [{ key: owner.key, costCents: null }, 'invalid_request'],
         [{ key: owner.key, costCents: 1e12 }, 'invalid_request'],
         [{ key: owner.key, costCents: 1, cost: 1 }, 'invalid_request'],
@@ -1728,7 +1749,7 @@ forEachDatabase((getDb) => {
       expectSelfServeError(await svc.send('POST', '/signup', { raw: '{"email":' }), 400, notJson, 'invalid_json');
       expectSelfServeError(await svc.send('POST', '/signup', { raw: '[]' }), 400, /\S/);
       expectSelfServeError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, raw: '{"scopes":[' }), 400, notJson, 'invalid_json');
-      expectSelfServeError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, json: { budget_cents: '5' } }), 400, /\S/, 'invalid_budget');
+      expectSelfServeError(await svc.send('POST', '/sdk-keys', { bearer: caller.key, json: { budget_cents: '5 cents' } }), 400, /\S/, 'invalid_budget');
       const hugeSignup = await svc.send('POST', '/signup', { json: { email: 'a@example.com', name: 'x'.repeat(70_000) } });
       const formSignup = await svc.send('POST', '/signup', { raw: 'email=a@b.co', type: 'application/x-www-form-urlencoded' });
       const hugeChild = await svc.send('POST', '/sdk-keys', { bearer: caller.key, json: { pad: 'x'.repeat(70_000) } });

@@ -286,7 +286,9 @@ forEachDatabase((getDb) => {
         ['NaN', { costCents: NaN }],
         ['Infinity', { costCents: Infinity }],
         ['-Infinity', { costCents: -Infinity }],
-        ['string', { costCents: '5' }],
+        ['string not a decimal', { costCents: '5e0' }],
+        ['negative string', { costCents: '-5' }],
+        ['padded string', { costCents: ' 5' }],
         ['null', { costCents: null }],
         ['missing', {}],
         ['over MAX_CENTS', { costCents: MAX_CENTS + 1 }],
@@ -559,7 +561,7 @@ forEachDatabase((getDb) => {
       const { key } = await ak.create({ accountId: 'a', budgetCents: 100 });
       const r = reserved(await ak.reserve(key, { costCents: 30 }));
       const before = await state(db, ak);
-      for (const options of [{ costCents: -1 }, { costCents: -0.0001 }, { costCents: NaN }, { costCents: Infinity }, { costCents: '5' }, {}, null, undefined]) {
+      for (const options of [{ costCents: -1 }, { costCents: -0.0001 }, { costCents: NaN }, { costCents: Infinity }, { costCents: '5e0' }, { costCents: '-5' }, {}, null, undefined]) {
         expect(await ak.commit(r.reservationId, options as never), JSON.stringify(options)).toEqual({ success: false, reason: 'invalid_cost' });
       }
       expect(await state(db, ak)).toBe(before);
@@ -1217,7 +1219,8 @@ forEachDatabase((getDb) => {
         ['zero', { costCents: 0, reason: 'x' }, 'invalid_cost'],
         ['NaN', { costCents: NaN, reason: 'x' }, 'invalid_cost'],
         ['Infinity', { costCents: -Infinity, reason: 'x' }, 'invalid_cost'],
-        ['string cost', { costCents: '-1', reason: 'x' }, 'invalid_cost'],
+        ['non-decimal string cost', { costCents: '-1e0', reason: 'x' }, 'invalid_cost'],
+        ['zero string cost', { costCents: '-0.00', reason: 'x' }, 'invalid_cost'],
         ['missing cost', { reason: 'x' }, 'invalid_cost'],
         ['over MAX_CENTS', { costCents: -(MAX_CENTS + 1), reason: 'x' }, 'invalid_cost'],
         ['unknown option', { costCents: -1, reason: 'x', note: 'y' }, 'invalid_argument'],
@@ -1253,6 +1256,26 @@ forEachDatabase((getDb) => {
       expect(await ak.usage({ keyId: id })).toEqual({ totalCents: 60, count: 2000, buckets: [] });
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
       expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
+    });
+
+    it('happy: float noise is not charged (500 charges of 0.1 + 0.2 cost 150 cents); decimal strings are exact everywhere', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const { key, id } = await ak.create({ accountId: 'acct_f', budgetCents: '150' });
+      const results = await Promise.all(Array.from({ length: 500 }, () => ak.trackUsage(key, { costCents: 0.1 + 0.2 })));
+      expect(results.filter((r) => !r.success)).toEqual([]);
+      expect(await spentMicros(db, ak, id)).toBe(1_500_000);
+      expect((await ledger(db, ak)).every((r) => r.amount === 3_000)).toBe(true);
+      // strings: a budget, a charge, a hold, a commit and an adjustment
+      const s = await ak.create({ accountId: 'acct_f', budgetCents: '10.5' });
+      expect(s.budgetCents).toBe(10.5);
+      expect(await ak.trackUsage(s.key, { costCents: '0.30000000000000004' })).toMatchObject({ success: true, budgetUsedCents: 0.3001 });
+      const hold = await ak.reserve(s.key, { costCents: '2' });
+      if (!hold.success) throw new Error('hold failed');
+      expect(await ak.commit(hold.reservationId, { costCents: '1.25' })).toMatchObject({ success: true, costCents: 1.25, releasedCents: 0.75 });
+      expect(await ak.adjust(s.id, { costCents: '-0.5', reason: 'refund' })).toMatchObject({ success: true, budgetUsedCents: 1.0501 });
+      expect(await ak.setAccountBudget('acct_f', { budgetCents: '1000.25' })).toMatchObject({ budgetCents: 1000.25 });
+      await expectAudited(ak);
     });
 
     it('security: concurrent reserves, charges, commits and releases never pass the budget; ledger equals counters', async () => {

@@ -130,13 +130,13 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         return fail(403, 'scope_not_allowed', 'A key can only grant scopes it holds itself.');
       }
       // Check the types first, so that e.g. "500" is a 400, never compared as a string.
-      budgetToMicros(fields.budgetCents, 'budget_cents');
+      const budgetMicros = budgetToMicros(fields.budgetCents, 'budget_cents');
       const budgetCents = fields.budgetCents ?? null;
       if (parent.budgetCents !== null) {
-        if (budgetCents === null) {
+        if (budgetMicros === null) {
           return fail(403, 'budget_exceeds_parent', `budget_cents is required: the calling key has a budget of ${parent.budgetCents} cents, and the keys it makes may not be unlimited.`);
         }
-        if (budgetCents > parent.budgetCents) {
+        if (budgetMicros > budgetToMicros(parent.budgetCents)!) {
           return fail(403, 'budget_exceeds_parent', `budget_cents may not exceed the calling key's budget of ${parent.budgetCents} cents.`);
         }
       }

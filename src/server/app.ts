@@ -8,7 +8,7 @@ import { timeout } from 'hono/timeout';
 import type { AgentKey, TrackUsageResult, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { type HttpError, errorToHttp, httpError, packageBody } from '../http/errors.js';
-import { MICROS_PER_CENT, centsToMicros } from '../money.js';
+import { type CentsInput, MICROS_PER_CENT, centsToMicros } from '../money.js';
 import { type AgentKeyRoutesOptions, checkRoutesOptions, selfServeHandlers } from '../http/self-serve.js';
 import { TIMEOUT, checkAgentKey, checkVerifyOptions, keyFromHeaders, verifyKey, withTimeout } from '../http/verify.js';
 import { mountDashboard } from './dashboard.js';
@@ -405,7 +405,7 @@ function errors(...statuses: number[]) {
 }
 
 /** Cents as the ledger records them: rounded up to a whole micro-dollar. */
-function recorded(cents: number): number {
+function recorded(cents: CentsInput): number {
   return centsToMicros(cents, 'up') / MICROS_PER_CENT;
 }
 

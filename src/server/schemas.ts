@@ -1,5 +1,5 @@
 import { z } from '@hono/zod-openapi';
-import { MAX_CENTS } from '../money.js';
+import { MAX_CENTS, isValidCents } from '../money.js';
 
 /**
  * The request and response schemas of the HTTP service. The same objects validate
@@ -8,7 +8,17 @@ import { MAX_CENTS } from '../money.js';
  * `budget_cents` for `budgetCents`) is a 400, never silently an unlimited key.
  */
 
-const cents = (description: string) => z.number().min(0).max(MAX_CENTS).openapi({ description, example: 15 });
+// Cents as a number, or as a decimal string ("0.3"), which is read exactly.
+const cents = (description: string) =>
+  z
+    .union([
+      z.number().min(0).max(MAX_CENTS),
+      z
+        .string()
+        .regex(/^\d{1,16}(\.\d{1,40})?$/, 'must be a number of cents, or a decimal string such as "0.3"')
+        .refine((v) => isValidCents(v), `must be at most ${MAX_CENTS} cents`),
+    ])
+    .openapi({ description: `${description} A number, or a decimal string such as "0.3" (exact).`, example: 15 });
 const metadata = z
   .record(z.string(), z.unknown())
   .optional()
