@@ -4,6 +4,15 @@
  * been missed (the connection dropped; they reconnect by themselves), and each payload.
  * The connection never keeps a process alive.
  *
+ * A connection can also go silent with no error at all (its server process stopped, a
+ * network path black-holed): TCP would only notice after minutes. So the listening
+ * connection is checked with a heartbeat (HEARTBEAT_SQL, every HEARTBEAT_EVERY_MS); one not
+ * answered within HEARTBEAT_DEADLINE_MS counts as a lost connection: handlers hear `down`
+ * at once (caches stop serving), the socket is destroyed, and a new connection is made
+ * with the usual backoff. A silent stall is therefore noticed within about
+ * HEARTBEAT_EVERY_MS + HEARTBEAT_DEADLINE_MS (under a second). Opening a connection and its
+ * LISTENs is bounded the same way (CONNECT_DEADLINE_MS). PGlite needs none of this.
+ *
  * Hubs hold handlers weakly: an AgentKey that is dropped without close() (say, one made per
  * request) is collected, leaves its hub, and the last one to go ends the connection.
  */
@@ -99,7 +108,7 @@ interface PgListenClient {
   connect?(): Promise<unknown>;
   end?(): Promise<void>;
   release?(err?: Error | boolean): void;
-  connection?: { stream?: { unref?(): void } };
+  connection?: { stream?: { unref?(): void; destroy?(): void } };
 }
 
 interface PgPoolListen {
@@ -115,6 +124,16 @@ interface PgPoolListen {
 const RETRY_MIN_MS = 50;
 const RETRY_MAX_MS = 5_000;
 const POOL_CHECK_MS = 250;
+/** How long after one heartbeat was answered the next is sent. */
+export const HEARTBEAT_EVERY_MS = 400;
+/** How long a heartbeat may go unanswered before the connection counts as lost. */
+export const HEARTBEAT_DEADLINE_MS = 500;
+/** The heartbeat: trivial, and named so that the listener is easy to find in pg_stat_activity. */
+export const HEARTBEAT_SQL = 'SELECT 1 AS agentkey_listen_heartbeat';
+/** How long connecting and the LISTENs may take before the attempt is dropped and retried. */
+export const CONNECT_DEADLINE_MS = 5_000;
+/** How long a polite end() may take before the socket is destroyed. */
+const END_DEADLINE_MS = 1_000;
 
 class PgHub implements Hub {
   private readonly subs = new Map<string, Set<WeakRef<ListenHandlers>>>();
@@ -123,6 +142,9 @@ class PgHub implements Hub {
   private retryMs = RETRY_MIN_MS;
   private retry: ReturnType<typeof setTimeout> | null = null;
   private watch: ReturnType<typeof setInterval> | null = null;
+  private heartbeat: ReturnType<typeof setTimeout> | null = null;
+  /** Each client's statements, one at a time: a stuck client never holds up the next one's. */
+  private readonly queues = new WeakMap<PgListenClient, Promise<unknown>>();
 
   constructor(private readonly pool: PgPoolListen) {}
 
@@ -139,12 +161,10 @@ class PgHub implements Hub {
     } else this.connect();
   }
 
-  private queue: Promise<unknown> = Promise.resolve();
-
   /** One statement at a time on the listening client (pg deprecates overlapping queries on a client). */
-  private serial(client: { query(text: string): Promise<unknown> }, text: string): Promise<unknown> {
-    const run = this.queue.then(() => client.query(text));
-    this.queue = run.catch(() => {});
+  private serial(client: PgListenClient, text: string): Promise<unknown> {
+    const run = (this.queues.get(client) ?? Promise.resolve()).then(() => client.query(text));
+    this.queues.set(client, run.catch(() => {}));
     return run;
   }
 
@@ -170,41 +190,89 @@ class PgHub implements Hub {
   private connect(): void {
     if (this.connecting || this.client || this.subs.size === 0) return;
     this.connecting = true;
-    this.open().then(
-      async (client) => {
-        client.on('notification', (m) => this.each(m.channel, (h) => h.notify(m.payload ?? '')));
-        client.on('error', () => this.lost(client));
-        client.on('end', () => this.lost(client));
-        try {
-          for (const channel of this.subs.keys()) await this.serial(client, `LISTEN "${channel}"`);
-        } catch {
-          this.connecting = false;
-          this.close(client);
-          this.scheduleRetry();
-          return;
-        }
-        this.connecting = false;
-        if (this.subs.size === 0) return this.close(client);
-        this.client = client;
-        this.retryMs = RETRY_MIN_MS;
-        for (const channel of this.subs.keys()) this.each(channel, (h) => h.up());
-      },
-      () => {
-        this.connecting = false;
-        this.scheduleRetry();
-      },
-    );
+    let client: PgListenClient;
+    try {
+      client = this.newClient();
+    } catch {
+      this.connecting = false;
+      this.scheduleRetry();
+      return;
+    }
+    let done = false;
+    const giveUp = () => {
+      if (done) return;
+      done = true;
+      clearTimeout(deadline);
+      this.connecting = false;
+      destroy(client);
+      this.scheduleRetry();
+    };
+    // A server that accepts but never answers would otherwise leave us connecting forever.
+    const deadline = setTimeout(giveUp, CONNECT_DEADLINE_MS);
+    deadline.unref?.();
+    this.start(client).then(() => {
+      if (done) return;
+      done = true;
+      clearTimeout(deadline);
+      this.connecting = false;
+      if (this.subs.size === 0) return this.close(client);
+      this.client = client;
+      this.retryMs = RETRY_MIN_MS;
+      this.beat(client);
+      for (const channel of this.subs.keys()) this.each(channel, (h) => h.up());
+    }, giveUp);
   }
 
-  private async open(): Promise<PgListenClient> {
+  private newClient(): PgListenClient {
     const Client = this.pool.Client as new (options: unknown) => PgListenClient;
     const client = new Client(this.pool.options);
     // A failed connect emits 'error' too; without a listener it would end the process.
     client.on('error', () => {});
+    return client;
+  }
+
+  /** Connects `client` and LISTENs on every channel. */
+  private async start(client: PgListenClient): Promise<void> {
     await client.connect?.();
     client.connection?.stream?.unref?.();
     this.watchPool();
-    return client;
+    client.on('notification', (m) => this.each(m.channel, (h) => h.notify(m.payload ?? '')));
+    client.on('error', () => this.lost(client));
+    client.on('end', () => this.lost(client));
+    for (const channel of this.subs.keys()) await this.serial(client, `LISTEN "${channel}"`);
+  }
+
+  /**
+   * Sends the next heartbeat in HEARTBEAT_EVERY_MS. Unanswered within HEARTBEAT_DEADLINE_MS,
+   * the connection is lost. A deadline timer that fires late (the event loop was busy) first
+   * lets pending I/O run (setImmediate comes after the poll phase), so an answer already
+   * received is not mistaken for silence.
+   */
+  private beat(client: PgListenClient): void {
+    this.heartbeat = setTimeout(() => {
+      this.heartbeat = null;
+      if (this.client !== client) return;
+      let answered = false;
+      const deadline = setTimeout(() => {
+        setImmediate(() => {
+          if (!answered) this.lost(client);
+        }).unref?.();
+      }, HEARTBEAT_DEADLINE_MS);
+      deadline.unref?.();
+      this.serial(client, HEARTBEAT_SQL).then(
+        () => {
+          answered = true;
+          clearTimeout(deadline);
+          if (this.client === client) this.beat(client);
+        },
+        () => {
+          answered = true;
+          clearTimeout(deadline);
+          this.lost(client);
+        },
+      );
+    }, HEARTBEAT_EVERY_MS);
+    this.heartbeat.unref?.();
   }
 
   /** When the pool is ended, its listener ends too (and its AgentKeys run uncached). */
@@ -221,11 +289,15 @@ class PgHub implements Hub {
     this.watch.unref?.();
   }
 
+  /** The connection failed or went silent: handlers hear `down` now, its socket goes, and a new one is tried. */
   private lost(client: PgListenClient): void {
     if (this.client !== client) return;
     this.client = null;
+    if (this.heartbeat) clearTimeout(this.heartbeat);
+    this.heartbeat = null;
     for (const channel of this.subs.keys()) this.each(channel, (h) => h.down());
-    this.close(client);
+    // Not end(): a silent server would never answer its goodbye, and the socket would linger.
+    destroy(client);
     this.scheduleRetry();
   }
 
@@ -242,15 +314,27 @@ class PgHub implements Hub {
   private shutdown(): void {
     if (this.retry) clearTimeout(this.retry);
     if (this.watch) clearInterval(this.watch);
+    if (this.heartbeat) clearTimeout(this.heartbeat);
     this.retry = null;
     this.watch = null;
+    this.heartbeat = null;
     const client = this.client;
     this.client = null;
     if (client) this.close(client);
   }
 
+  /** Ends politely; a server that does not answer within END_DEADLINE_MS has the socket destroyed. */
   private close(client: PgListenClient): void {
-    if (client.release) client.release(true);
-    else client.end?.().catch(() => {});
+    if (client.release) return client.release(true);
+    const force = setTimeout(() => destroy(client), END_DEADLINE_MS);
+    force.unref?.();
+    client.end?.().then(() => clearTimeout(force), () => destroy(client));
   }
+}
+
+/** Drops a client's socket at once (pending queries fail; nothing waits for the server). */
+function destroy(client: PgListenClient): void {
+  if (client.connection?.stream?.destroy) client.connection.stream.destroy();
+  else if (client.release) client.release(true);
+  else client.end?.().catch(() => {});
 }
