@@ -376,7 +376,8 @@ export class AgentKey {
   /**
    * Settles a hold with the real cost and gives back the rest. The cost is recorded in
    * full even when it passes the hold or the hold has expired (the money was spent).
-   * A second commit returns the first outcome, never a second charge.
+   * A second commit with the same cost returns the first outcome, never a second charge;
+   * one with another cost is `idempotency_conflict`.
    */
   async commit(reservationId: string, options: CommitOptions): Promise<CommitResult> {
     if (options === null || typeof options !== 'object') return { success: false, reason: 'invalid_cost' };
@@ -388,6 +389,7 @@ export class AgentKey {
     const out = await this.settle(reservationId, 'commit', micros, metadata);
     if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
     if (out.outcome === 'already_released') return { success: false, reason: 'already_released' };
+    if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
     const held = out.hold ?? 0;
     const cost = out.committed ?? 0;
     const spent = figures(out);
@@ -406,7 +408,7 @@ export class AgentKey {
     };
   }
 
-  /** Gives a whole hold back. A second release returns the first outcome. */
+  /** Gives a whole hold back. A second release returns the first outcome; an expired hold gives back 0 (no replay). */
   async release(reservationId: string): Promise<ReleaseResult> {
     if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
     const out = await this.settle(reservationId, 'release', 0, null);

@@ -95,7 +95,7 @@ export type CommitResult =
       limitedBy?: LimitedBy;
       replayed?: true;
     } & SpendFigures)
-  | { success: false; reason: 'invalid_cost' | 'reservation_not_found' | 'already_released' };
+  | { success: false; reason: 'invalid_cost' | 'reservation_not_found' | 'already_released' | 'idempotency_conflict' };
 
 export type ReservationStatus = 'held' | 'committed' | 'released' | 'expired';
 

@@ -1438,6 +1438,8 @@ forEachDatabase((getDb) => {
       expect(again.status).toBe(200);
       expect(again.body).toMatchObject({ replayed: true, costCents: 12 });
       expectError(await svc.send('POST', `/v1/reservations/${h}/release`, { bearer: owner.key }), 409, 'already_committed');
+      // A retry that disagrees on the cost is no replay.
+      expectError(await svc.send('POST', `/v1/reservations/${h}/commit`, { json: { costCents: 13 }, bearer: owner.key }), 409, 'idempotency_conflict');
       expect(await ak.getKey(owner.id)).toMatchObject({ spentCents: 12, heldCents: 0 });
       expect(await ak.usage({ keyId: owner.id })).toMatchObject({ totalCents: 12, count: 1 });
 

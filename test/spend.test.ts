@@ -481,8 +481,10 @@ forEachDatabase((getDb) => {
       const before = await state(db, ak);
 
       expect(await ak.commit(r.reservationId, { costCents: 12 })).toEqual({ ...first, replayed: true });
-      // Even with another cost, the first outcome stands.
-      expect(await ak.commit(r.reservationId, { costCents: 99, metadata: { retry: true } })).toEqual({ ...first, replayed: true });
+      // Other metadata is still the same commit; another cost is a conflict, and the first outcome stands.
+      expect(await ak.commit(r.reservationId, { costCents: 12, metadata: { retry: true } })).toEqual({ ...first, replayed: true });
+      expect(await ak.commit(r.reservationId, { costCents: 99 })).toEqual({ success: false, reason: 'idempotency_conflict' });
+      expect(await ak.commit(r.reservationId, { costCents: '12.0001' })).toEqual({ success: false, reason: 'idempotency_conflict' });
       expect(await spentMicros(db, ak, id)).toBe(spent);
       expect(await state(db, ak)).toBe(before);
       expect((await ledger(db, ak)).filter((row) => row.kind === 'commit')).toHaveLength(1);
@@ -611,7 +613,8 @@ forEachDatabase((getDb) => {
       const { key } = await ak.create({ accountId: 'a', budgetCents: 100 });
       const r = reserved(await ak.reserve(key, { costCents: 30, ttl: '1s' }));
       await waitPastExpiry(db, ak, [r.reservationId]);
-      expect(await ak.release(r.reservationId)).toMatchObject({ success: true, reservationId: r.reservationId, releasedCents: 0, holdExpired: true });
+      // Nothing was replayed: the first release says so.
+      expect(await ak.release(r.reservationId)).toEqual({ success: true, reservationId: r.reservationId, releasedCents: 0, holdExpired: true });
       expect(await hold(db, ak, r.reservationId)).toMatchObject({ status: 'expired' });
       // The hold ended once: one 'expire' row, no 'release' row.
       expect((await ledger(db, ak)).map((row) => [row.kind, row.amount])).toEqual([

@@ -519,6 +519,9 @@ function settleRefused(reason: string): ApiError {
   if (reason === 'reservation_not_found') return new ApiError(404, 'reservation_not_found', 'This key has no reservation with this id.');
   if (reason === 'already_released') return new ApiError(409, 'already_released', 'The hold was already released; it cannot be committed.');
   if (reason === 'already_committed') return new ApiError(409, 'already_committed', 'The hold was already committed; it cannot be released.');
+  if (reason === 'idempotency_conflict') {
+    return new ApiError(409, 'idempotency_conflict', 'The hold was already committed with a different cost; a retry must repeat the same cost.');
+  }
   return new ApiError(400, reason, 'costCents must be a number of cents of at least 0.');
 }
 

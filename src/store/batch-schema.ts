@@ -227,7 +227,9 @@ export function batchFunctions(t: TableNames): Definition[] {
           v_key := k_id[v_ref]; v_k := k_pos[v_ref]; v_c := k_cpos[v_ref];
           o_key[i] := v_key; o_budget[i] := s_budget[v_k]; o_hamount[i] := h_amount[v_ref];
           IF h_status[v_ref] = 'committed' THEN
-            o_outcome[i] := CASE WHEN p_op[i] = 'commit' THEN 'replayed' ELSE 'already_committed' END;
+            -- A second commit replays the first only when it asks for the same cost.
+            o_outcome[i] := CASE WHEN p_op[i] <> 'commit' THEN 'already_committed'
+                                 WHEN h_committed[v_ref] = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
             o_committed[i] := h_committed[v_ref]; o_expired[i] := h_settled[v_ref] >= h_expires[v_ref];
           ELSIF h_status[v_ref] = 'released' THEN
             o_outcome[i] := CASE WHEN p_op[i] = 'release' THEN 'replayed' ELSE 'already_released' END;
@@ -235,7 +237,8 @@ export function batchFunctions(t: TableNames): Definition[] {
           ELSE
             v_live := h_status[v_ref] = 'held' AND h_expires[v_ref] > v_now;
             IF p_op[i] = 'release' AND NOT v_live THEN
-              o_outcome[i] := 'replayed'; o_expired[i] := true; o_released[i] := 0;
+              -- Nothing to give back (its expiry did), and nothing replayed either.
+              o_outcome[i] := 'ok'; o_expired[i] := true; o_released[i] := 0;
             ELSE
               IF v_live THEN
                 FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_held[v_pos[j]] := s_held[v_pos[j]] - h_amount[v_ref]; END LOOP;

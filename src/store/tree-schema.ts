@@ -219,7 +219,9 @@ export function treeFunctions(t: TableNames): Definition[] {
       ${lockAndRoll}
       SELECT * INTO h FROM ${t.holds} WHERE id = p_hold_id FOR UPDATE;
       IF h.status = 'committed' THEN
-        RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'commit' THEN 'replayed' ELSE 'already_committed' END,
+        -- A second commit replays the first only when it asks for the same cost.
+        RETURN jsonb_build_object('outcome', CASE WHEN p_op <> 'commit' THEN 'already_committed'
+                                                  WHEN h.committed_micros = p_micros THEN 'replayed' ELSE 'idempotency_conflict' END,
           'hold', h.amount_micros, 'committed', h.committed_micros, 'expired', h.settled_at >= h.expires_at, ${figures});
       ELSIF h.status = 'released' THEN
         RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'release' THEN 'replayed' ELSE 'already_released' END,
@@ -228,7 +230,8 @@ export function treeFunctions(t: TableNames): Definition[] {
       v_live := h.status = 'held' AND h.expires_at > v_now;
       IF p_op = 'release' THEN
         IF NOT v_live THEN
-          RETURN jsonb_build_object('outcome', 'replayed', 'expired', true, 'hold', h.amount_micros, 'released', 0, ${figures});
+          -- Nothing to give back (its expiry did), and nothing replayed either.
+          RETURN jsonb_build_object('outcome', 'ok', 'expired', true, 'hold', h.amount_micros, 'released', 0, ${figures});
         END IF;
         UPDATE ${t.holds} SET status = 'released', settled_at = v_now WHERE id = h.id;
         INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
