@@ -1128,6 +1128,49 @@ forEachDatabase((getDb) => {
       expect(await snapshot(db, ak)).toBe(before);
     });
 
+    it('security: control and bidi characters in any text are invalid_argument naming the field, and nothing is written', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const { key, id } = await ak.create({ accountId: 'acct_ok', budgetCents: 100 });
+      await ak.trackUsage(key, { costCents: 1 });
+      await ak.ensureSubject('mch_ok');
+      const state = async () => [await snapshot(db, ak), JSON.stringify(await ak.ledger({ limit: 1000 })), JSON.stringify(await ak.listAccounts())];
+      const before = await state();
+      // ESC (an ANSI colour), BEL, NUL, DEL, C1 CSI, a right-to-left override, an isolate, marks.
+      const bad = ['\u001b[31m', '\u0007', '\u0000', '\u007f', '\u009b', '\u202e', '\u2066', '\u200f', '\u061c', '\n', '\t'];
+      const calls: [string, (text: string) => Promise<unknown>][] = [
+        ['name', (t) => ak.create({ accountId: 'a', name: t })],
+        ['accountId', (t) => ak.create({ accountId: t })],
+        ['delegatedBy', (t) => ak.create({ accountId: 'a', delegatedBy: t })],
+        ['userId', (t) => ak.create({ accountId: 'a', userId: t })],
+        ['name', (t) => ak.create({ accountId: 'acct_ok', parentId: id, name: t })],
+        ['subject', (t) => ak.ensureSubject(t)],
+        ['name', (t) => ak.ensureSubject('mch_new', { name: t })],
+        ['accountId', (t) => ak.ensureSubject('mch_new', { accountId: t })],
+        ['accountId', (t) => ak.setAccountBudget(t, { budgetCents: 5 })],
+        ['idempotencyKey', (t) => ak.trackUsage(key, { costCents: 1, idempotencyKey: t })],
+        ['idempotencyKey', (t) => ak.reserve(key, { costCents: 1, idempotencyKey: t })],
+        ['subject', (t) => ak.trackUsageBySubject(t, { costCents: 1 })],
+        ['reason', (t) => ak.adjust(id, { costCents: 1, reason: t })],
+        ['accountId', (t) => ak.listKeys({ accountId: t })],
+      ];
+      for (const [field, call] of calls) {
+        for (const c of bad) {
+          const label = `${field} with U+${c.codePointAt(0)!.toString(16).padStart(4, '0')}`;
+          const err = await rejectsWith(() => call(`ok${c}ok`), 'invalid_argument', label);
+          expect(err.message, label).toMatch(new RegExp(`^${field} must not contain control characters`));
+          expect(err.message, label).toContain(`U+${c.codePointAt(0)!.toString(16).toUpperCase().padStart(4, '0')} at index 2`);
+          // Never the database's wording, never the text itself.
+          expect(err.message, label).not.toMatch(/invalid byte sequence|0x00|does not fit/);
+          expect(err.message, label).not.toContain(c);
+        }
+      }
+      expect(await state()).toEqual(before);
+      // Other text is as welcome as ever: accents, scripts that run right to left, emoji with joiners.
+      const fine = await ak.create({ accountId: 'compte_é', name: 'Café ☕ שלום مرحبا 👩‍👩‍👧', delegatedBy: 'Zoë', userId: 'ünï@example.com' });
+      expect(await ak.getKey(fine.id)).toMatchObject({ accountId: 'compte_é', name: 'Café ☕ שלום مرحبا 👩‍👩‍👧', delegatedBy: 'Zoë' });
+    });
+
     it('error: validate of a non-string, empty or huge key is { valid: false, reason: invalid }', async () => {
       const ak = await getDb().agentKey();
       for (const raw of [undefined, null, 42, {}, [], '', ' ', 'ak_', 'ak_' + 'x'.repeat(1_000_000), 'Bearer ak_abc']) {

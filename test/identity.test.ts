@@ -600,6 +600,10 @@ forEachDatabase((getDb) => {
       expectInvalidArgument(() => jwtSubjects(ak, { jwks } as never), /subject defaults/);
       expectInvalidArgument(() => jwtSubjects(ak, { jwks, subject: null } as never), /subject defaults/);
       expectInvalidArgument(() => jwtSubjects(ak, { jwks, subject: 'budget' } as never), /subject defaults/);
+      // Text defaults follow the library's rule for text, checked when the adapter is built.
+      expectInvalidArgument(() => jwtSubjects(ak, { jwks, subject: { name: 'agent\u001b[2J' } }), /^subject\.name must not contain control characters/);
+      expectInvalidArgument(() => jwtSubjects(ak, { jwks, subject: { delegatedBy: '\u202eevil' } }), /^subject\.delegatedBy must not contain control characters/);
+      expectInvalidArgument(() => jwtSubjects(ak, { jwks, subject: { accountId: 'acct\u0000' } }), /^subject\.accountId must not contain control characters/);
       expectInvalidArgument(() => jwtSubjects(ak, undefined as never), /needs options/);
       expectInvalidArgument(() => jwtSubjects(ak, { jwks, subject, tokenScopes: 'widen' as never }), /tokenScopes/);
       expectInvalidArgument(() => jwtSubjects({} as never, { jwks, subject }), /AgentKey instance/);

@@ -653,6 +653,41 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(zero.body.key)).toEqual({ valid: false, reason: 'expired' });
     });
 
+    it('security: control and bidi characters in names, ids and labels -> 400 invalid_argument naming the field, never the database\'s words; nothing changes', async () => {
+      const { ak, svc } = await setup({ selfServe: { signupRateLimit: false } });
+      const k = await ak.create({ accountId: 'acct_t', budgetCents: 100 });
+      const before = await snapshot(ak);
+      const esc = 'red\u001b[31m', rlo = 'gpj\u202eexe', nul = 'nul\u0000x', bel = 'bel\u0007';
+      const cases: [string, string, CallOptions, RegExp][] = [
+        ['POST', '/v1/keys', { bearer: ADMIN, json: { accountId: 'a', name: esc } }, /^name must not contain control characters.*U\+001B/],
+        ['POST', '/v1/keys', { bearer: ADMIN, json: { accountId: 'a', name: rlo } }, /^name must not contain control characters.*U\+202E/],
+        ['POST', '/v1/keys', { bearer: ADMIN, json: { accountId: 'a', name: nul } }, /^name must not contain control characters.*U\+0000/],
+        ['POST', '/v1/keys', { bearer: ADMIN, json: { accountId: nul } }, /^accountId must not contain control characters.*U\+0000/],
+        ['POST', '/v1/keys', { bearer: ADMIN, json: { accountId: rlo } }, /^accountId must not contain control characters/],
+        ['POST', '/v1/keys', { bearer: ADMIN, json: { accountId: 'a', delegatedBy: bel } }, /^delegatedBy must not contain control characters/],
+        ['POST', '/v1/keys', { bearer: ADMIN, json: { accountId: 'a', userId: nul } }, /^userId must not contain control characters/],
+        ['PUT', `/v1/accounts/${encodeURIComponent(esc)}/budget`, { bearer: ADMIN, json: { budgetCents: 5 } }, /^accountId must not contain control characters/],
+        ['GET', `/v1/keys?accountId=${encodeURIComponent(nul)}`, { bearer: ADMIN }, /^accountId must not contain control characters/],
+        ['POST', '/v1/charge', { json: { key: k.key, costCents: 1, idempotencyKey: esc } }, /^idempotencyKey must not contain control characters/],
+        ['POST', '/v1/charge', { json: { key: k.key, costCents: 1, idempotencyKey: nul } }, /^idempotencyKey must not contain control characters/],
+      ];
+      for (const [method, path, o, message] of cases) {
+        const res = await svc.send(method, path, o);
+        const label = `${method} ${path} ${JSON.stringify(o.json)}`;
+        expect(res.status, label).toBe(400);
+        expectError(res, 400, 'invalid_argument');
+        expect(res.body.error.message, label).toMatch(message);
+        expect(res.body.error.message, label).not.toMatch(/invalid byte sequence|0x00|does not fit/);
+      }
+      // The self-serve routes refuse them too, in the package's shape.
+      const signup = await svc.send('POST', '/signup', { json: { email: 'a@example.com', name: esc } });
+      expectSelfServeError(signup, 400, /must not contain control characters/, 'invalid_argument');
+      const child = await svc.send('POST', '/sdk-keys', { bearer: k.key, json: { name: rlo, budget_cents: 1 } });
+      expectSelfServeError(child, 400, /must not contain control characters/, 'invalid_argument');
+      expect(await snapshot(ak)).toEqual(before);
+      expect(await ak.listAccounts()).toEqual([expect.objectContaining({ accountId: 'acct_t', ceiling: null })]);
+    });
+
     it('error: malformed JSON, an empty body and no body -> 400; nothing is created', async () => {
       const { db, ak, svc } = await setup();
       for (const raw of ['{"accountId": ', '{accountId: "a"}', "{'accountId':'a'}", '{"accountId":"a",}', '', ' ', 'undefined', '{"accountId":"a"}{}']) {

@@ -3,7 +3,7 @@ import { AgentKeyError } from '../errors.js';
 import { httpError } from '../http/errors.js';
 import type { Authenticate, Identity } from '../http/verify.js';
 import { budgetToMicros } from '../money.js';
-import { accountIdText, checkOptions } from '../options.js';
+import { accountIdText, checkOptions, optionalText } from '../options.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
 import { parseDuration, parsePeriod } from '../time.js';
 
@@ -103,6 +103,7 @@ function checkDefaults(d: SubjectDefaults): void {
   parsePeriod(d.budgetPeriod, 'subject.budgetPeriod');
   if (d.expiresIn !== undefined && d.expiresIn !== null) parseDuration(d.expiresIn, 'subject.expiresIn');
   if (d.accountId !== undefined && typeof d.accountId !== 'function') accountIdText(d.accountId, 'subject.accountId');
+  for (const field of ['name', 'delegatedBy', 'userId'] as const) optionalText(d[field], `subject.${field}`);
 }
 
 /** The token's scopes that the row's scopes allow: a token may narrow, never widen. */
