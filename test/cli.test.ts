@@ -126,6 +126,8 @@ describe('no database needed', () => {
     ['usage --since after --until', ['usage', '--since', '1d', '--until', '2d'], /^agentkey: --since must be before --until\.$/],
     ['accounts budget --set-cents with --clear', ['accounts', 'budget', 'a', '--set-cents', '5', '--clear'], /^agentkey: Use --set-cents or --clear, not both\.$/],
     ['accounts budget --period alone', ['accounts', 'budget', 'a', '--period', 'day'], /^agentkey: --period goes with --set-cents\.$/],
+    // What the terminal is given back of an argument is escaped, never replayed.
+    ['keys show with an escape sequence', ['keys', 'show', '1\u001b[2J\u202e'], /^agentkey: .*'1\\x1b\[2J\\u202e' is invalid/],
   ];
   const results = new Map<string, CliResult>();
   beforeAll(async () => {
@@ -394,6 +396,36 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
     expect(listed).toMatch(new RegExp(`│ ${a.id}\\s+│.*│ \\$10\\.00\\s+│ \\$1\\.25\\s+│ \\$0\\.00\\s+│ \\$8\\.75\\s+│`));
     expect(listed).toMatch(new RegExp(`│ ${b.id}\\s+│.*│ unlimited\\s+│ \\$2\\.0015\\s+│ \\$0\\.00\\s+│ unlimited\\s+│`));
   }, 60_000);
+
+  it('security: names, ids and labels that SQL gave escape sequences, BEL or bidi overrides are shown escaped, never raw; --json gives them back exactly', async () => {
+    const evil = { name: 'x\u001b[31mred\u0007\u202eevil\u009b', accountId: 'acct\u2066evil\nz', delegatedBy: 'bob\u200f\u001b]0;title\u0007' };
+    const ak = new AgentKey({ pool });
+    let id: number;
+    try {
+      await ak.migrate();
+      id = (await ak.create({ accountId: 'acct_sql', name: 'plain' })).id;
+    } finally {
+      await ak.close();
+    }
+    // Written by SQL, past the library's checks, as anyone with access to the table can.
+    await pool.query('UPDATE sdk_api_keys SET name = $1, account_id = $2, delegated_by = $3 WHERE id = $4', [evil.name, evil.accountId, evil.delegatedBy, id]);
+    const [list, show, listJson, showJson] = await Promise.all([
+      run(['keys', 'list'], env()).then(ok),
+      run(['keys', 'show', String(id)], env()).then(ok),
+      run(['keys', 'list', '--json'], env()).then(ok),
+      run(['keys', 'show', String(id), '--json'], env()).then(ok),
+    ]);
+    // No control character but the line breaks, no bidi mark, override or isolate.
+    const RAW = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+    for (const text of [list, show, listJson, showJson]) expect(text).not.toMatch(RAW);
+    expect(show).toMatch(/│ name\s+│ x\\x1b\[31mred\\x07\\u202eevil\\x9b\s+│/);
+    expect(show).toMatch(/│ account\s+│ acct\\u2066evil\\nz\s+│/);
+    expect(show).toMatch(/│ delegated by\s+│ bob\\u200f\\x1b\]0;title\\x07\s+│/);
+    expect(list).toMatch(new RegExp(`│ ${id}\\s+│ x\\\\x1b\\[31mred\\\\x07\\\\u202eevil\\\\x9b\\s+│ acct\\\\u2066evil\\\\nz\\s+│`));
+    // JSON escapes them too, and parses back to the very text stored.
+    expect(JSON.parse(showJson)).toMatchObject({ id, ...evil });
+    expect((JSON.parse(listJson).keys as { id: number }[]).find((k) => k.id === id)).toMatchObject(evil);
+  });
 
   it('admin-key rotate: prints a new key once and stores only its hash', async () => {
     const stored = async () => (await pool.query<{ sha256: string }>('SELECT sha256 FROM agentkey_admin_key')).rows.map((r) => r.sha256);

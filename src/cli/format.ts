@@ -11,10 +11,48 @@ export function dollars(cents: number | null): string {
   return `${value < 0 ? '-' : ''}$${Math.abs(Number(whole)).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;
 }
 
+/**
+ * What must never reach a terminal as is: control characters (C0, DEL, C1: escape
+ * sequences, BEL...), format characters (bidi overrides and isolates, zero-width spaces;
+ * not the zero-width joiner inside emoji), line and paragraph separators, lone surrogates.
+ */
+const UNPRINTABLE = /[\p{Cc}\p{Zl}\p{Zp}]|(?!\u200d)\p{Cf}|\p{Cs}/gu;
+
+const hex = (n: number, width: number) => n.toString(16).padStart(width, '0');
+
+const SHORT: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+
+/**
+ * Text as it can be shown on a terminal: every unprintable character as an escape, \n,
+ * \x1b, \u202e or \u{e0001}. Rows written by SQL may hold anything, so everything the CLI
+ * shows of the database goes through here.
+ */
+export function printable(text: string): string {
+  return text.replace(UNPRINTABLE, (c) => {
+    const code = c.codePointAt(0) as number;
+    return SHORT[c] ?? (code <= 0xff ? `\\x${hex(code, 2)}` : code <= 0xffff ? `\\u${hex(code, 4)}` : `\\u{${hex(code, 0)}}`);
+  });
+}
+
+/** printable() for text of several lines: its line breaks are kept. */
+export function printableLines(text: string): string {
+  return text.split('\n').map(printable).join('\n');
+}
+
+/**
+ * JSON for a terminal: JSON.stringify (which escapes C0 controls), with every other
+ * unprintable character escaped as \uXXXX too, so it parses to the same value.
+ */
+export function printableJson(value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(UNPRINTABLE, (c) =>
+    c === '\n' ? c : Array.from({ length: c.length }, (_, i) => `\\u${hex(c.charCodeAt(i), 4)}`).join(''),
+  );
+}
+
 export function table(head: string[], rows: (string | number)[][]): string {
   // No colours: output goes to pipes and logs as often as to a terminal.
   const t = new Table({ head, style: { head: [], border: [] } });
-  t.push(...rows.map((r) => r.map(String)));
+  t.push(...rows.map((r) => r.map((cell) => printable(String(cell)))));
   return t.toString();
 }
 
@@ -64,7 +102,7 @@ export function keyDetails(k: KeyInfo): string {
     ['delegated by', k.delegatedBy ?? '-'],
   ];
   const t = new Table({ style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
-  t.push(...rows.map(([name, value]) => ({ [name]: value })));
+  t.push(...rows.map(([name, value]) => ({ [name]: printable(value) })));
   return t.toString();
 }
 

@@ -8,7 +8,7 @@ import { rotateAdminKey } from '../server/admin-key.js';
 import { startServer } from '../server/serve.js';
 import { StartupError, type Storage, openStorage } from '../server/storage.js';
 import { parseInstant } from '../time.js';
-import { accountDetails, keyDetails, keysTable, usageReport } from './format.js';
+import { accountDetails, keyDetails, keysTable, printable, printableJson, printableLines, usageReport } from './format.js';
 
 interface Common {
   dataDir: string;
@@ -20,8 +20,9 @@ interface Common {
 /** A mistake the user can fix: shown as one line, exit code 1. */
 class UserError extends Error {}
 
-const out = (text: string) => process.stdout.write(text.endsWith('\n') ? text : `${text}\n`);
-const json = (value: unknown) => out(JSON.stringify(value, null, 2));
+// Whatever is shown may hold text from the database (names, ids...): unprintable characters are escaped.
+const out = (text: string) => process.stdout.write(`${printableLines(text.endsWith('\n') ? text.slice(0, -1) : text)}\n`);
+const json = (value: unknown) => process.stdout.write(`${printableJson(value)}\n`);
 
 /** Shows a spinner on a terminal while `work` runs (nothing when stderr is piped). */
 async function progress<T>(text: string, work: () => Promise<T>): Promise<T> {
@@ -97,7 +98,7 @@ export function buildProgram(): Command {
     .description('Scoped, budgeted, time-bounded API keys for AI agents: the service and its operator CLI.')
     .version(version(), '-v, --version')
     // One line: the mistake and where to look.
-    .configureOutput({ outputError: (str, write) => write(`agentkey: ${str.replace(/^error: /, '').trim().replace(/\.?$/, '')} (see --help).\n`) })
+    .configureOutput({ outputError: (str, write) => write(`agentkey: ${printable(str.replace(/^error: /, '').trim().replace(/\.?$/, ''))} (see --help).\n`) })
     .exitOverride();
 
   withCommon(program.command('serve'))
@@ -334,7 +335,7 @@ export async function main(argv: string[]): Promise<void> {
       process.exitCode = (err as { exitCode: number }).exitCode;
       return;
     }
-    process.stderr.write(`agentkey: ${oneLine(err)}\n`);
+    process.stderr.write(`agentkey: ${printable(oneLine(err))}\n`);
     process.exitCode = 1;
   }
 }
