@@ -1,5 +1,6 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import { PGlite } from '@electric-sql/pglite';
 import path from 'node:path';
 import type { Command } from 'commander';
 import pg from 'pg';
@@ -144,6 +145,22 @@ describe('no database needed', () => {
     expect(extra, `these printed more than one line, e.g.:\n${(results.get(extra[0] ?? '') as CliResult | undefined)?.stderr}`).toEqual([]);
   });
 
+  it('read-only commands where there is no database (the default ./.agentkey, or --data-dir): one line, exit 1, and no directory is created', async () => {
+    const missing = path.join(cwd, 'no-such-dir');
+    const reads = [['keys', 'list'], ['keys', 'show', '1'], ['usage'], ['accounts', 'budget', 'acct_1'], ['keys', 'revoke', '1']];
+    const results = await Promise.all([
+      ...reads.map((args) => run(args)),
+      ...reads.map((args) => run([...args, '--data-dir', missing])),
+    ]);
+    results.forEach((result, i) => {
+      const where = i < reads.length ? path.join(cwd, '.agentkey') : missing;
+      expect(linesOf(result.stderr)[0]).toBe(`agentkey: No agentkey database in ${where}; check --data-dir (or AGENTKEY_DATA_DIR), or create one with \`agentkey migrate\`.`);
+      expectFailure(result, /No agentkey database/);
+      expectOneLine(result);
+    });
+    expect(fs.existsSync(missing)).toBe(false);
+  }, 120_000);
+
   it('no mistake opened or created a database', () => {
     expect(fs.readdirSync(cwd)).toEqual([]);
   });
@@ -210,6 +227,44 @@ describe('on PGlite (a temp data directory)', () => {
   }, 60_000);
 });
 
+describe('on PGlite: a mistyped --table', () => {
+  let dataDir: string;
+  beforeAll(() => {
+    dataDir = tempDir('agentkey-cli-table');
+  });
+  afterAll(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+
+  /** Every table in the data directory's database (no CLI may hold it meanwhile). */
+  async function tables(): Promise<string[]> {
+    const db = await PGlite.create({ dataDir: path.join(dataDir, 'pgdata') });
+    try {
+      const rows = await db.query<{ name: string }>(
+        `SELECT table_schema || '.' || table_name AS name FROM information_schema.tables
+         WHERE table_schema NOT IN ('pg_catalog', 'information_schema') ORDER BY 1`,
+      );
+      return rows.rows.map((r) => r.name);
+    } finally {
+      await db.close();
+    }
+  }
+
+  it('read-only commands, revoke and --clear: one line naming the table, exit 1, and no table is created', async () => {
+    ok(await run(['keys', 'create', '--account', 'acct_1', '--name', 'first'], { AGENTKEY_DATA_DIR: dataDir }));
+    const before = await tables();
+    expect(before).toContain('public.sdk_api_keys');
+    const commands = [['keys', 'list'], ['usage'], ['accounts', 'budget', 'acct_1'], ['keys', 'revoke', '1']];
+    // One at a time: one process at a time opens a data directory.
+    for (const args of commands) {
+      const result = await run([...args, '--table', 'sdk_api_keyz'], { AGENTKEY_DATA_DIR: dataDir });
+      expectFailure(result, /^agentkey: No agentkey table "sdk_api_keyz" in \S+; run `agentkey migrate` first, or check --table\.$/);
+      expectOneLine(result);
+    }
+    expect(await tables()).toEqual(before);
+    // The real table is as it was: its key is still active.
+    expect(okJson(await run(['keys', 'show', '1', '--json'], { AGENTKEY_DATA_DIR: dataDir }))).toMatchObject({ id: 1, name: 'first', status: 'active' });
+  }, 240_000);
+});
+
 describe('on PostgreSQL (DATABASE_URL)', () => {
   let db: Awaited<ReturnType<typeof freshDatabase>>;
   let pool: pg.Pool;
@@ -250,6 +305,23 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
     expect(ok(againHuman)).toMatch(/^Already up to date on postgres:\/\/postgres:\*\*\*@/);
     expect(ok(none)).toBe('No keys.\n');
   });
+
+  it('read-only commands on a mistyped --table (or schema): one line naming it, exit 1, and no table is created', async () => {
+    const tables = async () =>
+      (await pool.query<{ name: string }>(`SELECT schemaname || '.' || tablename AS name FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1`)).rows.map((r) => r.name);
+    const before = await tables();
+    expect(before).toContain('public.sdk_api_keys');
+    const commands = [['keys', 'list'], ['keys', 'show', '1'], ['usage', '--json'], ['accounts', 'budget', 'acct_t'], ['keys', 'revoke', '1']];
+    const results = await Promise.all([
+      ...commands.map((args) => ({ table: 'sdk_api_keyz', args })),
+      { table: 'nosuch.sdk_api_keys', args: ['keys', 'list'] },
+    ].map(({ table, args }) => run([...args, '--table', table], env()).then((r) => ({ table, r }))));
+    for (const { table, r } of results) {
+      expectFailure(r, new RegExp(`^agentkey: No agentkey table "${table.replace('.', '\\.')}" in postgres://postgres:\\*\\*\\*@\\S+; run \`agentkey migrate\` first, or check --table\\.$`));
+      expectOneLine(r);
+    }
+    expect(await tables()).toEqual(before);
+  }, 120_000);
 
   it('keys create, show (--json, and unknown ids), list --parent and revoke of a subtree', async () => {
     const human = ok(await run(['keys', 'create', '--account', 'acct_t', '--name', 'parent', '--budget-cents', '1000', '--period', 'day', '--delegated-by', 'alice'], env()));

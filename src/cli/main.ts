@@ -7,6 +7,9 @@ import { AgentKeyError } from '../errors.js';
 import { rotateAdminKey } from '../server/admin-key.js';
 import { startServer } from '../server/serve.js';
 import { StartupError, type Storage, openStorage } from '../server/storage.js';
+import { toDb } from '../store/db.js';
+import { keysTableExists } from '../store/catalog.js';
+import { tableNames } from '../store/identifiers.js';
 import { parseInstant } from '../time.js';
 import { accountDetails, keyDetails, keysTable, printable, printableJson, printableLines, usageReport } from './format.js';
 
@@ -36,18 +39,37 @@ async function progress<T>(text: string, work: () => Promise<T>): Promise<T> {
   }
 }
 
-function storageOptions(o: Common) {
-  return { databaseUrl: o.databaseUrl || undefined, dataDir: o.dataDir };
+function storageOptions(o: Common, create = true) {
+  return { databaseUrl: o.databaseUrl || undefined, dataDir: o.dataDir, create };
 }
 
+/** The --table option, checked before any database is opened. */
+function tableOption(o: Common): { tableName?: string } {
+  if (o.table === undefined) return {};
+  tableNames(o.table);
+  return { tableName: o.table };
+}
+
+/**
+ * What a command does to the tables: 'read' needs them and never creates anything (no
+ * data directory, no table); 'change' needs them too; 'create' may be the first write.
+ */
+type Access = 'read' | 'change' | 'create';
+
 /** Opens the storage and an AgentKey on it, runs `fn`, and always closes both. */
-async function withAgentKey<T>(o: Common, fn: (ak: AgentKey, storage: Storage) => Promise<T>): Promise<T> {
-  const storage = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () => openStorage(storageOptions(o)));
-  const ak = new AgentKey({ pool: storage.pool, ...(o.table ? { tableName: o.table } : {}) });
+async function withAgentKey<T>(o: Common, access: Access, fn: (ak: AgentKey, storage: Storage) => Promise<T>): Promise<T> {
+  const table = tableOption(o);
+  const storage = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () =>
+    openStorage(storageOptions(o, access === 'create')),
+  );
+  const ak = new AgentKey({ pool: storage.pool, ...table });
   try {
-    // The embedded database is the service's own: keep it current. A PostgreSQL is the
-    // user's: its schema changes only with `agentkey migrate` (or serve).
-    if (storage.kind === 'pglite') await progress('Migrating…', () => ak.migrate());
+    if (access !== 'create' && !(await keysTableExists(toDb(storage.pool), tableNames(ak.tableName)))) {
+      throw new UserError(`No agentkey table "${ak.tableName}" in ${storage.where}; run \`agentkey migrate\` first, or check --table.`);
+    }
+    // The embedded database is the service's own: keep it current (reads leave it as it is).
+    // A PostgreSQL is the user's: its schema changes only with `agentkey migrate` (or serve).
+    if (storage.kind === 'pglite' && access !== 'read') await progress('Migrating…', () => ak.migrate());
     return await fn(ak, storage);
   } finally {
     await ak.close().catch(() => {});
@@ -171,9 +193,10 @@ export function buildProgram(): Command {
   withCommon(program.command('migrate'))
     .description('create or upgrade the tables (serve does this at start)')
     .action(async (o: Common) => {
+      const table = tableOption(o);
       const storage = await progress('Opening database…', () => openStorage(storageOptions(o)));
       try {
-        const ak = new AgentKey({ pool: storage.pool, ...(o.table ? { tableName: o.table } : {}) });
+        const ak = new AgentKey({ pool: storage.pool, ...table });
         const applied = await progress('Migrating…', () => ak.migrate());
         await ak.close();
         if (o.json) json({ applied });
@@ -195,7 +218,7 @@ export function buildProgram(): Command {
     .option('--delegated-by <user>', 'the human who authorized this key')
     .option('--parent <id>', 'make it a child of this key', wholeNumber('parent', 1, Number.MAX_SAFE_INTEGER))
     .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number }) => {
-      await withAgentKey(o, async (ak) => {
+      await withAgentKey(o, 'create', async (ak) => {
         const created = await ak.create({
           accountId: o.account,
           ...(o.name !== undefined ? { name: o.name } : {}),
@@ -220,7 +243,7 @@ export function buildProgram(): Command {
     .option('--include-revoked', 'include revoked keys')
     .option('--limit <n>', 'at most this many', wholeNumber('limit', 1, 10_000), 1000)
     .action(async (o: Common & { account?: string; parent?: number; includeRevoked?: boolean; limit: number }) => {
-      await withAgentKey(o, async (ak) => {
+      await withAgentKey(o, 'read', async (ak) => {
         const list = await ak.listKeys({
           ...(o.account !== undefined ? { accountId: o.account } : {}),
           ...(o.parent !== undefined ? { parentId: o.parent } : {}),
@@ -236,7 +259,7 @@ export function buildProgram(): Command {
     .description('one key, without its secret')
     .argument('<id>', 'key id', wholeNumber('id', 1, Number.MAX_SAFE_INTEGER))
     .action(async (id: number, o: Common) => {
-      await withAgentKey(o, async (ak) => {
+      await withAgentKey(o, 'read', async (ak) => {
         const info = await ak.getKey(id);
         if (!info) throw new UserError(`No key has id ${id}.`);
         if (o.json) json(info);
@@ -248,7 +271,7 @@ export function buildProgram(): Command {
     .description('revoke a key and every key under it')
     .argument('<id>', 'key id', wholeNumber('id', 1, Number.MAX_SAFE_INTEGER))
     .action(async (id: number, o: Common) => {
-      await withAgentKey(o, async (ak) => {
+      await withAgentKey(o, 'change', async (ak) => {
         if (!(await ak.getKey(id))) throw new UserError(`No key has id ${id}.`);
         const revoked = await ak.revoke(id);
         const info = await ak.getKey(id);
@@ -267,7 +290,7 @@ export function buildProgram(): Command {
     .action(async (accountId: string, o: Common & { setCents?: number; period?: 'day' | 'month' | 'lifetime'; clear?: boolean }) => {
       if (o.clear && o.setCents !== undefined) throw new UserError('Use --set-cents or --clear, not both.');
       if (o.period !== undefined && o.setCents === undefined) throw new UserError('--period goes with --set-cents.');
-      await withAgentKey(o, async (ak) => {
+      await withAgentKey(o, o.setCents !== undefined ? 'create' : o.clear ? 'change' : 'read', async (ak) => {
         if (o.clear) {
           const removed = await ak.clearAccountBudget(accountId);
           if (o.json) return json({ accountId, removed });
@@ -293,7 +316,7 @@ export function buildProgram(): Command {
       const until = o.until ?? new Date();
       const since = o.since ?? new Date(until.getTime() - (o.bucket === 'hour' ? 86_400_000 : 30 * 86_400_000));
       if (since >= until) throw new UserError('--since must be before --until.');
-      await withAgentKey(o, async (ak) => {
+      await withAgentKey(o, 'read', async (ak) => {
         const report = await ak.usage({
           ...(o.key !== undefined ? { keyId: o.key } : {}),
           ...(o.account !== undefined ? { accountId: o.account } : {}),

@@ -20,6 +20,11 @@ export interface StorageOptions {
   databaseUrl?: string | undefined;
   /** Otherwise embedded PGlite persisted here. Default './.agentkey'. */
   dataDir?: string | undefined;
+  /**
+   * Create the embedded database when `dataDir` holds none. Default true; false (for
+   * commands that only read) refuses a directory without one, and creates nothing.
+   */
+  create?: boolean | undefined;
 }
 
 /** A mistake in how the service or CLI was started: shown as one line, never a stack trace. */
@@ -34,8 +39,11 @@ export class StartupError extends Error {
  */
 export async function openStorage(options: StorageOptions): Promise<Storage> {
   if (options.databaseUrl) return openPostgres(options.databaseUrl);
-  return openPglite(path.resolve(options.dataDir ?? './.agentkey'));
+  return openPglite(path.resolve(options.dataDir ?? './.agentkey'), options.create ?? true);
 }
+
+/** The embedded database's own directory, inside the data directory. */
+const PGDATA = 'pgdata';
 
 async function openPostgres(url: string): Promise<Storage> {
   let shown: string;
@@ -67,7 +75,10 @@ async function openPostgres(url: string): Promise<Storage> {
   };
 }
 
-async function openPglite(dir: string): Promise<Storage> {
+async function openPglite(dir: string, create: boolean): Promise<Storage> {
+  if (!create && !fs.existsSync(path.join(dir, PGDATA))) {
+    throw new StartupError(`No agentkey database in ${dir}; check --data-dir (or AGENTKEY_DATA_DIR), or create one with \`agentkey migrate\`.`);
+  }
   try {
     fs.mkdirSync(dir, { recursive: true });
   } catch (err) {
@@ -76,7 +87,7 @@ async function openPglite(dir: string): Promise<Storage> {
   const unlock = lock(path.join(dir, 'agentkey.lock'), dir);
   try {
     const { PGlite } = await import('@electric-sql/pglite');
-    const db = await PGlite.create({ dataDir: path.join(dir, 'pgdata') });
+    const db = await PGlite.create({ dataDir: path.join(dir, PGDATA) });
     return {
       kind: 'pglite',
       where: dir,

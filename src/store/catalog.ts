@@ -62,6 +62,12 @@ export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
   return { keys: found[0] ?? null, ledger: found[1] ?? null, holds: found[2] ?? null, accounts: found[3] ?? null };
 }
 
+/** True when the keys table exists (whatever its columns): for callers that read and must never create it. */
+export async function keysTableExists(db: Db, t: TableNames): Promise<boolean> {
+  const rows = await db.query<{ found: boolean }>(`SELECT to_regclass($1) IS NOT NULL AS found`, [t.table]);
+  return rows[0]?.found === true;
+}
+
 export function hasColumns(rel: Relation | null, columns: readonly string[]): boolean {
   return rel !== null && columns.every((c) => rel.columns.has(c));
 }
