@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
+import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type CliProcess, cliEnv, freshDatabase, linesOf, runCli, startCli, stopCliProcesses, tempDir } from './helpers/cli.js';
 import { useCliBundle } from './helpers/processes.js';
@@ -317,6 +318,65 @@ describe('serve on PGlite (a data directory)', () => {
       await blocker.close();
     }
   }, 90_000);
+});
+
+describe('serve: settings are checked before the database is touched', () => {
+  let parent: string;
+  beforeAll(() => {
+    parent = tempDir('agentkey-serve-settings');
+  });
+  afterAll(() => fs.rmSync(parent, { recursive: true, force: true }));
+
+  it('a busy port, a --host that is no address of this machine, a bad admin key or table: exit 1 with one clear line, no data directory, no admin key', async () => {
+    const blocker = await busyPort();
+    try {
+      const dir = (name: string) => path.join(parent, name);
+      const cases: [string, string[], Record<string, string>, RegExp][] = [
+        ['busy', ['--port', String(blocker.port)], {}, new RegExp(`^agentkey: Port ${blocker.port} is in use; pick another with --port or PORT\\.\n$`)],
+        ['bad-ip', ['--port', '0', '--host', '999.1.1.1'], {}, /^agentkey: --host 999\.1\.1\.1 is not an address this machine can listen on; /],
+        ['no-name', ['--port', '0', '--host', 'no-such-host.invalid'], {}, /^agentkey: --host no-such-host\.invalid is not an address this machine can listen on; /],
+        ['foreign', ['--port', '0', '--host', '192.0.2.1'], {}, /^agentkey: --host 192\.0\.2\.1 is not an address this machine can listen on; /],
+        ['admin-key', ['--port', '0', '--host', '127.0.0.1'], { AGENTKEY_ADMIN_KEY: 'tooShort123' }, /^agentkey: AGENTKEY_ADMIN_KEY must be at least 16 characters/],
+        ['table', ['--port', '0', '--host', '127.0.0.1', '--table', 'bad name'], {}, /^agentkey: tableName must be an SQL identifier/],
+        ['scopes', ['--port', '0', '--host', '127.0.0.1', '--self-serve', '--signup-scopes', 'a b'], {}, /^agentkey: Invalid scopes: a b/],
+      ];
+      const results = await Promise.all(
+        cases.map(([name, args, env]) => runCli(cli(), ['serve', ...args, '--data-dir', dir(name)], { env: cliEnv(env) })),
+      );
+      cases.forEach(([name, , , message], i) => {
+        const result = results[i] as Awaited<ReturnType<typeof runCli>>;
+        expectOneLineFailure(result, message);
+        expect(fs.existsSync(dir(name)), `${name}: a data directory was created`).toBe(false);
+        expect(adminKeysIn(result.stderr), name).toEqual([]);
+      });
+    } finally {
+      await blocker.close();
+    }
+  }, 120_000);
+
+  it('on PostgreSQL, a busy port or a bad --host creates no table and no admin key', async () => {
+    const db = await freshDatabase('agentkey_serve_settings');
+    const blocker = await busyPort();
+    try {
+      const [busy, badHost] = await Promise.all([
+        runCli(cli(), ['serve', '--port', String(blocker.port)], { env: cliEnv({ DATABASE_URL: db.url }) }),
+        runCli(cli(), ['serve', '--port', '0', '--host', '999.1.1.1'], { env: cliEnv({ DATABASE_URL: db.url }) }),
+      ]);
+      expectOneLineFailure(busy, /Port \d+ is in use/);
+      expectOneLineFailure(badHost, /--host 999\.1\.1\.1 is not an address/);
+      for (const r of [busy, badHost]) expect(adminKeysIn(r.stderr)).toEqual([]);
+      const client = new pg.Client({ connectionString: db.url });
+      await client.connect();
+      try {
+        expect((await client.query(`SELECT tablename FROM pg_tables WHERE schemaname NOT IN ('pg_catalog', 'information_schema')`)).rows).toEqual([]);
+      } finally {
+        await client.end();
+      }
+    } finally {
+      await blocker.close();
+      await db.drop().catch(() => {});
+    }
+  }, 120_000);
 });
 
 describe('serve on PostgreSQL (DATABASE_URL)', () => {

@@ -17,12 +17,7 @@ export interface AdminKey {
  * Two first starts racing on one PostgreSQL agree on one key: only the winner shows it.
  */
 export async function resolveAdminKey(storage: Storage, fromEnv: string | undefined): Promise<AdminKey> {
-  if (fromEnv !== undefined && fromEnv !== '') {
-    if (fromEnv.length < 16 || /\s/.test(fromEnv)) {
-      throw new StartupError('AGENTKEY_ADMIN_KEY must be at least 16 characters with no spaces.');
-    }
-    return { sha256: sha256(fromEnv), source: 'env' };
-  }
+  if (checkAdminKey(fromEnv)) return { sha256: sha256(fromEnv as string), source: 'env' };
   await ensureTable(storage);
   const stored = await storage.query<{ sha256: string }>(`SELECT sha256 FROM ${TABLE} WHERE id = 1`);
   if (stored[0]) return { sha256: stored[0].sha256, source: 'stored' };
@@ -34,6 +29,18 @@ export async function resolveAdminKey(storage: Storage, fromEnv: string | undefi
   if (inserted[0]) return { sha256: inserted[0].sha256, created: raw, source: 'created' };
   const winner = await storage.query<{ sha256: string }>(`SELECT sha256 FROM ${TABLE} WHERE id = 1`);
   return { sha256: (winner[0] as { sha256: string }).sha256, source: 'stored' };
+}
+
+/**
+ * Checks an admin key given in AGENTKEY_ADMIN_KEY, without the database (so that a bad one
+ * stops the service before it opens anything): true when one is given, false when not.
+ */
+export function checkAdminKey(fromEnv: string | undefined): boolean {
+  if (fromEnv === undefined || fromEnv === '') return false;
+  if (fromEnv.length < 16 || /\s/.test(fromEnv)) {
+    throw new StartupError('AGENTKEY_ADMIN_KEY must be at least 16 characters with no spaces.');
+  }
+  return true;
 }
 
 /** Replaces the stored admin key with a new one and returns it (the only time it is shown). */

@@ -78,11 +78,7 @@ const KEY_REFUSED: Record<string, [string, string]> = {
 export function createApp(ak: AgentKey, options: AppOptions) {
   checkAgentKey(ak, 'createApp');
   const isAdmin = adminCheck(options.adminKey);
-  const limit = options.bodyLimitBytes ?? 64 * 1024;
-  if (!Number.isInteger(limit) || limit < 1024) throw new AgentKeyError('invalid_argument', 'bodyLimitBytes must be a whole number of at least 1024.');
-  const timeoutMs = options.timeoutMs ?? 10_000;
-  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
-  const selfServe = options.selfServe ? checkRoutesOptions({ timeoutMs, ...options.selfServe }) : null;
+  const { limit, timeoutMs, selfServe } = checkAppOptions(options);
   const log = options.logger;
   const metrics = createMetrics(ak);
 
@@ -376,6 +372,16 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   });
 
   return { app, metrics };
+}
+
+/** Checks the options that need no AgentKey: createApp() calls it, and startServer() before it opens the database. */
+export function checkAppOptions(options: Pick<AppOptions, 'bodyLimitBytes' | 'timeoutMs' | 'selfServe'>) {
+  const limit = options.bodyLimitBytes ?? 64 * 1024;
+  if (!Number.isInteger(limit) || limit < 1024) throw new AgentKeyError('invalid_argument', 'bodyLimitBytes must be a whole number of at least 1024.');
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
+  const selfServe = options.selfServe ? checkRoutesOptions({ timeoutMs, ...options.selfServe }) : null;
+  return { limit, timeoutMs, selfServe };
 }
 
 function adminCheck(adminKey: AppOptions['adminKey']): (bearer: string) => boolean {

@@ -1,10 +1,11 @@
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { getConnInfo } from '@hono/node-server/conninfo';
 import { AgentKey } from '../agentkey.js';
 import type { AgentKeyRoutesOptions } from '../http/self-serve.js';
-import { type AdminKey, resolveAdminKey } from './admin-key.js';
-import { type Logger, createApp } from './app.js';
+import { tableNames } from '../store/identifiers.js';
+import { type AdminKey, checkAdminKey, resolveAdminKey } from './admin-key.js';
+import { type Logger, checkAppOptions, createApp } from './app.js';
 import { StartupError, type StorageOptions, openStorage } from './storage.js';
 
 export interface ServeOptions extends StorageOptions {
@@ -36,14 +37,21 @@ export interface RunningServer {
 }
 
 /**
- * Runs the agentkey HTTP service on Node: opens the storage, migrates, resolves the admin
- * key and listens.
+ * Runs the agentkey HTTP service on Node: checks every setting it can without the
+ * database (the address can be listened on, the admin key, the table name, the options),
+ * then opens the storage, migrates, resolves the admin key and listens. A mistake is a
+ * StartupError (or AgentKeyError) before any data directory, table or admin key is made.
  *
  * @example const server = await startServer({ port: 8787, dataDir: './.agentkey' });
  */
 export async function startServer(options: ServeOptions = {}): Promise<RunningServer> {
   const port = options.port ?? 8787;
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new StartupError(`The port must be a whole number from 0 to 65535; got ${port}.`);
+  const host = options.host ?? '0.0.0.0';
+  checkAdminKey(options.adminKey);
+  tableNames(options.tableName ?? 'sdk_api_keys');
+  checkAppOptions({ selfServe: options.selfServe ?? false, ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}) });
+  await canListen(port, host);
   const storage = await openStorage(options);
   let ak: AgentKey | undefined;
   try {
@@ -66,7 +74,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
         }
       },
     });
-    const server = await listen(app.fetch, port, options.host ?? '0.0.0.0');
+    const server = await listen(app.fetch, port, host);
     const bound = (server.address() as AddressInfo).port;
     const shownHost = options.host && options.host !== '0.0.0.0' && options.host !== '::' ? options.host : 'localhost';
     const running = ak;
@@ -102,11 +110,35 @@ type NodeServer = ReturnType<typeof serve> & {
 function listen(fetch: (req: Request) => Response | Promise<Response>, port: number, hostname: string): Promise<NodeServer> {
   return new Promise((resolve, reject) => {
     const server = serve({ fetch, port, hostname }) as NodeServer;
-    server.once('error', (err: NodeJS.ErrnoException) =>
-      reject(err.code === 'EADDRINUSE' ? new StartupError(`Port ${port} is in use; pick another with --port or PORT.`) : err),
-    );
+    server.once('error', (err: NodeJS.ErrnoException) => reject(listenError(err, port, hostname)));
     server.once('listening', () => resolve(server));
   });
+}
+
+/**
+ * Listens on `host:port` for a moment and closes again: a busy port, a name that does not
+ * resolve or an address of another machine is found before the database is opened. (The
+ * port may still be taken in between; the real listen then fails with the same message.)
+ */
+function canListen(port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.once('error', (err: NodeJS.ErrnoException) => reject(listenError(err, port, host)));
+    probe.listen(port, host, () => probe.close(() => resolve()));
+  });
+}
+
+const NOT_AN_ADDRESS = new Set(['ENOTFOUND', 'EAI_NONAME', 'EAI_FAIL', 'EAI_NODATA', 'EADDRNOTAVAIL', 'EAFNOSUPPORT', 'EINVAL']);
+
+/** Why the service cannot listen, in one sentence that says what to change. */
+function listenError(err: NodeJS.ErrnoException, port: number, host: string): Error {
+  if (err.code === 'EADDRINUSE') return new StartupError(`Port ${port} is in use; pick another with --port or PORT.`);
+  if (err.code === 'EACCES') return new StartupError(`Port ${port} needs privileges this process lacks (ports below 1024 usually do); pick another with --port or PORT.`);
+  if (err.code && NOT_AN_ADDRESS.has(err.code)) {
+    return new StartupError(`--host ${host} is not an address this machine can listen on; use one of its addresses, 0.0.0.0 (all) or 127.0.0.1 (this machine only).`);
+  }
+  if (err.code === 'EAI_AGAIN') return new StartupError(`--host ${host} could not be resolved now (${err.code}); give an IP address, or try again.`);
+  return new StartupError(`Could not listen on ${host} port ${port}: ${err.message}.`);
 }
 
 /** Stops accepting; keep-alive connections close once idle; in-flight requests get `graceMs`. */
