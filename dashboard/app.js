@@ -1,5 +1,6 @@
 // The agentkey dashboard: a small client over the admin API, no build step.
-// Everything user-supplied (names, scopes, metadata) goes in with textContent, never HTML.
+// Everything user-supplied (names, scopes, metadata) goes in with textContent, never HTML,
+// and through visible(): SQL and metadata can hold control characters and bidi overrides.
 
 const STORE = 'agentkey.adminKey';
 const REFRESH_MS = 5000;
@@ -9,6 +10,18 @@ const state = { filters: { account: '', status: '', sort: 'spend' }, bucket: 'ho
 
 // ---- helpers ----
 
+// Control characters, bidi overrides, invisible characters: shown as escapes (\x1b, \u202e),
+// never acted on; the same rule as the CLI's printable() in src/cli/format.ts.
+const UNPRINTABLE = /[\p{Cc}\p{Zl}\p{Zp}]|(?!\u200d)\p{Cf}|\p{Cs}/gu;
+const SHORT = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+export function visible(text) {
+  return String(text).replace(UNPRINTABLE, (c) => {
+    const code = c.codePointAt(0);
+    const hex = (width) => code.toString(16).padStart(width, '0');
+    return SHORT[c] ?? (code <= 0xff ? `\\x${hex(2)}` : code <= 0xffff ? `\\u${hex(4)}` : `\\u{${hex(0)}}`);
+  });
+}
+
 function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {
@@ -17,7 +30,7 @@ function h(tag, attrs = {}, ...children) {
     else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v === true ? '' : String(v));
   }
-  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : String(c));
+  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : visible(c));
   return el;
 }
 
@@ -306,7 +319,7 @@ async function copy(text, button) {
 
 async function revoke(key, children) {
   const live = children.filter((c) => c.status === 'active').length;
-  $('confirm-title').textContent = `Revoke ${key.name || `key ${key.id}`}?`;
+  $('confirm-title').textContent = visible(`Revoke ${key.name || `key ${key.id}`}?`);
   $('confirm-text').textContent =
     `It stops working at once${live ? `, and so do its ${live} active child key${live === 1 ? '' : 's'} and every key under them` : ''}. This cannot be undone.`;
   const dialog = $('confirm');

@@ -273,6 +273,22 @@ describe('dashboard', () => {
     expect(res.headers.get('content-security-policy')).toContain("default-src 'self'");
     await page.close();
   });
+
+  it('security: text with an escape sequence, BEL or a right-to-left override (here in metadata, which is free JSON) is shown escaped, not acted on', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_meta', name: 'meta-bot', budgetCents: 100 });
+    await call('POST', '/v1/charge', { key: k.key, costCents: 1, metadata: { note: 'x\u001b[31m\u202eevil\u0007' } }, false);
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const ledger = page.locator('#ledger tbody tr');
+    await ledger.first().waitFor();
+    const rows = await ledger.allTextContents();
+    expect(rows.some((r) => r.includes('note: x\\x1b[31m\\u202eevil\\x07')), rows.join('\n')).toBe(true);
+    expect(rows.join('\n')).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
 });
 
 describe('dashboard with no keys', () => {
