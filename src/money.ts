@@ -76,6 +76,11 @@ export function isValidCents(value: unknown, signed = false): value is CentsInpu
   return m !== null && (signed || m[1] === '') && Number(m[2]) <= MAX_CENTS && (Number(m[2]) < MAX_CENTS || !/[1-9]/.test(m[3] ?? ''));
 }
 
+/** True for a number (not a string) of cents that isValidCents() accepts: for settings and values code sets. */
+export function isCentsNumber(value: unknown): value is number {
+  return typeof value === 'number' && isValidCents(value);
+}
+
 /** Checks a budget option: null/undefined means unlimited. Throws `invalid_budget` otherwise. */
 export function budgetToMicros(value: unknown, field = 'budgetCents'): number | null {
   if (value === null || value === undefined) return null;

@@ -192,7 +192,8 @@ forEachDatabase((getDb) => {
       expect(await ak.audit({ keyId: id })).toMatchObject({ ok: true, mismatches: [] });
       // It was committed once: a release now is refused, a second commit replays the first.
       expect(await ak.release(rid as string)).toEqual({ success: false, reason: 'already_committed' });
-      expect(await ak.commit(rid as string, { costCents: 99 })).toMatchObject({ success: true, costCents: 12, replayed: true });
+      expect(await ak.commit(rid as string, { costCents: 12 })).toMatchObject({ success: true, costCents: 12, replayed: true });
+      expect(await ak.commit(rid as string, { costCents: 99 })).toEqual({ success: false, reason: 'idempotency_conflict' });
       expect(state.reached).toBe(1);
     });
 

@@ -552,7 +552,8 @@ forEachDatabase((getDb) => {
       const bad: [unknown, unknown, string][] = [
         ['acc', { budgetCents: -1 }, 'invalid_budget'],
         ['acc', { budgetCents: NaN }, 'invalid_budget'],
-        ['acc', { budgetCents: '500' }, 'invalid_budget'],
+        ['acc', { budgetCents: '5e2' }, 'invalid_budget'],
+        ['acc', { budgetCents: '-500' }, 'invalid_budget'],
         ['acc', { budgetCents: Infinity }, 'invalid_budget'],
         ['acc', { budgetCents: 500, budgetPeriod: 'week' }, 'invalid_period'],
         ['acc', {}, 'invalid_budget'],

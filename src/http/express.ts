@@ -2,7 +2,7 @@ import { createRequire } from 'node:module';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AgentKey, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
-import { isValidCents } from '../money.js';
+import { isCentsNumber } from '../money.js';
 import { type HttpError, httpError, packageBody, sendJson } from './errors.js';
 import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
 import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
@@ -100,7 +100,7 @@ export function expressGuard(ak: AgentKey, options: AgentKeyMiddlewareOptions, a
         const succeeded = res.writableFinished && res.statusCode < 400;
         const reported = res.locals?.costCents;
         void settleHold(ak, outcome.hold, reported, succeeded, hold.onSettleError);
-        if (!res.writableFinished && res.locals && req.agentKey && !isValidCents(reported)) {
+        if (!res.writableFinished && res.locals && req.agentKey && !isCentsNumber(reported)) {
           recordLateCost(ak, res.locals, req.agentKey.keyId, outcome.hold.reservationId, hold.onSettleError);
         }
       };
@@ -146,7 +146,7 @@ function recordLateCost(
     get: () => value,
     set: (cost: unknown) => {
       value = cost;
-      if (!isValidCents(cost) || cost === 0) return;
+      if (!isCentsNumber(cost) || cost === 0) return;
       const reason = 'cost reported after the client went away';
       ak.adjust(keyId, { costCents: cost, reason, metadata: { reservationId } }).catch((err: unknown) => {
         try {

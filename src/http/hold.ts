@@ -1,6 +1,6 @@
 import type { AgentKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
-import { MAX_CENTS, describe, isValidCents } from '../money.js';
+import { MAX_CENTS, describe, isCentsNumber } from '../money.js';
 import type { ReserveOptions, ReserveResult } from '../spending.js';
 import { durationMs } from '../time.js';
 import { type HttpError, errorToHttp, httpError } from './errors.js';
@@ -29,7 +29,7 @@ export const HOLD_OPTIONS = ['reserveCents', 'holdTtl', 'onSettleError'] as cons
 
 export function checkHoldOptions<Req>(o: HoldOptions<Req>): HoldOptions<Req> & { holdTtl: string } {
   const r = o.reserveCents;
-  if (r !== undefined && typeof r !== 'function' && !(isValidCents(r) && r > 0)) {
+  if (r !== undefined && typeof r !== 'function' && !(isCentsNumber(r) && r > 0)) {
     throw new AgentKeyError('invalid_argument', `reserveCents must be a number of cents above 0 or a function of the request; got ${describe(r)}.`);
   }
   const holdTtl = o.holdTtl ?? '5m';
@@ -50,7 +50,7 @@ export async function takeHold<Req>(
   try {
     const r = o.reserveCents as ReserveCents<Req>;
     const cents = typeof r === 'function' ? await r(req) : r;
-    if (!isValidCents(cents)) {
+    if (!isCentsNumber(cents)) {
       return { ok: false, error: httpError(500, 'invalid_reserve', `reserveCents returned ${describe(cents)}, not a number of cents from 0 to ${MAX_CENTS}.`) };
     }
     // Bounded like the key check: a store that stalls here must fail closed, not hang.
@@ -81,7 +81,7 @@ export async function settleHold(
   onError: (err: unknown) => void = defaultOnError,
 ): Promise<void> {
   const settle = () =>
-    isValidCents(reported)
+    isCentsNumber(reported)
       ? ak.commit(hold.reservationId, { costCents: reported })
       : succeeded
         ? ak.commit(hold.reservationId, { costCents: hold.heldCents })
