@@ -713,7 +713,8 @@ forEachDatabase((getDb) => {
       expect(row.spent_micros).toBe('600000');
       expect(row.budget_used_cents).toBe('60');
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded', budgetUsedCents: 60 });
-    });
+      // 2000 calls one after another: about 15 s on PGlite on a loaded 2-core machine; a correctness test, so room to finish.
+    }, 180_000);
 
     it('happy: a $0.0003 call costs 0.03 cents, not a whole cent', async () => {
       const db = getDb();
