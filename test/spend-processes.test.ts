@@ -183,13 +183,19 @@ forEachDatabase((getDb) => {
     const committed = new Map<string, { cost: number; hold: number; over: number }>();
     const released = new Set<string>();
     for (const [rid, reports] of settles) {
-      const wins = reports.flatMap((r) => fresh(r.results!).map((res) => ({ op: r.op, res })));
+      const wins = reports.flatMap((r) => fresh(r.results!).map((res) => ({ op: r.op, micros: r.micros, res })));
       expect(wins.length, `${where} ${rid} settled ${wins.length} times`).toBe(1);
       const win = wins[0]!;
       const hold = reservations.get(rid)!;
       for (const r of reports) {
-        checkAttempts(r.results!, [win.op === 'commit' ? 'already_committed' : 'already_released'], `${where} ${r.op} ${rid}`);
-        if (r.op === win.op) expect(r.results!.every((res) => res.success), `${where} ${rid}`).toBe(true);
+        // Another process's commit of a shared hold with another cost is no replay: a conflict.
+        const refusals = win.op === 'commit' ? ['already_committed', 'idempotency_conflict'] : ['already_released'];
+        checkAttempts(r.results!, refusals, `${where} ${r.op} ${rid}`);
+        if (r.op === win.op && (r.op === 'release' || r.micros === win.micros)) {
+          expect(r.results!.every((res) => res.success), `${where} ${rid}`).toBe(true);
+        } else if (r.op === win.op) {
+          expect(r.results!.map((res) => res.reason), `${where} ${rid}`).toEqual(r.results!.map(() => 'idempotency_conflict'));
+        }
       }
       if (win.op === 'release') {
         released.add(rid);
@@ -201,8 +207,8 @@ forEachDatabase((getDb) => {
       expect(micros(win.res.heldCents)).toBe(hold);
       expect(over).toBe(Math.max(0, cost - hold));
       expect(micros(win.res.releasedCents)).toBe(Math.max(0, hold - cost));
-      // Every later commit of it reports that first outcome, whatever cost it asked for.
-      const asked = reports.filter((r) => r.op === 'commit').flatMap((r) => r.results!);
+      // Every later commit of it with the same cost reports that first outcome (the others are conflicts, above).
+      const asked = reports.filter((r) => r.op === 'commit' && r.micros === win.micros).flatMap((r) => r.results!);
       expect(asked.map((r) => micros(r.costCents)), `${where} ${rid}`).toEqual(asked.map(() => cost));
       committed.set(rid, { cost, hold, over });
     }
