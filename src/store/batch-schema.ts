@@ -1,3 +1,6 @@
+// One file for now (about 440 lines): <table>_spend_many is one PL/pgSQL function and is
+// kept whole so it can be read top to bottom. Issue 15 moves it into a .sql file and folds
+// the budget rules it shares with tree-schema.ts into one definition.
 import type { Definition } from './catalog.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
