@@ -171,8 +171,11 @@ export function buildProgram(): Command {
           process.exit(1);
         }
         stopping = true;
+        // close() stops accepting at once (synchronously); only then say so, so that whoever
+        // reads this line can count on new connections being refused.
+        const closed = server.close();
         logger.info({ signal }, 'shutting down: finishing in-flight requests');
-        server.close().then(
+        closed.then(
           () => {
             logger.info({}, 'stopped');
             process.exit(0);
