@@ -74,10 +74,18 @@ async function api(path, options = {}) {
 
 // ---- budget bar: spent | held | remaining ----
 
+// Overage (real cost no budget could take) is never part of spent: it is shown beside it, in red.
+function overage(b) {
+  return b.overageCents > 0
+    ? h('span', { class: 'overage', title: 'Real cost no budget could take: recorded, never counted toward the cap' },
+        ' · ', h('span', { class: 'amount-overage' }, dollars(b.overageCents)), ' overage')
+    : '';
+}
+
 function bar(b) {
   const budget = b.budgetCents;
   if (budget === null || budget === undefined) {
-    return h('div', { class: 'bar-text' }, `${dollars(b.spentCents)} spent`, b.heldCents > 0 ? ` · ${dollars(b.heldCents)} held` : '', ' · no cap');
+    return h('div', { class: 'bar-text' }, `${dollars(b.spentCents)} spent`, b.heldCents > 0 ? ` · ${dollars(b.heldCents)} held` : '', ' · no cap', overage(b));
   }
   const pct = (x) => (budget > 0 ? Math.min(100, (x / budget) * 100) : 0);
   const spent = pct(b.spentCents);
@@ -103,6 +111,7 @@ function bar(b) {
       h('span', { class: 'amount-remaining' }, dollars(b.remainingCents)),
       ' left of ',
       h('span', { class: 'amount-budget' }, dollars(budget)),
+      overage(b),
     ),
   );
 }
@@ -149,7 +158,8 @@ async function overview(view) {
                   h('th', { scope: 'row' }, a.accountId),
                   h('td', { 'data-label': 'Keys' }, `${a.liveKeys} live / ${a.keys}`),
                   h('td', { 'data-label': 'Ceiling' }, a.ceiling ? [bar(a.ceiling), h('div', { class: 'muted' }, a.ceiling.budgetPeriod ? `per ${a.ceiling.budgetPeriod}, resets ${ago(a.ceiling.budgetResetAt)}` : 'lifetime')] : h('span', { class: 'muted' }, 'no ceiling')),
-                  h('td', { class: 'num', 'data-label': 'Lifetime spend' }, dollars(a.spentCents)),
+                  h('td', { class: 'num', 'data-label': 'Lifetime spend' }, dollars(a.spentCents),
+                    a.overageCents > 0 ? h('span', { class: 'overage' }, ` + ${dollars(a.overageCents)} overage`) : ''),
                 ))),
             )),
     ),
@@ -218,7 +228,8 @@ async function keyPage(view, id, { quiet } = {}) {
             h('option', { value: 'hour', selected: state.bucket === 'hour' }, 'Hourly, 48 hours'),
             h('option', { value: 'day', selected: state.bucket === 'day' }, 'Daily, 30 days'))),
       ),
-      h('p', { class: 'muted', id: 'chart-total' }, `${dollars(usage.totalCents)} over ${usage.count} call${usage.count === 1 ? '' : 's'} in this window`),
+      h('p', { class: 'muted', id: 'chart-total' }, `${dollars(usage.totalCents)} over ${usage.count} call${usage.count === 1 ? '' : 's'} in this window`,
+        usage.overageCents > 0 ? h('span', { class: 'overage' }, ` · ${dollars(usage.overageCents)} overage`) : ''),
       h('div', { id: 'chart', role: 'img', 'aria-label': `Spend per ${state.bucket}: ${dollars(usage.totalCents)} in total` }),
     ),
     h('section', { class: 'card', 'aria-labelledby': 'ledger-title' },

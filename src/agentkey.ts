@@ -10,6 +10,7 @@ import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePerio
 import { type Db, type PoolLike, toDb } from './store/db.js';
 import { type TableNames, tableNames } from './store/identifiers.js';
 import { type InsertedKey, type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
+import type { LedgerKind } from './store/ledger-schema.js';
 import { migrate } from './store/migrations.js';
 import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
 import { AccountStore } from './store/accounts.js';
@@ -176,9 +177,12 @@ export interface UsageQuery {
 }
 
 export interface UsageReport {
+  /** Spend counted toward budgets: charges, commits and adjustments. */
   totalCents: number;
   count: number;
-  buckets: { start: string; costCents: number; count: number }[];
+  /** Real cost that no budget could take (never counted toward a cap); 0 when none. */
+  overageCents: number;
+  buckets: { start: string; costCents: number; count: number; overageCents: number }[];
 }
 
 /** An account as `listAccounts()` reports it. */
@@ -190,6 +194,8 @@ export interface AccountSummary {
   liveKeys: number;
   /** Spend from the ledger over the account's whole life. */
   spentCents: number;
+  /** Overage of its keys over their whole life: real cost no budget could take, not in spentCents. */
+  overageCents: number;
   /** Its ceiling and spend this period, or null when it has none. */
   ceiling: AccountBudget | null;
 }
@@ -199,7 +205,8 @@ export interface LedgerEntry {
   id: number;
   keyId: number;
   accountId: string;
-  kind: 'charge' | 'hold' | 'commit' | 'release' | 'expire' | 'reset' | 'adjust';
+  /** 'overage' follows a commit: the part of its cost no budget could take, not counted toward any. */
+  kind: LedgerKind;
   amountCents: number;
   reservationId: string | null;
   metadata: Record<string, unknown> | null;
@@ -212,8 +219,10 @@ export interface ReservationInfo {
   keyId: number;
   accountId: string;
   heldCents: number;
-  /** What a commit recorded; null until committed. */
+  /** What a commit recorded (its real cost); null until committed. */
   costCents: number | null;
+  /** The part of costCents that no budget could take (overage); null until committed. */
+  overageCents: number | null;
   status: ReservationStatus;
   expiresAt: string;
   createdAt: string;
@@ -227,6 +236,10 @@ export interface AuditResult {
   mismatches: { keyId: number; counterCents: number; ledgerCents: number }[];
   /** Accounts whose ceiling counter differs from their spend in the ledger this period. */
   accountMismatches: { accountId: string; counterCents: number; ledgerCents: number }[];
+  /** Keys whose overage counter differs from their overage rows in the ledger. */
+  overageMismatches: { keyId: number; counterCents: number; ledgerCents: number }[];
+  /** Overage recorded for the checked keys (never part of any spend counter). */
+  overageCents: number;
 }
 
 const CREATE_OPTIONS = [
@@ -377,8 +390,11 @@ export class AgentKey {
   }
 
   /**
-   * Settles a hold with the real cost and gives back the rest. The cost is recorded in
-   * full even when it passes the hold or the hold has expired (the money was spent).
+   * Settles a hold with the real cost and gives back the rest. The real cost is always
+   * recorded, and no budget is ever passed: the hold's money comes back first, then the
+   * cost is charged up to what every budget over the key (its own, its ancestors', the
+   * account's) still leaves. What none of them can take, past the hold or after it expired,
+   * is overage: a ledger row of its own, reported, and never counted toward a cap.
    * A second commit with the same cost returns the first outcome, never a second charge;
    * one with another cost is `idempotency_conflict`.
    */
@@ -395,17 +411,20 @@ export class AgentKey {
     if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
     const held = out.hold ?? 0;
     const cost = out.committed ?? 0;
+    const overage = out.overage ?? 0;
     const spent = figures(out);
     return {
       success: true,
       reservationId,
       costCents: microsToCents(cost),
+      chargedCents: microsToCents(cost - overage),
+      overageCents: microsToCents(overage),
       heldCents: microsToCents(held),
       releasedCents: microsToCents(Math.max(0, held - cost)),
       overHoldCents: microsToCents(Math.max(0, cost - held)),
       holdExpired: out.expired === true,
-      overBudget: out.over_budget === true,
-      ...(out.over_budget ? { limitedBy: limitedBy(out) } : {}),
+      overBudget: overage > 0,
+      ...(overage > 0 ? { limitedBy: limitedBy(out) } : {}),
       ...spent,
       ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
     };
@@ -454,6 +473,7 @@ export class AgentKey {
       accountId: row.account_id,
       heldCents: microsToCents(row.amount_micros),
       costCents: row.committed_micros === null ? null : microsToCents(row.committed_micros),
+      overageCents: row.committed_micros === null ? null : microsToCents(row.overage_micros ?? 0),
       status: row.lapsed ? 'expired' : row.status,
       expiresAt: iso(row.expires_at) as string,
       createdAt: iso(row.created_at) as string,
@@ -499,7 +519,13 @@ export class AgentKey {
     return {
       totalCents: microsToCents(report.total),
       count: report.count,
-      buckets: report.buckets.map((b) => ({ start: b.start.toISOString(), costCents: microsToCents(b.micros), count: b.count })),
+      overageCents: microsToCents(report.overage),
+      buckets: report.buckets.map((b) => ({
+        start: b.start.toISOString(),
+        costCents: microsToCents(b.micros),
+        count: b.count,
+        overageCents: microsToCents(b.overage),
+      })),
     };
   }
 
@@ -510,20 +536,23 @@ export class AgentKey {
   async audit(options: { keyId?: number | string } = {}): Promise<AuditResult> {
     const o = checkOptions<{ keyId?: number | string }>(options, ['keyId'], 'audit()');
     const id = o.keyId === undefined ? null : keyIdNumber(o.keyId);
-    const { checked, mismatches, accounts } = await this.guard(() => this.spending.audit(id));
+    const { checked, mismatches, accounts, overage, overageMicros } = await this.guard(() => this.spending.audit(id));
+    const inCents = (m: { keyId: number; counterMicros: number; ledgerMicros: number }) => ({
+      keyId: m.keyId,
+      counterCents: microsToCents(m.counterMicros),
+      ledgerCents: microsToCents(m.ledgerMicros),
+    });
     return {
-      ok: mismatches.length === 0 && accounts.length === 0,
+      ok: mismatches.length === 0 && accounts.length === 0 && overage.length === 0,
       accountMismatches: accounts.map((m) => ({
         accountId: m.accountId,
         counterCents: microsToCents(m.counterMicros),
         ledgerCents: microsToCents(m.ledgerMicros),
       })),
       keysChecked: checked,
-      mismatches: mismatches.map((m) => ({
-        keyId: m.keyId,
-        counterCents: microsToCents(m.counterMicros),
-        ledgerCents: microsToCents(m.ledgerMicros),
-      })),
+      mismatches: mismatches.map(inCents),
+      overageMismatches: overage.map(inCents),
+      overageCents: microsToCents(overageMicros),
     };
   }
 
@@ -722,6 +751,7 @@ export class AgentKey {
       keys: Number(r.key_count),
       liveKeys: Number(r.live_key_count),
       spentCents: microsToCents(Number(r.lifetime_micros)),
+      overageCents: microsToCents(Number(r.overage_micros)),
       ceiling: r.budget_micros === null ? null : toAccountBudget({ ...r, account_id: r.summary_id, budget_micros: r.budget_micros }),
     }));
   }
@@ -861,7 +891,8 @@ export class AgentKey {
         : this.spending.settle(holdId, op, micros, metadata),
     );
     const held = out.expired ? 0 : (out.hold ?? 0);
-    this.noteFigures(out, out.outcome !== 'ok' ? 0 : op === 'commit' ? (out.committed ?? 0) - held : -(out.released ?? 0));
+    const charged = (out.committed ?? 0) - (out.overage ?? 0);
+    this.noteFigures(out, out.outcome !== 'ok' ? 0 : op === 'commit' ? charged - held : -(out.released ?? 0));
     return out;
   }
 

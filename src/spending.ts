@@ -80,8 +80,12 @@ export type CommitResult =
   | ({
       success: true;
       reservationId: string;
-      /** The real cost, recorded in full even past the hold or its expiry. */
+      /** The real cost, always recorded: chargedCents + overageCents. */
       costCents: number;
+      /** The part counted toward the budgets: never more than they leave. */
+      chargedCents: number;
+      /** The part no budget could take: recorded as overage, never counted toward a cap. 0 normally. */
+      overageCents: number;
       heldCents: number;
       /** The part of the hold given back. */
       releasedCents: number;
@@ -89,9 +93,9 @@ export type CommitResult =
       overHoldCents: number;
       /** The hold had expired before this commit. */
       holdExpired: boolean;
-      /** The key's spend and live holds now exceed its budget, an ancestor's or the account's. */
+      /** Some of the cost was overage: a budget over the key could not take all of it. */
       overBudget: boolean;
-      /** Which budget is over, when one is. */
+      /** The budget that could not take it, when overBudget. */
       limitedBy?: LimitedBy;
       replayed?: true;
     } & SpendFigures)

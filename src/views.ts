@@ -18,6 +18,8 @@ export interface KeyInfo {
   spentCents: number;
   heldCents: number;
   remainingCents: number | null;
+  /** Real cost no budget could take, over the key's life: recorded, never counted in spentCents. */
+  overageCents: number;
   budgetPeriod: BudgetPeriod | null;
   budgetResetAt: string | null;
   expiresAt: string | null;
@@ -62,6 +64,7 @@ export function toKeyInfo(row: KeyRow): KeyInfo {
     spentCents: microsToCents(row.spent_micros),
     heldCents: microsToCents(row.held_micros),
     remainingCents: remaining(row.budget_micros, row.spent_micros, row.held_micros),
+    overageCents: microsToCents(row.overage_micros),
     budgetPeriod: row.budget_period as BudgetPeriod | null,
     budgetResetAt: iso(row.budget_reset_at),
     expiresAt: iso(row.expires_at),

@@ -393,6 +393,8 @@ forEachDatabase((getDb) => {
         success: true,
         reservationId: r.reservationId,
         costCents: 12,
+        chargedCents: 12,
+        overageCents: 0,
         heldCents: 30,
         releasedCents: 18,
         overHoldCents: 0,
@@ -425,6 +427,8 @@ forEachDatabase((getDb) => {
         success: true,
         reservationId: r.reservationId,
         costCents: 25.5,
+        chargedCents: 25.5,
+        overageCents: 0,
         heldCents: 10,
         releasedCents: 0,
         overHoldCents: 15.5,
@@ -437,27 +441,52 @@ forEachDatabase((getDb) => {
       await expectAudited(ak);
     });
 
-    it('happy: records the real cost even when it takes the key over budget (overBudget)', async () => {
+    it('happy: a commit past what the budget leaves charges up to the cap; the rest is overage, recorded and never counted', async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const { key, id } = await ak.create({ accountId: 'a', budgetCents: 100 });
       const r = reserved(await ak.reserve(key, { costCents: 50 }));
       const c = committed(await ak.commit(r.reservationId, { costCents: 120 }));
-      expect(c).toMatchObject({ costCents: 120, heldCents: 50, overHoldCents: 70, overBudget: true, budgetUsedCents: 120, budgetRemainingCents: 0 });
-      expect(await spentMicros(db, ak, id)).toBe(1_200_000);
-      // Over budget: nothing more is charged or held.
-      expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded', budgetUsedCents: 120 });
+      expect(c).toMatchObject({
+        costCents: 120,
+        chargedCents: 100,
+        overageCents: 20,
+        heldCents: 50,
+        overHoldCents: 70,
+        overBudget: true,
+        limitedBy: { kind: 'key', keyId: id },
+        budgetUsedCents: 100,
+        budgetRemainingCents: 0,
+      });
+      // The cap holds: the counter stops at the budget; the ledger has the commit and its overage.
+      expect(await spentMicros(db, ak, id)).toBe(1_000_000);
+      const rows = (await ak.ledger({ keyId: id })).filter((e) => e.reservationId === r.reservationId);
+      expect(rows.map((e) => [e.kind, e.amountCents])).toEqual([['overage', 20], ['commit', 100], ['hold', 50]]);
+      expect(await ak.getKey(id)).toMatchObject({ spentCents: 100, overageCents: 20, remainingCents: 0 });
+      expect(await ak.getReservation(r.reservationId)).toMatchObject({ costCents: 120, overageCents: 20, status: 'committed' });
+      expect(await ak.usage({ keyId: id })).toMatchObject({ totalCents: 100, count: 1, overageCents: 20 });
+      // A replay says the same, and records nothing more.
+      expect(await ak.commit(r.reservationId, { costCents: 120 })).toMatchObject({ replayed: true, costCents: 120, chargedCents: 100, overageCents: 20 });
+      expect(await ak.usage({ keyId: id })).toMatchObject({ totalCents: 100, overageCents: 20 });
+      // Nothing more is charged or held.
+      expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded', budgetUsedCents: 100 });
       expect(await ak.reserve(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
-      await expectAudited(ak);
+      const audit = await ak.audit();
+      expect(audit).toMatchObject({ ok: true, overageCents: 20, overageMismatches: [] });
     });
 
-    it('happy: overBudget counts the other live holds', async () => {
-      const ak = await getDb().agentKey();
-      const { key } = await ak.create({ accountId: 'a', budgetCents: 100 });
+    it('happy: a commit within its hold is charged in full; the other live holds keep their money', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const { key, id } = await ak.create({ accountId: 'a', budgetCents: 100 });
       const a = reserved(await ak.reserve(key, { costCents: 40 }));
       reserved(await ak.reserve(key, { costCents: 60 }));
-      // 45 spent + 60 still held > 100.
-      expect(await ak.commit(a.reservationId, { costCents: 45 })).toMatchObject({ success: true, overBudget: true, budgetUsedCents: 45, budgetRemainingCents: 0 });
+      expect(await ak.commit(a.reservationId, { costCents: 40 })).toMatchObject({ success: true, chargedCents: 40, overageCents: 0, overBudget: false, budgetRemainingCents: 0 });
+      // Past its hold, only what the other hold leaves free can be charged: here nothing.
+      const b = reserved(await ak.reserve(key, { costCents: 0 }));
+      expect(await ak.commit(b.reservationId, { costCents: 5 })).toMatchObject({ success: true, chargedCents: 0, overageCents: 5, overBudget: true, budgetUsedCents: 40 });
+      expect(await spentMicros(db, ak, id)).toBe(400_000);
+      await expectAudited(ak);
     });
 
     it('happy: a commit after the key was revoked still records the money spent', async () => {
@@ -644,6 +673,28 @@ forEachDatabase((getDb) => {
       expect(await ak.commit(r.reservationId, { costCents: 12 })).toEqual({ ...first, replayed: true });
       expect(await state(db, ak)).toBe(before);
       expect(await ak.release(r.reservationId)).toEqual({ success: false, reason: 'already_committed' });
+      await expectAudited(ak);
+    });
+
+    it('happy: a late commit of an expired hold whose money others took since is overage, and the cap holds', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const { key, id } = await ak.create({ accountId: 'a', budgetCents: 100 });
+      const r = reserved(await ak.reserve(key, { costCents: 30, ttl: '1s' }));
+      await waitPastExpiry(db, ak, [r.reservationId]);
+      // Once expired the hold frees its money, and a charge takes nearly all of it.
+      expect(await ak.trackUsage(key, { costCents: 95 })).toMatchObject({ success: true, budgetUsedCents: 95 });
+      const late = committed(await ak.commit(r.reservationId, { costCents: 12 }));
+      expect(late).toMatchObject({ costCents: 12, chargedCents: 5, overageCents: 7, holdExpired: true, overBudget: true, budgetUsedCents: 100, budgetRemainingCents: 0 });
+      expect(await spentMicros(db, ak, id)).toBe(1_000_000);
+      expect((await ledger(db, ak)).map((row) => [row.kind, row.amount])).toEqual([
+        ['hold', 300_000],
+        ['expire', -300_000],
+        ['charge', 950_000],
+        ['commit', 50_000],
+        ['overage', 70_000],
+      ]);
+      expect(await ak.getKey(id)).toMatchObject({ spentCents: 100, overageCents: 7 });
       await expectAudited(ak);
     });
   });
@@ -921,7 +972,7 @@ forEachDatabase((getDb) => {
       await check('other key');
 
       // usage() counts the spend rows (charges, commits, adjustments), not holds, releases, expiries or resets.
-      expect(await ak.usage({ keyId: id })).toEqual({ totalCents: 15.5, count: 5, buckets: [] });
+      expect(await ak.usage({ keyId: id })).toEqual({ totalCents: 15.5, count: 5, overageCents: 0, buckets: [] });
     });
 
     it('happy: a period reset with nothing spent writes no reset row', async () => {
@@ -976,13 +1027,19 @@ forEachDatabase((getDb) => {
       const b = await ak.create({ accountId: 'b', budgetCents: 100 });
       await ak.trackUsage(a.key, { costCents: 10 });
       await ak.trackUsage(b.key, { costCents: 4 });
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
 
       // Someone "gives back" 6 cents of spend by editing the counter.
       await db.query(`UPDATE ${ak.tableName} SET spent_micros = 40000 WHERE id = $1`, [a.id]);
-      expect(await ak.audit()).toEqual({ ok: false, keysChecked: 2, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }], accountMismatches: [] });
-      expect(await ak.audit({ keyId: a.id })).toEqual({ ok: false, keysChecked: 1, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }], accountMismatches: [] });
-      expect(await ak.audit({ keyId: String(b.id) })).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: false, keysChecked: 2, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }], accountMismatches: [], overageMismatches: [], overageCents: 0 });
+      expect(await ak.audit({ keyId: a.id })).toEqual({ ok: false, keysChecked: 1, mismatches: [{ keyId: a.id, counterCents: 4, ledgerCents: 10 }], accountMismatches: [], overageMismatches: [], overageCents: 0 });
+      expect(await ak.audit({ keyId: String(b.id) })).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
+
+      // So is an overage counter edited by hand, or an overage row forged.
+      await db.query(`UPDATE ${ak.tableName} SET overage_micros = 5 WHERE id = $1`, [b.id]);
+      expect(await ak.audit({ keyId: b.id })).toMatchObject({ ok: false, mismatches: [], overageMismatches: [{ keyId: b.id, counterCents: 0.0005, ledgerCents: 0 }] });
+      await db.query(`INSERT INTO ${ledgerName(ak)} (key_id, account_id, kind, amount_micros) VALUES ($1, 'b', 'overage', 5)`, [b.id]);
+      expect(await ak.audit({ keyId: b.id })).toMatchObject({ ok: true, overageMismatches: [], overageCents: 0.0005 });
 
       // A forged ledger row (inserts are allowed) is caught too.
       await db.query(
@@ -1000,7 +1057,7 @@ forEachDatabase((getDb) => {
       await rejectsWith(() => ak.audit({ keyId: 'abc' }), 'invalid_argument', 'keyId abc');
       await rejectsWith(() => ak.audit({ keyId: 0 }), 'invalid_argument', 'keyId 0');
       await rejectsWith(() => ak.audit({ key: 1 } as never), 'invalid_argument', 'unknown option');
-      expect(await ak.audit({ keyId: 999_999 })).toEqual({ ok: true, keysChecked: 0, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit({ keyId: 999_999 })).toEqual({ ok: true, keysChecked: 0, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     });
   });
 
@@ -1035,21 +1092,21 @@ forEachDatabase((getDb) => {
       const db = getDb();
       const ak = await db.agentKey();
       const { a, b, c } = await seeded(db, ak);
-      expect(await ak.usage()).toEqual({ totalCents: 7, count: 6, buckets: [] });
-      expect(await ak.usage({})).toEqual({ totalCents: 7, count: 6, buckets: [] });
-      expect(await ak.usage({ keyId: a.id })).toEqual({ totalCents: 6, count: 3, buckets: [] });
-      expect(await ak.usage({ keyId: String(b.id) })).toEqual({ totalCents: 0.3, count: 2, buckets: [] });
-      expect(await ak.usage({ keyId: c.id })).toEqual({ totalCents: 0.7, count: 1, buckets: [] });
-      expect(await ak.usage({ accountId: 'acct_1' })).toEqual({ totalCents: 6.3, count: 5, buckets: [] });
-      expect(await ak.usage({ accountId: 'acct_2' })).toEqual({ totalCents: 0.7, count: 1, buckets: [] });
-      expect(await ak.usage({ accountId: 'acct_none' })).toEqual({ totalCents: 0, count: 0, buckets: [] });
-      expect(await ak.usage({ keyId: a.id, accountId: 'acct_2' })).toEqual({ totalCents: 0, count: 0, buckets: [] });
+      expect(await ak.usage()).toEqual({ totalCents: 7, count: 6, overageCents: 0, buckets: [] });
+      expect(await ak.usage({})).toEqual({ totalCents: 7, count: 6, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ keyId: a.id })).toEqual({ totalCents: 6, count: 3, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ keyId: String(b.id) })).toEqual({ totalCents: 0.3, count: 2, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ keyId: c.id })).toEqual({ totalCents: 0.7, count: 1, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ accountId: 'acct_1' })).toEqual({ totalCents: 6.3, count: 5, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ accountId: 'acct_2' })).toEqual({ totalCents: 0.7, count: 1, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ accountId: 'acct_none' })).toEqual({ totalCents: 0, count: 0, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ keyId: a.id, accountId: 'acct_2' })).toEqual({ totalCents: 0, count: 0, overageCents: 0, buckets: [] });
       // [since, until): since is inclusive, until exclusive.
-      expect(await ak.usage({ since: '2025-03-01T11:05:00Z' })).toEqual({ totalCents: 4, count: 4, buckets: [] });
-      expect(await ak.usage({ until: '2025-03-02T00:00:00Z' })).toEqual({ totalCents: 6.5, count: 4, buckets: [] });
-      expect(await ak.usage({ since: new Date('2025-03-01T10:45:00Z'), until: new Date('2025-03-01T23:59:59.999Z') })).toEqual({ totalCents: 5, count: 2, buckets: [] });
-      expect(await ak.usage({ accountId: 'acct_1', since: '2025-03-02' })).toEqual({ totalCents: -0.2, count: 1, buckets: [] });
-      expect(await ak.usage({ since: '2030-01-01T00:00:00Z' })).toEqual({ totalCents: 0, count: 0, buckets: [] });
+      expect(await ak.usage({ since: '2025-03-01T11:05:00Z' })).toEqual({ totalCents: 4, count: 4, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ until: '2025-03-02T00:00:00Z' })).toEqual({ totalCents: 6.5, count: 4, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ since: new Date('2025-03-01T10:45:00Z'), until: new Date('2025-03-01T23:59:59.999Z') })).toEqual({ totalCents: 5, count: 2, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ accountId: 'acct_1', since: '2025-03-02' })).toEqual({ totalCents: -0.2, count: 1, overageCents: 0, buckets: [] });
+      expect(await ak.usage({ since: '2030-01-01T00:00:00Z' })).toEqual({ totalCents: 0, count: 0, overageCents: 0, buckets: [] });
     });
 
     it("happy: bucket 'hour' and 'day' give UTC-aligned buckets in time order", async () => {
@@ -1059,27 +1116,30 @@ forEachDatabase((getDb) => {
       expect(await ak.usage({ accountId: 'acct_1', bucket: 'hour' })).toEqual({
         totalCents: 6.3,
         count: 5,
+        overageCents: 0,
         buckets: [
-          { start: '2025-03-01T10:00:00.000Z', costCents: 3, count: 2 },
-          { start: '2025-03-01T11:00:00.000Z', costCents: 3, count: 1 },
-          { start: '2025-03-01T23:00:00.000Z', costCents: 0.5, count: 1 },
-          { start: '2025-03-02T00:00:00.000Z', costCents: -0.2, count: 1 },
+          { start: '2025-03-01T10:00:00.000Z', costCents: 3, count: 2, overageCents: 0 },
+          { start: '2025-03-01T11:00:00.000Z', costCents: 3, count: 1, overageCents: 0 },
+          { start: '2025-03-01T23:00:00.000Z', costCents: 0.5, count: 1, overageCents: 0 },
+          { start: '2025-03-02T00:00:00.000Z', costCents: -0.2, count: 1, overageCents: 0 },
         ],
       });
       expect(await ak.usage({ bucket: 'day' })).toEqual({
         totalCents: 7,
         count: 6,
+        overageCents: 0,
         buckets: [
-          { start: '2025-03-01T00:00:00.000Z', costCents: 6.5, count: 4 },
-          { start: '2025-03-02T00:00:00.000Z', costCents: 0.5, count: 2 },
+          { start: '2025-03-01T00:00:00.000Z', costCents: 6.5, count: 4, overageCents: 0 },
+          { start: '2025-03-02T00:00:00.000Z', costCents: 0.5, count: 2, overageCents: 0 },
         ],
       });
       expect(await ak.usage({ bucket: 'day', since: '2025-03-02T00:00:00Z' })).toEqual({
         totalCents: 0.5,
         count: 2,
-        buckets: [{ start: '2025-03-02T00:00:00.000Z', costCents: 0.5, count: 2 }],
+        overageCents: 0,
+        buckets: [{ start: '2025-03-02T00:00:00.000Z', costCents: 0.5, count: 2, overageCents: 0 }],
       });
-      expect(await ak.usage({ bucket: 'hour', accountId: 'acct_none' })).toEqual({ totalCents: 0, count: 0, buckets: [] });
+      expect(await ak.usage({ bucket: 'hour', accountId: 'acct_none' })).toEqual({ totalCents: 0, count: 0, overageCents: 0, buckets: [] });
     });
 
     it('happy: buckets stay UTC-aligned when the database session runs in another time zone', async () => {
@@ -1099,8 +1159,8 @@ forEachDatabase((getDb) => {
         expect(Object.values(tz as object)[0]).toBe(zone);
         await seeded(db, ak);
         expect((await ak.usage({ bucket: 'day' })).buckets).toEqual([
-          { start: '2025-03-01T00:00:00.000Z', costCents: 6.5, count: 4 },
-          { start: '2025-03-02T00:00:00.000Z', costCents: 0.5, count: 2 },
+          { start: '2025-03-01T00:00:00.000Z', costCents: 6.5, count: 4, overageCents: 0 },
+          { start: '2025-03-02T00:00:00.000Z', costCents: 0.5, count: 2, overageCents: 0 },
         ]);
         expect((await ak.usage({ bucket: 'hour', accountId: 'acct_1' })).buckets.map((b) => b.start)).toEqual([
           '2025-03-01T10:00:00.000Z',
@@ -1256,9 +1316,9 @@ forEachDatabase((getDb) => {
       const rows = await ledger(db, ak);
       expect(rows).toHaveLength(2000);
       expect(rows.every((r) => r.kind === 'charge' && r.amount === 300)).toBe(true);
-      expect(await ak.usage({ keyId: id })).toEqual({ totalCents: 60, count: 2000, buckets: [] });
+      expect(await ak.usage({ keyId: id })).toEqual({ totalCents: 60, count: 2000, overageCents: 0, buckets: [] });
       expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     });
 
     it('happy: float noise is not charged (500 charges of 0.1 + 0.2 cost 150 cents); decimal strings are exact everywhere', async () => {

@@ -94,6 +94,7 @@ export function keyDetails(k: KeyInfo): string {
     ['spent', dollars(k.spentCents)],
     ['held', dollars(k.heldCents)],
     ['remaining', dollars(k.remainingCents)],
+    ['overage', k.overageCents > 0 ? `${dollars(k.overageCents)} (recorded, not counted toward the budget)` : dollars(0)],
     ['next reset', when(k.budgetResetAt)],
     ['expires', when(k.expiresAt)],
     ['revoked', when(k.revokedAt)],

@@ -306,7 +306,8 @@ export function createApp(ak: AgentKey, options: AppOptions) {
       await ownHold(ak, id, key ?? bearer(c));
       const result = await ak.commit(id, cost);
       if (!result.success) throw settleRefused(result.reason);
-      metrics.charged('commit', 'charged', result.replayed ? 0 : result.costCents);
+      if (result.replayed) metrics.charged('commit', 'charged');
+      else metrics.charged('commit', 'charged', result.chargedCents, result.overageCents);
       return c.json(result, 200);
     },
   );

@@ -35,7 +35,17 @@ export function createMetrics(ak: AgentKey) {
   });
   const cents = new Counter({
     name: 'agentkey_charged_cents_total',
-    help: 'Cents charged by charges and commits.',
+    help: 'Cents charged by charges and commits (counted toward budgets; overage apart).',
+    registers: [registry],
+  });
+  const overage = new Counter({
+    name: 'agentkey_overage_cents_total',
+    help: 'Cents of commits that no budget could take: recorded as overage, never counted toward a cap.',
+    registers: [registry],
+  });
+  const overages = new Counter({
+    name: 'agentkey_overage_commits_total',
+    help: 'Commits with some overage.',
     registers: [registry],
   });
   // Read from the AgentKey when scraped: counters it keeps itself.
@@ -63,9 +73,14 @@ export function createMetrics(ak: AgentKey) {
     verified(outcome: string) {
       verifications.inc({ outcome });
     },
-    charged(kind: 'charge' | 'commit', outcome: string, costCents = 0) {
+    /** One charge or commit; `costCents` counted toward budgets and `overageCents` beside them (0 for replays). */
+    charged(kind: 'charge' | 'commit', outcome: string, costCents = 0, overageCents = 0) {
       charges.inc({ kind, outcome });
       if (costCents > 0) cents.inc(costCents);
+      if (overageCents > 0) {
+        overage.inc(overageCents);
+        overages.inc();
+      }
     },
   };
 }

@@ -1,5 +1,6 @@
 import { z } from '@hono/zod-openapi';
 import { MAX_CENTS, isValidCents } from '../money.js';
+import { LEDGER_KINDS } from '../store/ledger-schema.js';
 
 /**
  * The request and response schemas of the HTTP service. The same objects validate
@@ -52,6 +53,7 @@ export const KeyInfo = z
     spentCents: z.number(),
     heldCents: z.number(),
     remainingCents: z.number().nullable(),
+    overageCents: z.number().openapi({ description: "Real cost of the key's commits that no budget could take, over its life; never counted in spentCents." }),
     budgetPeriod: z.enum(['day', 'month']).nullable(),
     budgetResetAt: z.string().nullable(),
     expiresAt: z.string().nullable(),
@@ -134,9 +136,10 @@ export const UsageQuery = z
 
 export const UsageReport = z
   .object({
-    totalCents: z.number(),
+    totalCents: z.number().openapi({ description: 'Spend counted toward budgets: charges, commits and adjustments.' }),
     count: z.number().int(),
-    buckets: z.array(z.object({ start: z.string(), costCents: z.number(), count: z.number().int() })),
+    overageCents: z.number().openapi({ description: 'Real cost no budget could take, recorded beside the spend and never counted toward a cap.' }),
+    buckets: z.array(z.object({ start: z.string(), costCents: z.number(), count: z.number().int(), overageCents: z.number() })),
   })
   .openapi('UsageReport');
 
@@ -209,7 +212,7 @@ const settleKey = rawKey
   .openapi({ description: 'The key that took the hold (or send it as "Authorization: Bearer <key>").' });
 
 export const CommitBody = z
-  .object({ key: settleKey, costCents: cents('The real cost, recorded in full even past the hold.'), metadata })
+  .object({ key: settleKey, costCents: cents('The real cost: always recorded; charged up to what the budgets leave, the rest is overage.'), metadata })
   .strict()
   .openapi('Commit');
 
@@ -217,7 +220,9 @@ export const Committed = z
   .object({
     success: z.literal(true),
     reservationId: z.string(),
-    costCents: z.number(),
+    costCents: z.number().openapi({ description: 'The real cost: chargedCents + overageCents.' }),
+    chargedCents: z.number().openapi({ description: 'The part counted toward the budgets, never more than they leave.' }),
+    overageCents: z.number().openapi({ description: 'The part no budget could take: recorded as overage, never counted toward a cap.' }),
     heldCents: z.number(),
     releasedCents: z.number(),
     overHoldCents: z.number(),
@@ -248,6 +253,7 @@ export const AccountList = z
         keys: z.number().int(),
         liveKeys: z.number().int(),
         spentCents: z.number().openapi({ description: 'Lifetime spend from the ledger.' }),
+        overageCents: z.number().openapi({ description: "Lifetime overage of the account's keys (not in spentCents)." }),
         ceiling: AccountBudget.nullable(),
       }),
     ),
@@ -269,7 +275,7 @@ export const LedgerList = z
         id: z.number().int(),
         keyId: z.number().int(),
         accountId: z.string(),
-        kind: z.enum(['charge', 'hold', 'commit', 'release', 'expire', 'reset', 'adjust']),
+        kind: z.enum(LEDGER_KINDS),
         amountCents: z.number(),
         reservationId: z.string().nullable(),
         metadata: z.record(z.string(), z.unknown()).nullable(),

@@ -16,6 +16,7 @@ export interface AccountSummaryRow extends Omit<AccountRow, 'budget_micros'> {
   key_count: number;
   live_key_count: number;
   lifetime_micros: number;
+  overage_micros: number;
   budget_micros: number | null;
 }
 
@@ -83,6 +84,7 @@ export class AccountStore {
             AND (k.expires_at IS NULL OR k.expires_at > now()))::bigint AS live_key_count,
          (SELECT COALESCE(sum(l.amount_micros), 0) FROM ${t.ledger} l
             WHERE l.account_id = i.id AND l.kind IN ('charge', 'commit', 'adjust'))::bigint AS lifetime_micros,
+         (SELECT COALESCE(sum(k.overage_micros), 0) FROM ${t.table} k WHERE k.account_id::text = i.id)::bigint AS overage_micros,
          ${this.columns}
        FROM agentkey_ids i LEFT JOIN ${t.accounts} a ON a.account_id = i.id
        ORDER BY i.id LIMIT $1`,

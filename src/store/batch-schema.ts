@@ -67,6 +67,7 @@ export function batchFunctions(t: TableNames): Definition[] {
     RETURNS TABLE (r_outcome TEXT[], r_key_id BIGINT[], r_budget BIGINT[], r_spent BIGINT[], r_held BIGINT[], r_hold_id TEXT[],
                    r_expires_at TIMESTAMPTZ[], r_status TEXT[], r_limit TEXT[], r_limit_key_id BIGINT[], r_limit_account_id TEXT[],
                    r_hold_amount BIGINT[], r_committed BIGINT[], r_released BIGINT[], r_expired BOOLEAN[], r_over_budget BOOLEAN[], r_at TIMESTAMPTZ,
+                   r_overage BIGINT[],
                    r_ref_paths TEXT[], r_ref_accounts TEXT[])
     LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
     #variable_conflict use_variable
@@ -75,7 +76,7 @@ export function batchFunctions(t: TableNames): Definition[] {
       r RECORD; prior RECORD;
       -- Per distinct key asked for: its id, account and path (ancestors then the key) as a slice of v_paths.
       k_id BIGINT[] := '{}'; k_acct TEXT[] := '{}'; k_from INT[] := '{}'; k_to INT[] := '{}';
-      h_status TEXT[]; h_amount BIGINT[]; h_committed BIGINT[]; h_expires TIMESTAMPTZ[]; h_settled TIMESTAMPTZ[];
+      h_status TEXT[]; h_amount BIGINT[]; h_committed BIGINT[]; h_expires TIMESTAMPTZ[]; h_settled TIMESTAMPTZ[]; h_overage BIGINT[];
       h_dirty BOOLEAN := false; v_live BOOLEAN;
       v_paths BIGINT[] := '{}'; v_due BOOLEAN; v_expired BOOLEAN; v_holds INT := 0;
       -- Per distinct key, worked out once: where its node and account sit in the arrays below,
@@ -83,13 +84,14 @@ export function batchFunctions(t: TableNames): Definition[] {
       k_pos INT[]; k_cpos INT[]; k_state TEXT[]; v_pos INT[];
       -- Per key node and per account: the counters, updated as items are accepted.
       s_id BIGINT[]; s_budget BIGINT[]; s_spent BIGINT[]; s_spent0 BIGINT[]; s_held BIGINT[];
-      s_depth INT[]; s_state TEXT[]; s_touch BOOLEAN[];
+      s_depth INT[]; s_state TEXT[]; s_touch BOOLEAN[]; s_overage BIGINT[];
       c_id TEXT[]; c_budget BIGINT[]; c_spent BIGINT[]; c_spent0 BIGINT[]; c_held BIGINT[];
       -- Accepted items, in order, and what each item gets back.
       w_ord INT[] := '{}';
       o_outcome TEXT[]; o_key BIGINT[]; o_budget BIGINT[]; o_spent BIGINT[]; o_held BIGINT[]; o_hold TEXT[];
       o_expires TIMESTAMPTZ[]; o_status TEXT[]; o_limit TEXT[]; o_limit_key BIGINT[]; o_limit_acct TEXT[];
-      o_hamount BIGINT[]; o_committed BIGINT[]; o_released BIGINT[]; o_expired BOOLEAN[]; o_over BOOLEAN[];
+      o_hamount BIGINT[]; o_committed BIGINT[]; o_released BIGINT[]; o_expired BOOLEAN[]; o_over BOOLEAN[]; o_overage BIGINT[];
+      v_room BIGINT; v_charge BIGINT; v_acct_limit BOOLEAN;
       l_amount BIGINT[];
       v_now TIMESTAMPTZ; v_key BIGINT; v_ref INT; v_k INT; v_c INT; v_x INT; v_lim INT; v_prior INT;
     BEGIN
@@ -102,7 +104,7 @@ export function batchFunctions(t: TableNames): Definition[] {
       o_budget := o_key; o_spent := o_key; o_held := o_key; o_limit_key := o_key;
       o_hold := o_outcome; o_status := o_outcome; o_limit := o_outcome; o_limit_acct := o_outcome;
       o_expires := array_fill(NULL::timestamptz, ARRAY[n]);
-      o_hamount := o_key; o_committed := o_key; o_released := o_key; l_amount := o_key;
+      o_hamount := o_key; o_committed := o_key; o_released := o_key; l_amount := o_key; o_overage := o_key;
       o_expired := array_fill(NULL::boolean, ARRAY[n]); o_over := o_expired;
 
       -- A key is named by hash, subject or id; a settlement by its hold, whose path was fixed when taken.
@@ -188,13 +190,14 @@ export function batchFunctions(t: TableNames): Definition[] {
       s_spent0 := s_spent;
       c_spent0 := c_spent;
       s_touch := array_fill(false, ARRAY[cardinality(s_id)]);
+      s_overage := array_fill(0::bigint, ARRAY[cardinality(s_id)]);
 
       -- The holds being settled, by ref (after the sweep, so an expired one says so).
       IF cardinality(array_remove(p_hold, NULL)) > 0 THEN
         SELECT array_agg(h.status ORDER BY u.ord), array_agg(h.amount_micros ORDER BY u.ord),
                array_agg(h.committed_micros ORDER BY u.ord), array_agg(h.expires_at ORDER BY u.ord),
-               array_agg(h.settled_at ORDER BY u.ord)
-          INTO h_status, h_amount, h_committed, h_expires, h_settled
+               array_agg(h.settled_at ORDER BY u.ord), array_agg(COALESCE(h.overage_micros, 0) ORDER BY u.ord)
+          INTO h_status, h_amount, h_committed, h_expires, h_settled, h_overage
           FROM unnest(p_hold) WITH ORDINALITY AS u(hid, ord) LEFT JOIN ${t.holds} h ON h.id = u.hid;
       END IF;
 
@@ -234,6 +237,7 @@ export function batchFunctions(t: TableNames): Definition[] {
             o_outcome[i] := CASE WHEN p_op[i] <> 'commit' THEN 'already_committed'
                                  WHEN h_committed[v_ref] = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
             o_committed[i] := h_committed[v_ref]; o_expired[i] := h_settled[v_ref] >= h_expires[v_ref];
+            o_overage[i] := h_overage[v_ref];
           ELSIF h_status[v_ref] = 'released' THEN
             o_outcome[i] := CASE WHEN p_op[i] = 'release' THEN 'replayed' ELSE 'already_released' END;
             o_released[i] := h_amount[v_ref];
@@ -256,29 +260,43 @@ export function batchFunctions(t: TableNames): Definition[] {
                 l_amount[i] := -h_amount[v_ref];
                 o_released[i] := h_amount[v_ref];
               ELSE
-                -- A commit records the real cost even past the hold or its expiry: that money was spent.
-                h_status[v_ref] := 'committed';
-                h_committed[v_ref] := p_micros[i];
-                l_amount[i] := p_micros[i];
-                FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + p_micros[i]; END LOOP;
-                IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + p_micros[i]; END IF;
-                s_touch[v_k] := true;
-                o_committed[i] := p_micros[i];
-                o_expired[i] := NOT v_live;
-                -- Whether this step left a budget past its cap (the cost is recorded all the same).
-                v_lim := NULL;
+                -- A commit records the real cost, and counts against the budgets only what they
+                -- can take (the hold's money is back already): up to what the tightest budget over
+                -- the key leaves, deepest first on a tie, then the account's if it leaves less.
+                -- The rest is overage: recorded, never counted. (The same rule as <table>_settle.)
+                v_room := NULL; v_lim := NULL; v_acct_limit := false;
                 FOR j IN k_from[v_ref]..k_to[v_ref] LOOP
                   v_x := v_pos[j];
-                  IF s_spent[v_x] + s_held[v_x] > s_budget[v_x] AND (v_lim IS NULL OR s_depth[v_x] > s_depth[v_lim]) THEN v_lim := v_x; END IF;
+                  IF s_budget[v_x] IS NOT NULL AND (v_room IS NULL OR s_budget[v_x] - s_spent[v_x] - s_held[v_x] < v_room
+                      OR (s_budget[v_x] - s_spent[v_x] - s_held[v_x] = v_room AND s_depth[v_x] > s_depth[v_lim])) THEN
+                    v_room := s_budget[v_x] - s_spent[v_x] - s_held[v_x];
+                    v_lim := v_x;
+                  END IF;
                 END LOOP;
-                IF v_lim IS NOT NULL THEN
-                  o_limit[i] := CASE WHEN s_id[v_lim] = v_key THEN 'key' ELSE 'ancestor' END;
-                  o_limit_key[i] := s_id[v_lim];
-                ELSIF v_c IS NOT NULL AND c_spent[v_c] + c_held[v_c] > c_budget[v_c] THEN
+                IF v_c IS NOT NULL AND (v_room IS NULL OR c_budget[v_c] - c_spent[v_c] - c_held[v_c] < v_room) THEN
+                  v_room := c_budget[v_c] - c_spent[v_c] - c_held[v_c];
+                  v_acct_limit := true;
+                END IF;
+                v_charge := CASE WHEN v_room IS NULL THEN p_micros[i] ELSE LEAST(p_micros[i], GREATEST(v_room, 0)) END;
+                h_status[v_ref] := 'committed';
+                h_committed[v_ref] := p_micros[i];
+                h_overage[v_ref] := p_micros[i] - v_charge;
+                l_amount[i] := v_charge;
+                FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + v_charge; END LOOP;
+                IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + v_charge; END IF;
+                s_touch[v_k] := true;
+                s_overage[v_k] := s_overage[v_k] + h_overage[v_ref];
+                o_committed[i] := p_micros[i];
+                o_overage[i] := h_overage[v_ref];
+                o_expired[i] := NOT v_live;
+                IF h_overage[v_ref] > 0 AND v_acct_limit THEN
                   o_limit[i] := 'account';
                   o_limit_acct[i] := k_acct[v_ref];
+                ELSIF h_overage[v_ref] > 0 THEN
+                  o_limit[i] := CASE WHEN s_id[v_lim] = v_key THEN 'key' ELSE 'ancestor' END;
+                  o_limit_key[i] := s_id[v_lim];
                 END IF;
-                o_over[i] := o_limit[i] IS NOT NULL;
+                o_over[i] := h_overage[v_ref] > 0;
               END IF;
             END IF;
           END IF;
@@ -378,8 +396,8 @@ export function batchFunctions(t: TableNames): Definition[] {
 
       -- Write once: counters, account counters, holds, then the ledger in item order.
       UPDATE ${t.table} k SET spent_micros = d.spent, budget_used_cents = ${t.centsUp}(d.spent),
-          last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END
-        FROM unnest(s_id, s_spent, s_spent0, s_touch) AS d(id, spent, spent0, touch)
+          last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END, overage_micros = k.overage_micros + d.overage
+        FROM unnest(s_id, s_spent, s_spent0, s_touch, s_overage) AS d(id, spent, spent0, touch, overage)
         WHERE k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
       IF c_spent IS DISTINCT FROM c_spent0 THEN
         UPDATE ${t.accounts} a SET spent_micros = d.spent
@@ -393,19 +411,24 @@ export function batchFunctions(t: TableNames): Definition[] {
           FROM unnest(w_ord) AS w(o) WHERE p_op[w.o] = 'hold';
       END IF;
       IF h_dirty THEN
-        UPDATE ${t.holds} h SET status = d.status, committed_micros = d.committed, settled_at = d.settled
-          FROM unnest(p_hold, h_status, h_committed, h_settled) AS d(id, status, committed, settled)
+        UPDATE ${t.holds} h SET status = d.status, committed_micros = d.committed, settled_at = d.settled,
+            overage_micros = CASE WHEN d.status = 'committed' THEN d.overage END
+          FROM unnest(p_hold, h_status, h_committed, h_settled, h_overage) AS d(id, status, committed, settled, overage)
           WHERE h.id = ANY(p_hold) AND h.id = d.id AND d.settled = v_now;
       END IF;
       IF cardinality(w_ord) > 0 THEN
         INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, idempotency_key, metadata, created_at)
-          SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], p_op[w.o], l_amount[w.o], p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now
-          FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos) ORDER BY w.pos;
+          SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], e.kind, e.amount, p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now
+          FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos)
+          -- A commit's overage follows it as a row of its own kind.
+          CROSS JOIN LATERAL (VALUES (1, p_op[w.o], l_amount[w.o]), (2, 'overage', o_overage[w.o])) AS e(sub, kind, amount)
+          WHERE e.sub = 1 OR (p_op[w.o] = 'commit' AND e.amount > 0)
+          ORDER BY w.pos, e.sub;
       END IF;
       -- One row of arrays, one entry per item: cheaper than a row per item. Then, per key named
       -- (by p_ref), its path and account, so a cache can move what the budgets above it leave.
       RETURN QUERY SELECT o_outcome, o_key, o_budget, o_spent, o_held, o_hold, o_expires, o_status,
-                          o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over, v_now,
+                          o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over, v_now, o_overage,
                           ARRAY(SELECT array_to_string(v_paths[k_from[x]:k_to[x]], ',') FROM generate_subscripts(k_id, 1) AS g(x) ORDER BY x),
                           k_acct;
     END $fn$`,

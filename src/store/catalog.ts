@@ -14,6 +14,8 @@ export interface Relation {
   /** The table's own comment (agentkey's side tables carry their owner's incarnation there). */
   comment: string | null;
   rows: boolean;
+  /** Its check constraints, as pg_get_constraintdef prints them. */
+  checks: string[];
 }
 
 export interface TableState {
@@ -51,7 +53,7 @@ export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
   for (const r of rows) {
     if (r.oid === null) continue;
     const i = Number(r.ord) - 1;
-    const rel = (found[i] ??= { oid: Number(r.oid), columns: new Map(), comment: r.table_comment, rows: false });
+    const rel = (found[i] ??= { oid: Number(r.oid), columns: new Map(), comment: r.table_comment, rows: false, checks: [] });
     if (r.attname !== null) rel.columns.set(r.attname, { type: r.type as string, notNull: r.notnull === true, comment: r.col_comment });
   }
   // Whether side tables hold rows decides if rows left by a dropped keys table must be set aside.
@@ -59,6 +61,12 @@ export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
     const rel = found[i];
     if (rel) rel.rows = (await tx.query(`SELECT 1 FROM ${names[i]} LIMIT 1`)).length > 0;
   }
+  const oids = found.flatMap((rel) => (rel ? [rel.oid] : []));
+  const checks = await tx.query<{ oid: number; def: string }>(
+    `SELECT conrelid::int8 AS oid, pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE contype = 'c' AND conrelid::int8 = ANY($1::int8[])`,
+    [oids],
+  );
+  for (const c of checks) found.find((rel) => rel?.oid === Number(c.oid))?.checks.push(c.def);
   return { keys: found[0] ?? null, ledger: found[1] ?? null, holds: found[2] ?? null, accounts: found[3] ?? null };
 }
 

@@ -5,13 +5,22 @@ import type { TableNames } from './identifiers.js';
 /** Ledger kinds that change a key's spend; the others (hold, release, expire) change what is held. */
 export const SPEND_KINDS = ['charge', 'commit', 'adjust', 'reset'] as const;
 
+/**
+ * Every kind of ledger row. 'overage' is the part of a commit's real cost that no budget
+ * over the key could take: recorded, never counted toward a cap.
+ */
+export const LEDGER_KINDS = ['charge', 'hold', 'commit', 'release', 'expire', 'reset', 'adjust', 'overage'] as const;
+export type LedgerKind = (typeof LEDGER_KINDS)[number];
+
+const KIND_CHECK = `CONSTRAINT agentkey_ledger_kind CHECK (kind IN (${LEDGER_KINDS.map((k) => `'${k}'`).join(', ')}))`;
+
 /** Version 2: the append-only usage ledger and the holds table. */
 export async function createLedger(tx: Db, t: TableNames): Promise<void> {
   await tx.query(`CREATE TABLE IF NOT EXISTS ${t.ledger} (
     id BIGSERIAL PRIMARY KEY,
     key_id BIGINT NOT NULL,
     account_id TEXT NOT NULL,
-    kind TEXT NOT NULL CHECK (kind IN ('charge', 'hold', 'commit', 'release', 'expire', 'reset', 'adjust')),
+    kind TEXT NOT NULL ${KIND_CHECK},
     amount_micros BIGINT NOT NULL,
     reservation_id TEXT,
     idempotency_key TEXT,
@@ -28,6 +37,27 @@ export async function createLedger(tx: Db, t: TableNames): Promise<void> {
     metadata JSONB,
     created_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     settled_at TIMESTAMPTZ)`);
+}
+
+/** Whether the ledger's kind check admits every kind (a ledger made before version 6 lacks 'overage'). */
+export function ledgerKindsCurrent(checks: readonly string[]): boolean {
+  const kind = checks.filter((c) => /\bkind\b/.test(c));
+  return kind.length > 0 && kind.every((c) => LEDGER_KINDS.every((k) => c.includes(`'${k}'`)));
+}
+
+/**
+ * Version 6: overage. The ledger admits the kind; keys count their overage (never toward a
+ * cap) and a committed hold keeps the part of its cost that was overage, for replays.
+ */
+export async function createOverage(tx: Db, t: TableNames): Promise<void> {
+  await tx.query(`ALTER TABLE ${t.table} ADD COLUMN IF NOT EXISTS overage_micros BIGINT NOT NULL DEFAULT 0`);
+  await tx.query(`ALTER TABLE ${t.holds} ADD COLUMN IF NOT EXISTS overage_micros BIGINT`);
+  const old = await tx.query<{ conname: string }>(
+    `SELECT conname FROM pg_constraint WHERE conrelid = to_regclass($1) AND contype = 'c' AND pg_get_constraintdef(oid) ~ '\\mkind\\M'`,
+    [t.ledger],
+  );
+  for (const c of old) await tx.query(`ALTER TABLE ${t.ledger} DROP CONSTRAINT "${c.conname.replace(/"/g, '""')}"`);
+  await tx.query(`ALTER TABLE ${t.ledger} ADD ${KIND_CHECK}`);
 }
 
 /**

@@ -19,7 +19,7 @@ import {
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 import { V1_COLUMNS, createKeys, keyFunctions, keyIndexes, keyTriggers, restorePageTypes, widenedColumns } from './key-schema.js';
-import { createLedger, ledgerFunctions, ledgerIndexes, ledgerTriggers, openingBalances } from './ledger-schema.js';
+import { createLedger, createOverage, ledgerFunctions, ledgerIndexes, ledgerKindsCurrent, ledgerTriggers, openingBalances } from './ledger-schema.js';
 import { createTrees, treeFunctions, treeIndexes } from './tree-schema.js';
 
 interface Migration {
@@ -33,7 +33,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 5;
+export const LATEST_VERSION = 6;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -69,6 +69,13 @@ const MIGRATIONS: Migration[] = [
     name: "the page's columns keep the page's types; SQL edits of them are honoured",
     present: (s) => widenedColumns(s).length === 0,
     up: restorePageTypes,
+  },
+  {
+    version: 6,
+    name: 'overage: the part of a cost no budget could take, recorded as its own ledger kind and never counted toward a cap',
+    present: (s) =>
+      hasColumns(s.keys, ['overage_micros']) && hasColumns(s.holds, ['overage_micros']) && s.ledger !== null && ledgerKindsCurrent(s.ledger.checks),
+    up: (tx, t) => createOverage(tx, t),
   },
 ];
 

@@ -1,7 +1,7 @@
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
 import type { KeyRef } from './keys.js';
-import { SPEND_KINDS } from './ledger-schema.js';
+import { type LedgerKind, SPEND_KINDS } from './ledger-schema.js';
 
 /** What the spend and settle functions report, in micro-dollars. */
 export interface SpendOutcome {
@@ -16,7 +16,9 @@ export interface SpendOutcome {
   expires_at?: string | null;
   status?: string;
   hold?: number;
+  /** A commit's real cost; `overage` is the part of it no budget could take (not counted). */
   committed?: number;
+  overage?: number;
   released?: number;
   expired?: boolean;
   over_budget?: boolean;
@@ -48,7 +50,7 @@ export interface LedgerRow {
   id: number;
   key_id: number;
   account_id: string;
-  kind: 'charge' | 'hold' | 'commit' | 'release' | 'expire' | 'reset' | 'adjust';
+  kind: LedgerKind;
   amount_micros: number;
   reservation_id: string | null;
   metadata: Record<string, unknown> | null;
@@ -61,6 +63,8 @@ export interface HoldRow {
   account_id: string;
   amount_micros: number;
   committed_micros: number | null;
+  /** The part of the committed cost that was overage (null until committed, or committed before overage existed). */
+  overage_micros: number | null;
   status: 'held' | 'committed' | 'released' | 'expired';
   expires_at: Date;
   created_at: Date;
@@ -179,7 +183,7 @@ export class SpendStore {
 
   async findHold(id: string): Promise<HoldRow | null> {
     const rows = await this.db.query<HoldRow>(
-      `SELECT h.id, h.key_id, k.account_id::text AS account_id, h.amount_micros, h.committed_micros, h.status,
+      `SELECT h.id, h.key_id, k.account_id::text AS account_id, h.amount_micros, h.committed_micros, h.overage_micros, h.status,
               h.expires_at, h.created_at, h.settled_at, (h.status = 'held' AND h.expires_at <= now()) AS lapsed
        FROM ${this.t.holds} h JOIN ${this.t.table} k ON k.id = h.key_id WHERE h.id = $1`,
       [id],
@@ -193,10 +197,14 @@ export class SpendStore {
    */
   async sweep(limit: number): Promise<number> {
     const rows = await this.db.query<{ n: number }>(
-      `WITH agentkey_swept AS (
+      // The due holds are picked once, in a CTE of their own: as an IN (subquery) the planner
+      // may run the subquery once per candidate row, and then LIMIT bounds nothing.
+      `WITH agentkey_due AS MATERIALIZED (
+         SELECT id FROM ${this.t.holds} WHERE status = 'held' AND expires_at <= now()
+         ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
+       agentkey_swept AS (
          UPDATE ${this.t.holds} SET status = 'expired', settled_at = now()
-         WHERE id IN (SELECT id FROM ${this.t.holds} WHERE status = 'held' AND expires_at <= now()
-                      ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+         WHERE id IN (SELECT id FROM agentkey_due)
            AND status = 'held'
          RETURNING id, key_id, amount_micros),
        agentkey_logged AS (
@@ -214,22 +222,35 @@ export class SpendStore {
    * Counters that differ from the ledger. A key's counter is the spend rows of its whole
    * subtree plus its own period resets; an account's is its spend rows since its period began.
    */
-  async audit(keyId: number | null): Promise<{ checked: number; mismatches: AuditMismatch[]; accounts: AccountMismatch[] }> {
+  async audit(keyId: number | null): Promise<{
+    checked: number;
+    mismatches: AuditMismatch[];
+    accounts: AccountMismatch[];
+    overage: AuditMismatch[];
+    overageMicros: number;
+  }> {
     const spend = SPEND_KINDS.filter((k) => k !== 'reset').map((k) => `'${k}'`).join(', ');
     const filter = keyId === null ? '' : 'WHERE k.id = $1';
-    const rows = await this.db.query<{ id: number; counter: number; ledger: number }>(
+    const rows = await this.db.query<{ id: number; counter: number; ledger: number; overage_counter: number; overage_ledger: number }>(
       `SELECT k.id, k.spent_micros AS counter,
          (COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
                     WHERE l.kind IN (${spend}) AND l.key_id IN (
                       SELECT d.id FROM ${this.t.table} d WHERE d.id = k.id OR d.ancestor_ids @> ARRAY[k.id::bigint])), 0)
           + COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
-                      WHERE l.kind = 'reset' AND l.key_id = k.id), 0))::bigint AS ledger
+                      WHERE l.kind = 'reset' AND l.key_id = k.id), 0))::bigint AS ledger,
+         k.overage_micros AS overage_counter,
+         COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l WHERE l.kind = 'overage' AND l.key_id = k.id), 0)::bigint AS overage_ledger
        FROM ${this.t.table} k ${filter}`,
       keyId === null ? [] : [keyId],
     );
     const mismatches = rows
       .filter((r) => Number(r.counter) !== Number(r.ledger))
       .map((r) => ({ keyId: r.id, counterMicros: Number(r.counter), ledgerMicros: Number(r.ledger) }));
+    // A key's overage is its own (not its subtree's), over its whole life.
+    const overage = rows
+      .filter((r) => Number(r.overage_counter) !== Number(r.overage_ledger))
+      .map((r) => ({ keyId: r.id, counterMicros: Number(r.overage_counter), ledgerMicros: Number(r.overage_ledger) }));
+    const overageMicros = rows.reduce((sum, r) => sum + Number(r.overage_ledger), 0);
     const accountRows = keyId !== null ? [] : await this.db.query<{ account_id: string; counter: number; ledger: number }>(
       `SELECT a.account_id, a.spent_micros AS counter,
          COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
@@ -240,12 +261,15 @@ export class SpendStore {
     const accounts = accountRows
       .filter((r) => Number(r.counter) !== Number(r.ledger))
       .map((r) => ({ accountId: r.account_id, counterMicros: Number(r.counter), ledgerMicros: Number(r.ledger) }));
-    return { checked: rows.length, mismatches, accounts };
+    return { checked: rows.length, mismatches, accounts, overage, overageMicros };
   }
 
-  /** Spend (charges, commits, adjustments) over a time range, in total and in UTC buckets. */
-  async usage(f: UsageFilter): Promise<{ total: number; count: number; buckets: { start: Date; micros: number; count: number }[] }> {
-    const where = [`kind IN ('charge', 'commit', 'adjust')`];
+  /**
+   * Spend (charges, commits, adjustments) over a time range, in total and in UTC buckets,
+   * and beside it the overage recorded in that range (never part of the spend).
+   */
+  async usage(f: UsageFilter): Promise<UsageTotals> {
+    const where = [`kind IN ('charge', 'commit', 'adjust', 'overage')`];
     const params: unknown[] = [];
     const add = (sql: string, value: unknown) => {
       params.push(value);
@@ -255,27 +279,35 @@ export class SpendStore {
     if (f.accountId !== null) add('account_id = ?', f.accountId);
     if (f.since !== null) add('created_at >= ?', f.since);
     if (f.until !== null) add('created_at < ?', f.until);
+    const sums = `COALESCE(sum(amount_micros) FILTER (WHERE kind <> 'overage'), 0)::bigint AS total,
+       count(*) FILTER (WHERE kind <> 'overage')::bigint AS n,
+       COALESCE(sum(amount_micros) FILTER (WHERE kind = 'overage'), 0)::bigint AS overage`;
     const from = `FROM ${this.t.ledger} WHERE ${where.join(' AND ')}`;
     if (f.bucket === null) {
-      const rows = await this.db.query<{ total: number; n: number }>(
-        `SELECT COALESCE(sum(amount_micros), 0)::bigint AS total, count(*)::bigint AS n ${from}`,
-        params,
-      );
-      return { total: Number(rows[0]?.total ?? 0), count: Number(rows[0]?.n ?? 0), buckets: [] };
+      const rows = await this.db.query<{ total: number; n: number; overage: number }>(`SELECT ${sums} ${from}`, params);
+      const r = rows[0];
+      return { total: Number(r?.total ?? 0), count: Number(r?.n ?? 0), overage: Number(r?.overage ?? 0), buckets: [] };
     }
-    const rows = await this.db.query<{ start: Date; total: number; n: number }>(
-      `SELECT date_trunc('${f.bucket}', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS start,
-              sum(amount_micros)::bigint AS total, count(*)::bigint AS n
+    const rows = await this.db.query<{ start: Date; total: number; n: number; overage: number }>(
+      `SELECT date_trunc('${f.bucket}', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS start, ${sums}
        ${from} GROUP BY 1 ORDER BY 1`,
       params,
     );
-    const buckets = rows.map((r) => ({ start: new Date(r.start), micros: Number(r.total), count: Number(r.n) }));
+    const buckets = rows.map((r) => ({ start: new Date(r.start), micros: Number(r.total), count: Number(r.n), overage: Number(r.overage) }));
     return {
       total: buckets.reduce((sum, b) => sum + b.micros, 0),
       count: buckets.reduce((sum, b) => sum + b.count, 0),
+      overage: buckets.reduce((sum, b) => sum + b.overage, 0),
       buckets,
     };
   }
+}
+
+export interface UsageTotals {
+  total: number;
+  count: number;
+  overage: number;
+  buckets: { start: Date; micros: number; count: number; overage: number }[];
 }
 
 /** The batch function's one row: an array per field, one entry per item. */
@@ -296,6 +328,7 @@ interface BatchRow {
   r_released: Num[];
   r_expired: (boolean | null)[];
   r_over_budget: (boolean | null)[];
+  r_overage: Num[];
   /** When the batch took place: later batches on a key always have later times (the clock is read after the locks). */
   r_at: Date | string;
   /** Per key named (not per item): its path as 'ancestor,...,key', and its account. */
@@ -337,6 +370,8 @@ function fromBatchRow(r: BatchRow, i: number, ref: number): SpendOutcome {
   if (expired !== null) out.expired = expired;
   const over = r.r_over_budget[i] ?? null;
   if (over !== null) out.over_budget = over;
+  const overage = num(r.r_overage[i]);
+  if (overage !== null) out.overage = overage;
   return out;
 }
 

@@ -115,13 +115,32 @@ export function treeFunctions(t: TableNames): Definition[] {
         IF a.spent_micros + v_acct_held + ${extra} > a.budget_micros THEN v_limit := 'account'; END IF;
       END IF;`;
 
-  const addSpend = `
-      UPDATE ${t.table} SET spent_micros = spent_micros + p_micros,
-        budget_used_cents = ${t.centsUp}(spent_micros + p_micros)
+  const addSpend = (amount: string) => `
+      UPDATE ${t.table} SET spent_micros = spent_micros + ${amount},
+        budget_used_cents = ${t.centsUp}(spent_micros + ${amount})
         WHERE id = ANY(v_nodes);
-      -- Re-read the account too: a commit checks it again after adding its cost.
-      UPDATE ${t.accounts} SET spent_micros = spent_micros + p_micros WHERE account_id = v_account RETURNING * INTO a;
+      UPDATE ${t.accounts} SET spent_micros = spent_micros + ${amount} WHERE account_id = v_account RETURNING * INTO a;
       SELECT * INTO k FROM ${t.table} WHERE id = v_key;`;
+
+  // What every budget over the key still leaves (budget - spent - live holds): the tightest
+  // one, deepest first on a tie, then the account's if it leaves less. v_room is NULL when
+  // nothing over the key has a budget.
+  const findRoom = `
+      SELECT n.id, n.budget_micros - n.spent_micros - COALESCE(live.held, 0) AS room INTO lim FROM ${t.table} n
+        LEFT JOIN LATERAL (SELECT sum(amount_micros) AS held FROM ${t.holds}
+                           WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
+        WHERE n.id = ANY(v_nodes) AND n.budget_micros IS NOT NULL
+        ORDER BY 2, n.depth DESC LIMIT 1;
+      v_room := lim.room;
+      v_limit := CASE WHEN lim.id IS NULL THEN NULL WHEN lim.id = v_key THEN 'key' ELSE 'ancestor' END;
+      IF a.account_id IS NOT NULL THEN
+        SELECT COALESCE(sum(amount_micros), 0) INTO v_acct_held FROM ${t.holds}
+          WHERE status = 'held' AND expires_at > v_now AND account_id = v_account;
+        IF v_room IS NULL OR a.budget_micros - a.spent_micros - v_acct_held < v_room THEN
+          v_room := a.budget_micros - a.spent_micros - v_acct_held;
+          v_limit := 'account';
+        END IF;
+      END IF;`;
 
   // The key's path (ancestors, then itself) and account let a cache move what the budgets above it leave.
   // 'at' (ms, read after the locks) orders these figures against those of other steps on the key.
@@ -130,7 +149,8 @@ export function treeFunctions(t: TableNames): Definition[] {
   const limitFields = `'limit', v_limit, 'limit_key_id', CASE WHEN v_limit IN ('key', 'ancestor') THEN lim.id END,
           'limit_account_id', CASE WHEN v_limit = 'account' THEN v_account END`;
   const declare = `k RECORD; a RECORD; lim RECORD; prior RECORD; v_key BIGINT; v_account TEXT; v_nodes BIGINT[];
-      v_now TIMESTAMPTZ; v_held BIGINT; v_acct_held BIGINT; v_limit TEXT; v_state TEXT; v_expires TIMESTAMPTZ;`;
+      v_now TIMESTAMPTZ; v_held BIGINT; v_acct_held BIGINT; v_limit TEXT; v_state TEXT; v_expires TIMESTAMPTZ;
+      v_room BIGINT; v_charge BIGINT; v_overage BIGINT;`;
 
   defs.push({
     kind: 'function',
@@ -195,7 +215,7 @@ export function treeFunctions(t: TableNames): Definition[] {
         v_held := v_held + p_micros;
         UPDATE ${t.table} SET last_used_at = v_now WHERE id = v_key;
       ELSE
-        ${addSpend}
+        ${addSpend('p_micros')}
         IF p_op = 'charge' THEN UPDATE ${t.table} SET last_used_at = v_now WHERE id = v_key; END IF;
         INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, idempotency_key, metadata, created_at)
         VALUES (v_key, v_account, p_op, p_micros, p_idem, p_meta, v_now);
@@ -222,7 +242,8 @@ export function treeFunctions(t: TableNames): Definition[] {
         -- A second commit replays the first only when it asks for the same cost.
         RETURN jsonb_build_object('outcome', CASE WHEN p_op <> 'commit' THEN 'already_committed'
                                                   WHEN h.committed_micros = p_micros THEN 'replayed' ELSE 'idempotency_conflict' END,
-          'hold', h.amount_micros, 'committed', h.committed_micros, 'expired', h.settled_at >= h.expires_at, ${figures});
+          'hold', h.amount_micros, 'committed', h.committed_micros, 'overage', COALESCE(h.overage_micros, 0),
+          'expired', h.settled_at >= h.expires_at, ${figures});
       ELSIF h.status = 'released' THEN
         RETURN jsonb_build_object('outcome', CASE WHEN p_op = 'release' THEN 'replayed' ELSE 'already_released' END,
           'hold', h.amount_micros, 'released', h.amount_micros, ${figures});
@@ -239,16 +260,26 @@ export function treeFunctions(t: TableNames): Definition[] {
         v_held := v_held - h.amount_micros;
         RETURN jsonb_build_object('outcome', 'ok', 'hold', h.amount_micros, 'released', h.amount_micros, ${figures});
       END IF;
-      -- A commit records the real cost even past the hold or its expiry: that money was spent.
+      -- A commit records the real cost, and counts against the budgets only what they can
+      -- take: the hold gives its money back first, then the cost is charged up to what every
+      -- budget over the key leaves. The rest, if any, is overage: recorded, never counted.
       IF v_live THEN v_held := v_held - h.amount_micros; END IF;
       UPDATE ${t.holds} SET status = 'committed', committed_micros = p_micros, settled_at = v_now WHERE id = h.id;
-      ${addSpend}
-      UPDATE ${t.table} SET last_used_at = v_now WHERE id = v_key;
+      ${findRoom}
+      v_charge := CASE WHEN v_room IS NULL THEN p_micros ELSE LEAST(p_micros, GREATEST(v_room, 0)) END;
+      v_overage := p_micros - v_charge;
+      IF v_overage = 0 THEN v_limit := NULL; END IF;
+      ${addSpend('v_charge')}
+      UPDATE ${t.table} SET last_used_at = v_now, overage_micros = overage_micros + v_overage WHERE id = v_key;
       INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at)
-      VALUES (v_key, v_account, 'commit', p_micros, h.id, p_meta, v_now);
-      ${findLimit('0')}
+      VALUES (v_key, v_account, 'commit', v_charge, h.id, p_meta, v_now);
+      IF v_overage > 0 THEN
+        UPDATE ${t.holds} SET overage_micros = v_overage WHERE id = h.id;
+        INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at)
+        VALUES (v_key, v_account, 'overage', v_overage, h.id, p_meta, v_now);
+      END IF;
       RETURN jsonb_build_object('outcome', 'ok', 'expired', NOT v_live, 'hold', h.amount_micros, 'committed', p_micros,
-        'over_budget', v_limit IS NOT NULL, ${figures}, ${limitFields});
+        'overage', v_overage, 'over_budget', v_overage > 0, ${figures}, ${limitFields});
     END $fn$`,
   });
   return defs;
