@@ -559,7 +559,7 @@ forEachDatabase((getDb) => {
       expect(await ak.getKey(monthly.id)).toMatchObject({ spentCents: 100, remainingCents: 0, budgetResetAt: monthlyReset });
       expect(await ak.usage({ keyId: child.id })).toMatchObject({ totalCents: 100, count: 2 });
       expect(await ak.trackUsage(monthly.key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: monthly.id } });
-      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     });
 
     it("security: an expiry past the caller's -> 403 expiry_exceeds_parent; an expiring caller cannot mint a never-expiring key", async () => {

@@ -709,7 +709,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validateBySubject('agent_budget')).toEqual({ valid: false, reason: 'budget_exceeded' });
       expect(await ak.getKey(after.valid ? after.keyId : -1)).toMatchObject({ budgetCents: 100, spentCents: 100, heldCents: 0 });
       const audit = await ak.audit();
-      expect(audit).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
+      expect(audit).toMatchObject({ ok: true, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
       expect(await rowsFor(ak, 'agent_budget')).toBe(1);
       // And a fresh token of the spent machine is refused with 429 by the middleware.
       const { call } = mount('hono', ids, { scope: 'proxy.chat' });

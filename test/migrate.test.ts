@@ -293,7 +293,7 @@ forEachDatabase((getDb) => {
       // Run again: nothing to apply, the version table still lists 1, 2 and 3 once each.
       expect(await ak.migrate()).toEqual([]);
       expect((await versionRows(db, table)).map((v) => Number(v.version))).toEqual(ALL_VERSIONS);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     });
 
     it('is idempotent: a second call, from the same or another instance, returns [] and changes nothing', async () => {
@@ -374,7 +374,7 @@ forEachDatabase((getDb) => {
       });
       // The bare table had no spend: the ledger starts empty and agrees with every counter.
       expect(await ledgerRows(db, table)).toEqual([]);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 4, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 4, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
       expect(ak.hasScope(v48, 'proxy.chat')).toBe(true);
       expect(ak.hasScope(v48, 'billing.write')).toBe(true);
       expect(await ak.validate(k64.raw)).toMatchObject({ valid: true, keyId: id64, accountId: 'acct_123', scopes: null, budgetCents: null });
@@ -606,9 +606,9 @@ forEachDatabase((getDb) => {
       }
       // The key without spend (budget_used_cents NULL) gets no row.
       expect(rows.some((r) => Number(r.key_id) === ids.nullUsed)).toBe(false);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 7, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 7, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
       // Usage reports the opening balances as spend of the migrated keys.
-      expect(await ak.usage({ accountId: 'acct_123' })).toEqual({ totalCents: 7200, count: 6, buckets: [] });
+      expect(await ak.usage({ accountId: 'acct_123' })).toEqual({ totalCents: 7200, count: 6, overageCents: 0, buckets: [] });
 
       // A second migrate() adds no second opening balance.
       expect(await ak.migrate()).toEqual([]);
@@ -770,7 +770,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(month.key)).toMatchObject({ valid: true, budgetUsedCents: 12.3456 });
       // The ledger already had this spend: no opening balance is added a second time.
       expect(await ledgerRows(db, table)).toEqual(ledgerBefore);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     });
   });
 
@@ -800,7 +800,7 @@ forEachDatabase((getDb) => {
       const ak = new AgentKey({ pool: db.pool, tableName: table });
       expect(await ak.validate(k.raw)).toMatchObject({ valid: true, budgetUsedCents: 1200, budgetRemainingCents: 3800 });
       expect((await ledgerRows(db, table))!.map((r) => [r.kind, r.amount])).toEqual([['adjust', '12000000']]);
-      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     });
 
     it('concurrent migrate() calls on different tables each apply their versions', async () => {

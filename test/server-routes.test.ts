@@ -1069,12 +1069,12 @@ forEachDatabase((getDb) => {
         expect(res.status, query).toBe(200);
         return res.body as { totalCents: number; count: number; buckets: { start: string; costCents: number; count: number }[] };
       };
-      expect(await usage('')).toEqual({ totalCents: 8.75, count: 5, buckets: [] });
-      expect(await usage(`?keyId=${k1.id}`)).toEqual({ totalCents: 4.25, count: 3, buckets: [] });
-      expect(await usage('?accountId=acct_u')).toEqual({ totalCents: 4.75, count: 4, buckets: [] });
-      expect(await usage('?accountId=acct_v')).toEqual({ totalCents: 4, count: 1, buckets: [] });
-      expect(await usage(`?keyId=${k3.id}&accountId=acct_u`)).toEqual({ totalCents: 0, count: 0, buckets: [] });
-      expect(await usage('?accountId=acct_none')).toEqual({ totalCents: 0, count: 0, buckets: [] });
+      expect(await usage('')).toEqual({ totalCents: 8.75, count: 5, overageCents: 0, buckets: [] });
+      expect(await usage(`?keyId=${k1.id}`)).toEqual({ totalCents: 4.25, count: 3, overageCents: 0, buckets: [] });
+      expect(await usage('?accountId=acct_u')).toEqual({ totalCents: 4.75, count: 4, overageCents: 0, buckets: [] });
+      expect(await usage('?accountId=acct_v')).toEqual({ totalCents: 4, count: 1, overageCents: 0, buckets: [] });
+      expect(await usage(`?keyId=${k3.id}&accountId=acct_u`)).toEqual({ totalCents: 0, count: 0, overageCents: 0, buckets: [] });
+      expect(await usage('?accountId=acct_none')).toEqual({ totalCents: 0, count: 0, overageCents: 0, buckets: [] });
       expect(await usage(`?since=${encodeURIComponent(start)}`)).toMatchObject({ totalCents: 8.75, count: 5 });
       expect(await usage(`?until=${encodeURIComponent(start)}`)).toMatchObject({ totalCents: 0, count: 0 });
       expect(await usage(`?since=${encodeURIComponent(new Date(Date.now() + 3_600_000).toISOString())}`)).toMatchObject({ totalCents: 0, count: 0 });

@@ -29,6 +29,8 @@ interface Result {
   heldCents?: number;
   releasedCents?: number;
   overHoldCents?: number;
+  chargedCents?: number;
+  overageCents?: number;
   overBudget?: boolean;
   budgetUsedCents?: number;
 }
@@ -180,7 +182,8 @@ forEachDatabase((getDb) => {
     // Settlements: per reservation, exactly one commit or release won; every other call replays it or is refused.
     const settles = groupBy(lines.filter((l) => l.op === 'commit' || l.op === 'release'), (l) => l.rid!);
     expect([...settles.keys()].sort()).toEqual([...reservations.keys()].sort());
-    const committed = new Map<string, { cost: number; hold: number; over: number }>();
+    // Per commit: its real cost, its hold, how far it went past the hold, what was charged and what was overage.
+    const committed = new Map<string, { cost: number; hold: number; over: number; charged: number; overage: number }>();
     const released = new Set<string>();
     for (const [rid, reports] of settles) {
       const wins = reports.flatMap((r) => fresh(r.results!).map((res) => ({ op: r.op, micros: r.micros, res })));
@@ -204,18 +207,25 @@ forEachDatabase((getDb) => {
       }
       const cost = micros(win.res.costCents);
       const over = micros(win.res.overHoldCents);
+      const charged = micros(win.res.chargedCents);
+      const overage = micros(win.res.overageCents);
       expect(micros(win.res.heldCents)).toBe(hold);
       expect(over).toBe(Math.max(0, cost - hold));
       expect(micros(win.res.releasedCents)).toBe(Math.max(0, hold - cost));
+      // The real cost is all recorded; only what went past the hold can be overage.
+      expect(charged + overage, `${where} ${rid}`).toBe(cost);
+      expect(overage, `${where} ${rid}`).toBeLessThanOrEqual(over);
+      expect(win.res.overBudget, `${where} ${rid}`).toBe(overage > 0);
       // Every later commit of it with the same cost reports that first outcome (the others are conflicts, above).
       const asked = reports.filter((r) => r.op === 'commit' && r.micros === win.micros).flatMap((r) => r.results!);
       expect(asked.map((r) => micros(r.costCents)), `${where} ${rid}`).toEqual(asked.map(() => cost));
-      committed.set(rid, { cost, hold, over });
+      committed.set(rid, { cost, hold, over, charged, overage });
     }
 
     // The key row: every accepted cost counted exactly once.
-    const spent = sum(accepted.values()) + sum([...committed.values()].map((c) => c.cost));
+    const spent = sum(accepted.values()) + sum([...committed.values()].map((c) => c.charged));
     const overHoldTotal = sum([...committed.values()].map((c) => c.over));
+    const overageTotal = sum([...committed.values()].map((c) => c.overage));
     const row = await keyRow(db, t, id);
     expect(row.spent_micros, where).toBe(spent);
 
@@ -223,7 +233,7 @@ forEachDatabase((getDb) => {
     // one commit or release row per settled reservation, nothing expired, nothing else.
     const rows = await ledger(db, t, id);
     const byKind = groupBy(rows, (r) => r.kind);
-    expect([...byKind.keys()].filter((k) => !['charge', 'hold', 'commit', 'release'].includes(k))).toEqual([]);
+    expect([...byKind.keys()].filter((k) => !['charge', 'hold', 'commit', 'release', 'overage'].includes(k))).toEqual([]);
     const chargeRows = byKind.get('charge') ?? [];
     expect(chargeRows.map((r) => r.idempotency_key).sort()).toEqual([...accepted.keys()].sort());
     for (const r of chargeRows) expect(r.amount_micros).toBe(accepted.get(r.idempotency_key!));
@@ -232,7 +242,11 @@ forEachDatabase((getDb) => {
     for (const r of holdRows) expect(r.amount_micros).toBe(reservations.get(r.reservation_id!));
     const commitRows = byKind.get('commit') ?? [];
     expect(commitRows.map((r) => r.reservation_id).sort()).toEqual([...committed.keys()].sort());
-    for (const r of commitRows) expect(r.amount_micros).toBe(committed.get(r.reservation_id!)!.cost);
+    for (const r of commitRows) expect(r.amount_micros).toBe(committed.get(r.reservation_id!)!.charged);
+    const overageRows = byKind.get('overage') ?? [];
+    const withOverage = [...committed].filter(([, c]) => c.overage > 0);
+    expect(overageRows.map((r) => r.reservation_id).sort()).toEqual(withOverage.map(([rid]) => rid).sort());
+    for (const r of overageRows) expect(r.amount_micros).toBe(committed.get(r.reservation_id!)!.overage);
     const releaseRows = byKind.get('release') ?? [];
     expect(releaseRows.map((r) => r.reservation_id).sort()).toEqual([...released].sort());
     for (const r of releaseRows) expect(r.amount_micros).toBe(-reservations.get(r.reservation_id!)!);
@@ -245,35 +259,47 @@ forEachDatabase((getDb) => {
     }
 
     // Replaying the ledger in order (every write of a key holds its row lock, so ids are in
-    // commit order): a charge or a hold never took spend + holds past the budget; only a
-    // commit past its hold can, and by no more than that.
+    // commit order): no row ever took spend + holds past the budget, and a commit that left
+    // overage left the key exactly at its budget (it was charged all the budget had left).
     const budget = budgetCents * 10_000;
     let spentSoFar = 0;
     let held = 0;
-    let overSoFar = 0;
+    let overageSoFar = 0;
     let peak = 0;
     for (const r of rows) {
       if (r.kind === 'charge') spentSoFar += r.amount_micros;
       if (r.kind === 'hold' || r.kind === 'release') held += r.amount_micros;
       if (r.kind === 'commit') {
-        const hold = reservations.get(r.reservation_id!)!;
-        held -= hold;
+        held -= reservations.get(r.reservation_id!)!;
         spentSoFar += r.amount_micros;
-        overSoFar += Math.max(0, r.amount_micros - hold);
       }
-      if (r.kind === 'charge' || r.kind === 'hold') expect(spentSoFar + held, `${where} ledger row ${r.id}`).toBeLessThanOrEqual(budget);
-      expect(spentSoFar + held, `${where} ledger row ${r.id}`).toBeLessThanOrEqual(budget + overSoFar);
+      if (r.kind === 'overage') {
+        overageSoFar += r.amount_micros;
+        expect(spentSoFar + held, `${where} overage row ${r.id}`).toBe(budget);
+      }
+      expect(spentSoFar + held, `${where} ledger row ${r.id}`).toBeLessThanOrEqual(budget);
       peak = Math.max(peak, spentSoFar + held);
     }
-    expect([spentSoFar, held, overSoFar]).toEqual([spent, 0, overHoldTotal]);
+    expect([spentSoFar, held, overageSoFar]).toEqual([spent, 0, overageTotal]);
 
-    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
-    expect(await ak.usage({ keyId: id })).toMatchObject({ totalCents: spent / 10_000, count: accepted.size + committed.size });
+    expect(await ak.audit()).toEqual({
+      ok: true,
+      keysChecked: 1,
+      mismatches: [],
+      accountMismatches: [],
+      overageMismatches: [],
+      overageCents: overageTotal / 10_000,
+    });
+    expect(await ak.usage({ keyId: id })).toMatchObject({
+      totalCents: spent / 10_000,
+      count: accepted.size + committed.size,
+      overageCents: overageTotal / 10_000,
+    });
     // A key spent to its budget (commits past their holds can take it there) is refused as
     // the package refused it; otherwise its figures are the ledger's.
     if (spent >= budget) expect(await ak.validate(key)).toEqual({ valid: false, reason: 'budget_exceeded' });
     else expect(await ak.validate(key)).toMatchObject({ valid: true, budgetUsedCents: spent / 10_000, budgetHeldCents: 0 });
-    expect(await ak.getKey(id)).toMatchObject({ spentCents: spent / 10_000, heldCents: 0 });
+    expect(await ak.getKey(id)).toMatchObject({ spentCents: spent / 10_000, heldCents: 0, overageCents: overageTotal / 10_000 });
 
     // The race was real: calls were refused for the budget, retried over fresh connections,
     // and the same idempotency key was sent by more than one process.
@@ -287,7 +313,7 @@ forEachDatabase((getDb) => {
     expect(sharedAcrossProcesses.length, where).toBeGreaterThan(0);
     expect(released.size).toBeGreaterThan(0);
     expect(committed.size).toBeGreaterThan(0);
-    return { spent, budget, overHoldTotal, peak, committed, accepted, lines };
+    return { spent, budget, overHoldTotal, overageTotal, peak, committed, accepted, lines };
   }
 
   it('processes racing reserve/commit/release/charge with retries on one key never spend past its budget and count each cost once', async () => {
@@ -300,28 +326,23 @@ forEachDatabase((getDb) => {
     expect(peak, `seed ${seed}`).toBeGreaterThan(budget - 20_000 * 3);
   }, 60_000);
 
-  it('commits past their holds: the only spend beyond what charges and holds took is exactly the sum of overHoldCents', async () => {
+  it('commits past their holds never take the key past its budget: what no budget could take is overage, recorded once', async () => {
     const seed = SEED + 1;
-    const { spent, budget, overHoldTotal, committed, accepted, lines } = await race(true, seed);
+    const { spent, budget, overHoldTotal, overageTotal, committed, accepted, lines } = await race(true, seed);
     expect(overHoldTotal, `seed ${seed}`).toBeGreaterThan(0);
-    // What the commits reported past their holds (from the winning calls) ...
+    expect(spent, `seed ${seed}`).toBeLessThanOrEqual(budget);
+    // What the winning commits reported as overage is what the ledger has (checked in race()),
+    // and the spend is exactly the charges plus what the commits were charged.
     const reported = sum(
       lines
         .filter((l) => l.op === 'commit')
         .flatMap((l) => fresh(l.results!))
-        .map((r) => micros(r.overHoldCents)),
+        .map((r) => micros(r.overageCents)),
     );
-    expect(reported).toBe(overHoldTotal);
-    // ... is exactly the spend beyond the charges and the part of each commit its hold covered,
-    const covered = sum(accepted.values()) + sum([...committed.values()].map((c) => Math.min(c.cost, c.hold)));
-    expect(spent - covered).toBe(reported);
-    // which stayed within the budget: the key went past its budget by no more than that.
-    expect(covered, `seed ${seed}`).toBeLessThanOrEqual(budget);
-    expect(spent - budget, `seed ${seed}`).toBeLessThanOrEqual(reported);
-    // Only a commit past its hold can take the key over its budget; if the key ended over
-    // it, the commit that took it there said so. (Whether a random run ends over it is chance.)
-    const overBudget = lines.filter((l) => l.op === 'commit').flatMap((l) => fresh(l.results!)).filter((r) => r.overBudget);
-    if (spent > budget) expect(overBudget.length, `seed ${seed}`).toBeGreaterThan(0);
+    expect(reported).toBe(overageTotal);
+    expect(spent).toBe(sum(accepted.values()) + sum([...committed.values()].map((c) => c.cost - c.overage)));
+    // Overage is never invented: a commit within its hold is charged in full.
+    for (const c of committed.values()) if (c.cost <= c.hold) expect(c.overage, `seed ${seed}`).toBe(0);
   }, 60_000);
 
   it('a process that dies holding money blocks it only until the hold’s ttl, with no sweeper running', async () => {
@@ -391,7 +412,7 @@ forEachDatabase((getDb) => {
     expect(await ak.release(holdS)).toMatchObject({ success: true, releasedCents: 0, holdExpired: true });
     expect((await ledger(db, t, s.id)).map((r) => r.kind)).toEqual(['hold', 'expire', 'charge']);
 
-    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [] });
+    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 2, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     expect(await db.query(`SELECT id FROM ${t.holds} WHERE status = 'held'`)).toEqual([]);
   }, 30_000);
 
@@ -421,6 +442,6 @@ forEachDatabase((getDb) => {
     expect(await ak.getKey(id)).toMatchObject({ spentCents: 60, remainingCents: 0 });
     expect(await ak.validate(key)).toEqual({ valid: false, reason: 'budget_exceeded' });
     expect(await ak.trackUsage(key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
-    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [] });
+    expect(await ak.audit()).toEqual({ ok: true, keysChecked: 1, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
   }, 60_000);
 });

@@ -189,20 +189,17 @@ forEachDatabase((getDb) => {
           const { account, keys } = await createTree(ak, tree, plan.ceiling);
           const ids = keys.map((k) => k.id);
           const direct = new Array<number>(n).fill(0);
-          const over = new Array<number>(n).fill(0);
-          let overAccount = 0;
+          // Per node, the overage its own commits recorded (never counted toward any cap).
+          const overage = new Array<number>(n).fill(0);
           const live = new Map<string, { node: number; cents: number }>();
           let pending: { reservationId: string; node: number; op: Op }[] = [];
-          // Over-hold commits may pass a budget by what they go over; at most this much in this run.
-          const overHolds = plan.rounds.flat().filter((op) => op.kind === 'hold' && op.settle === 'over');
-          const maxOver = tree.map((_, i) => overHolds.filter((op) => inSubtree(tree, op.node % n, i)).reduce((s, op) => s + op.over, 0));
           /** One consistent read of every node while charges are in flight: no budget passed, no child outspending its parent. */
           const snapshot = async () => {
             const rows = await ak.listKeys({ accountId: account, includeRevoked: true });
             const byId = new Map(rows.map((r) => [r.id, r]));
             tree.forEach((node, i) => {
               const row = byId.get(ids[i]!)!;
-              if (node.budget !== null) expect(row.spentCents + row.heldCents, `node ${i} in flight`).toBeLessThanOrEqual(node.budget + maxOver[i]!);
+              if (node.budget !== null) expect(row.spentCents + row.heldCents, `node ${i} in flight`).toBeLessThanOrEqual(node.budget);
               const kids = tree.flatMap((c, j) => (c.parent === i ? [byId.get(ids[j]!)!.spentCents] : []));
               expect(kids.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(row.spentCents);
             });
@@ -227,10 +224,15 @@ forEachDatabase((getDb) => {
               tasks.push(
                 ak.commit(h.reservationId, { costCents: cost }).then((r) => {
                   expect(r).toMatchObject({ success: true, costCents: cost, overHoldCents: extra });
+                  if (!r.success) return;
+                  // The real cost is all there: what was charged plus the overage, and only what
+                  // went past the hold can be overage (the hold's own money was set aside for it).
+                  expect(r.chargedCents + r.overageCents).toBe(cost);
+                  expect(r.overageCents).toBeLessThanOrEqual(extra);
+                  expect(r.overBudget).toBe(r.overageCents > 0);
                   live.delete(h.reservationId);
-                  direct[h.node]! += cost;
-                  for (const a of pathOf(tree, h.node)) over[a]! += extra;
-                  overAccount += extra;
+                  direct[h.node]! += r.chargedCents;
+                  overage[h.node]! += r.overageCents;
                 }),
               );
             }
@@ -269,7 +271,8 @@ forEachDatabase((getDb) => {
             expect(spent[i], `spent of node ${i}`).toBe(sub.reduce((s, j) => s + direct[j]!, 0));
             expect(held[i], `held of node ${i}`).toBe([...live.values()].filter((h) => sub.includes(h.node)).reduce((s, h) => s + h.cents, 0));
             const budget = tree[i]!.budget;
-            if (budget !== null) expect(spent[i]! + held[i]!, `node ${i} within budget`).toBeLessThanOrEqual(budget + over[i]!);
+            if (budget !== null) expect(spent[i]! + held[i]!, `node ${i} within budget`).toBeLessThanOrEqual(budget);
+            expect(infos[i]!.overageCents, `overage of node ${i}`).toBe(overage[i]);
             const children = [...Array(n).keys()].filter((j) => tree[j]!.parent === i);
             expect(children.reduce((s, j) => s + spent[j]!, 0), `children of ${i}`).toBeLessThanOrEqual(spent[i]!);
           }
@@ -281,8 +284,11 @@ forEachDatabase((getDb) => {
             const acct = (await ak.getAccountBudget(account))!;
             expect(acct.spentCents).toBe(rootSpent);
             expect(acct.heldCents).toBe(rootHeld);
-            expect(acct.spentCents + acct.heldCents).toBeLessThanOrEqual(plan.ceiling + overAccount);
+            expect(acct.spentCents + acct.heldCents).toBeLessThanOrEqual(plan.ceiling);
           }
+          // Counters plus overage equal the ledger.
+          const totalOverage = overage.reduce((a, b) => a + b, 0);
+          expect((await ak.usage({ accountId: account })).overageCents).toBe(totalOverage);
           const audit = await ak.audit();
           expect(audit, JSON.stringify(audit)).toMatchObject({ ok: true });
         }),
@@ -318,6 +324,21 @@ forEachDatabase((getDb) => {
               if (plan.ceiling !== null && acctSpent + acctHeld + more > plan.ceiling) return { kind: 'account', accountId: account };
               return null;
             };
+            /** What every budget over `node` leaves: the tightest (nearest on a tie, then the account if less), or null for none. */
+            const room = (node: number) => {
+              let best: { room: number; by: Record<string, unknown> } | null = null;
+              for (const a of pathOf(tree, node)) {
+                const b = tree[a]!.budget;
+                if (b !== null && (best === null || b - spent[a]! - held[a]! < best.room)) {
+                  best = { room: b - spent[a]! - held[a]!, by: { kind: a === node ? 'key' : 'ancestor', keyId: ids[a] } };
+                }
+              }
+              if (plan.ceiling !== null && (best === null || plan.ceiling - acctSpent - acctHeld < best.room)) {
+                best = { room: plan.ceiling - acctSpent - acctHeld, by: { kind: 'account', accountId: account } };
+              }
+              return best;
+            };
+            const overage = new Array<number>(n).fill(0);
             const remaining = (node: number) => {
               const b = tree[node]!.budget;
               return b === null ? null : Math.max(0, b - spent[node]! - held[node]!);
@@ -349,22 +370,32 @@ forEachDatabase((getDb) => {
                   expect(await ak.release(h!.id)).toMatchObject({ success: true, releasedCents: h!.cents });
                   continue;
                 }
-                for (const a of pathOf(tree, h!.node)) spent[a]! += op.cents;
-                acctSpent += op.cents;
-                const over = limit(h!.node, 0);
+                // Charged up to what the budgets leave once the hold is back; the rest is overage.
+                const tight = room(h!.node);
+                const charged = tight === null ? op.cents : Math.min(op.cents, Math.max(0, tight.room));
+                for (const a of pathOf(tree, h!.node)) spent[a]! += charged;
+                acctSpent += charged;
+                overage[h!.node]! += op.cents - charged;
                 const r = await ak.commit(h!.id, { costCents: op.cents });
                 expect(r, JSON.stringify(op)).toMatchObject({
                   success: true,
                   costCents: op.cents,
-                  overBudget: over !== null,
+                  chargedCents: charged,
+                  overageCents: op.cents - charged,
+                  overBudget: charged < op.cents,
                   budgetUsedCents: spent[h!.node],
                   budgetRemainingCents: remaining(h!.node),
                 });
-                if (over) expect((r as { limitedBy?: unknown }).limitedBy).toEqual(over);
+                if (charged < op.cents) expect((r as { limitedBy?: unknown }).limitedBy).toEqual(tight!.by);
                 else expect(r).not.toHaveProperty('limitedBy');
               }
             }
-            for (let i = 0; i < n; i++) expect(await ak.getKey(ids[i]!)).toMatchObject({ spentCents: spent[i], heldCents: held[i], remainingCents: remaining(i) });
+            for (let i = 0; i < n; i++) {
+              expect(await ak.getKey(ids[i]!)).toMatchObject({ spentCents: spent[i], heldCents: held[i], remainingCents: remaining(i), overageCents: overage[i] });
+              // No cap is ever passed.
+              const b = tree[i]!.budget;
+              if (b !== null) expect(spent[i]! + held[i]!).toBeLessThanOrEqual(b);
+            }
             if (plan.ceiling !== null) expect(await ak.getAccountBudget(account)).toMatchObject({ spentCents: acctSpent, heldCents: acctHeld });
             expect(await ak.audit()).toMatchObject({ ok: true });
           },

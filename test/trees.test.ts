@@ -49,7 +49,7 @@ async function spentOf(ak: AgentKey, id: number): Promise<number> {
 
 async function auditOk(ak: AgentKey): Promise<void> {
   const result = await ak.audit();
-  expect(result, JSON.stringify(result)).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
+  expect(result, JSON.stringify(result)).toMatchObject({ ok: true, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
 }
 
 function utcMonthStart(d: Date, plus = 0): string {
@@ -388,7 +388,7 @@ forEachDatabase((getDb) => {
       await auditOk(ak);
     });
 
-    it('happy: a commit past its hold is recorded in full and may take an ancestor over budget (overBudget, limitedBy)', async () => {
+    it('happy: a commit past its hold is charged up to what an ancestor leaves, the rest is overage (overBudget, limitedBy); no cap is passed', async () => {
       const ak = await getDb().agentKey();
       const root = await ak.create({ accountId: 'acc', budgetCents: 100 });
       const child = await ak.create({ accountId: 'acc', parentId: root.id, budgetCents: 100 });
@@ -401,30 +401,38 @@ forEachDatabase((getDb) => {
       expect(commit).toMatchObject({
         success: true,
         costCents: 95,
+        chargedCents: 80,
+        overageCents: 15,
         heldCents: 80,
         overHoldCents: 15,
         overBudget: true,
         limitedBy: { kind: 'ancestor', keyId: root.id },
-        budgetUsedCents: 95,
-        budgetRemainingCents: 5,
+        budgetUsedCents: 80,
+        budgetRemainingCents: 20,
       });
-      expect(await ak.getKey(root.id)).toMatchObject({ spentCents: 115, heldCents: 0, remainingCents: 0 });
+      expect(await ak.getKey(root.id)).toMatchObject({ spentCents: 100, heldCents: 0, remainingCents: 0, overageCents: 0 });
+      expect(await ak.getKey(child.id)).toMatchObject({ spentCents: 80, overageCents: 15 });
       expect(await ak.trackUsage(child.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', keyId: root.id } });
       // The replay returns the first outcome and charges nothing more.
-      expect(await ak.commit(hold.reservationId, { costCents: 95 })).toMatchObject({ success: true, replayed: true });
-      expect(await spentOf(ak, root.id)).toBe(115);
+      expect(await ak.commit(hold.reservationId, { costCents: 95 })).toMatchObject({ success: true, replayed: true, chargedCents: 80, overageCents: 15 });
+      expect(await spentOf(ak, root.id)).toBe(100);
 
       // Over its own budget: the key itself is named.
       const own = await ak.create({ accountId: 'acc3', budgetCents: 50 });
       const h2 = await ak.reserve(own.key, { costCents: 50 });
       if (!h2.success) throw new Error('hold failed');
-      expect(await ak.commit(h2.reservationId, { costCents: 70 })).toMatchObject({ overBudget: true, limitedBy: { kind: 'key', keyId: own.id } });
+      expect(await ak.commit(h2.reservationId, { costCents: 70 })).toMatchObject({
+        chargedCents: 50,
+        overageCents: 20,
+        overBudget: true,
+        limitedBy: { kind: 'key', keyId: own.id },
+      });
       // Within every budget: no limitedBy.
       const fine = await ak.create({ accountId: 'acc4', budgetCents: 50 });
       const h3 = await ak.reserve(fine.key, { costCents: 20 });
       if (!h3.success) throw new Error('hold failed');
       const ok = await ak.commit(h3.reservationId, { costCents: 30 });
-      expect(ok).toMatchObject({ success: true, overBudget: false, overHoldCents: 10 });
+      expect(ok).toMatchObject({ success: true, overBudget: false, overHoldCents: 10, chargedCents: 30, overageCents: 0 });
       expect(ok).not.toHaveProperty('limitedBy');
       await auditOk(ak);
     });
@@ -507,7 +515,7 @@ forEachDatabase((getDb) => {
       await auditOk(ak);
     });
 
-    it('happy: a commit past its hold that takes the account over its ceiling says so (overBudget, limitedBy account)', async () => {
+    it('happy: a commit past its hold is charged up to what the account ceiling leaves, the rest is overage (limitedBy account)', async () => {
       const ak = await getDb().agentKey();
       await ak.setAccountBudget('acc', { budgetCents: 100 });
       const root = await ak.create({ accountId: 'acc' });
@@ -517,8 +525,17 @@ forEachDatabase((getDb) => {
       if (!hold.success) throw new Error(JSON.stringify(hold));
       expect(await ak.trackUsage(root.key, { costCents: 1 })).toMatchObject({ success: false, limitedBy: { kind: 'account', accountId: 'acc' } });
       const commit = await ak.commit(hold.reservationId, { costCents: 90 });
-      expect(commit).toMatchObject({ success: true, overHoldCents: 20, overBudget: true, limitedBy: { kind: 'account', accountId: 'acc' } });
-      expect(await ak.getAccountBudget('acc')).toMatchObject({ spentCents: 120, heldCents: 0, remainingCents: 0 });
+      expect(commit).toMatchObject({
+        success: true,
+        overHoldCents: 20,
+        chargedCents: 70,
+        overageCents: 20,
+        overBudget: true,
+        limitedBy: { kind: 'account', accountId: 'acc' },
+      });
+      expect(await ak.getAccountBudget('acc')).toMatchObject({ spentCents: 100, heldCents: 0, remainingCents: 0 });
+      expect((await ak.listAccounts()).find((a) => a.accountId === 'acc')).toMatchObject({ spentCents: 100, overageCents: 20 });
+      expect(await ak.usage({ accountId: 'acc' })).toMatchObject({ totalCents: 100, overageCents: 20 });
       // Under the ceiling again after a refund: a commit within it is not over budget.
       await ak.adjust(child.id, { costCents: -60, reason: 'refund' });
       const h2 = await ak.reserve(child.key, { costCents: 10 });
@@ -813,7 +830,7 @@ forEachDatabase((getDb) => {
         expect(Object.keys(k).sort()).toEqual(
           [
             'id', 'accountId', 'name', 'prefix', 'scopes', 'status', 'parentId', 'depth', 'budgetCents', 'spentCents', 'heldCents',
-            'remainingCents', 'budgetPeriod', 'budgetResetAt', 'expiresAt', 'revokedAt', 'createdAt', 'lastUsedAt', 'delegatedBy', 'externalSubject',
+            'remainingCents', 'overageCents', 'budgetPeriod', 'budgetResetAt', 'expiresAt', 'revokedAt', 'createdAt', 'lastUsedAt', 'delegatedBy', 'externalSubject',
           ].sort(),
         );
         const raw = new Map([root, c1, c2, g].map((c) => [c.id, c.key])).get(k.id)!;
@@ -908,7 +925,7 @@ forEachDatabase((getDb) => {
 
       await db.query(`UPDATE ${t.table} SET spent_micros = spent_micros + 1 WHERE id = $1`, [root.id]);
       const tampered = await ak.audit();
-      expect(tampered).toMatchObject({ ok: false, accountMismatches: [] });
+      expect(tampered).toMatchObject({ ok: false, accountMismatches: [], overageMismatches: [], overageCents: 0 });
       expect(tampered.mismatches).toEqual([{ keyId: root.id, counterCents: 55.0001, ledgerCents: 55 }]);
       expect(await ak.audit({ keyId: mid.id })).toMatchObject({ ok: true });
       expect(await ak.audit({ keyId: root.id })).toMatchObject({ ok: false });

@@ -122,7 +122,8 @@ export function usageReport(report: UsageReport, bucket: 'hour' | 'day', since: 
       [bucket === 'hour' ? 'hour (UTC)' : 'day (UTC)', 'spend', 'calls'],
       report.buckets.map((b) => [bucket === 'day' ? b.start.slice(0, 10) : when(b.start).slice(0, 16), dollars(b.costCents), b.count]),
     ),
-    `Total: ${dollars(report.totalCents)} over ${report.count} call${report.count === 1 ? '' : 's'}.`,
+    `Total: ${dollars(report.totalCents)} over ${report.count} call${report.count === 1 ? '' : 's'}.` +
+      (report.overageCents > 0 ? ` Overage (real cost no budget could take, not counted): ${dollars(report.overageCents)}.` : ''),
   ];
   const series = filled(report, bucket, since, until);
   if (series.length >= 2) {

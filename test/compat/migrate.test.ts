@@ -55,7 +55,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(fresh.key)).toMatchObject({ valid: true, budgetUsedCents: 0, budgetHeldCents: 0, budgetRemainingCents: 100 });
       expect(await ak.getAccountBudget('acct_1')).toBeNull();
       expect(await ak.ledger({})).toEqual([]);
-      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
       expect(await ak.trackUsage(fresh.key, { costCents: 100 })).toMatchObject({ success: true, budgetRemainingCents: 0 });
 
       // Nothing was lost: the old rows are kept, as JSON, beside the table.
@@ -105,7 +105,7 @@ forEachDatabase((getDb) => {
       expect(await ak.commit(hold.reservationId, { costCents: 30 })).toMatchObject({ success: true, costCents: 30, budgetUsedCents: 42.5 });
       expect(await ak.getAccountBudget('acct_1')).toMatchObject({ budgetCents: 5000, spentCents: 42.5 });
       expect((await ak.ledger({ keyId: k.id })).map((r) => r.kind)).toEqual(['commit', 'hold', 'charge']);
-      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
       // Changes still reach caches: the triggers now announce on the new table's channel.
       expect(await ak.validate(k.key)).toMatchObject({ valid: true });
       await db.query(`UPDATE ${renamed} SET revoked_at = now() WHERE id = $1`, [k.id]);

@@ -69,7 +69,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(child.key, { costCents: 10.01 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
       expect(await ak.getKey(parent.id)).toMatchObject({ spentCents: 10 });
       expect(await ak.getAccountBudget('acct')).toMatchObject({ spentCents: 10 });
-      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [] });
+      expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [], accountMismatches: [], overageMismatches: [], overageCents: 0 });
     });
 
     it('error: a negative value is refused with a clear error, and nothing changes', async () => {
