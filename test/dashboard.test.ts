@@ -289,6 +289,34 @@ describe('dashboard', () => {
     expect(errors).toEqual([]);
     await page.close();
   });
+
+  it('happy: overage shows in red beside the spend, on the key, in its window total and as its own ledger rows, and on the account', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_over', name: 'over-bot', budgetCents: 1 });
+    const hold = await call('POST', '/v1/reservations', { key: k.key, costCents: 1 }, false);
+    expect(await call('POST', `/v1/reservations/${hold.reservationId}/commit`, { key: k.key, costCents: 3 }, false)).toMatchObject({ chargedCents: 1, overageCents: 2 });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const amount = page.locator('#key-budget .amount-overage');
+    await amount.waitFor();
+    expect(await amount.textContent()).toBe('$0.02');
+    const red = 'rgb(185, 28, 28)';
+    expect(await amount.evaluate((e) => (globalThis as unknown as { getComputedStyle(e: unknown): { color: string } }).getComputedStyle(e).color)).toBe(red);
+    expect(await page.locator('#key-budget .amount-spent').textContent()).toBe('$0.01');
+    expect(await page.locator('#chart-total').textContent()).toContain('$0.02 overage');
+    const overageRow = page.locator('#ledger tbody tr', { hasText: 'overage' });
+    expect(await overageRow.count()).toBe(1);
+    expect(await overageRow.locator('.kind').evaluate((e) => (globalThis as unknown as { getComputedStyle(e: unknown): { color: string } }).getComputedStyle(e).color)).toBe(red);
+    expect(await overageRow.locator('td.num').textContent()).toBe('$0.02');
+    await page.goto(`${server.url}/dashboard#/`);
+    const account = page.locator('tr', { hasText: 'acct_over' }).locator('.overage');
+    await account.first().waitFor();
+    expect(await account.first().textContent()).toContain('$0.02 overage');
+    await shot(page, 'overage');
+    expect(errors).toEqual([]);
+    await page.close();
+  });
 });
 
 describe('dashboard with no keys', () => {

@@ -201,7 +201,7 @@ forEachDatabase((getDb) => {
       const ak = new AgentKey({ pool: db.pool, tableName: table });
 
       expect(await ak.migrate()).toEqual(ALL_VERSIONS);
-      expect(ALL_VERSIONS).toEqual([1, 2, 3, 4, 5]);
+      expect(ALL_VERSIONS).toEqual([1, 2, 3, 4, 5, 6]);
 
       const cols = await columnTypes(db, table);
       for (const col of ['id', 'account_id', 'key_hash', 'key_prefix', 'name', 'created_at', 'last_used_at', 'revoked_at']) {
@@ -312,6 +312,33 @@ forEachDatabase((getDb) => {
       expect(before.ledger).toHaveLength(1);
       expect(await ak.validate(key.key)).toMatchObject({ valid: true, budgetUsedCents: 12.3456, budgetRemainingCents: 4987.6544 });
       expect(await ak.audit()).toMatchObject({ ok: true, mismatches: [] });
+    });
+
+    it('upgrades a database made before overage (version 5): the ledger admits overage rows, keys and holds get their overage columns, spend kept', async () => {
+      const db = getDb();
+      const table = db.freshTable();
+      const ak = new AgentKey({ pool: db.pool, tableName: table });
+      await ak.migrate();
+      const key = await ak.create({ accountId: 'acct_1', budgetCents: 10 });
+      await ak.trackUsage(key.key, { costCents: 4 });
+      // Back to what version 5 left: the ledger's unnamed kind check without 'overage', no overage columns.
+      await db.query(`ALTER TABLE "${table}_ledger" DROP CONSTRAINT agentkey_ledger_kind`);
+      await db.query(`ALTER TABLE "${table}_ledger" ADD CHECK (kind IN ('charge', 'hold', 'commit', 'release', 'expire', 'reset', 'adjust'))`);
+      await db.query(`ALTER TABLE "${table}" DROP COLUMN overage_micros`);
+      await db.query(`ALTER TABLE "${table}_holds" DROP COLUMN overage_micros`);
+      await db.query(`DELETE FROM agentkey_migrations WHERE table_name = $1 AND version = 6`, [table]);
+
+      expect(await new AgentKey({ pool: db.pool, tableName: table }).migrate()).toEqual([6]);
+      const checks = await db.query<{ def: string }>(
+        `SELECT pg_get_constraintdef(oid) AS def FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'c'`,
+        [`"${table}_ledger"`],
+      );
+      expect(checks.map((c) => c.def)).toEqual([expect.stringContaining("'overage'")]);
+      const hold = await ak.reserve(key.key, { costCents: 1 });
+      expect(await ak.commit((hold as { reservationId: string }).reservationId, { costCents: 9 })).toMatchObject({ chargedCents: 6, overageCents: 3 });
+      expect(await ak.getKey(key.id)).toMatchObject({ spentCents: 10, overageCents: 3 });
+      expect(await ak.audit()).toMatchObject({ ok: true, overageCents: 3 });
+      expect(await ak.migrate()).toEqual([]);
     });
 
     it('migrates several tables of one database independently', async () => {

@@ -1013,7 +1013,7 @@ forEachDatabase((getDb) => {
       expect(res.body.accounts.map((a: { accountId: string }) => a.accountId)).toEqual(['acct_a', 'acct_b', 'acct_c']);
       const [a, b, c] = res.body.accounts;
       expect(a).toMatchObject({ keys: 2, liveKeys: 1, spentCents: 12.5, ceiling: { accountId: 'acct_a', budgetCents: 1000, spentCents: 12.5, heldCents: 5, remainingCents: 982.5, budgetPeriod: null } });
-      expect(b).toEqual({ accountId: 'acct_b', keys: 1, liveKeys: 1, spentCents: 0, ceiling: null });
+      expect(b).toEqual({ accountId: 'acct_b', keys: 1, liveKeys: 1, spentCents: 0, overageCents: 0, ceiling: null });
       expect(c).toMatchObject({ keys: 0, liveKeys: 0, spentCents: 0, ceiling: { budgetCents: 300, budgetPeriod: 'month' } });
       expect((await svc.admin('GET', '/v1/accounts?limit=1')).body.accounts).toHaveLength(1);
     });
@@ -1461,6 +1461,8 @@ forEachDatabase((getDb) => {
         success: true,
         reservationId: h,
         costCents: 12,
+        chargedCents: 12,
+        overageCents: 0,
         heldCents: 10,
         releasedCents: 0,
         overHoldCents: 2,
@@ -1486,6 +1488,43 @@ forEachDatabase((getDb) => {
       const h2 = await take(5);
       const less = await svc.post(`/v1/reservations/${h2}/commit`, { key: owner.key, costCents: 1.5 });
       expect(less.body).toMatchObject({ costCents: 1.5, heldCents: 5, releasedCents: 3.5, overHoldCents: 0, budgetUsedCents: 13.5, budgetRemainingCents: 86.5 });
+    });
+
+    it('security: a child with a 1¢ budget that holds 0.0001¢ and commits 100¢ is charged its 1¢; the rest is overage, the parent keeps its budget for the other children', async () => {
+      const { ak, svc } = await setup();
+      const parent = await ak.create({ accountId: 'acct_o', budgetCents: 100 });
+      const child = await ak.create({ accountId: 'acct_o', parentId: parent.id, budgetCents: 1 });
+      const other = await ak.create({ accountId: 'acct_o', parentId: parent.id, budgetCents: 100 });
+      const hold = await svc.post('/v1/reservations', { key: child.key, costCents: 0.0001 });
+      expect(hold.status).toBe(201);
+      const res = await svc.post(`/v1/reservations/${hold.body.reservationId}/commit`, { key: child.key, costCents: 100 });
+      expect(res.status).toBe(200);
+      expect(res.body).toMatchObject({
+        success: true,
+        costCents: 100,
+        chargedCents: 1,
+        overageCents: 99,
+        overBudget: true,
+        limitedBy: { kind: 'key', keyId: child.id },
+        budgetUsedCents: 1,
+        budgetRemainingCents: 0,
+      });
+      // The parent lost 1¢, not 100¢; its other child still spends.
+      expect((await svc.admin('GET', `/v1/keys/${parent.id}`)).body).toMatchObject({ spentCents: 1, remainingCents: 99, overageCents: 0 });
+      expect((await svc.admin('GET', `/v1/keys/${child.id}`)).body).toMatchObject({ spentCents: 1, remainingCents: 0, overageCents: 99 });
+      expect((await svc.post('/v1/charge', { key: other.key, costCents: 50 })).body).toMatchObject({ success: true, budgetUsedCents: 50 });
+      expect((await svc.admin('GET', `/v1/usage?accountId=acct_o`)).body).toMatchObject({ totalCents: 51, overageCents: 99 });
+      const ledger = (await svc.admin('GET', `/v1/ledger?keyId=${child.id}`)).body.entries as { kind: string; amountCents: number }[];
+      expect(ledger.filter((e) => e.kind === 'overage').map((e) => e.amountCents)).toEqual([99]);
+      // /metrics counts what was charged and, apart, the overage.
+      const samples = await svc.metrics();
+      expect(metric(samples, 'agentkey_charged_cents_total')).toBeCloseTo(51, 10);
+      expect(metric(samples, 'agentkey_overage_cents_total')).toBeCloseTo(99, 10);
+      expect(metric(samples, 'agentkey_overage_commits_total')).toBe(1);
+      // A replay counts nothing more.
+      expect((await svc.post(`/v1/reservations/${hold.body.reservationId}/commit`, { key: child.key, costCents: 100 })).body).toMatchObject({ replayed: true, overageCents: 99 });
+      expect(metric(await svc.metrics(), 'agentkey_overage_cents_total')).toBeCloseTo(99, 10);
+      expect(await ak.audit()).toMatchObject({ ok: true, overageCents: 99 });
     });
 
     it('happy: release gives the whole hold back (key as bearer, no body; or in the body; or X-API-Key) and is idempotent; commit after it -> 409', async () => {
