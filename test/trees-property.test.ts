@@ -176,6 +176,9 @@ const sequentialOpArb = fc.oneof(
   { arbitrary: fc.record({ kind: fc.constantFrom('charge' as const, 'hold' as const), node: fc.nat({ max: 7 }), cents: fc.integer({ min: 1, max: 80 }) }), weight: 3 },
   { arbitrary: fc.record({ kind: fc.constant('commit' as const), pick: fc.nat(), cents: fc.integer({ min: 0, max: 100 }) }), weight: 1 },
   { arbitrary: fc.record({ kind: fc.constant('release' as const), pick: fc.nat() }), weight: 1 },
+  // A live hold runs past its ttl (its expiry is moved into the past): its money is free again,
+  // and a commit of it later is a late commit.
+  { arbitrary: fc.record({ kind: fc.constant('lapse' as const), pick: fc.nat() }), weight: 1 },
 );
 
 forEachDatabase((getDb) => {
@@ -296,8 +299,9 @@ forEachDatabase((getDb) => {
       );
     });
 
-    it('property: sequential charges, holds, commits and releases match an exact model (results, limitedBy, figures)', async () => {
-      const ak = await getDb().agentKey();
+    it('property: sequential charges, holds, commits (above the hold, and late) and releases match an exact model; no cap is ever passed and counters plus overage equal the ledger', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
       await fc.assert(
         fc.asyncProperty(
           fc.record({
@@ -315,6 +319,7 @@ forEachDatabase((getDb) => {
             let acctSpent = 0;
             let acctHeld = 0;
             const live: { id: string; node: number; cents: number }[] = [];
+            const lapsed: { id: string; node: number; cents: number }[] = [];
             /** The budget `more` would pass, nearest first, else the account, else null. */
             const limit = (node: number, more: number) => {
               for (const a of pathOf(tree, node)) {
@@ -361,33 +366,48 @@ forEachDatabase((getDb) => {
                   expect(r).toMatchObject({ success: true, budgetRemainingCents: remaining(node) });
                   live.push({ id: (r as { reservationId: string }).reservationId, node, cents: op.cents });
                 }
-              } else {
+              } else if (op.kind === 'lapse') {
                 if (live.length === 0) continue;
-                const [h] = live.splice((op as { pick: number }).pick % live.length, 1);
+                const [h] = live.splice(op.pick % live.length, 1);
+                await db.query(`UPDATE "${ak.tableName}_holds" SET expires_at = now() - interval '1 millisecond' WHERE id = $1`, [h!.id]);
                 for (const a of pathOf(tree, h!.node)) held[a]! -= h!.cents;
                 acctHeld -= h!.cents;
+                lapsed.push(h!);
+              } else {
+                const all = [...live.map((h) => ({ h, late: false })), ...lapsed.map((h) => ({ h, late: true }))];
+                if (all.length === 0) continue;
+                const { h, late } = all[(op as { pick: number }).pick % all.length]!;
+                (late ? lapsed : live).splice((late ? lapsed : live).indexOf(h), 1);
+                if (!late) {
+                  for (const a of pathOf(tree, h.node)) held[a]! -= h.cents;
+                  acctHeld -= h.cents;
+                }
                 if (op.kind === 'release') {
-                  expect(await ak.release(h!.id)).toMatchObject({ success: true, releasedCents: h!.cents });
+                  expect(await ak.release(h.id)).toMatchObject({ success: true, releasedCents: late ? 0 : h.cents, holdExpired: late });
                   continue;
                 }
-                // Charged up to what the budgets leave once the hold is back; the rest is overage.
-                const tight = room(h!.node);
+                // Charged up to what the budgets leave once the hold is back (a lapsed hold's
+                // money already is); the rest is overage.
+                const tight = room(h.node);
                 const charged = tight === null ? op.cents : Math.min(op.cents, Math.max(0, tight.room));
-                for (const a of pathOf(tree, h!.node)) spent[a]! += charged;
+                for (const a of pathOf(tree, h.node)) spent[a]! += charged;
                 acctSpent += charged;
-                overage[h!.node]! += op.cents - charged;
-                const r = await ak.commit(h!.id, { costCents: op.cents });
+                overage[h.node]! += op.cents - charged;
+                const r = await ak.commit(h.id, { costCents: op.cents });
                 expect(r, JSON.stringify(op)).toMatchObject({
                   success: true,
                   costCents: op.cents,
                   chargedCents: charged,
                   overageCents: op.cents - charged,
                   overBudget: charged < op.cents,
-                  budgetUsedCents: spent[h!.node],
-                  budgetRemainingCents: remaining(h!.node),
+                  holdExpired: late,
+                  budgetUsedCents: spent[h.node],
+                  budgetRemainingCents: remaining(h.node),
                 });
                 if (charged < op.cents) expect((r as { limitedBy?: unknown }).limitedBy).toEqual(tight!.by);
                 else expect(r).not.toHaveProperty('limitedBy');
+                // A commit within its live hold always fits.
+                if (!late && op.cents <= h.cents) expect(charged).toBe(op.cents);
               }
             }
             for (let i = 0; i < n; i++) {
@@ -396,7 +416,12 @@ forEachDatabase((getDb) => {
               const b = tree[i]!.budget;
               if (b !== null) expect(spent[i]! + held[i]!).toBeLessThanOrEqual(b);
             }
-            if (plan.ceiling !== null) expect(await ak.getAccountBudget(account)).toMatchObject({ spentCents: acctSpent, heldCents: acctHeld });
+            if (plan.ceiling !== null) {
+              expect(await ak.getAccountBudget(account)).toMatchObject({ spentCents: acctSpent, heldCents: acctHeld });
+              expect(acctSpent + acctHeld).toBeLessThanOrEqual(plan.ceiling);
+            }
+            const overageTotal = overage.reduce((a, b) => a + b, 0);
+            expect(await ak.usage({ accountId: account })).toMatchObject({ totalCents: acctSpent, overageCents: overageTotal });
             expect(await ak.audit()).toMatchObject({ ok: true });
           },
         ),
