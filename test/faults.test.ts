@@ -600,7 +600,7 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
           return rids.size > 0;
         }, 'the victim to hold money', 15_000);
         // And with calls surely in flight: T1's row is locked for a moment, so calls on it wait
-        // in the database; the victim dies while its wait. Once the lock goes, the database
+        // in the database; the victim dies while they wait. Once the lock goes, the database
         // finishes what the dead client sent (no one hears it): its replacement must find it done.
         const client = new pg.Client({ connectionString: url });
         client.on('error', () => {});
