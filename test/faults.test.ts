@@ -1,3 +1,6 @@
+// One file (about 740 lines): the five faults share one setup (a restartable server, the
+// keys, the worker fleet) and one set of after-fault checks, and a vitest file is the unit
+// that owns its own server; split, each part would start and restart a server of its own.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
