@@ -3,11 +3,11 @@
 // caching, spending, reports, error mapping); until then, the sections follow that order.
 import { AgentKeyError } from './errors.js';
 import { checkKeyPrefix, hashKey, lookupHash, mintKey, randomId } from './keys.js';
-import { type CentsInput, budgetToMicros, microsToCents } from './money.js';
+import { type CentsInput, budgetToMicros, describe, microsToCents } from './money.js';
 import { accountIdText, checkOptions, keyIdNumber, optionalText } from './options.js';
 import { invalidScopes, parseScopes, scopeAllows } from './scopes.js';
 import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
-import { type Db, type PoolLike, toDb } from './store/db.js';
+import { DEFAULT_TIMEOUT_MS, type Db, type PoolLike, isDatabaseTimeout, toDb } from './store/db.js';
 import { type TableNames, tableNames } from './store/identifiers.js';
 import { type InsertedKey, type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import type { LedgerKind } from './store/ledger-schema.js';
@@ -73,6 +73,15 @@ export interface AgentKeyOptions {
    * Default `{ maxBatch: 128, lanes: 2 }`.
    */
   batching?: BatchingOptions | false;
+  /**
+   * The longest any one call waits on the database, in ms: for a lock another transaction
+   * holds, a slow statement, a connection that stopped answering. Past it the call throws
+   * `AgentKeyError` 'storage_timeout'. A charge or hold refused that way while it waited
+   * for a lock changed nothing; one whose database stopped answering may still land, so
+   * retry it with the same idempotency key. `migrate()` and the reports over the whole
+   * ledger (`usage`, `audit`, `listAccounts`) allow themselves at least a minute. Default 5000.
+   */
+  timeoutMs?: number;
 }
 
 export interface CacheOptions {
@@ -264,6 +273,9 @@ export class AgentKey {
   private readonly store: KeyStore;
   private readonly spending: SpendStore;
   private readonly accounts: AccountStore;
+  /** The same stores for reports that read the whole ledger (usage, audit, listAccounts), with a longer bound. */
+  private readonly reports: SpendStore;
+  private readonly accountReports: AccountStore;
   private readonly validScopes: ReadonlySet<string> | null;
   private readonly maxDepth: number;
   private readonly pool: PoolLike;
@@ -277,12 +289,13 @@ export class AgentKey {
   private listener: ListenHandlers | null = null;
   private closed = false;
   private readonly batches: Coalescer<BatchItem, SpendOutcome> | null;
+  private readonly timeoutMs: number;
   private readonly touches: Touches;
 
   constructor(options: AgentKeyOptions) {
     const o = checkOptions<AgentKeyOptions>(
       options,
-      ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching'],
+      ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs'],
       'new AgentKey()',
     );
     this.maxDepth = o.maxDepth ?? DEFAULT_MAX_DEPTH;
@@ -294,11 +307,15 @@ export class AgentKey {
     this.keyPrefix = checkKeyPrefix(o.keyPrefix ?? 'ak_');
     const valid = o.validScopes === undefined ? null : parseScopes(o.validScopes, null, 'validScopes');
     this.validScopes = valid ? new Set(valid) : null;
-    this.db = toDb(o.pool);
+    this.timeoutMs = timeoutOption(o.timeoutMs);
+    this.db = toDb(o.pool, this.timeoutMs);
     this.pool = o.pool;
     this.store = new KeyStore(this.db, this.names);
     this.spending = new SpendStore(this.db, this.names);
     this.accounts = new AccountStore(this.db, this.names);
+    const reportDb = toDb(o.pool, Math.max(this.timeoutMs, REPORT_TIMEOUT_MS));
+    this.reports = new SpendStore(reportDb, this.names);
+    this.accountReports = new AccountStore(reportDb, this.names);
     const cache = cacheOptions(o.cache);
     this.cache = cache && new KeyCache(cache.maxKeys, cache.ttlMs);
     const batching = batchingOptions(o.batching);
@@ -508,7 +525,7 @@ export class AgentKey {
       throw new AgentKeyError('invalid_argument', `bucket must be 'hour' or 'day'; got ${JSON.stringify(q.bucket)}.`);
     }
     const report = await this.guard(() =>
-      this.spending.usage({
+      this.reports.usage({
         keyId: q.keyId === undefined ? null : keyIdNumber(q.keyId),
         accountId: q.accountId === undefined ? null : accountIdText(q.accountId),
         since: q.since === undefined ? null : parseInstant(q.since, 'since'),
@@ -536,7 +553,7 @@ export class AgentKey {
   async audit(options: { keyId?: number | string } = {}): Promise<AuditResult> {
     const o = checkOptions<{ keyId?: number | string }>(options, ['keyId'], 'audit()');
     const id = o.keyId === undefined ? null : keyIdNumber(o.keyId);
-    const { checked, mismatches, accounts, overage, overageMicros } = await this.guard(() => this.spending.audit(id));
+    const { checked, mismatches, accounts, overage, overageMicros } = await this.guard(() => this.reports.audit(id));
     const inCents = (m: { keyId: number; counterMicros: number; ledgerMicros: number }) => ({
       keyId: m.keyId,
       counterCents: microsToCents(m.counterMicros),
@@ -745,7 +762,7 @@ export class AgentKey {
     if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) {
       throw new AgentKeyError('invalid_argument', 'limit must be a whole number from 1 to 10000.');
     }
-    const rows = await this.guard(() => this.accounts.list(limit));
+    const rows = await this.guard(() => this.accountReports.list(limit));
     return rows.map((r) => ({
       accountId: r.summary_id,
       keys: Number(r.key_count),
@@ -1013,6 +1030,8 @@ export class AgentKey {
 const TOUCH_INTERVAL_MS = 1_000;
 const NO_ANCESTORS: readonly number[] = Object.freeze([]);
 
+/** The least bound of a report over the whole ledger: it reads, so it holds nobody up, and a big ledger takes time. */
+const REPORT_TIMEOUT_MS = 60_000;
 function toCached(row: KeyRow, ttlMs: number): CachedKey {
   const ms = (d: Date | string | null) => (d === null ? null : new Date(d).getTime());
   const resetAt = ms(row.budget_reset_at);
@@ -1091,6 +1110,14 @@ function cacheOptions(value: unknown): Required<CacheOptions> | null {
   return { maxKeys, ttlMs };
 }
 
+function timeoutOption(value: unknown): number {
+  const ms = value ?? DEFAULT_TIMEOUT_MS;
+  if (typeof ms !== 'number' || !Number.isInteger(ms) || ms < 1 || ms > 3_600_000) {
+    throw new AgentKeyError('invalid_argument', `timeoutMs must be a whole number of milliseconds from 1 to 3600000; got ${describe(ms)}.`);
+  }
+  return ms;
+}
+
 function batchingOptions(value: unknown): Required<BatchingOptions> | null {
   if (value === false) return null;
   const o = checkOptions<BatchingOptions>(value ?? {}, ['maxBatch', 'lanes'], 'the batching option');
@@ -1122,6 +1149,9 @@ function storageError(err: unknown, table: string): AgentKeyError {
   const detail = err instanceof Error ? err.message : String(err);
   if (typeof code === 'string' && MISSING_SCHEMA.has(code)) {
     return new AgentKeyError('not_migrated', `The table ${table} is missing agentkey's columns (${detail}); run ak.migrate() first.`, { cause: err });
+  }
+  if (isDatabaseTimeout(err)) {
+    return new AgentKeyError('storage_timeout', `The database gave up waiting within timeoutMs (${detail}); nothing was changed, so try again later.`, { cause: err });
   }
   if (typeof code === 'string' && BAD_VALUE.has(code)) {
     return new AgentKeyError('invalid_argument', `A value does not fit the ${table} table: ${detail}.`, { cause: err });

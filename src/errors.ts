@@ -16,7 +16,8 @@ export type AgentKeyErrorCode =
   | 'depth_exceeded'
   | 'key_outside_tree'
   | 'not_migrated'
-  | 'storage_error';
+  | 'storage_error'
+  | 'storage_timeout';
 
 /**
  * The one error class agentkey throws: programmer mistakes (bad arguments) and

@@ -24,16 +24,28 @@ const STATUS: Partial<Record<AgentKeyErrorCode, number>> = {
   parent_not_found: 404,
   not_migrated: 500,
   storage_error: 500,
+  storage_timeout: 503,
   invalid_pool: 500,
   invalid_table_name: 500,
 };
+
+export const STORE_TIMEOUT = 'The key store did not answer in time; try again later.';
+
+/**
+ * A wait on the key store that ran out: an adapter's own `timeoutMs`, or the library's
+ * (`AgentKeyError` 'storage_timeout'). The package's surfaces fail closed on both alike, with 500.
+ */
+export function isStoreTimeout(err: unknown, timer: unknown): boolean {
+  return err === timer || (err instanceof AgentKeyError && err.code === 'storage_timeout');
+}
 
 /** Maps any thrown error to a status and the JSON body; never leaks a stack trace. */
 export function errorToHttp(err: unknown): HttpError {
   if (err instanceof AgentKeyError) {
     const status = STATUS[err.code] ?? 400;
     // Infrastructure detail stays in the server's logs, not in a client's response.
-    const message = status >= 500 ? 'The key store is unavailable; try again later.' : err.message;
+    const message =
+      err.code === 'storage_timeout' ? STORE_TIMEOUT : status >= 500 ? 'The key store is unavailable; try again later.' : err.message;
     return httpError(status, err.code, message);
   }
   return httpError(500, 'internal_error', 'The server failed to handle this request.');

@@ -3,7 +3,7 @@ import { AgentKeyError } from '../errors.js';
 import { MAX_CENTS, describe, isCentsNumber } from '../money.js';
 import type { ReserveOptions, ReserveResult } from '../spending.js';
 import { durationMs } from '../time.js';
-import { type HttpError, errorToHttp, httpError } from './errors.js';
+import { type HttpError, STORE_TIMEOUT, errorToHttp, httpError, isStoreTimeout } from './errors.js';
 import { TIMEOUT, withTimeout } from './verify.js';
 
 /** A number of cents, or a function of the request that returns one (may be async). */
@@ -63,7 +63,7 @@ export async function takeHold<Req>(
     const code = hold.reason === 'expired' || hold.reason === 'revoked' ? `key_${hold.reason}` : 'invalid_key';
     return { ok: false, error: httpError(401, code, 'The API key can no longer spend.') };
   } catch (err) {
-    if (err === TIMEOUT) return { ok: false, error: httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') };
+    if (isStoreTimeout(err, TIMEOUT)) return { ok: false, error: httpError(500, 'storage_timeout', STORE_TIMEOUT) };
     return { ok: false, error: errorToHttp(err) };
   }
 }

@@ -4,7 +4,7 @@ import { AgentKeyError } from '../errors.js';
 import { budgetToMicros, describe } from '../money.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
 import { addDuration, parseDuration, parsePeriod } from '../time.js';
-import { type PackageErrorBody, errorToHttp, httpError, packageBody } from './errors.js';
+import { type PackageErrorBody, STORE_TIMEOUT, errorToHttp, httpError, isStoreTimeout, packageBody } from './errors.js';
 import { minuteLimiter } from './rate-limit.js';
 import { TIMEOUT, withTimeout } from './verify.js';
 
@@ -74,7 +74,7 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
       // A store that never answers must not hang the request: fail closed instead.
       return await withTimeout(fn(input), opts.timeoutMs);
     } catch (err) {
-      const e = err === TIMEOUT ? httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') : errorToHttp(err);
+      const e = isStoreTimeout(err, TIMEOUT) ? httpError(500, 'storage_timeout', STORE_TIMEOUT) : errorToHttp(err);
       return { status: e.status, body: packageBody(e, failure) };
     }
   };

@@ -1,7 +1,7 @@
 import type { AgentKey, ValidKey, ValidationResult } from '../agentkey.js';
 import type { ReserveOptions, ReserveResult } from '../spending.js';
 import { AgentKeyError } from '../errors.js';
-import { type HttpError, errorToHttp, httpError } from './errors.js';
+import { type HttpError, STORE_TIMEOUT, errorToHttp, httpError, isStoreTimeout } from './errors.js';
 
 export type VerifyOutcome = { ok: true; key: ValidKey } | { ok: false; error: HttpError };
 
@@ -104,7 +104,7 @@ export async function verifyIdentity(
   try {
     identity = await withTimeout(authenticate(token), options.timeoutMs);
   } catch (err) {
-    return { ok: false, error: err === TIMEOUT ? httpError(500, 'storage_timeout', 'The key store did not answer in time; try again later.') : errorToHttp(err) };
+    return { ok: false, error: isStoreTimeout(err, TIMEOUT) ? httpError(500, 'storage_timeout', STORE_TIMEOUT) : errorToHttp(err) };
   }
   if ('status' in identity) return { ok: false, error: identity };
   const result = identity.result;

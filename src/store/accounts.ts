@@ -1,4 +1,4 @@
-import type { Db } from './db.js';
+import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 
 export interface AccountRow {
@@ -93,7 +93,10 @@ export class AccountStore {
   }
 
   async clear(accountId: string): Promise<boolean> {
-    const rows = await this.db.query(`DELETE FROM ${this.t.accounts} WHERE account_id = $1 RETURNING account_id`, [accountId]);
+    const rows = await this.db.query(
+      `DELETE FROM ${this.t.accounts} a USING ${lockBound('$2')} WHERE a.account_id = $1 RETURNING a.account_id`,
+      [accountId, lockWaitSetting(this.db)],
+    );
     return rows.length > 0;
   }
 }

@@ -1,4 +1,4 @@
-import type { Db } from './db.js';
+import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 
 export type KeyStatus = 'active' | 'expired' | 'revoked';
@@ -231,12 +231,12 @@ export class KeyStore {
   async revoke(id: number, accountId: string | null): Promise<boolean> {
     const rows = await this.db.query(
       `UPDATE ${this.t.table} SET revoked_at = now()
-       WHERE id IN (SELECT id FROM ${this.t.table}
-                    WHERE (id = $1 OR ancestor_ids @> ARRAY[$1::bigint]) AND revoked_at IS NULL
-                    ORDER BY id FOR UPDATE)
-         ${accountId === null ? '' : `AND EXISTS (SELECT 1 FROM ${this.t.table} r WHERE r.id = $1 AND r.account_id = $2)`}
+       WHERE id IN (SELECT k.id FROM ${this.t.table} k, ${lockBound('$2')}
+                    WHERE (k.id = $1 OR k.ancestor_ids @> ARRAY[$1::bigint]) AND k.revoked_at IS NULL
+                    ORDER BY k.id FOR UPDATE OF k)
+         ${accountId === null ? '' : `AND EXISTS (SELECT 1 FROM ${this.t.table} r WHERE r.id = $1 AND r.account_id = $3)`}
        RETURNING id`,
-      accountId === null ? [id] : [id, accountId],
+      accountId === null ? [id, lockWaitSetting(this.db)] : [id, lockWaitSetting(this.db), accountId],
     );
     return rows.length > 0;
   }

@@ -87,6 +87,7 @@ const MIGRATIONS: Migration[] = [
  * was dropped and created again, renamed, or restored without agentkey's objects gets all
  * it lacks, and rows a dropped keys table left beside it are set aside (see catalog.ts).
  * Functions and triggers are made again whenever their text differs from this version's.
+ * Its lock waits and statements are bounded like every call, but by a minute at least.
  */
 export async function migrate(db: Db, t: TableNames): Promise<number[]> {
   return db.transaction(async (tx) => {
@@ -131,8 +132,14 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
       await stampIncarnation(tx, t, id);
     }
     return ran;
-  });
+  }, Math.max(db.timeoutMs, MIGRATE_TIMEOUT_MS));
 }
+
+/**
+ * The least bound of migrate()'s statements and lock waits: it may wait for another
+ * process's migration, and a statement may rebuild an index.
+ */
+const MIGRATE_TIMEOUT_MS = 60_000;
 
 /**
  * Makes the side tables under this table's names belong to it. Rows of a keys table that

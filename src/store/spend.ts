@@ -1,4 +1,4 @@
-import type { Db } from './db.js';
+import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 import type { KeyRef } from './keys.js';
 import { type LedgerKind, SPEND_KINDS } from './ledger-schema.js';
@@ -100,8 +100,8 @@ export class SpendStore {
   async spend(ref: KeyRef | { id: number }, r: SpendRequest): Promise<SpendOutcome> {
     const by = refParams(ref);
     const rows = await this.db.query<{ r: SpendOutcome }>(
-      `SELECT ${this.t.spendFn}($1, $2, $3, $4, $5::bigint, $6, $7::jsonb, $8, $9::bigint) AS r`,
-      [...by, r.op, r.micros, r.idempotencyKey, r.metadata, r.holdId, r.ttlMs],
+      `SELECT ${this.t.spendFn}($1, $2, $3, $4, $5::bigint, $6, $7::jsonb, $8, $9::bigint) AS r FROM ${lockBound('$10')}`,
+      [...by, r.op, r.micros, r.idempotencyKey, r.metadata, r.holdId, r.ttlMs, lockWaitSetting(this.db)],
     );
     return parse(rows[0]?.r);
   }
@@ -161,8 +161,8 @@ export class SpendStore {
 
   async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
     const rows = await this.db.query<{ r: SpendOutcome }>(
-      `SELECT ${this.t.settleFn}($1, $2, $3::bigint, $4::jsonb) AS r`,
-      [holdId, op, micros, metadata],
+      `SELECT ${this.t.settleFn}($1, $2, $3::bigint, $4::jsonb) AS r FROM ${lockBound('$5')}`,
+      [holdId, op, micros, metadata, lockWaitSetting(this.db)],
     );
     return parse(rows[0]?.r);
   }
