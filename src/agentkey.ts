@@ -12,7 +12,7 @@ import { type TableNames, tableNames } from './store/identifiers.js';
 import { type InsertedKey, type KeyRef, type KeyRow, KeyStore } from './store/keys.js';
 import type { LedgerKind } from './store/ledger-schema.js';
 import { migrate } from './store/migrations.js';
-import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore } from './store/spend.js';
+import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore, refName } from './store/spend.js';
 import { AccountStore } from './store/accounts.js';
 import { type ListenHandlers, type Subscription, listen } from './store/listen.js';
 import { type CacheStats, type CachedKey, KeyCache } from './cache.js';
@@ -289,6 +289,14 @@ export class AgentKey {
   private listener: ListenHandlers | null = null;
   private closed = false;
   private readonly batches: Coalescer<BatchItem, SpendOutcome> | null;
+  /** Items whose key, account or hold was held by another transaction: tried again, one statement at a time. */
+  private readonly retries: Coalescer<Retry, SpendOutcome> | null;
+  /**
+   * Refs (by refName) whose items found their rows still held after a retry statement's
+   * wait too, with how many such items are still trying: a lock that lasts. Their later
+   * calls go straight to `retries`, so batches of other keys never wait for it.
+   */
+  private readonly locked = new Map<string, number>();
   private readonly timeoutMs: number;
   private readonly touches: Touches;
 
@@ -319,7 +327,8 @@ export class AgentKey {
     const cache = cacheOptions(o.cache);
     this.cache = cache && new KeyCache(cache.maxKeys, cache.ttlMs);
     const batching = batchingOptions(o.batching);
-    this.batches = batching && new Coalescer((items) => this.spendBatch(items), batching);
+    this.batches = batching && new Coalescer((items) => this.spendBatch(items, Math.min(BATCH_WAIT_MS, this.timeoutMs)), batching);
+    this.retries = batching && new Coalescer((items) => this.retryBatch(items), { maxBatch: batching.maxBatch, lanes: 1 });
     this.lookups = new Coalescer((hashes) => this.store.findByHashes(hashes), { maxBatch: 256, lanes: 2 });
     this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
   }
@@ -654,6 +663,7 @@ export class AgentKey {
   async close(): Promise<void> {
     this.closed = true;
     await this.batches?.settled();
+    await this.retries?.settled();
     this.touches.stop();
     const subscription = this.subscription;
     this.subscription = null;
@@ -904,7 +914,7 @@ export class AgentKey {
     const batches = this.batches;
     const out = await this.guard(() =>
       batches
-        ? batches.submit({ ref: { hold: holdId }, request: { op, micros, metadata } })
+        ? this.batched(batches, { ref: { hold: holdId }, request: { op, micros, metadata } })
         : this.spending.settle(holdId, op, micros, metadata),
     );
     const held = out.expired ? 0 : (out.hold ?? 0);
@@ -917,16 +927,16 @@ export class AgentKey {
    * One batch in one statement. If the database refuses a value of one item (a data error,
    * class 22), nothing was written: the items run again one by one, so only that call fails.
    */
-  private async spendBatch(items: BatchItem[]): Promise<(SpendOutcome | ItemFailure)[]> {
+  private async spendBatch(items: BatchItem[], waitMs: number): Promise<(SpendOutcome | ItemFailure)[]> {
     try {
-      return await this.spending.spendMany(items);
+      return await this.spending.spendMany(items, waitMs);
     } catch (err) {
       const code = (err as { code?: unknown } | null)?.code;
       if (items.length === 1 || typeof code !== 'string' || !code.startsWith('22')) throw err;
       const outs: (SpendOutcome | ItemFailure)[] = [];
       for (const item of items) {
         try {
-          outs.push((await this.spending.spendMany([item]))[0] as SpendOutcome);
+          outs.push((await this.spending.spendMany([item], waitMs))[0] as SpendOutcome);
         } catch (itemErr) {
           outs.push(new ItemFailure(itemErr));
         }
@@ -949,11 +959,56 @@ export class AgentKey {
     }
   }
 
+  /**
+   * A step through the batches. One that needs a key, account or hold another transaction
+   * holds comes back 'busy', untouched, and goes again through `retries` (one statement at a
+   * time, each waiting a little in the database for the rows), until it is decided or
+   * `timeoutMs` has passed since the call began: then it throws storage_timeout, having
+   * changed nothing. While a ref's rows stay held past a retry's wait (see `locked`), its
+   * later calls go there directly, so a locked key holds up only its own calls, never the
+   * batches of other keys.
+   */
+  private async batched(batches: Coalescer<BatchItem, SpendOutcome>, item: BatchItem): Promise<SpendOutcome> {
+    const deadline = Date.now() + this.timeoutMs;
+    const ref = refName(item.ref);
+    let out = this.locked.has(ref) ? BUSY : await batches.submit(item);
+    let marked = false;
+    try {
+      while (out.outcome === 'busy') {
+        if (deadline - Date.now() < MIN_RETRY_WAIT_MS) throw lockedOut(this.timeoutMs);
+        out = await (this.retries as Coalescer<Retry, SpendOutcome>).submit({ item, deadline });
+        if (out.outcome === 'busy' && !marked) {
+          marked = true;
+          this.locked.set(ref, (this.locked.get(ref) ?? 0) + 1);
+        }
+      }
+      return out;
+    } finally {
+      if (marked) {
+        const left = (this.locked.get(ref) as number) - 1;
+        if (left > 0) this.locked.set(ref, left);
+        else this.locked.delete(ref);
+      }
+    }
+  }
+
+  /** One retry statement: it waits for held rows up to RETRY_WAIT_MS, or less as the first deadline nears. */
+  private async retryBatch(entries: Retry[]): Promise<(SpendOutcome | ItemFailure)[]> {
+    const now = Date.now();
+    const live = (e: Retry) => e.deadline - now >= MIN_RETRY_WAIT_MS;
+    const sent = entries.filter(live);
+    if (sent.length === 0) return entries.map(() => BUSY);
+    const waitMs = Math.min(RETRY_WAIT_MS, Math.min(...sent.map((e) => e.deadline)) - now);
+    const outs = await this.spendBatch(sent.map((e) => e.item), waitMs);
+    let at = 0;
+    return entries.map((e) => (live(e) ? (outs[at++] as SpendOutcome | ItemFailure) : BUSY));
+  }
+
   /** A charge or hold: coalesced with concurrent ones into one statement when batching is on. */
   private async spendCoalesced(ref: KeyRef, request: SpendRequest): Promise<SpendOutcome> {
     const batches = this.batches;
     if (!batches) return this.spend(ref, request);
-    const out = await this.guard(() => batches.submit({ ref, request }));
+    const out = await this.guard(() => this.batched(batches, { ref, request }));
     this.noteFigures(out, out.outcome === 'ok' ? request.micros : 0);
     return out;
   }
@@ -1032,6 +1087,32 @@ const NO_ANCESTORS: readonly number[] = Object.freeze([]);
 
 /** The least bound of a report over the whole ledger: it reads, so it holds nobody up, and a big ledger takes time. */
 const REPORT_TIMEOUT_MS = 60_000;
+/**
+ * How long a batch waits for a row another transaction holds before it leaves the items
+ * that need it for `retries`: about what another batch holds its rows for, so calls on a
+ * key merely shared with a concurrent batch keep their one round trip.
+ */
+const BATCH_WAIT_MS = 50;
+/** How long one retry statement waits for held rows: short enough that it never waits behind a deadlock check. */
+const RETRY_WAIT_MS = 250;
+/** Less time left than this, an item is not sent again. */
+const MIN_RETRY_WAIT_MS = 5;
+const BUSY: SpendOutcome = Object.freeze({ outcome: 'busy' });
+
+interface Retry {
+  item: BatchItem;
+  /** When its call began plus timeoutMs (ms since the epoch). */
+  deadline: number;
+}
+
+/** A step that could not take the rows it needs within its time: the database left everything as it was. */
+function lockedOut(timeoutMs: number): AgentKeyError {
+  return new AgentKeyError(
+    'storage_timeout',
+    `The key, account or reservation stayed locked by another transaction for timeoutMs (${timeoutMs} ms); nothing was changed, so try again later.`,
+  );
+}
+
 function toCached(row: KeyRow, ttlMs: number): CachedKey {
   const ms = (d: Date | string | null) => (d === null ? null : new Date(d).getTime());
   const resetAt = ms(row.budget_reset_at);

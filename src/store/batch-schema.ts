@@ -58,12 +58,14 @@ export function batchFunctions(t: TableNames): Definition[] {
   });
   defs.push({
     kind: 'function',
-    signature: `${t.spendManyFn}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[])`,
+    signature: `${t.spendManyFn}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer)`,
+    // Before p_wait_ms: dropped, so a call with eleven arguments (from an older process) finds this one.
+    replaces: [`${t.spendManyFn}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[])`],
     // Plans are kept generic: the statements are the same every call, and planning them
     // afresh each time cost more than running them.
     sql: `CREATE OR REPLACE FUNCTION ${t.spendManyFn}(
       p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_hold TEXT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
-      p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[])
+      p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[], p_wait_ms INT DEFAULT NULL)
     RETURNS TABLE (r_outcome TEXT[], r_key_id BIGINT[], r_budget BIGINT[], r_spent BIGINT[], r_held BIGINT[], r_hold_id TEXT[],
                    r_expires_at TIMESTAMPTZ[], r_status TEXT[], r_limit TEXT[], r_limit_key_id BIGINT[], r_limit_account_id TEXT[],
                    r_hold_amount BIGINT[], r_committed BIGINT[], r_released BIGINT[], r_expired BOOLEAN[], r_over_budget BOOLEAN[], r_at TIMESTAMPTZ,
@@ -94,6 +96,11 @@ export function batchFunctions(t: TableNames): Definition[] {
       v_room BIGINT; v_charge BIGINT; v_acct_limit BOOLEAN;
       l_amount BIGINT[];
       v_now TIMESTAMPTZ; v_key BIGINT; v_ref INT; v_k INT; v_c INT; v_x INT; v_lim INT; v_prior INT;
+      -- Rows held by another transaction: the keys, accounts and holds locked, of how many there are;
+      -- those the batch waits for; and the refs (by position) it leaves alone, 'busy'.
+      v_kgot BIGINT[]; v_kall INT; v_agot TEXT[]; v_aall INT; v_hgot TEXT[]; v_hall INT;
+      w_keys BIGINT[] := '{}'; w_accts TEXT[] := '{}'; w_holds TEXT[] := '{}'; k_busy BOOLEAN[] := '{}';
+      v_until TIMESTAMPTZ; v_lock_timeout TEXT; v_acct TEXT; v_hid TEXT; v_p2 BIGINT[];
     BEGIN
       FOR i IN 1..n LOOP
         IF p_op[i] NOT IN ('charge', 'hold', 'commit', 'release') THEN
@@ -125,11 +132,81 @@ export function batchFunctions(t: TableNames): Definition[] {
         k_to := array_append(k_to, cardinality(v_paths));
       END LOOP;
 
+      IF p_wait_ms IS NULL THEN
       -- Every budget the batch touches, locked in the one global order: keys by id, then accounts.
       PERFORM 1 FROM ${t.table} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE;
       PERFORM 1 FROM ${t.accounts} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE;
       -- Holds being settled come last, as in the single-step settle.
       PERFORM 1 FROM ${t.holds} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE;
+      ELSE
+        -- The same locks in the same order, but a row another transaction holds is skipped, not
+        -- queued for: one locked key must not stall every charge that shares its batch.
+        SELECT ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE SKIP LOCKED),
+               (SELECT count(*) FROM ${t.table} WHERE id = ANY(v_paths))::int INTO v_kgot, v_kall;
+        SELECT ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE SKIP LOCKED),
+               (SELECT count(*) FROM ${t.accounts} WHERE account_id = ANY(k_acct))::int INTO v_agot, v_aall;
+        SELECT ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE SKIP LOCKED),
+               (SELECT count(*) FROM ${t.holds} WHERE id = ANY(p_hold))::int INTO v_hgot, v_hall;
+        IF cardinality(v_kgot) < v_kall OR cardinality(v_agot) < v_aall OR cardinality(v_hgot) < v_hall THEN
+          -- Mostly another batch's few milliseconds: wait for the skipped rows, in the same order,
+          -- for up to p_wait_ms in all; a wait that runs out (or would deadlock) gives up quietly.
+          IF cardinality(v_kgot) < v_kall THEN
+            w_keys := ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(v_paths) AND id <> ALL(v_kgot) ORDER BY id);
+          END IF;
+          IF cardinality(v_agot) < v_aall THEN
+            w_accts := ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(k_acct) AND account_id <> ALL(v_agot) ORDER BY account_id);
+          END IF;
+          IF cardinality(v_hgot) < v_hall THEN
+            w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(p_hold) AND id <> ALL(v_hgot) ORDER BY id);
+          END IF;
+          IF p_wait_ms > 0 THEN
+            v_until := clock_timestamp() + p_wait_ms * interval '1 millisecond';
+            v_lock_timeout := current_setting('lock_timeout');
+            BEGIN
+              FOREACH v_key IN ARRAY w_keys LOOP
+                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM v_until - clock_timestamp())))::bigint || 'ms', true);
+                PERFORM 1 FROM ${t.table} WHERE id = v_key FOR UPDATE;
+              END LOOP;
+              FOREACH v_acct IN ARRAY w_accts LOOP
+                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM v_until - clock_timestamp())))::bigint || 'ms', true);
+                PERFORM 1 FROM ${t.accounts} WHERE account_id = v_acct FOR UPDATE;
+              END LOOP;
+              FOREACH v_hid IN ARRAY w_holds LOOP
+                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM v_until - clock_timestamp())))::bigint || 'ms', true);
+                PERFORM 1 FROM ${t.holds} WHERE id = v_hid FOR UPDATE;
+              END LOOP;
+            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
+              NULL;
+            END;
+            PERFORM set_config('lock_timeout', v_lock_timeout, true);
+          END IF;
+          -- Whatever is free now is taken; rows still held elsewhere (and still there) stay out.
+          w_keys := ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(w_keys)
+                            AND id NOT IN (SELECT id FROM ${t.table} WHERE id = ANY(w_keys) ORDER BY id FOR UPDATE SKIP LOCKED));
+          w_accts := ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts)
+                            AND account_id NOT IN (SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts) ORDER BY account_id FOR UPDATE SKIP LOCKED));
+          w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(w_holds)
+                            AND id NOT IN (SELECT id FROM ${t.holds} WHERE id = ANY(w_holds) ORDER BY id FOR UPDATE SKIP LOCKED));
+          IF cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
+            -- A ref that needs such a row is 'busy': it drops out of the batch (nothing of it is
+            -- read for a decision or written), and its caller tries again.
+            k_busy := array_fill(false, ARRAY[cardinality(k_id)]);
+            v_p2 := '{}';
+            FOR x IN 1..cardinality(k_id) LOOP
+              IF k_id[x] IS NOT NULL AND (v_paths[k_from[x]:k_to[x]] && w_keys OR k_acct[x] = ANY(w_accts) OR p_hold[x] = ANY(w_holds)) THEN
+                k_busy[x] := true;
+                k_id[x] := NULL; k_acct[x] := NULL; p_hold[x] := NULL;
+                k_from[x] := cardinality(v_p2) + 1; k_to[x] := cardinality(v_p2);
+              ELSE
+                v_x := cardinality(v_p2) + 1;
+                v_p2 := v_p2 || v_paths[k_from[x]:k_to[x]];
+                k_from[x] := v_x; k_to[x] := cardinality(v_p2);
+              END IF;
+            END LOOP;
+            v_paths := v_p2;
+          END IF;
+        END IF;
+      END IF;
       v_now := clock_timestamp();
 
       -- Periods that ended start again (with a reset row in the ledger) and expired holds end.
@@ -158,7 +235,9 @@ export function batchFunctions(t: TableNames): Definition[] {
       IF v_expired THEN
         WITH swept AS (
           UPDATE ${t.holds} h SET status = 'expired', settled_at = v_now
-          WHERE h.key_id = ANY(k_id) AND h.status = 'held' AND h.expires_at <= v_now
+          WHERE h.id IN (SELECT id FROM ${t.holds} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now
+                         FOR UPDATE SKIP LOCKED)
+            AND h.status = 'held'
           RETURNING h.id, h.key_id, h.amount_micros)
         INSERT INTO ${t.ledger} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
         SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id, v_now
@@ -224,6 +303,7 @@ export function batchFunctions(t: TableNames): Definition[] {
 
       FOR i IN 1..n LOOP
         v_ref := p_ref[i];
+        IF k_busy[v_ref] THEN o_outcome[i] := 'busy'; CONTINUE; END IF;
         IF p_op[i] IN ('commit', 'release') THEN
           -- A settlement: recorded whatever the key's state now (the money was held, or spent).
           IF k_id[v_ref] IS NULL THEN

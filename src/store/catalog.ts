@@ -177,7 +177,14 @@ export async function setAsideOrphans(tx: Db, t: TableNames, side: SideTable, in
  */
 
 export type Definition =
-  | { kind: 'function'; /** `name(argtypes)`, as to_regprocedure reads it. */ signature: string; sql: string }
+  | {
+      kind: 'function';
+      /** `name(argtypes)`, as to_regprocedure reads it. */
+      signature: string;
+      sql: string;
+      /** Earlier signatures of this function, dropped when it is made (an overload left behind could make calls ambiguous). */
+      replaces?: readonly string[];
+    }
   | { kind: 'trigger'; name: string; table: string; sql: string };
 
 function stamp(sql: string): string {
@@ -201,6 +208,7 @@ export async function applyDefinitions(tx: Db, definitions: readonly Definition[
   for (const [i, f] of fns.entries()) {
     const want = stamp(f.sql);
     if (fnStamps[i]?.comment === want) continue;
+    for (const earlier of f.replaces ?? []) await tx.query(`DROP FUNCTION IF EXISTS ${earlier}`);
     // A function whose result type changed cannot be replaced in place.
     const exists = (await tx.query(`SELECT 1 FROM pg_proc WHERE oid = to_regprocedure($1)`, [f.signature])).length > 0;
     if (exists) {

@@ -1,4 +1,4 @@
-import { type Db, lockBound, lockWaitSetting } from './db.js';
+import { type Db, lockBound, lockWaitMs, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 import type { KeyRef } from './keys.js';
 import { type LedgerKind, SPEND_KINDS } from './ledger-schema.js';
@@ -112,8 +112,12 @@ export class SpendStore {
    * changes nothing. Two shapes the AgentKey never sends differ from the single-step
    * functions: settling a hold taken earlier in the same batch (not_found: a caller only
    * learns the id once the reserve returns), and a release with metadata (the batch keeps it).
+   *
+   * A key, account or hold row that another transaction holds is waited for up to `waitMs`;
+   * the items that need one still held then come back with the outcome 'busy', untouched
+   * (nothing of them read for a decision or written), for the caller to send again.
    */
-  async spendMany(items: readonly BatchItem[]): Promise<SpendOutcome[]> {
+  async spendMany(items: readonly BatchItem[], waitMs: number = lockWaitMs(this.db.timeoutMs)): Promise<SpendOutcome[]> {
     // Each distinct key (or hold) is looked up once however many items name it.
     const refs = new Map<string, number>();
     const hashes: (string | null)[] = [];
@@ -121,8 +125,7 @@ export class SpendStore {
     const ids: (number | null)[] = [];
     const holds: (string | null)[] = [];
     const refOf = items.map(({ ref }) => {
-      const name =
-        'hash' in ref ? `h${ref.hash}` : 'subject' in ref ? `s${ref.subject}` : 'hold' in ref ? `r${ref.hold}` : `i${ref.id}`;
+      const name = refName(ref);
       let at = refs.get(name);
       if (at === undefined) {
         refs.set(name, (at = hashes.length + 1));
@@ -137,7 +140,7 @@ export class SpendStore {
       k in i.request ? (i.request as SpendRequest)[k] : null;
     const rows = await this.db.query<BatchRow>(
       `SELECT * FROM ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
-         $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[])`,
+         $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[], $12::int)`,
       [
         hashes,
         subjects,
@@ -150,6 +153,7 @@ export class SpendStore {
         items.map((i) => i.request.metadata),
         items.map((i) => ('hold' in i.ref ? i.ref.hold : field(i, 'holdId'))),
         items.map((i) => field(i, 'ttlMs')),
+        Math.max(0, Math.round(waitMs)),
       ],
     );
     const r = rows[0];
@@ -373,6 +377,11 @@ function fromBatchRow(r: BatchRow, i: number, ref: number): SpendOutcome {
   const overage = num(r.r_overage[i]);
   if (overage !== null) out.overage = overage;
   return out;
+}
+
+/** One name per key or hold a batch item names, the same for every item that names it the same way. */
+export function refName(ref: BatchItem['ref']): string {
+  return 'hash' in ref ? `h${ref.hash}` : 'subject' in ref ? `s${ref.subject}` : 'hold' in ref ? `r${ref.hold}` : `i${ref.id}`;
 }
 
 function refParams(ref: KeyRef | { id: number }): [string | null, string | null, number | null] {
