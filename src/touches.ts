@@ -9,7 +9,8 @@ export class Touches {
   private writing: Promise<void> = Promise.resolve();
 
   constructor(
-    private readonly write: (ids: number[], at: Date[]) => Promise<void>,
+    /** Returns the ids it could not stamp now (their rows held elsewhere), kept for the next write. */
+    private readonly write: (ids: number[], at: Date[]) => Promise<readonly number[] | void>,
     private readonly intervalMs: number,
     private readonly maxPending = 5_000,
   ) {}
@@ -48,7 +49,8 @@ export class Touches {
     // Ascending ids: the order every writer locks keys in.
     const ids = [...batch.keys()].sort((a, b) => a - b);
     try {
-      await this.write(ids, ids.map((id) => new Date(batch.get(id) as number)));
+      const skipped = await this.write(ids, ids.map((id) => new Date(batch.get(id) as number)));
+      for (const id of skipped ?? []) this.touch(id, batch.get(id) as number);
     } catch (err) {
       for (const [id, at] of batch) if (!this.pending.has(id)) this.pending.set(id, at);
       throw err;

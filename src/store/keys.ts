@@ -182,15 +182,22 @@ export class KeyStore {
     return rows[0] as InsertedKey;
   }
 
-  /** Stamps `last_used_at` on many keys (never moving it back), locking them in id order. */
-  async touch(ids: number[], at: Date[]): Promise<void> {
-    await this.db.query(
-      `WITH agentkey_locked AS (SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE)
-       UPDATE ${this.t.table} k SET last_used_at = GREATEST(k.last_used_at, v.at)
-       FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
-       WHERE k.id = v.id AND k.id IN (SELECT id FROM agentkey_locked)`,
+  /**
+   * Stamps `last_used_at` on many keys (never moving it back), locking them in id order.
+   * A key another transaction holds is skipped, not waited for (a stamp must never hold up
+   * a charge); returns the ids skipped so, for the next write.
+   */
+  async touch(ids: number[], at: Date[]): Promise<number[]> {
+    const rows = await this.db.query<{ id: number }>(
+      `WITH agentkey_locked AS (SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE SKIP LOCKED),
+       agentkey_stamped AS (
+         UPDATE ${this.t.table} k SET last_used_at = GREATEST(k.last_used_at, v.at)
+         FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
+         WHERE k.id = v.id AND k.id IN (SELECT id FROM agentkey_locked))
+       SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) AND id NOT IN (SELECT id FROM agentkey_locked)`,
       [ids, at],
     );
+    return rows.map((r) => Number(r.id));
   }
 
   /** Many keys by lookup hash in one query, in the order asked (null where none matches). */
