@@ -12,7 +12,7 @@ import pg from 'pg';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
-import { AgentKey } from '../src/index.js';
+import { AgentKey, AgentKeyError } from '../src/index.js';
 import { createApp } from '../src/server/index.js';
 import { mintKey } from '../src/keys.js';
 import { seededRandom } from '../test/helpers/random.js';
@@ -23,6 +23,8 @@ const POOL_SIZE = 10;
 const quick = process.argv.includes('--quick');
 const SECONDS = quick ? 1 : 3;
 const CHARGES = quick ? 2_000 : 10_000;
+/** How long the locked-row workload holds its lock (the issue's 8 s). */
+const LOCK_SECONDS = 8;
 const PAIRS = quick ? 600 : 3_000;
 const onlyAt = process.argv.indexOf('--only');
 /** `--only charge` runs the workloads whose name contains "charge". */
@@ -52,7 +54,7 @@ const rows: Row[] = [];
 // --- driving load -------------------------------------------------------------------------
 
 /** `callers` loops calling `op(i)` for a fixed count of ops (or for `seconds`), timing each call. */
-async function drive(limit: { ops: number } | { seconds: number }, op: (i: number) => Promise<void>): Promise<Run> {
+async function drive(limit: { ops: number } | { seconds: number }, op: (i: number) => Promise<void>, callers = CALLERS): Promise<Run> {
   const latencies: number[] = [];
   let next = 0;
   const start = performance.now();
@@ -66,7 +68,7 @@ async function drive(limit: { ops: number } | { seconds: number }, op: (i: numbe
       latencies.push(performance.now() - t0);
     }
   };
-  await Promise.all(Array.from({ length: CALLERS }, caller));
+  await Promise.all(Array.from({ length: callers }, caller));
   const seconds = (performance.now() - start) / 1000;
   latencies.sort((a, b) => a - b);
   const at = (q: number) => latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0;
@@ -421,6 +423,89 @@ async function reserveCommit(pool: pg.Pool) {
   await ak.close();
 }
 
+/**
+ * Head-of-line blocking: charges on 1,000 keys while another connection holds one more key's
+ * row FOR UPDATE for LOCK_SECONDS (a transaction stuck elsewhere), against the same charges
+ * with no lock held, before and after, in the same run. 56 callers charge the 1,000 keys;
+ * 8 more charge the one key throughout (so in the locked phase they are the calls that wait).
+ */
+async function lockedRow(pool: pg.Pool): Promise<string[]> {
+  const n = 1_000;
+  const seconds = quick ? 2 : LOCK_SECONDS;
+  const ak = await freshAgentKey(pool);
+  const raws = await mintInto(pool, ak, null, n + 1, 'acct_lock', Array(n + 1).fill(null));
+  const lockedKey = raws[n] as string;
+  const { rows: ids } = await pool.query(`SELECT id FROM "${ak.tableName}" ORDER BY id DESC LIMIT 1`);
+  const lockedId = Number(ids[0].id);
+  const order = picks(1_000_000, n, 31);
+  let accepted = 0;
+  let failed = 0;
+  const others = (i: number) => async () => {
+    try {
+      const r = await ak.trackUsage(raws[order[i % order.length] as number] as string, { costCents: 0.01 });
+      if (r.success) accepted++;
+      else failed++;
+    } catch (err) {
+      failed++;
+      console.error(`charge on another key failed: ${(err as Error).message}`);
+    }
+  };
+  const onLocked = { ok: 0, timeouts: 0, errors: 0, maxTimeoutMs: 0 };
+  const lockedCaller = async () => {
+    const t0 = performance.now();
+    try {
+      if ((await ak.trackUsage(lockedKey, { costCents: 0.01 })).success) onLocked.ok++;
+    } catch (err) {
+      if (err instanceof AgentKeyError && err.code === 'storage_timeout') {
+        onLocked.timeouts++;
+        onLocked.maxTimeoutMs = Math.max(onLocked.maxTimeoutMs, performance.now() - t0);
+      } else onLocked.errors++;
+    }
+  };
+  const phase = async (lock: boolean): Promise<{ run: Run; locked: typeof onLocked }> => {
+    Object.assign(onLocked, { ok: 0, timeouts: 0, errors: 0, maxTimeoutMs: 0 });
+    const holder = new pg.Client({ connectionString: URL });
+    if (lock) {
+      await holder.connect();
+      await holder.query('BEGIN');
+      await holder.query(`SELECT 1 FROM "${ak.tableName}" WHERE id = $1 FOR UPDATE`, [lockedId]);
+    }
+    const lockedRun = drive({ seconds }, lockedCaller, 8);
+    const run = await drive({ seconds }, async (i) => others(i)(), CALLERS - 8);
+    if (lock) {
+      await holder.query('COMMIT');
+      await holder.end();
+    }
+    await lockedRun;
+    return { run, locked: { ...onLocked } };
+  };
+  const before = await phase(false);
+  const held = await phase(true);
+  const after = await phase(false);
+  const audit = await ak.audit();
+  const { rows: ledger } = await pool.query(`SELECT count(*)::int AS n FROM "${ak.tableName}_ledger" WHERE kind = 'charge' AND key_id <> $1`, [lockedId]);
+  const { rows: lockedRows } = await pool.query(`SELECT count(*)::int AS n FROM "${ak.tableName}_ledger" WHERE key_id = $1`, [lockedId]);
+  const landed = before.locked.ok + held.locked.ok + after.locked.ok;
+  await ak.close();
+  const rate = (r: Run) => r.ops / r.seconds;
+  const normal = (rate(before.run) + rate(after.run)) / 2;
+  const ratio = rate(held.run) / normal;
+  const show = (what: string, r: Run) =>
+    `  ${what.padEnd(34)} ${fmt(rate(r)).padStart(7)} charges/s  p50 ${r.p50.toFixed(2).padStart(6)} ms  p99 ${r.p99.toFixed(2).padStart(7)} ms`;
+  const ok = failed === 0 && audit.ok && ledger[0].n === accepted && lockedRows[0].n === landed && held.locked.errors === 0;
+  return [
+    `Locked row (${CALLERS - 8} callers charging 1,000 keys; 8 more charging one key whose row another connection holds FOR UPDATE for ${seconds} s in the middle phase):`,
+    show('other keys, no lock (before)', before.run),
+    show(`other keys, one row locked ${seconds} s`, held.run),
+    show('other keys, no lock (after)', after.run),
+    `  other keys kept ${(ratio * 100).toFixed(0)}% of their rate without the lock (target 50%: ${ratio >= 0.5 ? 'met' : 'NOT MET'})`,
+    `  calls on the locked key while it was held: ${held.locked.timeouts} answered storage_timeout (the slowest after ${fmt(held.locked.maxTimeoutMs)} ms; timeoutMs 5000), ${held.locked.ok} charged (after the release); without the lock: ${fmt(before.locked.ok / before.run.seconds)}/s`,
+    ok
+      ? `  ok: every other charge accepted and in the ledger (${accepted}); the locked key's ledger has exactly its ${landed} accepted charges; audit ok`
+      : `FAILED: locked row checks (failed ${failed}, audit ${audit.ok}, ledger ${ledger[0].n} vs ${accepted}, locked key ${lockedRows[0].n} vs ${landed}, errors ${held.locked.errors})`,
+  ];
+}
+
 async function cacheHeap(pool: pg.Pool): Promise<string[]> {
   const n = quick ? 20_000 : 100_000;
   const extra = n / 10;
@@ -613,11 +698,14 @@ async function main() {
   if (only === null || 'revocation'.includes(only)) for (const line of await revocationDelay(pool)) console.log(line);
   const httpLines = only === null || 'http'.includes(only) ? await httpService(pool) : [];
   for (const line of httpLines) console.log(line);
+  const lockedLines = only === null || 'locked row'.includes(only) ? await lockedRow(pool) : [];
+  for (const line of lockedLines) console.log(line);
   await pool.end();
 
   const failed = rows.flatMap((r) => r.failed.map((f) => `${r.workload}: ${f}`));
   if (heapLines.some((l) => l.startsWith('FAILED'))) failed.push('cache bound');
   if (httpLines.some((l) => l.startsWith('FAILED'))) failed.push('HTTP service');
+  if (lockedLines.some((l) => l.startsWith('FAILED'))) failed.push('locked row');
   if (failed.length > 0) {
     console.error(`\nCorrectness checks failed:\n${failed.join('\n')}`);
     process.exit(1);
