@@ -100,7 +100,7 @@ export function batchFunctions(t: TableNames): Definition[] {
       -- those the batch waits for; and the refs (by position) it leaves alone, 'busy'.
       v_kgot BIGINT[]; v_kall INT; v_agot TEXT[]; v_aall INT; v_hgot TEXT[]; v_hall INT;
       w_keys BIGINT[] := '{}'; w_accts TEXT[] := '{}'; w_holds TEXT[] := '{}'; k_busy BOOLEAN[] := '{}';
-      v_until TIMESTAMPTZ; v_lock_timeout TEXT; v_acct TEXT; v_hid TEXT; v_p2 BIGINT[];
+      v_until TIMESTAMPTZ; v_lock_timeout TEXT; v_acct TEXT; v_hid TEXT; v_p2 BIGINT[]; v_waited BOOLEAN;
     BEGIN
       FOR i IN 1..n LOOP
         IF p_op[i] NOT IN ('charge', 'hold', 'commit', 'release') THEN
@@ -141,12 +141,13 @@ export function batchFunctions(t: TableNames): Definition[] {
       ELSE
         -- The same locks in the same order, but a row another transaction holds is skipped, not
         -- queued for: one locked key must not stall every charge that shares its batch.
+        -- (Keys and holds are counted from the ids asked for: a missing one only costs a closer look.)
         SELECT ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE SKIP LOCKED),
-               (SELECT count(*) FROM ${t.table} WHERE id = ANY(v_paths))::int INTO v_kgot, v_kall;
+               (SELECT count(DISTINCT x) FROM unnest(v_paths) x)::int INTO v_kgot, v_kall;
         SELECT ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE SKIP LOCKED),
                (SELECT count(*) FROM ${t.accounts} WHERE account_id = ANY(k_acct))::int INTO v_agot, v_aall;
         SELECT ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE SKIP LOCKED),
-               (SELECT count(*) FROM ${t.holds} WHERE id = ANY(p_hold))::int INTO v_hgot, v_hall;
+               (SELECT count(DISTINCT x) FROM unnest(p_hold) x)::int INTO v_hgot, v_hall;
         IF cardinality(v_kgot) < v_kall OR cardinality(v_agot) < v_aall OR cardinality(v_hgot) < v_hall THEN
           -- Mostly another batch's few milliseconds: wait for the skipped rows, in the same order,
           -- for up to p_wait_ms in all; a wait that runs out (or would deadlock) gives up quietly.
@@ -159,7 +160,8 @@ export function batchFunctions(t: TableNames): Definition[] {
           IF cardinality(v_hgot) < v_hall THEN
             w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(p_hold) AND id <> ALL(v_hgot) ORDER BY id);
           END IF;
-          IF p_wait_ms > 0 THEN
+          v_waited := false;
+          IF p_wait_ms > 0 AND cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
             v_until := clock_timestamp() + p_wait_ms * interval '1 millisecond';
             v_lock_timeout := current_setting('lock_timeout');
             BEGIN
@@ -175,18 +177,29 @@ export function batchFunctions(t: TableNames): Definition[] {
                 PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM v_until - clock_timestamp())))::bigint || 'ms', true);
                 PERFORM 1 FROM ${t.holds} WHERE id = v_hid FOR UPDATE;
               END LOOP;
+              v_waited := true;
             EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
               NULL;
             END;
             PERFORM set_config('lock_timeout', v_lock_timeout, true);
           END IF;
-          -- Whatever is free now is taken; rows still held elsewhere (and still there) stay out.
-          w_keys := ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(w_keys)
-                            AND id NOT IN (SELECT id FROM ${t.table} WHERE id = ANY(w_keys) ORDER BY id FOR UPDATE SKIP LOCKED));
-          w_accts := ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts)
-                            AND account_id NOT IN (SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts) ORDER BY account_id FOR UPDATE SKIP LOCKED));
-          w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(w_holds)
-                            AND id NOT IN (SELECT id FROM ${t.holds} WHERE id = ANY(w_holds) ORDER BY id FOR UPDATE SKIP LOCKED));
+          IF v_waited THEN
+            w_keys := '{}'; w_accts := '{}'; w_holds := '{}';
+          ELSE
+            -- Whatever is free now is taken; rows still held elsewhere (and still there) stay out.
+            IF cardinality(w_keys) > 0 THEN
+              w_keys := ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(w_keys)
+                              AND id NOT IN (SELECT id FROM ${t.table} WHERE id = ANY(w_keys) ORDER BY id FOR UPDATE SKIP LOCKED));
+            END IF;
+            IF cardinality(w_accts) > 0 THEN
+              w_accts := ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts)
+                               AND account_id NOT IN (SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts) ORDER BY account_id FOR UPDATE SKIP LOCKED));
+            END IF;
+            IF cardinality(w_holds) > 0 THEN
+              w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(w_holds)
+                               AND id NOT IN (SELECT id FROM ${t.holds} WHERE id = ANY(w_holds) ORDER BY id FOR UPDATE SKIP LOCKED));
+            END IF;
+          END IF;
           IF cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
             -- A ref that needs such a row is 'busy': it drops out of the batch (nothing of it is
             -- read for a decision or written), and its caller tries again.
