@@ -124,6 +124,49 @@ forEachDatabase(
       await ak.close();
     }, 30_000);
 
+    it("concurrency: the same for an account's ceiling row and for a hold's row: only the calls that need the held row wait and answer storage_timeout, changing nothing; the same key's other holds settle at once", async () => {
+      const db = getDb();
+      const ak = await db.agentKey({ timeoutMs: TIMEOUT_MS });
+      const t = tableNames(ak.tableName);
+      const ceiled = newAccount();
+      await ak.setAccountBudget(ceiled, { budgetCents: 1_000 });
+      const inCeiled = await ak.create({ accountId: ceiled });
+      const elsewhere = await ak.create({ accountId: newAccount(), budgetCents: 1_000 });
+      const holds = await Promise.all([1, 2, 3].map(() => ak.reserve(elsewhere.key, { costCents: 10 })));
+      const [heldHold, ...freeHolds] = holds.map((h) => (h.success ? h.reservationId : ''));
+
+      const accountLock = await holdRowLock(db.url!, t.accounts, 'account_id = $1', [ceiled]);
+      const holdLock = await holdRowLock(db.url!, t.holds, 'id = $1', [heldHold]);
+      let waiting: Promise<{ ms: number; error?: unknown }>[] = [];
+      try {
+        waiting = [
+          timed(ak.trackUsage(inCeiled.key, { costCents: 1, idempotencyKey: 'ceiled' })),
+          timed(ak.commit(heldHold!, { costCents: 10 })),
+        ];
+        const results = await allWithin<{ success: boolean }>(
+          [
+            ...freeHolds.map((id) => ak.commit(id, { costCents: 5 })),
+            ...Array.from({ length: 10 }, () => ak.trackUsage(elsewhere.key, { costCents: 1 })),
+          ],
+          TIMEOUT_MS * 10,
+        );
+        expect(results, 'calls that need no held row stalled').not.toBe('stalled');
+        expect((results as { success: boolean }[]).every((r) => r.success)).toBe(true);
+        (await Promise.all(waiting)).forEach((a, i) => expectStorageTimeout(a, `call ${i} on a held row`));
+        expect(await ak.getAccountBudget(ceiled)).toMatchObject({ spentCents: 0 });
+        expect(await ak.getReservation(heldHold!)).toMatchObject({ status: 'held' });
+      } finally {
+        await accountLock.release();
+        await holdLock.release();
+        await Promise.all(waiting);
+      }
+      expect(await ak.trackUsage(inCeiled.key, { costCents: 1, idempotencyKey: 'ceiled' })).toMatchObject({ success: true, budgetUsedCents: 1 });
+      expect(await ak.commit(heldHold!, { costCents: 10 })).toMatchObject({ success: true, costCents: 10 });
+      expect(await ak.getKey(elsewhere.id)).toMatchObject({ spentCents: 30, heldCents: 0 });
+      expect(await ak.audit()).toMatchObject({ ok: true });
+      await ak.close();
+    }, 30_000);
+
     it('concurrency: with batching off, a charge on a key held FOR UPDATE elsewhere answers storage_timeout within timeoutMs (the database ends its own wait: nothing charged) while charges on other keys go on; the retry after the release charges once', async () => {
       const db = getDb();
       const ak = await db.agentKey({ timeoutMs: TIMEOUT_MS, batching: false });
