@@ -66,6 +66,26 @@ interface PgResult {
 interface PgClientLike {
   query(text: string, values?: unknown[]): Promise<PgResult>;
   release(err?: Error | boolean): void;
+  on?(event: 'error', listener: (err: Error) => void): unknown;
+  off?(event: 'error', listener: (err: Error) => void): unknown;
+}
+
+/**
+ * A checked-out client has no 'error' listener (the pool only watches idle ones), so a
+ * connection lost while agentkey holds it (a server restart, a terminated backend) would
+ * be an uncaught error that ends the process. While agentkey holds a client it listens;
+ * the call in flight rejects on its own, and the client goes back with that error.
+ */
+function guarded(client: PgClientLike): PgClientLike {
+  const ignore = () => {};
+  client.on?.('error', ignore);
+  return {
+    query: (text, values) => client.query(text, values),
+    release: (err) => {
+      client.off?.('error', ignore);
+      client.release(err);
+    },
+  };
 }
 
 /** What agentkey needs of a PGlite instance. */
@@ -150,7 +170,7 @@ function pgDb(pool: PgPoolLike, timeoutMs: number): Db {
   /** A client within `ms` (one that arrives later goes straight back to the pool). */
   const connect = (ms: number) => {
     let late = false;
-    const connecting = Promise.resolve().then(() => pool.connect());
+    const connecting = Promise.resolve().then(() => pool.connect()).then(guarded);
     connecting.then((c) => late && c.release(), () => {});
     return within(ms, connecting, () => (late = true));
   };
