@@ -233,6 +233,8 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
       mode: 'run', url, table: ak.tableName, sharedSeed: scenario.seed, keys: { T1: t1.key, T2: t2.key, F: f.key },
       lanes: 3, paceMs: [5, 25], attemptMs: ATTEMPT_MS, maxAttempts: 12, libraryTimeoutMs: LIBRARY_TIMEOUT_MS,
       sharedRate: 0.2, sharedKeys: 8, againRate: 0.1, listenWithinMs: 15_000,
+      // Under a row lock, one lane per process charges only the unrelated key (see the worker).
+      dedicatedF: scenario.name === 'row lock',
     };
     const config = (w: number) => ({
       ...base, worker: w, seed: scenario.seed * 10 + w, canary: { key: canaries[w]!.key, id: canaries[w]!.id },
@@ -627,10 +629,13 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
         }
       },
     });
-    // What the dead process sent and never heard back about was done once: its replacement got replays.
+    // What the dead process left unanswered was made again by its replacement, and answered.
+    // Whether the database had finished some of it first (the replacement then gets replays)
+    // is chance: a call held up by a locked row now waits in the client's retry lane, not in
+    // the database (issue 14 part 2). Either way the checks above count each of them once.
     const recovered = r.calls.filter((c) => c.op === 'end' && c.recovered);
     expect(recovered.length, r.where).toBeGreaterThan(0);
-    expect(recovered.filter((c) => answer(c)?.replayed).length, `${r.where}: ${JSON.stringify(recovered.map(answer))}`).toBeGreaterThan(0);
+    for (const c of recovered) expect(answer(c), `${r.where}: ${c.call}`).toBeDefined();
   }, 90_000);
 
   it('terminating the workers’ backends (pg_terminate_backend, three rounds): nothing lost or counted twice, no cap passed, every call answered, listeners back', async () => {
@@ -693,9 +698,8 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
     expect(waited.length, rowLock.where).toBeGreaterThan(0);
   }, 90_000);
 
-  // Needs issue 14 part 2 (SKIP LOCKED batching): today every charge of a process joins the
-  // batch stuck behind the locked row, so nothing on the unrelated key completes until the lock ends.
-  it.fails('while that row is locked, charges on the unrelated key complete in every process (only calls on the locked key wait)', () => {
+  // Issue 14 part 2: a batch skips the locked row's calls, so the others complete meanwhile.
+  it('while that row is locked, charges on the unrelated key complete in every process (only calls on the locked key wait)', () => {
     const r = rowLock;
     expect(r, 'the row-lock run did not finish').not.toBeNull();
     const { start, end } = r!.window;
