@@ -926,11 +926,14 @@ export class AgentKey {
   /**
    * One batch in one statement. If the database refuses a value of one item (a data error,
    * class 22), nothing was written: the items run again one by one, so only that call fails.
+   * If a row it needs stays held elsewhere past `waitMs`, nothing was written either: it goes
+   * again without waiting, and the items that need a held row come back 'busy'.
    */
   private async spendBatch(items: BatchItem[], waitMs: number): Promise<(SpendOutcome | ItemFailure)[]> {
     try {
       return await this.spending.spendMany(items, waitMs);
     } catch (err) {
+      if (waitMs > 0 && isDatabaseTimeout(err)) return this.spendBatch(items, 0);
       const code = (err as { code?: unknown } | null)?.code;
       if (items.length === 1 || typeof code !== 'string' || !code.startsWith('22')) throw err;
       const outs: (SpendOutcome | ItemFailure)[] = [];
@@ -1088,12 +1091,13 @@ const NO_ANCESTORS: readonly number[] = Object.freeze([]);
 /** The least bound of a report over the whole ledger: it reads, so it holds nobody up, and a big ledger takes time. */
 const REPORT_TIMEOUT_MS = 60_000;
 /**
- * How long a batch waits for a row another transaction holds before it leaves the items
- * that need it for `retries`: about what another batch holds its rows for, so calls on a
- * key merely shared with a concurrent batch keep their one round trip.
+ * How long a batch waits for a row another transaction holds before it goes again without
+ * waiting, leaving the items that need a held row to `retries`: well past what another
+ * batch holds its rows for, so calls on a key merely shared with a concurrent batch keep
+ * their one round trip.
  */
 const BATCH_WAIT_MS = 50;
-/** How long one retry statement waits for held rows: short enough that it never waits behind a deadlock check. */
+/** How long one retry statement waits for a held row before its round goes again without waiting (so the rest of it goes on). */
 const RETRY_WAIT_MS = 250;
 /** Less time left than this, an item is not sent again. */
 const MIN_RETRY_WAIT_MS = 5;

@@ -27,6 +27,9 @@ export async function createBatching(tx: Db, t: TableNames): Promise<void> {
  * every key, ancestor and account the batch touches (keys by id, then accounts: the same
  * global order as every other writer), rolls periods, then decides item by item on
  * counters held in variables, and writes counters, holds and ledger rows once each.
+ * It waits for a lock at most p_wait_ms; with p_wait_ms 0 it skips the rows another
+ * transaction holds and leaves the items that need them 'busy', so one locked key never
+ * stalls a batch.
  *
  * A trigger announces changes to keys on a NOTIFY channel, so caches in every process
  * drop them at once.
@@ -96,11 +99,11 @@ export function batchFunctions(t: TableNames): Definition[] {
       v_room BIGINT; v_charge BIGINT; v_acct_limit BOOLEAN;
       l_amount BIGINT[];
       v_now TIMESTAMPTZ; v_key BIGINT; v_ref INT; v_k INT; v_c INT; v_x INT; v_lim INT; v_prior INT;
-      -- Rows held by another transaction: the keys, accounts and holds locked, of how many there are;
-      -- those the batch waits for; and the refs (by position) it leaves alone, 'busy'.
+      -- Rows held by another transaction (p_wait_ms 0): the keys, accounts and holds locked, of how
+      -- many there are; those held elsewhere; and the refs (by position) left alone, 'busy'.
       v_kgot BIGINT[]; v_kall INT; v_agot TEXT[]; v_aall INT; v_hgot TEXT[]; v_hall INT;
       w_keys BIGINT[] := '{}'; w_accts TEXT[] := '{}'; w_holds TEXT[] := '{}'; k_busy BOOLEAN[] := '{}';
-      v_until TIMESTAMPTZ; v_lock_timeout TEXT; v_acct TEXT; v_hid TEXT; v_p2 BIGINT[]; v_waited BOOLEAN;
+      v_lock_timeout TEXT; v_p2 BIGINT[];
     BEGIN
       FOR i IN 1..n LOOP
         IF p_op[i] NOT IN ('charge', 'hold', 'commit', 'release') THEN
@@ -132,92 +135,56 @@ export function batchFunctions(t: TableNames): Definition[] {
         k_to := array_append(k_to, cardinality(v_paths));
       END LOOP;
 
-      IF p_wait_ms IS NULL THEN
+      IF p_wait_ms IS NULL OR p_wait_ms > 0 THEN
+        -- A lock held longer than p_wait_ms ends the statement (lock_not_available) with nothing
+        -- written; the caller then sends the batch again with p_wait_ms 0.
+        IF p_wait_ms > 0 THEN
+          v_lock_timeout := current_setting('lock_timeout');
+          PERFORM set_config('lock_timeout', p_wait_ms || 'ms', true);
+        END IF;
       -- Every budget the batch touches, locked in the one global order: keys by id, then accounts.
       PERFORM 1 FROM ${t.table} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE;
       PERFORM 1 FROM ${t.accounts} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE;
       -- Holds being settled come last, as in the single-step settle.
       PERFORM 1 FROM ${t.holds} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE;
+        IF p_wait_ms > 0 THEN PERFORM set_config('lock_timeout', v_lock_timeout, true); END IF;
       ELSE
-        -- The same locks in the same order, but a row another transaction holds is skipped, not
-        -- queued for: one locked key must not stall every charge that shares its batch.
-        -- (Keys and holds are counted from the ids asked for: a missing one only costs a closer look.)
+        -- p_wait_ms 0: the same locks in the same order, but a row another transaction holds is
+        -- skipped, never waited for. (Keys and holds are counted from the ids asked for: a
+        -- missing one only costs a closer look.)
         SELECT ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE SKIP LOCKED),
                (SELECT count(DISTINCT x) FROM unnest(v_paths) x)::int INTO v_kgot, v_kall;
         SELECT ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE SKIP LOCKED),
                (SELECT count(*) FROM ${t.accounts} WHERE account_id = ANY(k_acct))::int INTO v_agot, v_aall;
         SELECT ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE SKIP LOCKED),
                (SELECT count(DISTINCT x) FROM unnest(p_hold) x)::int INTO v_hgot, v_hall;
-        IF cardinality(v_kgot) < v_kall OR cardinality(v_agot) < v_aall OR cardinality(v_hgot) < v_hall THEN
-          -- Mostly another batch's few milliseconds: wait for the skipped rows, in the same order,
-          -- for up to p_wait_ms in all; a wait that runs out (or would deadlock) gives up quietly.
-          IF cardinality(v_kgot) < v_kall THEN
-            w_keys := ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(v_paths) AND id <> ALL(v_kgot) ORDER BY id);
-          END IF;
-          IF cardinality(v_agot) < v_aall THEN
-            w_accts := ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(k_acct) AND account_id <> ALL(v_agot) ORDER BY account_id);
-          END IF;
-          IF cardinality(v_hgot) < v_hall THEN
-            w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(p_hold) AND id <> ALL(v_hgot) ORDER BY id);
-          END IF;
-          v_waited := false;
-          IF p_wait_ms > 0 AND cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
-            v_until := clock_timestamp() + p_wait_ms * interval '1 millisecond';
-            v_lock_timeout := current_setting('lock_timeout');
-            BEGIN
-              FOREACH v_key IN ARRAY w_keys LOOP
-                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM v_until - clock_timestamp())))::bigint || 'ms', true);
-                PERFORM 1 FROM ${t.table} WHERE id = v_key FOR UPDATE;
-              END LOOP;
-              FOREACH v_acct IN ARRAY w_accts LOOP
-                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM v_until - clock_timestamp())))::bigint || 'ms', true);
-                PERFORM 1 FROM ${t.accounts} WHERE account_id = v_acct FOR UPDATE;
-              END LOOP;
-              FOREACH v_hid IN ARRAY w_holds LOOP
-                PERFORM set_config('lock_timeout', greatest(1, ceil(1000 * extract(epoch FROM v_until - clock_timestamp())))::bigint || 'ms', true);
-                PERFORM 1 FROM ${t.holds} WHERE id = v_hid FOR UPDATE;
-              END LOOP;
-              v_waited := true;
-            EXCEPTION WHEN lock_not_available OR deadlock_detected THEN
-              NULL;
-            END;
-            PERFORM set_config('lock_timeout', v_lock_timeout, true);
-          END IF;
-          IF v_waited THEN
-            w_keys := '{}'; w_accts := '{}'; w_holds := '{}';
-          ELSE
-            -- Whatever is free now is taken; rows still held elsewhere (and still there) stay out.
-            IF cardinality(w_keys) > 0 THEN
-              w_keys := ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(w_keys)
-                              AND id NOT IN (SELECT id FROM ${t.table} WHERE id = ANY(w_keys) ORDER BY id FOR UPDATE SKIP LOCKED));
+        -- The rows held elsewhere (and still there).
+        IF cardinality(v_kgot) < v_kall THEN
+          w_keys := ARRAY(SELECT id FROM ${t.table} WHERE id = ANY(v_paths) AND id <> ALL(v_kgot));
+        END IF;
+        IF cardinality(v_agot) < v_aall THEN
+          w_accts := ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(k_acct) AND account_id <> ALL(v_agot));
+        END IF;
+        IF cardinality(v_hgot) < v_hall THEN
+          w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(p_hold) AND id <> ALL(v_hgot));
+        END IF;
+        IF cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
+          -- A ref that needs such a row is 'busy': it drops out of the batch (nothing of it is
+          -- read for a decision or written), and its caller tries again.
+          k_busy := array_fill(false, ARRAY[cardinality(k_id)]);
+          v_p2 := '{}';
+          FOR x IN 1..cardinality(k_id) LOOP
+            IF k_id[x] IS NOT NULL AND (v_paths[k_from[x]:k_to[x]] && w_keys OR k_acct[x] = ANY(w_accts) OR p_hold[x] = ANY(w_holds)) THEN
+              k_busy[x] := true;
+              k_id[x] := NULL; k_acct[x] := NULL; p_hold[x] := NULL;
+              k_from[x] := cardinality(v_p2) + 1; k_to[x] := cardinality(v_p2);
+            ELSE
+              v_x := cardinality(v_p2) + 1;
+              v_p2 := v_p2 || v_paths[k_from[x]:k_to[x]];
+              k_from[x] := v_x; k_to[x] := cardinality(v_p2);
             END IF;
-            IF cardinality(w_accts) > 0 THEN
-              w_accts := ARRAY(SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts)
-                               AND account_id NOT IN (SELECT account_id FROM ${t.accounts} WHERE account_id = ANY(w_accts) ORDER BY account_id FOR UPDATE SKIP LOCKED));
-            END IF;
-            IF cardinality(w_holds) > 0 THEN
-              w_holds := ARRAY(SELECT id FROM ${t.holds} WHERE id = ANY(w_holds)
-                               AND id NOT IN (SELECT id FROM ${t.holds} WHERE id = ANY(w_holds) ORDER BY id FOR UPDATE SKIP LOCKED));
-            END IF;
-          END IF;
-          IF cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
-            -- A ref that needs such a row is 'busy': it drops out of the batch (nothing of it is
-            -- read for a decision or written), and its caller tries again.
-            k_busy := array_fill(false, ARRAY[cardinality(k_id)]);
-            v_p2 := '{}';
-            FOR x IN 1..cardinality(k_id) LOOP
-              IF k_id[x] IS NOT NULL AND (v_paths[k_from[x]:k_to[x]] && w_keys OR k_acct[x] = ANY(w_accts) OR p_hold[x] = ANY(w_holds)) THEN
-                k_busy[x] := true;
-                k_id[x] := NULL; k_acct[x] := NULL; p_hold[x] := NULL;
-                k_from[x] := cardinality(v_p2) + 1; k_to[x] := cardinality(v_p2);
-              ELSE
-                v_x := cardinality(v_p2) + 1;
-                v_p2 := v_p2 || v_paths[k_from[x]:k_to[x]];
-                k_from[x] := v_x; k_to[x] := cardinality(v_p2);
-              END IF;
-            END LOOP;
-            v_paths := v_p2;
-          END IF;
+          END LOOP;
+          v_paths := v_p2;
         END IF;
       END IF;
       v_now := clock_timestamp();

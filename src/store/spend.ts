@@ -113,9 +113,11 @@ export class SpendStore {
    * functions: settling a hold taken earlier in the same batch (not_found: a caller only
    * learns the id once the reserve returns), and a release with metadata (the batch keeps it).
    *
-   * A key, account or hold row that another transaction holds is waited for up to `waitMs`;
-   * the items that need one still held then come back with the outcome 'busy', untouched
-   * (nothing of them read for a decision or written), for the caller to send again.
+   * A key, account or hold row that another transaction holds is waited for up to `waitMs`
+   * (a longer wait fails the statement with lock_not_available, having written nothing).
+   * With `waitMs` 0 such rows are skipped, never waited for: the items that need one come
+   * back with the outcome 'busy', untouched (nothing of them read for a decision or
+   * written), for the caller to send again.
    */
   async spendMany(items: readonly BatchItem[], waitMs: number = lockWaitMs(this.db.timeoutMs)): Promise<SpendOutcome[]> {
     // Each distinct key (or hold) is looked up once however many items name it.
