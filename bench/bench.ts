@@ -470,12 +470,16 @@ async function lockedRow(pool: pg.Pool): Promise<string[]> {
       await holder.query('BEGIN');
       await holder.query(`SELECT 1 FROM "${ak.tableName}" WHERE id = $1 FOR UPDATE`, [lockedId]);
     }
+    // Released after `seconds` whatever the callers are doing (they may all be waiting for it).
+    const released = lock
+      ? new Promise((resolve) => setTimeout(resolve, seconds * 1000)).then(async () => {
+          await holder.query('COMMIT');
+          await holder.end();
+        })
+      : Promise.resolve();
     const lockedRun = drive({ seconds }, lockedCaller, 8);
     const run = await drive({ seconds }, async (i) => others(i)(), CALLERS - 8);
-    if (lock) {
-      await holder.query('COMMIT');
-      await holder.end();
-    }
+    await released;
     await lockedRun;
     return { run, locked: { ...onLocked } };
   };
