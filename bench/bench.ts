@@ -467,6 +467,8 @@ async function lockedRow(pool: pg.Pool): Promise<string[]> {
   const phase = async (lockId: number | null): Promise<{ run: Run; locked: typeof onLocked }> => {
     const lock = lockId !== null;
     Object.assign(onLocked, { ok: 0, timeouts: 0, errors: 0, maxTimeoutMs: 0 });
+    // Each phase starts from the same state: what an earlier long transaction kept from pruning is gone.
+    await pool.query(`VACUUM "${ak.tableName}"`);
     const holder = new pg.Client({ connectionString: URL });
     if (lock) {
       await holder.connect();
