@@ -1195,7 +1195,8 @@ function cacheOptions(value: unknown): Required<CacheOptions> | null {
   return { maxKeys, ttlMs };
 }
 
-function timeoutOption(value: unknown): number {
+/** The `timeoutMs` option, checked (exported so the service can check it before it opens the database). */
+export function timeoutOption(value: unknown): number {
   const ms = value ?? DEFAULT_TIMEOUT_MS;
   if (typeof ms !== 'number' || !Number.isInteger(ms) || ms < 1 || ms > 3_600_000) {
     throw new AgentKeyError('invalid_argument', `timeoutMs must be a whole number of milliseconds from 1 to 3600000; got ${describe(ms)}.`);

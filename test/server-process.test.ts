@@ -339,6 +339,8 @@ describe('serve: settings are checked before the database is touched', () => {
         ['admin-key', ['--port', '0', '--host', '127.0.0.1'], { AGENTKEY_ADMIN_KEY: 'tooShort123' }, /^agentkey: AGENTKEY_ADMIN_KEY must be at least 16 characters/],
         ['table', ['--port', '0', '--host', '127.0.0.1', '--table', 'bad name'], {}, /^agentkey: tableName must be an SQL identifier/],
         ['scopes', ['--port', '0', '--host', '127.0.0.1', '--self-serve', '--signup-scopes', 'a b'], {}, /^agentkey: Invalid scopes: a b/],
+        ['timeout', ['--port', '0', '--host', '127.0.0.1', '--timeout-ms', '0'], {}, /^agentkey: .*timeout.*1.*3600000/i],
+        ['timeout-env', ['--port', '0', '--host', '127.0.0.1'], { AGENTKEY_TIMEOUT_MS: 'soon' }, /^agentkey: .*timeout.*1.*3600000/i],
       ];
       const results = await Promise.all(
         cases.map(([name, args, env]) => runCli(cli(), ['serve', ...args, '--data-dir', dir(name)], { env: cliEnv(env) })),
@@ -389,6 +391,37 @@ describe('serve on PostgreSQL (DATABASE_URL)', () => {
     await stopCliProcesses();
     await db?.drop().catch(() => {});
   });
+
+  it('--timeout-ms bounds how long a call waits on the database: a charge on a key row held elsewhere is a 503 storage_timeout after it, and charges nothing', async () => {
+    const adminKey = `timeout-admin-${'t'.repeat(20)}`;
+    const server = await serve(['--timeout-ms', '300'], { DATABASE_URL: db.url, AGENTKEY_ADMIN_KEY: adminKey });
+    const created = await call(server.url, 'POST', '/v1/keys', { accountId: 'acct_timeout', budgetCents: 100 }, adminKey);
+    expect(created.status).toBe(201);
+    const other = await call(server.url, 'POST', '/v1/keys', { accountId: 'acct_timeout_2' }, adminKey);
+    const client = new pg.Client({ connectionString: db.url });
+    await client.connect();
+    try {
+      await client.query('BEGIN');
+      await client.query('SELECT id FROM sdk_api_keys WHERE id = $1 FOR UPDATE', [created.body.id]);
+      const started = Date.now();
+      const res = await call(server.url, 'POST', '/v1/charge', { key: created.body.key, costCents: 5, idempotencyKey: 'held-1' });
+      const took = Date.now() - started;
+      expect(res).toMatchObject({ status: 503, body: { error: { code: 'storage_timeout' } } });
+      // Bounded by the flag (300 ms), not the default 5 s; the slack is for a loaded machine.
+      expect(took).toBeLessThan(3_000);
+      // Another key's charge is not held up meanwhile.
+      expect(await call(server.url, 'POST', '/v1/charge', { key: other.body.key, costCents: 1 })).toMatchObject({ status: 200 });
+    } finally {
+      await client.query('ROLLBACK').catch(() => {});
+      await client.end();
+    }
+    // Nothing was charged; the retry with the same idempotency key charges once.
+    expect(await call(server.url, 'POST', '/v1/charge', { key: created.body.key, costCents: 5, idempotencyKey: 'held-1' })).toMatchObject({
+      status: 200,
+      body: { success: true, budgetUsedCents: 5 },
+    });
+    await stop(server);
+  }, 120_000);
 
   it('restart keeps the stored admin key, the key, its spend and its usage; AGENTKEY_ADMIN_KEY overrides the stored key', async () => {
     const firstStart = await serve([], { DATABASE_URL: db.url });

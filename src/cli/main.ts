@@ -133,9 +133,15 @@ export function buildProgram(): Command {
     .option('--signup-without-email', 'let POST /signup issue keys without an email, which it needs by default (env AGENTKEY_SIGNUP_WITHOUT_EMAIL=true)')
     .addOption(new Option('--body-limit <bytes>', 'largest request body').default(65_536).argParser(wholeNumber('body limit', 1024, 10_485_760)))
     .addOption(
+      new Option('--timeout-ms <ms>', 'the longest a call waits on the database (then 503 storage_timeout)')
+        .env('AGENTKEY_TIMEOUT_MS')
+        .default(5_000)
+        .argParser(wholeNumber('timeout', 1, 3_600_000)),
+    )
+    .addOption(
       new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('info').choices(['fatal', 'error', 'warn', 'info', 'debug', 'silent']),
     )
-    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; logLevel: string }) => {
+    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string }) => {
       // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
       const selfServe = o.selfServe === true || envFlag('AGENTKEY_SELF_SERVE');
       const withoutEmail = o.signupWithoutEmail === true || envFlag('AGENTKEY_SIGNUP_WITHOUT_EMAIL');
@@ -150,6 +156,7 @@ export function buildProgram(): Command {
             ? { ...(o.signupScopes ? { signupScopes: o.signupScopes } : {}), ...(withoutEmail ? { requireEmailForSignup: false } : {}) }
             : false,
           bodyLimitBytes: o.bodyLimit,
+          timeoutMs: o.timeoutMs,
           logger,
           ...(o.table ? { tableName: o.table } : {}),
           onAdminKeyCreated: (key) =>

@@ -1,7 +1,7 @@
 import net, { type AddressInfo } from 'node:net';
 import { serve } from '@hono/node-server';
 import { getConnInfo } from '@hono/node-server/conninfo';
-import { AgentKey } from '../agentkey.js';
+import { AgentKey, timeoutOption } from '../agentkey.js';
 import type { AgentKeyRoutesOptions } from '../http/self-serve.js';
 import { tableNames } from '../store/identifiers.js';
 import { type AdminKey, checkAdminKey, resolveAdminKey } from './admin-key.js';
@@ -20,6 +20,12 @@ export interface ServeOptions extends StorageOptions {
   /** The keys table. Default 'sdk_api_keys'. */
   tableName?: string;
   bodyLimitBytes?: number;
+  /**
+   * The longest a call waits on the database (the AgentKey's `timeoutMs`). Default 5000.
+   * A request may take up to about twice that (a call queued behind a stalled one), so the
+   * service's own request bound is the larger of 10 s and twice this.
+   */
+  timeoutMs?: number;
   logger?: Logger;
   /** Called once with a newly created admin key: the only time it exists in the clear. */
   onAdminKeyCreated?: (key: string) => void;
@@ -51,11 +57,16 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   checkAdminKey(options.adminKey);
   tableNames(options.tableName ?? 'sdk_api_keys');
   checkAppOptions({ selfServe: options.selfServe ?? false, ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}) });
+  if (options.timeoutMs !== undefined) timeoutOption(options.timeoutMs);
   await canListen(port, host);
   const storage = await openStorage(options);
   let ak: AgentKey | undefined;
   try {
-    ak = new AgentKey({ pool: storage.pool, ...(options.tableName ? { tableName: options.tableName } : {}) });
+    ak = new AgentKey({
+      pool: storage.pool,
+      ...(options.tableName ? { tableName: options.tableName } : {}),
+      ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
+    });
     await ak.migrate();
     const adminKey = await resolveAdminKey(storage, options.adminKey);
     if (adminKey.created) options.onAdminKeyCreated?.(adminKey.created);
@@ -63,6 +74,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
       adminKey: { sha256: adminKey.sha256 },
       selfServe: options.selfServe ?? false,
       ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}),
+      ...(options.timeoutMs !== undefined ? { timeoutMs: Math.max(10_000, 2 * options.timeoutMs) } : {}),
       ...(options.logger ? { logger: options.logger } : {}),
       health: storage.ping,
       database: storage.kind,
