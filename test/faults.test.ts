@@ -8,6 +8,7 @@ import { HEARTBEAT_SQL } from '../src/store/listen.js';
 import { tableNames } from '../src/store/identifiers.js';
 import { isLocalPostgres, stopBackend } from './helpers/backends.js';
 import { withDatabase } from './helpers/databases.js';
+import { holdRowLock } from './helpers/locks.js';
 import { startWorker, useWorkerBundle, type Worker } from './helpers/processes.js';
 import { type RestartablePostgres, startRestartablePostgres } from './helpers/restartable-postgres.js';
 import { sleep } from './helpers/wait.js';
@@ -604,15 +605,11 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
           for (const l of lines()) if (l.op === 'begin' && l.rid) rids.delete(l.rid);
           return rids.size > 0;
         }, 'the victim to hold money', 15_000);
-        // And with calls surely in flight: T1's row is locked for a moment, so calls on it wait
-        // in the database; the victim dies while they wait. Once the lock goes, the database
-        // finishes what the dead client sent (no one hears it): its replacement must find it done.
-        const client = new pg.Client({ connectionString: url });
-        client.on('error', () => {});
-        await client.connect();
+        // And with calls surely in flight: T1's row is locked for a moment, so calls on it are
+        // held up (in the client's retry lane, or waiting in the database); the victim dies
+        // meanwhile, and its replacement makes them again.
+        const lock = await holdRowLock(url, tableNames(table).table, 'id = $1', [keys.T1]);
         try {
-          await client.query('BEGIN');
-          await client.query(`SELECT id FROM ${tableNames(table).table} WHERE id = $1 FOR UPDATE`, [keys.T1]);
           const lockedAt = Date.now();
           await waitFor(() => {
             const ended = new Set(lines().filter((l) => l.op === 'end').map((l) => l.call));
@@ -622,10 +619,10 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
           victim.child.kill('SIGKILL');
           await victim.exited;
           await sleep(300);
-          await client.query('COMMIT');
+          await lock.release();
           return { start: at, end: at, note: `worker ${killed} killed with SIGKILL while T1's row was locked` };
         } finally {
-          await client.end();
+          await lock.release();
         }
       },
     });
@@ -670,19 +667,15 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
       name: 'row lock',
       seed: SEED + 3,
       async fault({ keys, table }) {
-        const client = new pg.Client({ connectionString: url });
-        client.on('error', () => {});
-        await client.connect();
+        const lock = await holdRowLock(url, tableNames(table).table, 'id = $1', [keys.T1]);
         try {
-          await client.query('BEGIN');
-          await client.query(`SELECT id FROM ${tableNames(table).table} WHERE id = $1 FOR UPDATE`, [keys.T1]);
           const start = Date.now();
           await sleep(5_000);
           const end = Date.now();
-          await client.query('COMMIT');
+          await lock.release();
           return { start, end, note: `T1's row locked ${end - start} ms` };
         } finally {
-          await client.end();
+          await lock.release();
         }
       },
     });

@@ -6,6 +6,7 @@ import path from 'node:path';
 import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { type CliProcess, cliEnv, freshDatabase, linesOf, runCli, startCli, stopCliProcesses, tempDir } from './helpers/cli.js';
+import { holdRowLock } from './helpers/locks.js';
 import { useCliBundle } from './helpers/processes.js';
 
 /**
@@ -398,11 +399,8 @@ describe('serve on PostgreSQL (DATABASE_URL)', () => {
     const created = await call(server.url, 'POST', '/v1/keys', { accountId: 'acct_timeout', budgetCents: 100 }, adminKey);
     expect(created.status).toBe(201);
     const other = await call(server.url, 'POST', '/v1/keys', { accountId: 'acct_timeout_2' }, adminKey);
-    const client = new pg.Client({ connectionString: db.url });
-    await client.connect();
+    const lock = await holdRowLock(db.url, 'sdk_api_keys', 'id = $1', [created.body.id]);
     try {
-      await client.query('BEGIN');
-      await client.query('SELECT id FROM sdk_api_keys WHERE id = $1 FOR UPDATE', [created.body.id]);
       const started = Date.now();
       const res = await call(server.url, 'POST', '/v1/charge', { key: created.body.key, costCents: 5, idempotencyKey: 'held-1' });
       const took = Date.now() - started;
@@ -412,8 +410,7 @@ describe('serve on PostgreSQL (DATABASE_URL)', () => {
       // Another key's charge is not held up meanwhile.
       expect(await call(server.url, 'POST', '/v1/charge', { key: other.body.key, costCents: 1 })).toMatchObject({ status: 200 });
     } finally {
-      await client.query('ROLLBACK').catch(() => {});
-      await client.end();
+      await lock.release();
     }
     // Nothing was charged; the retry with the same idempotency key charges once.
     expect(await call(server.url, 'POST', '/v1/charge', { key: created.body.key, costCents: 5, idempotencyKey: 'held-1' })).toMatchObject({
