@@ -1,4 +1,4 @@
-// One file for now (about 1,100 lines): the AgentKey facade, the public types and the
+// One file for now (about 1,250 lines): the AgentKey facade, the public types and the
 // option checks of every call. Issue 15 splits it by job (types, lifecycle, validation and
 // caching, spending, reports, error mapping); until then, the sections follow that order.
 import { AgentKeyError } from './errors.js';

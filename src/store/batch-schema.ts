@@ -1,4 +1,4 @@
-// One file for now (about 440 lines): <table>_spend_many is one PL/pgSQL function and is
+// One file for now (about 530 lines): <table>_spend_many is one PL/pgSQL function and is
 // kept whole so it can be read top to bottom. Issue 15 moves it into a .sql file and folds
 // the budget rules it shares with tree-schema.ts into one definition.
 import type { Definition } from './catalog.js';
