@@ -394,7 +394,7 @@ async function chargeUnderAccount(pool: pg.Pool) {
   });
   await spendChecks(row, pool, ak, plain, ours, theirs, `ceiling ${ceiling / 10_000} cents, 75% of the demand`);
   const account = await ak.getAccountBudget('acct_c3');
-  record(row, 'agentkey', (account?.spentCents ?? Infinity) <= ceiling / 10_000, `account spent ${account?.spentCents} of ${ceiling / 10_000} cents`);
+  record(row, 'agentkey', Number(account?.spentCents ?? Infinity) <= ceiling / 10_000, `account spent ${account?.spentCents} of ${ceiling / 10_000} cents`);
   await ak.close();
 }
 
@@ -639,7 +639,7 @@ async function httpService(pool: pg.Pool): Promise<string[]> {
     else if (r.status !== 429) unexpected++;
   });
   const audit = await ak.audit();
-  const spent = (await ak.getKey(hot.id))?.spentCents ?? -1;
+  const spent = Number((await ak.getKey(hot.id))?.spentCents ?? -1);
   const ok = unexpected === 0 && audit.ok && Math.round(spent * 10_000) === acceptedMicros && acceptedMicros <= budget;
   show('POST /v1/charge, 1 hot key', charge, ok ? `ok: ${accepted} accepted = ledger, nothing overspent` : `FAILED: spent ${spent}, accepted ${acceptedMicros / 10_000}, unexpected ${unexpected}`);
   await new Promise((resolve) => server.close(resolve));

@@ -37,6 +37,13 @@ function h(tag, attrs = {}, ...children) {
 /** Cents as dollars: 250 -> $2.50; sub-cent amounts keep their digits: 0.15 -> $0.0015. */
 export function dollars(cents) {
   if (cents === null || cents === undefined) return 'unlimited';
+  // A total past $5 billion comes as an exact decimal string of cents: read it digit for digit.
+  if (typeof cents === 'string') {
+    const [whole, fraction = ''] = cents.replace(/^-/, '').split('.');
+    const micros = BigInt(whole + fraction.padEnd(4, '0').slice(0, 4));
+    const rest = (micros % 1000000n).toString().padStart(6, '0').replace(/0+$/, '');
+    return `${cents.startsWith('-') ? '-' : ''}$${(micros / 1000000n).toLocaleString('en-US')}.${rest.padEnd(2, '0')}`;
+  }
   const value = Math.abs(cents) / 100;
   const [whole, fraction = ''] = value.toFixed(6).replace(/0+$/, '').split('.');
   return `${cents < 0 ? '-' : ''}$${Number(whole).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;

@@ -3,7 +3,7 @@
 // caching, spending, reports, error mapping); until then, the sections follow that order.
 import { AgentKeyError } from './errors.js';
 import { checkKeyPrefix, hashKey, lookupHash, mintKey, randomId } from './keys.js';
-import { type CentsInput, budgetToMicros, describe, microsToCents } from './money.js';
+import { type Cents, type CentsInput, MAX_TOTAL_MICROS, type Micros, budgetToMicros, describe, microsToCents, microsToCentsNumber, roomMicros } from './money.js';
 import { accountIdText, checkOptions, keyIdNumber, optionalText } from './options.js';
 import { invalidScopes, parseScopes, scopeAllows } from './scopes.js';
 import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
@@ -146,10 +146,14 @@ export interface ValidateResult {
   name: string;
   scopes: string[] | null;
   budgetCents: number | null;
+  /**
+   * A number, as in the package: exact up to MAX_CENTS ($5 billion); past it (only an
+   * unlimited key gets there) the nearest number, and `getKey()` has the exact figure.
+   */
   budgetUsedCents: number;
   /** budget - spent - held: what a new charge or hold may still take. */
   budgetRemainingCents: number | null;
-  /** Money held by live reservations. */
+  /** Money held by live reservations (a number, like budgetUsedCents). */
   budgetHeldCents: number;
   budgetPeriod: BudgetPeriod | null;
   budgetResetAt: string | null;
@@ -185,13 +189,14 @@ export interface UsageQuery {
   bucket?: 'hour' | 'day';
 }
 
+/** Figures here are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it. */
 export interface UsageReport {
   /** Spend counted toward budgets: charges, commits and adjustments. */
-  totalCents: number;
+  totalCents: Cents;
   count: number;
   /** Real cost that no budget could take (never counted toward a cap); 0 when none. */
-  overageCents: number;
-  buckets: { start: string; costCents: number; count: number; overageCents: number }[];
+  overageCents: Cents;
+  buckets: { start: string; costCents: Cents; count: number; overageCents: Cents }[];
 }
 
 /** An account as `listAccounts()` reports it. */
@@ -201,10 +206,10 @@ export interface AccountSummary {
   keys: number;
   /** Keys neither revoked nor expired. */
   liveKeys: number;
-  /** Spend from the ledger over the account's whole life. */
-  spentCents: number;
+  /** Spend from the ledger over the account's whole life (`Cents`: a string past MAX_CENTS). */
+  spentCents: Cents;
   /** Overage of its keys over their whole life: real cost no budget could take, not in spentCents. */
-  overageCents: number;
+  overageCents: Cents;
   /** Its ceiling and spend this period, or null when it has none. */
   ceiling: AccountBudget | null;
 }
@@ -216,7 +221,8 @@ export interface LedgerEntry {
   accountId: string;
   /** 'overage' follows a commit: the part of its cost no budget could take, not counted toward any. */
   kind: LedgerKind;
-  amountCents: number;
+  /** A number, except a period's reset or an opening balance past MAX_CENTS (then an exact string). */
+  amountCents: Cents;
   reservationId: string | null;
   metadata: Record<string, unknown> | null;
   createdAt: string;
@@ -242,13 +248,14 @@ export interface AuditResult {
   /** True when every checked key's spend counter equals its ledger. */
   ok: boolean;
   keysChecked: number;
-  mismatches: { keyId: number; counterCents: number; ledgerCents: number }[];
+  /** Figures are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it. */
+  mismatches: { keyId: number; counterCents: Cents; ledgerCents: Cents }[];
   /** Accounts whose ceiling counter differs from their spend in the ledger this period. */
-  accountMismatches: { accountId: string; counterCents: number; ledgerCents: number }[];
+  accountMismatches: { accountId: string; counterCents: Cents; ledgerCents: Cents }[];
   /** Keys whose overage counter differs from their overage rows in the ledger. */
-  overageMismatches: { keyId: number; counterCents: number; ledgerCents: number }[];
+  overageMismatches: { keyId: number; counterCents: Cents; ledgerCents: Cents }[];
   /** Overage recorded for the checked keys (never part of any spend counter). */
-  overageCents: number;
+  overageCents: Cents;
 }
 
 const CREATE_OPTIONS = [
@@ -442,12 +449,13 @@ export class AgentKey {
     return {
       success: true,
       reservationId,
-      costCents: microsToCents(cost),
-      chargedCents: microsToCents(cost - overage),
-      overageCents: microsToCents(overage),
-      heldCents: microsToCents(held),
-      releasedCents: microsToCents(Math.max(0, held - cost)),
-      overHoldCents: microsToCents(Math.max(0, cost - held)),
+      // One step's figures never pass MAX_CENTS: numbers, exact.
+      costCents: microsToCentsNumber(cost),
+      chargedCents: microsToCentsNumber(cost - overage),
+      overageCents: microsToCentsNumber(overage),
+      heldCents: microsToCentsNumber(held),
+      releasedCents: microsToCentsNumber(Math.max(0, held - cost)),
+      overHoldCents: microsToCentsNumber(Math.max(0, cost - held)),
       holdExpired: out.expired === true,
       overBudget: overage > 0,
       ...(overage > 0 ? { limitedBy: limitedBy(out) } : {}),
@@ -465,7 +473,7 @@ export class AgentKey {
     return {
       success: true,
       reservationId,
-      releasedCents: microsToCents(out.released ?? 0),
+      releasedCents: microsToCentsNumber(out.released ?? 0),
       holdExpired: out.expired === true,
       ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
     };
@@ -497,9 +505,9 @@ export class AgentKey {
       reservationId: row.id,
       keyId: row.key_id,
       accountId: row.account_id,
-      heldCents: microsToCents(row.amount_micros),
-      costCents: row.committed_micros === null ? null : microsToCents(row.committed_micros),
-      overageCents: row.committed_micros === null ? null : microsToCents(row.overage_micros ?? 0),
+      heldCents: microsToCentsNumber(row.amount_micros),
+      costCents: row.committed_micros === null ? null : microsToCentsNumber(row.committed_micros),
+      overageCents: row.committed_micros === null ? null : microsToCentsNumber(row.overage_micros ?? 0),
       status: row.lapsed ? 'expired' : row.status,
       expiresAt: iso(row.expires_at) as string,
       createdAt: iso(row.created_at) as string,
@@ -563,7 +571,7 @@ export class AgentKey {
     const o = checkOptions<{ keyId?: number | string }>(options, ['keyId'], 'audit()');
     const id = o.keyId === undefined ? null : keyIdNumber(o.keyId);
     const { checked, mismatches, accounts, overage, overageMicros } = await this.guard(() => this.reports.audit(id));
-    const inCents = (m: { keyId: number; counterMicros: number; ledgerMicros: number }) => ({
+    const inCents = (m: { keyId: number; counterMicros: Micros; ledgerMicros: Micros }) => ({
       keyId: m.keyId,
       counterCents: microsToCents(m.counterMicros),
       ledgerCents: microsToCents(m.ledgerMicros),
@@ -777,8 +785,8 @@ export class AgentKey {
       accountId: r.summary_id,
       keys: Number(r.key_count),
       liveKeys: Number(r.live_key_count),
-      spentCents: microsToCents(Number(r.lifetime_micros)),
-      overageCents: microsToCents(Number(r.overage_micros)),
+      spentCents: microsToCents(r.lifetime_micros),
+      overageCents: microsToCents(r.overage_micros),
       ceiling: r.budget_micros === null ? null : toAccountBudget({ ...r, account_id: r.summary_id, budget_micros: r.budget_micros }),
     }));
   }
@@ -810,7 +818,7 @@ export class AgentKey {
       keyId: Number(r.key_id),
       accountId: r.account_id,
       kind: r.kind,
-      amountCents: microsToCents(Number(r.amount_micros)),
+      amountCents: microsToCents(r.amount_micros),
       reservationId: r.reservation_id,
       metadata: r.metadata,
       createdAt: iso(r.created_at) as string,
@@ -871,7 +879,7 @@ export class AgentKey {
   private validation(key: CachedKey, pathRoom: number | null): ValidationResult {
     if (key.status !== 'active') return { valid: false, reason: key.status };
     // Nothing left under its own budget, an ancestor's or the account's: refused, as the package refuses a spent key.
-    const own = key.budget === null ? null : key.budget - key.spent - key.held;
+    const own = key.budget === null ? null : roomMicros(key.budget, key.spent, key.held);
     if ((own !== null && own <= 0) || (pathRoom !== null && pathRoom <= 0)) return { valid: false, reason: 'budget_exceeded' };
     this.touches.touch(key.id);
     return toValidKey(key);
@@ -905,7 +913,7 @@ export class AgentKey {
   }
 
   private async spend(ref: KeyRef | { id: number }, request: SpendRequest): Promise<SpendOutcome> {
-    const out = await this.guard(() => this.spending.spend(ref, request));
+    const out = await this.guard(() => this.spending.spend(ref, request), 'spend');
     this.noteFigures(out, out.outcome === 'ok' ? request.micros : 0);
     return out;
   }
@@ -916,7 +924,7 @@ export class AgentKey {
       batches
         ? this.batched(batches, { ref: { hold: holdId }, request: { op, micros, metadata } })
         : this.spending.settle(holdId, op, micros, metadata),
-    );
+    'spend');
     const held = out.expired ? 0 : (out.hold ?? 0);
     const charged = (out.committed ?? 0) - (out.overage ?? 0);
     this.noteFigures(out, out.outcome !== 'ok' ? 0 : op === 'commit' ? charged - held : -(out.released ?? 0));
@@ -953,7 +961,7 @@ export class AgentKey {
    * above it (cached for its siblings too) move by `moved`: what the step added to spent + held.
    */
   private noteFigures(out: SpendOutcome, moved: number): void {
-    if (!this.cache || typeof out.key_id !== 'number' || typeof out.spent !== 'number') return;
+    if (!this.cache || typeof out.key_id !== 'number' || out.spent === undefined) return;
     // Without the step's time the figures cannot be ordered against others: read them afresh.
     if (out.at === undefined) this.cache.invalidate(out.key_id);
     else {
@@ -1011,7 +1019,7 @@ export class AgentKey {
   private async spendCoalesced(ref: KeyRef, request: SpendRequest): Promise<SpendOutcome> {
     const batches = this.batches;
     if (!batches) return this.spend(ref, request);
-    const out = await this.guard(() => this.batched(batches, { ref, request }));
+    const out = await this.guard(() => this.batched(batches, { ref, request }), 'spend');
     this.noteFigures(out, out.outcome === 'ok' ? request.micros : 0);
     return out;
   }
@@ -1075,12 +1083,16 @@ export class AgentKey {
     };
   }
 
-  /** Runs a storage call; database faults become `AgentKeyError`s with a clear code. */
-  private async guard<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs a storage call; database faults become `AgentKeyError`s with a clear code. A
+   * 'spend' step's amounts are checked before they are sent, so a number out of range
+   * there is a total that would pass BIGINT.
+   */
+  private async guard<T>(fn: () => Promise<T>, step: 'spend' | 'other' = 'other'): Promise<T> {
     try {
       return await fn();
     } catch (err) {
-      throw storageError(err, this.tableName);
+      throw storageError(err, this.tableName, step);
     }
   }
 }
@@ -1160,9 +1172,9 @@ function toValidKey(k: CachedKey): ValidKey {
     userId: k.userId,
     name: k.name ?? 'default',
     scopes: k.scopes === null ? null : [...k.scopes],
-    budgetCents: k.budget === null ? null : microsToCents(k.budget),
+    budgetCents: k.budget === null ? null : microsToCentsNumber(k.budget),
     ...figures({ outcome: 'ok', budget: k.budget, spent: k.spent, held: k.held }),
-    budgetHeldCents: microsToCents(k.held),
+    budgetHeldCents: microsToCentsNumber(k.held),
     budgetPeriod: k.period as BudgetPeriod | null,
     budgetResetAt: k.resetAt === null ? null : new Date(k.resetAt).toISOString(),
     expiresAt: k.expiresAt === null ? null : new Date(k.expiresAt).toISOString(),
@@ -1175,7 +1187,7 @@ function createdFields(row: InsertedKey): Omit<CreateKeyResult, 'key'> {
   return {
     id: row.id,
     scopes: row.scopes,
-    budgetCents: row.budget_micros === null ? null : microsToCents(row.budget_micros),
+    budgetCents: row.budget_micros === null ? null : microsToCentsNumber(row.budget_micros),
     budgetPeriod: row.budget_period as BudgetPeriod | null,
     expiresAt: iso(row.expires_at),
   };
@@ -1226,12 +1238,20 @@ function subjectText(subject: unknown): string {
 }
 
 const MISSING_SCHEMA = new Set(['42P01', '42703', '42883']);
+const NUMERIC_OUT_OF_RANGE = '22003';
 // 22021/22P05: text the database cannot store (e.g. a NUL character) is the caller's mistake.
 const BAD_VALUE = new Set(['22P02', '22003', '22007', '22008', '22009', '22021', '22P05']);
 
-function storageError(err: unknown, table: string): AgentKeyError {
+function storageError(err: unknown, table: string, step: 'spend' | 'other' = 'other'): AgentKeyError {
   if (err instanceof AgentKeyError) return err;
   const code = (err as { code?: unknown } | null)?.code;
+  if (step === 'spend' && code === NUMERIC_OUT_OF_RANGE) {
+    return new AgentKeyError(
+      'total_out_of_range',
+      `This step would take a total (a key's, an ancestor's or an account's spend, held or overage) past the most the database can count, ${microsToCents(MAX_TOTAL_MICROS)} cents; nothing was changed.`,
+      { cause: err },
+    );
+  }
   const detail = err instanceof Error ? err.message : String(err);
   if (typeof code === 'string' && MISSING_SCHEMA.has(code)) {
     return new AgentKeyError('not_migrated', `The table ${table} is missing agentkey's columns (${detail}); run ak.migrate() first.`, { cause: err });

@@ -1,3 +1,4 @@
+import { type Micros, roomMicros } from './money.js';
 import type { KeyStatus } from './store/keys.js';
 
 /** What validation needs of a key, kept small: the cache may hold many thousands. */
@@ -8,8 +9,8 @@ export interface CachedKey {
   name: string | null;
   scopes: string[] | null;
   budget: number | null;
-  spent: number;
-  held: number;
+  spent: Micros;
+  held: Micros;
   /**
    * The budgets above the key: its budgeted ancestors (`k<id>`) and its account's ceiling
    * (`a<id>`). What each leaves is kept once for the whole cache (see KeyCache.rooms).
@@ -90,7 +91,7 @@ export class KeyCache {
    */
   set(cacheKey: string, entry: CachedKey, rooms: readonly number[] = []): void {
     entry.limits.forEach((name, i) => this.note(name, rooms[i] as number, entry.asOf));
-    if (entry.budget !== null) this.note(`k${entry.id}`, entry.budget - entry.spent - entry.held, entry.asOf);
+    if (entry.budget !== null) this.note(`k${entry.id}`, roomMicros(entry.budget, entry.spent, entry.held), entry.asOf);
     const old = this.entries.get(cacheKey);
     if (old !== undefined && old.asOf > entry.asOf) {
       // A read that started before the latest spend seen here keeps that spend's figures.
@@ -148,12 +149,12 @@ export class KeyCache {
   updateFigures(
     id: number,
     budget: number | null,
-    spent: number,
-    held: number,
+    spent: Micros,
+    held: Micros,
     at: number,
     above: { moved: number; ancestors: readonly number[]; accountId: string | null } = { moved: 0, ancestors: [], accountId: null },
   ): void {
-    if (budget !== null) this.note(`k${id}`, budget - spent - held, at);
+    if (budget !== null) this.note(`k${id}`, roomMicros(budget, spent, held), at);
     if (above.moved !== 0) {
       for (const ancestor of above.ancestors) this.move(`k${ancestor}`, above.moved, at);
       if (above.accountId !== null) this.move(`a${above.accountId}`, above.moved, at);

@@ -17,7 +17,9 @@ export type AgentKeyErrorCode =
   | 'key_outside_tree'
   | 'not_migrated'
   | 'storage_error'
-  | 'storage_timeout';
+  | 'storage_timeout'
+  /** A step that would take a total past what the database can count (BIGINT micro-dollars). */
+  | 'total_out_of_range';
 
 /**
  * The one error class agentkey throws: programmer mistakes (bad arguments) and

@@ -45,6 +45,6 @@ export {
   type HeldReservation,
   type RouteOptions,
 } from './http/express.js';
-export { type CentsInput, MAX_CENTS, MICROS_PER_CENT } from './money.js';
+export { type Cents, type CentsInput, MAX_CENTS, MICROS_PER_CENT } from './money.js';
 export { expiryFromDuration, type BudgetPeriod } from './time.js';
 export type { PoolLike } from './store/db.js';

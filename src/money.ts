@@ -7,8 +7,36 @@ import { AgentKeyError } from './errors.js';
  */
 export const MICROS_PER_CENT = 10_000;
 
-/** Largest budget or single cost accepted, in cents ($9 billion): keeps every sum a safe integer. */
-export const MAX_CENTS = 900_000_000_000;
+/**
+ * Largest budget or single cost accepted, in cents ($5 billion). Every figure up to it is
+ * exact as a JavaScript number, to the micro: below 2^39 cents a double's step is finer
+ * than a micro. Totals that grow past it (the spend of an unlimited key, an account's,
+ * a report's) come back as exact decimal strings instead; see `Cents`.
+ */
+export const MAX_CENTS = 500_000_000_000;
+
+/** MAX_CENTS in micro-dollars: the largest magnitude reported as a number. */
+const MAX_NUMBER_MICROS = MAX_CENTS * 10_000;
+
+/**
+ * The most any counter can hold, in micro-dollars: PostgreSQL's BIGINT. A step that would
+ * take a counter past it is refused with `total_out_of_range` and changes nothing.
+ */
+export const MAX_TOTAL_MICROS = 2n ** 63n - 1n;
+
+/**
+ * A figure in cents as agentkey reports it: a number up to MAX_CENTS ($5 billion) either
+ * way, and beyond that an exact decimal string such as `"1000000000000.0001"`, which a
+ * number could not hold. Budgets, single costs and what one step charges never pass
+ * MAX_CENTS, so they are always numbers; totals may.
+ */
+export type Cents = number | string;
+
+/**
+ * Micro-dollars as the store reads them: a number while it is a safe integer, a bigint
+ * beyond (only totals get there).
+ */
+export type Micros = number | bigint;
 
 /** Cents as callers give them: a number, or a decimal string such as `"0.3"`, read exactly. */
 export type CentsInput = number | string;
@@ -60,9 +88,62 @@ export function centsToMicros(cents: CentsInput, rounding: 'up' | 'down' = 'up')
   return negative && micros !== 0 ? -micros : micros;
 }
 
-/** Micro-dollars back to cents, e.g. 300 -> 0.03. */
-export function microsToCents(micros: number): number {
-  return micros / MICROS_PER_CENT;
+/**
+ * Reads an integer amount of micro-dollars from the database: BIGINT comes as a number or a
+ * bigint (PGlite) or as text (node-postgres), a sum as NUMERIC text. Exact either way.
+ */
+export function toMicros(value: unknown): Micros {
+  if (typeof value === 'number') return value;
+  if (typeof value === 'bigint') return Number.isSafeInteger(Number(value)) ? Number(value) : value;
+  if (typeof value === 'string' && /^-?\d+$/.test(value)) {
+    const n = Number(value);
+    return Number.isSafeInteger(n) ? n : BigInt(value);
+  }
+  if (value === null || value === undefined) return 0;
+  throw new TypeError(`not an integer amount of micro-dollars: ${describe(value)}`);
+}
+
+/** Sums amounts of micro-dollars exactly, as a number while it stays safe. */
+export function addMicros(...amounts: Micros[]): Micros {
+  if (amounts.every((a) => typeof a === 'number')) {
+    const sum = (amounts as number[]).reduce((s, a) => s + a, 0);
+    if (Number.isSafeInteger(sum)) return sum;
+  }
+  return toMicros(amounts.reduce<bigint>((s, a) => s + BigInt(a), 0n));
+}
+
+/**
+ * What a budget leaves once `spent` and `held` are taken (negative when over): a number,
+ * exact while a budget's figures are (they are unless adjustments pushed spend past 2^53).
+ */
+export function roomMicros(budget: number, spent: Micros, held: Micros): number {
+  if (typeof spent === 'number' && typeof held === 'number') return budget - spent - held;
+  return Number(BigInt(budget) - BigInt(spent) - BigInt(held));
+}
+
+/** Whether two amounts of micro-dollars are the same. */
+export function sameMicros(a: Micros, b: Micros): boolean {
+  return BigInt(a) === BigInt(b);
+}
+
+/**
+ * Micro-dollars back to cents, e.g. 300 -> 0.03: a number up to MAX_CENTS either way, an
+ * exact decimal string beyond (`Cents`).
+ */
+export function microsToCents(micros: Micros): Cents {
+  if (typeof micros === 'number' && Math.abs(micros) <= MAX_NUMBER_MICROS) return micros / MICROS_PER_CENT;
+  const big = BigInt(micros);
+  const digits = (big < 0n ? -big : big).toString().padStart(5, '0');
+  const fraction = digits.slice(-4).replace(/0+$/, '');
+  return `${big < 0n ? '-' : ''}${digits.slice(0, -4)}${fraction ? `.${fraction}` : ''}`;
+}
+
+/**
+ * Micro-dollars as a number of cents, for the package's own result types (which are
+ * numbers): exact up to MAX_CENTS, the nearest number beyond.
+ */
+export function microsToCentsNumber(micros: Micros): number {
+  return Number(microsToCents(micros));
 }
 
 /**

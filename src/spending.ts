@@ -1,5 +1,5 @@
 import { AgentKeyError } from './errors.js';
-import { type CentsInput, centsToMicros, describe, isValidCents, microsToCents } from './money.js';
+import { type CentsInput, centsToMicros, describe, isValidCents, microsToCentsNumber } from './money.js';
 import { checkOptions, optionalText } from './options.js';
 import type { SpendOutcome } from './store/spend.js';
 import { durationMs } from './time.js';
@@ -182,7 +182,7 @@ export function adjustInput(options: unknown): { micros: number; metadata: strin
 
 export function figures(out: SpendOutcome): SpendFigures {
   const spent = out.spent ?? 0;
-  return { budgetUsedCents: microsToCents(spent), budgetRemainingCents: remaining(out.budget ?? null, spent, out.held ?? 0) };
+  return { budgetUsedCents: microsToCentsNumber(spent), budgetRemainingCents: remaining(out.budget ?? null, spent, out.held ?? 0) };
 }
 
 /** Which budget refused a charge or hold: the key's own, an ancestor's, or the account's. */

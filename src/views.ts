@@ -1,4 +1,4 @@
-import { microsToCents } from './money.js';
+import { type Cents, type Micros, microsToCents, microsToCentsNumber, roomMicros } from './money.js';
 import type { AccountRow } from './store/accounts.js';
 import type { KeyRow, KeyStatus } from './store/keys.js';
 import type { BudgetPeriod } from './time.js';
@@ -15,11 +15,12 @@ export interface KeyInfo {
   parentId: number | null;
   depth: number;
   budgetCents: number | null;
-  spentCents: number;
-  heldCents: number;
+  /** Totals are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it (an unlimited key's). */
+  spentCents: Cents;
+  heldCents: Cents;
   remainingCents: number | null;
   /** Real cost no budget could take, over the key's life: recorded, never counted in spentCents. */
-  overageCents: number;
+  overageCents: Cents;
   budgetPeriod: BudgetPeriod | null;
   budgetResetAt: string | null;
   expiresAt: string | null;
@@ -35,8 +36,8 @@ export interface AccountBudget {
   accountId: string;
   budgetCents: number;
   budgetPeriod: BudgetPeriod | null;
-  spentCents: number;
-  heldCents: number;
+  spentCents: Cents;
+  heldCents: Cents;
   remainingCents: number;
   periodStartAt: string | null;
   budgetResetAt: string | null;
@@ -46,8 +47,9 @@ export function iso(date: Date | string | null | undefined): string | null {
   return date == null ? null : new Date(date).toISOString();
 }
 
-export function remaining(budget: number | null, spent: number, held: number): number | null {
-  return budget === null ? null : microsToCents(Math.max(0, budget - spent - held));
+/** What a budget leaves, never below 0: a number (it is at most the budget). */
+export function remaining(budget: number | null, spent: Micros, held: Micros): number | null {
+  return budget === null ? null : microsToCentsNumber(Math.max(0, roomMicros(budget, spent, held)));
 }
 
 export function toKeyInfo(row: KeyRow): KeyInfo {
@@ -60,7 +62,7 @@ export function toKeyInfo(row: KeyRow): KeyInfo {
     status: row.status,
     parentId: row.parent_id,
     depth: row.depth,
-    budgetCents: row.budget_micros === null ? null : microsToCents(row.budget_micros),
+    budgetCents: row.budget_micros === null ? null : microsToCentsNumber(row.budget_micros),
     spentCents: microsToCents(row.spent_micros),
     heldCents: microsToCents(row.held_micros),
     remainingCents: remaining(row.budget_micros, row.spent_micros, row.held_micros),
@@ -79,7 +81,7 @@ export function toKeyInfo(row: KeyRow): KeyInfo {
 export function toAccountBudget(row: AccountRow): AccountBudget {
   return {
     accountId: row.account_id,
-    budgetCents: microsToCents(row.budget_micros),
+    budgetCents: microsToCentsNumber(row.budget_micros),
     budgetPeriod: row.budget_period,
     spentCents: microsToCents(row.spent_micros),
     heldCents: microsToCents(row.held_micros),

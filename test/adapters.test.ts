@@ -227,7 +227,7 @@ function expectJsonError(reply: Reply, status: number, code?: string): void {
 async function money(ak: AgentKey, keyId: number) {
   const k = await ak.getKey(keyId);
   if (!k) throw new Error(`no key ${keyId}`);
-  return { held: k.heldCents, spent: k.spentCents, remaining: k.remainingCents };
+  return { held: Number(k.heldCents), spent: Number(k.spentCents), remaining: k.remainingCents };
 }
 
 /**

@@ -317,6 +317,20 @@ describe('dashboard', () => {
     expect(errors).toEqual([]);
     await page.close();
   });
+
+  it('happy: a total past $5 billion (an exact decimal string in the API) is shown digit for digit', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_huge', name: 'huge-bot' });
+    for (const costCents of [500_000_000_000, 500_000_000_000, '0.0001']) await call('POST', '/v1/charge', { key: k.key, costCents }, false);
+    expect((await call('GET', `/v1/keys/${k.id}`)).spentCents).toBe('1000000000000.0001');
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    const row = page.locator('#keys tbody tr', { hasText: 'huge-bot' });
+    await expect.poll(() => row.count()).toBe(1);
+    expect(await row.locator('.amount-spent').textContent()).toBe('$10,000,000,000.000001');
+    expect(errors).toEqual([]);
+    await page.close();
+  });
 });
 
 describe('dashboard with no keys', () => {

@@ -327,7 +327,7 @@ forEachDatabase((getDb) => {
           agent.trackUsage(a3.key, { costCents: 3 }),
         ]);
         const outcomes = settled.map((s) => (s.status === 'rejected' ? { error: (s.reason as AgentKeyError).code } : strip(s.value)));
-        const spent = await Promise.all([a1, a2, a3, b].map(async (k) => (await agent.getKey(k.id))!.spentCents + (await agent.getKey(k.id))!.heldCents));
+        const spent = await Promise.all([a1, a2, a3, b].map(async (k) => Number((await agent.getKey(k.id))!.spentCents) + Number((await agent.getKey(k.id))!.heldCents)));
         return { outcomes, spent, audit: (await agent.audit()).ok };
       };
       const expected = await run(reference);

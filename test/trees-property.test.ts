@@ -202,9 +202,9 @@ forEachDatabase((getDb) => {
             const byId = new Map(rows.map((r) => [r.id, r]));
             tree.forEach((node, i) => {
               const row = byId.get(ids[i]!)!;
-              if (node.budget !== null) expect(row.spentCents + row.heldCents, `node ${i} in flight`).toBeLessThanOrEqual(node.budget);
-              const kids = tree.flatMap((c, j) => (c.parent === i ? [byId.get(ids[j]!)!.spentCents] : []));
-              expect(kids.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(row.spentCents);
+              if (node.budget !== null) expect(Number(row.spentCents) + Number(row.heldCents), `node ${i} in flight`).toBeLessThanOrEqual(node.budget);
+              const kids = tree.flatMap((c, j) => (c.parent === i ? [Number(byId.get(ids[j]!)!.spentCents)] : []));
+              expect(kids.reduce((a, b) => a + b, 0)).toBeLessThanOrEqual(Number(row.spentCents));
             });
           };
 
@@ -267,8 +267,8 @@ forEachDatabase((getDb) => {
           }
 
           const infos = await Promise.all(ids.map((id) => ak.getKey(id)));
-          const spent = infos.map((i) => i!.spentCents);
-          const held = infos.map((i) => i!.heldCents);
+          const spent = infos.map((i) => Number(i!.spentCents));
+          const held = infos.map((i) => Number(i!.heldCents));
           for (let i = 0; i < n; i++) {
             const sub = [...Array(n).keys()].filter((j) => inSubtree(tree, j, i));
             expect(spent[i], `spent of node ${i}`).toBe(sub.reduce((s, j) => s + direct[j]!, 0));
@@ -287,7 +287,7 @@ forEachDatabase((getDb) => {
             const acct = (await ak.getAccountBudget(account))!;
             expect(acct.spentCents).toBe(rootSpent);
             expect(acct.heldCents).toBe(rootHeld);
-            expect(acct.spentCents + acct.heldCents).toBeLessThanOrEqual(plan.ceiling);
+            expect(Number(acct.spentCents) + Number(acct.heldCents)).toBeLessThanOrEqual(plan.ceiling);
           }
           // Counters plus overage equal the ledger.
           const totalOverage = overage.reduce((a, b) => a + b, 0);

@@ -1,14 +1,30 @@
 import asciichart from 'asciichart';
 import Table from 'cli-table3';
 import type { AccountBudget, KeyInfo, UsageReport } from '../agentkey.js';
+import { type Cents, centsToMicros } from '../money.js';
 
-/** Cents as dollars: 250 -> '$2.50'; sub-cent amounts keep their digits: 0.15 -> '$0.0015'. */
-export function dollars(cents: number | null): string {
+/**
+ * Cents as dollars: 250 -> '$2.50'; sub-cent amounts keep their digits: 0.15 -> '$0.0015'.
+ * Exact for a total past MAX_CENTS too, which comes as a decimal string.
+ */
+export function dollars(cents: Cents | null): string {
   if (cents === null) return 'unlimited';
-  const value = cents / 100;
-  const text = value.toFixed(6).replace(/0+$/, '');
-  const [whole, fraction = ''] = text.split('.');
-  return `${value < 0 ? '-' : ''}$${Math.abs(Number(whole)).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;
+  const micros = typeof cents === 'number' ? BigInt(centsToMicros(cents)) : exactMicros(cents);
+  const abs = micros < 0n ? -micros : micros;
+  const fraction = (abs % 1_000_000n).toString().padStart(6, '0').replace(/0+$/, '');
+  return `${micros < 0n ? '-' : ''}$${(abs / 1_000_000n).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;
+}
+
+/** A decimal string of cents (at most 4 decimals, as totals come) in micro-dollars. */
+function exactMicros(cents: string): bigint {
+  const [whole = '0', fraction = ''] = cents.replace(/^-/, '').split('.');
+  const micros = BigInt(whole + fraction.padEnd(4, '0').slice(0, 4));
+  return cents.startsWith('-') ? -micros : micros;
+}
+
+/** Whether a figure is above zero, a number or a decimal string. */
+function positive(cents: Cents): boolean {
+  return typeof cents === 'number' ? cents > 0 : /^\d*[1-9]/.test(cents.replace('.', ''));
 }
 
 /**
@@ -94,7 +110,7 @@ export function keyDetails(k: KeyInfo): string {
     ['spent', dollars(k.spentCents)],
     ['held', dollars(k.heldCents)],
     ['remaining', dollars(k.remainingCents)],
-    ['overage', k.overageCents > 0 ? `${dollars(k.overageCents)} (recorded, not counted toward the budget)` : dollars(0)],
+    ['overage', positive(k.overageCents) ? `${dollars(k.overageCents)} (recorded, not counted toward the budget)` : dollars(0)],
     ['next reset', when(k.budgetResetAt)],
     ['expires', when(k.expiresAt)],
     ['revoked', when(k.revokedAt)],
@@ -123,7 +139,7 @@ export function usageReport(report: UsageReport, bucket: 'hour' | 'day', since: 
       report.buckets.map((b) => [bucket === 'day' ? b.start.slice(0, 10) : when(b.start).slice(0, 16), dollars(b.costCents), b.count]),
     ),
     `Total: ${dollars(report.totalCents)} over ${report.count} call${report.count === 1 ? '' : 's'}.` +
-      (report.overageCents > 0 ? ` Overage (real cost no budget could take, not counted): ${dollars(report.overageCents)}.` : ''),
+      (positive(report.overageCents) ? ` Overage (real cost no budget could take, not counted): ${dollars(report.overageCents)}.` : ''),
   ];
   const series = filled(report, bucket, since, until);
   if (series.length >= 2) {
@@ -138,7 +154,7 @@ const MAX_POINTS = 90;
 function filled(report: UsageReport, bucket: 'hour' | 'day', since: Date, until: Date): number[] {
   const step = bucket === 'hour' ? 3_600_000 : 86_400_000;
   const first = Math.floor(since.getTime() / step) * step;
-  const byStart = new Map(report.buckets.map((b) => [Date.parse(b.start), b.costCents]));
+  const byStart = new Map(report.buckets.map((b) => [Date.parse(b.start), Number(b.costCents)]));
   const points: number[] = [];
   for (let t = first; t < until.getTime(); t += step) points.push(byStart.get(t) ?? 0);
   return points.slice(-MAX_POINTS);

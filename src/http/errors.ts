@@ -25,6 +25,7 @@ const STATUS: Partial<Record<AgentKeyErrorCode, number>> = {
   not_migrated: 500,
   storage_error: 500,
   storage_timeout: 503,
+  total_out_of_range: 422,
   invalid_pool: 500,
   invalid_table_name: 500,
 };

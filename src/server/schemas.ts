@@ -9,6 +9,14 @@ import { LEDGER_KINDS } from '../store/ledger-schema.js';
  * `budget_cents` for `budgetCents`) is a 400, never silently an unlimited key.
  */
 
+/** A total in cents: a number up to MAX_CENTS, an exact decimal string past it (the library's `Cents`). */
+const total = (description?: string) =>
+  z
+    .union([z.number(), z.string().regex(/^-?\d+(\.\d{1,4})?$/)])
+    .openapi({
+      description: `${description ? `${description} ` : ''}A number up to ${MAX_CENTS} cents either way; past that an exact decimal string such as "1000000000000.0001".`,
+    });
+
 // Cents as a number, or as a decimal string ("0.3"), which is read exactly.
 const cents = (description: string) =>
   z
@@ -50,10 +58,10 @@ export const KeyInfo = z
     parentId: z.number().int().nullable(),
     depth: z.number().int(),
     budgetCents: z.number().nullable(),
-    spentCents: z.number(),
-    heldCents: z.number(),
+    spentCents: total(),
+    heldCents: total(),
     remainingCents: z.number().nullable(),
-    overageCents: z.number().openapi({ description: "Real cost of the key's commits that no budget could take, over its life; never counted in spentCents." }),
+    overageCents: total("Real cost of the key's commits that no budget could take, over its life; never counted in spentCents."),
     budgetPeriod: z.enum(['day', 'month']).nullable(),
     budgetResetAt: z.string().nullable(),
     expiresAt: z.string().nullable(),
@@ -116,8 +124,8 @@ export const AccountBudget = z
     accountId: z.string(),
     budgetCents: z.number(),
     budgetPeriod: z.enum(['day', 'month']).nullable(),
-    spentCents: z.number(),
-    heldCents: z.number(),
+    spentCents: total(),
+    heldCents: total(),
     remainingCents: z.number(),
     periodStartAt: z.string().nullable(),
     budgetResetAt: z.string().nullable(),
@@ -136,10 +144,10 @@ export const UsageQuery = z
 
 export const UsageReport = z
   .object({
-    totalCents: z.number().openapi({ description: 'Spend counted toward budgets: charges, commits and adjustments.' }),
+    totalCents: total('Spend counted toward budgets: charges, commits and adjustments.'),
     count: z.number().int(),
-    overageCents: z.number().openapi({ description: 'Real cost no budget could take, recorded beside the spend and never counted toward a cap.' }),
-    buckets: z.array(z.object({ start: z.string(), costCents: z.number(), count: z.number().int(), overageCents: z.number() })),
+    overageCents: total('Real cost no budget could take, recorded beside the spend and never counted toward a cap.'),
+    buckets: z.array(z.object({ start: z.string(), costCents: total(), count: z.number().int(), overageCents: total() })),
   })
   .openapi('UsageReport');
 
@@ -252,8 +260,8 @@ export const AccountList = z
         accountId: z.string(),
         keys: z.number().int(),
         liveKeys: z.number().int(),
-        spentCents: z.number().openapi({ description: 'Lifetime spend from the ledger.' }),
-        overageCents: z.number().openapi({ description: "Lifetime overage of the account's keys (not in spentCents)." }),
+        spentCents: total('Lifetime spend from the ledger.'),
+        overageCents: total("Lifetime overage of the account's keys (not in spentCents)."),
         ceiling: AccountBudget.nullable(),
       }),
     ),
@@ -276,7 +284,7 @@ export const LedgerList = z
         keyId: z.number().int(),
         accountId: z.string(),
         kind: z.enum(LEDGER_KINDS),
-        amountCents: z.number(),
+        amountCents: total(),
         reservationId: z.string().nullable(),
         metadata: z.record(z.string(), z.unknown()).nullable(),
         createdAt: z.string(),

@@ -1,11 +1,12 @@
+import { type Micros, toMicros } from '../money.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 
 export interface AccountRow {
   account_id: string;
   budget_micros: number;
-  spent_micros: number;
-  held_micros: number;
+  spent_micros: Micros;
+  held_micros: Micros;
   budget_period: 'day' | 'month' | null;
   period_start_at: Date | null;
   budget_reset_at: Date | null;
@@ -15,8 +16,8 @@ export interface AccountSummaryRow extends Omit<AccountRow, 'budget_micros'> {
   summary_id: string;
   key_count: number;
   live_key_count: number;
-  lifetime_micros: number;
-  overage_micros: number;
+  lifetime_micros: Micros;
+  overage_micros: Micros;
   budget_micros: number | null;
 }
 
@@ -75,7 +76,8 @@ export class AccountStore {
    */
   async list(limit: number): Promise<AccountSummaryRow[]> {
     const t = this.t;
-    return this.db.query<AccountSummaryRow>(
+    // Sums stay NUMERIC (read exactly by toMicros): many keys' totals may pass BIGINT.
+    const rows = await this.db.query<AccountSummaryRow>(
       `WITH agentkey_ids AS (SELECT DISTINCT account_id::text AS id FROM ${t.table}
                              UNION SELECT account_id FROM ${t.accounts})
        SELECT i.id AS summary_id,
@@ -83,13 +85,14 @@ export class AccountStore {
          (SELECT count(*) FROM ${t.table} k WHERE k.account_id::text = i.id AND k.revoked_at IS NULL
             AND (k.expires_at IS NULL OR k.expires_at > now()))::bigint AS live_key_count,
          (SELECT COALESCE(sum(l.amount_micros), 0) FROM ${t.ledger} l
-            WHERE l.account_id = i.id AND l.kind IN ('charge', 'commit', 'adjust'))::bigint AS lifetime_micros,
-         (SELECT COALESCE(sum(k.overage_micros), 0) FROM ${t.table} k WHERE k.account_id::text = i.id)::bigint AS overage_micros,
+            WHERE l.account_id = i.id AND l.kind IN ('charge', 'commit', 'adjust'))::text AS lifetime_micros,
+         (SELECT COALESCE(sum(k.overage_micros), 0) FROM ${t.table} k WHERE k.account_id::text = i.id)::text AS overage_micros,
          ${this.columns}
        FROM agentkey_ids i LEFT JOIN ${t.accounts} a ON a.account_id = i.id
        ORDER BY i.id LIMIT $1`,
       [limit],
     );
+    return rows.map((r) => ({ ...r, lifetime_micros: toMicros(r.lifetime_micros), overage_micros: toMicros(r.overage_micros) }));
   }
 
   async clear(accountId: string): Promise<boolean> {

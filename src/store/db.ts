@@ -1,3 +1,4 @@
+import { toMicros } from '../money.js';
 import { AgentKeyError } from '../errors.js';
 
 export type Row = Record<string, unknown>;
@@ -99,15 +100,16 @@ export type PoolLike = PgPoolLike | PGliteLike;
 const INT8_OID = 20;
 
 /**
- * node-postgres returns BIGINT as a string and PGlite as a number; ids and
- * micro-dollar amounts are safe integers, so both adapters hand back numbers.
+ * node-postgres returns BIGINT as a string and PGlite as a number (a bigint past 2^53).
+ * Both adapters hand back a number while it is a safe integer (ids always are, amounts
+ * nearly always) and a bigint beyond, so a total past 2^53 micro-dollars stays exact.
  * Done per result from its field types, never by changing the user's pool.
  */
 function normaliseInt8(rows: Row[], fields: readonly { name: string; dataTypeID: number }[] | undefined): Row[] {
   const int8 = fields?.filter((f) => f.dataTypeID === INT8_OID).map((f) => f.name) ?? [];
   if (int8.length === 0) return rows;
   for (const row of rows) {
-    for (const name of int8) if (row[name] != null) row[name] = Number(row[name]);
+    for (const name of int8) if (row[name] != null) row[name] = toMicros(row[name]);
   }
   return rows;
 }

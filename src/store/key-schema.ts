@@ -162,9 +162,9 @@ export function keyFunctions(t: TableNames): Definition[] {
       kind: 'function',
       signature: `${t.centsUp}(bigint)`,
       // Spend as whole cents, rounded up (as the page rounded every cost), within INTEGER.
+      // Division truncates toward zero and % keeps the dividend's sign: no step can overflow, even at BIGINT's ends.
       sql: `CREATE OR REPLACE FUNCTION ${t.centsUp}(micros BIGINT) RETURNS INTEGER LANGUAGE sql IMMUTABLE AS $fn$
-          SELECT (CASE WHEN micros >= 0 THEN LEAST(2147483647, (micros + 9999) / 10000)
-                       ELSE GREATEST(-2147483648, -((-micros) / 10000)) END)::integer
+          SELECT LEAST(2147483647, GREATEST(-2147483648, micros / 10000 + CASE WHEN micros % 10000 > 0 THEN 1 ELSE 0 END))::integer
         $fn$`,
     },
     {
@@ -172,8 +172,7 @@ export function keyFunctions(t: TableNames): Definition[] {
       signature: `${t.centsDown}(bigint)`,
       // A budget as whole cents, rounded down, within INTEGER.
       sql: `CREATE OR REPLACE FUNCTION ${t.centsDown}(micros BIGINT) RETURNS INTEGER LANGUAGE sql IMMUTABLE AS $fn$
-          SELECT (CASE WHEN micros >= 0 THEN LEAST(2147483647, micros / 10000)
-                       ELSE GREATEST(-2147483648, -((-micros + 9999) / 10000)) END)::integer
+          SELECT LEAST(2147483647, GREATEST(-2147483648, micros / 10000 - CASE WHEN micros % 10000 < 0 THEN 1 ELSE 0 END))::integer
         $fn$`,
     },
     {

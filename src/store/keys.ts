@@ -1,3 +1,4 @@
+import type { Micros } from '../money.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 
@@ -11,11 +12,11 @@ export interface KeyRow {
   key_prefix: string | null;
   scopes: string[] | null;
   budget_micros: number | null;
-  spent_micros: number;
+  spent_micros: Micros;
   /** Money held by live (unexpired, unsettled) reservations. */
-  held_micros: number;
+  held_micros: Micros;
   /** Real cost of its commits that no budget could take, over its whole life (never counted toward a cap). */
-  overage_micros: number;
+  overage_micros: Micros;
   budget_period: string | null;
   budget_reset_at: Date | null;
   expires_at: Date | null;

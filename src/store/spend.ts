@@ -1,3 +1,4 @@
+import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
 import { type Db, lockBound, lockWaitMs, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 import type { KeyRef } from './keys.js';
@@ -10,8 +11,9 @@ export interface SpendOutcome {
   at?: number;
   key_id?: number;
   budget?: number | null;
-  spent?: number;
-  held?: number;
+  /** The key's counters: past 2^53 micro-dollars they are bigints (the functions send them as text). */
+  spent?: Micros;
+  held?: Micros;
   hold_id?: string | null;
   expires_at?: string | null;
   status?: string;
@@ -51,7 +53,7 @@ export interface LedgerRow {
   key_id: number;
   account_id: string;
   kind: LedgerKind;
-  amount_micros: number;
+  amount_micros: Micros;
   reservation_id: string | null;
   metadata: Record<string, unknown> | null;
   created_at: Date;
@@ -61,7 +63,7 @@ export interface HoldRow {
   id: string;
   key_id: number;
   account_id: string;
-  amount_micros: number;
+  amount_micros: Micros;
   committed_micros: number | null;
   /** The part of the committed cost that was overage (null until committed, or committed before overage existed). */
   overage_micros: number | null;
@@ -83,14 +85,14 @@ export interface UsageFilter {
 
 export interface AuditMismatch {
   keyId: number;
-  counterMicros: number;
-  ledgerMicros: number;
+  counterMicros: Micros;
+  ledgerMicros: Micros;
 }
 
 export interface AccountMismatch {
   accountId: string;
-  counterMicros: number;
-  ledgerMicros: number;
+  counterMicros: Micros;
+  ledgerMicros: Micros;
 }
 
 /** The SQL of spending: one call of a PL/pgSQL function per step, plus reports over the ledger. */
@@ -233,40 +235,42 @@ export class SpendStore {
     mismatches: AuditMismatch[];
     accounts: AccountMismatch[];
     overage: AuditMismatch[];
-    overageMicros: number;
+    overageMicros: Micros;
   }> {
     const spend = SPEND_KINDS.filter((k) => k !== 'reset').map((k) => `'${k}'`).join(', ');
     const filter = keyId === null ? '' : 'WHERE k.id = $1';
-    const rows = await this.db.query<{ id: number; counter: number; ledger: number; overage_counter: number; overage_ledger: number }>(
+    // Sums stay NUMERIC (sent as text, read exactly): a ledger's sum may pass BIGINT.
+    const rows = await this.db.query<{ id: number; counter: Micros; ledger: string; overage_counter: Micros; overage_ledger: string }>(
       `SELECT k.id, k.spent_micros AS counter,
          (COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
                     WHERE l.kind IN (${spend}) AND l.key_id IN (
                       SELECT d.id FROM ${this.t.table} d WHERE d.id = k.id OR d.ancestor_ids @> ARRAY[k.id::bigint])), 0)
           + COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
-                      WHERE l.kind = 'reset' AND l.key_id = k.id), 0))::bigint AS ledger,
+                      WHERE l.kind = 'reset' AND l.key_id = k.id), 0))::text AS ledger,
          k.overage_micros AS overage_counter,
-         COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l WHERE l.kind = 'overage' AND l.key_id = k.id), 0)::bigint AS overage_ledger
+         COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l WHERE l.kind = 'overage' AND l.key_id = k.id), 0)::text AS overage_ledger
        FROM ${this.t.table} k ${filter}`,
       keyId === null ? [] : [keyId],
     );
+    const differ = (counter: Micros, ledger: string) => !sameMicros(counter, toMicros(ledger));
     const mismatches = rows
-      .filter((r) => Number(r.counter) !== Number(r.ledger))
-      .map((r) => ({ keyId: r.id, counterMicros: Number(r.counter), ledgerMicros: Number(r.ledger) }));
+      .filter((r) => differ(r.counter, r.ledger))
+      .map((r) => ({ keyId: r.id, counterMicros: r.counter, ledgerMicros: toMicros(r.ledger) }));
     // A key's overage is its own (not its subtree's), over its whole life.
     const overage = rows
-      .filter((r) => Number(r.overage_counter) !== Number(r.overage_ledger))
-      .map((r) => ({ keyId: r.id, counterMicros: Number(r.overage_counter), ledgerMicros: Number(r.overage_ledger) }));
-    const overageMicros = rows.reduce((sum, r) => sum + Number(r.overage_ledger), 0);
-    const accountRows = keyId !== null ? [] : await this.db.query<{ account_id: string; counter: number; ledger: number }>(
+      .filter((r) => differ(r.overage_counter, r.overage_ledger))
+      .map((r) => ({ keyId: r.id, counterMicros: r.overage_counter, ledgerMicros: toMicros(r.overage_ledger) }));
+    const overageMicros = addMicros(...rows.map((r) => toMicros(r.overage_ledger)));
+    const accountRows = keyId !== null ? [] : await this.db.query<{ account_id: string; counter: Micros; ledger: string }>(
       `SELECT a.account_id, a.spent_micros AS counter,
          COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
                    WHERE l.account_id = a.account_id AND l.kind IN (${spend})
-                     AND (a.period_start_at IS NULL OR l.created_at >= a.period_start_at)), 0)::bigint AS ledger
+                     AND (a.period_start_at IS NULL OR l.created_at >= a.period_start_at)), 0)::text AS ledger
        FROM ${this.t.accounts} a`,
     );
     const accounts = accountRows
-      .filter((r) => Number(r.counter) !== Number(r.ledger))
-      .map((r) => ({ accountId: r.account_id, counterMicros: Number(r.counter), ledgerMicros: Number(r.ledger) }));
+      .filter((r) => differ(r.counter, r.ledger))
+      .map((r) => ({ accountId: r.account_id, counterMicros: r.counter, ledgerMicros: toMicros(r.ledger) }));
     return { checked: rows.length, mismatches, accounts, overage, overageMicros };
   }
 
@@ -285,35 +289,36 @@ export class SpendStore {
     if (f.accountId !== null) add('account_id = ?', f.accountId);
     if (f.since !== null) add('created_at >= ?', f.since);
     if (f.until !== null) add('created_at < ?', f.until);
-    const sums = `COALESCE(sum(amount_micros) FILTER (WHERE kind <> 'overage'), 0)::bigint AS total,
+    // Sums stay NUMERIC (sent as text, read exactly): many rows may pass BIGINT.
+    const sums = `COALESCE(sum(amount_micros) FILTER (WHERE kind <> 'overage'), 0)::text AS total,
        count(*) FILTER (WHERE kind <> 'overage')::bigint AS n,
-       COALESCE(sum(amount_micros) FILTER (WHERE kind = 'overage'), 0)::bigint AS overage`;
+       COALESCE(sum(amount_micros) FILTER (WHERE kind = 'overage'), 0)::text AS overage`;
     const from = `FROM ${this.t.ledger} WHERE ${where.join(' AND ')}`;
     if (f.bucket === null) {
-      const rows = await this.db.query<{ total: number; n: number; overage: number }>(`SELECT ${sums} ${from}`, params);
+      const rows = await this.db.query<{ total: string; n: number; overage: string }>(`SELECT ${sums} ${from}`, params);
       const r = rows[0];
-      return { total: Number(r?.total ?? 0), count: Number(r?.n ?? 0), overage: Number(r?.overage ?? 0), buckets: [] };
+      return { total: toMicros(r?.total ?? '0'), count: Number(r?.n ?? 0), overage: toMicros(r?.overage ?? '0'), buckets: [] };
     }
-    const rows = await this.db.query<{ start: Date; total: number; n: number; overage: number }>(
+    const rows = await this.db.query<{ start: Date; total: string; n: number; overage: string }>(
       `SELECT date_trunc('${f.bucket}', created_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS start, ${sums}
        ${from} GROUP BY 1 ORDER BY 1`,
       params,
     );
-    const buckets = rows.map((r) => ({ start: new Date(r.start), micros: Number(r.total), count: Number(r.n), overage: Number(r.overage) }));
+    const buckets = rows.map((r) => ({ start: new Date(r.start), micros: toMicros(r.total), count: Number(r.n), overage: toMicros(r.overage) }));
     return {
-      total: buckets.reduce((sum, b) => sum + b.micros, 0),
+      total: addMicros(...buckets.map((b) => b.micros)),
       count: buckets.reduce((sum, b) => sum + b.count, 0),
-      overage: buckets.reduce((sum, b) => sum + b.overage, 0),
+      overage: addMicros(...buckets.map((b) => b.overage)),
       buckets,
     };
   }
 }
 
 export interface UsageTotals {
-  total: number;
+  total: Micros;
   count: number;
-  overage: number;
-  buckets: { start: Date; micros: number; count: number; overage: number }[];
+  overage: Micros;
+  buckets: { start: Date; micros: Micros; count: number; overage: Micros }[];
 }
 
 /** The batch function's one row: an array per field, one entry per item. */
@@ -351,7 +356,7 @@ function fromBatchRow(r: BatchRow, i: number, ref: number): SpendOutcome {
   const out: SpendOutcome = { outcome: r.r_outcome[i] as string, at: new Date(r.r_at).getTime() };
   const keyId = num(r.r_key_id[i]);
   if (keyId === null) return out;
-  Object.assign(out, { key_id: keyId, budget: num(r.r_budget[i]), spent: num(r.r_spent[i]) ?? 0, held: num(r.r_held[i]) ?? 0 });
+  Object.assign(out, { key_id: keyId, budget: num(r.r_budget[i]), spent: toMicros(r.r_spent[i]), held: toMicros(r.r_held[i]) });
   const path = r.r_ref_paths[ref];
   if (path) out.path = path.split(',').map(Number);
   const account = r.r_ref_accounts[ref];
@@ -392,8 +397,13 @@ function refParams(ref: KeyRef | { id: number }): [string | null, string | null,
   return [null, null, ref.id];
 }
 
-/** node-postgres and PGlite both parse JSONB; a driver that does not hands back text. */
+/**
+ * node-postgres and PGlite both parse JSONB; a driver that does not hands back text. The
+ * counters come as text (a JSON number past 2^53 would lose digits) and are read exactly.
+ */
 function parse(value: unknown): SpendOutcome {
-  const out = typeof value === 'string' ? JSON.parse(value) : value;
-  return (out ?? { outcome: 'invalid' }) as SpendOutcome;
+  const out = ((typeof value === 'string' ? JSON.parse(value) : value) ?? { outcome: 'invalid' }) as SpendOutcome;
+  if (out.spent !== undefined) out.spent = toMicros(out.spent);
+  if (out.held !== undefined) out.held = toMicros(out.held);
+  return out;
 }

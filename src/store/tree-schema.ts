@@ -144,7 +144,8 @@ export function treeFunctions(t: TableNames): Definition[] {
 
   // The key's path (ancestors, then itself) and account let a cache move what the budgets above it leave.
   // 'at' (ms, read after the locks) orders these figures against those of other steps on the key.
-  const figures = `'key_id', v_key, 'budget', k.budget_micros, 'spent', k.spent_micros, 'held', v_held, 'path', v_nodes, 'account_id', v_account,
+  // The counters go as text: a JSON number past 2^53 would lose digits when parsed.
+  const figures = `'key_id', v_key, 'budget', k.budget_micros, 'spent', k.spent_micros::text, 'held', v_held::text, 'path', v_nodes, 'account_id', v_account,
           'at', extract(epoch FROM v_now) * 1000`;
   const limitFields = `'limit', v_limit, 'limit_key_id', CASE WHEN v_limit IN ('key', 'ancestor') THEN lim.id END,
           'limit_account_id', CASE WHEN v_limit = 'account' THEN v_account END`;
