@@ -118,12 +118,12 @@ export function addMicros(...amounts: Micros[]): Micros {
  */
 export function roomMicros(budget: number, spent: Micros, held: Micros): number {
   if (typeof spent === 'number' && typeof held === 'number') return budget - spent - held;
-  return Number(BigInt(budget) - BigInt(spent) - BigInt(held));
+  return Number(BigInt(budget) - BigInt(spent ?? 0) - BigInt(held ?? 0));
 }
 
 /** Whether two amounts of micro-dollars are the same. */
 export function sameMicros(a: Micros, b: Micros): boolean {
-  return BigInt(a) === BigInt(b);
+  return BigInt(a ?? 0) === BigInt(b ?? 0);
 }
 
 /**
@@ -132,6 +132,8 @@ export function sameMicros(a: Micros, b: Micros): boolean {
  */
 export function microsToCents(micros: Micros): Cents {
   if (typeof micros === 'number' && Math.abs(micros) <= MAX_NUMBER_MICROS) return micros / MICROS_PER_CENT;
+  // A counter that SQL left NULL reads as 0, as the spend functions read it.
+  if (micros == null) return 0;
   const big = BigInt(micros);
   const digits = (big < 0n ? -big : big).toString().padStart(5, '0');
   const fraction = digits.slice(-4).replace(/0+$/, '');

@@ -252,14 +252,15 @@ export class SpendStore {
        FROM ${this.t.table} k ${filter}`,
       keyId === null ? [] : [keyId],
     );
-    const differ = (counter: Micros, ledger: string) => !sameMicros(counter, toMicros(ledger));
+    // A counter written by SQL may be NULL: it counts as 0, as the spend functions read it.
+    const differ = (counter: Micros | null, ledger: string) => !sameMicros(toMicros(counter), toMicros(ledger));
     const mismatches = rows
       .filter((r) => differ(r.counter, r.ledger))
-      .map((r) => ({ keyId: r.id, counterMicros: r.counter, ledgerMicros: toMicros(r.ledger) }));
+      .map((r) => ({ keyId: r.id, counterMicros: toMicros(r.counter), ledgerMicros: toMicros(r.ledger) }));
     // A key's overage is its own (not its subtree's), over its whole life.
     const overage = rows
       .filter((r) => differ(r.overage_counter, r.overage_ledger))
-      .map((r) => ({ keyId: r.id, counterMicros: r.overage_counter, ledgerMicros: toMicros(r.overage_ledger) }));
+      .map((r) => ({ keyId: r.id, counterMicros: toMicros(r.overage_counter), ledgerMicros: toMicros(r.overage_ledger) }));
     const overageMicros = addMicros(...rows.map((r) => toMicros(r.overage_ledger)));
     const accountRows = keyId !== null ? [] : await this.db.query<{ account_id: string; counter: Micros; ledger: string }>(
       `SELECT a.account_id, a.spent_micros AS counter,
@@ -270,7 +271,7 @@ export class SpendStore {
     );
     const accounts = accountRows
       .filter((r) => differ(r.counter, r.ledger))
-      .map((r) => ({ accountId: r.account_id, counterMicros: r.counter, ledgerMicros: toMicros(r.ledger) }));
+      .map((r) => ({ accountId: r.account_id, counterMicros: toMicros(r.counter), ledgerMicros: toMicros(r.ledger) }));
     return { checked: rows.length, mismatches, accounts, overage, overageMicros };
   }
 
