@@ -408,19 +408,19 @@ forEachDatabase((getDb) => {
         expectJsonError(await send({ key: mistype(key) }), 401, 'invalid_key');
       });
 
-      it('error: a store that never answers -> 500 storage_timeout after timeoutMs, not a hang', async () => {
+      it('error: a store that never answers -> 503 storage_timeout after timeoutMs, not a hang', async () => {
         const real = await getDb().agentKey();
         const { key } = await real.create({ accountId: 'acct_1', scopes: ['proxy.chat'] });
         const broken = new AgentKey({ pool: hangingPool() as never, tableName: real.tableName });
         for (const options of [{ scope: 'proxy.chat', timeoutMs: 100 }, { timeoutMs: 100, reserveCents: 10 }]) {
           const { send, state } = await h.build(broken, options);
-          expectJsonError(await send({ key }), 500, 'storage_timeout');
+          expectJsonError(await send({ key }), 503, 'storage_timeout');
           expect(state.reached).toBe(0);
         }
       });
 
       // A store that stalls after the key check (say a row lock on the key) must not hang the request.
-      it('error: a store that stops answering when the hold is taken -> 500 storage_timeout, not a hang', async () => {
+      it('error: a store that stops answering when the hold is taken -> 503 storage_timeout, not a hang', async () => {
         const db = getDb();
         const real = await db.agentKey();
         const { key } = await real.create({ accountId: 'acct_1', budgetCents: 100 });
@@ -436,7 +436,7 @@ forEachDatabase((getDb) => {
         // A bound to tell a hang from an answer: ten times timeoutMs.
         const res = await Promise.race([send({ key }), sleep(1000).then(() => NO_ANSWER)]);
         expect(res).not.toBe(NO_ANSWER);
-        expectJsonError(res as Reply, 500, 'storage_timeout');
+        expectJsonError(res as Reply, 503, 'storage_timeout');
         expect(state.reached).toBe(0);
       });
     });

@@ -870,7 +870,7 @@ forEachDatabase((getDb) => {
       }
     });
 
-    it('error: a pool that never answers -> every route answers 500, not a hang (timeoutMs)', async () => {
+    it('error: a pool that never answers -> every route answers 503 storage_timeout, not a hang (timeoutMs)', async () => {
       const real = await getDb().agentKey();
       const { key } = await real.create({ accountId: 'acct_p' });
       const slow = new AgentKey({ pool: hangingPool() as never, tableName: real.tableName });
@@ -881,7 +881,7 @@ forEachDatabase((getDb) => {
         [await request(app).post('/sdk-keys').set(auth(key)).send({}).timeout(10_000), 'auth_unavailable'],
         [await request(app).delete('/sdk-keys/1').set(auth(key)).timeout(10_000), 'auth_unavailable'],
       ];
-      for (const [res, failure] of responses) expectRouteError(res, 500, 'storage_timeout', failure);
+      for (const [res, failure] of responses) expectRouteError(res, 503, 'storage_timeout', failure);
     });
   });
 

@@ -295,13 +295,13 @@ forEachDatabase((getDb) => {
       }
     });
 
-    it('error: a pool that never answers -> 500 storage_timeout after timeoutMs, not a hang', async () => {
+    it('error: a pool that never answers -> 503 storage_timeout after timeoutMs, not a hang', async () => {
       const real = await getDb().agentKey();
       const { key } = await real.create({ accountId: 'acct_1', scopes: ['usage.read'] });
       const broken = new AgentKey({ pool: hangingPool() as never, tableName: real.tableName });
       const { app, state } = guardedApp(broken, { scope: 'usage.read', timeoutMs: 200 });
       const res = await request(app).get('/api/usage').set('Authorization', bearer(key)).timeout(10_000);
-      expectPackageError(res, 500, 'auth_unavailable', 'storage_timeout');
+      expectPackageError(res, 503, 'auth_unavailable', 'storage_timeout');
       expect(state.reached).toBe(0);
     });
 

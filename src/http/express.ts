@@ -3,9 +3,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { AgentKey, ValidKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { isCentsNumber } from '../money.js';
-import { type HttpError, httpError, packageBody, sendJson } from './errors.js';
+import { type HttpError, packageBody, sendJson } from './errors.js';
+import { type HeldReservation, type HoldOptions, checkGuardOptions, settleHold, takeHold } from './hold.js';
+import { refuse } from './refusals.js';
 import { selfServeHandlers, type AgentKeyRoutesOptions, checkRoutesOptions } from './self-serve.js';
-import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
 import {
   type Authenticate,
   type Identity,
@@ -55,8 +56,9 @@ function send(res: Res, error: HttpError): void {
  * Express middleware, answering as the package's did: 401 `{ error: 'Missing API key' }`,
  * 401 `{ error: 'invalid' | 'expired' | 'revoked' }`, 429 `{ error: 'budget_exceeded' }`
  * for a key with nothing left to spend, 403 `{ error: 'insufficient_scope', required,
- * available }`, 500 `{ error: 'auth_unavailable' }` when the key store fails; each also
- * with this project's `code` and `message`. On success the validation result is
+ * available }`, `{ error: 'auth_unavailable' }` when the key store fails (500) or does
+ * not answer in time (503); each also with this project's `code` and `message`, from
+ * the refusal table. On success the validation result is
  * `req.agentKey` (and `res.locals.agentKey`).
  *
  * With `reserveCents`, it also holds that much of the budget before the handler (429
@@ -73,11 +75,9 @@ export function agentKeyMiddleware(ak: AgentKey, options: AgentKeyMiddlewareOpti
 
 /** agentKeyMiddleware for any kind of bearer (agentkey keys, JWTs, Clerk tokens), through `authenticate`. */
 export function expressGuard(ak: AgentKey, options: AgentKeyMiddlewareOptions, authenticate: Authenticate) {
-  const opts = checkVerifyOptions(options, HOLD_OPTIONS);
+  const { verify: opts, hold } = checkGuardOptions<Req>(options, 'Express middleware options');
   const identities = new WeakMap<Req, Identity>();
   const auth = authMiddleware(ak, opts, authenticate, identities);
-  // Checked even without reserveCents, so a bad holdTtl or onSettleError never passes silently.
-  const hold = checkHoldOptions<Req>(options ?? {});
   if (hold.reserveCents === undefined) return auth;
   return async function agentKeyAuthAndHold(req: Req, res: Res, next: Next): Promise<void> {
     await auth(req, res, async () => {
@@ -179,12 +179,7 @@ export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOption
     parse(req, res, (err?: unknown) => {
       if (!err) return next();
       const tooLarge = (err as { type?: string }).type === 'entity.too.large';
-      send(
-        res,
-        tooLarge
-          ? httpError(413, 'body_too_large', 'The request body must be at most 16 KB of JSON.')
-          : httpError(400, 'invalid_json', 'The request body is not valid JSON.'),
-      );
+      send(res, tooLarge ? refuse('body_too_large', '16 KB of JSON') : refuse('invalid_json'));
     });
   const handlers = selfServeHandlers(ak, opts);
   const run = (handler: (input: { body: unknown; key: ValidKey | undefined; ip: string; id?: string }) => Promise<{ status: number; body: unknown }>) =>

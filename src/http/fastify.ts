@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { AgentKey, ValidKey } from '../agentkey.js';
-import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
-import { type Authenticate, type VerifyOptions, checkAgentKey, checkVerifyOptions, keyAuthenticator, keyFromHeaders, verifyIdentity } from './verify.js';
+import { type HeldReservation, type HoldOptions, checkGuardOptions, settleHold, takeHold } from './hold.js';
+import { type Authenticate, type VerifyOptions, checkAgentKey, keyAuthenticator, keyFromHeaders, verifyIdentity } from './verify.js';
 
 export type { HeldReservation } from './hold.js';
 
@@ -34,8 +34,7 @@ export function agentKeyPreHandler(ak: AgentKey, options: FastifyAgentKeyOptions
 
 /** The preHandler for any kind of bearer, through `authenticate` (used by agentkey/jwt and agentkey/clerk). */
 export function fastifyGuard(ak: AgentKey, options: FastifyAgentKeyOptions, authenticate: Authenticate) {
-  const opts = checkVerifyOptions(options, HOLD_OPTIONS);
-  const hold = checkHoldOptions<FastifyRequest>(options ?? {});
+  const { verify: opts, hold } = checkGuardOptions<FastifyRequest>(options, 'Fastify preHandler options');
   return async function agentKeyPreHandler(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers[name]), authenticate, opts);
     if (!outcome.ok) {

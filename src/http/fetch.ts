@@ -1,7 +1,7 @@
 import type { AgentKey, ValidKey } from '../agentkey.js';
 import type { HttpErrorBody } from './errors.js';
-import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
-import { type Authenticate, type VerifyOptions, checkAgentKey, checkVerifyOptions, keyAuthenticator, keyFromHeaders, verifyIdentity } from './verify.js';
+import { type HeldReservation, type HoldOptions, checkGuardOptions, settleHold, takeHold } from './hold.js';
+import { type Authenticate, type VerifyOptions, checkAgentKey, keyAuthenticator, keyFromHeaders, verifyIdentity } from './verify.js';
 
 export type { HeldReservation } from './hold.js';
 
@@ -54,8 +54,7 @@ export function agentKeyGuard(ak: AgentKey, options: FetchAgentKeyOptions = {}):
 
 /** agentKeyGuard for any kind of bearer, through `authenticate` (used by agentkey/jwt and agentkey/clerk). */
 export function fetchGuard(ak: AgentKey, options: FetchAgentKeyOptions, authenticate: Authenticate): (request: Request) => Promise<GuardResult> {
-  const opts = checkVerifyOptions(options, HOLD_OPTIONS);
-  const hold = checkHoldOptions<Request>(options ?? {});
+  const { verify: opts, hold } = checkGuardOptions<Request>(options, 'fetch guard options');
   return async function guard(request: Request): Promise<GuardResult> {
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers.get(name)), authenticate, opts);
     if (!outcome.ok) return refusal(outcome.error.status, outcome.error.body);

@@ -1,10 +1,12 @@
 import type { AgentKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
-import { MAX_CENTS, describe, isCentsNumber } from '../money.js';
+import { describe, isCentsNumber } from '../money.js';
 import type { ReserveOptions, ReserveResult } from '../spending.js';
 import { durationMs } from '../time.js';
-import { type HttpError, STORE_TIMEOUT, errorToHttp, httpError, isStoreTimeout } from './errors.js';
-import { TIMEOUT, withTimeout } from './verify.js';
+import { type HttpError, errorToHttp } from './errors.js';
+import { refusalOf, refuse } from './refusals.js';
+import { withTimeout } from './timeout.js';
+import { type VerifyOptions, checkVerifyOptions } from './verify.js';
 
 /** A number of cents, or a function of the request that returns one (may be async). */
 export type ReserveCents<Req> = number | ((req: Req) => number | Promise<number>);
@@ -27,7 +29,17 @@ export type HoldOutcome = { ok: true; hold: HeldReservation } | { ok: false; err
 
 export const HOLD_OPTIONS = ['reserveCents', 'holdTtl', 'onSettleError'] as const;
 
-export function checkHoldOptions<Req>(o: HoldOptions<Req>): HoldOptions<Req> & { holdTtl: string } {
+/**
+ * Checks an adapter's options once, when it is built: the key check's (`scope`,
+ * `timeoutMs`) and the hold's, the latter even without reserveCents, so a bad holdTtl or
+ * onSettleError never passes silently. `what` names the options in errors.
+ */
+export function checkGuardOptions<Req>(options: unknown, what: string) {
+  const verify = checkVerifyOptions(options, HOLD_OPTIONS, what);
+  return { verify, hold: checkHoldOptions<Req>(verify as VerifyOptions & HoldOptions<Req>) };
+}
+
+function checkHoldOptions<Req>(o: HoldOptions<Req>): HoldOptions<Req> & { holdTtl: string } {
   const r = o.reserveCents;
   if (r !== undefined && typeof r !== 'function' && !(isCentsNumber(r) && r > 0)) {
     throw new AgentKeyError('invalid_argument', `reserveCents must be a number of cents above 0 or a function of the request; got ${describe(r)}.`);
@@ -40,7 +52,11 @@ export function checkHoldOptions<Req>(o: HoldOptions<Req>): HoldOptions<Req> & {
   return { ...o, holdTtl };
 }
 
-/** Takes the hold a request asked for: 429 when the budget cannot cover it. */
+/**
+ * Takes the hold a request asked for, answering refusals from the refusal table: 429 when
+ * the budget cannot cover it (with which budget refused), 401 for a key that can no
+ * longer spend, 503 when the store does not answer within `timeoutMs`.
+ */
 export async function takeHold<Req>(
   reserve: (options: ReserveOptions) => Promise<ReserveResult>,
   req: Req,
@@ -50,20 +66,12 @@ export async function takeHold<Req>(
   try {
     const r = o.reserveCents as ReserveCents<Req>;
     const cents = typeof r === 'function' ? await r(req) : r;
-    if (!isCentsNumber(cents)) {
-      return { ok: false, error: httpError(500, 'invalid_reserve', `reserveCents returned ${describe(cents)}, not a number of cents from 0 to ${MAX_CENTS}.`) };
-    }
+    if (!isCentsNumber(cents)) return { ok: false, error: refuse('invalid_reserve', describe(cents)) };
     // Bounded like the key check: a store that stalls here must fail closed, not hang.
     const hold = await withTimeout(reserve({ costCents: cents, ttl: o.holdTtl }), timeoutMs);
     if (hold.success) return { ok: true, hold: { reservationId: hold.reservationId, heldCents: cents } };
-    if (hold.reason === 'budget_exceeded') {
-      return { ok: false, error: httpError(429, 'budget_exceeded', "This key's remaining budget cannot cover this request.") };
-    }
-    // The same codes as the key check before it ('invalid_key', 'key_expired', 'key_revoked').
-    const code = hold.reason === 'expired' || hold.reason === 'revoked' ? `key_${hold.reason}` : 'invalid_key';
-    return { ok: false, error: httpError(401, code, 'The API key can no longer spend.') };
+    return { ok: false, error: refusalOf(hold) };
   } catch (err) {
-    if (isStoreTimeout(err, TIMEOUT)) return { ok: false, error: httpError(500, 'storage_timeout', STORE_TIMEOUT) };
     return { ok: false, error: errorToHttp(err) };
   }
 }

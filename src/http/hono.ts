@@ -1,7 +1,7 @@
 import type { Context, MiddlewareHandler } from 'hono';
 import type { AgentKey, ValidKey } from '../agentkey.js';
-import { HOLD_OPTIONS, type HeldReservation, type HoldOptions, checkHoldOptions, settleHold, takeHold } from './hold.js';
-import { type Authenticate, type VerifyOptions, checkAgentKey, checkVerifyOptions, keyAuthenticator, keyFromHeaders, verifyIdentity } from './verify.js';
+import { type HeldReservation, type HoldOptions, checkGuardOptions, settleHold, takeHold } from './hold.js';
+import { type Authenticate, type VerifyOptions, checkAgentKey, keyAuthenticator, keyFromHeaders, verifyIdentity } from './verify.js';
 
 export type { HeldReservation } from './hold.js';
 
@@ -18,8 +18,8 @@ export type AgentKeyEnv = { Variables: AgentKeyVariables };
 export type HonoAgentKeyOptions = VerifyOptions & HoldOptions<Context>;
 
 /**
- * Hono middleware: the same statuses and JSON errors as the Express one (401, 403 with
- * the required scope, 429, 500 fail-closed). The validation result is `c.get('agentKey')`.
+ * Hono middleware: the same statuses and JSON errors as the Express one, from the
+ * refusal table (401, 403 with the required scope, 429, 500 or 503 fail-closed). The validation result is `c.get('agentKey')`.
  * With `reserveCents` it holds that much before the handler and settles the hold after
  * it: `c.set('costCents', n)` commits n, else the whole hold on success (status < 400)
  * and a release on failure.
@@ -33,8 +33,7 @@ export function agentKey(ak: AgentKey, options: HonoAgentKeyOptions = {}): Middl
 
 /** The Hono middleware for any kind of bearer, through `authenticate` (used by agentkey/jwt and agentkey/clerk). */
 export function honoGuard(ak: AgentKey, options: HonoAgentKeyOptions, authenticate: Authenticate): MiddlewareHandler<AgentKeyEnv> {
-  const opts = checkVerifyOptions(options, HOLD_OPTIONS);
-  const hold = checkHoldOptions<Context>(options ?? {});
+  const { verify: opts, hold } = checkGuardOptions<Context>(options, 'Hono middleware options');
   return async function agentKeyMiddleware(c, next) {
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => c.req.header(name) ?? null), authenticate, opts);
     if (!outcome.ok) return c.json(outcome.error.body, outcome.error.status as 401);

@@ -4,9 +4,11 @@ import { AgentKeyError } from '../errors.js';
 import { budgetToMicros, describe } from '../money.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
 import { addDuration, parseDuration, parsePeriod } from '../time.js';
-import { type PackageErrorBody, STORE_TIMEOUT, errorToHttp, httpError, isStoreTimeout, packageBody } from './errors.js';
+import { type PackageErrorBody, errorToHttp, packageBody } from './errors.js';
+import { surfaceOptions, timeoutOption } from './options.js';
 import { minuteLimiter } from './rate-limit.js';
-import { TIMEOUT, withTimeout } from './verify.js';
+import { type RefusalReason, refuse } from './refusals.js';
+import { withTimeout } from './timeout.js';
 
 export interface AgentKeyRoutesOptions {
   /** The only scopes POST /signup grants (a body may ask for some of them). Unset: a scopeless key. */
@@ -15,7 +17,7 @@ export interface AgentKeyRoutesOptions {
   signupRateLimit?: number | false;
   /** Refuse signups without a valid `email` (400), as the package does by default. Default true. */
   requireEmailForSignup?: boolean;
-  /** How long a route waits for the key store before failing closed with 500. Default 10 s. */
+  /** How long a route waits for the key store before failing closed with 503. Default 10 s. */
   timeoutMs?: number;
 }
 
@@ -36,11 +38,7 @@ export type RouteOptions = AgentKeyRoutesOptions;
 export function checkRoutesOptions(
   options: unknown,
 ): Required<Pick<AgentKeyRoutesOptions, 'signupRateLimit' | 'requireEmailForSignup' | 'timeoutMs'>> & { signupScopes: string[] | null } {
-  const o = (options ?? {}) as AgentKeyRoutesOptions;
-  if (typeof o !== 'object' || Array.isArray(o)) throw new AgentKeyError('invalid_argument', 'createAgentKeyRoutes options must be an object.');
-  const allowed = ['signupScopes', 'signupRateLimit', 'requireEmailForSignup', 'timeoutMs'];
-  const unknown = Object.keys(o).find((k) => !allowed.includes(k));
-  if (unknown) throw new AgentKeyError('invalid_argument', `createAgentKeyRoutes got unknown option "${unknown}"; allowed: ${allowed.join(', ')}.`);
+  const o = surfaceOptions<AgentKeyRoutesOptions>(options, ['signupScopes', 'signupRateLimit', 'requireEmailForSignup', 'timeoutMs'], 'createAgentKeyRoutes options');
   const limit = o.signupRateLimit ?? 10;
   if (limit !== false && !(Number.isInteger(limit) && limit > 0)) {
     throw new AgentKeyError('invalid_argument', `signupRateLimit must be a positive whole number or false; got ${describe(limit)}.`);
@@ -48,10 +46,7 @@ export function checkRoutesOptions(
   if (o.requireEmailForSignup !== undefined && typeof o.requireEmailForSignup !== 'boolean') {
     throw new AgentKeyError('invalid_argument', 'requireEmailForSignup must be true or false.');
   }
-  const timeoutMs = o.timeoutMs ?? 10_000;
-  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) {
-    throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
-  }
+  const timeoutMs = timeoutOption(o.timeoutMs);
   return {
     timeoutMs,
     signupScopes: parseScopes(o.signupScopes, null, 'signupScopes'),
@@ -64,8 +59,8 @@ const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,189}\.[^\s@]{1,63}$/;
 
 /**
  * The page's self-serve routes, framework-neutral: each takes the parsed request and
- * returns a status and a JSON body, never throws. Refusals have the package's shape
- * (`error` a string, plus `code` and `message`).
+ * returns a status and a JSON body, never throws. Refusals come from the refusal table,
+ * in the package's shape (`error` a string, plus `code` and `message`).
  */
 export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRoutesOptions>) {
   const allowSignup = opts.signupRateLimit === false ? () => true : minuteLimiter(opts.signupRateLimit);
@@ -74,7 +69,7 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
       // A store that never answers must not hang the request: fail closed instead.
       return await withTimeout(fn(input), opts.timeoutMs);
     } catch (err) {
-      const e = isStoreTimeout(err, TIMEOUT) ? httpError(500, 'storage_timeout', STORE_TIMEOUT) : errorToHttp(err);
+      const e = errorToHttp(err);
       return { status: e.status, body: packageBody(e, failure) };
     }
   };
@@ -82,13 +77,13 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
   return {
     /** POST /signup: a new account and a key with only `signupScopes` (or some of them). Unauthenticated. */
     signup: guarded('Failed to create key', async ({ body, ip }) => {
-      if (!allowSignup(ip)) return fail(429, 'rate_limited', 'Too many signups from this address; try again in a minute.');
+      if (!allowSignup(ip)) return fail('rate_limited');
       const b = bodyObject(body);
       const email = b.email;
       if (email !== undefined && email !== null && (typeof email !== 'string' || !EMAIL.test(email))) {
-        return fail(400, 'invalid_email', 'email must be a valid email address.');
+        return fail('invalid_email');
       }
-      if (opts.requireEmailForSignup && !email) return fail(400, 'email_required', 'Signup needs an email address in the "email" field.');
+      if (opts.requireEmailForSignup && !email) return fail('email_required');
       const allowed = opts.signupScopes;
       let scopes: string[] = allowed ?? [];
       // Without signupScopes the key is scopeless, whatever the body asks: never a caller's scopes.
@@ -96,11 +91,7 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         const asked = parseScopes(b.scopes, null) ?? [];
         const disallowed = asked.filter((x) => !allowed.includes(x));
         if (disallowed.length > 0) {
-          const named = disallowed.join(', ');
-          return fail(400, 'scope_not_allowed', `These scopes are not allowed on signup: ${named}.`, {
-            allowed,
-            packageError: `Scopes not allowed on signup: ${named}`,
-          });
+          return fail('signup_scope_not_allowed', disallowed.join(', '), { allowed });
         }
         scopes = asked;
       }
@@ -127,26 +118,26 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
       const fields = keyFields(b);
       const scopes = b.scopes === undefined ? parent.scopes : parseScopes(b.scopes, null);
       if (!isAttenuation(parent.scopes, scopes)) {
-        return fail(403, 'scope_not_allowed', 'A key can only grant scopes it holds itself.');
+        return fail('scope_not_allowed');
       }
       // Check the types first, so that e.g. "500" is a 400, never compared as a string.
       const budgetMicros = budgetToMicros(fields.budgetCents, 'budget_cents');
       const budgetCents = fields.budgetCents ?? null;
       if (parent.budgetCents !== null) {
         if (budgetMicros === null) {
-          return fail(403, 'budget_exceeds_parent', `budget_cents is required: the calling key has a budget of ${parent.budgetCents} cents, and the keys it makes may not be unlimited.`);
+          return fail('budget_exceeds_parent', `budget_cents is required: the calling key has a budget of ${parent.budgetCents} cents, and the keys it makes may not be unlimited.`);
         }
         if (budgetMicros > budgetToMicros(parent.budgetCents)!) {
-          return fail(403, 'budget_exceeds_parent', `budget_cents may not exceed the calling key's budget of ${parent.budgetCents} cents.`);
+          return fail('budget_exceeds_parent', `budget_cents may not exceed the calling key's budget of ${parent.budgetCents} cents.`);
         }
       }
       const expiresAt = fields.expiresIn != null ? addDuration(new Date(), parseDuration(fields.expiresIn, 'expires_in')) : null;
       if (parent.expiresAt !== null) {
         if (expiresAt === null) {
-          return fail(403, 'expiry_exceeds_parent', `expires_in is required: the calling key expires at ${parent.expiresAt}, and the keys it makes may not outlive it.`);
+          return fail('expiry_exceeds_parent', `expires_in is required: the calling key expires at ${parent.expiresAt}, and the keys it makes may not outlive it.`);
         }
         if (expiresAt > new Date(parent.expiresAt)) {
-          return fail(403, 'expiry_exceeds_parent', `expires_in may not reach past the calling key's expiry (${parent.expiresAt}).`);
+          return fail('expiry_exceeds_parent', `expires_in may not reach past the calling key's expiry (${parent.expiresAt}).`);
         }
       }
       const created = await ak.create({
@@ -173,14 +164,15 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
     revoke: guarded('Failed to revoke key', async ({ key, id }) => {
       const caller = key as ValidKey;
       const revoked = await ak.revoke(id as string, caller.accountId, { by: caller.keyId });
-      if (!revoked) return fail(404, 'not_found', 'No active key with this id belongs to your account.');
+      if (!revoked) return fail('key_not_in_account');
       return { status: 200, body: { revoked: true, id: Number(id) } };
     }),
   };
 }
 
-function fail(status: number, code: string, message: string, extra: Record<string, unknown> = {}): RouteOutput & { body: PackageErrorBody } {
-  return { status, body: packageBody(httpError(status, code, message, extra)) };
+function fail(reason: RefusalReason, detail?: string, extra: Record<string, unknown> = {}): RouteOutput & { body: PackageErrorBody } {
+  const e = refuse(reason, detail, extra);
+  return { status: e.status, body: packageBody(e) };
 }
 
 function bodyObject(body: unknown): Record<string, unknown> {

@@ -1,5 +1,6 @@
 import type { AgentKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
+import { surfaceOptions } from '../http/options.js';
 import { checkAgentKey } from '../http/verify.js';
 import { withAdapters } from './adapters.js';
 import { type RefusedToken, type SubjectDefaults, type VerifiedToken, subjectIdentities } from './subjects.js';
@@ -87,10 +88,8 @@ function tokenScopesOf(token: string, reported: string[] | undefined): string[] 
 }
 
 function checkClerkOptions(options: ClerkM2MOptions): ClerkM2MOptions {
-  if (!options || typeof options !== 'object') throw new AgentKeyError('invalid_argument', 'clerkM2M needs options: jwtKey and/or secretKey, and subject defaults.');
   const allowed = ['jwtKey', 'secretKey', 'apiUrl', 'tokenScopes', 'subject'];
-  const unknown = Object.keys(options).find((k) => !allowed.includes(k));
-  if (unknown) throw new AgentKeyError('invalid_argument', `clerkM2M got unknown option "${unknown}"; allowed: ${allowed.join(', ')}.`);
+  surfaceOptions(options, allowed, 'clerkM2M options', 'clerkM2M needs options: jwtKey and/or secretKey, and subject defaults.');
   if (!options.jwtKey && !options.secretKey) throw new AgentKeyError('invalid_argument', 'clerkM2M needs jwtKey (JWT-format tokens, offline) or secretKey (mt_ tokens), or both.');
   if (options.jwtKey !== undefined && (typeof options.jwtKey !== 'string' || !options.jwtKey.includes('BEGIN PUBLIC KEY'))) {
     throw new AgentKeyError('invalid_argument', "jwtKey must be the instance's PEM public key (-----BEGIN PUBLIC KEY-----...).");

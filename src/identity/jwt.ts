@@ -1,6 +1,7 @@
 import { type JSONWebKeySet, type JWTPayload, createLocalJWKSet, createRemoteJWKSet, errors, jwtVerify } from 'jose';
 import type { AgentKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
+import { surfaceOptions } from '../http/options.js';
 import { checkAgentKey } from '../http/verify.js';
 import { withAdapters } from './adapters.js';
 import { type RefusedToken, type SubjectDefaults, type VerifiedToken, subjectIdentities } from './subjects.js';
@@ -100,10 +101,8 @@ function joseDetail(err: unknown): string {
 }
 
 function checkJwtOptions(options: JwtSubjectsOptions): JwtSubjectsOptions {
-  if (!options || typeof options !== 'object') throw new AgentKeyError('invalid_argument', 'jwtSubjects needs options: a key source (jwksUrl, jwks or key) and subject defaults.');
   const allowed = ['jwksUrl', 'jwks', 'key', 'issuer', 'audience', 'algorithms', 'clockTolerance', 'subjectClaim', 'scopesClaim', 'tokenScopes', 'subject'];
-  const unknown = Object.keys(options).find((k) => !allowed.includes(k));
-  if (unknown) throw new AgentKeyError('invalid_argument', `jwtSubjects got unknown option "${unknown}"; allowed: ${allowed.join(', ')}.`);
+  surfaceOptions(options, allowed, 'jwtSubjects options', 'jwtSubjects needs options: a key source (jwksUrl, jwks or key) and subject defaults.');
   const sources = [options.jwksUrl, options.jwks, options.key].filter((s) => s !== undefined).length;
   if (sources !== 1) throw new AgentKeyError('invalid_argument', 'jwtSubjects needs exactly one key source: jwksUrl, jwks or key.');
   if (options.jwksUrl !== undefined) {

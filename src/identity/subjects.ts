@@ -1,9 +1,9 @@
 import type { AgentKey, SubjectOptions, ValidationResult } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
-import { httpError } from '../http/errors.js';
-import type { Authenticate, Identity } from '../http/verify.js';
+import type { Authenticate, Denial, Identity } from '../http/verify.js';
 import { budgetToMicros } from '../money.js';
-import { accountIdText, checkOptions, optionalText } from '../options.js';
+import { surfaceOptions } from '../http/options.js';
+import { accountIdText, optionalText } from '../options.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
 import { parseDuration, parsePeriod } from '../time.js';
 
@@ -45,7 +45,6 @@ export function subjectIdentities(
   defaults: SubjectDefaults,
   tokenScopes: 'narrow' | 'ignore' = 'narrow',
 ) {
-  if (!defaults || typeof defaults !== 'object') throw new AgentKeyError('invalid_argument', 'subject defaults must be an object (budgetCents, budgetPeriod, scopes, ...).');
   if (tokenScopes !== 'narrow' && tokenScopes !== 'ignore') throw new AgentKeyError('invalid_argument', "tokenScopes must be 'narrow' or 'ignore'.");
   checkDefaults(defaults);
   const seen = new Set<string>();
@@ -76,14 +75,10 @@ export function subjectIdentities(
     return result.valid ? { ...result, subject: token.subject, claims: token.claims } : result;
   }
 
+  // A refused token is a denial, as data: the surface that asked answers it from its refusal table.
   const authenticate: Authenticate = async (raw) => {
     const token = await verifyToken(raw);
-    if ('refused' in token) {
-      if (token.refused === 'expired') return httpError(401, 'token_expired', 'The bearer token has expired.');
-      // Fail closed, but say whose fault it is: the client's token may be fine.
-      if (token.refused === 'unavailable') return httpError(503, 'issuer_unavailable', "The token issuer's keys could not be fetched; try again later.");
-      return httpError(401, 'invalid_token', `The bearer token is not valid: ${sentence(token.detail)}`);
-    }
+    if ('refused' in token) return { denied: DENIED[token.refused], detail: token.detail };
     const result = await validate(token);
     const identity: Identity = {
       result: result.valid ? Object.assign({}, result, { subject: token.subject }) : result,
@@ -95,9 +90,18 @@ export function subjectIdentities(
   return { verify, authenticate };
 }
 
+/** What each kind of refused token is, for the surfaces. */
+const DENIED: Record<RefusedToken['refused'], Denial['denied']> = {
+  expired: 'token_expired',
+  // The client's token may be fine: the issuer's keys could not be fetched.
+  unavailable: 'issuer_unavailable',
+  invalid: 'invalid_token',
+};
+
 /** Defaults are checked when the adapter is built, not on some client's first request. */
 function checkDefaults(d: SubjectDefaults): void {
-  checkOptions(d, ['scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'delegatedBy', 'name', 'userId', 'accountId'], 'subject defaults');
+  const allowed = ['scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'delegatedBy', 'name', 'userId', 'accountId'];
+  surfaceOptions(d, allowed, 'subject defaults', 'subject defaults must be an object (budgetCents, budgetPeriod, scopes, ...).');
   parseScopes(d.scopes, null, 'subject.scopes');
   budgetToMicros(d.budgetCents, 'subject.budgetCents');
   parsePeriod(d.budgetPeriod, 'subject.budgetPeriod');
@@ -109,9 +113,4 @@ function checkDefaults(d: SubjectDefaults): void {
 /** The token's scopes that the row's scopes allow: a token may narrow, never widen. */
 export function narrow(rowScopes: string[] | null, tokenScopes: string[]): string[] {
   return tokenScopes.filter((s) => isAttenuation(rowScopes, [s]));
-}
-
-function sentence(detail: string): string {
-  const d = detail.replace(/\s+/g, ' ').trim().slice(0, 200);
-  return /[.!?]$/.test(d) ? d : `${d}.`;
 }
