@@ -205,6 +205,9 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
   unhealthy: { status: 503, code: 'unhealthy', message: 'The database is not reachable.' },
 };
 
+/** The table's three groups, as the README shows them. */
+export const REFUSAL_GROUPS = { library: LIBRARY, errors: ERRORS, surfaces: SURFACES } as const;
+
 /** The whole table, by reason. */
 export const REFUSALS: Readonly<Record<RefusalReason, Refusal>> = { ...LIBRARY, ...ERRORS, ...SURFACES };
 

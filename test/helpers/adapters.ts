@@ -1,9 +1,10 @@
+import express, { type Request as ExpressRequest } from 'express';
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import Fastify from 'fastify';
 import { type Context, Hono } from 'hono';
-import type request from 'supertest';
+import request from 'supertest';
 import { expect } from 'vitest';
-import type { AgentKey, ValidKey } from '../../src/index.js';
+import { type AgentKey, type ValidKey, agentKeyMiddleware } from '../../src/index.js';
 import { type AgentKeyEnv, agentKey } from '../../src/http/hono.js';
 import { agentKeyGuard, withAgentKey } from '../../src/http/fetch.js';
 import { agentKeyPreHandler } from '../../src/http/fastify.js';
@@ -49,7 +50,7 @@ export interface TestApp {
 }
 
 export interface Harness {
-  name: 'hono' | 'fetch' | 'fastify';
+  name: 'express' | 'hono' | 'fetch' | 'fastify';
   /** True when the hold is settled before the response reaches the caller. */
   settlesBeforeResponse: boolean;
   build(ak: AgentKey, options: Record<string, unknown>, behaviour?: Behaviour): Promise<TestApp>;
@@ -196,6 +197,50 @@ export const fastify: Harness = {
 };
 
 export const HARNESSES = [hono, fetchAdapter, fastify];
+
+/**
+ * The Express middleware on the same route, for cases every surface shares. Not in
+ * HARNESSES: it answers refusals in the package's shape (see `refusalView`).
+ */
+export const expressHarness: Harness = {
+  name: 'express',
+  settlesBeforeResponse: false,
+  async build(ak, options, behaviour) {
+    const state: TestApp['state'] = { reached: 0, seen: [] };
+    const app = express();
+    app.post('/api/chat', agentKeyMiddleware(ak, options), async (req, res) => {
+      const ctx = { agentKey: req.agentKey as ValidKey, reservation: req.agentKeyReservation, reportCost: (n: number) => void (res.locals.costCents = n) };
+      const out = await runHandler(state, ctx, behaviour);
+      res.status(out.status ?? 200).json(out.body ?? { ok: true });
+    });
+    return {
+      state,
+      async send(call = {}) {
+        const res = await request(app).post('/api/chat').set(headersFor(call)).send({});
+        return { status: res.status, headers: res.headers as Record<string, string>, text: res.text, body: res.body };
+      },
+    };
+  },
+  constructors: [(ak, o) => agentKeyMiddleware(ak, o as never)],
+  reserveFromHeader: (async) =>
+    async
+      ? async (r: ExpressRequest) => Number(r.headers['x-reserve-cents'])
+      : (r: ExpressRequest) => Number(r.headers['x-reserve-cents']),
+};
+
+/** Every surface with the same route: the Express middleware and the three adapters. */
+export const ALL_SURFACES = [expressHarness, ...HARNESSES];
+
+/**
+ * A refusal read from either shape: `{ error: { code, message, ... } }`, or the package's
+ * `{ error: '<string>', code, message, ... }` from its Express surfaces. `fields` are
+ * the other fields beside code and message.
+ */
+export function refusalView(reply: Reply): { status: number; code: string; message: string; fields: Record<string, unknown> } {
+  const inner = typeof reply.body?.error === 'string' ? reply.body : reply.body?.error;
+  const { code, message, ...fields } = (inner ?? {}) as { code: string; message: string };
+  return { status: reply.status, code, message, fields };
+}
 
 // ---------------------------------------------------------------------------------------
 // Helpers
