@@ -1,3 +1,8 @@
+/**
+ * How a refusal leaves an HTTP surface: `errorToHttp` for anything thrown, `packageBody`
+ * for the package's Express shape, `sendJson` for Node's response. What each refusal
+ * says is in the refusal table (refusals.ts).
+ */
 import { AgentKeyError } from '../errors.js';
 import { type HttpError, type RefusalReason, REFUSALS, refuse } from './refusals.js';
 import { TIMEOUT } from './timeout.js';
