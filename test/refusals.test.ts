@@ -54,6 +54,7 @@ const ERROR_CODES: Record<AgentKeyErrorCode, true> = {
   not_migrated: true,
   storage_error: true,
   storage_timeout: true,
+  total_out_of_range: true,
 };
 const LIBRARY_REASONS: Record<LibraryReason, true> = {
   invalid: true,
