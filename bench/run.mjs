@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'tsup';
+import { startPgServer, stopPgServer } from '../test/support/start-pg-server.mjs';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const outDir = path.join(root, 'node_modules/.cache/agentkey-bench');
@@ -28,21 +29,7 @@ let url = process.env.DATABASE_URL;
 if (!url) {
   // Durable by default (fsync on, as in production); --fsync-off runs it as the tests do.
   const durable = process.argv.includes('--fsync-off') ? '0' : '1';
-  server = spawn(process.execPath, [path.join(root, 'test/support/pg-server.mjs')], {
-    stdio: ['pipe', 'pipe', 'inherit'],
-    env: { ...process.env, AGENTKEY_PG_DURABLE: durable },
-  });
-  url = await new Promise((resolve, reject) => {
-    let buffer = '';
-    server.once('exit', (code) => reject(new Error(`the PostgreSQL server exited early (code ${code})`)));
-    server.stdout.on('data', (chunk) => {
-      buffer += chunk.toString();
-      if (!buffer.includes('\n')) return;
-      const message = JSON.parse(buffer.split('\n')[0]);
-      if (message.url) resolve(message.url);
-      else reject(new Error(`the PostgreSQL server failed: ${message.error}`));
-    });
-  });
+  ({ child: server, url } = await startPgServer({ ...process.env, AGENTKEY_PG_DURABLE: durable }));
 }
 
 const code = await new Promise((resolve) => {
@@ -52,11 +39,6 @@ const code = await new Promise((resolve) => {
   });
   child.on('exit', (c) => resolve(c ?? 1));
 });
-if (server) {
-  await new Promise((resolve) => {
-    server.once('exit', resolve);
-    server.stdin.end();
-  });
-}
+if (server) await stopPgServer(server);
 fs.rmSync(outDir, { recursive: true, force: true });
 process.exit(code);

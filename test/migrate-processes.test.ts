@@ -22,7 +22,7 @@ interface Report {
 
 /** Starts one worker per table, waits until all are connected, then lets them all migrate at once. */
 async function migrateInProcesses(url: string, tables: string[], alongside?: () => Promise<unknown>): Promise<{ reports: Report[]; alongside: unknown }> {
-  const workers = tables.map((table) => startWorker(WORKER, [bundle(), url, table]));
+  const workers = tables.map((table) => startWorker(WORKER, [bundle(), JSON.stringify({ url, table })]));
   expect(await Promise.all(workers.map((w) => w.nextMessage()))).toEqual(workers.map(() => 'ready'));
   const done = workers.map((w) => w.nextMessage() as Promise<Report>);
   for (const w of workers) w.child.send('go');

