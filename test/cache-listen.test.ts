@@ -4,7 +4,7 @@ import { expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { CONNECT_DEADLINE_MS, HEARTBEAT_SQL, type ListenHandlers, listen } from '../src/store/listen.js';
 import { isLocalPostgres, listenerPids, stopBackend } from './helpers/backends.js';
-import { forEachDatabase } from './helpers/databases.js';
+import { forEachDatabase, uniqueName } from './helpers/databases.js';
 import { sleep, soon, until } from './helpers/wait.js';
 
 /**
@@ -41,8 +41,7 @@ function recorder(read: () => boolean | undefined): { handlers: ListenHandlers; 
   return { events, handlers: { notify: () => {}, up: () => record('up'), down: () => record('down') } };
 }
 
-let accountCounter = 0;
-const newAccount = () => `acct_listen_${process.pid}_${++accountCounter}`;
+const newAccount = () => uniqueName('acct_listen');
 
 forEachDatabase(
   (getDb) => {

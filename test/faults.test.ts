@@ -11,7 +11,9 @@ import { withDatabase } from './helpers/databases.js';
 import { holdRowLock } from './helpers/locks.js';
 import { startWorker, useWorkerBundle, type Worker } from './helpers/processes.js';
 import { type RestartablePostgres, startRestartablePostgres } from './helpers/restartable-postgres.js';
-import { sleep } from './helpers/wait.js';
+import { sleep, until } from './helpers/wait.js';
+import { SEED } from './helpers/random.js';
+import { groupBy, micros, sum } from './helpers/tally.js';
 
 /**
  * Issue 14's fault suite. Four OS processes (test/fixtures/fault-worker.mjs) charge, hold,
@@ -47,7 +49,6 @@ import { sleep } from './helpers/wait.js';
  */
 
 const WORKER = 'test/fixtures/fault-worker.mjs';
-const SEED = Number(process.env.AGENTKEY_TEST_SEED ?? Math.floor(Math.random() * 1_000_000));
 const LIBRARY_TIMEOUT_MS = process.env.AGENTKEY_FAULTS_LIBRARY_TIMEOUT_MS ? Number(process.env.AGENTKEY_FAULTS_LIBRARY_TIMEOUT_MS) : null;
 /** The bound of one attempt: every fault here lasts less, so no attempt may need it. */
 const ATTEMPT_MS = 10_000;
@@ -137,29 +138,8 @@ interface Run {
   account: string;
 }
 
-const micros = (cents: number | undefined) => Math.round((cents ?? NaN) * 10_000);
-const sum = (values: Iterable<number>) => [...values].reduce((a, b) => a + b, 0);
 const answer = (c: Call) => c.attempts!.find((a) => a.r)?.r;
 const succeeded = (c: Call) => c.attempts!.some((a) => a.r?.success);
-
-function groupBy<T>(items: T[], key: (item: T) => string): Map<string, T[]> {
-  const map = new Map<string, T[]>();
-  for (const item of items) map.set(key(item), [...(map.get(key(item)) ?? []), item]);
-  return map;
-}
-
-async function waitFor(check: () => boolean | Promise<boolean>, what: string, ms: number): Promise<void> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    try {
-      if (await check()) return;
-    } catch {
-      // The database may be down for a moment: ask again.
-    }
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what} (${ms} ms)`);
-    await sleep(25);
-  }
-}
 
 const wanted = process.env.AGENTKEY_TEST_DB?.split(',') ?? ['postgres'];
 
@@ -248,8 +228,8 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
 
     // Under way: every process has had charges accepted on the unrelated key, and listens.
     const goAt = Date.now();
-    await waitFor(() => Date.now() - goAt >= PHASE_MS && workers.every((w) => acceptedOnF(w) >= 5), 'every worker to get going', 20_000);
-    await waitFor(async () => (await listenerBackends()).size === WORKERS, 'every worker to listen', 10_000);
+    await until(() => Date.now() - goAt >= PHASE_MS && workers.every((w) => acceptedOnF(w) >= 5), 'every worker to get going', { timeoutMs: 20_000, retryErrors: true });
+    await until(async () => (await listenerBackends()).size === WORKERS, 'every worker to listen', { timeoutMs: 10_000, retryErrors: true });
     const listenersBefore = await listenerBackends();
 
     const window = await scenario.fault({ workers, keys, table: ak.tableName });
@@ -257,16 +237,16 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
 
     // Recovered: the unrelated key moves again in every surviving process, and (where the
     // fault broke them) every listener was replaced by a new connection.
-    await waitFor(
+    await until(
       () => Date.now() - window.end >= PHASE_MS && survivors.every((w) => acceptedOnF(workers[w]!, window.end) >= 5),
       `charges on the unrelated key after the fault (${where})`,
-      30_000,
+      { timeoutMs: 30_000, retryErrors: true },
     );
     if (scenario.breaksListeners) {
-      await waitFor(async () => {
+      await until(async () => {
         const now = await listenerBackends();
         return survivors.every((w) => (now.get(w) ?? []).some((pid) => !(listenersBefore.get(w) ?? []).includes(pid)));
-      }, `new listeners (${where})`, 20_000);
+      }, `new listeners (${where})`, { timeoutMs: 20_000, retryErrors: true });
     }
     for (const w of survivors) workers[w]!.child.send('stop');
     const codes = await Promise.all(workers.map((w) => w.exited));
@@ -447,7 +427,7 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
     // Holds left behind lapse at their ttl, and are then swept once.
     if (unsettled.length > 0) {
       const last = Math.max(...unsettled.map((rid) => holds.get(rid)!.expires));
-      await waitFor(async () => (await query<{ now: number }>(`SELECT (extract(epoch FROM now()) * 1e6)::float8 AS now`))[0]!.now > last, 'the holds left behind to lapse', 15_000);
+      await until(async () => (await query<{ now: number }>(`SELECT (extract(epoch FROM now()) * 1e6)::float8 AS now`))[0]!.now > last, 'the holds left behind to lapse', { timeoutMs: 15_000, retryErrors: true });
       for (const name of ['T1', 'T2', 'F'] as const) {
         const [row] = await query<{ held: number }>(`SELECT COALESCE(sum(amount_micros), 0)::float8 AS held FROM ${t.holds} WHERE key_id = $1 AND status = 'held' AND expires_at > now()`, [run.keys[name]]);
         expect(row!.held, `${where}: ${name} holds nothing once they lapsed`).toBe(0);
@@ -600,21 +580,21 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
         const victim = workers[killed]!;
         const lines = () => victim.lines as Call[];
         // Killed holding money.
-        await waitFor(() => {
+        await until(() => {
           const rids = new Set(lines().filter((l) => l.op === 'end' && l.kind === 'reserve').flatMap((l) => l.attempts!.filter((a) => a.r?.success).map((a) => a.r!.reservationId)));
           for (const l of lines()) if (l.op === 'begin' && l.rid) rids.delete(l.rid);
           return rids.size > 0;
-        }, 'the victim to hold money', 15_000);
+        }, 'the victim to hold money', { timeoutMs: 15_000, retryErrors: true });
         // And with calls surely in flight: T1's row is locked for a moment, so calls on it are
         // held up (in the client's retry lane, or waiting in the database); the victim dies
         // meanwhile, and its replacement makes them again.
         const lock = await holdRowLock(url, tableNames(table).table, 'id = $1', [keys.T1]);
         try {
           const lockedAt = Date.now();
-          await waitFor(() => {
+          await until(() => {
             const ended = new Set(lines().filter((l) => l.op === 'end').map((l) => l.call));
             return lines().some((l) => l.op === 'begin' && l.key === 'T1' && !ended.has(l.call) && Date.now() - lockedAt > 200);
-          }, 'a call of the victim to wait on the lock', 15_000);
+          }, 'a call of the victim to wait on the lock', { timeoutMs: 15_000, retryErrors: true });
           const at = Date.now();
           victim.child.kill('SIGKILL');
           await victim.exited;
@@ -712,7 +692,7 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
         // A backend of a worker caught running a statement (not a listener: its heartbeat would replace it).
         let pid = 0;
         let state = '';
-        await waitFor(async () => {
+        await until(async () => {
           const rows = await query<{ pid: number; state: string }>(
             `SELECT pid, state FROM pg_stat_activity
              WHERE datname = current_database() AND application_name LIKE 'faultw%' AND state = 'active'
@@ -722,7 +702,7 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
           const found = rows.find((r) => isLocalPostgres(Number(r.pid)));
           if (found) [pid, state] = [Number(found.pid), found.state];
           return found !== undefined;
-        }, 'a busy backend of a worker', 15_000);
+        }, 'a busy backend of a worker', { timeoutMs: 15_000, retryErrors: true });
         const resume = stopBackend(pid);
         const start = Date.now();
         try {

@@ -2,8 +2,11 @@ import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError, type TrackUsageResult } from '../src/index.js';
 import { type TableNames, tableNames } from '../src/store/identifiers.js';
-import { forEachDatabase, type TestDb } from './helpers/databases.js';
-import { seededRandom } from './helpers/random.js';
+import { forEachDatabase, type TestDb, uniqueName } from './helpers/databases.js';
+import { SEED, between, seededRandom as rng } from './helpers/random.js';
+import { cents as toCents, micros as toMicros } from './helpers/tally.js';
+import { sleep, until } from './helpers/wait.js';
+import { agentKeyErrorOf } from './helpers/errors.js';
 
 /**
  * Issue 5, the hot path: charges coalesced under concurrency stay exact (no overspend, one
@@ -13,35 +16,15 @@ import { seededRandom } from './helpers/random.js';
  * batches, and the options and close() behave.
  */
 
-/** Replay a run with AGENTKEY_TEST_SEED=<seed>; the seed is in every failure message. */
-const SEED = Number(process.env.AGENTKEY_TEST_SEED ?? Math.floor(Math.random() * 1_000_000));
-
-const rng = seededRandom;
-const between = (random: () => number, lo: number, hi: number) => lo + Math.floor(random() * (hi - lo + 1));
-const toMicros = (cents: number) => Math.round(cents * 10_000);
-const toCents = (micros: number) => micros / 10_000;
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-
-/** Polls `check` until it holds; the test's own timeout is the real bound. */
-async function waitFor(check: () => boolean | Promise<boolean>, what: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what}`);
-    await sleep(10);
-  }
-}
-
 /** Validates until the AgentKey hears change notifications (before that nothing is cached). */
 async function untilListening(ak: AgentKey, rawKey: string): Promise<void> {
-  await waitFor(async () => {
+  await until(async () => {
     await ak.validate(rawKey);
     return ak.cacheStats()?.listening === true;
   }, 'the cache to listen');
 }
 
-let accountCounter = 0;
-const newAccount = () => `acct_hot_${process.pid}_${++accountCounter}`;
+const newAccount = () => uniqueName('acct_hot');
 
 interface LedgerRow {
   id: number;
@@ -79,15 +62,6 @@ async function otherConnection(db: TestDb): Promise<{ query(text: string, params
 /** Drops what differs between two runs of the same story (ids, accounts, times). */
 const strip = (value: unknown) =>
   JSON.parse(JSON.stringify(value, (key, v) => (['keyId', 'accountId', 'reservationId', 'expiresAt', 'budgetResetAt'].includes(key) ? undefined : v)));
-
-async function rejectionOf(promise: Promise<unknown>): Promise<unknown> {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  throw new Error('expected a rejection');
-}
 
 forEachDatabase((getDb) => {
   describe('coalesced charges under concurrency', () => {
@@ -270,7 +244,7 @@ forEachDatabase((getDb) => {
       // The next calls go through; a marked call alone fails alone.
       const after = await Promise.all([1, 2, 3].map((i) => ak.trackUsage(k.key, { costCents: 1, metadata: { i } })));
       expect(after.map((r) => r.success)).toEqual([true, true, true]);
-      expect(await rejectionOf(ak.trackUsage(k.key, { costCents: 1, metadata: { fail: 'yes' } }))).toMatchObject({ code: 'storage_error' });
+      expect(await agentKeyErrorOf(ak.trackUsage(k.key, { costCents: 1, metadata: { fail: 'yes' } }))).toMatchObject({ code: 'storage_error' });
       expect(await ak.trackUsage(k.key, { costCents: 1 })).toEqual({ success: true, budgetUsedCents: 4, budgetRemainingCents: 96 });
       expect((await ledgerOf(db, t, account)).map((r) => r.amount_micros)).toEqual([10_000, 10_000, 10_000, 10_000]);
       expect(await ak.audit()).toMatchObject({ ok: true });
@@ -399,7 +373,7 @@ forEachDatabase((getDb) => {
 
       // Spend counters announce nothing: another instance's charge reaches a cache only by its ttl.
       expect(await spender.trackUsage(k.key, { costCents: 4 })).toMatchObject({ success: true });
-      await waitFor(async () => {
+      await until(async () => {
         const r = await short.validate(k.key);
         return r.valid && r.budgetUsedCents === 4;
       }, 'the short-lived entry to be read again');
@@ -475,14 +449,14 @@ forEachDatabase((getDb) => {
       } finally {
         await sql.close();
       }
-      await waitFor(async () => (await ak.validate(a.key)).valid === false, 'the revoke to reach the cache');
+      await until(async () => (await ak.validate(a.key)).valid === false, 'the revoke to reach the cache');
       expect(await ak.validate(a.key)).toEqual({ valid: false, reason: 'revoked' });
-      await waitFor(async () => JSON.stringify((await ak.validate(b.key) as { scopes?: unknown }).scopes) === '["chat"]', 'the new scopes to reach the cache');
+      await until(async () => JSON.stringify((await ak.validate(b.key) as { scopes?: unknown }).scopes) === '["chat"]', 'the new scopes to reach the cache');
       expect(ak.hasScope(await ak.validate(b.key), 'tools')).toBe(false);
-      await waitFor(async () => (await ak.validate(c.key)).valid === false, 'the expiry to reach the cache');
+      await until(async () => (await ak.validate(c.key)).valid === false, 'the expiry to reach the cache');
       expect(await ak.validate(c.key)).toEqual({ valid: false, reason: 'expired' });
-      await waitFor(async () => (await ak.validate(d.key) as { budgetCents?: number }).budgetCents === 25, 'the new budget to reach the cache');
-      await waitFor(async () => (await ak.validate(child.key)).valid === false, "the parent's revoke to reach the cached child");
+      await until(async () => (await ak.validate(d.key) as { budgetCents?: number }).budgetCents === 25, 'the new budget to reach the cache');
+      await until(async () => (await ak.validate(child.key)).valid === false, "the parent's revoke to reach the cached child");
       expect(await ak.validate(child.key)).toEqual({ valid: false, reason: 'revoked' });
       expect(ak.cacheStats()!.invalidations).toBeGreaterThanOrEqual(5);
     });

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { AgentKeyError } from '../src/errors.js';
 import { checkKeyPrefix, hashKey, lookupHash, mintKey } from '../src/keys.js';
+import { throwsWith } from './helpers/errors.js';
 
 const BASE62 = '0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz';
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
@@ -105,14 +105,7 @@ describe('checkKeyPrefix', () => {
 
   it('error: anything else throws invalid_argument', () => {
     for (const p of ['', 'a b', 'ak$', 'x'.repeat(17), 'ak.', "a'", 5, null, {}]) {
-      let err: unknown;
-      try {
-        checkKeyPrefix(p);
-      } catch (e) {
-        err = e;
-      }
-      expect(err, String(p)).toBeInstanceOf(AgentKeyError);
-      expect((err as AgentKeyError).code).toBe('invalid_argument');
+      throwsWith(() => checkKeyPrefix(p), 'invalid_argument', String(p));
     }
   });
 });

@@ -4,6 +4,7 @@ import { AgentKey, AgentKeyError } from '../src/index.js';
 import { LATEST_VERSION } from '../src/store/migrations.js';
 import { forEachDatabase, type TestDb } from './helpers/databases.js';
 import { packageKey as legacyKey, packageMigrationSql as pageMigrationSql } from './helpers/package.js';
+import { agentKeyErrorOf } from './helpers/errors.js';
 
 /** Every version migrate() applies to an empty table, in order. */
 const ALL_VERSIONS = Array.from({ length: LATEST_VERSION }, (_, i) => i + 1);
@@ -180,17 +181,6 @@ async function snapshot(db: TestDb, table: string) {
   const rows = await db.query(`SELECT to_jsonb(x) AS row FROM ${table} x ORDER BY id`);
   const fn = await db.query(`SELECT prosrc FROM pg_proc WHERE proname = 'agentkey_next_reset'`);
   return { cols, indexes: await indexes(db, table), versions: await versionRows(db, table), rows, fn, ledger: await ledgerRows(db, table) };
-}
-
-async function expectAgentKeyError(promise: Promise<unknown>): Promise<AgentKeyError> {
-  const err = await promise.then(
-    () => {
-      throw new Error('expected the call to fail');
-    },
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(AgentKeyError);
-  return err as AgentKeyError;
 }
 
 forEachDatabase((getDb) => {
@@ -482,7 +472,7 @@ forEachDatabase((getDb) => {
       // A non-numeric account id cannot go into an integer column: a clear error, nothing written.
       const count = async () => Number((await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM ${table}`))[0]!.n);
       const rows = await count();
-      await expectAgentKeyError(ak.create({ accountId: 'acct_x' }));
+      await agentKeyErrorOf(ak.create({ accountId: 'acct_x' }));
       expect(await count()).toBe(rows);
 
       expect(await ak.revoke(id, 43)).toBe(false);
@@ -940,7 +930,7 @@ forEachDatabase((getDb) => {
       const before = await snapshot(db, table);
 
       const ak = new AgentKey({ pool: db.pool, tableName: table });
-      const err = await expectAgentKeyError(ak.migrate());
+      const err = await agentKeyErrorOf(ak.migrate());
       expect(typeof err.code).toBe('string');
       expect(err.message).toMatch(/\S/);
 
@@ -967,7 +957,7 @@ forEachDatabase((getDb) => {
       await insertRow(db, table, { account_id: 'b', key_hash: dup.hash, budget_cents: 10, budget_used_cents: 1, budget_period: null });
       const before = await snapshot(db, table);
 
-      await expectAgentKeyError(new AgentKey({ pool: db.pool, tableName: table }).migrate());
+      await agentKeyErrorOf(new AgentKey({ pool: db.pool, tableName: table }).migrate());
 
       expect(await columnTypes(db, table)).toMatchObject({ budget_cents: 'integer', budget_used_cents: 'integer' });
       expect(await snapshot(db, table)).toEqual(before);
@@ -977,7 +967,7 @@ forEachDatabase((getDb) => {
     it('fails with an AgentKeyError when the schema does not exist, creating nothing', async () => {
       const db = getDb();
       const schema = `missing_${db.freshTable()}`;
-      await expectAgentKeyError(new AgentKey({ pool: db.pool, tableName: `${schema}.keys` }).migrate());
+      await agentKeyErrorOf(new AgentKey({ pool: db.pool, tableName: `${schema}.keys` }).migrate());
       const [row] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM pg_namespace WHERE nspname = $1`, [schema]);
       expect(Number(row!.n)).toBe(0);
     });
@@ -1051,7 +1041,7 @@ describe('tableName is checked before any SQL runs', () => {
   it('the broken pools do fail once SQL runs, as a storage error', async () => {
     const pools = brokenPools();
     for (const pool of [pools.pg, pools.pglite]) {
-      const err = await expectAgentKeyError(new AgentKey({ pool: pool as never, tableName: 'sdk_api_keys' }).migrate());
+      const err = await agentKeyErrorOf(new AgentKey({ pool: pool as never, tableName: 'sdk_api_keys' }).migrate());
       expect(err.code).toBe('storage_error');
     }
     expect(pools.calls.length).toBeGreaterThan(0);

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { AgentKeyError } from '../src/errors.js';
 import { MAX_CENTS, MICROS_PER_CENT, budgetToMicros, centsToMicros, isValidCents, microsToCents } from '../src/money.js';
+import { throwsWith } from './helpers/errors.js';
 
 /** n micros written as a decimal number of cents, e.g. 300 -> '0.0300'. */
 function microsAsCentsText(n: number): string {
@@ -156,15 +156,8 @@ describe('budgetToMicros', () => {
 
   it('error: anything else throws AgentKeyError invalid_budget naming the field', () => {
     for (const v of [-1, NaN, Infinity, '5e3', '-5', ' 5', MAX_CENTS + 1, true, {}, []]) {
-      let err: unknown;
-      try {
-        budgetToMicros(v, 'budget_cents');
-      } catch (e) {
-        err = e;
-      }
-      expect(err, String(v)).toBeInstanceOf(AgentKeyError);
-      expect((err as AgentKeyError).code).toBe('invalid_budget');
-      expect((err as AgentKeyError).message).toContain('budget_cents');
+      const err = throwsWith(() => budgetToMicros(v, 'budget_cents'), 'invalid_budget', String(v));
+      expect(err.message).toContain('budget_cents');
     }
   });
 });

@@ -5,6 +5,8 @@ import type { AgentKey } from '../src/index.js';
 import { type TableNames, tableNames } from '../src/store/identifiers.js';
 import { forEachDatabase, type TestDb } from './helpers/databases.js';
 import { runTogether, startWorker, useWorkerBundle, type Worker } from './helpers/processes.js';
+import { SEED } from './helpers/random.js';
+import { groupBy, micros, sum } from './helpers/tally.js';
 
 /**
  * Spending from several OS processes at once, on PostgreSQL and on PGlite. Each worker
@@ -16,8 +18,6 @@ import { runTogether, startWorker, useWorkerBundle, type Worker } from './helper
 
 const WORKER = 'test/fixtures/spend-worker.mjs';
 const bundle = useWorkerBundle('spend');
-/** Replay a run with AGENTKEY_TEST_SEED=<seed>; the seed of a failing run is in its messages. */
-const SEED = Number(process.env.AGENTKEY_TEST_SEED ?? Math.floor(Math.random() * 1_000_000));
 
 interface Result {
   success?: boolean;
@@ -53,15 +53,6 @@ interface LedgerRow {
   amount_micros: number;
   reservation_id: string | null;
   idempotency_key: string | null;
-}
-
-const micros = (cents: number | undefined) => Math.round((cents ?? NaN) * 10_000);
-const sum = (values: Iterable<number>) => [...values].reduce((a, b) => a + b, 0);
-
-function groupBy<T>(items: T[], key: (item: T) => string): Map<string, T[]> {
-  const map = new Map<string, T[]>();
-  for (const item of items) map.set(key(item), [...(map.get(key(item)) ?? []), item]);
-  return map;
 }
 
 /** In one line's attempts (a call and its retries): refusals until the first success, then only replays of it. */

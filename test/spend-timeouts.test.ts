@@ -11,7 +11,7 @@ import { errorToHttp } from '../src/http/errors.js';
 import { mintKey } from '../src/keys.js';
 import { tableNames } from '../src/store/identifiers.js';
 import { isLocalPostgres, stopBackend } from './helpers/backends.js';
-import { type TestDb, forEachDatabase } from './helpers/databases.js';
+import { type TestDb, forEachDatabase, uniqueName } from './helpers/databases.js';
 import { hangingPool } from './helpers/faults.js';
 import { holdRowLock } from './helpers/locks.js';
 import { sleep, until } from './helpers/wait.js';
@@ -20,8 +20,7 @@ const TIMEOUT_MS = 1_000;
 /** How much later than timeoutMs an answer may come on a loaded machine: a bound on the answer, not a speed test. */
 const SLACK_MS = 1_500;
 
-let accountCounter = 0;
-const newAccount = () => `acct_timeouts_${process.pid}_${++accountCounter}`;
+const newAccount = () => uniqueName('acct_timeouts');
 
 /** A call's outcome and how long it took to answer. */
 async function timed<T>(call: Promise<T>): Promise<{ ms: number; value?: T; error?: unknown }> {
@@ -201,7 +200,7 @@ forEachDatabase(
     it('concurrency: a backend paused with SIGSTOP while it runs a charge: that call answers storage_timeout within timeoutMs and its connection is discarded, other calls keep going meanwhile, and once the backend runs again a retry with the same idempotency key leaves exactly one charge', async (ctx) => {
       const db = getDb();
       const table = (await db.agentKey()).tableName;
-      const app = `agentkey_pause_${process.pid}_${++accountCounter}`;
+      const app = uniqueName('agentkey_pause');
       // A pool of its own, so its backends can be told apart.
       const pool = new pg.Pool({ connectionString: db.url, max: 4, application_name: app });
       const ak = new AgentKey({ pool, tableName: table, timeoutMs: TIMEOUT_MS, cache: false });

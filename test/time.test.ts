@@ -1,18 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { AgentKeyError } from '../src/errors.js';
 import { addDuration, addUtcMonths, durationMs, parseDuration, parseInstant, parsePeriod } from '../src/time.js';
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(AgentKeyError);
-    expect((err as Error).message).toMatch(/\.$/);
-    expect((err as Error).message).not.toContain('\n');
-    return (err as AgentKeyError).code;
-  }
-  return undefined;
-}
+import { throwsWith } from './helpers/errors.js';
 
 const at = (iso: string) => new Date(iso);
 const plus = (iso: string, duration: string) => addDuration(at(iso), parseDuration(duration)).toISOString();
@@ -43,13 +31,13 @@ describe('parseDuration', () => {
   });
 
   it('error: a zero ttl is refused: a hold must last a while', () => {
-    expect(codeOf(() => durationMs('0s', 'ttl', 86_400_000))).toBe('invalid_duration');
+    throwsWith(() => durationMs('0s', 'ttl', 86_400_000), 'invalid_duration');
     expect(durationMs('1s', 'ttl', 86_400_000)).toBe(1_000);
   });
 
   it('error: a malformed or absurdly long duration throws invalid_duration', () => {
     for (const value of MALFORMED_DURATIONS) {
-      expect(codeOf(() => parseDuration(value)), JSON.stringify(value)).toBe('invalid_duration');
+      throwsWith(() => parseDuration(value), 'invalid_duration', JSON.stringify(value));
     }
   });
 
@@ -122,7 +110,7 @@ describe('parsePeriod', () => {
 
   it('error: any other period throws invalid_period', () => {
     for (const value of ['week', 'year', 'Day', 'MONTH', 'monthly', 'daily', '', ' day', 1, {}, ['day'], true]) {
-      expect(codeOf(() => parsePeriod(value)), JSON.stringify(value)).toBe('invalid_period');
+      throwsWith(() => parsePeriod(value), 'invalid_period', JSON.stringify(value));
     }
   });
 });
@@ -135,7 +123,7 @@ describe('parseInstant', () => {
 
   it('error: anything else throws invalid_argument', () => {
     for (const value of ['not a date', '', 'x'.repeat(65), new Date(NaN), 12345, {}, []]) {
-      expect(codeOf(() => parseInstant(value, 'expiresAt')), String(value)).toBe('invalid_argument');
+      throwsWith(() => parseInstant(value, 'expiresAt'), 'invalid_argument', String(value));
     }
   });
 });

@@ -2,7 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { type AgentKey, AgentKeyError } from '../src/index.js';
 import { isAttenuation, parseScopes, scopeAllows } from '../src/scopes.js';
-import { forEachDatabase } from './helpers/databases.js';
+import { forEachDatabase, uniqueName } from './helpers/databases.js';
 
 /**
  * Property-based tests of issue 4 (fast-check): random trees under random account
@@ -127,10 +127,9 @@ function pathOf(tree: NodeSpec[], i: number): number[] {
 }
 const inSubtree = (tree: NodeSpec[], node: number, top: number) => pathOf(tree, node).includes(top);
 
-let accountCounter = 0;
 
 async function createTree(ak: AgentKey, tree: NodeSpec[], ceiling: number | null) {
-  const account = `acct_${process.pid}_${++accountCounter}`;
+  const account = uniqueName('acct');
   if (ceiling !== null) await ak.setAccountBudget(account, { budgetCents: ceiling, budgetPeriod: 'month' });
   const keys: { id: number; key: string }[] = [];
   for (const n of tree) {
@@ -435,7 +434,7 @@ forEachDatabase((getDb) => {
       const ak = await getDb().agentKey();
       await fc.assert(
         fc.asyncProperty(scopeSetArb, scopeSetArb, async (parentScopes, childScopes) => {
-          const account = `acct_${process.pid}_${++accountCounter}`;
+          const account = uniqueName('acct');
           const parent = await ak.create({ accountId: account, scopes: parentScopes });
           let child: { key: string } | null = null;
           try {

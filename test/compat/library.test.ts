@@ -3,6 +3,7 @@ import { AgentKey, AgentKeyError, type AgentKeyOptions, expiryFromDuration } fro
 import { forEachDatabase, type TestDb } from '../helpers/databases.js';
 import { packageKey, packageTableSql } from '../helpers/package.js';
 import { soon } from '../helpers/wait.js';
+import { agentKeyErrorOf } from '../helpers/errors.js';
 
 /**
  * A user of @katrinalaszlo/agentkey 0.2 switches by changing the import: the same keys
@@ -17,15 +18,6 @@ async function packageUser(db: TestDb, options: Partial<AgentKeyOptions> = {}, e
   const ak = new AgentKey({ pool: db.pool, tableName: table, ...options });
   await ak.migrate();
   return { ak, table };
-}
-
-async function thrown(promise: Promise<unknown>): Promise<AgentKeyError> {
-  const err = await promise.then(
-    () => null,
-    (e: unknown) => e,
-  );
-  expect(err).toBeInstanceOf(AgentKeyError);
-  return err as AgentKeyError;
 }
 
 forEachDatabase((getDb) => {
@@ -85,13 +77,13 @@ forEachDatabase((getDb) => {
 
     it("error: messages begin with the package's wording, and keep this project's codes", async () => {
       const { ak } = await packageUser(getDb(), { validScopes: ['read', 'write'] });
-      const scopes = await thrown(ak.create({ accountId: 'a', scopes: ['read', 'fake_scope', 'other'] }));
+      const scopes = await agentKeyErrorOf(ak.create({ accountId: 'a', scopes: ['read', 'fake_scope', 'other'] }));
       expect(scopes.message.startsWith('Invalid scopes: fake_scope, other')).toBe(true);
       expect(scopes.code).toBe('invalid_scope');
-      const duration = await thrown(ak.create({ accountId: 'a', expiresIn: '7x' }));
+      const duration = await agentKeyErrorOf(ak.create({ accountId: 'a', expiresIn: '7x' }));
       expect(duration.message.startsWith('Invalid duration: 7x')).toBe(true);
       expect(duration.code).toBe('invalid_duration');
-      const period = await thrown(ak.create({ accountId: 'a', budgetCents: 100, budgetPeriod: 'weekly' as never }));
+      const period = await agentKeyErrorOf(ak.create({ accountId: 'a', budgetCents: 100, budgetPeriod: 'weekly' as never }));
       expect(period.message.startsWith('Invalid budget period: weekly')).toBe(true);
       expect(period.code).toBe('invalid_period');
       // The same from ensureSubject(), as the package's subject tests match them.

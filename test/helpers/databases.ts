@@ -21,6 +21,12 @@ export interface TestDb {
 
 let dbCounter = 0;
 let tableCounter = 0;
+let nameCounter = 0;
+
+/** A new name no other test of the run uses: `${prefix}_<process id>_<n>` (for account ids and the like). */
+export function uniqueName(prefix: string): string {
+  return `${prefix}_${process.pid}_${++nameCounter}`;
+}
 
 /**
  * Runs `suite` once per database: a real PostgreSQL (a fresh database per file) and

@@ -1,12 +1,25 @@
 export const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** Polls `check` until it holds: a bounded loop (about 15 s), never a timed assertion. */
-export async function until(check: () => boolean | Promise<boolean>, what: string): Promise<void> {
-  for (let i = 0; i < 600; i++) {
-    if (await check()) return;
-    await sleep(25);
+/**
+ * Polls `check` until it holds: a bounded loop, never a timed assertion. Gives up after
+ * `timeoutMs` (about 15 s by default), asking every `everyMs`. With `retryErrors`, a check
+ * that throws (the database is down for a moment) counts as not yet.
+ */
+export async function until(
+  check: () => boolean | Promise<boolean>,
+  what: string,
+  { timeoutMs = 15_000, everyMs = 25, retryErrors = false }: { timeoutMs?: number; everyMs?: number; retryErrors?: boolean } = {},
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch (err) {
+      if (!retryErrors) throw err;
+    }
+    if (Date.now() > deadline) throw new Error(`gave up waiting for ${what} (${timeoutMs} ms)`);
+    await sleep(everyMs);
   }
-  throw new Error(`gave up waiting for ${what}`);
 }
 
 /**
