@@ -18,6 +18,22 @@ export function packageTableSql(table: string): string {
     revoked_at TIMESTAMPTZ)`;
 }
 
+/**
+ * The keys table in the barest shape a user of the package may have, before the package's
+ * own ALTER TABLE: no defaults, no unique hash, `account_id` of any type.
+ */
+export function bareTableSql(table: string, accountType = 'TEXT'): string {
+  return `CREATE TABLE ${table} (
+    id SERIAL PRIMARY KEY,
+    account_id ${accountType} NOT NULL,
+    key_hash TEXT NOT NULL,
+    key_prefix TEXT,
+    name TEXT,
+    created_at TIMESTAMPTZ DEFAULT now(),
+    last_used_at TIMESTAMPTZ,
+    revoked_at TIMESTAMPTZ)`;
+}
+
 /** The package's migration: the columns it adds, in its types (ak.migrate() of the package ran exactly this). */
 export function packageMigrationSql(table: string): string {
   return `ALTER TABLE ${table}
@@ -32,8 +48,11 @@ export function packageMigrationSql(table: string): string {
     ADD COLUMN IF NOT EXISTS external_subject TEXT`;
 }
 
+/** The SHA-256 hex of a text: how the package stored a key. */
+export const sha256Hex = (text: string): string => createHash('sha256').update(text).digest('hex');
+
 /** A key as the package minted it: prefix + lowercase hex, stored as its SHA-256 hex. */
 export function packageKey(hexChars: 48 | 64 = 48, prefix = 'ak_'): { raw: string; hash: string; prefix: string } {
   const raw = prefix + randomBytes(hexChars / 2).toString('hex');
-  return { raw, hash: createHash('sha256').update(raw).digest('hex'), prefix: raw.slice(0, prefix.length + 8) };
+  return { raw, hash: sha256Hex(raw), prefix: raw.slice(0, prefix.length + 8) };
 }
