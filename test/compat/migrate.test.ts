@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError } from '../../src/index.js';
-import { LATEST_VERSION } from '../../src/store/migrations.js';
+import { ALL_VERSIONS, columnTypes, relationExists } from '../helpers/catalog.js';
 import { forEachDatabase, type TestDb } from '../helpers/databases.js';
 import { packageKey, packageMigrationSql, packageTableSql } from '../helpers/package.js';
 import { soon } from '../helpers/wait.js';
@@ -10,21 +10,6 @@ import { soon } from '../helpers/wait.js';
  * created again, renamed, copied, or restored without agentkey's objects gets all it lacks,
  * and a table an earlier agentkey widened gets the page's types back.
  */
-
-const ALL = Array.from({ length: LATEST_VERSION }, (_, i) => i + 1);
-
-async function columnTypes(db: TestDb, table: string): Promise<Record<string, string>> {
-  const rows = await db.query<{ column_name: string; data_type: string }>(
-    `SELECT column_name, data_type FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1`,
-    [table],
-  );
-  return Object.fromEntries(rows.map((r) => [r.column_name, r.data_type]));
-}
-
-async function exists(db: TestDb, name: string): Promise<boolean> {
-  const [row] = await db.query<{ t: string | null }>(`SELECT to_regclass($1)::text AS t`, [name]);
-  return row!.t !== null;
-}
 
 /** A page-shaped table in use: a key with spend, a live hold, an account ceiling. */
 async function inUse(db: TestDb) {
@@ -97,10 +82,10 @@ forEachDatabase((getDb) => {
       const renamed = `${table}_renamed`;
       await db.query(`ALTER TABLE ${table} RENAME TO ${renamed}`);
       const ak = new AgentKey({ pool: db.pool, tableName: renamed });
-      expect(await ak.migrate()).toEqual(ALL);
+      expect(await ak.migrate()).toEqual(ALL_VERSIONS);
 
-      expect(await exists(db, `${renamed}_ledger`)).toBe(true);
-      expect(await exists(db, `${table}_ledger`)).toBe(false);
+      expect(await relationExists(db, `${renamed}_ledger`)).toBe(true);
+      expect(await relationExists(db, `${table}_ledger`)).toBe(false);
       expect(await ak.validate(k.key)).toMatchObject({ valid: true, budgetUsedCents: 12.5, budgetHeldCents: 100 });
       expect(await ak.commit(hold.reservationId, { costCents: 30 })).toMatchObject({ success: true, costCents: 30, budgetUsedCents: 42.5 });
       expect(await ak.getAccountBudget('acct_1')).toMatchObject({ budgetCents: 5000, spentCents: 42.5 });
@@ -120,7 +105,7 @@ forEachDatabase((getDb) => {
       await db.query(`INSERT INTO ${copy} SELECT * FROM ${table}`);
       const akCopy = new AgentKey({ pool: db.pool, tableName: copy });
       await akCopy.migrate();
-      expect(await exists(db, `${table}_ledger`)).toBe(true);
+      expect(await relationExists(db, `${table}_ledger`)).toBe(true);
       expect(await ak.validate(k.key)).toMatchObject({ valid: true, budgetUsedCents: 12.5, budgetHeldCents: 100 });
       // The copy's spend is explained by an opening balance in its own ledger.
       expect(await akCopy.validate(k.key)).toMatchObject({ valid: true, budgetUsedCents: 12.5, budgetHeldCents: 0 });

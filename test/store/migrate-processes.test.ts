@@ -1,9 +1,10 @@
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { expect, it } from 'vitest';
-import { AgentKey } from '../src/index.js';
-import { LATEST_VERSION } from '../src/store/migrations.js';
-import { forEachDatabase, type TestDb } from './helpers/databases.js';
-import { startWorker, useWorkerBundle } from './helpers/processes.js';
+import { AgentKey } from '../../src/index.js';
+import { ALL_VERSIONS, appliedVersions } from '../helpers/catalog.js';
+import { forEachDatabase } from '../helpers/databases.js';
+import { sha256Hex } from '../helpers/package.js';
+import { startWorker, useWorkerBundle } from '../helpers/processes.js';
 
 /**
  * Several OS processes run migrate() at once on one PostgreSQL. Each worker imports the
@@ -13,7 +14,6 @@ import { startWorker, useWorkerBundle } from './helpers/processes.js';
 
 const WORKER = 'test/fixtures/migrate-worker.mjs';
 const bundle = useWorkerBundle('migrate');
-const ALL_VERSIONS = Array.from({ length: LATEST_VERSION }, (_, i) => i + 1);
 
 interface Report {
   ran?: number[];
@@ -31,14 +31,6 @@ async function migrateInProcesses(url: string, tables: string[], alongside?: () 
   return { reports, alongside: other };
 }
 
-async function versions(db: TestDb, table: string): Promise<number[]> {
-  const rows = await db.query<{ version: number }>(
-    `SELECT version FROM agentkey_migrations WHERE table_name = $1 ORDER BY version`,
-    [table],
-  );
-  return rows.map((r) => Number(r.version));
-}
-
 forEachDatabase(
   (getDb) => {
     it('several processes migrating one fresh table at once: all succeed, exactly one applies each version', async () => {
@@ -53,7 +45,7 @@ forEachDatabase(
       expect(reports.filter((r) => r.error)).toEqual([]);
       expect(results.filter((r) => Array.isArray(r) && r.length > 0)).toEqual([ALL_VERSIONS]);
       expect(results.filter((r) => Array.isArray(r) && r.length === 0)).toHaveLength(results.length - 1);
-      expect(await versions(db, table)).toEqual(ALL_VERSIONS);
+      expect(await appliedVersions(db, table)).toEqual(ALL_VERSIONS);
 
       const ak = new AgentKey({ pool: db.pool, tableName: table });
       expect(await ak.migrate()).toEqual([]);
@@ -77,7 +69,7 @@ forEachDatabase(
         const [row] = await db.query<{ id: number }>(
           `INSERT INTO ${table} (account_id, key_hash, budget_cents, budget_used_cents, budget_period, budget_reset_at)
            VALUES ('acct_1', $1, 5000, 1200, 'month', now() + interval '5 days') RETURNING id`,
-          [createHash('sha256').update(raw).digest('hex')],
+          [sha256Hex(raw)],
         );
         ids.push(Number(row!.id));
       }
@@ -85,7 +77,7 @@ forEachDatabase(
       const { reports } = await migrateInProcesses(db.url!, Array.from({ length: 4 }, () => table));
       expect(reports.filter((r) => r.error)).toEqual([]);
       expect(reports.filter((r) => r.ran!.length > 0).map((r) => r.ran)).toEqual([ALL_VERSIONS]);
-      expect(await versions(db, table)).toEqual(ALL_VERSIONS);
+      expect(await appliedVersions(db, table)).toEqual(ALL_VERSIONS);
 
       const ak = new AgentKey({ pool: db.pool, tableName: table });
       for (const [i, raw] of keys.entries()) {
@@ -102,7 +94,7 @@ forEachDatabase(
       for (const [i, table] of [a, b, c].entries()) {
         const ran = [reports[i]!.ran, reports[i + 3]!.ran];
         expect(ran.filter((r) => r!.length > 0), table).toEqual([ALL_VERSIONS]);
-        expect(await versions(db, table)).toEqual(ALL_VERSIONS);
+        expect(await appliedVersions(db, table)).toEqual(ALL_VERSIONS);
       }
     }, 120_000);
   },
