@@ -9,7 +9,7 @@ import { type BatchItem, type SpendOutcome, type SpendRequest, SpendStore } from
 import { forEachDatabase, type TestDb } from './helpers/databases.js';
 
 /**
- * Issue 5: coalesced spending must give exactly the outcomes of serial execution.
+ * Coalesced spending must give exactly the outcomes of serial execution.
  *
  * Two tables get identical keys (a tree with budgets under an account ceiling, a periodic
  * sibling, a revoked and an expired key, a subject, a key of another account) and identical

@@ -8,7 +8,7 @@ import { forEachDatabase, uniqueName } from './helpers/databases.js';
 import { sleep, soon, until } from './helpers/wait.js';
 
 /**
- * Issue 14: the listening connection of a cache can go silent without any error (its
+ * The listening connection of a cache can go silent without any error (its
  * backend stopped, a network path black-holed). Its heartbeat notices within about a
  * second: caching stops at once (validations read the database), the silent connection is
  * destroyed, a new one is made, and caching resumes only once it listens, from an empty

@@ -5,7 +5,7 @@ import { forEachDatabase, type TestDb } from './helpers/databases.js';
 import { startWorker, useWorkerBundle, type Worker } from './helpers/processes.js';
 
 /**
- * Issue 5: a change in one process reaches the validation cache of another through
+ * A change in one process reaches the validation cache of another through
  * PostgreSQL LISTEN/NOTIFY. Each worker (test/fixtures/cache-worker.mjs) runs the package
  * bundled from the current src/ with a ten-minute cache ttl, so only a notification can
  * make it read the key again. How long the news took is printed, never asserted.

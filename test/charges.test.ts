@@ -8,8 +8,9 @@ import { expectAuditOk, holdRows, keyCount, keyRow, ledgerRows, spentMicros } fr
 
 /**
  * Charges are exact and never pass a budget, on PostgreSQL and PGlite: amounts in micro-dollars
- * add up to the cent, the page's INTEGER cent columns round the safe way, and concurrent charges,
- * holds, commits and releases in one process stay within the budget and equal to the ledger.
+ * add up to the cent, the @katrinalaszlo/agentkey package's INTEGER cent columns round the safe
+ * way, and concurrent charges, holds, commits and releases in one process stay within the
+ * budget and equal to the ledger.
  * Races between OS processes are in spend-processes.test.ts.
  */
 
@@ -43,7 +44,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(key, { costCents: 0.03 })).toEqual({ success: true, budgetUsedCents: 0.03, budgetRemainingCents: 0.97 });
       const row = await keyRow(db, ak, id);
       expect(row.spent_micros).toBe('300');
-      // The page's INTEGER column shows whole cents, spend rounded up.
+      // The package's INTEGER column shows whole cents, spend rounded up.
       expect(row.budget_used_cents).toBe('1');
       // 0.1 + 0.2 is exactly 0.3 here.
       await ak.trackUsage(key, { costCents: 0.1 });
@@ -70,7 +71,7 @@ forEachDatabase((getDb) => {
       const row = await keyRow(db, ak, id);
       expect(row.spent_micros).toBe('1000000000000000');
       expect(row.budget_micros).toBe('1000000000000000');
-      // The page's INTEGER columns are capped at 2147483647 cents; the micros columns hold the figures.
+      // The package's INTEGER columns are capped at 2147483647 cents; the micros columns hold the figures.
       expect(row.budget_cents).toBe('2147483647');
       expect(row.budget_used_cents).toBe('2147483647');
 
@@ -79,7 +80,7 @@ forEachDatabase((getDb) => {
       await rejectsWith(() => ak.create({ accountId: 'a', budgetCents: MAX_CENTS + 1 }), 'invalid_budget');
     });
 
-    it("happy: the page's budget_cents and budget_used_cents columns stay INTEGER whole cents (budget down, spend up); micros are exact", async () => {
+    it("happy: the package's budget_cents and budget_used_cents columns stay INTEGER whole cents (budget down, spend up); micros are exact", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const { key, id } = await ak.create({ accountId: 'a', budgetCents: 1234.5678 });

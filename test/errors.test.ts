@@ -382,7 +382,7 @@ forEachDatabase((getDb) => {
       expect(err.message).toContain('migrate()');
     });
 
-    it("error: a table of the page's shape that was never migrated rejects with not_migrated and is left as it was", async () => {
+    it("error: a table of the package's shape that was never migrated rejects with not_migrated and is left as it was", async () => {
       const db = getDb();
       const table = db.freshTable();
       await db.query(`CREATE TABLE ${table} (id BIGSERIAL PRIMARY KEY, account_id TEXT NOT NULL, key_hash TEXT NOT NULL,

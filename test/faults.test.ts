@@ -16,7 +16,7 @@ import { SEED } from './helpers/random.js';
 import { groupBy, micros, sum } from './helpers/tally.js';
 
 /**
- * Issue 14's fault suite. Four OS processes (test/fixtures/fault-worker.mjs) charge, hold,
+ * The fault suite. Four OS processes (test/fixtures/fault-worker.mjs) charge, hold,
  * commit and release through idempotency keys on two tight keys (one account, with a
  * ceiling) and one unrelated key (another account), retrying every call that a fault breaks
  * with the same idempotency key or reservation id, while a test breaks one thing:
@@ -39,11 +39,11 @@ import { groupBy, micros, sum } from './helpers/tally.js';
  * stop. The server is one of this file's own (test/support/pg-restartable.mjs), since the
  * server the other files share cannot be restarted under them.
  *
- * Each attempt is bounded by the worker itself (ATTEMPT_MS, with Promise.race). Once the
- * library bounds its own waits (the `timeoutMs` option of issue 14 part 2), run with
- * AGENTKEY_FAULTS_LIBRARY_TIMEOUT_MS=<ms> (say 3000): the workers then pass it to
- * `new AgentKey()`, and the assertion that no attempt had to be cut by the worker checks
- * the library's bound instead of the faults' lengths.
+ * Each attempt is bounded by the worker itself (ATTEMPT_MS, with Promise.race). With
+ * AGENTKEY_FAULTS_LIBRARY_TIMEOUT_MS=<ms> (say 3000) the workers pass that to
+ * `new AgentKey()` as its `timeoutMs`, so the library bounds its own waits, and the
+ * assertion that no attempt had to be cut by the worker checks the library's bound instead
+ * of the faults' lengths.
  *
  * Replay a run with AGENTKEY_TEST_SEED=<seed>; every failure message names its seed.
  */
@@ -608,8 +608,9 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
     });
     // What the dead process left unanswered was made again by its replacement, and answered.
     // Whether the database had finished some of it first (the replacement then gets replays)
-    // is chance: a call held up by a locked row now waits in the client's retry lane, not in
-    // the database (issue 14 part 2). Either way the checks above count each of them once.
+    // is chance: a call held up by a locked row waits in the client's retry lane, not in the
+    // database (a batch skips rows locked elsewhere). Either way the checks above count each
+    // of them once.
     const recovered = r.calls.filter((c) => c.op === 'end' && c.recovered);
     expect(recovered.length, r.where).toBeGreaterThan(0);
     for (const c of recovered) expect(answer(c), `${r.where}: ${c.call}`).toBeDefined();
@@ -671,7 +672,7 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
     expect(waited.length, rowLock.where).toBeGreaterThan(0);
   }, 90_000);
 
-  // Issue 14 part 2: a batch skips the locked row's calls, so the others complete meanwhile.
+  // A batch skips the locked row's calls, so the others complete meanwhile.
   it('while that row is locked, charges on the unrelated key complete in every process (only calls on the locked key wait)', () => {
     const r = rowLock;
     expect(r, 'the row-lock run did not finish').not.toBeNull();

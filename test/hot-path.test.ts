@@ -9,7 +9,7 @@ import { sleep, until } from './helpers/wait.js';
 import { agentKeyErrorOf } from './helpers/errors.js';
 
 /**
- * Issue 5, the hot path: charges coalesced under concurrency stay exact (no overspend, one
+ * The hot path: charges coalesced under concurrency stay exact (no overspend, one
  * ledger row per accepted call, refusals that really did not fit), a fault in a batch fails
  * the whole batch cleanly, the validation cache is bounded, expires, and is dropped by
  * revocations and by changes made anywhere (LISTEN/NOTIFY), `last_used_at` is written in

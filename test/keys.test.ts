@@ -84,7 +84,7 @@ describe('lookupHash', () => {
     }
   });
 
-  it("happy: keys minted by the seed package (prefix + hex, no checksum) are still looked up", () => {
+  it("happy: keys minted by the @katrinalaszlo/agentkey package (prefix + hex, no checksum) are still looked up", () => {
     const legacy = 'ak_' + '7f3a'.repeat(12);
     expect(lookupHash(legacy, 'ak_')).toBe(sha256(legacy));
     expect(lookupHash('ak_' + 'ab'.repeat(7), 'ak_')).toBeNull(); // too short to be one
@@ -93,7 +93,7 @@ describe('lookupHash', () => {
 });
 
 describe('hashKey', () => {
-  it('happy: hex SHA-256, the seed page scheme', () => {
+  it("happy: hex SHA-256, the package's scheme", () => {
     expect(hashKey('abc')).toBe('ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad');
   });
 });

@@ -23,7 +23,7 @@ const PAGE_EXAMPLE = {
 };
 
 forEachDatabase((getDb) => {
-  describe('the page API', () => {
+  describe('the API of the @katrinalaszlo/agentkey package', () => {
     it('happy: create returns exactly { key, id, scopes, budgetCents, budgetPeriod, expiresAt }', async () => {
       const ak = await getDb().agentKey();
       const before = Date.now();
@@ -45,7 +45,7 @@ forEachDatabase((getDb) => {
       expect(unbounded.key).not.toBe(created.key);
     });
 
-    it("happy: validate returns the page's fields (and a few more) for a valid key", async () => {
+    it("happy: validate returns the package's fields (and a few more) for a valid key", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const created = await ak.create(PAGE_EXAMPLE);
@@ -72,7 +72,7 @@ forEachDatabase((getDb) => {
       await ak.flush();
       expect((await keyRow(db, ak, created.id)).last_used_at).not.toBeNull();
 
-      // The page's example: 1200 of 5000 spent.
+      // The package README's example: 1200 of 5000 spent.
       expect(await ak.trackUsage(created.key, { costCents: 1200 })).toEqual({
         success: true,
         budgetUsedCents: 1200,
@@ -327,7 +327,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(key)).toMatchObject({ valid: true });
     });
 
-    it("happy: a key minted by the seed package (prefix + hex, stored as its SHA-256) validates", async () => {
+    it("happy: a key minted by the @katrinalaszlo/agentkey package (prefix + hex, stored as its SHA-256) validates", async () => {
       const db = getDb();
       const ak = await db.agentKey();
       const legacy = 'ak_' + '7f3a9c'.repeat(8);

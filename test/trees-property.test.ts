@@ -5,9 +5,10 @@ import { isAttenuation, parseScopes, scopeAllows } from '../src/scopes.js';
 import { forEachDatabase, uniqueName } from './helpers/databases.js';
 
 /**
- * Property-based tests of issue 4 (fast-check): random trees under random account
- * ceilings with random charges, holds, commits and releases fired concurrently; the same
- * sequentially against an exact model; attenuation never widens; revocation always cascades.
+ * Property-based tests of delegation trees and account ceilings (fast-check): random trees
+ * under random account ceilings with random charges, holds, commits and releases fired
+ * concurrently; the same sequentially against an exact model; attenuation never widens;
+ * revocation always cascades.
  */
 
 // ---------------------------------------------------------------- scopes

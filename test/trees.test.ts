@@ -432,7 +432,7 @@ forEachDatabase((getDb) => {
   });
 
   describe('legacy tables', () => {
-    it("happy: trees, holds, ceilings and audit work on the page's table with an INTEGER (SERIAL) id", async () => {
+    it("happy: trees, holds, ceilings and audit work on the package's table with an INTEGER (SERIAL) id", async () => {
       const db = getDb();
       const table = db.freshTable();
       await db.query(`CREATE TABLE ${table} (id SERIAL PRIMARY KEY, account_id TEXT NOT NULL, key_hash TEXT NOT NULL, key_prefix TEXT,
@@ -474,7 +474,7 @@ forEachDatabase((getDb) => {
       expect(childInfo).toMatchObject({ parentId: caller.id, depth: 1, scopes: ['proxy.chat'], budgetCents: 80, budgetPeriod: 'day' });
       expect(Date.parse(childInfo.expiresAt!)).toBeLessThanOrEqual(Date.parse(caller.expiresAt!));
       expect((await ak.listKeys({ accountId: 'acc', parentId: caller.id })).map((k) => k.id)).toEqual([child.id]);
-      // Wider asks keep the page's status codes.
+      // Wider asks keep the package's status codes.
       expect((await request(app).post('/sdk-keys').set(auth).send({ scopes: ['billing.read'], budget_cents: 10, expires_in: '30m' })).status).toBe(403);
       expect((await request(app).post('/sdk-keys').set(auth).send({ budget_cents: 101, expires_in: '30m' })).status).toBe(403);
       expect((await request(app).post('/sdk-keys').set(auth).send({ budget_cents: 10, expires_in: '2h' })).status).toBe(403);

@@ -228,7 +228,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(k.key)).toMatchObject({ budgetUsedCents: 0, budgetRemainingCents: 10 });
     });
 
-    it("happy: the page's columns read as whole-cent numbers, spend rounded up; the exact figure is agentkey's", async () => {
+    it("happy: the package's columns read as whole-cent numbers, spend rounded up; the exact figure is agentkey's", async () => {
       const db = getDb();
       const { ak, table } = await packageUser(db);
       const k = await ak.create({ accountId: 'acct_test_usage', budgetCents: 100 });

@@ -8,10 +8,10 @@ import { soon } from '../helpers/wait.js';
 /**
  * migrate() looks at the table, not only at its version records: a keys table dropped and
  * created again, renamed, copied, or restored without agentkey's objects gets all it lacks,
- * and a table an earlier agentkey widened gets the page's types back.
+ * and a table an earlier agentkey widened gets the @katrinalaszlo/agentkey package's types back.
  */
 
-/** A page-shaped table in use: a key with spend, a live hold, an account ceiling. */
+/** A table of the package's shape in use: a key with spend, a live hold, an account ceiling. */
 async function inUse(db: TestDb) {
   const table = db.freshTable();
   await db.query(packageTableSql(table));
@@ -148,7 +148,7 @@ forEachDatabase((getDb) => {
       await ak.migrate();
       const k = await ak.create({ accountId: 'a', budgetCents: 1234.5678 });
       await ak.trackUsage(k.key, { costCents: 12.0001 });
-      // What the earlier migrate() left: the page's columns widened, exact values in them, versions 1-4
+      // What the earlier migrate() left: the package's columns widened, exact values in them, versions 1-4
       // recorded, and its change trigger, which watched budget_cents.
       for (const trigger of ['agentkey_sync', 'agentkey_sync_insert', 'agentkey_changed']) await db.query(`DROP TRIGGER ${trigger} ON ${table}`);
       await db.query(`ALTER TABLE ${table} ALTER COLUMN budget_cents TYPE NUMERIC(20,4), ALTER COLUMN budget_used_cents TYPE NUMERIC(20,4)`);
@@ -160,7 +160,7 @@ forEachDatabase((getDb) => {
       return { table, ak, k };
     }
 
-    it("happy: it gets the page's INTEGER types back, in whole cents (budget down, spend up); exact figures are kept", async () => {
+    it("happy: it gets the package's INTEGER types back, in whole cents (budget down, spend up); exact figures are kept", async () => {
       const db = getDb();
       const { table, ak, k } = await widened(db);
       expect(await columnTypes(db, table)).toMatchObject({ budget_cents: 'numeric', budget_used_cents: 'numeric' });

@@ -5,7 +5,7 @@ import { packageTableSql } from '../helpers/package.js';
 import { startWorker, useWorkerBundle, type Worker } from '../helpers/processes.js';
 
 /**
- * An operator's SQL on the page's columns reaches another process at once: that process
+ * An operator's SQL on the @katrinalaszlo/agentkey package's columns reaches another process at once: that process
  * (test/fixtures/watch-worker.mjs) keeps the key in a cache with a ten-minute ttl, so only
  * the change notification can make it read the key again.
  */
@@ -20,7 +20,7 @@ interface Seen {
 
 forEachDatabase(
   (getDb) => {
-    it("happy: SQL edits of every page column take effect in another process's ten-minute cache", async () => {
+    it("happy: SQL edits of each of the package's columns take effect in another process's ten-minute cache", async () => {
       const db = getDb();
       const table = db.freshTable();
       await db.query(packageTableSql(table));

@@ -5,7 +5,7 @@ import { packageKey, packageTableSql } from '../helpers/package.js';
 import { soon } from '../helpers/wait.js';
 
 /**
- * The page's columns are the user's: an UPDATE (or INSERT) by the user's own SQL takes
+ * The @katrinalaszlo/agentkey package's columns are the user's: an UPDATE (or INSERT) by the user's own SQL takes
  * effect at once, even in a cache that would otherwise keep a key for ten minutes,
  * carries over into agentkey's exact figures, and keeps audit() reconciled.
  */
@@ -180,7 +180,7 @@ forEachDatabase((getDb) => {
   });
 
   describe('INSERT by SQL', () => {
-    it("happy: a key row written by the user's own SQL is enforced by its page columns, with its spend in the ledger", async () => {
+    it("happy: a key row written by the user's own SQL is enforced through the package's columns, with its spend in the ledger", async () => {
       const { ak, sql } = await setup(getDb());
       const k = packageKey();
       const [{ id }] = (await sql(

@@ -16,7 +16,7 @@ import { bareTableSql, packageKey, packageMigrationSql } from '../helpers/packag
 const DAY = 86_400_000;
 
 forEachDatabase((getDb) => {
-  describe("a legacy table of the page's bare shape", () => {
+  describe("a legacy table of the @katrinalaszlo/agentkey package's bare shape", () => {
     it('keeps every key working: valid, unlimited, scopes null, chargeable, revoked stays revoked, ids kept', async () => {
       const db = getDb();
       const table = db.freshTable();
@@ -82,7 +82,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(k48.raw, { costCents: 15 })).toEqual({ success: true, budgetUsedCents: 15, budgetRemainingCents: null });
       expect(await ak.trackUsage(k48.raw, { costCents: 0.03 })).toEqual({ success: true, budgetUsedCents: 15.03, budgetRemainingCents: null });
       expect(await ak.validate(k48.raw)).toMatchObject({ valid: true, budgetUsedCents: 15.03, budgetCents: null });
-      // The page's INTEGER column shows whole cents, spend rounded up; the exact figure is agentkey's.
+      // The package's INTEGER column shows whole cents, spend rounded up; the exact figure is agentkey's.
       const [spend] = await db.query<{ c: number; m: number }>(`SELECT budget_used_cents AS c, spent_micros AS m FROM ${table} WHERE id = $1`, [id48]);
       expect(spend!.c).toBe(16);
       expect(Number(spend!.m)).toBe(150_300);
@@ -152,7 +152,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(k.raw)).toEqual({ valid: false, reason: 'revoked' });
     });
 
-    it("adds the page's other columns to a keys table that lacks them", async () => {
+    it("adds the package's other columns to a keys table that lacks them", async () => {
       const db = getDb();
       const table = db.freshTable();
       await db.query(`CREATE TABLE ${table} (id SERIAL PRIMARY KEY, account_id TEXT NOT NULL, key_hash TEXT NOT NULL)`);
@@ -188,7 +188,7 @@ forEachDatabase((getDb) => {
     });
   });
 
-  describe("a table already migrated with the page's SQL", () => {
+  describe("a table already migrated with the @katrinalaszlo/agentkey package's SQL", () => {
     async function pageTable(db: TestDb) {
       const table = db.freshTable();
       await db.query(bareTableSql(table));
@@ -217,7 +217,7 @@ forEachDatabase((getDb) => {
       return { table, keys, ids, resetFuture, expires };
     }
 
-    it("keeps every budget and its spend, whatever the reset time, and leaves the page's columns INTEGER", async () => {
+    it("keeps every budget and its spend, whatever the reset time, and leaves the package's columns INTEGER", async () => {
       const db = getDb();
       const { table, keys, ids, resetFuture, expires } = await pageTable(db);
       expect(await columnTypes(db, table)).toMatchObject({ budget_cents: 'integer', budget_used_cents: 'integer' });
@@ -362,7 +362,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(k.raw, { costCents: 500.01 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
     });
 
-    it('keeps subject rows written by the seed package working', async () => {
+    it('keeps subject rows written by the @katrinalaszlo/agentkey package working', async () => {
       const db = getDb();
       const table = db.freshTable();
       await db.query(bareTableSql(table));

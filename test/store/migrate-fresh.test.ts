@@ -25,7 +25,7 @@ forEachDatabase((getDb) => {
       for (const col of ['id', 'account_id', 'key_hash', 'key_prefix', 'name', 'created_at', 'last_used_at', 'revoked_at']) {
         expect(cols).toHaveProperty(col);
       }
-      // The columns of the page's migration SQL keep their names and their types.
+      // The columns of the package's migration SQL keep their names and their types.
       expect(cols).toMatchObject({
         user_id: 'text',
         scopes: 'ARRAY',
@@ -242,7 +242,7 @@ forEachDatabase((getDb) => {
       expect(await ak.validate(other.raw)).toMatchObject({ valid: true, accountId: 'c' });
     });
 
-    it('rolls back everything on a page-migrated table when a step fails', async () => {
+    it("rolls back everything on a table migrated with the package's SQL when a step fails", async () => {
       const db = getDb();
       const table = db.freshTable();
       await db.query(bareTableSql(table));

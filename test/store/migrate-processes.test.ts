@@ -53,7 +53,7 @@ forEachDatabase(
       expect(await ak.trackUsage(key.key, { costCents: 10 })).toMatchObject({ success: true, budgetRemainingCents: 0 });
     }, 120_000);
 
-    it("several processes migrating a legacy table of the page's shape at once keep every key and its spend", async () => {
+    it("several processes migrating a legacy table of the package's shape at once keep every key and its spend", async () => {
       const db = getDb();
       const table = db.freshTable();
       await db.query(`CREATE TABLE ${table} (id SERIAL PRIMARY KEY, account_id TEXT NOT NULL, key_hash TEXT NOT NULL,
