@@ -7,7 +7,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram } from '../src/cli/main.js';
 import { AgentKey } from '../src/index.js';
-import { type CliResult, cliEnv, freshDatabase, linesOf, runCli, stopCliProcesses, tempDir } from './helpers/cli.js';
+import { type CliResult, cliEnv, expectFailure, expectJson, expectOneLine, expectSuccess, freshDatabase, linesOf, runCli, stopCliProcesses, tempDir } from './helpers/cli.js';
 import { ROOT, useCliBundle } from './helpers/processes.js';
 
 /**
@@ -32,29 +32,6 @@ afterAll(async () => {
 
 function run(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
   return runCli(cli(), args, { cwd, env: cliEnv(env) });
-}
-
-/** Exit code 0, nothing on stderr; returns stdout. */
-function ok(result: CliResult): string {
-  expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
-  return result.stdout;
-}
-
-function okJson(result: CliResult): any {
-  return JSON.parse(ok(result));
-}
-
-/** Exit code 1, nothing on stdout, and a first stderr line `agentkey: <message>` without a stack trace. */
-function expectFailure(result: CliResult, message: RegExp): void {
-  expect({ code: result.code, stdout: result.stdout }, result.stderr).toEqual({ code: 1, stdout: '' });
-  expect(linesOf(result.stderr)[0]).toMatch(/^agentkey: \S/);
-  expect(linesOf(result.stderr)[0]).toMatch(message);
-  expect(result.stderr).not.toMatch(/\n\s+at |node_modules|\.ts:\d+|unexpected; please report/);
-}
-
-/** The whole of stderr is the one `agentkey: ...` line. */
-function expectOneLine(result: CliResult): void {
-  expect(linesOf(result.stderr), `stderr of a failed run:\n${result.stderr}`).toEqual([expect.stringMatching(/^agentkey: \S/)]);
 }
 
 /** Every command of the program (from the same source the binary is built from), with its full name. */
@@ -180,7 +157,7 @@ describe('on PGlite (a temp data directory)', () => {
   });
 
   it('keys create: the human form shows the raw key once and the key; --json gives {key, id, ...}', async () => {
-    const human = ok(await run(['keys', 'create', '--account', 'acct_1', '--name', 'first', '--budget-cents', '500', '--period', 'month', '--scopes', 'proxy.chat, usage.read'], env()));
+    const human = expectSuccess(await run(['keys', 'create', '--account', 'acct_1', '--name', 'first', '--budget-cents', '500', '--period', 'month', '--scopes', 'proxy.chat, usage.read'], env()));
     const raw = /^ {2}(ak_\S+)$/m.exec(human)?.[1] as string;
     expect(raw, human).toMatch(/^ak_[A-Za-z0-9]{20,}$/);
     expect(human).toMatch(/^Created key 1\. Its raw value is shown this once; store it now:\n/);
@@ -191,18 +168,18 @@ describe('on PGlite (a temp data directory)', () => {
     first = { key: raw, prefix: /│ prefix\s+│ (\S+)/.exec(human)?.[1] as string };
     expect(raw.startsWith(first.prefix)).toBe(true);
 
-    const child = okJson(await run(['keys', 'create', '--account', 'acct_1', '--parent', '1', '--name', 'child', '--budget-cents', '100', '--json'], env()));
+    const child = expectJson(await run(['keys', 'create', '--account', 'acct_1', '--parent', '1', '--name', 'child', '--budget-cents', '100', '--json'], env()));
     expect(child).toMatchObject({ key: expect.stringMatching(/^ak_/), id: 2, accountId: 'acct_1', name: 'child', parentId: 1, depth: 1, budgetCents: 100, spentCents: 0, status: 'active' });
     expect(String(child.key).startsWith(String(child.prefix))).toBe(true);
 
-    const other = okJson(await run(['keys', 'create', '--account', 'acct_2', '--name', 'other', '--expires-in', '7d', '--delegated-by', 'alice', '--json'], env()));
+    const other = expectJson(await run(['keys', 'create', '--account', 'acct_2', '--name', 'other', '--expires-in', '7d', '--delegated-by', 'alice', '--json'], env()));
     expect(other).toMatchObject({ id: 3, accountId: 'acct_2', name: 'other', delegatedBy: 'alice', budgetCents: null, scopes: null, parentId: null });
     expect(Date.parse(other.expiresAt) - Date.now()).toBeGreaterThan(6.9 * 86_400_000);
     expect(Date.parse(other.expiresAt) - Date.now()).toBeLessThan(7.1 * 86_400_000);
   }, 90_000);
 
   it('keys list: a table of the keys without secrets; --json and --account', async () => {
-    const table = ok(await run(['keys', 'list'], env()));
+    const table = expectSuccess(await run(['keys', 'list'], env()));
     expect(table).toMatch(/│ id\s+│ name\s+│ account\s+│ prefix\s+│ status\s+│ scopes\s+│ budget\s+│ spent\s+│ held\s+│ remaining\s+│ period\s+│ expires\s+│/);
     expect(table).toMatch(new RegExp(`│ 1\\s+│ first\\s+│ acct_1\\s+│ ${first.prefix}\\s+│ active\\s+│ proxy\\.chat, usage\\.read\\s+│ \\$5\\.00\\s+│ \\$0\\.00\\s+│ \\$0\\.00\\s+│ \\$5\\.00\\s+│ month\\s+│ -\\s+│`));
     expect(table).toMatch(/│ 2\s+│ child\s+│ acct_1\s+│/);
@@ -210,15 +187,15 @@ describe('on PGlite (a temp data directory)', () => {
     expect(table).not.toContain(first.key);
 
     const listed = await run(['keys', 'list', '--json', '--account', 'acct_2'], env());
-    const { keys } = okJson(listed);
+    const { keys } = expectJson(listed);
     expect(keys.map((k: { id: number }) => k.id)).toEqual([3]);
     expect(keys[0]).not.toHaveProperty('key');
     expect(listed.stdout).not.toMatch(/ak_[A-Za-z0-9]{30,}/);
   }, 60_000);
 
   it('keys revoke: the key and its children are revoked', async () => {
-    expect(ok(await run(['keys', 'revoke', '1'], env()))).toBe('Revoked key 1 and every key under it.\n');
-    const all = okJson(await run(['keys', 'list', '--json', '--include-revoked'], env()));
+    expect(expectSuccess(await run(['keys', 'revoke', '1'], env()))).toBe('Revoked key 1 and every key under it.\n');
+    const all = expectJson(await run(['keys', 'list', '--json', '--include-revoked'], env()));
     expect(all.keys.map((k: { id: number; status: string }) => [k.id, k.status])).toEqual([
       [1, 'revoked'],
       [2, 'revoked'],
@@ -249,7 +226,7 @@ describe('on PGlite: a mistyped --table', () => {
   }
 
   it('read-only commands, revoke and --clear: one line naming the table, exit 1, and no table is created', async () => {
-    ok(await run(['keys', 'create', '--account', 'acct_1', '--name', 'first'], { AGENTKEY_DATA_DIR: dataDir }));
+    expectSuccess(await run(['keys', 'create', '--account', 'acct_1', '--name', 'first'], { AGENTKEY_DATA_DIR: dataDir }));
     const before = await tables();
     expect(before).toContain('public.sdk_api_keys');
     const commands = [['keys', 'list'], ['usage'], ['accounts', 'budget', 'acct_1'], ['keys', 'revoke', '1']];
@@ -261,7 +238,7 @@ describe('on PGlite: a mistyped --table', () => {
     }
     expect(await tables()).toEqual(before);
     // The real table is as it was: its key is still active.
-    expect(okJson(await run(['keys', 'show', '1', '--json'], { AGENTKEY_DATA_DIR: dataDir }))).toMatchObject({ id: 1, name: 'first', status: 'active' });
+    expect(expectJson(await run(['keys', 'show', '1', '--json'], { AGENTKEY_DATA_DIR: dataDir }))).toMatchObject({ id: 1, name: 'first', status: 'active' });
   }, 240_000);
 });
 
@@ -298,12 +275,12 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
   });
 
   it('migrate applies the migrations once, then is up to date; the URL is shown without its password', async () => {
-    const applied = ok(await run(['migrate'], env()));
+    const applied = expectSuccess(await run(['migrate'], env()));
     expect(applied).toMatch(/^Applied migrations 1(, \d+)* on postgres:\/\/postgres:\*\*\*@127\.0\.0\.1:\d+\/agentkey_cli_\w+\.\n$/);
     const [again, againHuman, none] = await Promise.all([run(['migrate', '--json'], env()), run(['migrate'], env()), run(['keys', 'list'], env())]);
-    expect(okJson(again)).toEqual({ applied: [] });
-    expect(ok(againHuman)).toMatch(/^Already up to date on postgres:\/\/postgres:\*\*\*@/);
-    expect(ok(none)).toBe('No keys.\n');
+    expect(expectJson(again)).toEqual({ applied: [] });
+    expect(expectSuccess(againHuman)).toMatch(/^Already up to date on postgres:\/\/postgres:\*\*\*@/);
+    expect(expectSuccess(none)).toBe('No keys.\n');
   });
 
   it('read-only commands on a mistyped --table (or schema): one line naming it, exit 1, and no table is created', async () => {
@@ -324,7 +301,7 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
   }, 120_000);
 
   it('keys create, show (--json, and unknown ids), list --parent and revoke of a subtree', async () => {
-    const human = ok(await run(['keys', 'create', '--account', 'acct_t', '--name', 'parent', '--budget-cents', '1000', '--period', 'day', '--delegated-by', 'alice'], env()));
+    const human = expectSuccess(await run(['keys', 'create', '--account', 'acct_t', '--name', 'parent', '--budget-cents', '1000', '--period', 'day', '--delegated-by', 'alice'], env()));
     const raw = /^ {2}(ak_\S+)$/m.exec(human)?.[1] as string;
     expect(human.split(raw)).toHaveLength(2);
     const ak = new AgentKey({ pool });
@@ -336,15 +313,15 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
     const [c, s] = (await Promise.all([
       run(['keys', 'create', '--account', 'acct_t', '--parent', '1', '--name', 'c', '--json'], env()),
       run(['keys', 'create', '--account', 'acct_t', '--name', 's', '--json'], env()),
-    ])).map(okJson);
-    const g = okJson(await run(['keys', 'create', '--account', 'acct_t', '--parent', String(c.id), '--name', 'g', '--json'], env()));
+    ])).map(expectJson);
+    const g = expectJson(await run(['keys', 'create', '--account', 'acct_t', '--parent', String(c.id), '--name', 'g', '--json'], env()));
     expect([c.parentId, g.parentId, s.parentId]).toEqual([1, c.id, null]);
     expect([c.depth, g.depth, s.depth]).toEqual([1, 2, 0]);
 
     const [details, top, gJson, missing, missingRevoke, badParent, otherAccount] = await Promise.all([
-      run(['keys', 'show', String(g.id)], env()).then(ok),
-      run(['keys', 'show', '1'], env()).then(ok),
-      run(['keys', 'show', String(g.id), '--json'], env()).then(okJson),
+      run(['keys', 'show', String(g.id)], env()).then(expectSuccess),
+      run(['keys', 'show', '1'], env()).then(expectSuccess),
+      run(['keys', 'show', String(g.id), '--json'], env()).then(expectJson),
       run(['keys', 'show', '999999'], env()),
       run(['keys', 'revoke', '999999'], env()),
       run(['keys', 'create', '--account', 'acct_t', '--parent', '999999'], env()),
@@ -362,9 +339,9 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
     expect(details).toMatch(/│ name\s+│ g\s+│/);
     expect(top).toMatch(/│ budget\s+│ \$10\.00 per day\s+│[\s\S]*│ delegated by\s+│ alice\s+│/);
 
-    expect(ok(await run(['keys', 'revoke', String(c.id)], env()))).toBe(`Revoked key ${c.id} and every key under it.\n`);
+    expect(expectSuccess(await run(['keys', 'revoke', String(c.id)], env()))).toBe(`Revoked key ${c.id} and every key under it.\n`);
     const statuses = async (args: string[]) =>
-      (okJson(await run(['keys', 'list', '--json', '--include-revoked', ...args], env())).keys as { id: number; status: string }[]).map((k) => [k.id, k.status]);
+      (expectJson(await run(['keys', 'list', '--json', '--include-revoked', ...args], env())).keys as { id: number; status: string }[]).map((k) => [k.id, k.status]);
     const [inAccount, underParent, again, againJson] = await Promise.all([
       statuses(['--account', 'acct_t']),
       statuses(['--parent', '1']),
@@ -380,18 +357,18 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
       ].sort((x, y) => (x[0] as number) - (y[0] as number)),
     );
     expect(underParent).toEqual([[c.id, 'revoked']]);
-    expect(ok(again)).toBe(`Key ${c.id} was already revoked.\n`);
-    expect(okJson(againJson)).toMatchObject({ id: c.id, revoked: false, key: { id: c.id, status: 'revoked' } });
+    expect(expectSuccess(again)).toBe(`Key ${c.id} was already revoked.\n`);
+    expect(expectJson(againJson)).toMatchObject({ id: c.id, revoked: false, key: { id: c.id, status: 'revoked' } });
   }, 60_000);
 
   it('accounts budget: shows, sets (per period or lifetime) and clears a ceiling', async () => {
     const [none, noneJson] = await Promise.all([run(['accounts', 'budget', 'acct_b'], env()), run(['accounts', 'budget', 'acct_b', '--json'], env())]);
-    expect(ok(none)).toBe('acct_b has no ceiling; set one with --set-cents.\n');
-    expect(okJson(noneJson)).toBeNull();
-    const set = ok(await run(['accounts', 'budget', 'acct_b', '--set-cents', '2500', '--period', 'month'], env()));
+    expect(expectSuccess(none)).toBe('acct_b has no ceiling; set one with --set-cents.\n');
+    expect(expectJson(noneJson)).toBeNull();
+    const set = expectSuccess(await run(['accounts', 'budget', 'acct_b', '--set-cents', '2500', '--period', 'month'], env()));
     expect(set).toMatch(/│ account\s+│ ceiling\s+│ period\s+│ spent\s+│ held\s+│ remaining\s+│ next reset\s+│/);
     expect(set).toMatch(/│ acct_b\s+│ \$25\.00\s+│ month\s+│ \$0\.00\s+│ \$0\.00\s+│ \$25\.00\s+│ \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\s+│/);
-    expect(okJson(await run(['accounts', 'budget', 'acct_b', '--json'], env()))).toMatchObject({
+    expect(expectJson(await run(['accounts', 'budget', 'acct_b', '--json'], env()))).toMatchObject({
       accountId: 'acct_b',
       budgetCents: 2500,
       budgetPeriod: 'month',
@@ -399,20 +376,20 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
       heldCents: 0,
       remainingCents: 2500,
     });
-    expect(ok(await run(['accounts', 'budget', 'acct_b', '--set-cents', '12.5', '--period', 'lifetime'], env()))).toMatch(/│ acct_b\s+│ \$0\.125\s+│ lifetime\s+│ \$0\.00\s+│ \$0\.00\s+│ \$0\.125\s+│ -\s+│/);
-    expect(ok(await run(['accounts', 'budget', 'acct_b', '--clear'], env()))).toBe('Removed the ceiling of acct_b.\n');
+    expect(expectSuccess(await run(['accounts', 'budget', 'acct_b', '--set-cents', '12.5', '--period', 'lifetime'], env()))).toMatch(/│ acct_b\s+│ \$0\.125\s+│ lifetime\s+│ \$0\.00\s+│ \$0\.00\s+│ \$0\.125\s+│ -\s+│/);
+    expect(expectSuccess(await run(['accounts', 'budget', 'acct_b', '--clear'], env()))).toBe('Removed the ceiling of acct_b.\n');
     const [cleared, clearedJson, gone] = await Promise.all([
       run(['accounts', 'budget', 'acct_b', '--clear'], env()),
       run(['accounts', 'budget', 'acct_b', '--clear', '--json'], env()),
       run(['accounts', 'budget', 'acct_b'], env()),
     ]);
-    expect(ok(cleared)).toBe('acct_b had no ceiling.\n');
-    expect(okJson(clearedJson)).toEqual({ accountId: 'acct_b', removed: false });
-    expect(ok(gone)).toBe('acct_b has no ceiling; set one with --set-cents.\n');
+    expect(expectSuccess(cleared)).toBe('acct_b had no ceiling.\n');
+    expect(expectJson(clearedJson)).toEqual({ accountId: 'acct_b', removed: false });
+    expect(expectSuccess(gone)).toBe('acct_b has no ceiling; set one with --set-cents.\n');
   }, 60_000);
 
   it('usage: --json and a table with a chart of the spend charged through the library', async () => {
-    expect(ok(await run(['usage', '--account', 'acct_u'], env()))).toMatch(/^No spend between \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ and \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\.\n$/);
+    expect(expectSuccess(await run(['usage', '--account', 'acct_u'], env()))).toMatch(/^No spend between \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ and \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\.\n$/);
 
     const ak = new AgentKey({ pool });
     let a: { id: number; key: string };
@@ -437,15 +414,15 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
       run(['usage', '--key', String(a.id), '--until', '2020-01-01', '--since', '2019-12-01', '--json'], env()),
       run(['keys', 'list', '--account', 'acct_u'], env()),
     ]);
-    const report = okJson(reportRun);
+    const report = expectJson(reportRun);
     expect(report).toMatchObject({ bucket: 'day', totalCents: 325.15, count: 3 });
     expect(Date.parse(report.until) - Date.parse(report.since)).toBe(30 * 86_400_000);
     expect(report.buckets.reduce((sum: number, x: { costCents: number }) => sum + x.costCents, 0)).toBeCloseTo(325.15, 6);
     expect(report.buckets.reduce((sum: number, x: { count: number }) => sum + x.count, 0)).toBe(3);
     for (const bucket of report.buckets) expect(bucket.start).toMatch(/T00:00:00\.000Z$/);
-    expect(okJson(kolkataRun)).toMatchObject({ totalCents: 325.15, count: 3, buckets: report.buckets });
+    expect(expectJson(kolkataRun)).toMatchObject({ totalCents: 325.15, count: 3, buckets: report.buckets });
 
-    const daily = ok(dailyRun);
+    const daily = expectSuccess(dailyRun);
     expect(daily).toMatch(/│ day \(UTC\)\s+│ spend\s+│ calls\s+│/);
     expect(daily).toMatch(/│ \d{4}-\d\d-\d\d\s+│ \$1\.25\s+│ 1\s+│/);
     expect(daily).toContain('Total: $1.25 over 1 call.');
@@ -453,18 +430,18 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
     expect(daily).toMatch(/\$1\.25 [┼┤]/);
     expect(daily).toMatch(/\$0\.00 [┼┤]/);
 
-    const hourly = ok(hourlyRun);
+    const hourly = expectSuccess(hourlyRun);
     expect(hourly).toMatch(/│ hour \(UTC\)\s+│ spend\s+│ calls\s+│/);
     expect(hourly).toMatch(/│ \d{4}-\d\d-\d\d \d\d:00\s+│ \$\d/);
     expect(hourly).toContain('Total: $2.0015 over 2 calls.');
     expect(hourly).toMatch(/Spend per hour, in dollars \((6|7) hours to \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ\):/);
 
-    expect(okJson(oldRun)).toMatchObject({
+    expect(expectJson(oldRun)).toMatchObject({
       totalCents: 0,
       count: 0,
       buckets: [],
     });
-    const listed = ok(listRun);
+    const listed = expectSuccess(listRun);
     expect(listed).toMatch(new RegExp(`│ ${a.id}\\s+│.*│ \\$10\\.00\\s+│ \\$1\\.25\\s+│ \\$0\\.00\\s+│ \\$8\\.75\\s+│`));
     expect(listed).toMatch(new RegExp(`│ ${b.id}\\s+│.*│ unlimited\\s+│ \\$2\\.0015\\s+│ \\$0\\.00\\s+│ unlimited\\s+│`));
   }, 60_000);
@@ -482,10 +459,10 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
     // Written by SQL, past the library's checks, as anyone with access to the table can.
     await pool.query('UPDATE sdk_api_keys SET name = $1, account_id = $2, delegated_by = $3 WHERE id = $4', [evil.name, evil.accountId, evil.delegatedBy, id]);
     const [list, show, listJson, showJson] = await Promise.all([
-      run(['keys', 'list'], env()).then(ok),
-      run(['keys', 'show', String(id)], env()).then(ok),
-      run(['keys', 'list', '--json'], env()).then(ok),
-      run(['keys', 'show', String(id), '--json'], env()).then(ok),
+      run(['keys', 'list'], env()).then(expectSuccess),
+      run(['keys', 'show', String(id)], env()).then(expectSuccess),
+      run(['keys', 'list', '--json'], env()).then(expectSuccess),
+      run(['keys', 'show', String(id), '--json'], env()).then(expectSuccess),
     ]);
     // No control character but the line breaks, no bidi mark, override or isolate.
     const RAW = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
@@ -501,11 +478,11 @@ describe('on PostgreSQL (DATABASE_URL)', () => {
 
   it('admin-key rotate: prints a new key once and stores only its hash', async () => {
     const stored = async () => (await pool.query<{ sha256: string }>('SELECT sha256 FROM agentkey_admin_key')).rows.map((r) => r.sha256);
-    const { adminKey } = okJson(await run(['admin-key', 'rotate', '--json'], env()));
+    const { adminKey } = expectJson(await run(['admin-key', 'rotate', '--json'], env()));
     expect(adminKey).toMatch(/^akadmin_[A-Za-z0-9_-]{40,}$/);
     expect(await stored()).toEqual([createHash('sha256').update(adminKey).digest('hex')]);
 
-    const human = ok(await run(['admin-key', 'rotate'], env()));
+    const human = expectSuccess(await run(['admin-key', 'rotate'], env()));
     const next = /^ {2}(akadmin_\S+)$/m.exec(human)?.[1] as string;
     expect(human).toMatch(/^New admin key \(shown this once; the old one no longer works\):\n/);
     expect(next).not.toBe(adminKey);

@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { inject } from 'vitest';
+import { expect, inject } from 'vitest';
 import { withDatabase } from './databases.js';
 
 /**
@@ -198,4 +198,28 @@ export async function freshDatabase(prefix: string): Promise<{ url: string; drop
 /** The lines of a text, without the empty last one. */
 export function linesOf(text: string): string[] {
   return text.split('\n').filter((line, i, all) => !(line === '' && i === all.length - 1));
+}
+
+/** Exit code 0 and nothing on stderr; returns stdout. */
+export function expectSuccess(result: CliResult): string {
+  expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
+  return result.stdout;
+}
+
+/** expectSuccess(), with stdout parsed as JSON. */
+export function expectJson(result: CliResult): any {
+  return JSON.parse(expectSuccess(result));
+}
+
+/** Exit code 1, nothing on stdout, and a first stderr line `agentkey: <message>` without a stack trace. */
+export function expectFailure(result: CliResult, message: RegExp): void {
+  expect({ code: result.code, stdout: result.stdout }, result.stderr).toEqual({ code: 1, stdout: '' });
+  expect(linesOf(result.stderr)[0]).toMatch(/^agentkey: \S/);
+  expect(linesOf(result.stderr)[0]).toMatch(message);
+  expect(result.stderr).not.toMatch(/\n\s+at |node_modules|\.ts:\d+|unexpected; please report/);
+}
+
+/** The whole of stderr is the one `agentkey: ...` line. */
+export function expectOneLine(result: CliResult): void {
+  expect(linesOf(result.stderr), `stderr of a failed run:\n${result.stderr}`).toEqual([expect.stringMatching(/^agentkey: \S/)]);
 }
