@@ -132,9 +132,6 @@ describe('new AgentKey() (no database)', () => {
   });
 });
 
-// ---------------------------------------------------------------------------------------
-// The built package, in a separate Node process
-
 describe('storage failures', () => {
   it('error: a pool that is down makes reserve, commit, release and the ledger calls reject with storage_error', async () => {
     const pool = rejectingPool();

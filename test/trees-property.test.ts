@@ -128,7 +128,6 @@ function pathOf(tree: NodeSpec[], i: number): number[] {
 }
 const inSubtree = (tree: NodeSpec[], node: number, top: number) => pathOf(tree, node).includes(top);
 
-
 async function createTree(ak: AgentKey, tree: NodeSpec[], ceiling: number | null) {
   const account = uniqueName('acct');
   if (ceiling !== null) await ak.setAccountBudget(account, { budgetCents: ceiling, budgetPeriod: 'month' });
