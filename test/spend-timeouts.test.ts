@@ -14,6 +14,7 @@ import { isLocalPostgres, stopBackend } from './helpers/backends.js';
 import { type TestDb, forEachDatabase, uniqueName } from './helpers/databases.js';
 import { hangingPool } from './helpers/faults.js';
 import { holdRowLock } from './helpers/locks.js';
+import { ledgerRows } from './helpers/tables.js';
 import { sleep, until } from './helpers/wait.js';
 
 const TIMEOUT_MS = 1_000;
@@ -44,12 +45,9 @@ function expectStorageTimeout(outcome: { ms: number; error?: unknown }, what: st
   expect(outcome.ms, `${what}: answered after ${outcome.ms} ms`).toBeLessThanOrEqual(TIMEOUT_MS + SLACK_MS);
 }
 
+/** A key's ledger rows: kind, amount in micro-dollars, idempotency key. */
 async function ledgerOf(db: TestDb, ak: AgentKey, keyId: number) {
-  const rows = await db.query<{ kind: string; amount_micros: string; idempotency_key: string | null }>(
-    `SELECT kind, amount_micros::text, idempotency_key FROM ${tableNames(ak.tableName).ledger} WHERE key_id = $1 ORDER BY id`,
-    [keyId],
-  );
-  return rows.map((r) => ({ kind: r.kind, micros: Number(r.amount_micros), idempotencyKey: r.idempotency_key }));
+  return (await ledgerRows(db, ak, keyId)).map((r) => ({ kind: r.kind, micros: r.amount, idempotencyKey: r.idempotency_key }));
 }
 
 forEachDatabase(
