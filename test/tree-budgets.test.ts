@@ -46,14 +46,14 @@ forEachDatabase((getDb) => {
       expect(holds.filter((r) => r.success)).toHaveLength(30);
       for (const r of holds.filter((x) => !x.success)) expect(r).toMatchObject({ limitedBy: { kind: 'ancestor', keyId: root.id } });
       const info = (await ak.getKey(root.id))!;
-      expect(info.spentCents + info.heldCents).toBe(300);
+      expect(Number(info.spentCents) + Number(info.heldCents)).toBe(300);
       expect(info.remainingCents).toBe(0);
       const ids = holds.filter((r): r is Extract<typeof r, { reservationId: string }> => r.success && 'reservationId' in r).map((r) => r.reservationId);
       const settled = await Promise.all(ids.map((id, i) => (i % 2 === 0 ? ak.commit(id, { costCents: 4 }) : ak.release(id))));
       expect(settled.every((s) => s.success)).toBe(true);
       const after = (await ak.getKey(root.id))!;
       expect(after.heldCents).toBe(0);
-      expect(after.spentCents).toBe(info.spentCents + 4 * Math.ceil(ids.length / 2));
+      expect(after.spentCents).toBe(Number(info.spentCents) + 4 * Math.ceil(ids.length / 2));
       await expectAuditOk(ak);
     });
 

@@ -27,15 +27,15 @@ async function keysForBoth(ak: AgentKey, plain: Plain, accountId: string, budget
 /** Overspent keys and accounts, the accepted spend in the ledger, and the audit, for one account of agentkey's. */
 async function checkAgentKey(ak: AgentKey, accountId: string) {
   const keys = await ak.listKeys({ accountId, limit: 10_000 });
-  const overspent = keys.filter((k) => k.budgetCents !== null && k.spentCents > k.budgetCents).length;
+  const overspent = keys.filter((k) => k.budgetCents !== null && Number(k.spentCents) > k.budgetCents).length;
   const account = await ak.getAccountBudget(accountId);
   const usage = await ak.usage({ accountId });
   const audit = await ak.audit();
   return {
     overspent,
-    accountOver: account !== null && account.spentCents > account.budgetCents ? 1 : 0,
+    accountOver: account !== null && Number(account.spentCents) > account.budgetCents ? 1 : 0,
     rows: usage.count,
-    sum: micros(usage.totalCents),
+    sum: micros(Number(usage.totalCents)),
     auditOk: audit.ok,
   };
 }
@@ -172,7 +172,7 @@ export async function chargeUnderAccount(pool: pg.Pool) {
   });
   await spendChecks(row, ak, 'acct_c3', plain, ours, theirs, `ceiling ${ceiling / 10_000} cents, 75% of the demand`);
   const account = await ak.getAccountBudget('acct_c3');
-  record(row, 'agentkey', (account?.spentCents ?? Infinity) <= ceiling / 10_000, `account spent ${account?.spentCents} of ${ceiling / 10_000} cents`);
+  record(row, 'agentkey', Number(account?.spentCents ?? Infinity) <= ceiling / 10_000, `account spent ${account?.spentCents} of ${ceiling / 10_000} cents`);
   await ak.close();
 }
 

@@ -58,7 +58,7 @@ export async function httpService(pool: pg.Pool): Promise<string[]> {
     else if (r.status !== 429) unexpected++;
   });
   const audit = await ak.audit();
-  const spent = (await ak.getKey(hot.id))?.spentCents ?? -1;
+  const spent = Number((await ak.getKey(hot.id))?.spentCents ?? -1);
   const ok = unexpected === 0 && audit.ok && Math.round(spent * 10_000) === acceptedMicros && acceptedMicros <= budget;
   show('POST /v1/charge, 1 hot key', charge, ok ? `ok: ${accepted} accepted = ledger, nothing overspent` : `FAILED: spent ${spent}, accepted ${acceptedMicros / 10_000}, unexpected ${unexpected}`);
   await new Promise((resolve) => server.close(resolve));

@@ -32,5 +32,5 @@ export const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 export async function spentOf(ak: AgentKey, id: number): Promise<number> {
   const info = await ak.getKey(id);
   if (!info) throw new Error(`key ${id} not found`);
-  return info.spentCents;
+  return Number(info.spentCents);
 }
