@@ -1,5 +1,6 @@
 import { type Micros, roomMicros } from './money.js';
 import type { KeyStatus } from './store/keys.js';
+import type { CacheStats } from './types.js';
 
 /** What validation needs of a key, kept small: the cache may hold many thousands. */
 export interface CachedKey {
@@ -32,18 +33,6 @@ export interface CachedKey {
 interface Room {
   room: number;
   asOf: number;
-}
-
-export interface CacheStats {
-  size: number;
-  maxKeys: number;
-  ttlMs: number;
-  hits: number;
-  misses: number;
-  evictions: number;
-  invalidations: number;
-  /** True while change notifications are being received: only then are entries kept. */
-  listening: boolean;
 }
 
 /**

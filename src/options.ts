@@ -1,5 +1,13 @@
+// Every option agentkey is given is checked here: the options of `new AgentKey()`, and the
+// shared rules for text, ids and limits that each call's own checks use.
 import { AgentKeyError } from './errors.js';
+import { checkKeyPrefix } from './keys.js';
 import { describe } from './money.js';
+import { parseScopes } from './scopes.js';
+import { DEFAULT_TIMEOUT_MS, type Db, type PoolLike, toDb } from './store/db.js';
+import { type TableNames, tableNames } from './store/identifiers.js';
+import { DEFAULT_MAX_DEPTH } from './tree.js';
+import type { AgentKeyOptions, BatchingOptions, CacheOptions } from './types.js';
 
 /** Throws unless `value` is a plain object whose keys are all in `allowed`. */
 export function checkOptions<T extends object>(value: unknown, allowed: readonly string[], what: string): T {
@@ -63,4 +71,105 @@ export function keyIdNumber(value: unknown, field = 'keyId'): number {
   const n = typeof value === 'string' && /^[0-9]{1,16}$/.test(value) ? Number(value) : value;
   if (typeof n === 'number' && Number.isSafeInteger(n) && n > 0) return n;
   throw new AgentKeyError('invalid_argument', `${field} must be a positive integer key id; got ${describe(value)}.`);
+}
+
+/** A `limit` option: a whole number from 1 to `max`, `fallback` when not given. */
+export function limitOption(value: unknown, fallback: number, max: number): number {
+  const limit = value ?? fallback;
+  if (!Number.isInteger(limit) || (limit as number) < 1 || (limit as number) > max) {
+    throw new AgentKeyError('invalid_argument', `limit must be a whole number from 1 to ${max}.`);
+  }
+  return limit as number;
+}
+
+/** An external subject (see `ensureSubject()`): a non-empty string under the rule of checkText(). */
+export function subjectText(subject: unknown): string {
+  const s = optionalText(subject, 'subject');
+  if (s === null) throw new AgentKeyError('invalid_argument', 'subject must be a non-empty string.');
+  return s;
+}
+
+/** The options of `new AgentKey()`, checked, with every default filled in. */
+export interface Settings {
+  pool: PoolLike;
+  names: TableNames;
+  keyPrefix: string;
+  validScopes: ReadonlySet<string> | null;
+  maxDepth: number;
+  timeoutMs: number;
+  /** The pool in the driver seam, every call bounded by `timeoutMs`. */
+  db: Db;
+  /** The same pool for reports that read the whole ledger (usage, audit, listAccounts), with a longer bound. */
+  reportDb: Db;
+  cache: Required<CacheOptions> | null;
+  batching: Required<BatchingOptions> | null;
+}
+
+/** The least bound of a report over the whole ledger: it reads, so it holds nobody up, and a big ledger takes time. */
+const REPORT_TIMEOUT_MS = 60_000;
+
+/** Checks the options of `new AgentKey()`, in the order they are documented, and fills in the defaults. */
+export function agentKeySettings(options: unknown): Settings {
+  const o = checkOptions<AgentKeyOptions>(
+    options,
+    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs'],
+    'new AgentKey()',
+  );
+  const maxDepth = o.maxDepth ?? DEFAULT_MAX_DEPTH;
+  if (!Number.isInteger(maxDepth) || maxDepth < 0 || maxDepth > 100) {
+    throw new AgentKeyError('invalid_argument', 'maxDepth must be a whole number from 0 to 100.');
+  }
+  const names = tableNames(o.tableName ?? 'sdk_api_keys');
+  const keyPrefix = checkKeyPrefix(o.keyPrefix ?? 'ak_');
+  const valid = o.validScopes === undefined ? null : parseScopes(o.validScopes, null, 'validScopes');
+  const timeoutMs = timeoutOption(o.timeoutMs);
+  return {
+    pool: o.pool,
+    names,
+    keyPrefix,
+    validScopes: valid ? new Set(valid) : null,
+    maxDepth,
+    timeoutMs,
+    db: toDb(o.pool, timeoutMs),
+    reportDb: toDb(o.pool, Math.max(timeoutMs, REPORT_TIMEOUT_MS)),
+    cache: cacheOptions(o.cache),
+    batching: batchingOptions(o.batching),
+  };
+}
+
+/** The `timeoutMs` option, checked (exported so the service can check it before it opens the database). */
+export function timeoutOption(value: unknown): number {
+  const ms = value ?? DEFAULT_TIMEOUT_MS;
+  if (typeof ms !== 'number' || !Number.isInteger(ms) || ms < 1 || ms > 3_600_000) {
+    throw new AgentKeyError('invalid_argument', `timeoutMs must be a whole number of milliseconds from 1 to 3600000; got ${describe(ms)}.`);
+  }
+  return ms;
+}
+
+function cacheOptions(value: unknown): Required<CacheOptions> | null {
+  if (value === false) return null;
+  const o = checkOptions<CacheOptions>(value ?? {}, ['maxKeys', 'ttlMs'], 'the cache option');
+  const maxKeys = o.maxKeys ?? 10_000;
+  const ttlMs = o.ttlMs ?? 5_000;
+  if (!Number.isInteger(maxKeys) || maxKeys < 1 || maxKeys > 10_000_000) {
+    throw new AgentKeyError('invalid_argument', 'cache.maxKeys must be a whole number from 1 to 10000000.');
+  }
+  if (!Number.isInteger(ttlMs) || ttlMs < 1 || ttlMs > 3_600_000) {
+    throw new AgentKeyError('invalid_argument', 'cache.ttlMs must be a whole number of milliseconds from 1 to 3600000.');
+  }
+  return { maxKeys, ttlMs };
+}
+
+function batchingOptions(value: unknown): Required<BatchingOptions> | null {
+  if (value === false) return null;
+  const o = checkOptions<BatchingOptions>(value ?? {}, ['maxBatch', 'lanes'], 'the batching option');
+  const maxBatch = o.maxBatch ?? 128;
+  const lanes = o.lanes ?? 2;
+  if (!Number.isInteger(maxBatch) || maxBatch < 1 || maxBatch > 1_000) {
+    throw new AgentKeyError('invalid_argument', 'batching.maxBatch must be a whole number from 1 to 1000.');
+  }
+  if (!Number.isInteger(lanes) || lanes < 1 || lanes > 64) {
+    throw new AgentKeyError('invalid_argument', 'batching.lanes must be a whole number from 1 to 64.');
+  }
+  return { maxBatch, lanes };
 }

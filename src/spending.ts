@@ -1,127 +1,240 @@
+// The spending flow: a charge, hold, commit, release or adjustment is checked here, sent
+// to the store (through the batches when batching is on), and its outcome shaped into the
+// result callers get; the validation cache hears the figures each step leaves.
+import { SpendBatches } from './batches.js';
+import type { KeyCache } from './cache.js';
 import { AgentKeyError } from './errors.js';
+import { randomId } from './keys.js';
 import { type CentsInput, centsToMicros, describe, isValidCents, microsToCentsNumber } from './money.js';
 import { checkOptions, optionalText } from './options.js';
-import type { SpendOutcome } from './store/spend.js';
+import { storageFault } from './store/errors.js';
+import type { KeyRef } from './store/keys.js';
+import type { SpendOutcome, SpendRequest, SpendStore } from './store/spend.js';
 import { durationMs } from './time.js';
-import { remaining } from './views.js';
+import type {
+  AdjustResult,
+  BatchingOptions,
+  CommitOptions,
+  CommitResult,
+  KeyRefusal,
+  LimitedBy,
+  ReleaseResult,
+  ReservationInfo,
+  ReservationStatus,
+  ReserveOptions,
+  ReserveResult,
+  TrackUsageResult,
+} from './types.js';
+import { figures, iso } from './views.js';
 
-export interface ChargeOptions {
-  /** Cents: a number, or a decimal string (`"0.3"`) read exactly. */
-  costCents: CentsInput;
-  /** Charges with the same idempotency key (per key) are made once; a retry returns the first result. */
-  idempotencyKey?: string;
-  /** JSON object stored with the ledger row, e.g. `{ model, inputTokens, outputTokens }`. */
-  metadata?: Record<string, unknown>;
-}
-
-export interface ReserveOptions extends ChargeOptions {
-  /** How long the hold lasts unless committed or released: '30s', '5m', up to '24h'. Default '5m'. */
-  ttl?: string;
-}
-
-export interface CommitOptions {
-  costCents: CentsInput;
-  metadata?: Record<string, unknown>;
-}
-
-export interface SpendFigures {
-  budgetUsedCents: number;
-  budgetRemainingCents: number | null;
-}
+// The HTTP adapters import these two from here.
+export type { ReserveOptions, ReserveResult } from './types.js';
 
 /**
- * Why a key itself cannot spend: 'invalid_key' (no such key, as the package says), or
- * 'expired' / 'revoked' (itself or an ancestor).
+ * Charges, holds and their settling, for the facade. Every step is one guarded statement
+ * in the database (`SpendStore`); nothing here reads before it writes.
  */
-export type KeyRefusal = 'invalid_key' | 'expired' | 'revoked';
+export class Spending {
+  private readonly batches: SpendBatches | null;
+  /** Turns a database fault into its AgentKeyError. */
+  private readonly fault: (err: unknown) => never;
+  /** The same for a step, whose amounts were checked before they were sent (see StorageStep). */
+  private readonly spendFault: (err: unknown) => never;
 
-/**
- * The package's `TrackUsageResult`, as a union that narrows on `success` and `reason`.
- * Every member declares every field, so code written for the package's flat interface
- * (`r.reason`, `r.budgetRemainingCents` without narrowing) compiles unchanged.
- */
-export type TrackUsageResult =
-  | {
-      success: true;
-      reason?: undefined;
-      /** Absent for a zero-cost charge, which records nothing (as the package did). */
-      budgetUsedCents?: number;
-      budgetRemainingCents?: number | null;
-      limitedBy?: undefined;
-      /** Set on a retry with the same idempotency key: the first charge's result, charged once. */
-      replayed?: true;
+  constructor(
+    private readonly store: SpendStore,
+    /** The validation cache, or null: it shows the figures of each step taken here at once. */
+    private readonly cache: KeyCache | null,
+    batching: Required<BatchingOptions> | null,
+    timeoutMs: number,
+    table: string,
+  ) {
+    this.batches = batching && new SpendBatches(store, batching, timeoutMs);
+    this.fault = storageFault(table);
+    this.spendFault = storageFault(table, 'spend');
+  }
+
+  /** `trackUsage()`: `ref` is null for a raw key that cannot be one of this table's. */
+  async charge(ref: KeyRef | null, usage: unknown, what: string): Promise<TrackUsageResult> {
+    const input = spendInput(usage, CHARGE_OPTIONS, what);
+    if (input.micros === null) return { success: false, reason: 'invalid_cost' };
+    if (ref === null) return { success: false, reason: 'invalid_key' };
+    // As in the package: a free call records nothing and needs no round trip.
+    if (input.micros === 0) return { success: true };
+    const out = await this.spendCoalesced(ref, { ...input, micros: input.micros, op: 'charge', holdId: null, ttlMs: null });
+    const state = keyStateReason(out.outcome);
+    if (state) return { success: false, reason: state };
+    if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
+    if (out.outcome === 'budget_exceeded') {
+      return { success: false, reason: 'budget_exceeded', limitedBy: limitedBy(out) as LimitedBy, ...figures(out) };
     }
-  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy; replayed?: undefined } & SpendFigures)
-  | {
-      success: false;
-      reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal;
-      budgetUsedCents?: undefined;
-      budgetRemainingCents?: undefined;
-      limitedBy?: undefined;
-      replayed?: undefined;
+    return { success: true, ...figures(out), ...(out.outcome === 'replayed' ? { replayed: true as const } : {}) };
+  }
+
+  /** `reserve()`: `ref` is null for a raw key that cannot be one of this table's. */
+  async reserve(ref: KeyRef | null, options: unknown, what: string): Promise<ReserveResult> {
+    const input = spendInput(options, RESERVE_OPTIONS, what);
+    if (input.micros === null) return { success: false, reason: 'invalid_cost' };
+    if (ref === null) return { success: false, reason: 'invalid_key' };
+    const out = await this.spendCoalesced(ref, { ...input, micros: input.micros, op: 'hold', holdId: randomId('rsv_') });
+    const state = keyStateReason(out.outcome);
+    if (state) return { success: false, reason: state };
+    if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
+    if (out.outcome === 'budget_exceeded') {
+      return { success: false, reason: 'budget_exceeded', limitedBy: limitedBy(out) as LimitedBy, ...figures(out) };
+    }
+    return {
+      success: true,
+      reservationId: out.hold_id as string,
+      expiresAt: iso(out.expires_at) as string,
+      budgetRemainingCents: figures(out).budgetRemainingCents,
+      // A retry of a hold that was settled or expired since says so: it no longer holds money.
+      ...(out.outcome === 'replayed' ? { replayed: true as const, reservationStatus: out.status as ReservationStatus } : {}),
     };
+  }
 
-export type ReserveResult =
-  | {
-      success: true;
-      reason?: undefined;
-      reservationId: string;
-      expiresAt: string;
-      budgetRemainingCents: number | null;
-      /** Set on a retry with the same idempotency key: the first hold, returned again. */
-      replayed?: true;
-      /** On a retry, where that first hold stands now: only 'held' still holds money. */
-      reservationStatus?: ReservationStatus;
+  /** `commit()`: settles a hold with its real cost; what no budget can take is overage. */
+  async commit(reservationId: string, options: CommitOptions): Promise<CommitResult> {
+    if (options === null || typeof options !== 'object') return { success: false, reason: 'invalid_cost' };
+    const o = checkOptions<CommitOptions>(options, ['costCents', 'metadata'], 'commit()');
+    const micros = costMicros(o.costCents);
+    if (micros === null) return { success: false, reason: 'invalid_cost' };
+    const metadata = metadataJson(o.metadata);
+    if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
+    const out = await this.settle(reservationId, 'commit', micros, metadata);
+    if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
+    if (out.outcome === 'already_released') return { success: false, reason: 'already_released' };
+    if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
+    const held = out.hold ?? 0;
+    const cost = out.committed ?? 0;
+    const overage = out.overage ?? 0;
+    const spent = figures(out);
+    return {
+      success: true,
+      reservationId,
+      // One step's figures never pass MAX_CENTS: numbers, exact.
+      costCents: microsToCentsNumber(cost),
+      chargedCents: microsToCentsNumber(cost - overage),
+      overageCents: microsToCentsNumber(overage),
+      heldCents: microsToCentsNumber(held),
+      releasedCents: microsToCentsNumber(Math.max(0, held - cost)),
+      overHoldCents: microsToCentsNumber(Math.max(0, cost - held)),
+      holdExpired: out.expired === true,
+      overBudget: overage > 0,
+      ...(overage > 0 ? { limitedBy: limitedBy(out) } : {}),
+      ...spent,
+      ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
+    };
+  }
+
+  /** `release()`: gives a whole hold back. */
+  async release(reservationId: string): Promise<ReleaseResult> {
+    if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
+    const out = await this.settle(reservationId, 'release', 0, null);
+    if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
+    if (out.outcome === 'already_committed') return { success: false, reason: 'already_committed' };
+    return {
+      success: true,
+      reservationId,
+      releasedCents: microsToCentsNumber(out.released ?? 0),
+      holdExpired: out.expired === true,
+      ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
+    };
+  }
+
+  /** `adjust()`: an operator's correction to key `id`'s spend, never batched. */
+  async adjust(id: number, options: unknown): Promise<AdjustResult> {
+    const { micros, metadata } = adjustInput(options);
+    const out = await this.spendNow({ id }, { op: 'adjust', micros, idempotencyKey: null, metadata, holdId: null, ttlMs: null });
+    if (out.outcome === 'invalid') return { success: false, reason: 'invalid_key' };
+    if (out.outcome === 'refund_exceeds_spend') return { success: false, reason: 'refund_exceeds_spend' };
+    return { success: true, ...figures(out) };
+  }
+
+  /** `getReservation()`: where a hold stands, or null when no hold has this id. */
+  async findHold(reservationId: string): Promise<ReservationInfo | null> {
+    if (!isReservationId(reservationId)) return null;
+    const row = await this.store.findHold(reservationId).catch(this.fault);
+    if (!row) return null;
+    return {
+      reservationId: row.id,
+      keyId: row.key_id,
+      accountId: row.account_id,
+      heldCents: microsToCentsNumber(row.amount_micros),
+      costCents: row.committed_micros === null ? null : microsToCentsNumber(row.committed_micros),
+      overageCents: row.committed_micros === null ? null : microsToCentsNumber(row.overage_micros ?? 0),
+      status: row.lapsed ? 'expired' : row.status,
+      expiresAt: iso(row.expires_at) as string,
+      createdAt: iso(row.created_at) as string,
+      settledAt: iso(row.settled_at),
+    };
+  }
+
+  /** Marks up to `limit` holds past their ttl as expired; how many it marked. */
+  sweep(limit: number): Promise<number> {
+    return this.store.sweep(limit).catch(this.fault);
+  }
+
+  /** Resolves when no step is queued or in flight. */
+  async settled(): Promise<void> {
+    await this.batches?.settled();
+  }
+
+  /** A charge or hold: coalesced with concurrent ones into one statement when batching is on. */
+  private async spendCoalesced(ref: KeyRef, request: SpendRequest): Promise<SpendOutcome> {
+    const batches = this.batches;
+    if (!batches) return this.spendNow(ref, request);
+    const out = await batches.decide({ ref, request }).catch(this.spendFault);
+    this.noteFigures(out, out.outcome === 'ok' ? request.micros : 0);
+    return out;
+  }
+
+  /** A step on its own, in one statement. */
+  private async spendNow(ref: KeyRef, request: SpendRequest): Promise<SpendOutcome> {
+    const out = await this.store.spend(ref, request).catch(this.spendFault);
+    this.noteFigures(out, out.outcome === 'ok' ? request.micros : 0);
+    return out;
+  }
+
+  private async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
+    const out = await (this.batches
+      ? this.batches.decide({ ref: { hold: holdId }, request: { op, micros, metadata } })
+      : this.store.settle(holdId, op, micros, metadata)
+    ).catch(this.spendFault);
+    const held = out.expired ? 0 : (out.hold ?? 0);
+    const charged = (out.committed ?? 0) - (out.overage ?? 0);
+    this.noteFigures(out, out.outcome !== 'ok' ? 0 : op === 'commit' ? charged - held : -(out.released ?? 0));
+    return out;
+  }
+
+  /**
+   * A cached key shows the figures of the latest step taken on it here, and the budgets
+   * above it (cached for its siblings too) move by `moved`: what the step added to spent + held.
+   */
+  private noteFigures(out: SpendOutcome, moved: number): void {
+    if (!this.cache || typeof out.key_id !== 'number' || out.spent === undefined) return;
+    // Without the step's time the figures cannot be ordered against others: read them afresh.
+    if (out.at === undefined) this.cache.invalidate(out.key_id);
+    else {
+      const above = { moved, ancestors: (out.path ?? []).filter((id) => id !== out.key_id), accountId: out.account_id ?? null };
+      this.cache.updateFigures(out.key_id, out.budget ?? null, out.spent, out.held ?? 0, out.at, above);
     }
-  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
-  | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal };
+  }
+}
 
-export type CommitResult =
-  | ({
-      success: true;
-      reservationId: string;
-      /** The real cost, always recorded: chargedCents + overageCents. */
-      costCents: number;
-      /** The part counted toward the budgets: never more than they leave. */
-      chargedCents: number;
-      /** The part no budget could take: recorded as overage, never counted toward a cap. 0 normally. */
-      overageCents: number;
-      heldCents: number;
-      /** The part of the hold given back. */
-      releasedCents: number;
-      /** How far the real cost went past the hold. */
-      overHoldCents: number;
-      /** The hold had expired before this commit. */
-      holdExpired: boolean;
-      /** Some of the cost was overage: a budget over the key could not take all of it. */
-      overBudget: boolean;
-      /** The budget that could not take it, when overBudget. */
-      limitedBy?: LimitedBy;
-      replayed?: true;
-    } & SpendFigures)
-  | { success: false; reason: 'invalid_cost' | 'reservation_not_found' | 'already_released' | 'idempotency_conflict' };
+// What callers give, checked: a bad cost is data (a refusal), any other mistake throws.
 
-export type ReservationStatus = 'held' | 'committed' | 'released' | 'expired';
-
-export type ReleaseResult =
-  | { success: true; reservationId: string; releasedCents: number; holdExpired: boolean; replayed?: true }
-  | { success: false; reason: 'reservation_not_found' | 'already_committed' };
-
-export type AdjustResult =
-  | ({ success: true } & SpendFigures)
-  | { success: false; reason: 'invalid_key' | 'refund_exceeds_spend' };
-
-export const CHARGE_OPTIONS = ['costCents', 'idempotencyKey', 'metadata'] as const;
-export const RESERVE_OPTIONS = [...CHARGE_OPTIONS, 'ttl'] as const;
+const CHARGE_OPTIONS = ['costCents', 'idempotencyKey', 'metadata'] as const;
+const RESERVE_OPTIONS = [...CHARGE_OPTIONS, 'ttl'] as const;
 const MAX_TTL_MS = 24 * 3_600_000;
 const MAX_METADATA_BYTES = 8_192;
 
 /** The cost in micros, or null for a negative, non-finite, non-numeric or missing cost. */
-export function costMicros(value: unknown): number | null {
+function costMicros(value: unknown): number | null {
   return isValidCents(value) ? centsToMicros(value) : null;
 }
 
-export interface SpendInput {
+interface SpendInput {
   micros: number | null;
   idempotencyKey: string | null;
   metadata: string | null;
@@ -129,7 +242,7 @@ export interface SpendInput {
 }
 
 /** Checks charge/reserve options; a bad cost is data (`micros: null`), anything else throws. */
-export function spendInput(options: unknown, allowed: readonly string[], what: string): SpendInput {
+function spendInput(options: unknown, allowed: readonly string[], what: string): SpendInput {
   if (options === null || typeof options !== 'object') return { micros: null, idempotencyKey: null, metadata: null, ttlMs: null };
   const o = checkOptions<ReserveOptions>(options, allowed, what);
   return {
@@ -140,7 +253,7 @@ export function spendInput(options: unknown, allowed: readonly string[], what: s
   };
 }
 
-export function metadataJson(value: unknown): string | null {
+function metadataJson(value: unknown): string | null {
   if (value === undefined || value === null) return null;
   if (typeof value !== 'object' || Array.isArray(value)) {
     throw new AgentKeyError('invalid_argument', `metadata must be a JSON object; got ${describe(value)}.`);
@@ -162,7 +275,7 @@ export function metadataJson(value: unknown): string | null {
 }
 
 /** Checks an adjustment: a signed cost (refunds negative) and a reason. */
-export function adjustInput(options: unknown): { micros: number; metadata: string } {
+function adjustInput(options: unknown): { micros: number; metadata: string } {
   const o = checkOptions<{ costCents: CentsInput; reason: string; metadata?: Record<string, unknown> }>(
     options,
     ['costCents', 'reason', 'metadata'],
@@ -180,28 +293,22 @@ export function adjustInput(options: unknown): { micros: number; metadata: strin
   return { micros, metadata };
 }
 
-export function figures(out: SpendOutcome): SpendFigures {
-  const spent = out.spent ?? 0;
-  return { budgetUsedCents: microsToCentsNumber(spent), budgetRemainingCents: remaining(out.budget ?? null, spent, out.held ?? 0) };
-}
+// What the spend functions' outcomes mean to callers.
 
-/** Which budget refused a charge or hold: the key's own, an ancestor's, or the account's. */
-export type LimitedBy = { kind: 'key' | 'ancestor'; keyId: number } | { kind: 'account'; accountId: string };
-
-export function limitedBy(out: SpendOutcome): LimitedBy | undefined {
+/** Which budget refused a charge or hold, or could not take all of a commit. */
+function limitedBy(out: SpendOutcome): LimitedBy | undefined {
   if (out.limit === 'account') return { kind: 'account', accountId: String(out.limit_account_id) };
   if (out.limit === 'key' || out.limit === 'ancestor') return { kind: out.limit, keyId: Number(out.limit_key_id) };
   return undefined;
 }
 
 /** Outcomes of the spend function that are the key's own state. */
-export function keyStateReason(outcome: string): KeyRefusal | null {
+function keyStateReason(outcome: string): KeyRefusal | null {
   if (outcome === 'invalid') return 'invalid_key';
   return outcome === 'expired' || outcome === 'revoked' ? outcome : null;
 }
 
-
 const RESERVATION_ID = /^rsv_[0-9A-Za-z]{24}$/;
-export function isReservationId(value: unknown): value is string {
+function isReservationId(value: unknown): value is string {
   return typeof value === 'string' && RESERVATION_ID.test(value);
 }

@@ -1,47 +1,10 @@
-import { type Cents, type Micros, microsToCents, microsToCentsNumber, roomMicros } from './money.js';
+// How rows and outcomes of the store look to callers: figures in cents, times as ISO strings.
+import { type Micros, microsToCents, microsToCentsNumber, roomMicros } from './money.js';
 import type { AccountRow } from './store/accounts.js';
-import type { KeyRow, KeyStatus } from './store/keys.js';
+import type { KeyRow } from './store/keys.js';
+import type { SpendOutcome } from './store/spend.js';
 import type { BudgetPeriod } from './time.js';
-
-/** A key as operators see it: no secret, with budget, spent, held and remaining. */
-export interface KeyInfo {
-  id: number;
-  accountId: string | number;
-  name: string | null;
-  /** The key's first characters, e.g. 'ak_7f3aBc12', to recognise it without its secret. */
-  prefix: string | null;
-  scopes: string[] | null;
-  status: KeyStatus;
-  parentId: number | null;
-  depth: number;
-  budgetCents: number | null;
-  /** Totals are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it (an unlimited key's). */
-  spentCents: Cents;
-  heldCents: Cents;
-  remainingCents: number | null;
-  /** Real cost no budget could take, over the key's life: recorded, never counted in spentCents. */
-  overageCents: Cents;
-  budgetPeriod: BudgetPeriod | null;
-  budgetResetAt: string | null;
-  expiresAt: string | null;
-  revokedAt: string | null;
-  createdAt: string | null;
-  lastUsedAt: string | null;
-  delegatedBy: string | null;
-  externalSubject: string | null;
-}
-
-/** An account's ceiling and where it stands in the current period. */
-export interface AccountBudget {
-  accountId: string;
-  budgetCents: number;
-  budgetPeriod: BudgetPeriod | null;
-  spentCents: Cents;
-  heldCents: Cents;
-  remainingCents: number;
-  periodStartAt: string | null;
-  budgetResetAt: string | null;
-}
+import type { AccountBudget, KeyInfo, SpendFigures } from './types.js';
 
 export function iso(date: Date | string | null | undefined): string | null {
   return date == null ? null : new Date(date).toISOString();
@@ -50,6 +13,12 @@ export function iso(date: Date | string | null | undefined): string | null {
 /** What a budget leaves, never below 0: a number (it is at most the budget). */
 export function remaining(budget: number | null, spent: Micros, held: Micros): number | null {
   return budget === null ? null : microsToCentsNumber(Math.max(0, roomMicros(budget, spent, held)));
+}
+
+/** What a key's budget stands at after a step: spent, and what is left of it (null when it has none). */
+export function figures(out: SpendOutcome): SpendFigures {
+  const spent = out.spent ?? 0;
+  return { budgetUsedCents: microsToCentsNumber(spent), budgetRemainingCents: remaining(out.budget ?? null, spent, out.held ?? 0) };
 }
 
 export function toKeyInfo(row: KeyRow): KeyInfo {

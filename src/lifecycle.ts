@@ -1,0 +1,194 @@
+// The life of keys and account ceilings: minting keys (children under their parent),
+// subjects' budget rows, reading and revoking keys, and setting an account's ceiling. Every
+// change here is told to validation at once, so no cached key outlives it in this process.
+import { AgentKeyError } from './errors.js';
+import { hashKey, lookupHash, mintKey } from './keys.js';
+import { type CentsInput, budgetToMicros, microsToCentsNumber } from './money.js';
+import { accountIdText, checkOptions, keyIdNumber, limitOption, optionalText, subjectText } from './options.js';
+import { parseScopes } from './scopes.js';
+import type { AccountStore } from './store/accounts.js';
+import { storageFault } from './store/errors.js';
+import type { InsertedKey, KeyStore } from './store/keys.js';
+import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
+import { fitUnderParent, mayActOn } from './tree.js';
+import type { AccountBudget, CreateKeyOptions, CreateKeyResult, KeyInfo, SubjectOptions } from './types.js';
+import type { Validation } from './validation.js';
+import { iso, toAccountBudget, toKeyInfo } from './views.js';
+
+const CREATE_OPTIONS = [
+  'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId', 'parentId',
+] as const;
+const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt' && o !== 'parentId');
+
+export interface KeyQuery {
+  accountId?: string | number;
+  parentId?: number | string;
+  includeRevoked?: boolean;
+  limit?: number;
+}
+
+export interface CeilingOptions {
+  budgetCents: CentsInput;
+  budgetPeriod?: BudgetPeriod | null;
+}
+
+export class KeyLifecycle {
+  /** Turns a database fault into its AgentKeyError. */
+  private readonly fault: (err: unknown) => never;
+
+  constructor(
+    private readonly store: KeyStore,
+    private readonly accounts: AccountStore,
+    private readonly validation: Validation,
+    private readonly rules: { keyPrefix: string; validScopes: ReadonlySet<string> | null; maxDepth: number; table: string },
+  ) {
+    this.fault = storageFault(rules.table);
+  }
+
+  /** `create()`: a new key, under its parent when `parentId` is given. */
+  async create(options: CreateKeyOptions): Promise<CreateKeyResult> {
+    const o = checkOptions<CreateKeyOptions>(options, CREATE_OPTIONS, 'create()');
+    let fields = this.keyFields(o, accountIdText(o.accountId));
+    let parent: { id: number; ancestorIds: number[] } | null = null;
+    if (o.parentId != null) {
+      const parentId = keyIdNumber(o.parentId, 'parentId');
+      const row = await this.store.find({ id: parentId }).catch(this.fault);
+      if (!row) throw new AgentKeyError('parent_not_found', `No key has id ${parentId}; a child key needs an existing parent.`);
+      const given = { scopes: o.scopes !== undefined, expiry: o.expiresIn !== undefined || o.expiresAt !== undefined };
+      fields = fitUnderParent(row, fields, given, this.rules.maxDepth);
+      parent = { id: row.id, ancestorIds: row.ancestor_ids.map(Number) };
+    }
+    const minted = mintKey(this.rules.keyPrefix);
+    const row = await this.store
+      .insert({ ...fields, hash: minted.hash, visiblePrefix: minted.visiblePrefix, subject: null, parent })
+      .catch(this.fault);
+    return { key: minted.raw, ...createdFields(row) };
+  }
+
+  /** `ensureSubject()`: a subject's budget row, made on first sight. */
+  async ensureSubject(subject: string, options: SubjectOptions): Promise<void> {
+    const s = subjectText(subject);
+    const o = checkOptions<SubjectOptions>(options, SUBJECT_OPTIONS, 'ensureSubject()');
+    const fields = this.keyFields(o, accountIdText(o.accountId ?? s));
+    await this.store
+      .insert({ ...fields, hash: `subject:${hashKey(s)}`, visiblePrefix: 'subject', subject: s, parent: null })
+      .catch(this.fault);
+  }
+
+  /** `identify()`: the id of the key a raw key is, whatever its status, or null. */
+  async identify(rawKey: string): Promise<number | null> {
+    const hash = lookupHash(rawKey, this.rules.keyPrefix);
+    if (hash === null) return null;
+    const row = await this.store.find({ hash }).catch(this.fault);
+    return row ? row.id : null;
+  }
+
+  /** `revoke()`: a key and its subtree; with `by`, only where the tree lets that key act. */
+  async revoke(keyId: number | string, accountId?: string | number | null, options?: { by?: number | string }): Promise<boolean> {
+    const id = keyIdNumber(keyId);
+    const account = accountId === undefined || accountId === null ? null : accountIdText(accountId);
+    const o = checkOptions<{ by?: number | string }>(options ?? {}, ['by'], 'revoke()');
+    if (o.by !== undefined) {
+      const by = keyIdNumber(o.by, 'by');
+      const [actor, target] = await Promise.all([this.store.find({ id: by }), this.store.find({ id })]).catch(this.fault);
+      if (!actor) throw new AgentKeyError('invalid_argument', `No key has id ${by}; \`by\` must name the key that revokes.`);
+      if (!target || target.status === 'revoked' || (account !== null && String(target.account_id) !== account)) return false;
+      if (!mayActOn(actor, target)) {
+        throw new AgentKeyError(
+          'key_outside_tree',
+          `Key ${by} may revoke only itself and its own descendants${actor.parent_id === null ? ' and keys of its account' : ''}; key ${id} is not one of them.`,
+        );
+      }
+    }
+    const revoked = await this.store.revoke(id, account).catch(this.fault);
+    this.validation.keyChanged(revoked ? id : null);
+    return revoked;
+  }
+
+  /** `listKeys()`: keys without their secrets, in id order. */
+  async list(query: KeyQuery): Promise<KeyInfo[]> {
+    const q = checkOptions<KeyQuery>(query, ['accountId', 'parentId', 'includeRevoked', 'limit'], 'listKeys()');
+    if (q.includeRevoked !== undefined && typeof q.includeRevoked !== 'boolean') {
+      throw new AgentKeyError('invalid_argument', 'includeRevoked must be true or false.');
+    }
+    const limit = limitOption(q.limit, 1_000, 10_000);
+    const filter = {
+      accountId: q.accountId === undefined ? null : accountIdText(q.accountId),
+      parentId: q.parentId === undefined ? null : keyIdNumber(q.parentId, 'parentId'),
+      includeRevoked: q.includeRevoked ?? false,
+      limit,
+    };
+    await this.validation.flushQuietly();
+    const rows = await this.store.list(filter).catch(this.fault);
+    return rows.map(toKeyInfo);
+  }
+
+  /** `getKey()`: one key without its secret, or null. */
+  async get(keyId: number | string): Promise<KeyInfo | null> {
+    const id = keyIdNumber(keyId);
+    await this.validation.flushQuietly();
+    const row = await this.store.find({ id }).catch(this.fault);
+    return row ? toKeyInfo(row) : null;
+  }
+
+  /** `setAccountBudget()`: every key of the account counts against the ceiling. */
+  async setCeiling(accountId: string | number, options: CeilingOptions): Promise<AccountBudget> {
+    const id = accountIdText(accountId);
+    const o = checkOptions<CeilingOptions>(options, ['budgetCents', 'budgetPeriod'], 'setAccountBudget()');
+    const budget = budgetToMicros(o.budgetCents);
+    if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents is required; use clearAccountBudget() to remove a ceiling.');
+    const period = parsePeriod(o.budgetPeriod);
+    const row = await this.accounts.set(id, budget, period).catch(this.fault);
+    this.validation.allChanged();
+    return toAccountBudget(row);
+  }
+
+  /** `getAccountBudget()`: an account's ceiling and spend this period, or null. */
+  async getCeiling(accountId: string | number): Promise<AccountBudget | null> {
+    const id = accountIdText(accountId);
+    const row = await this.accounts.get(id).catch(this.fault);
+    return row ? toAccountBudget(row) : null;
+  }
+
+  /** `clearAccountBudget()`: true when the account had a ceiling. */
+  async clearCeiling(accountId: string | number): Promise<boolean> {
+    const id = accountIdText(accountId);
+    const cleared = await this.accounts.clear(id).catch(this.fault);
+    this.validation.allChanged();
+    return cleared;
+  }
+
+  private keyFields(o: SubjectOptions & { expiresAt?: Date | string | null }, accountId: string) {
+    if (o.expiresIn != null && o.expiresAt != null) {
+      throw new AgentKeyError('invalid_argument', 'Give expiresIn or expiresAt, not both.');
+    }
+    // A zero expiresIn ('0h') makes a key that is expired at once, as in the package.
+    const expiresAt = o.expiresIn != null ? addDuration(new Date(), parseDuration(o.expiresIn)) : null;
+    const at = o.expiresAt != null ? parseInstant(o.expiresAt, 'expiresAt') : null;
+    if (at && at.getTime() <= Date.now()) {
+      throw new AgentKeyError('invalid_argument', `expiresAt must be in the future; got ${at.toISOString()}.`);
+    }
+    return {
+      accountId,
+      name: optionalText(o.name, 'name'),
+      scopes: parseScopes(o.scopes, this.rules.validScopes),
+      budgetMicros: budgetToMicros(o.budgetCents),
+      budgetPeriod: parsePeriod(o.budgetPeriod),
+      expiresAt: expiresAt ?? at,
+      delegatedBy: optionalText(o.delegatedBy, 'delegatedBy'),
+      userId: optionalText(o.userId, 'userId'),
+    };
+  }
+
+}
+
+/** The package's `CreateKeyResult` fields, from the row as the table stored it (its defaults included). */
+function createdFields(row: InsertedKey): Omit<CreateKeyResult, 'key'> {
+  return {
+    id: row.id,
+    scopes: row.scopes,
+    budgetCents: row.budget_micros === null ? null : microsToCentsNumber(row.budget_micros),
+    budgetPeriod: row.budget_period as BudgetPeriod | null,
+    expiresAt: iso(row.expires_at),
+  };
+}

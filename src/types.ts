@@ -1,0 +1,387 @@
+// The public types of agentkey, in one file: the shapes of the whole API in one place,
+// declarations only, grouped by the flow that uses them (the options of `new AgentKey()`,
+// the key lifecycle, validation, spending and holds, reports). The few that are defined
+// beside their code are re-exported here; src/index.ts exports them all from this file.
+import type { Cents, CentsInput } from './money.js';
+import type { PoolLike } from './store/db.js';
+import type { KeyStatus } from './store/keys.js';
+import type { LedgerKind } from './store/ledger-schema.js';
+import type { BudgetPeriod } from './time.js';
+
+export type { BudgetPeriod, Cents, CentsInput, PoolLike };
+
+// The options of `new AgentKey()`.
+export interface AgentKeyOptions {
+  /** A node-postgres `Pool` or a PGlite instance. */
+  pool: PoolLike;
+  /** The keys table, optionally schema-qualified. Default 'sdk_api_keys'. */
+  tableName?: string;
+  /** Prefix of every minted key. Default 'ak_'. */
+  keyPrefix?: string;
+  /** When set, `create()` refuses any scope not in this list. */
+  validScopes?: readonly string[];
+  /** How deep delegation trees may grow (a root key is depth 0). Default 5. */
+  maxDepth?: number;
+  /**
+   * The in-process cache of validated keys, or false for none. A change to a key (revoke,
+   * expiry, scopes, budget...) drops it at once here and, through LISTEN/NOTIFY, in every
+   * other process on the database. Budget figures in a cached result may lag other
+   * processes' spending by up to `ttlMs`; charges and holds always decide on the database.
+   * Default `{ maxKeys: 10000, ttlMs: 5000 }`.
+   */
+  cache?: CacheOptions | false;
+  /**
+   * Coalescing of concurrent charges and holds into one statement per batch, with the
+   * outcome each would have had one after another; false sends each on its own.
+   * Default `{ maxBatch: 128, lanes: 2 }`.
+   */
+  batching?: BatchingOptions | false;
+  /**
+   * The longest any one call waits on the database, in ms: for a lock another transaction
+   * holds, a slow statement, a connection that stopped answering. Past it the call throws
+   * `AgentKeyError` 'storage_timeout'. A charge or hold refused that way while it waited
+   * for a lock changed nothing; one whose database stopped answering may still land, so
+   * retry it with the same idempotency key. `migrate()` and the reports over the whole
+   * ledger (`usage`, `audit`, `listAccounts`) allow themselves at least a minute. Default 5000.
+   */
+  timeoutMs?: number;
+}
+
+export interface CacheOptions {
+  /** Most keys kept; the least recently used go first. Default 10000. */
+  maxKeys?: number;
+  /** How long a validation is served from memory at most, in ms. Default 5000. */
+  ttlMs?: number;
+}
+
+export interface BatchingOptions {
+  /** Most charges and holds in one statement. Default 128. */
+  maxBatch?: number;
+  /** Batches in flight at once (each holds one connection while it runs). Default 2. */
+  lanes?: number;
+}
+
+// The key lifecycle: creating, listing and revoking keys, and account ceilings.
+export interface CreateKeyOptions {
+  accountId: string | number;
+  scopes?: string[] | null;
+  /** Cents: a number, or a decimal string (`"500"`, `"0.5"`) read exactly; null for no cap. */
+  budgetCents?: CentsInput | null;
+  budgetPeriod?: BudgetPeriod | null;
+  /** '30s', '30m', '1h', '7d', '2w', '1mo'; null for no expiry. */
+  expiresIn?: string | null;
+  /** An absolute expiry instead of `expiresIn`. */
+  expiresAt?: Date | string | null;
+  delegatedBy?: string | null;
+  name?: string | null;
+  userId?: string | null;
+  /** Makes the key a child of this key: same account, never wider, and its spend counts against the parent. */
+  parentId?: number | string | null;
+}
+
+/** What `create()` returns: the package's `CreateKeyResult`. */
+export interface CreateKeyResult {
+  /** The raw key: returned once, never stored. */
+  key: string;
+  id: number;
+  scopes: string[] | null;
+  budgetCents: number | null;
+  budgetPeriod: BudgetPeriod | null;
+  expiresAt: string | null;
+}
+/** This project's earlier name for `CreateKeyResult`. */
+export type CreatedKey = CreateKeyResult;
+
+/** Options of `ensureSubject()`: those of `create()`, with `accountId` optional (it defaults to the subject). */
+export type EnsureSubjectOptions = Omit<CreateKeyOptions, 'accountId' | 'expiresAt' | 'parentId'> & { accountId?: string | number };
+/** This project's earlier name for `EnsureSubjectOptions`. */
+export type SubjectOptions = EnsureSubjectOptions;
+
+/** A key as operators see it: no secret, with budget, spent, held and remaining. */
+export interface KeyInfo {
+  id: number;
+  accountId: string | number;
+  name: string | null;
+  /** The key's first characters, e.g. 'ak_7f3aBc12', to recognise it without its secret. */
+  prefix: string | null;
+  scopes: string[] | null;
+  status: KeyStatus;
+  parentId: number | null;
+  depth: number;
+  budgetCents: number | null;
+  /** Totals are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it (an unlimited key's). */
+  spentCents: Cents;
+  heldCents: Cents;
+  remainingCents: number | null;
+  /** Real cost no budget could take, over the key's life: recorded, never counted in spentCents. */
+  overageCents: Cents;
+  budgetPeriod: BudgetPeriod | null;
+  budgetResetAt: string | null;
+  expiresAt: string | null;
+  revokedAt: string | null;
+  createdAt: string | null;
+  lastUsedAt: string | null;
+  delegatedBy: string | null;
+  externalSubject: string | null;
+}
+
+/** An account's ceiling and where it stands in the current period. */
+export interface AccountBudget {
+  accountId: string;
+  budgetCents: number;
+  budgetPeriod: BudgetPeriod | null;
+  spentCents: Cents;
+  heldCents: Cents;
+  remainingCents: number;
+  periodStartAt: string | null;
+  budgetResetAt: string | null;
+}
+
+// Validation.
+/** A valid key as `validate()` reports it: the package's `ValidateResult`, plus `keyId` and `budgetHeldCents`. */
+export interface ValidateResult {
+  valid: true;
+  /** The key's id (the package's name for it). */
+  id: number;
+  /** The same id, under this project's earlier name. */
+  keyId: number;
+  accountId: string | number;
+  userId: string | null;
+  /** The key's label: 'default' when the row has none, as in the package. */
+  name: string;
+  scopes: string[] | null;
+  budgetCents: number | null;
+  /**
+   * A number, as in the package: exact up to MAX_CENTS ($5 billion); past it (only an
+   * unlimited key gets there) the nearest number, and `getKey()` has the exact figure.
+   */
+  budgetUsedCents: number;
+  /** budget - spent - held: what a new charge or hold may still take. */
+  budgetRemainingCents: number | null;
+  /** Money held by live reservations (a number, like budgetUsedCents). */
+  budgetHeldCents: number;
+  budgetPeriod: BudgetPeriod | null;
+  budgetResetAt: string | null;
+  expiresAt: string | null;
+  delegatedBy: string | null;
+}
+/** This project's earlier name for `ValidateResult`. */
+export type ValidKey = ValidateResult;
+
+/**
+ * A refused key: unknown or malformed ('invalid'), 'expired', 'revoked' (itself or an
+ * ancestor), or 'budget_exceeded': nothing left to spend under its own budget, an
+ * ancestor's or its account's.
+ */
+export interface ValidateFailure {
+  valid: false;
+  reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded';
+}
+/** This project's earlier names. */
+export type InvalidKey = ValidateFailure;
+export type InvalidReason = ValidateFailure['reason'];
+
+export type ValidationResult = ValidateResult | ValidateFailure;
+
+export interface CacheStats {
+  size: number;
+  maxKeys: number;
+  ttlMs: number;
+  hits: number;
+  misses: number;
+  evictions: number;
+  invalidations: number;
+  /** True while change notifications are being received: only then are entries kept. */
+  listening: boolean;
+}
+
+// Spending: charges, holds, commits, releases and adjustments.
+export interface ChargeOptions {
+  /** Cents: a number, or a decimal string (`"0.3"`) read exactly. */
+  costCents: CentsInput;
+  /** Charges with the same idempotency key (per key) are made once; a retry returns the first result. */
+  idempotencyKey?: string;
+  /** JSON object stored with the ledger row, e.g. `{ model, inputTokens, outputTokens }`. */
+  metadata?: Record<string, unknown>;
+}
+
+/** Options of `trackUsage()`. */
+export type UsageOptions = ChargeOptions;
+
+export interface ReserveOptions extends ChargeOptions {
+  /** How long the hold lasts unless committed or released: '30s', '5m', up to '24h'. Default '5m'. */
+  ttl?: string;
+}
+
+export interface CommitOptions {
+  costCents: CentsInput;
+  metadata?: Record<string, unknown>;
+}
+
+export interface SpendFigures {
+  budgetUsedCents: number;
+  budgetRemainingCents: number | null;
+}
+
+/**
+ * Why a key itself cannot spend: 'invalid_key' (no such key, as the package says), or
+ * 'expired' / 'revoked' (itself or an ancestor).
+ */
+export type KeyRefusal = 'invalid_key' | 'expired' | 'revoked';
+
+/** Which budget refused a charge or hold: the key's own, an ancestor's, or the account's. */
+export type LimitedBy = { kind: 'key' | 'ancestor'; keyId: number } | { kind: 'account'; accountId: string };
+
+/**
+ * The package's `TrackUsageResult`, as a union that narrows on `success` and `reason`.
+ * Every member declares every field, so code written for the package's flat interface
+ * (`r.reason`, `r.budgetRemainingCents` without narrowing) compiles unchanged.
+ */
+export type TrackUsageResult =
+  | {
+      success: true;
+      reason?: undefined;
+      /** Absent for a zero-cost charge, which records nothing (as the package did). */
+      budgetUsedCents?: number;
+      budgetRemainingCents?: number | null;
+      limitedBy?: undefined;
+      /** Set on a retry with the same idempotency key: the first charge's result, charged once. */
+      replayed?: true;
+    }
+  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy; replayed?: undefined } & SpendFigures)
+  | {
+      success: false;
+      reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal;
+      budgetUsedCents?: undefined;
+      budgetRemainingCents?: undefined;
+      limitedBy?: undefined;
+      replayed?: undefined;
+    };
+
+export type ReserveResult =
+  | {
+      success: true;
+      reason?: undefined;
+      reservationId: string;
+      expiresAt: string;
+      budgetRemainingCents: number | null;
+      /** Set on a retry with the same idempotency key: the first hold, returned again. */
+      replayed?: true;
+      /** On a retry, where that first hold stands now: only 'held' still holds money. */
+      reservationStatus?: ReservationStatus;
+    }
+  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
+  | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal };
+
+export type CommitResult =
+  | ({
+      success: true;
+      reservationId: string;
+      /** The real cost, always recorded: chargedCents + overageCents. */
+      costCents: number;
+      /** The part counted toward the budgets: never more than they leave. */
+      chargedCents: number;
+      /** The part no budget could take: recorded as overage, never counted toward a cap. 0 normally. */
+      overageCents: number;
+      heldCents: number;
+      /** The part of the hold given back. */
+      releasedCents: number;
+      /** How far the real cost went past the hold. */
+      overHoldCents: number;
+      /** The hold had expired before this commit. */
+      holdExpired: boolean;
+      /** Some of the cost was overage: a budget over the key could not take all of it. */
+      overBudget: boolean;
+      /** The budget that could not take it, when overBudget. */
+      limitedBy?: LimitedBy;
+      replayed?: true;
+    } & SpendFigures)
+  | { success: false; reason: 'invalid_cost' | 'reservation_not_found' | 'already_released' | 'idempotency_conflict' };
+
+export type ReservationStatus = 'held' | 'committed' | 'released' | 'expired';
+
+export type ReleaseResult =
+  | { success: true; reservationId: string; releasedCents: number; holdExpired: boolean; replayed?: true }
+  | { success: false; reason: 'reservation_not_found' | 'already_committed' };
+
+export type AdjustResult =
+  | ({ success: true } & SpendFigures)
+  | { success: false; reason: 'invalid_key' | 'refund_exceeds_spend' };
+
+/** A hold as `getReservation()` reports it. */
+export interface ReservationInfo {
+  reservationId: string;
+  keyId: number;
+  accountId: string;
+  heldCents: number;
+  /** What a commit recorded (its real cost); null until committed. */
+  costCents: number | null;
+  /** The part of costCents that no budget could take (overage); null until committed. */
+  overageCents: number | null;
+  status: ReservationStatus;
+  expiresAt: string;
+  createdAt: string;
+  settledAt: string | null;
+}
+
+// Reports: usage, the ledger, accounts and the audit.
+export interface UsageQuery {
+  keyId?: number | string;
+  accountId?: string | number;
+  since?: Date | string;
+  until?: Date | string;
+  bucket?: 'hour' | 'day';
+}
+
+/** Figures here are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it. */
+export interface UsageReport {
+  /** Spend counted toward budgets: charges, commits and adjustments. */
+  totalCents: Cents;
+  count: number;
+  /** Real cost that no budget could take (never counted toward a cap); 0 when none. */
+  overageCents: Cents;
+  buckets: { start: string; costCents: Cents; count: number; overageCents: Cents }[];
+}
+
+/** An account as `listAccounts()` reports it. */
+export interface AccountSummary {
+  accountId: string;
+  /** Keys of the account, revoked and expired included. */
+  keys: number;
+  /** Keys neither revoked nor expired. */
+  liveKeys: number;
+  /** Spend from the ledger over the account's whole life (`Cents`: a string past MAX_CENTS). */
+  spentCents: Cents;
+  /** Overage of its keys over their whole life: real cost no budget could take, not in spentCents. */
+  overageCents: Cents;
+  /** Its ceiling and spend this period, or null when it has none. */
+  ceiling: AccountBudget | null;
+}
+
+/** One ledger row as `ledger()` reports it. Holds, releases and expiries move held money; the rest spend. */
+export interface LedgerEntry {
+  id: number;
+  keyId: number;
+  accountId: string;
+  /** 'overage' follows a commit: the part of its cost no budget could take, not counted toward any. */
+  kind: LedgerKind;
+  /** A number, except a period's reset or an opening balance past MAX_CENTS (then an exact string). */
+  amountCents: Cents;
+  reservationId: string | null;
+  metadata: Record<string, unknown> | null;
+  createdAt: string;
+}
+
+export interface AuditResult {
+  /** True when every checked key's spend counter equals its ledger. */
+  ok: boolean;
+  keysChecked: number;
+  /** Figures are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it. */
+  mismatches: { keyId: number; counterCents: Cents; ledgerCents: Cents }[];
+  /** Accounts whose ceiling counter differs from their spend in the ledger this period. */
+  accountMismatches: { accountId: string; counterCents: Cents; ledgerCents: Cents }[];
+  /** Keys whose overage counter differs from their overage rows in the ledger. */
+  overageMismatches: { keyId: number; counterCents: Cents; ledgerCents: Cents }[];
+  /** Overage recorded for the checked keys (never part of any spend counter). */
+  overageCents: Cents;
+}

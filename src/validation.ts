@@ -1,0 +1,216 @@
+// Validation of a raw key or a subject: served from the in-process cache while this process
+// hears every change to keys (LISTEN), otherwise read from the database, with concurrent
+// reads of one key shared and reads of different keys sent together; a valid key's use is
+// noted for its `last_used_at` stamp.
+import type { CachedKey, KeyCache } from './cache.js';
+import { Coalescer } from './coalesce.js';
+import { microsToCentsNumber, roomMicros } from './money.js';
+import type { PoolLike } from './store/db.js';
+import { storageFault } from './store/errors.js';
+import type { KeyRow, KeyStore } from './store/keys.js';
+import { type ListenHandlers, type Subscription, listen } from './store/listen.js';
+import type { BudgetPeriod } from './time.js';
+import { Touches } from './touches.js';
+import type { CacheStats, ValidKey, ValidationResult } from './types.js';
+import { figures } from './views.js';
+
+const TOUCH_INTERVAL_MS = 1_000;
+const NO_ANCESTORS: readonly number[] = Object.freeze([]);
+
+export class Validation {
+  /** Reads in flight, shared by validations of the same key, with the `changes` count they started at. */
+  private readonly loading = new Map<string, { changes: number; read: Promise<KeyRow | null> }>();
+  /** Moves on every key change seen here: a read that started before one is never shared after it. */
+  private changes = 0;
+  private readonly lookups: Coalescer<string, KeyRow | null>;
+  private readonly touches: Touches;
+  private subscription: Subscription | null = null;
+  private listener: ListenHandlers | null = null;
+  private closed = false;
+  /** Turns a database fault into its AgentKeyError. */
+  private readonly fault: (err: unknown) => never;
+
+  constructor(
+    private readonly store: KeyStore,
+    /** The cache of validated keys, or null for none. */
+    private readonly cache: KeyCache | null,
+    /** Where changes to keys are announced: the pool and its NOTIFY channel. */
+    private readonly changesFrom: { pool: PoolLike; channel: string },
+    table: string,
+  ) {
+    this.fault = storageFault(table);
+    this.lookups = new Coalescer((hashes) => this.store.findByHashes(hashes), { maxBatch: 256, lanes: 2 });
+    this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
+  }
+
+  /** `validate()` of a raw key's lookup hash, or of an external subject. */
+  async validate(ref: { hash: string } | { subject: string }): Promise<ValidationResult> {
+    const cache = this.cache;
+    // Subjects get a prefix no hash can start with.
+    const cacheKey = 'hash' in ref ? ref.hash : `\u0000${ref.subject}`;
+    if (cache) {
+      this.startListening();
+      const hit = cache.listening ? cache.get(cacheKey, Date.now()) : undefined;
+      const pathRoom = hit && cache.pathRoom(hit);
+      // A budget above the key that this cache no longer knows: read the key again.
+      if (hit && pathRoom !== undefined) return this.validation(hit, pathRoom);
+    }
+    let loading = this.loading.get(cacheKey);
+    if (!loading || loading.changes !== this.changes) {
+      const generation = cache?.generation;
+      // Concurrent lookups of different keys go out together as one query.
+      const read = 'hash' in ref ? this.lookups.submit(ref.hash) : this.store.find(ref);
+      const entry = {
+        changes: this.changes,
+        read: read.catch(this.fault).then((row) => {
+          // Kept only if no change was announced while it was read (it might predate the change).
+          if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs), limitRooms(row));
+          return row;
+        }),
+      };
+      entry.read.finally(() => {
+        if (this.loading.get(cacheKey) === entry) this.loading.delete(cacheKey);
+      }).catch(() => {});
+      this.loading.set(cacheKey, entry);
+      loading = entry;
+    }
+    const row = await loading.read;
+    if (!row) return { valid: false, reason: 'invalid' };
+    const rooms = limitRooms(row);
+    return this.validation(toCached(row, 0), rooms.length === 0 ? null : Math.min(...rooms));
+  }
+
+  /** A change made here to one key (`id`), or to one not known (null): here at once; other processes hear it from the database. */
+  keyChanged(id: number | null): void {
+    this.changes++;
+    if (id !== null) this.cache?.invalidate(id);
+  }
+
+  /** A change that may concern any cached key (here at once; other processes hear it from the database). */
+  allChanged(): void {
+    this.changes++;
+    this.cache?.clear();
+  }
+
+  /** Counters of the cache (null when it is off). */
+  stats(): CacheStats | null {
+    return this.cache?.stats() ?? null;
+  }
+
+  /** Writes the `last_used_at` stamps noted so far. */
+  flush(): Promise<void> {
+    return this.touches.flush().catch(this.fault);
+  }
+
+  /** Reads show this process's own recent uses; a failed stamp write does not fail a read. */
+  flushQuietly(): Promise<void> {
+    return this.touches.flush().catch(() => {});
+  }
+
+  /** From now on no listening starts (the first step of closing: calls in flight may still validate). */
+  stopListening(): void {
+    this.closed = true;
+  }
+
+  /** Stops listening and stamping, empties the cache, and writes the stamps noted so far. */
+  async close(): Promise<void> {
+    this.closed = true;
+    this.touches.stop();
+    const subscription = this.subscription;
+    this.subscription = null;
+    await subscription?.close();
+    this.listener = null;
+    this.cache?.clear();
+    await this.flush();
+  }
+
+  /** `pathRoom`: the least that the budgets above the key leave (null when none has a budget). */
+  private validation(key: CachedKey, pathRoom: number | null): ValidationResult {
+    if (key.status !== 'active') return { valid: false, reason: key.status };
+    // Nothing left under its own budget, an ancestor's or the account's: refused, as the package refuses a spent key.
+    const own = key.budget === null ? null : roomMicros(key.budget, key.spent, key.held);
+    if ((own !== null && own <= 0) || (pathRoom !== null && pathRoom <= 0)) return { valid: false, reason: 'budget_exceeded' };
+    this.touches.touch(key.id);
+    return toValidKey(key);
+  }
+
+  /** Starts hearing about changed keys, once, on the first validation. */
+  private startListening(): void {
+    const cache = this.cache;
+    if (!cache || this.subscription || this.closed) return;
+    // Kept here: the hub holds it only weakly, so a dropped AgentKey leaves the hub.
+    this.listener = {
+      notify: (payload) => {
+        this.changes++;
+        const id = Number(payload);
+        if (Number.isSafeInteger(id)) cache.invalidate(id);
+        else cache.clear();
+      },
+      up: () => {
+        // Changes made while not listening were missed: start from nothing.
+        this.changes++;
+        cache.clear();
+        cache.listening = true;
+      },
+      down: () => {
+        cache.listening = false;
+        this.changes++;
+        cache.clear();
+      },
+    };
+    this.subscription = listen(this.changesFrom.pool, this.changesFrom.channel, this.listener);
+  }
+}
+
+function toCached(row: KeyRow, ttlMs: number): CachedKey {
+  const ms = (d: Date | string | null) => (d === null ? null : new Date(d).getTime());
+  const resetAt = ms(row.budget_reset_at);
+  const expiresAt = ms(row.expires_at);
+  let until = Date.now() + ttlMs;
+  // An entry ends when its key (or an ancestor) expires or a period over it rolls over.
+  for (const at of [resetAt, expiresAt, ms(row.ancestors_expire_at), ms(row.path_reset_at)]) if (at !== null && at < until) until = at;
+  return {
+    id: row.id,
+    accountId: row.account_id,
+    userId: row.user_id,
+    name: row.name,
+    scopes: row.scopes,
+    budget: row.budget_micros,
+    spent: row.spent_micros,
+    held: row.held_micros,
+    limits: [...row.limit_ids.map((id) => `k${id}`), ...(row.account_room === null ? [] : [`a${row.account_id}`])],
+    period: row.budget_period,
+    resetAt,
+    expiresAt,
+    delegatedBy: row.delegated_by,
+    status: row.status,
+    ancestors: row.ancestor_ids.length === 0 ? NO_ANCESTORS : row.ancestor_ids.map(Number),
+    until,
+    asOf: row.read_at ? new Date(row.read_at).getTime() : 0,
+  };
+}
+
+/** What each budget in `toCached(row).limits` left when the row was read, in the same order. */
+function limitRooms(row: KeyRow): number[] {
+  const rooms = row.limit_rooms.map(Number);
+  return row.account_room === null ? rooms : [...rooms, Number(row.account_room)];
+}
+
+function toValidKey(k: CachedKey): ValidKey {
+  return {
+    valid: true,
+    id: k.id,
+    keyId: k.id,
+    accountId: k.accountId,
+    userId: k.userId,
+    name: k.name ?? 'default',
+    scopes: k.scopes === null ? null : [...k.scopes],
+    budgetCents: k.budget === null ? null : microsToCentsNumber(k.budget),
+    ...figures({ outcome: 'ok', budget: k.budget, spent: k.spent, held: k.held }),
+    budgetHeldCents: microsToCentsNumber(k.held),
+    budgetPeriod: k.period as BudgetPeriod | null,
+    budgetResetAt: k.resetAt === null ? null : new Date(k.resetAt).toISOString(),
+    expiresAt: k.expiresAt === null ? null : new Date(k.expiresAt).toISOString(),
+    delegatedBy: k.delegatedBy,
+  };
+}
