@@ -36,15 +36,15 @@ export function mintKey(prefix: string): MintedKey {
   return { raw, hash: hashKey(raw), visiblePrefix: prefix + body.slice(0, VISIBLE_LENGTH) };
 }
 
-/** The value stored in `key_hash`: hex SHA-256 of the whole key (the seed page's scheme). */
+/** The value stored in `key_hash`: hex SHA-256 of the whole key (the scheme of the `@katrinalaszlo/agentkey` package). */
 export function hashKey(raw: string): string {
   return createHash('sha256').update(raw).digest('hex');
 }
 
 /**
  * Returns the hash to look up, or null when the key cannot be one of ours: wrong
- * prefix, bad checksum, wrong length. Keys minted by the seed package (prefix + hex)
- * have no checksum and are looked up as they are.
+ * prefix, bad checksum, wrong length. Keys minted by the `@katrinalaszlo/agentkey` package
+ * (prefix + hex) have no checksum and are looked up as they are.
  */
 export function lookupHash(raw: unknown, prefix: string): string | null {
   if (typeof raw !== 'string' || raw.length > MAX_KEY_LENGTH || !raw.startsWith(prefix)) return null;

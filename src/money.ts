@@ -2,8 +2,8 @@ import { AgentKeyError } from './errors.js';
 
 /**
  * Amounts are stored as integer micro-dollars: 1 micro = $0.000001 = 0.0001 cent.
- * The API speaks cents (as the seed page does); this module is the only place that
- * converts between the two.
+ * The API speaks cents (as the `@katrinalaszlo/agentkey` package does); this module is the
+ * only place that converts between the two.
  */
 export const MICROS_PER_CENT = 10_000;
 

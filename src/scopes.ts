@@ -1,7 +1,7 @@
 import { AgentKeyError } from './errors.js';
 import { describe } from './money.js';
 
-/** The page's super-scope: a key holding it may do anything and mint any scope. */
+/** The super-scope of the `@katrinalaszlo/agentkey` package: a key holding it may do anything and mint any scope. */
 export const ADMIN_SCOPE = 'admin';
 /** Grants everything, like `admin`. */
 export const ANY_SCOPE = '*';
