@@ -196,6 +196,7 @@ export class Spending {
     return out;
   }
 
+  /** A commit or release of a hold: batched with concurrent steps when batching is on. */
   private async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
     const out = await (this.batches
       ? this.batches.decide({ ref: { hold: holdId }, request: { op, micros, metadata } })
