@@ -1,0 +1,164 @@
+import { createHash } from 'node:crypto';
+import { describe, expect, it } from 'vitest';
+import { AgentKey, AgentKeyError } from '../../src/index.js';
+import { type AppOptions, createApp } from '../../src/server/index.js';
+import { hangingPool, rejectingPool, throwingPool } from '../helpers/faults.js';
+import { type CallOptions, type Reply, ADMIN, UNKNOWN_KEY, everyRoute, expectError, expectSelfServeError, memoryLogger, service } from '../helpers/service.js';
+
+/**
+ * The service as a whole, without a database: its options, unknown routes and methods,
+ * request ids, and what it answers when the store fails or never answers.
+ */
+
+describe('createApp: options are checked when the app is built', () => {
+  const ak = new AgentKey({ pool: hangingPool() as never });
+
+  it('error: a short or malformed admin key, a bad body limit or timeout, bad self-serve options or no AgentKey throw an AgentKeyError', () => {
+    const bad: [unknown, Partial<AppOptions>][] = [
+      [ak, { adminKey: 'short' }],
+      [ak, { adminKey: '' }],
+      [ak, { adminKey: { sha256: 'not-hex' } }],
+      [ak, { adminKey: { sha256: 'A'.repeat(64) } }],
+      [ak, { adminKey: undefined as never }],
+      [ak, { adminKey: ADMIN, bodyLimitBytes: 100 }],
+      [ak, { adminKey: ADMIN, bodyLimitBytes: 2048.5 }],
+      [ak, { adminKey: ADMIN, timeoutMs: 0 }],
+      [ak, { adminKey: ADMIN, timeoutMs: -5 }],
+      [ak, { adminKey: ADMIN, timeoutMs: 1.5 }],
+      [ak, { adminKey: ADMIN, selfServe: { signupScope: ['x'] } as never }],
+      [ak, { adminKey: ADMIN, selfServe: { signupRateLimit: 0 } }],
+      [{}, { adminKey: ADMIN }],
+      [null, { adminKey: ADMIN }],
+    ];
+    for (const [agentKey, options] of bad) {
+      expect(() => createApp(agentKey as AgentKey, options as AppOptions), JSON.stringify(options)).toThrow(AgentKeyError);
+    }
+  });
+
+  it('happy: the admin key or its SHA-256 builds an app', () => {
+    expect(createApp(ak, { adminKey: ADMIN }).app).toBeDefined();
+    expect(createApp(ak, { adminKey: { sha256: createHash('sha256').update(ADMIN).digest('hex') } }).app).toBeDefined();
+    expect(createApp(ak, { adminKey: ADMIN, selfServe: {}, bodyLimitBytes: 1024, timeoutMs: 1 }).app).toBeDefined();
+  });
+});
+
+describe('without a database: routes that need no store, and broken stores', () => {
+  // Any store call would hang: the routes tested with this AgentKey answer without one.
+  const ak = new AgentKey({ pool: hangingPool() as never });
+
+  it('error: an unknown route or method -> 404 not_found (with the admin key under the admin prefixes)', async () => {
+    const svc = service(ak);
+    const cases: [string, string, string?][] = [
+      ['GET', '/nope'],
+      ['GET', '/'],
+      ['GET', '/v1'],
+      ['GET', '/v1/charge'],
+      ['PUT', '/v1/verify'],
+      ['GET', '/v1/reservations'],
+      ['GET', '/V1/keys'],
+      ['GET', '//v1/keys'],
+      ['POST', '/signup'],
+      ['GET', '/sdk-keys/me'],
+      ['PUT', '/v1/keys', ADMIN],
+      ['DELETE', '/v1/keys/1', ADMIN],
+      ['GET', '/v1/keys/1/revoke', ADMIN],
+      ['POST', '/v1/accounts/a/budget', ADMIN],
+      ['GET', '/v1/usage/', ADMIN],
+    ];
+    for (const [method, path, bearer] of cases) {
+      const res = await svc.send(method, path, bearer ? { bearer } : {});
+      expectError(res, 404, 'not_found');
+    }
+  });
+
+  it('happy: /healthz without a health check -> 200 ok; every answer carries an x-request-id (the client\'s own when it sent one)', async () => {
+    const svc = service(ak, { database: 'pglite' });
+    const res = await svc.send('GET', '/healthz');
+    expect(res.status).toBe(200);
+    expect(res.body).toEqual({ status: 'ok', database: 'pglite' });
+    expect(res.headers['x-request-id']).toMatch(/^[0-9a-f-]{36}$/);
+    const mine = await svc.send('GET', '/nope', { headers: { 'x-request-id': 'req-42' } });
+    expect(mine.headers['x-request-id']).toBe('req-42');
+    const long = await svc.send('GET', '/healthz', { headers: { 'x-request-id': 'r'.repeat(500) } });
+    expect(long.headers['x-request-id']).toBe('r'.repeat(128));
+  });
+
+  describe('storage faults', () => {
+    const routesOf = (key: string) => {
+      const { admin, agent } = everyRoute(key);
+      return [
+        ...admin.map(([m, p, j]) => ({ method: m, path: p, o: { bearer: ADMIN, ...(j === undefined ? {} : { json: j }) } as CallOptions })),
+        ...agent.map(([m, p, j]) => ({ method: m, path: p, o: { json: j } as CallOptions })),
+      ];
+    };
+    // `error`: the package's string for a failed store, as each route says it (a key is checked before its route runs).
+    const selfServeRoutes = (key: string): { method: string; path: string; o: CallOptions; error: string }[] => [
+      { method: 'POST', path: '/signup', o: { json: { email: 'agent@example.com' } }, error: 'Failed to create key' },
+      { method: 'GET', path: '/sdk-keys/me', o: { bearer: key }, error: 'auth_unavailable' },
+      { method: 'POST', path: '/sdk-keys', o: { bearer: key, json: {} }, error: 'auth_unavailable' },
+      { method: 'DELETE', path: '/sdk-keys/1', o: { bearer: key }, error: 'auth_unavailable' },
+    ];
+
+    for (const [name, makePool] of [['rejects', rejectingPool], ['throws', throwingPool]] as const) {
+      it(`security: a pool that ${name} -> every route answers a 5xx JSON error with no driver detail, which goes to the log with the request id`, async () => {
+        const broken = new AgentKey({ pool: makePool() as never });
+        const { logger, lines } = memoryLogger();
+        const svc = service(broken, { logger, selfServe: { signupRateLimit: false } });
+        const routes: { method: string; path: string; o: CallOptions; error?: string }[] = [...routesOf(UNKNOWN_KEY), ...selfServeRoutes(UNKNOWN_KEY)];
+        for (const { method, path, o, error } of routes) {
+          const res = await svc.send(method, path, { ...o, headers: { 'x-request-id': `r-${method}-${path}` } });
+          expect([500, 503], `${method} ${path}`).toContain(res.status);
+          // The /v1 routes answer { error: { code, message } }; the self-serve routes the package's shape.
+          if (error === undefined) expectError(res, res.status);
+          else expectSelfServeError(res, res.status, error);
+          expect(res.text).not.toMatch(/hunter2|ECONNREFUSED|10\.9\.8\.7|TypeError|at .*\.(ts|js)/);
+        }
+        // The /v1 routes log the detail, tied to the request: operators see what clients do not.
+        const failures = lines.filter((l) => l.level === 'error');
+        expect(failures.length).toBeGreaterThanOrEqual(routesOf(UNKNOWN_KEY).length);
+        expect(failures.map((l) => l.obj.requestId)).toContain('r-POST-/v1/charge');
+        expect(JSON.stringify(failures)).toMatch(name === 'rejects' ? /ECONNREFUSED/ : /hunter2/);
+      });
+    }
+
+    it('error: a store that never answers -> every /v1 route answers 503 storage_timeout after timeoutMs, not a hang', async () => {
+      const slow = new AgentKey({ pool: hangingPool() as never });
+      const svc = service(slow, { timeoutMs: 150 });
+      const routes = routesOf(UNKNOWN_KEY);
+      const replies = await Promise.all(routes.map(({ method, path, o }) => svc.send(method, path, o)));
+      replies.forEach((res, i) => {
+        expect(res.status, `${routes[i]?.method} ${routes[i]?.path}`).toBe(503);
+        expectError(res, 503, 'storage_timeout');
+      });
+    });
+
+    it('error: a store that never answers -> the self-serve routes answer 503 storage_timeout too, like every other route of the service', async () => {
+      // The same condition must get the same answer across one service.
+      const slow = new AgentKey({ pool: hangingPool() as never });
+      const svc = service(slow, { timeoutMs: 150, selfServe: { timeoutMs: 150, signupRateLimit: false } });
+      const routes = selfServeRoutes(UNKNOWN_KEY);
+      const replies = await Promise.all(routes.map(({ method, path, o }) => svc.send(method, path, o)));
+      replies.forEach((res, i) => {
+        // In the package's shape: the code beside the package's string.
+        expect({ route: `${routes[i]?.method} ${routes[i]?.path}`, status: res.status, code: res.body?.code, error: res.body?.error }).toEqual({
+          route: `${routes[i]?.method} ${routes[i]?.path}`,
+          status: 503,
+          code: 'storage_timeout',
+          error: routes[i]?.error,
+        });
+        expectSelfServeError(res, 503, routes[i]?.error as string, 'storage_timeout');
+      });
+    });
+
+    it('error: a health check that never answers -> /healthz answers 503 (within timeoutMs), not a hang', async () => {
+      const svc = service(ak, { timeoutMs: 150, health: () => new Promise<void>(() => {}) });
+      // Only a guard against hanging the suite: the answer is due after 150 ms.
+      const res = await Promise.race([
+        svc.send('GET', '/healthz'),
+        new Promise<'no answer'>((resolve) => setTimeout(() => resolve('no answer'), 3_000).unref()),
+      ]);
+      expect(res).not.toBe('no answer');
+      expectError(res as Reply, 503);
+    }, 10_000);
+  });
+});
