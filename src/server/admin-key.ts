@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
-import { sha256 } from './app.js';
+import { hashKey } from '../keys.js';
+import { isBearerToken } from './middleware/admin-auth.js';
 import { StartupError, type Storage } from './storage.js';
 
 const TABLE = 'agentkey_admin_key';
@@ -17,14 +18,14 @@ export interface AdminKey {
  * Two first starts racing on one PostgreSQL agree on one key: only the winner shows it.
  */
 export async function resolveAdminKey(storage: Storage, fromEnv: string | undefined): Promise<AdminKey> {
-  if (checkAdminKey(fromEnv)) return { sha256: sha256(fromEnv as string), source: 'env' };
+  if (checkAdminKey(fromEnv)) return { sha256: hashKey(fromEnv as string), source: 'env' };
   await ensureTable(storage);
   const stored = await storage.query<{ sha256: string }>(`SELECT sha256 FROM ${TABLE} WHERE id = 1`);
   if (stored[0]) return { sha256: stored[0].sha256, source: 'stored' };
   const raw = newAdminKey();
   const inserted = await storage.query<{ sha256: string }>(
     `INSERT INTO ${TABLE} (id, sha256) VALUES (1, $1) ON CONFLICT (id) DO NOTHING RETURNING sha256`,
-    [sha256(raw)],
+    [hashKey(raw)],
   );
   if (inserted[0]) return { sha256: inserted[0].sha256, created: raw, source: 'created' };
   const winner = await storage.query<{ sha256: string }>(`SELECT sha256 FROM ${TABLE} WHERE id = 1`);
@@ -37,8 +38,9 @@ export async function resolveAdminKey(storage: Storage, fromEnv: string | undefi
  */
 export function checkAdminKey(fromEnv: string | undefined): boolean {
   if (fromEnv === undefined || fromEnv === '') return false;
-  if (fromEnv.length < 16 || /\s/.test(fromEnv)) {
-    throw new StartupError('AGENTKEY_ADMIN_KEY must be at least 16 characters with no spaces.');
+  // A bearer token's characters: the admin routes take the key as "Authorization: Bearer <key>".
+  if (fromEnv.length < 16 || !isBearerToken(fromEnv)) {
+    throw new StartupError('AGENTKEY_ADMIN_KEY must be at least 16 characters of letters, digits and . _ ~ + / - (no spaces).');
   }
   return true;
 }
@@ -49,7 +51,7 @@ export async function rotateAdminKey(storage: Storage): Promise<string> {
   const raw = newAdminKey();
   await storage.query(
     `INSERT INTO ${TABLE} (id, sha256) VALUES (1, $1) ON CONFLICT (id) DO UPDATE SET sha256 = EXCLUDED.sha256, created_at = now()`,
-    [sha256(raw)],
+    [hashKey(raw)],
   );
   return raw;
 }

@@ -1,5 +1,14 @@
 import { Counter, Histogram, Registry } from 'prom-client';
 import type { AgentKey } from '../agentkey.js';
+import { type CentsInput, MICROS_PER_CENT, centsToMicros } from '../money.js';
+
+/** The refusal codes a key gets, as the outcome labels verifications use too. */
+const KEY_OUTCOME: Record<string, string> = { invalid_key: 'invalid', key_expired: 'expired', key_revoked: 'revoked' };
+
+/** Cents as the ledger records them: rounded up to a whole micro-dollar. */
+export function recorded(cents: CentsInput): number {
+  return centsToMicros(cents, 'up') / MICROS_PER_CENT;
+}
 
 /**
  * The service's Prometheus metrics, on a registry of its own (never prom-client's global
@@ -64,6 +73,10 @@ export function createMetrics(ak: AgentKey) {
   cacheCounter('agentkey_cache_evictions_total', 'Cache entries evicted to stay within maxKeys.', 'evictions');
   cacheCounter('agentkey_cache_invalidations_total', 'Cache entries dropped because their key changed.', 'invalidations');
 
+  const add = (c: Counter, amount: number) => {
+    if (amount > 0) c.inc(amount);
+  };
+
   return {
     registry,
     request(method: string, route: string, status: number, seconds: number) {
@@ -73,14 +86,25 @@ export function createMetrics(ak: AgentKey) {
     verified(outcome: string) {
       verifications.inc({ outcome });
     },
-    /** One charge or commit; `costCents` counted toward budgets and `overageCents` beside them (0 for replays). */
-    charged(kind: 'charge' | 'commit', outcome: string, costCents = 0, overageCents = 0) {
-      charges.inc({ kind, outcome });
-      if (costCents > 0) cents.inc(costCents);
-      if (overageCents > 0) {
-        overage.inc(overageCents);
+    /** A charge that went through: `costCents` as asked (a replay adds none). */
+    charged(result: { replayed?: true }, costCents: CentsInput) {
+      charges.inc({ kind: 'charge', outcome: 'charged' });
+      if (!result.replayed) add(cents, recorded(costCents));
+    },
+    committed(result: { replayed?: true; chargedCents: number; overageCents: number }) {
+      charges.inc({ kind: 'commit', outcome: 'charged' });
+      if (result.replayed) return;
+      add(cents, result.chargedCents);
+      if (result.overageCents > 0) {
+        overage.inc(result.overageCents);
         overages.inc();
       }
+    },
+    held(_result: { replayed?: true }, _costCents: CentsInput) {},
+    released(_result: { replayed?: true; releasedCents: number }) {},
+    /** A refused charge, by its error code ('invalid_key' counts as 'invalid', as verifications say). */
+    refused(kind: 'charge' | 'commit' | 'hold' | 'release', code: string) {
+      if (kind === 'charge') charges.inc({ kind, outcome: KEY_OUTCOME[code] ?? code });
     },
   };
 }

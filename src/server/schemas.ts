@@ -42,7 +42,10 @@ export const ErrorBody = z
   .object({
     error: z.object({
       code: z.string().openapi({ example: 'invalid_request' }),
-      message: z.string().openapi({ example: 'costCents: expected number, received string.' }),
+      message: z.string().openapi({ example: 'Field "costCents" in the body is invalid: expected number, received string.' }),
+      limitedBy: z.unknown().optional().openapi({ description: 'With 429 budget_exceeded: which budget refused (the key, an ancestor or the account).' }),
+      budgetUsedCents: z.number().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has used.' }),
+      budgetRemainingCents: z.number().nullable().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has left.' }),
     }),
   })
   .openapi('Error');
@@ -262,7 +265,8 @@ export const AccountList = z
         liveKeys: z.number().int(),
         spentCents: total('Lifetime spend from the ledger.'),
         overageCents: total("Lifetime overage of the account's keys (not in spentCents)."),
-        ceiling: AccountBudget.nullable(),
+        // A union, not .nullable(): on a referenced schema that makes allOf [$ref, nullable], which null fails.
+        ceiling: z.union([AccountBudget, z.null()]).openapi({ description: 'The account\'s ceiling, or null when it has none.' }),
       }),
     ),
   })

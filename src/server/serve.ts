@@ -5,7 +5,8 @@ import { AgentKey, timeoutOption } from '../agentkey.js';
 import type { AgentKeyRoutesOptions } from '../http/self-serve.js';
 import { tableNames } from '../store/identifiers.js';
 import { type AdminKey, checkAdminKey, resolveAdminKey } from './admin-key.js';
-import { type Logger, checkAppOptions, createApp } from './app.js';
+import { createApp } from './app.js';
+import { type Logger, checkAppOptions } from './options.js';
 import { StartupError, type StorageOptions, openStorage } from './storage.js';
 
 export interface ServeOptions extends StorageOptions {

@@ -13,10 +13,13 @@ import { type CallOptions, type Reply, ADMIN, UNKNOWN_KEY, everyRoute, expectErr
 describe('createApp: options are checked when the app is built', () => {
   const ak = new AgentKey({ pool: hangingPool() as never });
 
-  it('error: a short or malformed admin key, a bad body limit or timeout, bad self-serve options or no AgentKey throw an AgentKeyError', () => {
+  it('error: a short admin key or one that is no bearer token, a malformed hash, a bad body limit or timeout, bad self-serve options or no AgentKey throw an AgentKeyError', () => {
     const bad: [unknown, Partial<AppOptions>][] = [
       [ak, { adminKey: 'short' }],
       [ak, { adminKey: '' }],
+      // Not a bearer token (RFC 6750): it could never be sent as "Authorization: Bearer <key>".
+      [ak, { adminKey: 'akadmin with spaces 0123456789' }],
+      [ak, { adminKey: 'akadmin_"quoted"_0123456789' }],
       [ak, { adminKey: { sha256: 'not-hex' } }],
       [ak, { adminKey: { sha256: 'A'.repeat(64) } }],
       [ak, { adminKey: undefined as never }],
@@ -46,28 +49,49 @@ describe('without a database: routes that need no store, and broken stores', () 
   // Any store call would hang: the routes tested with this AgentKey answer without one.
   const ak = new AgentKey({ pool: hangingPool() as never });
 
-  it('error: an unknown route or method -> 404 not_found (with the admin key under the admin prefixes)', async () => {
+  it('error: an unknown path -> 404 not_found, with or without the admin key', async () => {
     const svc = service(ak);
     const cases: [string, string, string?][] = [
       ['GET', '/nope'],
       ['GET', '/'],
       ['GET', '/v1'],
-      ['GET', '/v1/charge'],
-      ['PUT', '/v1/verify'],
-      ['GET', '/v1/reservations'],
       ['GET', '/V1/keys'],
       ['GET', '//v1/keys'],
       ['POST', '/signup'],
       ['GET', '/sdk-keys/me'],
-      ['PUT', '/v1/keys', ADMIN],
-      ['DELETE', '/v1/keys/1', ADMIN],
-      ['GET', '/v1/keys/1/revoke', ADMIN],
-      ['POST', '/v1/accounts/a/budget', ADMIN],
       ['GET', '/v1/usage/', ADMIN],
+      ['GET', '/v1/keys/1/nope', ADMIN],
+      ['POST', '/v1/reservations/r/settle'],
     ];
     for (const [method, path, bearer] of cases) {
       const res = await svc.send(method, path, bearer ? { bearer } : {});
       expectError(res, 404, 'not_found');
+      expect(res.headers.allow).toBeUndefined();
+    }
+  });
+
+  it('error: a known path with a method it does not take -> 405 method_not_allowed with Allow naming the methods it takes; nothing reaches the store', async () => {
+    // The store would hang: a 405 is answered before any route runs.
+    const svc = service(ak, { timeoutMs: 5_000 });
+    const cases: [string, string, string, string?][] = [
+      ['GET', '/v1/charge', 'POST'],
+      ['PUT', '/v1/verify', 'POST'],
+      ['GET', '/v1/reservations', 'POST'],
+      ['DELETE', '/v1/reservations/rsv_x/commit', 'POST'],
+      ['PUT', '/v1/keys', 'GET, HEAD, POST', ADMIN],
+      ['PUT', '/v1/keys', 'GET, HEAD, POST'],
+      ['DELETE', '/v1/keys/1', 'GET, HEAD', ADMIN],
+      ['GET', '/v1/keys/1/revoke', 'POST', ADMIN],
+      ['POST', '/v1/accounts/a/budget', 'DELETE, GET, HEAD, PUT', ADMIN],
+      ['POST', '/healthz', 'GET, HEAD'],
+      ['DELETE', '/metrics', 'GET, HEAD'],
+      ['OPTIONS', '/v1/charge', 'POST'],
+    ];
+    for (const [method, path, allow, bearer] of cases) {
+      const res = await svc.send(method, path, bearer ? { bearer } : {});
+      expectError(res, 405, 'method_not_allowed');
+      expect(res.headers.allow?.split(', ').sort().join(', '), `${method} ${path}`).toBe(allow);
+      expect(res.body.error.message).toContain(allow.split(', ')[0]);
     }
   });
 

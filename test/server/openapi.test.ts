@@ -1,10 +1,13 @@
 import { describe, expect, it } from 'vitest';
 import { AgentKey } from '../../src/index.js';
-import { hangingPool } from '../helpers/faults.js';
-import { service } from '../helpers/service.js';
+import { forEachDatabase } from '../helpers/databases.js';
+import { hangingPool, throwingPool } from '../helpers/faults.js';
+import { type OpenApiDoc, openApiContract } from '../helpers/openapi.js';
+import { type CallOptions, type Service, ADMIN, UNKNOWN_KEY, everyRoute, service } from '../helpers/service.js';
 
 /**
- * GET /openapi.json: the document generated from the schemas that validate the requests.
+ * GET /openapi.json: the document generated from the schemas that validate the requests,
+ * and held against real answers of every route, errors included, on PostgreSQL and PGlite.
  */
 
 describe('GET /openapi.json', () => {
@@ -17,7 +20,7 @@ describe('GET /openapi.json', () => {
     return res.body as {
       openapi: string;
       info: { title: string };
-      paths: Record<string, Record<string, { security?: unknown; requestBody?: { required?: boolean; content: Record<string, { schema: { $ref?: string } }> }; responses: Record<string, { content?: Record<string, { schema: { $ref?: string } }> }> }>>;
+      paths: Record<string, Record<string, { operationId?: string; security?: unknown; requestBody?: { required?: boolean; content: Record<string, { schema: { $ref?: string } }> }; responses: Record<string, { headers?: Record<string, unknown>; content?: Record<string, { schema: { $ref?: string } }> }> }>>;
       components: { schemas: Record<string, { required?: string[]; properties?: Record<string, { minimum?: number; maximum?: number; anyOf?: Record<string, unknown>[] }>; additionalProperties?: unknown }>; securitySchemes: Record<string, unknown> };
     };
   };
@@ -27,7 +30,7 @@ describe('GET /openapi.json', () => {
     return d.components.schemas[ref.split('/').pop() as string] as NonNullable<(typeof d.components.schemas)[string]>;
   };
 
-  it('happy: OpenAPI 3.1.0 with every /v1 route and its methods, and no route that does not exist', async () => {
+  it('happy: OpenAPI 3.1.0 with every /v1 route, /healthz and /metrics and their methods, and no route that does not exist (the self-serve routes are the package\'s, documented by it)', async () => {
     const d = await doc();
     expect(d.openapi).toBe('3.1.0');
     expect(d.info.title).toBe('agentkey');
@@ -46,6 +49,7 @@ describe('GET /openapi.json', () => {
       '/v1/reservations/{id}/commit': ['post'],
       '/v1/reservations/{id}/release': ['post'],
       '/healthz': ['get'],
+      '/metrics': ['get'],
     });
   });
 
@@ -84,5 +88,178 @@ describe('GET /openapi.json', () => {
         }
       }
     }
+  });
+
+  it('happy: every operation has an operationId of its own; every route documents 405 with Allow, routes on the database 500 and 503, routes with a body 400, 413 and 415', async () => {
+    const d = await doc();
+    const ids: unknown[] = [];
+    for (const [path, ops] of Object.entries(d.paths)) {
+      for (const [method, op] of Object.entries(ops)) {
+        const what = `${method} ${path}`;
+        ids.push(op.operationId);
+        const statuses = Object.keys(op.responses);
+        expect(op.responses['405']?.headers, what).toHaveProperty('Allow');
+        if (path.startsWith('/v1/')) expect(statuses, what).toEqual(expect.arrayContaining(['500', '503']));
+        if (op.requestBody) expect(statuses, what).toEqual(expect.arrayContaining(['400', '413', '415']));
+      }
+    }
+    expect(ids).toHaveLength(17);
+    for (const id of ids) expect(id).toMatch(/^[a-z][A-Za-z]+$/);
+    expect(new Set(ids).size).toBe(ids.length);
+  });
+});
+
+forEachDatabase((getDb) => {
+  it('happy: every answer of every route, errors included, is documented for its route and matches the schema of its status; every documented answer is seen', async () => {
+    const db = getDb();
+    const ak = await db.agentKey();
+    const svc = service(ak, { database: db.name, health: async () => void (await db.query('SELECT 1')), bodyLimitBytes: 2048 });
+    const contract = openApiContract((await svc.send('GET', '/openapi.json')).body as OpenApiDoc);
+    const expectAnswer = async (status: number, method: string, path: string, o: CallOptions = {}, on: Service = svc) => {
+      const res = await on.send(method, path, o);
+      expect(res.status, `${method} ${path}: ${res.text}`).toBe(status);
+      contract.check(method, path, res);
+      return res;
+    };
+    const admin = (json?: unknown): CallOptions => ({ bearer: ADMIN, ...(json === undefined ? {} : { json }) });
+    const huge = { pad: 'x'.repeat(3000) };
+    const form: CallOptions = { raw: 'a=1', type: 'application/x-www-form-urlencoded' };
+
+    // Keys.
+    const parent = (await expectAnswer(201, 'POST', '/v1/keys', admin({ accountId: 'acct_c', scopes: ['proxy.chat'], budgetCents: 100, expiresIn: '1d', name: 'parent' })))
+      .body as { key: string; id: number };
+    const child = (await expectAnswer(201, 'POST', '/v1/keys', admin({ accountId: 'acct_c', parentId: parent.id, budgetCents: 10 }))).body as { key: string; id: number };
+    const loner = (await expectAnswer(201, 'POST', '/v1/keys', admin({ accountId: 'acct_none' }))).body as { key: string; id: number };
+    await expectAnswer(400, 'POST', '/v1/keys', admin({ accountId: 'acct_c', budget_cents: 5 }));
+    await expectAnswer(400, 'POST', '/v1/keys', { bearer: ADMIN, raw: '{"accountId":' });
+    await expectAnswer(401, 'POST', '/v1/keys', { json: { accountId: 'acct_c' } });
+    await expectAnswer(401, 'POST', '/v1/keys', { bearer: parent.key, json: { accountId: 'acct_c' } });
+    await expectAnswer(403, 'POST', '/v1/keys', admin({ accountId: 'acct_c', parentId: parent.id, scopes: ['billing'] }));
+    await expectAnswer(404, 'POST', '/v1/keys', admin({ accountId: 'acct_c', parentId: 424242 }));
+    await expectAnswer(413, 'POST', '/v1/keys', admin({ accountId: 'acct_c', ...huge }));
+    await expectAnswer(415, 'POST', '/v1/keys', { bearer: ADMIN, ...form });
+    await expectAnswer(200, 'GET', '/v1/keys', admin());
+    await expectAnswer(200, 'GET', `/v1/keys?accountId=acct_c&parentId=${parent.id}&includeRevoked=true&limit=5`, admin());
+    await expectAnswer(400, 'GET', '/v1/keys?limit=abc', admin());
+    await expectAnswer(401, 'GET', '/v1/keys');
+    await expectAnswer(200, 'GET', `/v1/keys/${parent.id}`, admin());
+    await expectAnswer(400, 'GET', '/v1/keys/abc', admin());
+    await expectAnswer(401, 'GET', `/v1/keys/${parent.id}`, { bearer: 'akadmin_wrong_0123456789abcdefghij' });
+    await expectAnswer(404, 'GET', '/v1/keys/424242', admin());
+
+    // Spending: verifications of every kind, charges, holds and their settling.
+    await expectAnswer(200, 'POST', '/v1/verify', { json: { key: parent.key } });
+    await expectAnswer(200, 'POST', '/v1/verify', { json: { key: parent.key, scope: 'billing' } });
+    await expectAnswer(200, 'POST', '/v1/verify', { json: { key: 'ak_garbage' } });
+    await expectAnswer(400, 'POST', '/v1/verify', { json: {} });
+    await expectAnswer(413, 'POST', '/v1/verify', { json: { key: parent.key, ...huge } });
+    await expectAnswer(415, 'POST', '/v1/verify', form);
+    await expectAnswer(200, 'POST', '/v1/charge', { json: { key: child.key, costCents: 2.5, idempotencyKey: 'c-1', metadata: { model: 'm' } } });
+    await expectAnswer(200, 'POST', '/v1/charge', { json: { key: child.key, costCents: 2.5, idempotencyKey: 'c-1' } });
+    await expectAnswer(200, 'POST', '/v1/charge', { json: { key: child.key, costCents: 0 } });
+    await expectAnswer(400, 'POST', '/v1/charge', { json: { key: child.key, costCents: -1 } });
+    await expectAnswer(401, 'POST', '/v1/charge', { json: { key: ADMIN, costCents: 1 } });
+    await expectAnswer(409, 'POST', '/v1/charge', { json: { key: child.key, costCents: 3, idempotencyKey: 'c-1' } });
+    await expectAnswer(413, 'POST', '/v1/charge', { json: { key: child.key, costCents: 1, metadata: huge } });
+    await expectAnswer(415, 'POST', '/v1/charge', form);
+    const limited = await expectAnswer(429, 'POST', '/v1/charge', { json: { key: child.key, costCents: 50 } });
+    expect(limited.body.error).toMatchObject({ code: 'budget_exceeded', limitedBy: expect.anything() });
+
+    const hold = (await expectAnswer(201, 'POST', '/v1/reservations', { json: { key: parent.key, costCents: 5, ttl: '2m', idempotencyKey: 'h-1' } })).body as {
+      reservationId: string;
+    };
+    await expectAnswer(201, 'POST', '/v1/reservations', { json: { key: parent.key, costCents: 5, ttl: '2m', idempotencyKey: 'h-1' } });
+    await expectAnswer(400, 'POST', '/v1/reservations', { json: { key: parent.key } });
+    await expectAnswer(401, 'POST', '/v1/reservations', { json: { key: 'ak_garbage', costCents: 1 } });
+    await expectAnswer(409, 'POST', '/v1/reservations', { json: { key: parent.key, costCents: 6, idempotencyKey: 'h-1' } });
+    await expectAnswer(413, 'POST', '/v1/reservations', { json: { key: parent.key, costCents: 1, metadata: huge } });
+    await expectAnswer(415, 'POST', '/v1/reservations', form);
+    await expectAnswer(429, 'POST', '/v1/reservations', { json: { key: parent.key, costCents: 1000 } });
+    const other = (await expectAnswer(201, 'POST', '/v1/reservations', { json: { key: parent.key, costCents: 1 } })).body as { reservationId: string };
+    const commit = `/v1/reservations/${hold.reservationId}/commit`;
+    const release = `/v1/reservations/${other.reservationId}/release`;
+    await expectAnswer(400, 'POST', commit, { json: { key: parent.key } });
+    await expectAnswer(401, 'POST', commit, { json: { costCents: 1 } });
+    await expectAnswer(404, 'POST', commit, { json: { key: loner.key, costCents: 1 } });
+    await expectAnswer(413, 'POST', commit, { json: { key: parent.key, costCents: 1, metadata: huge } });
+    await expectAnswer(415, 'POST', commit, form);
+    await expectAnswer(200, 'POST', commit, { json: { key: parent.key, costCents: 7, metadata: { model: 'm' } } });
+    await expectAnswer(200, 'POST', commit, { json: { key: parent.key, costCents: 7 } });
+    await expectAnswer(409, 'POST', `/v1/reservations/${hold.reservationId}/release`, { bearer: parent.key });
+    await expectAnswer(400, 'POST', release, { json: { key: parent.key, costCents: 1 } });
+    await expectAnswer(401, 'POST', release, { bearer: 'ak_garbage' });
+    await expectAnswer(404, 'POST', release, { bearer: loner.key });
+    await expectAnswer(413, 'POST', release, { json: { key: parent.key, ...huge } });
+    await expectAnswer(415, 'POST', release, form);
+    await expectAnswer(200, 'POST', release, { bearer: parent.key });
+    await expectAnswer(200, 'POST', release, { json: { key: parent.key } });
+    await expectAnswer(409, 'POST', `/v1/reservations/${other.reservationId}/commit`, { json: { key: parent.key, costCents: 1 } });
+
+    // Accounts, usage and the ledger: acct_none has keys and no ceiling.
+    await expectAnswer(200, 'PUT', '/v1/accounts/acct_c/budget', admin({ budgetCents: 500, budgetPeriod: 'month' }));
+    await expectAnswer(400, 'PUT', '/v1/accounts/acct_c/budget', admin({ budgetCents: 'lots' }));
+    await expectAnswer(401, 'PUT', '/v1/accounts/acct_c/budget', { json: { budgetCents: 1 } });
+    await expectAnswer(413, 'PUT', '/v1/accounts/acct_c/budget', admin({ budgetCents: 1, ...huge }));
+    await expectAnswer(415, 'PUT', '/v1/accounts/acct_c/budget', { bearer: ADMIN, ...form });
+    await expectAnswer(200, 'GET', '/v1/accounts/acct_c/budget', admin());
+    await expectAnswer(400, 'GET', `/v1/accounts/${'a'.repeat(300)}/budget`, admin());
+    await expectAnswer(401, 'GET', '/v1/accounts/acct_c/budget');
+    await expectAnswer(404, 'GET', '/v1/accounts/acct_none/budget', admin());
+    const accounts = await expectAnswer(200, 'GET', '/v1/accounts', admin());
+    expect(accounts.body.accounts).toEqual(
+      expect.arrayContaining([expect.objectContaining({ accountId: 'acct_none', ceiling: null }), expect.objectContaining({ accountId: 'acct_c', ceiling: expect.any(Object) })]),
+    );
+    await expectAnswer(400, 'GET', '/v1/accounts?limit=x', admin());
+    await expectAnswer(401, 'GET', '/v1/accounts');
+    await expectAnswer(200, 'GET', '/v1/usage', admin());
+    await expectAnswer(200, 'GET', `/v1/usage?keyId=${parent.id}&bucket=hour&since=2020-01-01`, admin());
+    await expectAnswer(400, 'GET', '/v1/usage?bucket=week', admin());
+    await expectAnswer(401, 'GET', '/v1/usage');
+    await expectAnswer(200, 'GET', '/v1/ledger', admin());
+    await expectAnswer(200, 'GET', '/v1/ledger?accountId=acct_c&limit=2', admin());
+    await expectAnswer(400, 'GET', '/v1/ledger?before=abc', admin());
+    await expectAnswer(401, 'GET', '/v1/ledger');
+    await expectAnswer(200, 'DELETE', '/v1/accounts/acct_c/budget', admin());
+    await expectAnswer(400, 'DELETE', `/v1/accounts/${'a'.repeat(300)}/budget`, admin());
+    await expectAnswer(401, 'DELETE', '/v1/accounts/acct_c/budget');
+    await expectAnswer(404, 'DELETE', '/v1/accounts/acct_c/budget', admin());
+
+    // Revoking, last: it ends the keys above.
+    await expectAnswer(400, 'POST', '/v1/keys/0/revoke', admin());
+    await expectAnswer(401, 'POST', `/v1/keys/${parent.id}/revoke`);
+    await expectAnswer(404, 'POST', '/v1/keys/424242/revoke', admin());
+    await expectAnswer(413, 'POST', `/v1/keys/${parent.id}/revoke`, admin(huge));
+    await expectAnswer(415, 'POST', `/v1/keys/${parent.id}/revoke`, { bearer: ADMIN, ...form });
+    await expectAnswer(200, 'POST', `/v1/keys/${parent.id}/revoke`, admin());
+    await expectAnswer(200, 'POST', `/v1/keys/${parent.id}/revoke`, admin());
+    await expectAnswer(200, 'POST', '/v1/verify', { json: { key: child.key } });
+    await expectAnswer(401, 'POST', '/v1/charge', { json: { key: child.key, costCents: 1 } });
+
+    // Operations.
+    await expectAnswer(200, 'GET', '/healthz');
+    await expectAnswer(200, 'GET', '/metrics');
+    const down = service(ak, { health: async () => Promise.reject(new Error('down')) });
+    await expectAnswer(503, 'GET', '/healthz', {}, down);
+
+    // A method each path does not take.
+    for (const [method, path] of [
+      ['DELETE', '/v1/keys'], ['PUT', `/v1/keys/${parent.id}`], ['GET', `/v1/keys/${parent.id}/revoke`], ['POST', '/v1/accounts/acct_c/budget'],
+      ['POST', '/v1/accounts'], ['POST', '/v1/usage'], ['DELETE', '/v1/ledger'], ['GET', '/v1/verify'], ['GET', '/v1/charge'], ['GET', '/v1/reservations'],
+      ['GET', commit], ['DELETE', release], ['POST', '/healthz'], ['PUT', '/metrics'],
+    ] as const) {
+      await expectAnswer(405, method, path, method === 'GET' || method === 'DELETE' ? { bearer: ADMIN } : admin({}));
+    }
+
+    // A store that fails (500) and one that never answers (503), on every route that waits on it.
+    const failing = service(new AgentKey({ pool: throwingPool() as never }));
+    const stalled = service(new AgentKey({ pool: hangingPool() as never }), { timeoutMs: 100 });
+    for (const [status, broken] of [[500, failing], [503, stalled]] as const) {
+      const { admin: adminRoutes, agent } = everyRoute(UNKNOWN_KEY);
+      for (const [method, path, json] of [...adminRoutes, ...agent]) {
+        await expectAnswer(status, method, path, { bearer: ADMIN, ...(json === undefined ? {} : { json }) }, broken);
+      }
+    }
+
+    expect(contract.uncovered()).toEqual([]);
   });
 });

@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { Hono } from 'hono';
+import { Hono } from 'hono';
+import type { Env } from '../context.js';
 
 const CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
 
@@ -11,7 +12,8 @@ const CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self
  * uPlot from its npm package, all served here (no external network). The page talks to
  * the admin API with the admin key it keeps in the tab's sessionStorage.
  */
-export function mountDashboard(app: Hono<never>): void {
+export function dashboardRoutes(): Hono<Env> {
+  const app = new Hono<Env>();
   const dir = findDashboardDir();
   const uplot = path.dirname(createRequire(import.meta.url).resolve('uplot/dist/uPlot.iife.min.js'));
   const files: Record<string, [string, string]> = {
@@ -33,6 +35,7 @@ export function mountDashboard(app: Hono<never>): void {
       return c.body(body);
     });
   }
+  return app;
 }
 
 /** dashboard/ sits at the package root: above src/server, dist/, or a test bundle's folder. */

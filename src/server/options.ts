@@ -1,0 +1,41 @@
+import type { Context } from 'hono';
+import { AgentKeyError } from '../errors.js';
+import { type AgentKeyRoutesOptions, checkRoutesOptions } from '../http/self-serve.js';
+
+/** What the service logs through: pino, or anything with the same three methods. */
+export interface Logger {
+  info(obj: object, msg?: string): void;
+  warn(obj: object, msg?: string): void;
+  error(obj: object, msg?: string): void;
+}
+
+export interface AppOptions {
+  /** The admin bearer key, or its SHA-256 hash in hex (`{ sha256 }`) as the service stores it. */
+  adminKey: string | { sha256: string };
+  /** Mount the seed page's self-serve routes (/signup, /sdk-keys...). Off by default. */
+  selfServe?: AgentKeyRoutesOptions | false;
+  /** Largest request body accepted, in bytes (413 past it). Default 64 KiB. */
+  bodyLimitBytes?: number;
+  /** How long a request may wait for the database before a 503. Default 10 s. */
+  timeoutMs?: number;
+  /** Where request logs go. Default: nowhere. */
+  logger?: Logger;
+  /** Checks the database for /healthz; throws when it is down. */
+  health?: () => Promise<void>;
+  /** Which database the service runs on, as /healthz reports it. */
+  database?: 'pglite' | 'postgres';
+  /** Serve the web dashboard at /dashboard. Default true. */
+  dashboard?: boolean;
+  /** The client's address, for the signup rate limit. Default: the X-Forwarded-For header is NOT trusted; 'unknown'. */
+  clientAddress?: (c: Context) => string;
+}
+
+/** Checks the options that need no AgentKey: createApp() calls it, and startServer() before it opens the database. */
+export function checkAppOptions(options: Pick<AppOptions, 'bodyLimitBytes' | 'timeoutMs' | 'selfServe'>) {
+  const limit = options.bodyLimitBytes ?? 64 * 1024;
+  if (!Number.isInteger(limit) || limit < 1024) throw new AgentKeyError('invalid_argument', 'bodyLimitBytes must be a whole number of at least 1024.');
+  const timeoutMs = options.timeoutMs ?? 10_000;
+  if (!Number.isInteger(timeoutMs) || timeoutMs <= 0) throw new AgentKeyError('invalid_argument', 'timeoutMs must be a positive whole number of milliseconds.');
+  const selfServe = options.selfServe ? checkRoutesOptions({ timeoutMs, ...options.selfServe }) : null;
+  return { limit, timeoutMs, selfServe };
+}

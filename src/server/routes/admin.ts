@@ -1,0 +1,157 @@
+import { type RouteConfig, createRoute } from '@hono/zod-openapi';
+import type { MiddlewareHandler } from 'hono';
+import type { AgentKey } from '../../agentkey.js';
+import type { Env } from '../context.js';
+import { ApiError } from '../errors.js';
+import { bodyErrors, router, storeErrors } from '../openapi.js';
+import * as S from '../schemas.js';
+
+/**
+ * The admin API: keys, account ceilings, usage, accounts and the ledger. A sub-app every
+ * route of which is made by `adminRoute()`, so none is outside `requireAdmin` (Hono's
+ * bearer-auth, see middleware/admin-auth.ts), which runs before the route's validators.
+ */
+export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) {
+  const app = router();
+  app.openAPIRegistry.registerComponent('securitySchemes', 'adminKey', { type: 'http', scheme: 'bearer', description: 'The admin key.' });
+  const adminRoute = <R extends Omit<RouteConfig, 'security' | 'tags' | 'middleware'>>(route: R) =>
+    createRoute({ ...route, tags: ['admin'], security: [{ adminKey: [] }], middleware: [requireAdmin] as const });
+
+  app.openapi(
+    adminRoute({
+      method: 'post', path: '/v1/keys', operationId: 'createKey', summary: 'Create a key (the raw key is returned once).',
+      request: { body: { required: true, content: { 'application/json': { schema: S.CreateKeyBody } } } },
+      responses: { 201: { description: 'Created', content: { 'application/json': { schema: S.CreatedKey } } }, ...bodyErrors(401, 403, 404) },
+    }),
+    async (c) => {
+      const created = await ak.create(c.req.valid('json'));
+      const info = await ak.getKey(created.id);
+      if (!info) throw new ApiError(500, 'internal_error', 'The new key could not be read back.');
+      return c.json({ key: created.key, ...info }, 201);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/keys', operationId: 'listKeys', summary: "List keys (an account's, or all), without secrets.",
+      request: { query: S.KeyListQuery },
+      responses: { 200: { description: 'The keys', content: { 'application/json': { schema: S.KeyList } } }, ...storeErrors(400, 401) },
+    }),
+    async (c) => {
+      const q = c.req.valid('query');
+      const keys = await ak.listKeys({
+        ...(q.accountId !== undefined ? { accountId: q.accountId } : {}),
+        ...(q.parentId !== undefined ? { parentId: q.parentId } : {}),
+        includeRevoked: q.includeRevoked === 'true',
+        ...(q.limit !== undefined ? { limit: Number(q.limit) } : {}),
+      });
+      return c.json({ keys }, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/keys/{id}', operationId: 'getKey', summary: 'One key, without its secret.',
+      request: { params: S.KeyIdParam },
+      responses: { 200: { description: 'The key', content: { 'application/json': { schema: S.KeyInfo } } }, ...storeErrors(400, 401, 404) },
+    }),
+    async (c) => c.json(await findKey(ak, c.req.valid('param').id), 200),
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'post', path: '/v1/keys/{id}/revoke', operationId: 'revokeKey', summary: 'Revoke a key and its whole subtree.',
+      request: { params: S.KeyIdParam },
+      // No body is read, but one that is sent is still held to the limit and to JSON.
+      responses: { 200: { description: 'Revoked', content: { 'application/json': { schema: S.Revoked } } }, ...storeErrors(400, 401, 404, 413, 415) },
+    }),
+    async (c) => {
+      const { id } = c.req.valid('param');
+      await findKey(ak, id);
+      const revoked = await ak.revoke(id);
+      return c.json({ id: Number(id), revoked, key: await findKey(ak, id) }, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'put', path: '/v1/accounts/{id}/budget', operationId: 'setAccountBudget', summary: "Set an account's ceiling.",
+      request: { params: S.AccountIdParam, body: { required: true, content: { 'application/json': { schema: S.AccountBudgetBody } } } },
+      responses: { 200: { description: 'The ceiling', content: { 'application/json': { schema: S.AccountBudget } } }, ...bodyErrors(401) },
+    }),
+    async (c) => c.json(await ak.setAccountBudget(c.req.valid('param').id, c.req.valid('json')), 200),
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/accounts/{id}/budget', operationId: 'getAccountBudget', summary: "An account's ceiling and spend this period.",
+      request: { params: S.AccountIdParam },
+      responses: { 200: { description: 'The ceiling', content: { 'application/json': { schema: S.AccountBudget } } }, ...storeErrors(400, 401, 404) },
+    }),
+    async (c) => {
+      const budget = await ak.getAccountBudget(c.req.valid('param').id);
+      if (!budget) throw new ApiError(404, 'not_found', 'This account has no budget.');
+      return c.json(budget, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'delete', path: '/v1/accounts/{id}/budget', operationId: 'clearAccountBudget', summary: "Remove an account's ceiling.",
+      request: { params: S.AccountIdParam },
+      responses: { 200: { description: 'Removed', content: { 'application/json': { schema: S.Removed } } }, ...storeErrors(400, 401, 404) },
+    }),
+    async (c) => {
+      const accountId = c.req.valid('param').id;
+      if (!(await ak.clearAccountBudget(accountId))) throw new ApiError(404, 'not_found', 'This account has no budget.');
+      return c.json({ accountId, removed: true as const }, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/usage', operationId: 'getUsage', summary: 'Spend from the ledger, with hourly or daily buckets.',
+      request: { query: S.UsageQuery },
+      responses: { 200: { description: 'Usage', content: { 'application/json': { schema: S.UsageReport } } }, ...storeErrors(400, 401) },
+    }),
+    async (c) => c.json(await ak.usage(c.req.valid('query')), 200),
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/accounts', operationId: 'listAccounts', summary: 'Every account with keys or a ceiling: key counts, lifetime spend, ceiling.',
+      request: { query: S.AccountListQuery },
+      responses: { 200: { description: 'The accounts', content: { 'application/json': { schema: S.AccountList } } }, ...storeErrors(400, 401) },
+    }),
+    async (c) => {
+      const { limit } = c.req.valid('query');
+      return c.json({ accounts: await ak.listAccounts(limit === undefined ? {} : { limit: Number(limit) }) }, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/ledger', operationId: 'listLedger', summary: 'Ledger rows, newest first (page with before=<last id>).',
+      request: { query: S.LedgerQuery },
+      responses: { 200: { description: 'Ledger rows', content: { 'application/json': { schema: S.LedgerList } } }, ...storeErrors(400, 401) },
+    }),
+    async (c) => {
+      const q = c.req.valid('query');
+      const entries = await ak.ledger({
+        ...(q.keyId !== undefined ? { keyId: q.keyId } : {}),
+        ...(q.accountId !== undefined ? { accountId: q.accountId } : {}),
+        ...(q.before !== undefined ? { before: Number(q.before) } : {}),
+        ...(q.limit !== undefined ? { limit: Number(q.limit) } : {}),
+      });
+      return c.json({ entries }, 200);
+    },
+  );
+
+  return app;
+}
+
+async function findKey(ak: AgentKey, id: string) {
+  const key = await ak.getKey(id);
+  if (!key) throw new ApiError(404, 'key_not_found', `No key has id ${id}.`);
+  return key;
+}

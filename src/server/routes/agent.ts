@@ -1,0 +1,52 @@
+import { createRoute } from '@hono/zod-openapi';
+import type { AgentKey } from '../../agentkey.js';
+import { spendRefused } from '../errors.js';
+import type { Metrics } from '../metrics.js';
+import { bodyErrors, router } from '../openapi.js';
+import * as S from '../schemas.js';
+
+/** The agent API: checking a key and charging it. The agent's own key, never the admin key. */
+export function agentRoutes(ak: AgentKey, metrics: Metrics) {
+  const app = router();
+
+  app.openapi(
+    createRoute({
+      method: 'post', path: '/v1/verify', tags: ['agent'], operationId: 'verifyKey',
+      summary: 'Validate a key (and a scope): 200 with valid true, or false and a reason.',
+      request: { body: { required: true, content: { 'application/json': { schema: S.VerifyBody } } } },
+      responses: { 200: { description: 'The validation result', content: { 'application/json': { schema: S.Verification } } }, ...bodyErrors() },
+    }),
+    async (c) => {
+      const { key, scope } = c.req.valid('json');
+      const result = await ak.validate(key);
+      if (result.valid && scope !== undefined && !ak.hasScope(result, scope)) {
+        metrics.verified('insufficient_scope');
+        return c.json({ valid: false, reason: 'insufficient_scope' as const, requiredScope: scope }, 200);
+      }
+      metrics.verified(result.valid ? 'valid' : result.reason);
+      return c.json(result, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post', path: '/v1/charge', tags: ['agent'], operationId: 'charge',
+      summary: "Charge a cost to the key's budget (and its ancestors' and account's).",
+      request: { body: { required: true, content: { 'application/json': { schema: S.ChargeBody } } } },
+      responses: { 200: { description: 'Charged', content: { 'application/json': { schema: S.Charged } } }, ...bodyErrors(401, 409, 429) },
+    }),
+    async (c) => {
+      const { key, ...usage } = c.req.valid('json');
+      const result = await ak.trackUsage(key, usage);
+      if (!result.success) {
+        const refusal = spendRefused(result);
+        metrics.refused('charge', refusal.code);
+        throw refusal;
+      }
+      metrics.charged(result, usage.costCents);
+      return c.json(result, 200);
+    },
+  );
+
+  return app;
+}

@@ -1,0 +1,103 @@
+import { createRoute, type z } from '@hono/zod-openapi';
+import type { Context } from 'hono';
+import type { AgentKey } from '../../agentkey.js';
+import { keyFromHeaders } from '../../http/verify.js';
+import { ApiError, settleRefused, spendRefused } from '../errors.js';
+import type { Metrics } from '../metrics.js';
+import { bodyErrors, router } from '../openapi.js';
+import * as S from '../schemas.js';
+
+/**
+ * Holds: take one before a costly call, then commit the real cost or release it. Only the
+ * key that took a hold may settle it.
+ */
+export function reservationRoutes(ak: AgentKey, metrics: Metrics) {
+  const app = router();
+
+  app.openapi(
+    createRoute({
+      method: 'post', path: '/v1/reservations', tags: ['agent'], operationId: 'reserve',
+      summary: 'Hold an amount before a costly call; settle it with commit or release.',
+      request: { body: { required: true, content: { 'application/json': { schema: S.ReserveBody } } } },
+      responses: { 201: { description: 'Held', content: { 'application/json': { schema: S.Reserved } } }, ...bodyErrors(401, 409, 429) },
+    }),
+    async (c) => {
+      const { key, ...hold } = c.req.valid('json');
+      const result = await ak.reserve(key, hold);
+      if (!result.success) {
+        const refusal = spendRefused(result);
+        metrics.refused('hold', refusal.code);
+        throw refusal;
+      }
+      metrics.held(result, hold.costCents);
+      return c.json(result, 201);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post', path: '/v1/reservations/{id}/commit', tags: ['agent'], operationId: 'commitReservation',
+      summary: 'Settle a hold with the real cost; the rest is given back.',
+      request: { params: S.ReservationIdParam, body: { required: true, content: { 'application/json': { schema: S.CommitBody } } } },
+      responses: { 200: { description: 'Committed', content: { 'application/json': { schema: S.Committed } } }, ...bodyErrors(401, 404, 409) },
+    }),
+    async (c) => {
+      const { id } = c.req.valid('param');
+      const { key, ...cost } = c.req.valid('json');
+      const result = await counting(metrics, 'commit', async () => {
+        await ownHold(ak, id, key ?? bearer(c));
+        const settled = await ak.commit(id, cost);
+        if (!settled.success) throw settleRefused(settled.reason);
+        return settled;
+      });
+      metrics.committed(result);
+      return c.json(result, 200);
+    },
+  );
+
+  app.openapi(
+    createRoute({
+      method: 'post', path: '/v1/reservations/{id}/release', tags: ['agent'], operationId: 'releaseReservation',
+      summary: 'Give a whole hold back.',
+      request: { params: S.ReservationIdParam, body: { required: false, content: { 'application/json': { schema: S.ReleaseBody } } } },
+      responses: { 200: { description: 'Released', content: { 'application/json': { schema: S.Released } } }, ...bodyErrors(401, 404, 409) },
+    }),
+    async (c) => {
+      const { id } = c.req.valid('param');
+      const body = (c.req.valid('json') as z.infer<typeof S.ReleaseBody> | undefined) ?? {};
+      const result = await counting(metrics, 'release', async () => {
+        await ownHold(ak, id, body.key ?? bearer(c));
+        const settled = await ak.release(id);
+        if (!settled.success) throw settleRefused(settled.reason);
+        return settled;
+      });
+      metrics.released(result);
+      return c.json(result, 200);
+    },
+  );
+
+  return app;
+}
+
+/** Runs `settle`, counting a refusal it throws as an outcome of `kind`. */
+async function counting<T>(metrics: Metrics, kind: 'commit' | 'release', settle: () => Promise<T>): Promise<T> {
+  try {
+    return await settle();
+  } catch (err) {
+    if (err instanceof ApiError) metrics.refused(kind, err.code);
+    throw err;
+  }
+}
+
+function bearer(c: Context): string | undefined {
+  return keyFromHeaders((name) => c.req.header(name)) ?? undefined;
+}
+
+/** The key settling a hold must be the key that took it (whatever its status now). */
+async function ownHold(ak: AgentKey, reservationId: string, rawKey: string | undefined): Promise<void> {
+  if (!rawKey) throw new ApiError(401, 'missing_key', 'Send the key that took the hold as "key" in the body or "Authorization: Bearer <key>".');
+  const [keyId, hold] = await Promise.all([ak.identify(rawKey), ak.getReservation(reservationId)]);
+  if (keyId === null) throw new ApiError(401, 'invalid_key', 'The API key is not valid.');
+  // Another key's hold reads as missing: ids are not confirmed to a key that does not own them.
+  if (!hold || hold.keyId !== keyId) throw new ApiError(404, 'reservation_not_found', 'This key has no reservation with this id.');
+}
