@@ -107,6 +107,36 @@ describe('without a database: routes that need no store, and broken stores', () 
     expect(long.headers['x-request-id']).toBe('r'.repeat(128));
   });
 
+  it('happy: one log line per request, its level following the status (info 2xx/3xx, warn 4xx, error 5xx), with the error code on 4xx and 5xx lines', async () => {
+    const { logger, lines } = memoryLogger();
+    const svc = service(ak, { logger, timeoutMs: 100, selfServe: { signupRateLimit: false, timeoutMs: 100 } });
+    const failing = service(new AgentKey({ pool: throwingPool() as never }), { logger });
+    const cases: [Promise<unknown>, string, string, string | undefined][] = [
+      [svc.send('GET', '/healthz', { headers: { 'x-request-id': 'ok' } }), 'ok', 'info', undefined],
+      [svc.send('GET', '/openapi.json', { headers: { 'x-request-id': 'doc' } }), 'doc', 'info', undefined],
+      [svc.send('GET', '/nope', { headers: { 'x-request-id': 'unknown' } }), 'unknown', 'warn', 'not_found'],
+      [svc.send('PUT', '/v1/charge', { headers: { 'x-request-id': 'method' } }), 'method', 'warn', 'method_not_allowed'],
+      [svc.send('GET', '/v1/keys', { headers: { 'x-request-id': 'no-admin' } }), 'no-admin', 'warn', 'missing_admin_key'],
+      [svc.send('GET', '/v1/keys', { bearer: 'not-the-admin-key-0123', headers: { 'x-request-id': 'bad-admin' } }), 'bad-admin', 'warn', 'invalid_admin_key'],
+      [svc.send('POST', '/v1/charge', { json: {}, headers: { 'x-request-id': 'invalid' } }), 'invalid', 'warn', 'invalid_request'],
+      [svc.send('POST', '/v1/charge', { raw: '{', headers: { 'x-request-id': 'json' } }), 'json', 'warn', 'invalid_json'],
+      [svc.send('POST', '/v1/charge', { raw: 'a=1', type: 'text/plain', headers: { 'x-request-id': 'type' } }), 'type', 'warn', 'unsupported_media_type'],
+      [svc.send('POST', '/v1/charge', { json: { pad: 'x'.repeat(70_000) }, headers: { 'x-request-id': 'huge' } }), 'huge', 'warn', 'body_too_large'],
+      [svc.send('POST', '/signup', { raw: 'a=1', type: 'text/plain', headers: { 'x-request-id': 'signup-type' } }), 'signup-type', 'warn', 'unsupported_media_type'],
+      [svc.send('GET', '/sdk-keys/me', { headers: { 'x-request-id': 'signup-key' } }), 'signup-key', 'warn', 'missing_key'],
+      [svc.send('POST', '/v1/verify', { json: { key: UNKNOWN_KEY }, headers: { 'x-request-id': 'slow' } }), 'slow', 'error', 'storage_timeout'],
+      [failing.send('POST', '/v1/verify', { json: { key: UNKNOWN_KEY }, headers: { 'x-request-id': 'fault' } }), 'fault', 'error', 'storage_error'],
+    ];
+    await Promise.all(cases.map(([reply]) => reply));
+    for (const [, requestId, level, code] of cases) {
+      const requestLines = lines.filter((l) => l.msg === 'request' && l.obj.requestId === requestId);
+      expect(requestLines, requestId).toHaveLength(1);
+      const [line] = requestLines;
+      expect({ requestId, level: line?.level, code: line?.obj.code }).toEqual({ requestId, level, code });
+      expect(line?.obj).toMatchObject({ method: expect.any(String), route: expect.any(String), status: expect.any(Number), ms: expect.any(Number) });
+    }
+  });
+
   describe('storage faults', () => {
     const routesOf = (key: string) => {
       const { admin, agent } = everyRoute(key);

@@ -7,7 +7,8 @@ import type { Logger } from '../options.js';
 
 /**
  * Gives each request an id (the client's `x-request-id`, up to 128 characters, or a new
- * one), answers with it, and when the request is done counts it and logs one line.
+ * one), answers with it, and when the request is done counts it and logs one line: info
+ * for 2xx/3xx, warn for 4xx, error for 5xx; an error's line carries its code.
  */
 export function requestLog(metrics: Metrics, log: Logger | undefined): MiddlewareHandler<Env> {
   return async function requestLog(c, next) {
@@ -23,7 +24,12 @@ export function requestLog(metrics: Metrics, log: Logger | undefined): Middlewar
       // The route's pattern ('/v1/keys/:id'), even when a middleware answered before it ran.
       const route = matchedRoutes(c).filter((r) => r.method !== 'ALL').at(-1)?.path ?? 'unmatched';
       metrics.request(c.req.method, route, status, seconds);
-      log?.info({ requestId, method: c.req.method, route, path: c.req.path, status, ms: Math.round(seconds * 10_000) / 10 }, 'request');
+      if (log) {
+        const line = { requestId, method: c.req.method, route, path: c.req.path, status, ms: Math.round(seconds * 10_000) / 10 };
+        if (status >= 500) log.error({ ...line, code: c.get('errorCode') }, 'request');
+        else if (status >= 400) log.warn({ ...line, code: c.get('errorCode') }, 'request');
+        else log.info(line, 'request');
+      }
     }
   };
 }
