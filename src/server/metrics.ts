@@ -1,28 +1,21 @@
-import { Counter, Histogram, Registry } from 'prom-client';
+import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AgentKey } from '../agentkey.js';
 import { type CentsInput, MICROS_PER_CENT, centsToMicros } from '../money.js';
 
-/** The refusal codes a key gets, as the outcome labels verifications use too. */
-const KEY_OUTCOME: Record<string, string> = { invalid_key: 'invalid', key_expired: 'expired', key_revoked: 'revoked' };
-
-/** Cents as the ledger records them: rounded up to a whole micro-dollar. */
-export function recorded(cents: CentsInput): number {
-  return centsToMicros(cents, 'up') / MICROS_PER_CENT;
-}
-
 /**
  * The service's Prometheus metrics, on a registry of its own (never prom-client's global
- * one, so two services in one process do not collide). Routes are labelled by their
- * pattern ('/v1/keys/:id'), never by the raw path, so the label set stays small.
+ * one, so two services in one process do not collide), with Node's process metrics.
+ * Routes are labelled by their pattern ('/v1/keys/:id'), never by the raw path, so the
+ * label set stays small. A replay (an idempotent retry) is counted as `replayed`, and
+ * never adds cents: money is counted once, as the ledger records it.
  */
 export function createMetrics(ak: AgentKey) {
   const registry = new Registry();
-  const requests = new Counter({
-    name: 'agentkey_http_requests_total',
-    help: 'HTTP requests by method, route pattern and status.',
-    labelNames: ['method', 'route', 'status'] as const,
-    registers: [registry],
-  });
+  collectDefaultMetrics({ register: registry });
+  const counter = <L extends string>(name: string, help: string, labelNames: readonly L[] = []) =>
+    new Counter<L>({ name, help, labelNames, registers: [registry] });
+
+  const requests = counter('agentkey_http_requests_total', 'HTTP requests by method, route pattern and status.', ['method', 'route', 'status']);
   const duration = new Histogram({
     name: 'agentkey_http_request_duration_seconds',
     help: 'HTTP request duration by route pattern.',
@@ -30,33 +23,20 @@ export function createMetrics(ak: AgentKey) {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   });
-  const verifications = new Counter({
-    name: 'agentkey_verifications_total',
-    help: 'POST /v1/verify outcomes: valid, invalid, expired, revoked, insufficient_scope.',
-    labelNames: ['outcome'] as const,
-    registers: [registry],
-  });
-  const charges = new Counter({
-    name: 'agentkey_charges_total',
-    help: 'Charges and commits by outcome (charged, budget_exceeded, ...).',
-    labelNames: ['kind', 'outcome'] as const,
-    registers: [registry],
-  });
-  const cents = new Counter({
-    name: 'agentkey_charged_cents_total',
-    help: 'Cents charged by charges and commits (counted toward budgets; overage apart).',
-    registers: [registry],
-  });
-  const overage = new Counter({
-    name: 'agentkey_overage_cents_total',
-    help: 'Cents of commits that no budget could take: recorded as overage, never counted toward a cap.',
-    registers: [registry],
-  });
-  const overages = new Counter({
-    name: 'agentkey_overage_commits_total',
-    help: 'Commits with some overage.',
-    registers: [registry],
-  });
+  const verifications = counter('agentkey_verifications_total', 'POST /v1/verify outcomes: valid, invalid, expired, revoked, budget_exceeded, insufficient_scope.', ['outcome']);
+  const charges = counter(
+    'agentkey_charges_total',
+    'Charges and commits by outcome: charged, replayed (an idempotent retry, charged once), or the refusal (budget_exceeded, invalid, ...).',
+    ['kind', 'outcome'],
+  );
+  const cents = counter('agentkey_charged_cents_total', 'Cents charged by charges and commits (counted toward budgets; overage apart; replays never).');
+  const overage = counter('agentkey_overage_cents_total', 'Cents of commits that no budget could take: recorded as overage, never counted toward a cap.');
+  const overages = counter('agentkey_overage_commits_total', 'Commits with some overage.');
+  const holds = counter('agentkey_holds_total', 'Holds (POST /v1/reservations) by outcome: held, replayed, or the refusal (budget_exceeded, invalid, ...).', ['outcome']);
+  const heldCents = counter('agentkey_held_cents_total', 'Cents taken by new holds.');
+  const releases = counter('agentkey_releases_total', 'Releases by outcome: released, replayed, or the refusal (already_committed, reservation_not_found, ...).', ['outcome']);
+  const releasedCents = counter('agentkey_released_cents_total', 'Cents of holds given back: by releases, and the unused part of commits.');
+
   // Read from the AgentKey when scraped: counters it keeps itself.
   const cacheCounter = (name: string, help: string, field: 'hits' | 'misses' | 'evictions' | 'invalidations') =>
     new Counter({
@@ -88,25 +68,43 @@ export function createMetrics(ak: AgentKey) {
     },
     /** A charge that went through: `costCents` as asked (a replay adds none). */
     charged(result: { replayed?: true }, costCents: CentsInput) {
-      charges.inc({ kind: 'charge', outcome: 'charged' });
+      charges.inc({ kind: 'charge', outcome: result.replayed ? 'replayed' : 'charged' });
       if (!result.replayed) add(cents, recorded(costCents));
     },
-    committed(result: { replayed?: true; chargedCents: number; overageCents: number }) {
-      charges.inc({ kind: 'commit', outcome: 'charged' });
+    committed(result: { replayed?: true; chargedCents: number; overageCents: number; releasedCents: number }) {
+      charges.inc({ kind: 'commit', outcome: result.replayed ? 'replayed' : 'charged' });
       if (result.replayed) return;
       add(cents, result.chargedCents);
+      add(releasedCents, result.releasedCents);
       if (result.overageCents > 0) {
         overage.inc(result.overageCents);
         overages.inc();
       }
     },
-    held(_result: { replayed?: true }, _costCents: CentsInput) {},
-    released(_result: { replayed?: true; releasedCents: number }) {},
-    /** A refused charge, by its error code ('invalid_key' counts as 'invalid', as verifications say). */
+    held(result: { replayed?: true }, costCents: CentsInput) {
+      holds.inc({ outcome: result.replayed ? 'replayed' : 'held' });
+      if (!result.replayed) add(heldCents, recorded(costCents));
+    },
+    released(result: { replayed?: true; releasedCents: number }) {
+      releases.inc({ outcome: result.replayed ? 'replayed' : 'released' });
+      if (!result.replayed) add(releasedCents, result.releasedCents);
+    },
+    /** A refused charge, commit, hold or release, by its error code ('invalid_key' counts as 'invalid', as verifications say). */
     refused(kind: 'charge' | 'commit' | 'hold' | 'release', code: string) {
-      if (kind === 'charge') charges.inc({ kind, outcome: KEY_OUTCOME[code] ?? code });
+      const outcome = KEY_OUTCOME[code] ?? code;
+      if (kind === 'hold') holds.inc({ outcome });
+      else if (kind === 'release') releases.inc({ outcome });
+      else charges.inc({ kind, outcome });
     },
   };
 }
 
 export type Metrics = ReturnType<typeof createMetrics>;
+
+/** The refusal codes a key gets, as the outcome labels verifications use too. */
+const KEY_OUTCOME: Record<string, string> = { invalid_key: 'invalid', key_expired: 'expired', key_revoked: 'revoked' };
+
+/** Cents as the ledger records them: rounded up to a whole micro-dollar. */
+function recorded(cents: CentsInput): number {
+  return centsToMicros(cents, 'up') / MICROS_PER_CENT;
+}

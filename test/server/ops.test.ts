@@ -66,7 +66,9 @@ forEachDatabase((getDb) => {
       const samples = parseMetrics(res.text);
       const cacheHits = ak.cacheStats()?.hits;
 
-      expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'charged' })).toBe(3);
+      // The retry with the same idempotency key is a replay, not a third charge.
+      expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'charged' })).toBe(2);
+      expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'replayed' })).toBe(1);
       expect(metric(samples, 'agentkey_charges_total', { kind: 'charge', outcome: 'budget_exceeded' })).toBe(1);
       expect(metric(samples, 'agentkey_charges_total', { kind: 'commit', outcome: 'charged' })).toBe(1);
       // The replay is not charged twice.
@@ -124,6 +126,70 @@ forEachDatabase((getDb) => {
       const other = service(ak);
       expect(metric(await other.metrics(), 'agentkey_charges_total')).toBeUndefined();
       expect(metric(await svc.metrics(), 'agentkey_charges_total')).toBe(1);
+      // Node's process metrics are on each app's registry too, without clashing.
+      for (const app of [svc, other]) expect(metric(await app.metrics(), 'process_cpu_user_seconds_total')).toBeGreaterThan(0);
+    });
+
+    it('happy: holds, commits and releases are counted by outcome, with the cents held, charged, given back and over budget; replays add nothing', async () => {
+      const { ak, svc } = await setup();
+      const parent = await ak.create({ accountId: 'acct_h', budgetCents: 20 });
+      const child = await ak.create({ accountId: 'acct_h', parentId: parent.id, budgetCents: 10 });
+      const other = await ak.create({ accountId: 'acct_h' });
+      const hold = async (json: Record<string, unknown>) => (await svc.post('/v1/reservations', json)).body.reservationId as string;
+
+      const a = await hold({ key: child.key, costCents: 4, idempotencyKey: 'a' });
+      expect(await hold({ key: child.key, costCents: 4, idempotencyKey: 'a' })).toBe(a);
+      const b = await hold({ key: child.key, costCents: 3 });
+      expect((await svc.post('/v1/reservations', { key: child.key, costCents: 50 })).status).toBe(429);
+      expect((await svc.post('/v1/reservations', { key: 'ak_garbage', costCents: 1 })).status).toBe(401);
+      expect((await svc.post('/v1/reservations', { key: child.key, costCents: 5, idempotencyKey: 'a' })).status).toBe(409);
+
+      // a: commits 2.5 of its 4 (1.5 given back), then a replay; b: commits 9 of its 3, of which the budget takes 7.5.
+      expect((await svc.post(`/v1/reservations/${a}/commit`, { key: child.key, costCents: 2.5 })).status).toBe(200);
+      expect((await svc.post(`/v1/reservations/${a}/commit`, { key: child.key, costCents: 2.5 })).body.replayed).toBe(true);
+      expect((await svc.post(`/v1/reservations/${a}/commit`, { key: child.key, costCents: 3 })).status).toBe(409);
+      expect((await svc.post(`/v1/reservations/${a}/release`, { key: child.key })).status).toBe(409);
+      expect((await svc.post(`/v1/reservations/${b}/commit`, { key: other.key, costCents: 1 })).status).toBe(404);
+      expect((await svc.post(`/v1/reservations/${b}/commit`, { costCents: 1 })).status).toBe(401);
+      const over = await svc.post(`/v1/reservations/${b}/commit`, { key: child.key, costCents: 9 });
+      expect(over.body).toMatchObject({ chargedCents: 7.5, overageCents: 1.5 });
+
+      // c: released, then a replay.
+      const c = await hold({ key: parent.key, costCents: 0.5 });
+      expect((await svc.post(`/v1/reservations/${c}/release`, { key: parent.key })).body).toMatchObject({ releasedCents: 0.5 });
+      expect((await svc.post(`/v1/reservations/${c}/release`, { key: parent.key })).body.replayed).toBe(true);
+      expect((await svc.post(`/v1/reservations/${c}/commit`, { key: parent.key, costCents: 1 })).status).toBe(409);
+
+      const samples = await svc.metrics();
+      const count = (name: string, labels: Record<string, string>) => metric(samples, name, labels) ?? 0;
+      expect({
+        held: count('agentkey_holds_total', { outcome: 'held' }),
+        heldReplayed: count('agentkey_holds_total', { outcome: 'replayed' }),
+        heldRefused: count('agentkey_holds_total', { outcome: 'budget_exceeded' }),
+        heldInvalid: count('agentkey_holds_total', { outcome: 'invalid' }),
+        heldConflict: count('agentkey_holds_total', { outcome: 'idempotency_conflict' }),
+        committed: count('agentkey_charges_total', { kind: 'commit', outcome: 'charged' }),
+        commitReplayed: count('agentkey_charges_total', { kind: 'commit', outcome: 'replayed' }),
+        commitConflict: count('agentkey_charges_total', { kind: 'commit', outcome: 'idempotency_conflict' }),
+        commitNotFound: count('agentkey_charges_total', { kind: 'commit', outcome: 'reservation_not_found' }),
+        commitNoKey: count('agentkey_charges_total', { kind: 'commit', outcome: 'missing_key' }),
+        commitReleased: count('agentkey_charges_total', { kind: 'commit', outcome: 'already_released' }),
+        released: count('agentkey_releases_total', { outcome: 'released' }),
+        releaseReplayed: count('agentkey_releases_total', { outcome: 'replayed' }),
+        releaseCommitted: count('agentkey_releases_total', { outcome: 'already_committed' }),
+        overageCommits: count('agentkey_overage_commits_total', {}),
+      }).toEqual({
+        held: 3, heldReplayed: 1, heldRefused: 1, heldInvalid: 1, heldConflict: 1,
+        committed: 2, commitReplayed: 1, commitConflict: 1, commitNotFound: 1, commitNoKey: 1, commitReleased: 1,
+        released: 1, releaseReplayed: 1, releaseCommitted: 1,
+        overageCommits: 1,
+      });
+      expect(metric(samples, 'agentkey_held_cents_total')).toBeCloseTo(4 + 3 + 0.5, 10);
+      expect(metric(samples, 'agentkey_charged_cents_total')).toBeCloseTo(2.5 + 7.5, 10);
+      expect(metric(samples, 'agentkey_overage_cents_total')).toBeCloseTo(1.5, 10);
+      expect(metric(samples, 'agentkey_released_cents_total')).toBeCloseTo(1.5 + 0.5, 10);
+      // The counters agree with the ledger: what was charged is what it recorded.
+      expect((await ak.usage({ accountId: 'acct_h' })).totalCents).toBeCloseTo(2.5 + 7.5, 10);
     });
   });
 
