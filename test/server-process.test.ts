@@ -217,6 +217,8 @@ describe('serve on PGlite (a data directory)', () => {
     expect(printed, server.proc.stderr()).toHaveLength(1);
     const adminKey = printed[0] as string;
     expect(server.proc.stderr()).toContain('shown this once');
+    // The banner names every admin route and the dashboard, where the key is used.
+    for (const place of ['/v1/keys', '/v1/accounts', '/v1/usage', '/v1/ledger', '/dashboard', 'agentkey admin-key rotate']) expect(server.proc.stderr()).toContain(place);
     expect(server.proc.stdout()).not.toContain(adminKey);
     expect(fs.readFileSync(lockFile, 'utf8')).toBe(String(server.proc.pid));
     expect(await call(server.url, 'GET', '/healthz')).toEqual({ status: 200, body: { status: 'ok', database: 'pglite' } });
@@ -357,6 +359,18 @@ describe('serve: settings are checked before the database is touched', () => {
     }
   }, 120_000);
 
+  it('serve --help lists the options serve takes (no --json: it prints no result) and the admin key; serve --json is an unknown option', async () => {
+    const [help, json] = await Promise.all([runCli(cli(), ['serve', '--help'], { env: cliEnv() }), runCli(cli(), ['serve', '--json'], { env: cliEnv() })]);
+    expect(help.code, help.stderr).toBe(0);
+    for (const option of ['--data-dir', '--database-url', '--table', '--port', '--host', '--self-serve', '--signup-scopes', '--signup-without-email', '--body-limit', '--timeout-ms', '--log-level']) {
+      expect(help.stdout).toContain(option);
+    }
+    expect(help.stdout).not.toContain('--json');
+    expect(help.stdout).toContain('AGENTKEY_ADMIN_KEY');
+    expect(help.stdout).toContain('/dashboard');
+    expectOneLineFailure(json, /unknown option '--json'/);
+  }, 60_000);
+
   it('on PostgreSQL, a busy port or a bad --host creates no table and no admin key', async () => {
     const db = await freshDatabase('agentkey_serve_settings');
     const blocker = await busyPort();
@@ -472,16 +486,15 @@ describe('serve on PostgreSQL (DATABASE_URL)', () => {
     expect(server.proc.lines.at(-1)).toMatchObject({ level: 40, signal: 'SIGINT', msg: 'second signal: exiting without waiting' });
   }, 60_000);
 
-  it('a too-short or spaced AGENTKEY_ADMIN_KEY: exit 1 with one line that does not echo it', async () => {
-    const [short, spaced] = await Promise.all([
-      runCli(cli(), ['serve', '--port', '0', '--host', '127.0.0.1'], { env: cliEnv({ DATABASE_URL: db.url, AGENTKEY_ADMIN_KEY: 'tooShort123' }) }),
-      runCli(cli(), ['serve', '--port', '0', '--host', '127.0.0.1'], { env: cliEnv({ DATABASE_URL: db.url, AGENTKEY_ADMIN_KEY: 'long enough but spaced' }) }),
-    ]);
-    for (const result of [short, spaced]) {
+  it('a too-short, spaced or otherwise non-token AGENTKEY_ADMIN_KEY: exit 1 with one line that does not echo it', async () => {
+    const keys = ['tooShort123', 'long enough but spaced', 'long-enough-but-"quoted"'];
+    const results = await Promise.all(
+      keys.map((key) => runCli(cli(), ['serve', '--port', '0', '--host', '127.0.0.1'], { env: cliEnv({ DATABASE_URL: db.url, AGENTKEY_ADMIN_KEY: key }) })),
+    );
+    results.forEach((result, i) => {
       expectOneLineFailure(result, /AGENTKEY_ADMIN_KEY must be at least 16 characters/);
-    }
-    expect(short.stderr).not.toContain('tooShort123');
-    expect(spaced.stderr).not.toContain('long enough but spaced');
+      expect(result.stderr).not.toContain(keys[i]);
+    });
   }, 60_000);
 
   it('AGENTKEY_SELF_SERVE: true mounts the self-serve routes, false (or unset) does not, anything else exits 1', async () => {

@@ -107,12 +107,17 @@ function instant(value: string): Date {
   }
 }
 
-function withCommon(cmd: Command): Command {
+/** Where the data is: every command's options. */
+function withStorage(cmd: Command): Command {
   return cmd
     .addOption(new Option('--data-dir <dir>', 'embedded database directory').env('AGENTKEY_DATA_DIR').default('./.agentkey'))
     .addOption(new Option('--database-url <url>', 'use PostgreSQL at this URL instead of the embedded database').env('DATABASE_URL'))
-    .addOption(new Option('--table <name>', "the keys table (default 'sdk_api_keys')").env('AGENTKEY_TABLE'))
-    .option('--json', 'print JSON for scripts instead of tables');
+    .addOption(new Option('--table <name>', "the keys table (default 'sdk_api_keys')").env('AGENTKEY_TABLE'));
+}
+
+/** The options of the commands that print a result: --json beside where the data is. */
+function withCommon(cmd: Command): Command {
+  return withStorage(cmd).option('--json', 'print JSON for scripts instead of tables');
 }
 
 export function buildProgram(): Command {
@@ -123,15 +128,16 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (str, write) => write(`agentkey: ${printable(str.replace(/^error: /, '').trim().replace(/\.?$/, ''))} (see --help).\n`) })
     .exitOverride();
 
-  withCommon(program.command('serve'))
-    .description('run the HTTP service (admin API, agent API, /openapi.json, /healthz, /metrics)')
+  // No --json: the service prints no result, it logs JSON lines.
+  withStorage(program.command('serve'))
+    .description('run the HTTP service: the admin API, the agent API, /dashboard, /openapi.json, /healthz and /metrics')
     .addOption(new Option('-p, --port <port>', 'port to listen on').env('PORT').default(8787).argParser(wholeNumber('port', 0, 65535)))
     .addOption(new Option('--host <host>', 'address to listen on').env('HOST').default('0.0.0.0'))
     // Not .env(): commander would turn a flag on for any value, AGENTKEY_SELF_SERVE=false included.
     .option('--self-serve', 'mount the self-serve routes: /signup, /sdk-keys/me, /sdk-keys, /sdk-keys/:id (env AGENTKEY_SELF_SERVE=true)')
     .addOption(new Option('--signup-scopes <scopes>', 'comma-separated scopes that POST /signup grants').env('AGENTKEY_SIGNUP_SCOPES').argParser(list))
     .option('--signup-without-email', 'let POST /signup issue keys without an email, which it needs by default (env AGENTKEY_SIGNUP_WITHOUT_EMAIL=true)')
-    .addOption(new Option('--body-limit <bytes>', 'largest request body').default(65_536).argParser(wholeNumber('body limit', 1024, 10_485_760)))
+    .addOption(new Option('--body-limit <bytes>', 'largest request body (413 past it)').default(65_536).argParser(wholeNumber('body limit', 1024, 10_485_760)))
     .addOption(
       new Option('--timeout-ms <ms>', 'the longest a call waits on the database (then 503 storage_timeout)')
         .env('AGENTKEY_TIMEOUT_MS')
@@ -139,7 +145,16 @@ export function buildProgram(): Command {
         .argParser(wholeNumber('timeout', 1, 3_600_000)),
     )
     .addOption(
-      new Option('--log-level <level>', 'log level').env('LOG_LEVEL').default('info').choices(['fatal', 'error', 'warn', 'info', 'debug', 'silent']),
+      new Option('--log-level <level>', 'least level logged: requests are info (2xx/3xx), warn (4xx) or error (5xx), one JSON line each on stdout')
+        .env('LOG_LEVEL')
+        .default('info')
+        .choices(['fatal', 'error', 'warn', 'info', 'debug', 'silent']),
+    )
+    .addHelpText(
+      'after',
+      '\nThe admin key is AGENTKEY_ADMIN_KEY (16 or more letters, digits or . _ ~ + / -).\n' +
+        'Without it, the first start creates one, prints it once on stderr and stores\n' +
+        'only its hash; `agentkey admin-key rotate` replaces it.',
     )
     .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string }) => {
       // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
@@ -162,8 +177,9 @@ export function buildProgram(): Command {
           onAdminKeyCreated: (key) =>
             process.stderr.write(
               `\nagentkey: created the admin key. It is shown this once and stored only as a hash; keep it now:\n\n  ${key}\n\n` +
-                'Send it as "Authorization: Bearer <admin key>" to /v1/keys, /v1/accounts and /v1/usage.\n' +
-                'Lost it? Stop the service and run `agentkey admin-key rotate`, or set AGENTKEY_ADMIN_KEY.\n\n',
+                'Send it as "Authorization: Bearer <admin key>" to the admin routes (/v1/keys, /v1/accounts, /v1/usage,\n' +
+                '/v1/ledger), or sign in with it at /dashboard. The routes are described at /openapi.json.\n' +
+                'Lost it? Stop the service, run `agentkey admin-key rotate` and start it again, or set AGENTKEY_ADMIN_KEY.\n\n',
             ),
         }),
       );
