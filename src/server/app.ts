@@ -1,9 +1,10 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
 import { HTTPException } from 'hono/http-exception';
+import type { Context } from 'hono';
 import type { AgentKey } from '../agentkey.js';
 import { checkAgentKey } from '../http/verify.js';
 import type { Env } from './context.js';
-import { errorBody, errorDetail, sendError, toHttp } from './errors.js';
+import { type ErrorAnswer, errorBody, errorDetail, sendError, toHttp } from './errors.js';
 import { createMetrics } from './metrics.js';
 import { adminAuth } from './middleware/admin-auth.js';
 import { jsonOnly } from './middleware/json-only.js';
@@ -37,10 +38,17 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   const log = options.logger;
   const metrics = createMetrics(ak);
   const app = new OpenAPIHono<Env>();
+  // The page's routes answer in the package's shape even when the service refused the request first (405, 413, 415).
+  const answer = (c: Context<Env>, error: ErrorAnswer): Response => {
+    if (!selfServe || !isSelfServePath(c.req.path)) return sendError(c, error);
+    const { status, body } = inPackageShape(error);
+    c.set('errorCode', error.body.error.code);
+    return c.json(body as object, status as 400);
+  };
 
   // Outermost first: the log sees the final answer, the 405 replaces a 404, then the limits.
   app.use('*', requestLog(metrics, log));
-  app.use('*', wrongMethod(app));
+  app.use('*', wrongMethod(app, answer));
   app.use('*', jsonOnly);
   app.use('*', bodyLimitOf(limit));
   app.use('/v1/*', requestTimeout(timeoutMs));
@@ -63,19 +71,13 @@ export function createApp(ak: AgentKey, options: AppOptions) {
     },
   });
 
-  app.notFound((c) => sendError(c, { status: 404, body: errorBody('not_found', `No route for ${c.req.method} ${c.req.path}.`) }));
+  app.notFound((c) => answer(c, { status: 404, body: errorBody('not_found', `No route for ${c.req.method} ${c.req.path}.`) }));
   app.onError((err, c) => {
     // Hono's bearer-auth has already made its answer (see middleware/admin-auth.ts).
     if (err instanceof HTTPException && err.res) return err.getResponse();
-    const answer = toHttp(err);
-    if (answer.status >= 500) log?.error({ requestId: c.get('requestId'), err: errorDetail(err) }, 'request failed');
-    if (selfServe && isSelfServePath(c.req.path)) {
-      // The page's routes answer in the package's shape even when the service refused the request first (413, 415).
-      const { status, body } = inPackageShape(answer);
-      c.set('errorCode', answer.body.error.code);
-      return c.json(body as object, status as 400);
-    }
-    return sendError(c, answer);
+    const error = toHttp(err);
+    if (error.status >= 500) log?.error({ requestId: c.get('requestId'), err: errorDetail(err) }, 'request failed');
+    return answer(c, error);
   });
 
   return { app, metrics };

@@ -94,6 +94,23 @@ forEachDatabase((getDb) => {
       expectSelfServeError(formSignup, 415, /\S/, 'unsupported_media_type');
       expectSelfServeError(hugeChild, 413, /\S/, 'body_too_large');
     });
+
+    it('error: a wrong method on a self-serve path -> 405 method_not_allowed with Allow, and an unknown path under them -> 404, both in the package\'s shape', async () => {
+      const { ak, svc } = await setup({ selfServe: { signupRateLimit: false } });
+      const caller = await ak.create({ accountId: 'acct_p' });
+      const cases: [string, string, string][] = [
+        ['GET', '/signup', 'POST'],
+        ['PUT', '/sdk-keys', 'POST'],
+        ['POST', '/sdk-keys/me', 'DELETE, GET, HEAD'],
+        ['GET', `/sdk-keys/${caller.id}`, 'DELETE'],
+      ];
+      for (const [method, path, allow] of cases) {
+        const res = await svc.send(method, path, { bearer: caller.key });
+        expectSelfServeError(res, 405, /\S/, 'method_not_allowed');
+        expect(res.headers.allow?.split(', ').sort().join(', '), `${method} ${path}`).toBe(allow);
+      }
+      expectSelfServeError(await svc.send('GET', `/sdk-keys/${caller.id}/children`, { bearer: caller.key }), 404, /\S/, 'not_found');
+    });
   });
 
 });
