@@ -38,7 +38,7 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   const log = options.logger;
   const metrics = createMetrics(ak);
   const app = new OpenAPIHono<Env>();
-  // The page's routes answer in the package's shape even when the service refused the request first (405, 413, 415).
+  // The self-serve routes answer in the @katrinalaszlo/agentkey package's shape even when the service refused the request first (404, 405, 413, 415).
   const answer = (c: Context<Env>, error: ErrorAnswer): Response => {
     if (!selfServe || !isSelfServePath(c.req.path)) return sendError(c, error);
     const { status, body } = inPackageShape(error);

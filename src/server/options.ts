@@ -12,7 +12,7 @@ export interface Logger {
 export interface AppOptions {
   /** The admin bearer key, or its SHA-256 hash in hex (`{ sha256 }`) as the service stores it. */
   adminKey: string | { sha256: string };
-  /** Mount the seed page's self-serve routes (/signup, /sdk-keys...). Off by default. */
+  /** Mount the self-serve routes of the @katrinalaszlo/agentkey package (/signup, /sdk-keys...). Off by default. */
   selfServe?: AgentKeyRoutesOptions | false;
   /** Largest request body accepted, in bytes (413 past it). Default 64 KiB. */
   bodyLimitBytes?: number;

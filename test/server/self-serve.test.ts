@@ -50,7 +50,7 @@ forEachDatabase((getDb) => {
       expect(del.status).toBe(200);
       expect(del.body).toEqual({ revoked: true, id: child.body.id });
       expect((await ak.getKey(child.body.id))?.status).toBe('revoked');
-      // The admin API sees what the page did.
+      // The admin API sees what the self-serve routes did.
       expect((await svc.admin('GET', `/v1/keys?accountId=${signup.body.accountId}`)).body.keys.map((k: { id: number }) => k.id)).toEqual([signup.body.id]);
     });
 

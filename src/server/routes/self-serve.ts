@@ -7,7 +7,7 @@ import type { Env } from '../context.js';
 import type { ErrorAnswer } from '../errors.js';
 
 /**
- * The seed page's self-serve routes, with their security model (see README), answering
+ * The self-serve routes of the @katrinalaszlo/agentkey package, with their security model (see README), answering
  * in the package's shape (`error` a string, with `code` and `message`), as its clients parse it.
  */
 export function selfServeRoutes(ak: AgentKey, opts: ReturnType<typeof checkRoutesOptions>, clientAddress: (c: Context) => string) {
