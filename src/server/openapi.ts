@@ -30,7 +30,7 @@ function describeIssue(issue: Issue | undefined, target: string): string {
   return field ? `Field "${field}" in ${where} is invalid: ${message}.` : `The request is invalid in ${where}: ${message}.`;
 }
 
-/** Who can send what, in the words of the document. */
+/** What each error status means, as the document says it, with the codes it carries. */
 const ANSWERS = {
   400: 'Malformed input: invalid_json, invalid_request (naming the field), or a value the library refuses (invalid_argument, invalid_cost...).',
   401: 'A missing or wrong key: missing_admin_key, invalid_admin_key (admin routes); missing_key, invalid_key, key_expired, key_revoked (agent routes).',
@@ -48,13 +48,15 @@ const ANSWERS = {
 export type ErrorStatus = keyof typeof ANSWERS;
 
 const json = { 'application/json': { schema: ErrorBody } };
+const allow = { Allow: { description: 'The methods this path takes.', schema: { type: 'string' as const, example: 'GET, HEAD' } } };
+type Answer = { description: string; content: typeof json; headers?: typeof allow };
 
 /** The documented error answers of a route: the statuses given, and 405 (another method on its path), which every path can send. */
 export function errors<S extends ErrorStatus>(...statuses: S[]) {
-  const answers: Partial<Record<ErrorStatus, { description: string; content: typeof json; headers?: Record<string, unknown> }>> = {};
-  for (const status of [...statuses, 405] as ErrorStatus[]) answers[status] = { description: ANSWERS[status], content: json };
-  (answers[405] as { headers?: unknown }).headers = { Allow: { description: 'The methods this path takes.', schema: { type: 'string', example: 'GET, HEAD' } } };
-  return answers as Record<S | 405, { description: string; content: typeof json }>;
+  const answers: Partial<Record<ErrorStatus, Answer>> = {};
+  for (const status of statuses) answers[status] = { description: ANSWERS[status], content: json };
+  answers[405] = { description: ANSWERS[405], content: json, headers: allow };
+  return answers as Record<S | 405, Answer>;
 }
 
 /** The errors of a route that waits on the database (500 for a fault, 503 when it does not answer in time), beside its own. */
