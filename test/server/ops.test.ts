@@ -113,7 +113,7 @@ forEachDatabase((getDb) => {
       const { ak, svc } = await setup();
       const k = await ak.create({ accountId: 'acct_m' });
       for (const costCents of [0.00001, 1.23456, 0.00005]) expect((await svc.post('/v1/charge', { key: k.key, costCents })).status).toBe(200);
-      const ledger = (await ak.usage({ keyId: k.id })).totalCents;
+      const ledger = Number((await ak.usage({ keyId: k.id })).totalCents);
       expect(ledger).toBeCloseTo(1.2348, 10);
       const counted = metric(await svc.metrics(), 'agentkey_charged_cents_total');
       expect(counted).toBeCloseTo(ledger, 10);
