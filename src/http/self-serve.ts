@@ -183,7 +183,7 @@ function bodyObject(body: unknown): Record<string, unknown> {
   return body as Record<string, unknown>;
 }
 
-/** Body fields in the page's snake_case (camelCase accepted too), checked by `create()`. */
+/** Body fields in the @katrinalaszlo/agentkey package's snake_case (camelCase accepted too), checked by `create()`. */
 function keyFields(b: Record<string, unknown>): Omit<CreateKeyOptions, 'accountId'> {
   const pick = (snake: string, camel: string) => (b[snake] !== undefined ? b[snake] : b[camel]);
   return {
