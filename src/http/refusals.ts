@@ -76,6 +76,8 @@ export type SurfaceReason =
   | 'invalid_admin_key'
   | 'key_not_found'
   | 'route_not_found'
+  | 'method_not_allowed'
+  | 'account_budget_not_found'
   | 'invalid_request'
   | 'unsupported_media_type'
   | 'unhealthy';
@@ -196,6 +198,14 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
   invalid_admin_key: { status: 401, code: 'invalid_admin_key', message: 'The bearer is not the admin key; agent keys cannot use admin routes.' },
   key_not_found: { status: 404, code: 'key_not_found', message: 'No key has this id.', named: (id) => `No key has id ${id}.` },
   route_not_found: { status: 404, code: 'not_found', message: 'No route matches this request.', named: (route) => `No route for ${route}.` },
+  // The detail is the methods the path takes, as its Allow header lists them.
+  method_not_allowed: {
+    status: 405,
+    code: 'method_not_allowed',
+    message: 'This path does not take this method; the Allow header lists the ones it does.',
+    named: (allow) => `This path does not take this method; it takes ${allow}.`,
+  },
+  account_budget_not_found: { status: 404, code: 'not_found', message: 'This account has no budget.' },
   invalid_request: { status: 400, code: 'invalid_request', message: 'The request is invalid.', named: own },
   unsupported_media_type: {
     status: 415,
