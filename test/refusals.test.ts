@@ -4,7 +4,7 @@ import express from 'express';
 import request from 'supertest';
 import { afterEach, describe, expect, it } from 'vitest';
 import { AgentKey, AgentKeyError, type AgentKeyErrorCode, agentKeyMiddleware, createAgentKeyRoutes } from '../src/index.js';
-import { errorToHttp, packageBody } from '../src/http/errors.js';
+import { type HttpError, errorToHttp, packageBody } from '../src/http/errors.js';
 import { agentKeyPreHandler } from '../src/http/fastify.js';
 import { agentKeyGuard } from '../src/http/fetch.js';
 import { agentKey } from '../src/http/hono.js';
@@ -21,6 +21,7 @@ import { expectPackageError, expectOneSentence } from './helpers/http.js';
 import { hangingPool } from './helpers/faults.js';
 import { holdRowLock } from './helpers/locks.js';
 import { ROOT } from './helpers/processes.js';
+import { type Reply, UNKNOWN_KEY, service } from './helpers/service.js';
 
 /**
  * One refusal vocabulary: the table in src/http/refusals.ts is complete (every library
@@ -212,6 +213,50 @@ forEachDatabase((getDb) => {
       const res = await app.request('/v1/verify', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ key, scope: 'proxy.chat' }) });
       expect(res.status).toBe(200);
       expect(await res.json()).toEqual({ valid: false, reason: 'insufficient_scope', requiredScope: 'proxy.chat' });
+    });
+
+    it('happy: the service answers each of its refusals from the table: the same status, code and message as every other surface', async () => {
+      const ak = await getDb().agentKey();
+      const svc = service(ak, { bodyLimitBytes: 1024 });
+      const { key, id } = await ak.create({ accountId: 'acct_r', budgetCents: 5 });
+      const other = await ak.create({ accountId: 'acct_r' });
+      const revoked = await ak.create({ accountId: 'acct_r' });
+      await ak.revoke(revoked.id);
+      const is = (reply: Reply, e: HttpError, what: string) => expect({ status: reply.status, body: reply.body }, what).toEqual({ status: e.status, body: e.body });
+
+      // The library's results, at a charge, a hold, a commit and a release.
+      const overBudget = await svc.post('/v1/charge', { key, costCents: 6 });
+      expect(overBudget.body.error, 'charge over budget').toMatchObject({ ...refuse('budget_exceeded').body.error, limitedBy: { kind: 'key', keyId: id }, budgetRemainingCents: 5 });
+      expect(overBudget.status).toBe(429);
+      const heldOver = await svc.post('/v1/reservations', { key, costCents: 6 });
+      expect({ status: heldOver.status, ...heldOver.body.error }, 'hold over budget').toMatchObject({ status: 429, ...refuse('budget_exceeded').body.error, limitedBy: { kind: 'key', keyId: id } });
+      expect((await svc.post('/v1/charge', { key, costCents: 1, idempotencyKey: 'once' })).status).toBe(200);
+      is(await svc.post('/v1/charge', { key, costCents: 2, idempotencyKey: 'once' }), refuse('idempotency_conflict'), 'charge replayed with another cost');
+      is(await svc.post('/v1/charge', { key: revoked.key, costCents: 1 }), refuse('revoked'), 'charge by a revoked key');
+      const released = (await svc.post('/v1/reservations', { key, costCents: 1 })).body.reservationId as string;
+      expect((await svc.post(`/v1/reservations/${released}/release`, { key })).status).toBe(200);
+      is(await svc.post(`/v1/reservations/${released}/commit`, { key, costCents: 1 }), refuse('already_released'), 'commit after release');
+      const committed = (await svc.post('/v1/reservations', { key, costCents: 1 })).body.reservationId as string;
+      expect((await svc.post(`/v1/reservations/${committed}/commit`, { key, costCents: 1 })).status).toBe(200);
+      is(await svc.post(`/v1/reservations/${committed}/commit`, { key, costCents: 2 }), refuse('idempotency_conflict'), 'commit repeated with another cost');
+      is(await svc.post(`/v1/reservations/${committed}/release`, { key }), refuse('already_committed'), 'release after commit');
+      is(await svc.post(`/v1/reservations/${committed}/release`, {}), refuse('missing_hold_key'), 'release without a key');
+      is(await svc.post(`/v1/reservations/${committed}/release`, { key: UNKNOWN_KEY }), refuse('invalid_key'), 'release with an unknown key');
+      is(await svc.post(`/v1/reservations/${committed}/release`, { key: other.key }), refuse('reservation_not_found'), "release of another key's hold");
+
+      // The service's own.
+      is(await svc.send('GET', '/v1/keys'), refuse('missing_admin_key'), 'admin route without a bearer');
+      is(await svc.send('GET', '/v1/keys', { bearer: key }), refuse('invalid_admin_key'), 'admin route with an agent key');
+      is(await svc.admin('GET', '/v1/keys/999999'), refuse('key_not_found', '999999'), 'unknown key id');
+      is(await svc.admin('GET', '/v1/accounts/acct_none/budget'), refuse('account_budget_not_found'), 'account without a ceiling');
+      is(await svc.send('GET', '/nope'), refuse('route_not_found', 'GET /nope'), 'unknown path');
+      const wrongMethod = await svc.send('GET', '/v1/charge');
+      is(wrongMethod, refuse('method_not_allowed', wrongMethod.headers.allow), 'wrong method');
+      is(await svc.send('POST', '/v1/charge', { raw: '{"key":' }), refuse('invalid_json'), 'malformed JSON');
+      is(await svc.send('POST', '/v1/charge', { raw: 'key=x', type: 'text/plain' }), refuse('unsupported_media_type'), 'not JSON');
+      is(await svc.post('/v1/charge', { key, costCents: 1, metadata: { pad: 'x'.repeat(2000) } }), refuse('body_too_large', '1024 bytes'), 'too large');
+      const invalid = await svc.post('/v1/charge', { key, costCents: 'lots' });
+      is(invalid, refuse('invalid_request', invalid.body.error.message), 'a field of the wrong type');
     });
   });
 });

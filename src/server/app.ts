@@ -4,7 +4,8 @@ import type { Context } from 'hono';
 import type { AgentKey } from '../agentkey.js';
 import { checkAgentKey } from '../http/verify.js';
 import type { Env } from './context.js';
-import { type ErrorAnswer, errorBody, errorDetail, sendError, toHttp } from './errors.js';
+import { type HttpError, refuse } from '../http/errors.js';
+import { errorDetail, sendError, toHttp } from './errors.js';
 import { createMetrics } from './metrics.js';
 import { adminAuth } from './middleware/admin-auth.js';
 import { jsonOnly } from './middleware/json-only.js';
@@ -19,13 +20,13 @@ import { opsRoutes } from './routes/ops.js';
 import { reservationRoutes } from './routes/reservations.js';
 import { inPackageShape, isSelfServePath, selfServeRoutes } from './routes/self-serve.js';
 
-export { ApiError } from './errors.js';
 export { type AppOptions, type Logger, checkAppOptions } from './options.js';
 
 /**
  * The agentkey HTTP service as a Hono app: the admin API, the agent API, /openapi.json,
- * /healthz and /metrics, with one JSON error shape. It runs on any fetch runtime;
- * `startServer()` runs it on Node with storage and graceful shutdown.
+ * /healthz and /metrics, with one JSON error shape. Every refusal is a row of the
+ * refusal table (src/http/refusals.ts), as on every agentkey HTTP surface. It runs on
+ * any fetch runtime; `startServer()` runs it on Node with storage and graceful shutdown.
  *
  * @example
  * const { app } = createApp(ak, { adminKey: process.env.AGENTKEY_ADMIN_KEY });
@@ -39,7 +40,7 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   const metrics = createMetrics(ak);
   const app = new OpenAPIHono<Env>();
   // The self-serve routes answer in the @katrinalaszlo/agentkey package's shape even when the service refused the request first (404, 405, 413, 415).
-  const answer = (c: Context<Env>, error: ErrorAnswer): Response => {
+  const answer = (c: Context<Env>, error: HttpError): Response => {
     if (!selfServe || !isSelfServePath(c.req.path)) return sendError(c, error);
     const { status, body } = inPackageShape(error);
     c.set('errorCode', error.body.error.code);
@@ -71,7 +72,7 @@ export function createApp(ak: AgentKey, options: AppOptions) {
     },
   });
 
-  app.notFound((c) => answer(c, { status: 404, body: errorBody('not_found', `No route for ${c.req.method} ${c.req.path}.`) }));
+  app.notFound((c) => answer(c, refuse('route_not_found', `${c.req.method} ${c.req.path}`)));
   app.onError((err, c) => {
     // Hono's bearer-auth has already made its answer (see middleware/admin-auth.ts).
     if (err instanceof HTTPException && err.res) return err.getResponse();

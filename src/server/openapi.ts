@@ -1,6 +1,6 @@
 import { OpenAPIHono } from '@hono/zod-openapi';
 import type { Env } from './context.js';
-import { ApiError } from './errors.js';
+import { RefusalError, refuse } from '../http/errors.js';
 import { ErrorBody } from './schemas.js';
 
 /**
@@ -12,7 +12,7 @@ import { ErrorBody } from './schemas.js';
 export function router(): OpenAPIHono<Env> {
   return new OpenAPIHono<Env>({
     defaultHook: (result) => {
-      if (!result.success) throw new ApiError(400, 'invalid_request', describeIssue(result.error.issues[0], result.target));
+      if (!result.success) throw new RefusalError(refuse('invalid_request', describeIssue(result.error.issues[0], result.target)));
     },
   });
 }

@@ -4,7 +4,8 @@ import { bearerAuth } from 'hono/bearer-auth';
 import { AgentKeyError } from '../../errors.js';
 import { hashKey } from '../../keys.js';
 import type { Env } from '../context.js';
-import { errorBody, sendError } from '../errors.js';
+import { refuse } from '../../http/errors.js';
+import { sendError } from '../errors.js';
 
 /** What a bearer token may hold (RFC 6750's b64token): what Hono's bearer-auth accepts. */
 const TOKEN = /^[A-Za-z0-9._~+/-]+=*$/;
@@ -14,10 +15,9 @@ export function isBearerToken(key: string): boolean {
   return TOKEN.test(key);
 }
 
-const missing = (c: Context<Env>) =>
-  sendError(c, { status: 401, body: errorBody('missing_admin_key', 'This route needs the admin key as "Authorization: Bearer <admin key>".') });
-const wrong = (c: Context<Env>) =>
-  sendError(c, { status: 401, body: errorBody('invalid_admin_key', 'The bearer is not the admin key; agent keys cannot use admin routes.') });
+// bearer-auth's answers, from the refusal table (it adds the WWW-Authenticate challenge).
+const missing = (c: Context<Env>) => sendError(c, refuse('missing_admin_key'));
+const wrong = (c: Context<Env>) => sendError(c, refuse('invalid_admin_key'));
 
 /**
  * Hono's bearer-auth for the admin routes: the bearer must be the admin key, compared as

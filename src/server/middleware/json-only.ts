@@ -1,5 +1,5 @@
 import type { MiddlewareHandler } from 'hono';
-import { ApiError } from '../errors.js';
+import { RefusalError, refuse } from '../../http/errors.js';
 
 // The rule @hono/zod-openapi's validators apply, so a type they refuse is refused here first, clearly.
 const JSON_TYPE = /^application\/([a-z-.]+\+)?json(;\s*[a-zA-Z0-9-]+=([^;]+))*$/i;
@@ -12,7 +12,7 @@ export const jsonOnly: MiddlewareHandler = async function jsonOnly(c, next) {
     const hasBody = (length !== undefined && length !== '0') || c.req.header('transfer-encoding') !== undefined;
     const type = c.req.header('content-type') ?? '';
     if (hasBody && !JSON_TYPE.test(type)) {
-      throw new ApiError(415, 'unsupported_media_type', 'Send the body as JSON with "Content-Type: application/json".');
+      throw new RefusalError(refuse('unsupported_media_type'));
     }
   }
   await next();

@@ -2,7 +2,7 @@ import { type RouteConfig, createRoute } from '@hono/zod-openapi';
 import type { MiddlewareHandler } from 'hono';
 import type { AgentKey } from '../../agentkey.js';
 import type { Env } from '../context.js';
-import { ApiError } from '../errors.js';
+import { RefusalError, refuse } from '../../http/errors.js';
 import { bodyErrors, router, storeErrors } from '../openapi.js';
 import * as S from '../schemas.js';
 
@@ -26,7 +26,8 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
     async (c) => {
       const created = await ak.create(c.req.valid('json'));
       const info = await ak.getKey(created.id);
-      if (!info) throw new ApiError(500, 'internal_error', 'The new key could not be read back.');
+      // A fault, not a refusal: logged with its detail, answered 500 internal_error.
+      if (!info) throw new Error('The new key could not be read back.');
       return c.json({ key: created.key, ...info }, 201);
     },
   );
@@ -90,7 +91,7 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
     }),
     async (c) => {
       const budget = await ak.getAccountBudget(c.req.valid('param').id);
-      if (!budget) throw new ApiError(404, 'not_found', 'This account has no budget.');
+      if (!budget) throw new RefusalError(refuse('account_budget_not_found'));
       return c.json(budget, 200);
     },
   );
@@ -103,7 +104,7 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
     }),
     async (c) => {
       const accountId = c.req.valid('param').id;
-      if (!(await ak.clearAccountBudget(accountId))) throw new ApiError(404, 'not_found', 'This account has no budget.');
+      if (!(await ak.clearAccountBudget(accountId))) throw new RefusalError(refuse('account_budget_not_found'));
       return c.json({ accountId, removed: true as const }, 200);
     },
   );
@@ -152,6 +153,6 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
 
 async function findKey(ak: AgentKey, id: string) {
   const key = await ak.getKey(id);
-  if (!key) throw new ApiError(404, 'key_not_found', `No key has id ${id}.`);
+  if (!key) throw new RefusalError(refuse('key_not_found', id));
   return key;
 }

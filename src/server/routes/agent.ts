@@ -1,6 +1,6 @@
 import { createRoute } from '@hono/zod-openapi';
 import type { AgentKey } from '../../agentkey.js';
-import { spendRefused } from '../errors.js';
+import { RefusalError, refusalOf } from '../../http/errors.js';
 import type { Metrics } from '../metrics.js';
 import { bodyErrors, router } from '../openapi.js';
 import * as S from '../schemas.js';
@@ -39,9 +39,9 @@ export function agentRoutes(ak: AgentKey, metrics: Metrics) {
       const { key, ...usage } = c.req.valid('json');
       const result = await ak.trackUsage(key, usage);
       if (!result.success) {
-        const refusal = spendRefused(result);
-        metrics.refused('charge', refusal.code);
-        throw refusal;
+        const refusal = refusalOf(result);
+        metrics.refused('charge', refusal.body.error.code);
+        throw new RefusalError(refusal);
       }
       metrics.charged(result, usage.costCents);
       return c.json(result, 200);

@@ -1,6 +1,7 @@
 import { createRoute, z } from '@hono/zod-openapi';
 import { TIMEOUT, withTimeout } from '../../http/verify.js';
-import { ApiError, errorDetail } from '../errors.js';
+import { RefusalError, refuse } from '../../http/errors.js';
+import { errorDetail } from '../errors.js';
 import type { Metrics } from '../metrics.js';
 import type { Logger } from '../options.js';
 import { errors, router } from '../openapi.js';
@@ -32,7 +33,7 @@ export function opsRoutes({ health, database, timeoutMs, metrics, log }: OpsOpti
         await withTimeout(Promise.resolve(health?.()), timeoutMs);
       } catch (err) {
         log?.error({ requestId: c.get('requestId'), err: err === TIMEOUT ? 'timed out' : errorDetail(err) }, 'health check failed');
-        throw new ApiError(503, 'unhealthy', 'The database is not reachable.');
+        throw new RefusalError(refuse('unhealthy'));
       }
       return c.json({ status: 'ok' as const, database }, 200);
     },

@@ -2,7 +2,7 @@ import { createRoute, type z } from '@hono/zod-openapi';
 import type { Context } from 'hono';
 import type { AgentKey } from '../../agentkey.js';
 import { keyFromHeaders } from '../../http/verify.js';
-import { ApiError, settleRefused, spendRefused } from '../errors.js';
+import { RefusalError, refusalOf, refuse } from '../../http/errors.js';
 import type { Metrics } from '../metrics.js';
 import { bodyErrors, router } from '../openapi.js';
 import * as S from '../schemas.js';
@@ -25,9 +25,9 @@ export function reservationRoutes(ak: AgentKey, metrics: Metrics) {
       const { key, ...hold } = c.req.valid('json');
       const result = await ak.reserve(key, hold);
       if (!result.success) {
-        const refusal = spendRefused(result);
-        metrics.refused('hold', refusal.code);
-        throw refusal;
+        const refusal = refusalOf(result);
+        metrics.refused('hold', refusal.body.error.code);
+        throw new RefusalError(refusal);
       }
       metrics.held(result, hold.costCents);
       return c.json(result, 201);
@@ -47,7 +47,7 @@ export function reservationRoutes(ak: AgentKey, metrics: Metrics) {
       const result = await counting(metrics, 'commit', async () => {
         await ownHold(ak, id, key ?? bearer(c));
         const settled = await ak.commit(id, cost);
-        if (!settled.success) throw settleRefused(settled.reason);
+        if (!settled.success) throw new RefusalError(refusalOf(settled));
         return settled;
       });
       metrics.committed(result);
@@ -68,7 +68,7 @@ export function reservationRoutes(ak: AgentKey, metrics: Metrics) {
       const result = await counting(metrics, 'release', async () => {
         await ownHold(ak, id, body.key ?? bearer(c));
         const settled = await ak.release(id);
-        if (!settled.success) throw settleRefused(settled.reason);
+        if (!settled.success) throw new RefusalError(refusalOf(settled));
         return settled;
       });
       metrics.released(result);
@@ -84,7 +84,7 @@ async function counting<T>(metrics: Metrics, kind: 'commit' | 'release', settle:
   try {
     return await settle();
   } catch (err) {
-    if (err instanceof ApiError) metrics.refused(kind, err.code);
+    if (err instanceof RefusalError) metrics.refused(kind, err.refusal.body.error.code);
     throw err;
   }
 }
@@ -95,9 +95,9 @@ function bearer(c: Context): string | undefined {
 
 /** The key settling a hold must be the key that took it (whatever its status now). */
 async function ownHold(ak: AgentKey, reservationId: string, rawKey: string | undefined): Promise<void> {
-  if (!rawKey) throw new ApiError(401, 'missing_key', 'Send the key that took the hold as "key" in the body or "Authorization: Bearer <key>".');
+  if (!rawKey) throw new RefusalError(refuse('missing_hold_key'));
   const [keyId, hold] = await Promise.all([ak.identify(rawKey), ak.getReservation(reservationId)]);
-  if (keyId === null) throw new ApiError(401, 'invalid_key', 'The API key is not valid.');
+  if (keyId === null) throw new RefusalError(refuse('invalid_key'));
   // Another key's hold reads as missing: ids are not confirmed to a key that does not own them.
-  if (!hold || hold.keyId !== keyId) throw new ApiError(404, 'reservation_not_found', 'This key has no reservation with this id.');
+  if (!hold || hold.keyId !== keyId) throw new RefusalError(refuse('reservation_not_found'));
 }

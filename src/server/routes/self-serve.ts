@@ -1,10 +1,9 @@
 import { type Context, Hono } from 'hono';
 import type { AgentKey, ValidKey } from '../../agentkey.js';
-import { type HttpError, httpError, packageBody } from '../../http/errors.js';
+import { type HttpError, packageBody, refuse } from '../../http/errors.js';
 import { type checkRoutesOptions, selfServeHandlers } from '../../http/self-serve.js';
 import { checkVerifyOptions, keyFromHeaders, verifyKey } from '../../http/verify.js';
 import type { Env } from '../context.js';
-import type { ErrorAnswer } from '../errors.js';
 
 /**
  * The self-serve routes of the @katrinalaszlo/agentkey package, with their security model (see README), answering
@@ -27,15 +26,14 @@ export function selfServeRoutes(ak: AgentKey, opts: ReturnType<typeof checkRoute
     try {
       body = JSON.parse(text);
     } catch {
-      return refused(httpError(400, 'invalid_json', 'The request body is not valid JSON.'));
+      return refused(refuse('invalid_json'));
     }
     return handle(body);
   };
   const send = (c: Context<Env>, out: Out) => {
     const code = (out.body as { code?: string }).code;
     if (out.status >= 400) c.set('errorCode', code);
-    // A store that did not answer is a 503 here, as on every /v1 route.
-    return c.json(out.body as object, (code === 'storage_timeout' ? 503 : out.status) as 200);
+    return c.json(out.body as object, out.status as 200);
   };
   const ip = (c: Context) => clientAddress(c);
   app.post('/signup', async (c) => send(c, await withJson(c, (body) => handlers.signup({ body, key: undefined, ip: ip(c) }))));
@@ -54,8 +52,7 @@ export function isSelfServePath(path: string): boolean {
   return path === '/signup' || path === '/sdk-keys' || path.startsWith('/sdk-keys/');
 }
 
-/** An error of the service (413, 415, a fault...) in the package's shape, for a self-serve path. */
-export function inPackageShape({ status, body }: ErrorAnswer): { status: number; body: unknown } {
-  const { code, message, ...extra } = body.error;
-  return { status, body: packageBody(httpError(status, code, message, extra), 'Failed to create key') };
+/** A refusal of the service (404, 405, 413, 415, a fault...) in the package's shape, for a self-serve path. */
+export function inPackageShape(refusal: HttpError): { status: number; body: unknown } {
+  return { status: refusal.status, body: packageBody(refusal, 'Failed to create key') };
 }
