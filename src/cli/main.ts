@@ -1,3 +1,5 @@
+// One file (about 415 lines): the whole command tree as commander declares it, in the order
+// `agentkey --help` lists it, so each command's options sit beside its action.
 import { createRequire } from 'node:module';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { pino } from 'pino';

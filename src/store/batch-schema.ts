@@ -1,6 +1,7 @@
 // One file for now (about 530 lines): <table>_spend_many is one PL/pgSQL function and is
-// kept whole so it can be read top to bottom. Issue 15 moves it into a .sql file and folds
-// the budget rules it shares with tree-schema.ts into one definition.
+// kept whole so it can be read top to bottom. Its budget rules are also written in
+// tree-schema.ts (the single-step functions); test/batch-property.test.ts holds the two to
+// the same outcomes until they are one definition in a .sql file.
 import type { Definition } from './catalog.js';
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';

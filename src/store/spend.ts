@@ -1,3 +1,5 @@
+// One file (about 410 lines): every statement spending sends and every report read from the
+// ledger, beside the shapes they return, so the money path's SQL can be read in one place.
 import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
 import { type Db, lockBound, lockWaitMs, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
