@@ -1,5 +1,12 @@
 import { defineConfig } from 'tsup';
 
+/**
+ * Agentkey's SQL lives in .sql files (src/store/sql/) imported as their text. Every bundle
+ * of src/ needs this loader; those built with `config: false` (bench/run.mjs, the tests'
+ * worker bundles in test/helpers/processes.ts and test/core.test.ts) pass it themselves.
+ */
+const loader = { '.sql': 'text' } as const;
+
 export default defineConfig([
   {
     entry: {
@@ -18,6 +25,7 @@ export default defineConfig([
     shims: true,
     target: 'node20',
     sourcemap: true,
+    loader,
   },
   {
     // The `agentkey` command. ESM only (some of its dependencies are), with its shebang.
@@ -26,5 +34,6 @@ export default defineConfig([
     target: 'node20',
     sourcemap: true,
     banner: { js: '#!/usr/bin/env node' },
+    loader,
   },
 ]);

@@ -22,6 +22,7 @@ await build({
   clean: true,
   silent: true,
   external: ['pg'],
+  loader: { '.sql': 'text' },
 });
 
 let server = null;

@@ -35,6 +35,7 @@ describe('the package in a separate Node process', () => {
       clean: false,
       silent: true,
       config: false,
+      loader: { '.sql': 'text' },
     });
   }, 130_000);
   afterAll(() => {

@@ -1,9 +1,6 @@
-import { batchFunctions, batchTriggers, createBatching } from './batch-schema.js';
 import {
-  type Definition,
-  type IndexSpec,
-  SIDE_TABLES,
   type TableState,
+  SIDE_TABLES,
   applyDefinitions,
   ensureIndexes,
   findSideTable,
@@ -17,10 +14,23 @@ import {
   stampIncarnation,
 } from './catalog.js';
 import type { Db } from './db.js';
+import { functionDefinitions, triggerDefinitions } from './definitions.js';
 import type { TableNames } from './identifiers.js';
-import { V1_COLUMNS, createKeys, keyFunctions, keyIndexes, keyTriggers, restorePageTypes, widenedColumns } from './key-schema.js';
-import { createLedger, createOverage, ledgerFunctions, ledgerIndexes, ledgerKindsCurrent, ledgerTriggers, openingBalances } from './ledger-schema.js';
-import { createTrees, treeFunctions, treeIndexes } from './tree-schema.js';
+import { indexes } from './indexes.js';
+import { V1_COLUMNS, createKeys, restorePageTypes, widenedColumns } from './key-schema.js';
+import { createOverage, ledgerKindsCurrent, openingBalances } from './ledger-schema.js';
+import { runFile } from './sql/render.js';
+import ledgerSql from './sql/migrations/002_ledger.sql';
+import treesSql from './sql/migrations/003_trees.sql';
+import ledgerBrinSql from './sql/migrations/004_ledger_brin.sql';
+
+/*
+ * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
+ * is plain DDL; where it must first read the catalog (version 1 on a table taken over,
+ * versions 5 and 6), the reading is in TypeScript and the statements it runs are in files
+ * where they can be. Functions and triggers are no version's: every migrate() makes them
+ * again from sql/functions/ and sql/triggers/ when their text differs (definitions.ts).
+ */
 
 interface Migration {
   version: number;
@@ -46,7 +56,7 @@ const MIGRATIONS: Migration[] = [
     version: 2,
     name: 'append-only usage ledger and holds',
     present: (s) => s.ledger !== null && s.holds !== null,
-    up: (tx, t) => createLedger(tx, t),
+    up: (tx, t) => runFile(tx, t, ledgerSql),
   },
   {
     version: 3,
@@ -56,13 +66,13 @@ const MIGRATIONS: Migration[] = [
       s.accounts !== null &&
       hasColumns(s.holds, ['path', 'account_id']) &&
       s.ledger?.columns.get('key_id')?.notNull === false,
-    up: (tx, t) => createTrees(tx, t),
+    up: (tx, t) => runFile(tx, t, treesSql),
   },
   {
     version: 4,
     name: 'batched charges and holds, and change notifications for key caches',
     present: (s) => s.ledger !== null,
-    up: (tx, t) => createBatching(tx, t),
+    up: (tx, t) => runFile(tx, t, ledgerBrinSql),
   },
   {
     version: 5,
@@ -109,7 +119,7 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
     let needsOpening = await claimSideTables(tx, t, state, incarnation);
     if (needsOpening) state = await inspect(tx, t);
 
-    await applyDefinitions(tx, functions(t));
+    await applyDefinitions(tx, functionDefinitions(t));
     const ran: number[] = [];
     for (const m of MIGRATIONS) {
       if (recorded.has(m.version) && m.present(state)) continue;
@@ -125,7 +135,7 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
       ran.push(m.version);
     }
     await ensureIndexes(tx, t.schema, indexes(t));
-    await applyDefinitions(tx, triggers(t));
+    await applyDefinitions(tx, triggerDefinitions(t));
     if (needsOpening) await openingBalances(tx, t);
     const id = incarnation ?? newIncarnation();
     if (keysIncarnation(state) !== id || SIDE_TABLES.some((side) => incarnationOf(state[side]?.comment) !== id)) {
@@ -177,16 +187,4 @@ async function claimSideTables(tx: Db, t: TableNames, state: TableState, incarna
 function splitName(quoted: string): [string | null, string] {
   const parts = quoted.split('.').map((p) => p.replace(/^"|"$/g, ''));
   return parts.length === 2 ? [parts[0] as string, parts[1] as string] : [null, parts[0] as string];
-}
-
-function functions(t: TableNames): Definition[] {
-  return [...keyFunctions(t), ...ledgerFunctions(t), ...treeFunctions(t), ...batchFunctions(t)];
-}
-
-function triggers(t: TableNames): Definition[] {
-  return [...ledgerTriggers(t), ...batchTriggers(t), ...keyTriggers(t)];
-}
-
-function indexes(t: TableNames): IndexSpec[] {
-  return [...keyIndexes(t), ...ledgerIndexes(t), ...treeIndexes(t)];
 }

@@ -97,7 +97,10 @@ export interface AccountMismatch {
   ledgerMicros: Micros;
 }
 
-/** The SQL of spending: one call of a PL/pgSQL function per step, plus reports over the ledger. */
+/**
+ * The SQL of spending, plus reports over the ledger. Every step goes through the one function
+ * with the budget rules, sql/functions/spend_many.sql: `spend` and `settle` as batches of one.
+ */
 export class SpendStore {
   constructor(private readonly db: Db, private readonly t: TableNames) {}
 
@@ -111,11 +114,11 @@ export class SpendStore {
   }
 
   /**
-   * Many charges, holds, commits and releases in one statement, with the outcomes they
-   * would have had one after another in the order given. All or nothing: a failure
-   * changes nothing. Two shapes the AgentKey never sends differ from the single-step
-   * functions: settling a hold taken earlier in the same batch (not_found: a caller only
-   * learns the id once the reserve returns), and a release with metadata (the batch keeps it).
+   * Many charges, holds, adjustments, commits and releases in one statement, with the
+   * outcomes they would have had one after another in the order given. All or nothing: a
+   * failure changes nothing. One shape the AgentKey never sends differs from sending the
+   * items one by one: settling a hold taken earlier in the same batch is not_found (a caller
+   * only learns the id once the reserve returns). A release keeps its metadata either way.
    *
    * A key, account or hold row that another transaction holds is waited for up to `waitMs`
    * (a longer wait fails the statement with lock_not_available, having written nothing).

@@ -44,6 +44,7 @@ export function useWorkerBundle(name: string, entry = 'src/index.ts'): () => str
       clean: true,
       shims: true,
       silent: true,
+      loader: { '.sql': 'text' },
     });
     if (!fs.existsSync(bundle)) throw new Error(`tsup did not write ${bundle}`);
     built = true;

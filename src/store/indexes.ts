@@ -1,0 +1,43 @@
+import type { IndexSpec } from './catalog.js';
+import type { TableNames } from './identifiers.js';
+
+/**
+ * Every index agentkey keeps, made by migrate() where the table has none that indexes the
+ * same (found by what they index, not by name: see ensureIndexes in catalog.ts).
+ * `definition` is what follows `ON table` as pg_get_indexdef prints it.
+ */
+export function indexes(t: TableNames): IndexSpec[] {
+  const i = t.indexBase;
+  const held = "WHERE (status = 'held'::text)";
+  return [
+    // The keys table.
+    { table: t.table, name: `${i}_key_hash_uidx`, unique: true, definition: 'USING btree (key_hash)' },
+    { table: t.table, name: `${i}_subject_uidx`, unique: true, definition: 'USING btree (external_subject) WHERE (external_subject IS NOT NULL)' },
+    { table: t.table, name: `${i}_account_idx`, definition: 'USING btree (account_id)' },
+    // The ledger and the holds.
+    {
+      table: t.ledger,
+      name: `${i}_ledger_idem_uidx`,
+      unique: true,
+      definition: "USING btree (key_id, idempotency_key) WHERE ((idempotency_key IS NOT NULL) AND (kind = 'charge'::text))",
+    },
+    { table: t.ledger, name: `${i}_ledger_key_idx`, definition: 'USING btree (key_id, created_at)' },
+    { table: t.ledger, name: `${i}_ledger_account_idx`, definition: 'USING btree (account_id, created_at)' },
+    // The ledger only grows, in time order: a BRIN index serves time ranges at a fraction of
+    // a B-tree's cost on every insert.
+    { table: t.ledger, name: `${i}_ledger_time_brin`, definition: 'USING brin (created_at)' },
+    {
+      table: t.holds,
+      name: `${i}_holds_idem_uidx`,
+      unique: true,
+      definition: 'USING btree (key_id, idempotency_key) WHERE (idempotency_key IS NOT NULL)',
+    },
+    { table: t.holds, name: `${i}_holds_live_idx`, definition: `USING btree (key_id, expires_at) ${held}` },
+    { table: t.holds, name: `${i}_holds_expiry_idx`, definition: `USING btree (expires_at) ${held}` },
+    // Delegation trees and account ceilings.
+    { table: t.table, name: `${i}_parent_idx`, definition: 'USING btree (parent_id) WHERE (parent_id IS NOT NULL)' },
+    { table: t.table, name: `${i}_ancestors_idx`, definition: 'USING gin (ancestor_ids)' },
+    { table: t.holds, name: `${i}_holds_path_idx`, definition: `USING gin (path) ${held}` },
+    { table: t.holds, name: `${i}_holds_account_idx`, definition: `USING btree (account_id, expires_at) ${held}` },
+  ];
+}

@@ -1,0 +1,471 @@
+-- <table>_spend_many: the budget rules, once. (One function of about 440 lines, kept whole
+-- so that a batch's decisions read top to bottom.) Every step that spends or holds money runs
+-- here: charges, holds, commits and releases of holds, and adjustments (refunds), many at
+-- once or one at a time (<table>_spend and <table>_settle are batches of one).
+--
+-- The steps are decided with the outcome each would have had run one after another in the
+-- order given, in one statement that changes all or nothing. It locks every key, ancestor,
+-- account and hold the batch touches (keys by id, then accounts, then holds: the one global
+-- order of every writer), rolls periods that ended and ends holds past their time, then
+-- decides item by item on counters held in variables, and writes counters, holds and
+-- ledger rows once each.
+--
+-- The rules: a key, every ancestor and the account each have a budget (NULL: none); a
+-- charge or hold is refused (budget_exceeded) if spent + live holds + its amount would
+-- pass any of them, naming the deepest key that stops it, else the account. A revoked or
+-- expired key or ancestor spends nothing. A commit gives its hold back and charges the real
+-- cost up to what every budget leaves; the rest is overage, recorded and never counted.
+-- An adjustment checks no budget but takes no counter below zero (refund_exceeds_spend).
+-- A charge or hold with an idempotency key that was seen before is 'replayed' (same amount)
+-- or an 'idempotency_conflict'.
+--
+-- It waits for a lock at most p_wait_ms (NULL: lock_timeout as set); with p_wait_ms 0 it
+-- skips the rows another transaction holds and answers 'busy' for the items that need them,
+-- so one locked key never stalls a batch.
+--
+-- The {{...}} names are filled in from the keys table's checked name; see README.md here.
+CREATE OR REPLACE FUNCTION {{spend_many}}(
+  p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_hold TEXT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
+  p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[], p_wait_ms INT DEFAULT NULL)
+RETURNS TABLE (r_outcome TEXT[], r_key_id BIGINT[], r_budget BIGINT[], r_spent BIGINT[], r_held BIGINT[], r_hold_id TEXT[],
+               r_expires_at TIMESTAMPTZ[], r_status TEXT[], r_limit TEXT[], r_limit_key_id BIGINT[], r_limit_account_id TEXT[],
+               r_hold_amount BIGINT[], r_committed BIGINT[], r_released BIGINT[], r_expired BOOLEAN[], r_over_budget BOOLEAN[], r_at TIMESTAMPTZ,
+               r_overage BIGINT[],
+               r_ref_paths TEXT[], r_ref_accounts TEXT[])
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
+#variable_conflict use_variable
+DECLARE
+  n INT := COALESCE(cardinality(p_op), 0);
+  r RECORD; prior RECORD;
+  -- Per distinct key asked for: its id, account and path (ancestors then the key) as a slice of v_paths.
+  k_id BIGINT[] := '{}'; k_acct TEXT[] := '{}'; k_from INT[] := '{}'; k_to INT[] := '{}';
+  h_status TEXT[]; h_amount BIGINT[]; h_committed BIGINT[]; h_expires TIMESTAMPTZ[]; h_settled TIMESTAMPTZ[]; h_overage BIGINT[];
+  h_dirty BOOLEAN := false; v_live BOOLEAN;
+  v_paths BIGINT[] := '{}'; v_due BOOLEAN; v_expired BOOLEAN; v_holds INT := 0;
+  -- Per distinct key, worked out once: where its node and account sit in the arrays below,
+  -- and 'invalid', 'revoked' or 'expired' when no item of it can spend; per path entry, its node.
+  k_pos INT[]; k_cpos INT[]; k_state TEXT[]; v_pos INT[];
+  -- Per key node and per account: the counters, updated as items are accepted.
+  s_id BIGINT[]; s_budget BIGINT[]; s_spent BIGINT[]; s_spent0 BIGINT[]; s_held BIGINT[];
+  s_depth INT[]; s_state TEXT[]; s_touch BOOLEAN[]; s_overage BIGINT[];
+  c_id TEXT[]; c_budget BIGINT[]; c_spent BIGINT[]; c_spent0 BIGINT[]; c_held BIGINT[];
+  -- Accepted items, in order, and what each item gets back.
+  w_ord INT[] := '{}';
+  o_outcome TEXT[]; o_key BIGINT[]; o_budget BIGINT[]; o_spent BIGINT[]; o_held BIGINT[]; o_hold TEXT[];
+  o_expires TIMESTAMPTZ[]; o_status TEXT[]; o_limit TEXT[]; o_limit_key BIGINT[]; o_limit_acct TEXT[];
+  o_hamount BIGINT[]; o_committed BIGINT[]; o_released BIGINT[]; o_expired BOOLEAN[]; o_over BOOLEAN[]; o_overage BIGINT[];
+  v_room NUMERIC; v_charge BIGINT; v_acct_limit BOOLEAN; v_refund BOOLEAN;
+  l_amount BIGINT[];
+  v_now TIMESTAMPTZ; v_key BIGINT; v_ref INT; v_k INT; v_c INT; v_x INT; v_lim INT; v_prior INT;
+  -- Rows held by another transaction (p_wait_ms 0): the keys, accounts and holds locked, of how
+  -- many there are; those held elsewhere; and the refs (by position) left alone, 'busy'.
+  v_kgot BIGINT[]; v_kall INT; v_agot TEXT[]; v_aall INT; v_hgot TEXT[]; v_hall INT;
+  w_keys BIGINT[] := '{}'; w_accts TEXT[] := '{}'; w_holds TEXT[] := '{}'; k_busy BOOLEAN[] := '{}';
+  v_lock_timeout TEXT; v_p2 BIGINT[];
+BEGIN
+  FOR i IN 1..n LOOP
+    IF p_op[i] IS NULL OR p_op[i] NOT IN ('charge', 'hold', 'adjust', 'commit', 'release') THEN
+      RAISE EXCEPTION 'agentkey spend_many: unknown op %', p_op[i] USING ERRCODE = '22023';
+    END IF;
+  END LOOP;
+  o_outcome := array_fill(NULL::text, ARRAY[n]); o_key := array_fill(NULL::bigint, ARRAY[n]);
+  o_budget := o_key; o_spent := o_key; o_held := o_key; o_limit_key := o_key;
+  o_hold := o_outcome; o_status := o_outcome; o_limit := o_outcome; o_limit_acct := o_outcome;
+  o_expires := array_fill(NULL::timestamptz, ARRAY[n]);
+  o_hamount := o_key; o_committed := o_key; o_released := o_key; l_amount := o_key; o_overage := o_key;
+  o_expired := array_fill(NULL::boolean, ARRAY[n]); o_over := o_expired;
+
+  -- A key is named by hash, subject or id; a settlement by its hold, whose path was fixed when taken.
+  FOR r IN SELECT u.ord, k.id, k.account_id, k.path
+    FROM unnest(p_hash, p_subject, p_id, p_hold) WITH ORDINALITY AS u(h, s, kid, hid, ord)
+    LEFT JOIN LATERAL (
+      SELECT id, account_id::text AS account_id, ancestor_ids || id AS path FROM {{table}} WHERE key_hash = u.h
+      UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE external_subject = u.s
+      UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE id = u.kid
+      UNION ALL SELECT key_id, account_id, path FROM {{holds}} WHERE id = u.hid
+      LIMIT 1) k ON true
+    ORDER BY u.ord
+  LOOP
+    k_id := array_append(k_id, r.id);
+    k_acct := array_append(k_acct, r.account_id);
+    k_from := array_append(k_from, cardinality(v_paths) + 1);
+    IF r.id IS NOT NULL THEN v_paths := v_paths || r.path; END IF;
+    k_to := array_append(k_to, cardinality(v_paths));
+  END LOOP;
+
+  IF p_wait_ms IS NULL OR p_wait_ms > 0 THEN
+    -- A lock held longer than p_wait_ms ends the statement (lock_not_available) with nothing
+    -- written; the caller then sends the batch again with p_wait_ms 0.
+    IF p_wait_ms > 0 THEN
+      v_lock_timeout := current_setting('lock_timeout');
+      PERFORM set_config('lock_timeout', p_wait_ms || 'ms', true);
+    END IF;
+    -- Every budget the batch touches, locked in the one global order: keys by id, then
+    -- accounts, then the holds being settled.
+    PERFORM 1 FROM {{table}} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE;
+    PERFORM 1 FROM {{accounts}} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE;
+    PERFORM 1 FROM {{holds}} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE;
+    IF p_wait_ms > 0 THEN PERFORM set_config('lock_timeout', v_lock_timeout, true); END IF;
+  ELSE
+    -- p_wait_ms 0: the same locks in the same order, but a row another transaction holds is
+    -- skipped, never waited for. (Keys and holds are counted from the ids asked for: a
+    -- missing one only costs a closer look.)
+    SELECT ARRAY(SELECT id FROM {{table}} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE SKIP LOCKED),
+           (SELECT count(DISTINCT x) FROM unnest(v_paths) x)::int INTO v_kgot, v_kall;
+    SELECT ARRAY(SELECT account_id FROM {{accounts}} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE SKIP LOCKED),
+           (SELECT count(*) FROM {{accounts}} WHERE account_id = ANY(k_acct))::int INTO v_agot, v_aall;
+    SELECT ARRAY(SELECT id FROM {{holds}} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE SKIP LOCKED),
+           (SELECT count(DISTINCT x) FROM unnest(p_hold) x)::int INTO v_hgot, v_hall;
+    -- The rows held elsewhere (and still there).
+    IF cardinality(v_kgot) < v_kall THEN
+      w_keys := ARRAY(SELECT id FROM {{table}} WHERE id = ANY(v_paths) AND id <> ALL(v_kgot));
+    END IF;
+    IF cardinality(v_agot) < v_aall THEN
+      w_accts := ARRAY(SELECT account_id FROM {{accounts}} WHERE account_id = ANY(k_acct) AND account_id <> ALL(v_agot));
+    END IF;
+    IF cardinality(v_hgot) < v_hall THEN
+      w_holds := ARRAY(SELECT id FROM {{holds}} WHERE id = ANY(p_hold) AND id <> ALL(v_hgot));
+    END IF;
+    IF cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
+      -- A ref that needs such a row is 'busy': it drops out of the batch (nothing of it is
+      -- read for a decision or written), and its caller tries again.
+      k_busy := array_fill(false, ARRAY[cardinality(k_id)]);
+      v_p2 := '{}';
+      FOR x IN 1..cardinality(k_id) LOOP
+        IF k_id[x] IS NOT NULL AND (v_paths[k_from[x]:k_to[x]] && w_keys OR k_acct[x] = ANY(w_accts) OR p_hold[x] = ANY(w_holds)) THEN
+          k_busy[x] := true;
+          k_id[x] := NULL; k_acct[x] := NULL; p_hold[x] := NULL;
+          k_from[x] := cardinality(v_p2) + 1; k_to[x] := cardinality(v_p2);
+        ELSE
+          v_x := cardinality(v_p2) + 1;
+          v_p2 := v_p2 || v_paths[k_from[x]:k_to[x]];
+          k_from[x] := v_x; k_to[x] := cardinality(v_p2);
+        END IF;
+      END LOOP;
+      v_paths := v_p2;
+    END IF;
+  END IF;
+  v_now := clock_timestamp();
+
+  -- Periods that ended start again (with a reset row in the ledger) and expired holds end.
+  -- Both are rare, so one look first spares the common batch their statements.
+  SELECT EXISTS (SELECT 1 FROM {{table}} WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now)
+         OR EXISTS (SELECT 1 FROM {{accounts}} WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now),
+         EXISTS (SELECT 1 FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now)
+    INTO v_due, v_expired;
+  IF v_due THEN
+    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
+      SELECT id, account_id::text, 'reset', -spent_micros, v_now FROM {{table}}
+      WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
+      ORDER BY id;
+    UPDATE {{table}} SET spent_micros = 0, budget_used_cents = 0,
+      budget_reset_at = {{schema}}agentkey_next_reset(budget_period, COALESCE(budget_anchor_at, created_at), v_now)
+      WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
+    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
+      SELECT NULL, account_id, 'reset', -spent_micros, v_now FROM {{accounts}}
+      WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
+      ORDER BY account_id;
+    UPDATE {{accounts}} SET spent_micros = 0,
+      period_start_at = {{schema}}agentkey_period_start(budget_period, v_now),
+      budget_reset_at = {{schema}}agentkey_period_end(budget_period, v_now)
+      WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
+  END IF;
+  IF v_expired THEN
+    WITH swept AS (
+      UPDATE {{holds}} h SET status = 'expired', settled_at = v_now
+      WHERE h.id IN (SELECT id FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now
+                     FOR UPDATE SKIP LOCKED)
+        AND h.status = 'held'
+      RETURNING h.id, h.key_id, h.amount_micros)
+    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
+    SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id, v_now
+    FROM swept s JOIN {{table}} k ON k.id = s.key_id ORDER BY s.key_id, s.id;
+  END IF;
+
+  -- The counters of every key node and account, with the money their live holds keep.
+  SELECT n.ids, n.budgets, n.spents, n.helds, n.depths, n.states, c.ids, c.budgets, c.spents, c.helds
+    INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, c_id, c_budget, c_spent, c_held
+    FROM (SELECT COALESCE(array_agg(n.id ORDER BY n.id), '{}') AS ids,
+                 COALESCE(array_agg(n.budget_micros ORDER BY n.id), '{}') AS budgets,
+                 COALESCE(array_agg(n.spent_micros ORDER BY n.id), '{}') AS spents,
+                 COALESCE(array_agg(COALESCE(live.held, 0) ORDER BY n.id), '{}') AS helds,
+                 COALESCE(array_agg(n.depth ORDER BY n.id), '{}') AS depths,
+                 COALESCE(array_agg(CASE WHEN n.revoked_at IS NOT NULL THEN 'revoked'
+                                         WHEN n.expires_at IS NOT NULL AND n.expires_at <= v_now THEN 'expired' END ORDER BY n.id), '{}') AS states
+          FROM {{table}} n
+          LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
+                             WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
+          WHERE n.id = ANY(v_paths)) n,
+         (SELECT COALESCE(array_agg(a.account_id ORDER BY a.account_id), '{}') AS ids,
+                 COALESCE(array_agg(a.budget_micros ORDER BY a.account_id), '{}') AS budgets,
+                 COALESCE(array_agg(a.spent_micros ORDER BY a.account_id), '{}') AS spents,
+                 COALESCE(array_agg(COALESCE(live.held, 0) ORDER BY a.account_id), '{}') AS helds
+          FROM {{accounts}} a
+          LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
+                             WHERE status = 'held' AND expires_at > v_now AND account_id = a.account_id) live ON true
+          WHERE a.account_id = ANY(k_acct)) c;
+  s_spent0 := s_spent;
+  c_spent0 := c_spent;
+  s_touch := array_fill(false, ARRAY[cardinality(s_id)]);
+  s_overage := array_fill(0::bigint, ARRAY[cardinality(s_id)]);
+
+  -- The holds being settled, by ref (after the sweep, so an expired one says so).
+  IF cardinality(array_remove(p_hold, NULL)) > 0 THEN
+    SELECT array_agg(h.status ORDER BY u.ord), array_agg(h.amount_micros ORDER BY u.ord),
+           array_agg(h.committed_micros ORDER BY u.ord), array_agg(h.expires_at ORDER BY u.ord),
+           array_agg(h.settled_at ORDER BY u.ord), array_agg(COALESCE(h.overage_micros, 0) ORDER BY u.ord)
+      INTO h_status, h_amount, h_committed, h_expires, h_settled, h_overage
+      FROM unnest(p_hold) WITH ORDINALITY AS u(hid, ord) LEFT JOIN {{holds}} h ON h.id = u.hid;
+  END IF;
+
+  v_pos := array_fill(NULL::int, ARRAY[cardinality(v_paths)]);
+  k_pos := array_fill(NULL::int, ARRAY[cardinality(k_id)]);
+  k_cpos := k_pos;
+  k_state := array_fill(NULL::text, ARRAY[cardinality(k_id)]);
+  FOR x IN 1..cardinality(k_id) LOOP
+    IF k_id[x] IS NULL THEN
+      k_state[x] := 'invalid';
+      CONTINUE;
+    END IF;
+    k_pos[x] := array_position(s_id, k_id[x]);
+    k_cpos[x] := array_position(c_id, k_acct[x]);
+    FOR j IN k_from[x]..k_to[x] LOOP
+      v_pos[j] := array_position(s_id, v_paths[j]);
+    END LOOP;
+    -- A revoked or expired ancestor stops the whole subtree; revoked says more than expired.
+    FOR j IN k_from[x]..k_to[x] LOOP
+      IF s_state[v_pos[j]] = 'revoked' THEN k_state[x] := 'revoked'; EXIT; END IF;
+      IF s_state[v_pos[j]] = 'expired' THEN k_state[x] := 'expired'; END IF;
+    END LOOP;
+  END LOOP;
+
+  FOR i IN 1..n LOOP
+    v_ref := p_ref[i];
+    IF k_busy[v_ref] THEN o_outcome[i] := 'busy'; CONTINUE; END IF;
+    IF p_op[i] IN ('commit', 'release') THEN
+      -- A settlement: recorded whatever the key's state now (the money was held, or spent).
+      IF k_id[v_ref] IS NULL THEN
+        o_outcome[i] := 'not_found';
+        CONTINUE;
+      END IF;
+      v_key := k_id[v_ref]; v_k := k_pos[v_ref]; v_c := k_cpos[v_ref];
+      o_key[i] := v_key; o_budget[i] := s_budget[v_k]; o_hamount[i] := h_amount[v_ref];
+      IF h_status[v_ref] = 'committed' THEN
+        -- A second commit replays the first only when it asks for the same cost.
+        o_outcome[i] := CASE WHEN p_op[i] <> 'commit' THEN 'already_committed'
+                             WHEN h_committed[v_ref] = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
+        o_committed[i] := h_committed[v_ref]; o_expired[i] := h_settled[v_ref] >= h_expires[v_ref];
+        o_overage[i] := h_overage[v_ref];
+      ELSIF h_status[v_ref] = 'released' THEN
+        o_outcome[i] := CASE WHEN p_op[i] = 'release' THEN 'replayed' ELSE 'already_released' END;
+        o_released[i] := h_amount[v_ref];
+      ELSE
+        v_live := h_status[v_ref] = 'held' AND h_expires[v_ref] > v_now;
+        IF p_op[i] = 'release' AND NOT v_live THEN
+          -- Nothing to give back (its expiry did), and nothing replayed either.
+          o_outcome[i] := 'ok'; o_expired[i] := true; o_released[i] := 0;
+        ELSE
+          IF v_live THEN
+            FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_held[v_pos[j]] := s_held[v_pos[j]] - h_amount[v_ref]; END LOOP;
+            IF v_c IS NOT NULL THEN c_held[v_c] := c_held[v_c] - h_amount[v_ref]; END IF;
+          END IF;
+          h_dirty := true;
+          h_settled[v_ref] := v_now;
+          w_ord := array_append(w_ord, i);
+          o_outcome[i] := 'ok';
+          IF p_op[i] = 'release' THEN
+            h_status[v_ref] := 'released';
+            l_amount[i] := -h_amount[v_ref];
+            o_released[i] := h_amount[v_ref];
+          ELSE
+            -- A commit records the real cost, and counts against the budgets only what they
+            -- can take (the hold's money is back already): up to what the tightest budget over
+            -- the key leaves, deepest first on a tie, then the account's if it leaves less.
+            -- The rest is overage: recorded, never counted. (Rooms are compared as NUMERIC: a
+            -- difference of two counters may pass BIGINT.)
+            v_room := NULL; v_lim := NULL; v_acct_limit := false;
+            FOR j IN k_from[v_ref]..k_to[v_ref] LOOP
+              v_x := v_pos[j];
+              IF s_budget[v_x] IS NOT NULL AND (v_room IS NULL OR s_budget[v_x]::numeric - s_spent[v_x] - s_held[v_x] < v_room
+                  OR (s_budget[v_x]::numeric - s_spent[v_x] - s_held[v_x] = v_room AND s_depth[v_x] > s_depth[v_lim])) THEN
+                v_room := s_budget[v_x]::numeric - s_spent[v_x] - s_held[v_x];
+                v_lim := v_x;
+              END IF;
+            END LOOP;
+            IF v_c IS NOT NULL AND (v_room IS NULL OR c_budget[v_c]::numeric - c_spent[v_c] - c_held[v_c] < v_room) THEN
+              v_room := c_budget[v_c]::numeric - c_spent[v_c] - c_held[v_c];
+              v_acct_limit := true;
+            END IF;
+            v_charge := CASE WHEN v_room IS NULL THEN p_micros[i] ELSE LEAST(p_micros[i], GREATEST(v_room, 0)) END;
+            h_status[v_ref] := 'committed';
+            h_committed[v_ref] := p_micros[i];
+            h_overage[v_ref] := p_micros[i] - v_charge;
+            l_amount[i] := v_charge;
+            FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + v_charge; END LOOP;
+            IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + v_charge; END IF;
+            s_touch[v_k] := true;
+            s_overage[v_k] := s_overage[v_k] + h_overage[v_ref];
+            o_committed[i] := p_micros[i];
+            o_overage[i] := h_overage[v_ref];
+            o_expired[i] := NOT v_live;
+            IF h_overage[v_ref] > 0 AND v_acct_limit THEN
+              o_limit[i] := 'account';
+              o_limit_acct[i] := k_acct[v_ref];
+            ELSIF h_overage[v_ref] > 0 THEN
+              o_limit[i] := CASE WHEN s_id[v_lim] = v_key THEN 'key' ELSE 'ancestor' END;
+              o_limit_key[i] := s_id[v_lim];
+            END IF;
+            o_over[i] := h_overage[v_ref] > 0;
+          END IF;
+        END IF;
+      END IF;
+      o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
+      CONTINUE;
+    END IF;
+    -- A revoked or expired key (or ancestor) spends nothing more; an adjustment still applies
+    -- to it (it corrects spend that happened).
+    IF k_state[v_ref] = 'invalid' OR (k_state[v_ref] IS NOT NULL AND p_op[i] <> 'adjust') THEN
+      o_outcome[i] := k_state[v_ref];
+      CONTINUE;
+    END IF;
+    v_key := k_id[v_ref];
+    v_k := k_pos[v_ref];
+    v_c := k_cpos[v_ref];
+
+    o_key[i] := v_key; o_budget[i] := s_budget[v_k];
+    -- A retry of a charge or hold: first an earlier item of this batch, then what is stored.
+    IF p_idem[i] IS NOT NULL AND p_op[i] <> 'adjust' THEN
+      v_prior := NULL;
+      FOR j IN 1..cardinality(w_ord) LOOP
+        IF k_id[p_ref[w_ord[j]]] = v_key AND p_op[w_ord[j]] = p_op[i] AND p_idem[w_ord[j]] = p_idem[i] THEN
+          v_prior := w_ord[j];
+          EXIT;
+        END IF;
+      END LOOP;
+      IF v_prior IS NOT NULL THEN
+        o_outcome[i] := CASE WHEN p_micros[v_prior] = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
+        IF p_op[i] = 'hold' THEN
+          o_hold[i] := p_hold_id[v_prior];
+          o_expires[i] := v_now + p_ttl_ms[v_prior] * interval '1 millisecond';
+          o_status[i] := 'held';
+        END IF;
+      ELSIF p_op[i] = 'charge' THEN
+        SELECT amount_micros INTO prior FROM {{ledger}}
+          WHERE key_id = v_key AND idempotency_key = p_idem[i] AND kind = 'charge';
+        IF FOUND THEN
+          o_outcome[i] := CASE WHEN prior.amount_micros = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
+        END IF;
+      ELSE
+        SELECT id, amount_micros, expires_at, status INTO prior FROM {{holds}}
+          WHERE key_id = v_key AND idempotency_key = p_idem[i];
+        IF FOUND THEN
+          o_outcome[i] := CASE WHEN prior.amount_micros = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
+          o_hold[i] := prior.id; o_expires[i] := prior.expires_at;
+          -- A hold settled earlier in this batch is only written at the end: its state is here.
+          v_x := array_position(p_hold, prior.id);
+          o_status[i] := CASE WHEN v_x IS NULL THEN prior.status ELSE h_status[v_x] END;
+        END IF;
+      END IF;
+      IF o_outcome[i] IS NOT NULL THEN
+        o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
+        CONTINUE;
+      END IF;
+    END IF;
+
+    IF p_op[i] = 'adjust' THEN
+      -- An adjustment (a refund when negative) passes no budget check, but takes no counter
+      -- on the path, nor the account's, below zero.
+      v_refund := v_c IS NOT NULL AND c_spent[v_c]::numeric + p_micros[i] < 0;
+      FOR j IN k_from[v_ref]..k_to[v_ref] LOOP
+        IF s_spent[v_pos[j]]::numeric + p_micros[i] < 0 THEN v_refund := true; END IF;
+      END LOOP;
+      IF v_refund THEN
+        o_outcome[i] := 'refund_exceeds_spend';
+        o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
+        CONTINUE;
+      END IF;
+    ELSE
+      -- The tightest budget this item would pass: the deepest key on its path, then the
+      -- account. (An unbudgeted node compares with NULL, which is never true; sums are
+      -- NUMERIC, so a step near BIGINT's end is refused, not an error, if a budget stops it.)
+      v_lim := NULL;
+      FOR j IN k_from[v_ref]..k_to[v_ref] LOOP
+        v_x := v_pos[j];
+        IF s_spent[v_x]::numeric + s_held[v_x] + p_micros[i] > s_budget[v_x] AND (v_lim IS NULL OR s_depth[v_x] > s_depth[v_lim]) THEN
+          v_lim := v_x;
+        END IF;
+      END LOOP;
+      IF v_lim IS NOT NULL THEN
+        o_limit[i] := CASE WHEN s_id[v_lim] = v_key THEN 'key' ELSE 'ancestor' END;
+        o_limit_key[i] := s_id[v_lim];
+      ELSIF v_c IS NOT NULL AND c_spent[v_c]::numeric + c_held[v_c] + p_micros[i] > c_budget[v_c] THEN
+        o_limit[i] := 'account';
+        o_limit_acct[i] := k_acct[v_ref];
+      END IF;
+      IF o_limit[i] IS NOT NULL THEN
+        o_outcome[i] := 'budget_exceeded';
+        o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
+        CONTINUE;
+      END IF;
+    END IF;
+
+    -- Accepted: a charge or an adjustment moves what the path and the account spent, a hold
+    -- what they hold. (A counter taken past BIGINT fails the statement: numeric_value_out_of_range.)
+    IF p_op[i] = 'hold' THEN
+      FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_held[v_pos[j]] := s_held[v_pos[j]] + p_micros[i]; END LOOP;
+      IF v_c IS NOT NULL THEN c_held[v_c] := c_held[v_c] + p_micros[i]; END IF;
+    ELSE
+      FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + p_micros[i]; END LOOP;
+      IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + p_micros[i]; END IF;
+    END IF;
+    -- Using a key is a charge or a hold on it; an adjustment is not.
+    IF p_op[i] <> 'adjust' THEN s_touch[v_k] := true; END IF;
+    w_ord := array_append(w_ord, i);
+    l_amount[i] := p_micros[i];
+    o_outcome[i] := 'ok';
+    o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
+    IF p_op[i] = 'hold' THEN
+      v_holds := v_holds + 1;
+      o_hold[i] := p_hold_id[i];
+      o_expires[i] := v_now + p_ttl_ms[i] * interval '1 millisecond';
+    END IF;
+  END LOOP;
+
+  -- Write once: counters, account counters, holds, then the ledger in item order.
+  UPDATE {{table}} k SET spent_micros = d.spent, budget_used_cents = {{schema}}agentkey_cents_up(d.spent),
+      last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END, overage_micros = k.overage_micros + d.overage
+    FROM unnest(s_id, s_spent, s_spent0, s_touch, s_overage) AS d(id, spent, spent0, touch, overage)
+    WHERE k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
+  IF c_spent IS DISTINCT FROM c_spent0 THEN
+    UPDATE {{accounts}} a SET spent_micros = d.spent
+      FROM unnest(c_id, c_spent, c_spent0) AS d(id, spent, spent0)
+      WHERE a.account_id = ANY(c_id) AND a.account_id = d.id AND d.spent <> d.spent0;
+  END IF;
+  IF v_holds > 0 THEN
+    INSERT INTO {{holds}} (id, key_id, path, account_id, amount_micros, status, expires_at, idempotency_key, metadata, created_at)
+      SELECT p_hold_id[w.o], k_id[p_ref[w.o]], v_paths[k_from[p_ref[w.o]]:k_to[p_ref[w.o]]], k_acct[p_ref[w.o]], p_micros[w.o], 'held',
+             v_now + p_ttl_ms[w.o] * interval '1 millisecond', p_idem[w.o], p_meta[w.o], v_now
+      FROM unnest(w_ord) AS w(o) WHERE p_op[w.o] = 'hold';
+  END IF;
+  IF h_dirty THEN
+    UPDATE {{holds}} h SET status = d.status, committed_micros = d.committed, settled_at = d.settled,
+        overage_micros = CASE WHEN d.status = 'committed' THEN d.overage END
+      FROM unnest(p_hold, h_status, h_committed, h_settled, h_overage) AS d(id, status, committed, settled, overage)
+      WHERE h.id = ANY(p_hold) AND h.id = d.id AND d.settled = v_now;
+  END IF;
+  IF cardinality(w_ord) > 0 THEN
+    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, reservation_id, idempotency_key, metadata, created_at)
+      SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], e.kind, e.amount, p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now
+      FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos)
+      -- A commit's overage follows it as a row of its own kind.
+      CROSS JOIN LATERAL (VALUES (1, p_op[w.o], l_amount[w.o]), (2, 'overage', o_overage[w.o])) AS e(sub, kind, amount)
+      WHERE e.sub = 1 OR (p_op[w.o] = 'commit' AND e.amount > 0)
+      ORDER BY w.pos, e.sub;
+  END IF;
+  -- One row of arrays, one entry per item: cheaper than a row per item. Then, per key named
+  -- (by p_ref), its path and account, so a cache can move what the budgets above it leave.
+  RETURN QUERY SELECT o_outcome, o_key, o_budget, o_spent, o_held, o_hold, o_expires, o_status,
+                      o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over, v_now, o_overage,
+                      ARRAY(SELECT array_to_string(v_paths[k_from[x]:k_to[x]], ',') FROM generate_subscripts(k_id, 1) AS g(x) ORDER BY x),
+                      k_acct;
+END $fn$;

@@ -1,0 +1,5 @@
+-- Columns whose change makes a cached validation stale. Spend counters and last use are not
+-- among them (spending never pays for the trigger); a period rollover is (once a period).
+CREATE TRIGGER agentkey_changed AFTER UPDATE OF key_hash, external_subject, account_id, name, scopes, budget_micros, budget_cents, budget_period, budget_anchor_at, budget_reset_at, expires_at, revoked_at, delegated_by, user_id, parent_id, ancestor_ids ON {{table}} FOR EACH ROW
+WHEN ((OLD.key_hash, OLD.external_subject, OLD.account_id, OLD.name, OLD.scopes, OLD.budget_micros, OLD.budget_cents, OLD.budget_period, OLD.budget_anchor_at, OLD.budget_reset_at, OLD.expires_at, OLD.revoked_at, OLD.delegated_by, OLD.user_id, OLD.parent_id, OLD.ancestor_ids) IS DISTINCT FROM (NEW.key_hash, NEW.external_subject, NEW.account_id, NEW.name, NEW.scopes, NEW.budget_micros, NEW.budget_cents, NEW.budget_period, NEW.budget_anchor_at, NEW.budget_reset_at, NEW.expires_at, NEW.revoked_at, NEW.delegated_by, NEW.user_id, NEW.parent_id, NEW.ancestor_ids))
+EXECUTE FUNCTION {{schema}}agentkey_notify_change('{{channel}}');
