@@ -92,7 +92,7 @@ export class KeyStore {
     const budgeted = 'FILTER (WHERE n.budget_micros IS NOT NULL)';
     this.columns = `k.id, k.account_id, k.name, k.key_prefix, k.scopes, k.budget_micros,
       (CASE WHEN ${due('k')} THEN 0 ELSE k.spent_micros END) AS spent_micros, k.budget_period,
-      ${heldOn('k')}::bigint AS held_micros, k.overage_micros,
+      ${heldOn('k')}::bigint AS held_micros, COALESCE(k.overage_micros, 0) AS overage_micros,
       CASE WHEN ${due('k')} THEN ${this.nextReset('k', 'now()')} ELSE k.budget_reset_at END AS budget_reset_at,
       k.expires_at, k.revoked_at, k.delegated_by, k.user_id, k.external_subject, k.created_at, k.last_used_at,
       k.parent_id, k.ancestor_ids, k.depth,

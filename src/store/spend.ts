@@ -252,7 +252,7 @@ export class SpendStore {
                       SELECT d.id FROM ${this.t.table} d WHERE d.id = k.id OR d.ancestor_ids @> ARRAY[k.id::bigint])), 0)
           + COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l
                       WHERE l.kind = 'reset' AND l.key_id = k.id), 0))::text AS ledger,
-         k.overage_micros AS overage_counter,
+         COALESCE(k.overage_micros, 0) AS overage_counter,
          COALESCE((SELECT sum(l.amount_micros) FROM ${this.t.ledger} l WHERE l.kind = 'overage' AND l.key_id = k.id), 0)::text AS overage_ledger
        FROM ${this.t.table} k ${filter}`,
       keyId === null ? [] : [keyId],

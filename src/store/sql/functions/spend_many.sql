@@ -431,9 +431,10 @@ BEGIN
     END IF;
   END LOOP;
 
-  -- Write once: counters, account counters, holds, then the ledger in item order.
+  -- Write once: counters, account counters, holds, then the ledger in item order. (A keys
+  -- table made again from a schema file may have lost overage_micros's default: NULL is 0.)
   UPDATE {{table}} k SET spent_micros = d.spent, budget_used_cents = {{schema}}agentkey_cents_up(d.spent),
-      last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END, overage_micros = k.overage_micros + d.overage
+      last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END, overage_micros = COALESCE(k.overage_micros, 0) + d.overage
     FROM unnest(s_id, s_spent, s_spent0, s_touch, s_overage) AS d(id, spent, spent0, touch, overage)
     WHERE k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
   IF c_spent IS DISTINCT FROM c_spent0 THEN
