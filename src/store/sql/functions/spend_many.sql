@@ -36,19 +36,25 @@ LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
 #variable_conflict use_variable
 DECLARE
   n INT := COALESCE(cardinality(p_op), 0);
-  r RECORD; prior RECORD;
+  prior RECORD;
   -- Per distinct key asked for: its id, account and path (ancestors then the key) as a slice of v_paths.
   k_id BIGINT[] := '{}'; k_acct TEXT[] := '{}'; k_from INT[] := '{}'; k_to INT[] := '{}';
   h_status TEXT[]; h_amount BIGINT[]; h_committed BIGINT[]; h_expires TIMESTAMPTZ[]; h_settled TIMESTAMPTZ[]; h_overage BIGINT[];
   h_dirty BOOLEAN := false; v_live BOOLEAN;
-  v_paths BIGINT[] := '{}'; v_due BOOLEAN; v_expired BOOLEAN; v_holds INT := 0;
+  v_paths BIGINT[] := '{}'; v_due BOOLEAN; v_expired BOOLEAN; v_holds INT := 0; v_settles BOOLEAN;
+  -- Per distinct key: its path as text ('ancestor,...,key'), for the caller's cache.
+  v_refpaths TEXT[] := '{}';
+  -- Whether any counter may have moved (a charge, commit or adjustment), and any key was used.
+  v_moved BOOLEAN := false; v_touched BOOLEAN := false;
   -- Per distinct key, worked out once: where its node and account sit in the arrays below,
   -- and 'invalid', 'revoked' or 'expired' when no item of it can spend; per path entry, its node.
   k_pos INT[]; k_cpos INT[]; k_state TEXT[]; v_pos INT[];
   -- Per key node and per account: the counters, updated as items are accepted.
   s_id BIGINT[]; s_budget BIGINT[]; s_spent BIGINT[]; s_spent0 BIGINT[]; s_held BIGINT[];
   s_depth INT[]; s_state TEXT[]; s_touch BOOLEAN[]; s_overage BIGINT[];
-  c_id TEXT[]; c_budget BIGINT[]; c_spent BIGINT[]; c_spent0 BIGINT[]; c_held BIGINT[];
+  c_id TEXT[] := '{}'; c_budget BIGINT[] := '{}'; c_spent BIGINT[] := '{}'; c_spent0 BIGINT[]; c_held BIGINT[] := '{}';
+  -- How many account rows (ceilings) the batch locked: none, and they are not read.
+  v_accts INT; v_acct_due BOOLEAN;
   -- Accepted items, in order, and what each item gets back.
   w_ord INT[] := '{}';
   o_outcome TEXT[]; o_key BIGINT[]; o_budget BIGINT[]; o_spent BIGINT[]; o_held BIGINT[]; o_hold TEXT[];
@@ -63,11 +69,6 @@ DECLARE
   w_keys BIGINT[] := '{}'; w_accts TEXT[] := '{}'; w_holds TEXT[] := '{}'; k_busy BOOLEAN[] := '{}';
   v_lock_timeout TEXT; v_p2 BIGINT[];
 BEGIN
-  FOR i IN 1..n LOOP
-    IF p_op[i] IS NULL OR p_op[i] NOT IN ('charge', 'hold', 'adjust', 'commit', 'release') THEN
-      RAISE EXCEPTION 'agentkey spend_many: unknown op %', p_op[i] USING ERRCODE = '22023';
-    END IF;
-  END LOOP;
   o_outcome := array_fill(NULL::text, ARRAY[n]); o_key := array_fill(NULL::bigint, ARRAY[n]);
   o_budget := o_key; o_spent := o_key; o_held := o_key; o_limit_key := o_key;
   o_hold := o_outcome; o_status := o_outcome; o_limit := o_outcome; o_limit_acct := o_outcome;
@@ -75,24 +76,26 @@ BEGIN
   o_hamount := o_key; o_committed := o_key; o_released := o_key; l_amount := o_key; o_overage := o_key;
   o_expired := array_fill(NULL::boolean, ARRAY[n]); o_over := o_expired;
 
-  -- A key is named by hash, subject or id; a settlement by its hold, whose path was fixed when taken.
-  FOR r IN SELECT u.ord, k.id, k.account_id, k.path
+  -- A key is named by hash, subject or id; a settlement by its hold, whose path was fixed when
+  -- taken. Paths come as text ('ancestor,...,key': what the caller gets back too) and are laid
+  -- end to end in v_paths.
+  SELECT COALESCE(array_agg(k.id ORDER BY u.ord), '{}'), COALESCE(array_agg(k.account_id ORDER BY u.ord), '{}'),
+         COALESCE(array_agg(COALESCE(array_to_string(k.path, ','), '') ORDER BY u.ord), '{}')
+    INTO k_id, k_acct, v_refpaths
     FROM unnest(p_hash, p_subject, p_id, p_hold) WITH ORDINALITY AS u(h, s, kid, hid, ord)
     LEFT JOIN LATERAL (
       SELECT id, account_id::text AS account_id, ancestor_ids || id AS path FROM {{table}} WHERE key_hash = u.h
       UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE external_subject = u.s
       UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE id = u.kid
       UNION ALL SELECT key_id, account_id, path FROM {{holds}} WHERE id = u.hid
-      LIMIT 1) k ON true
-    ORDER BY u.ord
-  LOOP
-    k_id := array_append(k_id, r.id);
-    k_acct := array_append(k_acct, r.account_id);
-    k_from := array_append(k_from, cardinality(v_paths) + 1);
-    IF r.id IS NOT NULL THEN v_paths := v_paths || r.path; END IF;
-    k_to := array_append(k_to, cardinality(v_paths));
+      LIMIT 1) k ON true;
+  FOR x IN 1..cardinality(k_id) LOOP
+    k_from[x] := cardinality(v_paths) + 1;
+    IF k_id[x] IS NOT NULL THEN v_paths := v_paths || string_to_array(v_refpaths[x], ',')::bigint[]; END IF;
+    k_to[x] := cardinality(v_paths);
   END LOOP;
 
+  v_settles := cardinality(array_remove(p_hold, NULL)) > 0;
   IF p_wait_ms IS NULL OR p_wait_ms > 0 THEN
     -- A lock held longer than p_wait_ms ends the statement (lock_not_available) with nothing
     -- written; the caller then sends the batch again with p_wait_ms 0.
@@ -103,8 +106,8 @@ BEGIN
     -- Every budget the batch touches, locked in the one global order: keys by id, then
     -- accounts, then the holds being settled.
     PERFORM 1 FROM {{table}} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE;
-    PERFORM 1 FROM {{accounts}} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE;
-    PERFORM 1 FROM {{holds}} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE;
+    SELECT count(*) INTO v_accts FROM (SELECT 1 FROM {{accounts}} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE) a;
+    IF v_settles THEN PERFORM 1 FROM {{holds}} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE; END IF;
     IF p_wait_ms > 0 THEN PERFORM set_config('lock_timeout', v_lock_timeout, true); END IF;
   ELSE
     -- p_wait_ms 0: the same locks in the same order, but a row another transaction holds is
@@ -134,7 +137,7 @@ BEGIN
       FOR x IN 1..cardinality(k_id) LOOP
         IF k_id[x] IS NOT NULL AND (v_paths[k_from[x]:k_to[x]] && w_keys OR k_acct[x] = ANY(w_accts) OR p_hold[x] = ANY(w_holds)) THEN
           k_busy[x] := true;
-          k_id[x] := NULL; k_acct[x] := NULL; p_hold[x] := NULL;
+          k_id[x] := NULL; k_acct[x] := NULL; p_hold[x] := NULL; v_refpaths[x] := '';
           k_from[x] := cardinality(v_p2) + 1; k_to[x] := cardinality(v_p2);
         ELSE
           v_x := cardinality(v_p2) + 1;
@@ -144,66 +147,73 @@ BEGIN
       END LOOP;
       v_paths := v_p2;
     END IF;
+    v_accts := cardinality(v_agot);
   END IF;
   v_now := clock_timestamp();
 
-  -- Periods that ended start again (with a reset row in the ledger) and expired holds end.
-  -- Both are rare, so one look first spares the common batch their statements.
-  SELECT EXISTS (SELECT 1 FROM {{table}} WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now)
-         OR EXISTS (SELECT 1 FROM {{accounts}} WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now),
-         EXISTS (SELECT 1 FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now)
-    INTO v_due, v_expired;
-  IF v_due THEN
-    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
-      SELECT id, account_id::text, 'reset', -spent_micros, v_now FROM {{table}}
-      WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
-      ORDER BY id;
-    UPDATE {{table}} SET spent_micros = 0, budget_used_cents = 0,
-      budget_reset_at = {{schema}}agentkey_next_reset(budget_period, COALESCE(budget_anchor_at, created_at), v_now)
-      WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
-    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
-      SELECT NULL, account_id, 'reset', -spent_micros, v_now FROM {{accounts}}
-      WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
-      ORDER BY account_id;
-    UPDATE {{accounts}} SET spent_micros = 0,
-      period_start_at = {{schema}}agentkey_period_start(budget_period, v_now),
-      budget_reset_at = {{schema}}agentkey_period_end(budget_period, v_now)
-      WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
-  END IF;
-  IF v_expired THEN
-    WITH swept AS (
-      UPDATE {{holds}} h SET status = 'expired', settled_at = v_now
-      WHERE h.id IN (SELECT id FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now
-                     FOR UPDATE SKIP LOCKED)
-        AND h.status = 'held'
-      RETURNING h.id, h.key_id, h.amount_micros)
-    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
-    SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id, v_now
-    FROM swept s JOIN {{table}} k ON k.id = s.key_id ORDER BY s.key_id, s.id;
-  END IF;
-
-  -- The counters of every key node and account, with the money their live holds keep.
-  SELECT n.ids, n.budgets, n.spents, n.helds, n.depths, n.states, c.ids, c.budgets, c.spents, c.helds
-    INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, c_id, c_budget, c_spent, c_held
-    FROM (SELECT COALESCE(array_agg(n.id ORDER BY n.id), '{}') AS ids,
-                 COALESCE(array_agg(n.budget_micros ORDER BY n.id), '{}') AS budgets,
-                 COALESCE(array_agg(n.spent_micros ORDER BY n.id), '{}') AS spents,
-                 COALESCE(array_agg(COALESCE(live.held, 0) ORDER BY n.id), '{}') AS helds,
-                 COALESCE(array_agg(n.depth ORDER BY n.id), '{}') AS depths,
-                 COALESCE(array_agg(CASE WHEN n.revoked_at IS NOT NULL THEN 'revoked'
-                                         WHEN n.expires_at IS NOT NULL AND n.expires_at <= v_now THEN 'expired' END ORDER BY n.id), '{}') AS states
-          FROM {{table}} n
-          LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
-                             WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
-          WHERE n.id = ANY(v_paths)) n,
-         (SELECT COALESCE(array_agg(a.account_id ORDER BY a.account_id), '{}') AS ids,
-                 COALESCE(array_agg(a.budget_micros ORDER BY a.account_id), '{}') AS budgets,
-                 COALESCE(array_agg(a.spent_micros ORDER BY a.account_id), '{}') AS spents,
-                 COALESCE(array_agg(COALESCE(live.held, 0) ORDER BY a.account_id), '{}') AS helds
-          FROM {{accounts}} a
-          LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
-                             WHERE status = 'held' AND expires_at > v_now AND account_id = a.account_id) live ON true
-          WHERE a.account_id = ANY(k_acct)) c;
+  -- The counters of every key node and account, with the money their live holds keep; and
+  -- whether a period ended or a hold ran past its time. Both are rare: when one did, the
+  -- period starts again (with a reset row in the ledger) or the hold ends, and the counters
+  -- are read once more.
+  FOR pass IN 1..2 LOOP
+    SELECT n.ids, n.budgets, n.spents, n.helds, n.depths, n.states, COALESCE(n.due, false),
+           EXISTS (SELECT 1 FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now)
+      INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, v_due, v_expired
+      FROM (SELECT COALESCE(array_agg(n.id ORDER BY n.id), '{}') AS ids,
+                   COALESCE(array_agg(n.budget_micros ORDER BY n.id), '{}') AS budgets,
+                   COALESCE(array_agg(n.spent_micros ORDER BY n.id), '{}') AS spents,
+                   COALESCE(array_agg(COALESCE(live.held, 0) ORDER BY n.id), '{}') AS helds,
+                   COALESCE(array_agg(n.depth ORDER BY n.id), '{}') AS depths,
+                   COALESCE(array_agg(CASE WHEN n.revoked_at IS NOT NULL THEN 'revoked'
+                                           WHEN n.expires_at IS NOT NULL AND n.expires_at <= v_now THEN 'expired' END ORDER BY n.id), '{}') AS states,
+                   bool_or(n.budget_period IS NOT NULL AND n.budget_reset_at <= v_now) AS due
+            FROM {{table}} n
+            LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
+                               WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
+            WHERE n.id = ANY(v_paths)) n;
+    IF v_accts > 0 THEN
+      SELECT COALESCE(array_agg(a.account_id ORDER BY a.account_id), '{}'),
+             COALESCE(array_agg(a.budget_micros ORDER BY a.account_id), '{}'),
+             COALESCE(array_agg(a.spent_micros ORDER BY a.account_id), '{}'),
+             COALESCE(array_agg(COALESCE(live.held, 0) ORDER BY a.account_id), '{}'),
+             COALESCE(bool_or(a.budget_period IS NOT NULL AND a.budget_reset_at <= v_now), false)
+        INTO c_id, c_budget, c_spent, c_held, v_acct_due
+        FROM {{accounts}} a
+        LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
+                           WHERE status = 'held' AND expires_at > v_now AND account_id = a.account_id) live ON true
+        WHERE a.account_id = ANY(k_acct);
+      v_due := v_due OR v_acct_due;
+    END IF;
+    EXIT WHEN pass = 2 OR NOT (v_due OR v_expired);
+    IF v_due THEN
+      INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
+        SELECT id, account_id::text, 'reset', -spent_micros, v_now FROM {{table}}
+        WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
+        ORDER BY id;
+      UPDATE {{table}} SET spent_micros = 0, budget_used_cents = 0,
+        budget_reset_at = {{schema}}agentkey_next_reset(budget_period, COALESCE(budget_anchor_at, created_at), v_now)
+        WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
+      INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
+        SELECT NULL, account_id, 'reset', -spent_micros, v_now FROM {{accounts}}
+        WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
+        ORDER BY account_id;
+      UPDATE {{accounts}} SET spent_micros = 0,
+        period_start_at = {{schema}}agentkey_period_start(budget_period, v_now),
+        budget_reset_at = {{schema}}agentkey_period_end(budget_period, v_now)
+        WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
+    END IF;
+    IF v_expired THEN
+      WITH swept AS (
+        UPDATE {{holds}} h SET status = 'expired', settled_at = v_now
+        WHERE h.id IN (SELECT id FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now
+                       FOR UPDATE SKIP LOCKED)
+          AND h.status = 'held'
+        RETURNING h.id, h.key_id, h.amount_micros)
+      INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
+      SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id, v_now
+      FROM swept s JOIN {{table}} k ON k.id = s.key_id ORDER BY s.key_id, s.id;
+    END IF;
+  END LOOP;
   s_spent0 := s_spent;
   c_spent0 := c_spent;
   s_touch := array_fill(false, ARRAY[cardinality(s_id)]);
@@ -211,11 +221,16 @@ BEGIN
 
   -- The holds being settled, by ref (after the sweep, so an expired one says so).
   IF cardinality(array_remove(p_hold, NULL)) > 0 THEN
-    SELECT array_agg(h.status ORDER BY u.ord), array_agg(h.amount_micros ORDER BY u.ord),
-           array_agg(h.committed_micros ORDER BY u.ord), array_agg(h.expires_at ORDER BY u.ord),
-           array_agg(h.settled_at ORDER BY u.ord), array_agg(COALESCE(h.overage_micros, 0) ORDER BY u.ord)
-      INTO h_status, h_amount, h_committed, h_expires, h_settled, h_overage
-      FROM unnest(p_hold) WITH ORDINALITY AS u(hid, ord) LEFT JOIN {{holds}} h ON h.id = u.hid;
+    h_status := array_fill(NULL::text, ARRAY[cardinality(p_hold)]); h_amount := array_fill(NULL::bigint, ARRAY[cardinality(p_hold)]);
+    h_committed := h_amount; h_overage := h_amount; h_expires := array_fill(NULL::timestamptz, ARRAY[cardinality(p_hold)]); h_settled := h_expires;
+    FOR x IN 1..cardinality(p_hold) LOOP
+      CONTINUE WHEN p_hold[x] IS NULL;
+      SELECT status, amount_micros, committed_micros, expires_at, settled_at, COALESCE(overage_micros, 0) AS overage
+        INTO prior FROM {{holds}} WHERE id = p_hold[x];
+      CONTINUE WHEN NOT FOUND;
+      h_status[x] := prior.status; h_amount[x] := prior.amount_micros; h_committed[x] := prior.committed_micros;
+      h_expires[x] := prior.expires_at; h_settled[x] := prior.settled_at; h_overage[x] := prior.overage;
+    END LOOP;
   END IF;
 
   v_pos := array_fill(NULL::int, ARRAY[cardinality(v_paths)]);
@@ -240,6 +255,10 @@ BEGIN
   END LOOP;
 
   FOR i IN 1..n LOOP
+    -- (Nothing is written before this loop ends: an unknown op changes nothing.)
+    IF p_op[i] IS NULL OR p_op[i] NOT IN ('charge', 'hold', 'adjust', 'commit', 'release') THEN
+      RAISE EXCEPTION 'agentkey spend_many: unknown op %', p_op[i] USING ERRCODE = '22023';
+    END IF;
     v_ref := p_ref[i];
     IF k_busy[v_ref] THEN o_outcome[i] := 'busy'; CONTINUE; END IF;
     IF p_op[i] IN ('commit', 'release') THEN
@@ -304,6 +323,8 @@ BEGIN
             FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + v_charge; END LOOP;
             IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + v_charge; END IF;
             s_touch[v_k] := true;
+            v_touched := true;
+            v_moved := true;
             s_overage[v_k] := s_overage[v_k] + h_overage[v_ref];
             o_committed[i] := p_micros[i];
             o_overage[i] := h_overage[v_ref];
@@ -417,9 +438,13 @@ BEGIN
     ELSE
       FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + p_micros[i]; END LOOP;
       IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + p_micros[i]; END IF;
+      v_moved := true;
     END IF;
     -- Using a key is a charge or a hold on it; an adjustment is not.
-    IF p_op[i] <> 'adjust' THEN s_touch[v_k] := true; END IF;
+    IF p_op[i] <> 'adjust' THEN
+      s_touch[v_k] := true;
+      v_touched := true;
+    END IF;
     w_ord := array_append(w_ord, i);
     l_amount[i] := p_micros[i];
     o_outcome[i] := 'ok';
@@ -431,12 +456,19 @@ BEGIN
     END IF;
   END LOOP;
 
-  -- Write once: counters, account counters, holds, then the ledger in item order. (A keys
-  -- table made again from a schema file may have lost overage_micros's default: NULL is 0.)
-  UPDATE {{table}} k SET spent_micros = d.spent, budget_used_cents = {{schema}}agentkey_cents_up(d.spent),
-      last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END, overage_micros = COALESCE(k.overage_micros, 0) + d.overage
-    FROM unnest(s_id, s_spent, s_spent0, s_touch, s_overage) AS d(id, spent, spent0, touch, overage)
-    WHERE k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
+  -- Write once: counters, account counters, holds, then the ledger in item order. A batch
+  -- that only took holds writes the keys' last use alone, without naming the page's columns
+  -- (whose trigger then costs nothing). (A keys table made again from a schema file may have
+  -- lost overage_micros's default: NULL is 0.)
+  IF v_moved THEN
+    UPDATE {{table}} k SET spent_micros = d.spent, budget_used_cents = {{schema}}agentkey_cents_up(d.spent),
+        last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END, overage_micros = COALESCE(k.overage_micros, 0) + d.overage
+      FROM unnest(s_id, s_spent, s_spent0, s_touch, s_overage) AS d(id, spent, spent0, touch, overage)
+      WHERE k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
+  ELSIF v_touched THEN
+    UPDATE {{table}} k SET last_used_at = v_now FROM unnest(s_id, s_touch) AS d(id, touch)
+      WHERE k.id = ANY(s_id) AND k.id = d.id AND d.touch;
+  END IF;
   IF c_spent IS DISTINCT FROM c_spent0 THEN
     UPDATE {{accounts}} a SET spent_micros = d.spent
       FROM unnest(c_id, c_spent, c_spent0) AS d(id, spent, spent0)
@@ -467,6 +499,5 @@ BEGIN
   -- (by p_ref), its path and account, so a cache can move what the budgets above it leave.
   RETURN QUERY SELECT o_outcome, o_key, o_budget, o_spent, o_held, o_hold, o_expires, o_status,
                       o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over, v_now, o_overage,
-                      ARRAY(SELECT array_to_string(v_paths[k_from[x]:k_to[x]], ',') FROM generate_subscripts(k_id, 1) AS g(x) ORDER BY x),
-                      k_acct;
+                      v_refpaths, k_acct;
 END $fn$;
