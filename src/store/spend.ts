@@ -1,7 +1,7 @@
 // One file (about 410 lines): every statement spending sends and every report read from the
 // ledger, beside the shapes they return, so the money path's SQL can be read in one place.
 import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
-import { type Db, lockBound, lockWaitMs, lockWaitSetting } from './db.js';
+import { type Db, lockWaitMs } from './db.js';
 import type { TableNames } from './identifiers.js';
 import type { KeyRef } from './keys.js';
 import { type LedgerKind, SPEND_KINDS } from './ledger-schema.js';
@@ -104,13 +104,9 @@ export interface AccountMismatch {
 export class SpendStore {
   constructor(private readonly db: Db, private readonly t: TableNames) {}
 
-  async spend(ref: KeyRef | { id: number }, r: SpendRequest): Promise<SpendOutcome> {
-    const by = refParams(ref);
-    const rows = await this.db.query<{ r: SpendOutcome }>(
-      `SELECT ${this.t.spendFn}($1, $2, $3, $4, $5::bigint, $6, $7::jsonb, $8, $9::bigint) AS r FROM ${lockBound('$10')}`,
-      [...by, r.op, r.micros, r.idempotencyKey, r.metadata, r.holdId, r.ttlMs, lockWaitSetting(this.db)],
-    );
-    return parse(rows[0]?.r);
+  /** One charge, hold or adjustment: a batch of one (see spendMany). */
+  async spend(ref: KeyRef, r: SpendRequest): Promise<SpendOutcome> {
+    return one(await this.spendMany([{ ref, request: r }]));
   }
 
   /**
@@ -172,12 +168,9 @@ export class SpendStore {
     return items.map((_, i) => fromBatchRow(r, i, (refOf[i] as number) - 1));
   }
 
+  /** The commit or release of one hold: a batch of one (see spendMany). */
   async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
-    const rows = await this.db.query<{ r: SpendOutcome }>(
-      `SELECT ${this.t.settleFn}($1, $2, $3::bigint, $4::jsonb) AS r FROM ${lockBound('$5')}`,
-      [holdId, op, micros, metadata, lockWaitSetting(this.db)],
-    );
-    return parse(rows[0]?.r);
+    return one(await this.spendMany([{ ref: { hold: holdId }, request: { op, micros, metadata } }]));
   }
 
   /** Ledger rows, newest first, for a key and/or an account, before a row id (for paging). */
@@ -397,19 +390,10 @@ export function refName(ref: BatchItem['ref']): string {
   return 'hash' in ref ? `h${ref.hash}` : 'subject' in ref ? `s${ref.subject}` : 'hold' in ref ? `r${ref.hold}` : `i${ref.id}`;
 }
 
-function refParams(ref: KeyRef | { id: number }): [string | null, string | null, number | null] {
-  if ('hash' in ref) return [ref.hash, null, null];
-  if ('subject' in ref) return [null, ref.subject, null];
-  return [null, null, ref.id];
-}
-
-/**
- * node-postgres and PGlite both parse JSONB; a driver that does not hands back text. The
- * counters come as text (a JSON number past 2^53 would lose digits) and are read exactly.
- */
-function parse(value: unknown): SpendOutcome {
-  const out = ((typeof value === 'string' ? JSON.parse(value) : value) ?? { outcome: 'invalid' }) as SpendOutcome;
-  if (out.spent !== undefined) out.spent = toMicros(out.spent);
-  if (out.held !== undefined) out.held = toMicros(out.held);
+/** The outcome of a batch of one. */
+function one(outcomes: SpendOutcome[]): SpendOutcome {
+  const [out] = outcomes;
+  if (!out) throw new Error('the batch spend function returned no outcome for one item');
   return out;
 }
+
