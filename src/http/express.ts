@@ -160,7 +160,7 @@ function recordLateCost(
 }
 
 /**
- * The page's self-serve routes as an Express router: POST /signup, GET /sdk-keys/me,
+ * The package's self-serve routes as an Express router: POST /signup, GET /sdk-keys/me,
  * POST /sdk-keys and DELETE /sdk-keys/:id. Needs `express` installed (a peer dependency).
  *
  * @example app.use(createAgentKeyRoutes(ak, { signupScopes: ['proxy.chat'] }))

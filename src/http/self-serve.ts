@@ -58,7 +58,7 @@ export function checkRoutesOptions(
 const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,189}\.[^\s@]{1,63}$/;
 
 /**
- * The page's self-serve routes, framework-neutral: each takes the parsed request and
+ * The package's self-serve routes, framework-neutral: each takes the parsed request and
  * returns a status and a JSON body, never throws. Refusals come from the refusal table,
  * in the package's shape (`error` a string, plus `code` and `message`).
  */

@@ -20,7 +20,7 @@ export interface TableNames {
   /** The period function and the migrations table, in the same schema as the keys table. */
   nextReset: string;
   /**
-   * Micro-dollars to the whole cents the page's INTEGER columns show: spend rounded up,
+   * Micro-dollars to the whole cents the package's INTEGER columns show: spend rounded up,
    * budgets rounded down (so SQL over those columns never sees more room than there is).
    */
   centsUp: string;
@@ -36,7 +36,7 @@ export interface TableNames {
   settleFn: string;
   /** The batch form of the spend function: many charges and holds in one atomic statement. */
   spendManyFn: string;
-  /** The trigger function that keeps agentkey's exact columns in step with SQL edits of the page's columns. */
+  /** The trigger function that keeps agentkey's exact columns in step with SQL edits of the package's columns. */
   syncFn: string;
   /** Rows set aside from side tables whose keys table was dropped (made only when needed). */
   orphans: string;

@@ -8,13 +8,13 @@ import takenOverSql from './sql/migrations/001_keys_taken_over.sql';
 import blockersSql from './sql/migrations/005_page_type_blockers.sql';
 
 /**
- * The keys table: the page's columns, which stay the user's (names, types, meaning), and
+ * The keys table: the @katrinalaszlo/agentkey package's columns, which stay the user's (names, types, meaning), and
  * agentkey's own exact columns beside them. Agentkey decides on its own columns and writes
- * the page's columns as whole cents in the same statement; SQL that writes the page's
+ * the package's columns as whole cents in the same statement; SQL that writes the package's
  * columns is carried over into agentkey's by a trigger (sql/functions/sync.sql).
  */
 
-/** The page's columns, with the types its migration gives them. */
+/** The package's columns, with the types its migration gives them. */
 export const PAGE_COLUMNS = [
   'user_id', 'scopes', 'budget_cents', 'budget_used_cents', 'budget_period', 'budget_reset_at', 'expires_at', 'delegated_by',
 ] as const;
@@ -25,8 +25,8 @@ export const V1_COLUMNS = [
 ] as const;
 
 /**
- * Version 1: the keys table with the page's columns and agentkey's micro-dollar counters.
- * On a table agentkey has never seen (it lacks spent_micros), the page's budgets and spend
+ * Version 1: the keys table with the package's columns and agentkey's micro-dollar counters.
+ * On a table agentkey has never seen (it lacks spent_micros), the package's budgets and spend
  * are carried into the exact columns; a table that has them is left as it is.
  */
 export async function createKeys(tx: Db, t: TableNames, state: TableState): Promise<void> {
@@ -36,9 +36,9 @@ export async function createKeys(tx: Db, t: TableNames, state: TableState): Prom
 }
 
 /**
- * Version 5: the page's columns back to the page's types. An earlier agentkey widened
+ * Version 5: the package's columns back to the package's types. An earlier agentkey widened
  * budget_cents and budget_used_cents to NUMERIC(20,4); users' SQL then read strings. The
- * exact figures live in budget_micros and spent_micros, so the page's columns go back to
+ * exact figures live in budget_micros and spent_micros, so the package's columns go back to
  * INTEGER, as whole cents (spend rounded up, budgets down). Which columns change is read
  * from the catalog, so the ALTER is built here.
  */
@@ -61,7 +61,7 @@ export async function restorePageTypes(tx: Db, t: TableNames, state: TableState)
   await tx.query(`ALTER TABLE ${t.table} ${widened.map((c) => `ALTER COLUMN ${c} TYPE INTEGER USING ${using[c]}`).join(', ')}`);
 }
 
-/** The page's cents columns that an earlier agentkey widened (only ever to exactly NUMERIC(20,4), on its own tables). */
+/** The package's cents columns that an earlier agentkey widened (only ever to exactly NUMERIC(20,4), on its own tables). */
 export function widenedColumns(state: TableState): string[] {
   const keys = state.keys;
   if (!keys?.columns.has('spent_micros')) return [];

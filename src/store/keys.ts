@@ -138,8 +138,8 @@ export class KeyStore {
 
   /**
    * Inserts a key, naming only the columns it sets: a column left out keeps the table's
-   * default (the page's `name TEXT NOT NULL DEFAULT 'default'`, or any column of the
-   * user's own). The page's budget columns are written as whole cents beside the exact ones.
+   * default (the package's `name TEXT NOT NULL DEFAULT 'default'`, or any column of the
+   * user's own). The package's budget columns are written as whole cents beside the exact ones.
    */
   async insert(k: NewKey): Promise<InsertedKey> {
     const columns: string[] = [];
@@ -158,7 +158,7 @@ export class KeyStore {
     set('scopes', k.scopes, '::text[]');
     set('budget_micros', k.budgetMicros, '::bigint');
     set('budget_cents', k.budgetMicros, '::bigint', (p) => `${this.t.centsDown}(${p})`);
-    // The page's create() wrote 0 here too: a table without a default on it still reads 0.
+    // The package's create() wrote 0 here too: a table without a default on it still reads 0.
     set('budget_used_cents', 0);
     if (k.budgetPeriod !== null) {
       set('budget_period', k.budgetPeriod, '::text');

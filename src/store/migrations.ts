@@ -76,7 +76,7 @@ const MIGRATIONS: Migration[] = [
   },
   {
     version: 5,
-    name: "the page's columns keep the page's types; SQL edits of them are honoured",
+    name: "the package's columns keep the package's types; SQL edits of them are honoured",
     present: (s) => widenedColumns(s).length === 0,
     up: restorePageTypes,
   },

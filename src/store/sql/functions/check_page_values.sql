@@ -1,4 +1,4 @@
--- What the page's columns may hold when written by SQL: a clear error, and nothing changes.
+-- What the package's columns may hold when written by SQL: a clear error, and nothing changes.
 CREATE OR REPLACE FUNCTION {{schema}}agentkey_check_page_values(period TEXT, budget NUMERIC, used NUMERIC)
 RETURNS void LANGUAGE plpgsql IMMUTABLE AS $fn$
 BEGIN

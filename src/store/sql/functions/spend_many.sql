@@ -457,7 +457,7 @@ BEGIN
   END LOOP;
 
   -- Write once: counters, account counters, holds, then the ledger in item order. A batch
-  -- that only took holds writes the keys' last use alone, without naming the page's columns
+  -- that only took holds writes the keys' last use alone, without naming the package's columns
   -- (whose trigger then costs nothing). (A keys table made again from a schema file may have
   -- lost overage_micros's default: NULL is 0.)
   IF v_moved THEN

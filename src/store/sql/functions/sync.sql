@@ -1,4 +1,4 @@
--- The page's columns are the user's: an INSERT or UPDATE by anyone but agentkey that writes
+-- The @katrinalaszlo/agentkey package's columns are the user's: an INSERT or UPDATE by anyone but agentkey that writes
 -- them is carried into agentkey's exact columns, announced to every process's cache, and,
 -- for spend, recorded in the ledger. Agentkey's own statements write both sides at once,
 -- so the triggers' WHEN clauses (triggers/sync.sql, triggers/sync_insert.sql) leave them alone.
@@ -7,7 +7,7 @@ DECLARE v_spent BIGINT; v_set_budget BOOLEAN; v_set_used BOOLEAN; v_set_period B
 BEGIN
   IF TG_OP = 'INSERT' THEN
     PERFORM {{schema}}agentkey_check_page_values(NEW.budget_period, NEW.budget_cents, NEW.budget_used_cents);
-    -- A row written by SQL rather than by create(): its page columns say what it may spend.
+    -- A row written by SQL rather than by create(): its package columns say what it may spend.
     IF NEW.budget_micros IS NULL AND NEW.budget_cents IS NOT NULL THEN
       NEW.budget_micros := round(NEW.budget_cents::numeric * 10000)::bigint;
     END IF;
@@ -28,7 +28,7 @@ BEGIN
   v_set_used := NEW.budget_used_cents IS DISTINCT FROM OLD.budget_used_cents AND NEW.spent_micros IS NOT DISTINCT FROM OLD.spent_micros;
   v_set_period := NEW.budget_period IS DISTINCT FROM OLD.budget_period AND NEW.budget_anchor_at IS NOT DISTINCT FROM OLD.budget_anchor_at;
   v_set_reset := NEW.budget_reset_at IS DISTINCT FROM OLD.budget_reset_at AND NEW.budget_reset_at IS NOT NULL;
-  -- Only what this statement changed is checked: old rows may hold what the page allowed.
+  -- Only what this statement changed is checked: old rows may hold what the package allowed.
   PERFORM {{schema}}agentkey_check_page_values(
     CASE WHEN v_set_period THEN NEW.budget_period END,
     CASE WHEN v_set_budget THEN NEW.budget_cents END,

@@ -1,5 +1,5 @@
--- Version 1: the keys table with the page's columns and agentkey's micro-dollar counters.
--- The page's base columns (for tables that lack some) and its own migration, verbatim in
+-- Version 1: the keys table with the package's columns and agentkey's micro-dollar counters.
+-- The package's base columns (for tables that lack some) and its own migration, verbatim in
 -- its types, so tables it already migrated are left as they are.
 CREATE TABLE IF NOT EXISTS {{table}} (
   id BIGSERIAL PRIMARY KEY,

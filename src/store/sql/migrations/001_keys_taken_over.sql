@@ -1,4 +1,4 @@
--- Version 1, on a keys table agentkey has never seen (it lacked spent_micros): the page's
+-- Version 1, on a keys table agentkey has never seen (it lacked spent_micros): the package's
 -- budgets and spend are carried into the exact columns, whatever numeric type the user's
 -- columns have, as micro-dollars exactly.
 UPDATE {{table}} SET

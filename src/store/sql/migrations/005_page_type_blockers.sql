@@ -1,4 +1,4 @@
--- Version 5 gives the page's columns $2 of keys table $1 back their INTEGER type (see
+-- Version 5 gives the package's columns $2 of keys table $1 back their INTEGER type (see
 -- key-schema.ts). What PostgreSQL will not let a type change pass: views and rules, and
 -- triggers (agentkey's own, `ours`, are made again right after, so they are dropped;
 -- anyone else's are named).

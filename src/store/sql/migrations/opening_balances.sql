@@ -1,4 +1,4 @@
--- Run by migrate() whenever keys may have spend the ledger does not explain (the page's
+-- Run by migrate() whenever keys may have spend the ledger does not explain (the package's
 -- budget_used_cents of a table agentkey just took over, or a table restored without its
 -- ledger): that spend becomes one opening row, so audit() holds from the first day. Keys
 -- the ledger knows are left alone, so running it again never counts twice.

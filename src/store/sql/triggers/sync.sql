@@ -1,4 +1,4 @@
--- SQL that edits the page's budget columns (not agentkey's own statements, which write the
+-- SQL that edits the package's budget columns (not agentkey's own statements, which write the
 -- exact columns in the same statement) is carried over by {{sync}}.
 CREATE TRIGGER agentkey_sync BEFORE UPDATE OF budget_cents, budget_used_cents, budget_period, budget_reset_at ON {{table}} FOR EACH ROW
 WHEN ((NEW.budget_cents IS DISTINCT FROM OLD.budget_cents AND NEW.budget_micros IS NOT DISTINCT FROM OLD.budget_micros)

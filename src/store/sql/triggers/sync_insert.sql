@@ -1,4 +1,4 @@
--- A row inserted by SQL with only the page's columns (or bad values) goes through {{sync}}.
+-- A row inserted by SQL with only the package's columns (or bad values) goes through {{sync}}.
 CREATE TRIGGER agentkey_sync_insert BEFORE INSERT ON {{table}} FOR EACH ROW
 WHEN ((NEW.budget_micros IS NULL AND NEW.budget_cents IS NOT NULL)
    OR (NEW.spent_micros = 0 AND COALESCE(NEW.budget_used_cents, 0) <> 0)
