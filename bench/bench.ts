@@ -4,7 +4,7 @@
  * one statement per call (baseline.ts). It prints throughput, p50/p99 latency and the ratio,
  * then checks that nothing was overspent and the ledger matches the counters. Then agentkey
  * alone: the heap of 100,000 cached keys, how fast a revocation reaches another cache, the HTTP
- * service, and charges while one key's row is locked elsewhere.
+ * service, charges while one key's row is locked elsewhere, and single calls one at a time.
  *
  * harness.ts drives the load and holds the settings (`--quick`, `--only <name>`, `--lanes n`);
  * workloads/ has the workloads; this file runs them and prints the report.
@@ -16,6 +16,7 @@ import { cacheHeap, revocationDelay } from './workloads/cache.js';
 import { chargeHot, chargeMany, chargeUnderAccount, reserveCommit, validateHot, validateMany } from './workloads/compare.js';
 import { httpService } from './workloads/http.js';
 import { lockedRow } from './workloads/locked-row.js';
+import { singleCalls } from './workloads/single.js';
 
 async function main() {
   const pool = new pg.Pool({ connectionString: URL, max: POOL_SIZE });
@@ -64,12 +65,15 @@ async function main() {
   for (const line of httpLines) console.log(line);
   const lockedLines = only === null || 'locked row'.includes(only) ? await lockedRow(pool) : [];
   for (const line of lockedLines) console.log(line);
+  const singleLines = only === null || 'single calls'.includes(only) ? await singleCalls(pool) : [];
+  for (const line of singleLines) console.log(line);
   await pool.end();
 
   const failed = rows.flatMap((r) => r.failed.map((f) => `${r.workload}: ${f}`));
   if (heapLines.some((l) => l.startsWith('FAILED'))) failed.push('cache bound');
   if (httpLines.some((l) => l.startsWith('FAILED'))) failed.push('HTTP service');
   if (lockedLines.some((l) => l.startsWith('FAILED'))) failed.push('locked row');
+  if (singleLines.some((l) => l.startsWith('FAILED'))) failed.push('single calls');
   if (failed.length > 0) {
     console.error(`\nCorrectness checks failed:\n${failed.join('\n')}`);
     process.exit(1);

@@ -583,12 +583,13 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
       async fault({ workers, keys, table }) {
         const victim = workers[killed]!;
         const lines = () => victim.lines as Call[];
-        // Killed holding money.
-        await until(() => {
+        // Holds the victim took and has not begun to settle.
+        const holding = () => {
           const rids = new Set(lines().filter((l) => l.op === 'end' && l.kind === 'reserve').flatMap((l) => l.attempts!.filter((a) => a.r?.success).map((a) => a.r!.reservationId)));
           for (const l of lines()) if (l.op === 'begin' && l.rid) rids.delete(l.rid);
           return rids.size > 0;
-        }, 'the victim to hold money', { timeoutMs: 15_000, retryErrors: true });
+        };
+        await until(holding, 'the victim to hold money', { timeoutMs: 15_000, retryErrors: true });
         // And with calls surely in flight: T1's row is locked for a moment, so calls on it are
         // held up (in the client's retry lane, or waiting in the database); the victim dies
         // meanwhile, and its replacement makes them again.
@@ -597,8 +598,10 @@ describe.skipIf(!wanted.includes('postgres'))('faults on a real PostgreSQL of th
           const lockedAt = Date.now();
           await until(() => {
             const ended = new Set(lines().filter((l) => l.op === 'end').map((l) => l.call));
-            return lines().some((l) => l.op === 'begin' && l.key === 'T1' && !ended.has(l.call) && Date.now() - lockedAt > 200);
-          }, 'a call of the victim to wait on the lock', { timeoutMs: 15_000, retryErrors: true });
+            // Killed holding money, at the moment it is killed (it may settle what it held while
+            // its calls wait on the lock).
+            return holding() && lines().some((l) => l.op === 'begin' && l.key === 'T1' && !ended.has(l.call) && Date.now() - lockedAt > 200);
+          }, 'a call of the victim to wait on the lock while it holds money', { timeoutMs: 15_000, retryErrors: true });
           const at = Date.now();
           victim.child.kill('SIGKILL');
           await victim.exited;
