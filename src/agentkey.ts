@@ -31,6 +31,7 @@ import type {
   CommitResult,
   CreateKeyOptions,
   CreateKeyResult,
+  KeyChanges,
   KeyInfo,
   LedgerEntry,
   ReleaseResult,
@@ -41,6 +42,7 @@ import type {
   TrackUsageResult,
   UsageOptions,
   UsageQuery,
+  UpdateOptions,
   UsageReport,
   ValidationResult,
 } from './types.js';
@@ -183,6 +185,22 @@ export class AgentKey {
    */
   async revoke(keyId: number | string, accountId?: string | number | null, options?: { by?: number | string }): Promise<boolean> {
     return this.keys.revoke(keyId, accountId, options);
+  }
+
+  /**
+   * Changes a key: its budget, period, scopes, expiry, name or delegatedBy, in one
+   * transaction. A child is never widened past its parent (`budget_exceeds_parent`,
+   * `scope_not_allowed`, `expiry_exceeds_parent`); narrowing a key below one of its
+   * descendants throws `narrows_children` unless `cascade: true`, which narrows them too. A
+   * budget below what was spent leaves nothing to spend; a new period starts now. Unknown
+   * ids throw `key_not_found`, revoked keys `key_inactive`; a refused update changes nothing.
+   * Every process's cache drops the keys it changed at once. Returns the key as `getKey()` does.
+   *
+   * @example await ak.update(id, { budgetCents: 2000, expiresIn: '30d' })
+   * @example await ak.update(rootId, { scopes: ['read'] }, { cascade: true })
+   */
+  async update(keyId: number | string, changes: KeyChanges, options?: UpdateOptions): Promise<KeyInfo> {
+    return this.keys.update(keyId, changes, options);
   }
 
   /**

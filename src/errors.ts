@@ -15,6 +15,12 @@ export type AgentKeyErrorCode =
   | 'parent_inactive'
   | 'depth_exceeded'
   | 'key_outside_tree'
+  /** `update()`: no key has this id (in this account). */
+  | 'key_not_found'
+  /** `update()`: the key is revoked; a revoked key cannot be changed. */
+  | 'key_inactive'
+  /** `update()`: a descendant would be wider than the narrowed key; `cascade: true` narrows it too. */
+  | 'narrows_children'
   | 'not_migrated'
   | 'storage_error'
   | 'storage_timeout'

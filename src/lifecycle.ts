@@ -10,8 +10,8 @@ import type { AccountStore } from './store/accounts.js';
 import { storageFault } from './store/errors.js';
 import type { InsertedKey, KeyStore } from './store/keys.js';
 import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
-import { fitUnderParent, mayActOn } from './tree.js';
-import type { AccountBudget, CreateKeyOptions, CreateKeyResult, KeyInfo, SubjectOptions } from './types.js';
+import { type LimitChanges, fitUnderParent, fitUpdate, mayActOn } from './tree.js';
+import type { AccountBudget, CreateKeyOptions, CreateKeyResult, KeyChanges, KeyInfo, SubjectOptions, UpdateOptions } from './types.js';
 import type { Validation } from './validation.js';
 import { iso, toAccountBudget, toKeyInfo } from './views.js';
 
@@ -19,6 +19,7 @@ const CREATE_OPTIONS = [
   'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId', 'parentId',
 ] as const;
 const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt' && o !== 'parentId');
+const UPDATE_FIELDS = ['budgetCents', 'budgetPeriod', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy'] as const;
 
 export interface KeyQuery {
   accountId?: string | number;
@@ -48,20 +49,25 @@ export class KeyLifecycle {
   /** `create()`: a new key, under its parent when `parentId` is given. */
   async create(options: CreateKeyOptions): Promise<CreateKeyResult> {
     const o = checkOptions<CreateKeyOptions>(options, CREATE_OPTIONS, 'create()');
-    let fields = this.keyFields(o, accountIdText(o.accountId));
-    let parent: { id: number; ancestorIds: number[] } | null = null;
+    const fields = this.keyFields(o, accountIdText(o.accountId));
+    const minted = mintKey(this.rules.keyPrefix);
+    const key = { hash: minted.hash, visiblePrefix: minted.visiblePrefix, subject: null };
+    let row: InsertedKey | null;
     if (o.parentId != null) {
       const parentId = keyIdNumber(o.parentId, 'parentId');
-      const row = await this.store.find({ id: parentId }).catch(this.fault);
-      if (!row) throw new AgentKeyError('parent_not_found', `No key has id ${parentId}; a child key needs an existing parent.`);
       const given = { scopes: o.scopes !== undefined, expiry: o.expiresIn !== undefined || o.expiresAt !== undefined };
-      fields = fitUnderParent(row, fields, given, this.rules.maxDepth);
-      parent = { id: row.id, ancestorIds: row.ancestor_ids.map(Number) };
+      // Fitted under the parent as it is under a share lock (see KeyStore.insertChild).
+      row = await this.store
+        .insertChild(parentId, (parent) => ({
+          ...fitUnderParent(parent, fields, given, this.rules.maxDepth),
+          ...key,
+          parent: { id: Number(parent.id), ancestorIds: parent.ancestor_ids.map(Number) },
+        }))
+        .catch(this.fault);
+      if (!row) throw new AgentKeyError('parent_not_found', `No key has id ${parentId}; a child key needs an existing parent.`);
+    } else {
+      row = await this.store.insert({ ...fields, ...key, parent: null }).catch(this.fault);
     }
-    const minted = mintKey(this.rules.keyPrefix);
-    const row = await this.store
-      .insert({ ...fields, hash: minted.hash, visiblePrefix: minted.visiblePrefix, subject: null, parent })
-      .catch(this.fault);
     return { key: minted.raw, ...createdFields(row) };
   }
 
@@ -103,6 +109,53 @@ export class KeyLifecycle {
     const revoked = await this.store.revoke(id, account).catch(this.fault);
     this.validation.keyChanged(revoked ? id : null);
     return revoked;
+  }
+
+  /**
+   * `update()`: changes a key's budget, period, scopes, expiry, name or delegatedBy in one
+   * transaction, within the tree's rules (tree.ts `fitUpdate`); with `cascade`, narrows its
+   * descendants too. Bad input or a refused rule changes nothing. Every key written leaves
+   * the caches at once.
+   */
+  async update(keyId: number | string, changes: KeyChanges, options: UpdateOptions = {}): Promise<KeyInfo> {
+    const id = keyIdNumber(keyId);
+    const c = checkOptions<KeyChanges>(changes, UPDATE_FIELDS, 'update()');
+    const o = checkOptions<UpdateOptions>(options ?? {}, ['cascade', 'accountId'], 'update() options');
+    if (o.cascade !== undefined && typeof o.cascade !== 'boolean') {
+      throw new AgentKeyError('invalid_argument', 'cascade must be true or false.');
+    }
+    const account = o.accountId === undefined || o.accountId === null ? null : accountIdText(o.accountId);
+    const given = (k: (typeof UPDATE_FIELDS)[number]) => c[k] !== undefined;
+    if (!UPDATE_FIELDS.some(given)) {
+      throw new AgentKeyError('invalid_argument', `update() needs at least one change: ${UPDATE_FIELDS.join(', ')}.`);
+    }
+    if (given('expiresIn') && given('expiresAt')) throw new AgentKeyError('invalid_argument', 'Give expiresIn or expiresAt, not both.');
+    const limits: LimitChanges = {};
+    if (given('budgetCents')) limits.budgetMicros = budgetToMicros(c.budgetCents);
+    if (given('scopes')) limits.scopes = parseScopes(c.scopes, this.rules.validScopes);
+    if (given('expiresIn')) limits.expiresAt = c.expiresIn === null ? null : addDuration(new Date(), parseDuration(c.expiresIn as string));
+    if (given('expiresAt')) {
+      const at = c.expiresAt === null ? null : parseInstant(c.expiresAt as Date | string, 'expiresAt');
+      if (at && at.getTime() <= Date.now()) throw new AgentKeyError('invalid_argument', `expiresAt must be in the future; got ${at.toISOString()}.`);
+      limits.expiresAt = at;
+    }
+    const own = {
+      ...(given('budgetPeriod') ? { budgetPeriod: parsePeriod(c.budgetPeriod) } : {}),
+      ...(given('name') ? { name: optionalText(c.name, 'name') } : {}),
+      ...(given('delegatedBy') ? { delegatedBy: optionalText(c.delegatedBy, 'delegatedBy') } : {}),
+    };
+    const written = await this.store
+      .update(id, account, (key, parent, descendants) => {
+        if (key.status === 'revoked') throw new AgentKeyError('key_inactive', `Key ${id} is revoked; a revoked key cannot be changed.`);
+        const [self, ...below] = fitUpdate(key, parent, descendants, limits, o.cascade ?? false);
+        return [{ ...(self as { id: number }), ...own }, ...below];
+      })
+      .catch(this.fault);
+    if (written === null) throw new AgentKeyError('key_not_found', `No key has id ${id}${account === null ? '' : ` in account ${account}`}.`);
+    for (const changed of written) this.validation.keyChanged(changed);
+    const row = await this.store.find({ id }).catch(this.fault);
+    if (!row) throw new AgentKeyError('key_not_found', `No key has id ${id}.`);
+    return toKeyInfo(row);
   }
 
   /** `listKeys()`: keys without their secrets, in id order. */

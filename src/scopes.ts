@@ -77,3 +77,17 @@ export function isAttenuation(parent: readonly string[] | null, child: readonly 
   if (isSuper(child)) return false;
   return (child as readonly string[]).every((c) => (parent as readonly string[]).some((p) => grants(p, c)));
 }
+
+/**
+ * The widest scopes within both `parent` and `child` (null = unlimited): what a key with
+ * `child` scopes keeps when its parent narrows to `parent`. The child's scopes the parent
+ * grants, and the parent's that fall within the child's (`['a.*', 'b.x']` under `['a.y']`
+ * keeps `['a.y']`).
+ */
+export function intersectScopes(parent: readonly string[] | null, child: readonly string[] | null): string[] | null {
+  if (isSuper(parent)) return child === null ? null : [...child];
+  if (isSuper(child)) return [...(parent as readonly string[])];
+  const kept = (child as readonly string[]).filter((c) => isAttenuation(parent, [c]));
+  const within = (parent as readonly string[]).filter((p) => isAttenuation(child, [p]));
+  return [...new Set([...kept, ...within])];
+}

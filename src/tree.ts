@@ -1,6 +1,6 @@
 import { AgentKeyError } from './errors.js';
 import { microsToCents } from './money.js';
-import { isAttenuation } from './scopes.js';
+import { intersectScopes, isAttenuation } from './scopes.js';
 import type { KeyRow } from './store/keys.js';
 
 /** The checked fields of a new key, before it is placed in a tree. */
@@ -61,4 +61,89 @@ export function mayActOn(actor: KeyRow, target: KeyRow): boolean {
   if (String(actor.account_id) !== String(target.account_id)) return false;
   if (target.id === actor.id || target.ancestor_ids.map(Number).includes(Number(actor.id))) return true;
   return actor.parent_id === null;
+}
+
+/** What `update()` changes of a key's limits, checked; a field left out is not changed. */
+export interface LimitChanges {
+  budgetMicros?: number | null;
+  scopes?: string[] | null;
+  expiresAt?: Date | null;
+}
+
+/** The limits of one key that must change, by id. */
+export interface LimitChange extends LimitChanges {
+  id: number;
+}
+
+/**
+ * The tree rules of `update()`, or a throw that changes nothing. The key is never widened
+ * past its parent (the same three rules as a new child). Its descendants must still fit
+ * under it, each under its own parent: a change that would leave one wider is refused
+ * (`narrows_children`, naming it), or with `cascade` narrows it, level by level (a budget
+ * to its parent's, scopes to the intersection, an expiry to its parent's). Only the kinds of
+ * limit the update changes are compared, and revoked descendants are left as they are.
+ * Returns the key's own change and those of the descendants that must change.
+ */
+export function fitUpdate(
+  key: KeyRow,
+  parent: KeyRow | null,
+  descendants: readonly KeyRow[],
+  changes: LimitChanges,
+  cascade: boolean,
+): LimitChange[] {
+  const given = { budget: 'budgetMicros' in changes, scopes: 'scopes' in changes, expiry: 'expiresAt' in changes };
+  const limits = new Map<number, Limits>([[Number(key.id), { ...limitsOf(key), ...changes }]]);
+  const own = limits.get(Number(key.id)) as Limits;
+  if (parent) {
+    const p = limitsOf(parent);
+    if (given.budget && p.budgetMicros !== null && own.budgetMicros !== null && own.budgetMicros > p.budgetMicros) {
+      throw new AgentKeyError('budget_exceeds_parent', `A child key's budget may not exceed its parent's budget of ${microsToCents(p.budgetMicros)} cents.`);
+    }
+    if (given.scopes && !isAttenuation(p.scopes, own.scopes)) {
+      throw new AgentKeyError('scope_not_allowed', `A child key can only have scopes its parent (key ${parent.id}) grants.`);
+    }
+    if (given.expiry && p.expiresAt !== null && (own.expiresAt === null || own.expiresAt > p.expiresAt)) {
+      throw new AgentKeyError('expiry_exceeds_parent', `A child key must expire no later than its parent (${p.expiresAt.toISOString()}).`);
+    }
+  }
+  const out: LimitChange[] = [{ id: Number(key.id), ...changes }];
+  // Parents before their children: each is compared with its parent's limits as they end up.
+  for (const d of [...descendants].sort((a, b) => a.depth - b.depth || Number(a.id) - Number(b.id))) {
+    const above = limits.get(Number(d.parent_id));
+    if (d.status === 'revoked' || above === undefined) continue;
+    const mine = limitsOf(d);
+    const change: LimitChanges = {};
+    if (given.budget && above.budgetMicros !== null && mine.budgetMicros !== null && mine.budgetMicros > above.budgetMicros) {
+      change.budgetMicros = above.budgetMicros;
+    }
+    if (given.scopes && !isAttenuation(above.scopes, mine.scopes)) change.scopes = intersectScopes(above.scopes, mine.scopes);
+    if (given.expiry && above.expiresAt !== null && (mine.expiresAt === null || mine.expiresAt > above.expiresAt)) {
+      change.expiresAt = above.expiresAt;
+    }
+    const wider = Object.keys(change);
+    if (wider.length > 0 && !cascade) {
+      const what = wider.map((k) => ({ budgetMicros: 'budget', scopes: 'scopes', expiresAt: 'expiry' })[k as keyof LimitChanges]);
+      throw new AgentKeyError(
+        'narrows_children',
+        `Key ${d.id}, a descendant of key ${key.id}, would be wider than its parent (${what.join(', ')}); pass cascade: true to narrow it too.`,
+      );
+    }
+    limits.set(Number(d.id), { ...mine, ...change });
+    if (wider.length > 0) out.push({ id: Number(d.id), ...change });
+  }
+  return out;
+}
+
+interface Limits {
+  budgetMicros: number | null;
+  scopes: string[] | null;
+  expiresAt: Date | null;
+}
+
+function limitsOf(row: KeyRow): Limits {
+  return {
+    budgetMicros: row.budget_micros === null ? null : Number(row.budget_micros),
+    scopes: row.scopes,
+    expiresAt: row.expires_at === null ? null : new Date(row.expires_at),
+  };
 }

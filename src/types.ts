@@ -79,6 +79,32 @@ export interface CreateKeyOptions {
   parentId?: number | string | null;
 }
 
+/**
+ * What `update()` changes; a field left out (or undefined) stays as it is. Limits follow the
+ * tree: a key is never widened past its parent, and narrowing a key below a descendant needs
+ * `cascade: true` (see UpdateOptions).
+ */
+export interface KeyChanges {
+  /** Cents, as for `create()`; null for no cap. Below what was spent is allowed: nothing is left. */
+  budgetCents?: CentsInput | null;
+  /** A new period starts now (spend so far is kept); null for none. */
+  budgetPeriod?: BudgetPeriod | null;
+  scopes?: string[] | null;
+  /** '30s', '7d', ... from now; null for no expiry. */
+  expiresIn?: string | null;
+  /** An absolute expiry instead of `expiresIn`, in the future; null for no expiry. */
+  expiresAt?: Date | string | null;
+  name?: string | null;
+  delegatedBy?: string | null;
+}
+
+export interface UpdateOptions {
+  /** Narrow the key's descendants too, where the change would leave one wider than its parent. */
+  cascade?: boolean;
+  /** Change the key only if it belongs to this account (else `key_not_found`). */
+  accountId?: string | number | null;
+}
+
 /** What `create()` returns: the package's `CreateKeyResult`. */
 export interface CreateKeyResult {
   /** The raw key: returned once, never stored. */

@@ -52,6 +52,9 @@ const ERROR_CODES: Record<AgentKeyErrorCode, true> = {
   parent_inactive: true,
   depth_exceeded: true,
   key_outside_tree: true,
+  key_not_found: true,
+  key_inactive: true,
+  narrows_children: true,
   not_migrated: true,
   storage_error: true,
   storage_timeout: true,
@@ -247,7 +250,7 @@ forEachDatabase((getDb) => {
       // The service's own.
       is(await svc.send('GET', '/v1/keys'), refuse('missing_admin_key'), 'admin route without a bearer');
       is(await svc.send('GET', '/v1/keys', { bearer: key }), refuse('invalid_admin_key'), 'admin route with an agent key');
-      is(await svc.admin('GET', '/v1/keys/999999'), refuse('key_not_found', '999999'), 'unknown key id');
+      is(await svc.admin('GET', '/v1/keys/999999'), refuse('key_not_found', 'No key has id 999999.'), 'unknown key id');
       is(await svc.admin('GET', '/v1/accounts/acct_none/budget'), refuse('account_budget_not_found'), 'account without a ceiling');
       is(await svc.send('GET', '/nope'), refuse('route_not_found', 'GET /nope'), 'unknown path');
       const wrongMethod = await svc.send('GET', '/v1/charge');

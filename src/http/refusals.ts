@@ -74,7 +74,6 @@ export type SurfaceReason =
   | 'missing_hold_key'
   | 'missing_admin_key'
   | 'invalid_admin_key'
-  | 'key_not_found'
   | 'route_not_found'
   | 'method_not_allowed'
   | 'account_budget_not_found'
@@ -128,6 +127,14 @@ const ERRORS: Record<Exclude<AgentKeyErrorCode, LibraryReason>, Refusal> = {
   parent_inactive: { status: 403, code: 'parent_inactive', message: 'The parent key is revoked or expired.', named: own },
   depth_exceeded: { status: 403, code: 'depth_exceeded', message: 'The delegation tree may not grow deeper.', named: own },
   key_outside_tree: { status: 403, code: 'key_outside_tree', message: "A key may revoke only itself and its descendants.", named: own },
+  key_not_found: { status: 404, code: 'key_not_found', message: 'No key has this id.', named: own },
+  key_inactive: { status: 409, code: 'key_inactive', message: 'The key is revoked; a revoked key cannot be changed.', named: own },
+  narrows_children: {
+    status: 409,
+    code: 'narrows_children',
+    message: 'The change would leave a descendant wider than its parent; pass cascade to narrow it too.',
+    named: own,
+  },
   // The operator's setup, not the client's request: 500, without the detail.
   invalid_table_name: { status: 500, code: 'invalid_table_name', message: STORE_UNAVAILABLE },
   invalid_pool: { status: 500, code: 'invalid_pool', message: STORE_UNAVAILABLE },
@@ -196,7 +203,6 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
   },
   missing_admin_key: { status: 401, code: 'missing_admin_key', message: 'This route needs the admin key as "Authorization: Bearer <admin key>".' },
   invalid_admin_key: { status: 401, code: 'invalid_admin_key', message: 'The bearer is not the admin key; agent keys cannot use admin routes.' },
-  key_not_found: { status: 404, code: 'key_not_found', message: 'No key has this id.', named: (id) => `No key has id ${id}.` },
   route_not_found: { status: 404, code: 'not_found', message: 'No route matches this request.', named: (route) => `No route for ${route}.` },
   // The detail is the methods the path takes, as its Allow header lists them.
   method_not_allowed: {

@@ -37,7 +37,7 @@ const ANSWERS = {
   403: 'Not allowed: a child key wider than its parent (scope_not_allowed, budget_exceeds_parent, expiry_exceeds_parent, parent_inactive, depth_exceeded).',
   404: 'Not found: key_not_found, reservation_not_found, parent_not_found, not_found.',
   405: 'method_not_allowed: this path does not take that method; the Allow header lists the ones it does.',
-  409: 'Conflict: idempotency_conflict, already_committed, already_released.',
+  409: 'Conflict: idempotency_conflict, already_committed, already_released; narrows_children, key_inactive (changing a key).',
   413: 'body_too_large: the body is over the service\'s limit (--body-limit).',
   415: 'unsupported_media_type: a body that is not declared as "Content-Type: application/json".',
   429: 'budget_exceeded: a budget (the key\'s, an ancestor\'s or the account\'s: see limitedBy) cannot cover the cost.',

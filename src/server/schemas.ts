@@ -92,6 +92,20 @@ export const CreateKeyBody = z
   .strict()
   .openapi('CreateKey');
 
+export const UpdateKeyBody = z
+  .object({
+    scopes: z.array(z.string().min(1).max(128)).max(100).nullable().optional().openapi({ example: ['proxy.chat'] }),
+    budgetCents: cents('Spending cap in cents; null for no cap. Below what was spent leaves nothing to spend.').nullable().optional(),
+    budgetPeriod: period,
+    expiresIn: z.string().max(16).nullable().optional().openapi({ description: "'30m', '1h', '7d', '1mo' from now; null for no expiry.", example: '30d' }),
+    expiresAt: instant.nullable().optional(),
+    delegatedBy: z.string().max(256).nullable().optional(),
+    name: z.string().max(256).nullable().optional(),
+    cascade: z.boolean().optional().openapi({ description: 'Narrow the descendants too, where the change would leave one wider than its parent.' }),
+  })
+  .strict()
+  .openapi('UpdateKey');
+
 export const CreatedKey = KeyInfo.extend({
   key: z.string().openapi({ description: 'The raw key: shown once, never stored.' }),
 }).openapi('CreatedKey');

@@ -59,6 +59,17 @@ export interface NewKey {
   parent: { id: number; ancestorIds: number[] } | null;
 }
 
+/** What `update()` writes of one key: a field left out is not written. */
+export interface KeyWrite {
+  id: number;
+  budgetMicros?: number | null;
+  budgetPeriod?: string | null;
+  scopes?: string[] | null;
+  expiresAt?: Date | null;
+  name?: string | null;
+  delegatedBy?: string | null;
+}
+
 /** A new key as the table holds it (defaults of the user's table included). */
 export interface InsertedKey {
   id: number;
@@ -141,7 +152,7 @@ export class KeyStore {
    * default (the package's `name TEXT NOT NULL DEFAULT 'default'`, or any column of the
    * user's own). The package's budget columns are written as whole cents beside the exact ones.
    */
-  async insert(k: NewKey): Promise<InsertedKey> {
+  async insert(k: NewKey, db: Db = this.db): Promise<InsertedKey> {
     const columns: string[] = [];
     const values: string[] = [];
     const params: unknown[] = [];
@@ -174,13 +185,28 @@ export class KeyStore {
       set('ancestor_ids', [...k.parent.ancestorIds, k.parent.id], '::bigint[]');
       set('depth', k.parent.ancestorIds.length + 1, '::int');
     }
-    const rows = await this.db.query<InsertedKey>(
+    const rows = await db.query<InsertedKey>(
       `INSERT INTO ${this.t.table} (${columns.join(', ')}) VALUES (${values.join(', ')})
        ${k.subject === null ? '' : 'ON CONFLICT DO NOTHING'}
        RETURNING id, scopes, budget_micros, budget_period, expires_at`,
       params,
     );
     return rows[0] as InsertedKey;
+  }
+
+  /**
+   * Inserts a child key, its fields fitted under its parent by `fit` (which throws to
+   * insert nothing) from the parent as it is under a share lock, in one transaction: an
+   * `update()` that narrows the parent waits for it, or it for the update, so the child
+   * is checked against the parent's limits as they end up. Null when the parent is gone.
+   */
+  async insertChild(parentId: number, fit: (parent: KeyRow) => NewKey): Promise<InsertedKey | null> {
+    return this.db.transaction(async (tx) => {
+      await tx.query(`SELECT id FROM ${this.t.table} WHERE id = $1 FOR SHARE`, [parentId]);
+      const rows = await tx.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.id = $1`, [parentId]);
+      const parent = rows[0];
+      return parent ? this.insert(fit(parent), tx) : null;
+    });
   }
 
   /**
@@ -247,5 +273,65 @@ export class KeyStore {
       accountId === null ? [id, lockWaitSetting(this.db)] : [id, lockWaitSetting(this.db), accountId],
     );
     return rows.length > 0;
+  }
+
+  /**
+   * `update()` in one transaction: locks the key's ancestors, the key and its subtree in id
+   * order (the order spending locks them in, so it never deadlocks with a charge), reads
+   * them as they are now, asks `decide` what to write (it throws to change nothing), and
+   * writes it. Returns the ids written, or null when no key has `id` (in `accountId`).
+   *
+   * The package's budget column is written beside the exact one (whole cents). A new
+   * budget period is written to the package's column alone: the sync trigger then does
+   * what it does for any edit of it (sql/functions/sync.sql), so the rule has one home: a
+   * period that had ended ends first (a reset row), and the new one starts now, keeping
+   * what was spent. Every write of a watched column is announced to every process's cache
+   * by the change trigger.
+   */
+  async update(
+    id: number,
+    accountId: string | null,
+    decide: (key: KeyRow, parent: KeyRow | null, descendants: KeyRow[]) => KeyWrite[],
+  ): Promise<number[] | null> {
+    return this.db.transaction(async (tx) => {
+      const found = await tx.query<{ ancestor_ids: number[] }>(
+        `SELECT ancestor_ids FROM ${this.t.table} WHERE id = $1 ${accountId === null ? '' : 'AND account_id = $2'}`,
+        accountId === null ? [id] : [id, accountId],
+      );
+      if (!found[0]) return null;
+      const tree = [...found[0].ancestor_ids.map(Number), id];
+      await tx.query(
+        `SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) OR ancestor_ids @> ARRAY[$2::bigint] ORDER BY id FOR UPDATE`,
+        [tree, id],
+      );
+      const rows = await tx.query<KeyRow>(
+        `SELECT ${this.columns} FROM ${this.from} WHERE k.id = ANY($1::bigint[]) OR k.ancestor_ids @> ARRAY[$2::bigint]`,
+        [tree, id],
+      );
+      const key = rows.find((r) => Number(r.id) === id);
+      if (!key) return null;
+      const parent = key.parent_id === null ? null : (rows.find((r) => Number(r.id) === Number(key.parent_id)) ?? null);
+      const descendants = rows.filter((r) => r.ancestor_ids.map(Number).includes(id));
+      const writes = decide(key, parent, descendants);
+      for (const w of writes) await this.write(tx, w);
+      return writes.map((w) => w.id);
+    });
+  }
+
+  private async write(tx: Db, w: KeyWrite): Promise<void> {
+    const sets: string[] = [];
+    const params: unknown[] = [w.id];
+    const param = (value: unknown, cast: string) => `$${params.push(value)}::${cast}`;
+    if (w.budgetMicros !== undefined) {
+      const p = param(w.budgetMicros, 'bigint');
+      sets.push(`budget_micros = ${p}`, `budget_cents = ${this.t.centsDown}(${p})`);
+    }
+    if (w.budgetPeriod !== undefined) sets.push(`budget_period = ${param(w.budgetPeriod, 'text')}`);
+    if (w.scopes !== undefined) sets.push(`scopes = ${param(w.scopes, 'text[]')}`);
+    if (w.expiresAt !== undefined) sets.push(`expires_at = ${param(w.expiresAt, 'timestamptz')}`);
+    // No name is the table's default (the package's is 'default', NOT NULL).
+    if (w.name !== undefined) sets.push(w.name === null ? 'name = DEFAULT' : `name = ${param(w.name, 'text')}`);
+    if (w.delegatedBy !== undefined) sets.push(`delegated_by = ${param(w.delegatedBy, 'text')}`);
+    if (sets.length > 0) await tx.query(`UPDATE ${this.t.table} SET ${sets.join(', ')} WHERE id = $1`, params);
   }
 }

@@ -147,6 +147,7 @@ export function everyRoute(key: string, holdId = UNKNOWN_HOLD) {
       ['POST', '/v1/keys', { accountId: 'acct_new' }],
       ['GET', '/v1/keys'],
       ['GET', '/v1/keys/1'],
+      ['PATCH', '/v1/keys/1', { name: 'renamed' }],
       ['POST', '/v1/keys/1/revoke'],
       ['PUT', '/v1/accounts/acct_a/budget', { budgetCents: 1 }],
       ['GET', '/v1/accounts/acct_a/budget'],

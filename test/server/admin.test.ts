@@ -507,4 +507,54 @@ forEachDatabase((getDb) => {
     });
   });
 
+  describe('PATCH /v1/keys/:id', () => {
+    it('happy: changes what the body names and answers the key as changed; the change holds for charges at once', async () => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_a', budgetCents: 100, scopes: ['proxy.chat'], name: 'before' });
+      expect((await svc.post('/v1/charge', { key: k.key, costCents: 60 })).status).toBe(200);
+      const res = await svc.admin('PATCH', `/v1/keys/${k.id}`, { budgetCents: 50, name: 'after', scopes: ['proxy.chat', 'usage.read'], expiresIn: '2d' });
+      expect(res.status).toBe(200);
+      expect(res.body).toMatchObject({ id: k.id, budgetCents: 50, spentCents: 60, name: 'after', scopes: ['proxy.chat', 'usage.read'], status: 'active' });
+      expect(Date.parse(res.body.expiresAt as string)).toBeGreaterThan(Date.now() + 86_400_000);
+      expect(res.body).toEqual(await ak.getKey(k.id));
+      // Below what was spent: nothing left, and the refusal says so.
+      expectError(await svc.post('/v1/charge', { key: k.key, costCents: 1 }), 429, 'budget_exceeded');
+    });
+
+    it('happy: cascade narrows the descendants in the same step; without it the narrowing is 409 narrows_children and changes nothing', async () => {
+      const { ak, svc } = await setup();
+      const root = await ak.create({ accountId: 'acct_a', budgetCents: 100 });
+      const child = await ak.create({ accountId: 'acct_a', parentId: root.id, budgetCents: 80 });
+      const grandchild = await ak.create({ accountId: 'acct_a', parentId: child.id, budgetCents: 70 });
+      const before = await snapshot(ak);
+      const refused = await svc.admin('PATCH', `/v1/keys/${root.id}`, { budgetCents: 40 });
+      expectError(refused, 409, 'narrows_children');
+      expect((refused.body.error as { message: string }).message).toContain(`Key ${child.id}`);
+      expect(await snapshot(ak)).toEqual(before);
+      expect((await svc.admin('PATCH', `/v1/keys/${root.id}`, { budgetCents: 40, cascade: true })).body).toMatchObject({ budgetCents: 40 });
+      expect((await ak.getKey(child.id))?.budgetCents).toBe(40);
+      expect((await ak.getKey(grandchild.id))?.budgetCents).toBe(40);
+    });
+
+    it('error: bad bodies -> 400, a child widened -> 403, unknown -> 404, revoked -> 409; nothing changes', async () => {
+      const { ak, svc } = await setup();
+      const root = await ak.create({ accountId: 'acct_a', budgetCents: 100, expiresIn: '1d', scopes: ['proxy.chat'] });
+      const child = await ak.create({ accountId: 'acct_a', parentId: root.id, budgetCents: 10 });
+      const gone = await ak.create({ accountId: 'acct_a' });
+      await ak.revoke(gone.id);
+      const before = await snapshot(ak);
+      for (const body of [{}, { budget: 1 }, { budgetCents: -1 }, { budgetCents: 'lots' }, { budgetPeriod: 'week' }, { scopes: 'read' }, { expiresIn: '7x' },
+        { expiresAt: '2001-01-01T00:00:00Z' }, { expiresIn: '1d', expiresAt: '2099-01-01T00:00:00Z' }, { cascade: 'yes', name: 'x' }, { name: 'a\u0000b' }]) {
+        expectError(await svc.admin('PATCH', `/v1/keys/${root.id}`, body), 400);
+      }
+      expectError(await svc.admin('PATCH', `/v1/keys/${child.id}`, { budgetCents: 101 }), 403, 'budget_exceeds_parent');
+      expectError(await svc.admin('PATCH', `/v1/keys/${child.id}`, { expiresAt: null }), 403, 'expiry_exceeds_parent');
+      expectError(await svc.admin('PATCH', `/v1/keys/${child.id}`, { scopes: ['billing'] }), 403, 'scope_not_allowed');
+      expectError(await svc.admin('PATCH', '/v1/keys/424242', { name: 'x' }), 404, 'key_not_found');
+      for (const id of ['abc', '0']) expectError(await svc.admin('PATCH', `/v1/keys/${id}`, { name: 'x' }), 400);
+      expectError(await svc.admin('PATCH', `/v1/keys/${gone.id}`, { name: 'x' }), 409, 'key_inactive');
+      expectError(await svc.send('PATCH', `/v1/keys/${root.id}`, { json: { name: 'x' } }), 401, 'missing_admin_key');
+      expect(await snapshot(ak)).toEqual(before);
+    });
+  });
 });

@@ -80,7 +80,7 @@ describe('without a database: routes that need no store, and broken stores', () 
       ['DELETE', '/v1/reservations/rsv_x/commit', 'POST'],
       ['PUT', '/v1/keys', 'GET, HEAD, POST', ADMIN],
       ['PUT', '/v1/keys', 'GET, HEAD, POST'],
-      ['DELETE', '/v1/keys/1', 'GET, HEAD', ADMIN],
+      ['DELETE', '/v1/keys/1', 'GET, HEAD, PATCH', ADMIN],
       ['GET', '/v1/keys/1/revoke', 'POST', ADMIN],
       ['POST', '/v1/accounts/a/budget', 'DELETE, GET, HEAD, PUT', ADMIN],
       ['POST', '/healthz', 'GET, HEAD'],

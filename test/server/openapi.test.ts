@@ -37,7 +37,7 @@ describe('GET /openapi.json', () => {
     const routes = Object.fromEntries(Object.entries(d.paths).map(([path, ops]) => [path, Object.keys(ops).sort()]));
     expect(routes).toEqual({
       '/v1/keys': ['get', 'post'],
-      '/v1/keys/{id}': ['get'],
+      '/v1/keys/{id}': ['get', 'patch'],
       '/v1/keys/{id}/revoke': ['post'],
       '/v1/accounts': ['get'],
       '/v1/accounts/{id}/budget': ['delete', 'get', 'put'],
@@ -103,7 +103,7 @@ describe('GET /openapi.json', () => {
         if (op.requestBody) expect(statuses, what).toEqual(expect.arrayContaining(['400', '413', '415']));
       }
     }
-    expect(ids).toHaveLength(17);
+    expect(ids).toHaveLength(18);
     for (const id of ids) expect(id).toMatch(/^[a-z][A-Za-z]+$/);
     expect(new Set(ids).size).toBe(ids.length);
   });
@@ -146,6 +146,14 @@ forEachDatabase((getDb) => {
     await expectAnswer(400, 'GET', '/v1/keys/abc', admin());
     await expectAnswer(401, 'GET', `/v1/keys/${parent.id}`, { bearer: 'akadmin_wrong_0123456789abcdefghij' });
     await expectAnswer(404, 'GET', '/v1/keys/424242', admin());
+    await expectAnswer(200, 'PATCH', `/v1/keys/${loner.id}`, admin({ name: 'loner', budgetCents: 50, expiresIn: '2d' }));
+    await expectAnswer(400, 'PATCH', `/v1/keys/${loner.id}`, admin({ budget: 5 }));
+    await expectAnswer(401, 'PATCH', `/v1/keys/${loner.id}`, { json: { name: 'x' } });
+    await expectAnswer(403, 'PATCH', `/v1/keys/${child.id}`, admin({ budgetCents: 1000 }));
+    await expectAnswer(404, 'PATCH', '/v1/keys/424242', admin({ name: 'x' }));
+    await expectAnswer(409, 'PATCH', `/v1/keys/${parent.id}`, admin({ budgetCents: 5 }));
+    await expectAnswer(413, 'PATCH', `/v1/keys/${loner.id}`, admin({ name: 'x', ...huge }));
+    await expectAnswer(415, 'PATCH', `/v1/keys/${loner.id}`, { bearer: ADMIN, ...form });
 
     // Spending: verifications of every kind, charges, holds and their settling.
     await expectAnswer(200, 'POST', '/v1/verify', { json: { key: parent.key } });

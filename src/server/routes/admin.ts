@@ -61,6 +61,19 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
 
   app.openapi(
     adminRoute({
+      method: 'patch', path: '/v1/keys/{id}', operationId: 'updateKey',
+      summary: "Change a key's budget, period, scopes, expiry, name or delegatedBy, within its tree (cascade narrows its descendants).",
+      request: { params: S.KeyIdParam, body: { required: true, content: { 'application/json': { schema: S.UpdateKeyBody } } } },
+      responses: { 200: { description: 'The key as changed', content: { 'application/json': { schema: S.KeyInfo } } }, ...bodyErrors(401, 403, 404, 409) },
+    }),
+    async (c) => {
+      const { cascade, ...changes } = c.req.valid('json');
+      return c.json(await ak.update(c.req.valid('param').id, changes, cascade === undefined ? {} : { cascade }), 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
       method: 'post', path: '/v1/keys/{id}/revoke', operationId: 'revokeKey', summary: 'Revoke a key and its whole subtree.',
       request: { params: S.KeyIdParam },
       // No body is read, but one that is sent is still held to the limit and to JSON.
@@ -153,6 +166,6 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
 
 async function findKey(ak: AgentKey, id: string) {
   const key = await ak.getKey(id);
-  if (!key) throw new RefusalError(refuse('key_not_found', id));
+  if (!key) throw new RefusalError(refuse('key_not_found', `No key has id ${id}.`));
   return key;
 }
