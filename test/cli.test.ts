@@ -49,7 +49,7 @@ describe('no database needed', () => {
   it('--help on every command exits 0 and lists its usage, options and subcommands', async () => {
     const commands = allCommands();
     expect(commands.map((c) => c.name.join(' '))).toEqual(
-      expect.arrayContaining(['', 'serve', 'migrate', 'keys', 'keys create', 'keys list', 'keys show', 'keys revoke', 'accounts', 'accounts budget', 'usage', 'admin-key', 'admin-key rotate']),
+      expect.arrayContaining(['', 'serve', 'migrate', 'keys', 'keys create', 'keys list', 'keys show', 'keys update', 'keys revoke', 'accounts', 'accounts budget', 'usage', 'admin-key', 'admin-key rotate']),
     );
     const results = await Promise.all(commands.map(({ name }) => run([...name, '--help'])));
     commands.forEach(({ name, cmd }, i) => {
@@ -104,6 +104,10 @@ describe('no database needed', () => {
     ['usage --since after --until', ['usage', '--since', '1d', '--until', '2d'], /^agentkey: --since must be before --until\.$/],
     ['accounts budget --set-cents with --clear', ['accounts', 'budget', 'a', '--set-cents', '5', '--clear'], /^agentkey: Use --set-cents or --clear, not both\.$/],
     ['accounts budget --period alone', ['accounts', 'budget', 'a', '--period', 'day'], /^agentkey: --period goes with --set-cents\.$/],
+    ['keys update with nothing to change', ['keys', 'update', '1'], /^agentkey: Nothing to change: give at least one of the options \(see --help\)\.$/],
+    ['keys update --budget-cents with --no-budget-cap', ['keys', 'update', '1', '--budget-cents', '5', '--no-budget-cap'], /^agentkey: Use --budget-cents or --no-budget-cap, not both\.$/],
+    ['keys update --expires-in with --no-expiry', ['keys', 'update', '1', '--expires-in', '1d', '--no-expiry'], /^agentkey: Use --expires-in or --no-expiry, not both\.$/],
+    ['keys update --period week', ['keys', 'update', '1', '--period', 'week'], /'week' is invalid.*day, month, none/],
     // What the terminal is given back of an argument is escaped, never replayed.
     ['keys show with an escape sequence', ['keys', 'show', '1\u001b[2J\u202e'], /^agentkey: .*'1\\x1b\[2J\\u202e' is invalid/],
   ];
@@ -192,6 +196,21 @@ describe('on PGlite (a temp data directory)', () => {
     expect(keys[0]).not.toHaveProperty('key');
     expect(listed.stdout).not.toMatch(/ak_[A-Za-z0-9]{30,}/);
   }, 60_000);
+
+  it('keys update: changes what the flags name and prints the key; --json; a child widened or a parent narrowed below it is refused, --cascade narrows it', async () => {
+    const human = expectSuccess(await run(['keys', 'update', '3', '--name', 'renamed', '--budget-cents', '250', '--no-expiry'], env()));
+    expect(human).toMatch(/^Updated key 3\.\n/);
+    expect(human).toMatch(/│ name\s+│ renamed\s+│/);
+    expect(human).toMatch(/│ budget\s+│ \$2\.50\s+│/);
+    const changed = expectJson(await run(['keys', 'update', '3', '--period', 'day', '--scopes', 'usage.read', '--json'], env()));
+    expect(changed).toMatchObject({ id: 3, name: 'renamed', budgetCents: 250, budgetPeriod: 'day', scopes: ['usage.read'], expiresAt: null });
+    expectFailure(await run(['keys', 'update', '2', '--budget-cents', '600'], env()), /^agentkey: A child key's budget may not exceed its parent's budget of 500 cents\.$/);
+    expectFailure(await run(['keys', 'update', '1', '--budget-cents', '50'], env()), /^agentkey: Key 2, a descendant of key 1, would be wider than its parent \(budget\); pass cascade: true to narrow it too\.$/);
+    expect(expectJson(await run(['keys', 'show', '2', '--json'], env()))).toMatchObject({ budgetCents: 100 });
+    expect(expectJson(await run(['keys', 'update', '1', '--budget-cents', '50', '--cascade', '--json'], env()))).toMatchObject({ id: 1, budgetCents: 50 });
+    expect(expectJson(await run(['keys', 'show', '2', '--json'], env()))).toMatchObject({ budgetCents: 50 });
+    expectFailure(await run(['keys', 'update', '99', '--name', 'x'], env()), /^agentkey: No key has id 99\.$/);
+  }, 90_000);
 
   it('keys revoke: the key and its children are revoked', async () => {
     expect(expectSuccess(await run(['keys', 'revoke', '1'], env()))).toBe('Revoked key 1 and every key under it.\n');

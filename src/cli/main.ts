@@ -1,4 +1,4 @@
-// One file (about 415 lines): the whole command tree as commander declares it, in the order
+// One file (about 465 lines): the whole command tree as commander declares it, in the order
 // `agentkey --help` lists it, so each command's options sit beside its action.
 import { createRequire } from 'node:module';
 import { Command, InvalidArgumentError, Option } from 'commander';
@@ -14,6 +14,20 @@ import { keysTableExists } from '../store/catalog.js';
 import { tableNames } from '../store/identifiers.js';
 import { parseInstant } from '../time.js';
 import { accountDetails, keyDetails, keysTable, printable, printableJson, printableLines, usageReport } from './format.js';
+
+/** The flags of `keys update` (commander names a --no-x flag x, false when given). */
+interface UpdateFlags {
+  name?: string;
+  scopes?: string[];
+  unlimitedScopes?: boolean;
+  budgetCents?: number;
+  budgetCap?: boolean;
+  period?: 'day' | 'month' | 'none';
+  expiresIn?: string;
+  expiry?: boolean;
+  delegatedBy?: string;
+  cascade?: boolean;
+}
 
 interface Common {
   dataDir: string;
@@ -234,7 +248,7 @@ export function buildProgram(): Command {
       }
     });
 
-  const keys = program.command('keys').description('create, list, show and revoke keys');
+  const keys = program.command('keys').description('create, list, show, update and revoke keys');
   withCommon(keys.command('create'))
     .description('create a key; its raw value is printed once')
     .requiredOption('--account <id>', 'account the key belongs to')
@@ -292,6 +306,40 @@ export function buildProgram(): Command {
         if (!info) throw new UserError(`No key has id ${id}.`);
         if (o.json) json(info);
         else out(keyDetails(info));
+      });
+    });
+
+  withCommon(keys.command('update'))
+    .description("change a key's budget, period, scopes, expiry, name or delegated-by (children are never widened past it)")
+    .argument('<id>', 'key id', wholeNumber('id', 1, Number.MAX_SAFE_INTEGER))
+    .option('--name <name>', 'label')
+    .option('--scopes <scopes>', "comma-separated scopes, e.g. 'proxy.chat,usage.read'", list)
+    .option('--unlimited-scopes', 'remove the scope list (the key may do anything its parent may)')
+    .option('--budget-cents <cents>', 'spending cap in cents; below what was spent leaves nothing to spend', cents)
+    .option('--no-budget-cap', 'remove the spending cap')
+    .addOption(new Option('--period <period>', "budget reset interval; a new one starts now ('none' removes it)").choices(['day', 'month', 'none']))
+    .option('--expires-in <duration>', "'30m', '1h', '7d', '1mo' from now")
+    .option('--no-expiry', 'remove the expiry')
+    .option('--delegated-by <user>', 'the human who authorized this key')
+    .option('--cascade', 'narrow the keys under it too, where the change would leave one wider than its parent')
+    .action(async (id: number, o: Common & UpdateFlags) => {
+      if (o.scopes !== undefined && o.unlimitedScopes) throw new UserError('Use --scopes or --unlimited-scopes, not both.');
+      if (o.budgetCents !== undefined && o.budgetCap === false) throw new UserError('Use --budget-cents or --no-budget-cap, not both.');
+      if (o.expiresIn !== undefined && o.expiry === false) throw new UserError('Use --expires-in or --no-expiry, not both.');
+      const changes = {
+        ...(o.name !== undefined ? { name: o.name } : {}),
+        ...(o.scopes !== undefined ? { scopes: o.scopes } : o.unlimitedScopes ? { scopes: null } : {}),
+        ...(o.budgetCents !== undefined ? { budgetCents: o.budgetCents } : o.budgetCap === false ? { budgetCents: null } : {}),
+        ...(o.period !== undefined ? { budgetPeriod: o.period === 'none' ? null : o.period } : {}),
+        ...(o.expiresIn !== undefined ? { expiresIn: o.expiresIn } : o.expiry === false ? { expiresIn: null } : {}),
+        ...(o.delegatedBy !== undefined ? { delegatedBy: o.delegatedBy } : {}),
+      };
+      if (Object.keys(changes).length === 0) throw new UserError('Nothing to change: give at least one of the options (see --help).');
+      await withAgentKey(o, 'change', async (ak) => {
+        const info = await ak.update(id, changes, o.cascade ? { cascade: true } : {});
+        if (o.json) return json(info);
+        out(`Updated key ${id}.`);
+        out(keyDetails(info));
       });
     });
 
