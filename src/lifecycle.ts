@@ -10,7 +10,7 @@ import type { AccountStore } from './store/accounts.js';
 import { storageFault } from './store/errors.js';
 import type { InsertedKey, KeyStore } from './store/keys.js';
 import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
-import { type LimitChanges, fitUnderParent, fitUpdate, mayActOn } from './tree.js';
+import { type LimitChanges, fitUnderParent, fitUpdate, mayActOn, mayChange } from './tree.js';
 import type { AccountBudget, CreateKeyOptions, CreateKeyResult, KeyChanges, KeyInfo, SubjectOptions, UpdateOptions } from './types.js';
 import type { Validation } from './validation.js';
 import { iso, toAccountBudget, toKeyInfo } from './views.js';
@@ -120,7 +120,8 @@ export class KeyLifecycle {
   async update(keyId: number | string, changes: KeyChanges, options: UpdateOptions = {}): Promise<KeyInfo> {
     const id = keyIdNumber(keyId);
     const c = checkOptions<KeyChanges>(changes, UPDATE_FIELDS, 'update()');
-    const o = checkOptions<UpdateOptions>(options ?? {}, ['cascade', 'accountId'], 'update() options');
+    const o = checkOptions<UpdateOptions>(options ?? {}, ['cascade', 'accountId', 'by'], 'update() options');
+    const by = o.by === undefined ? null : keyIdNumber(o.by, 'by');
     if (o.cascade !== undefined && typeof o.cascade !== 'boolean') {
       throw new AgentKeyError('invalid_argument', 'cascade must be true or false.');
     }
@@ -146,6 +147,9 @@ export class KeyLifecycle {
     };
     const written = await this.store
       .update(id, account, (key, parent, descendants) => {
+        if (by !== null && !mayChange(by, key)) {
+          throw new AgentKeyError('key_outside_tree', `Key ${by} may change only the keys under it, not itself; key ${id} is not one of them.`);
+        }
         if (key.status === 'revoked') throw new AgentKeyError('key_inactive', `Key ${id} is revoked; a revoked key cannot be changed.`);
         const [self, ...below] = fitUpdate(key, parent, descendants, limits, o.cascade ?? false);
         return [{ ...(self as { id: number }), ...own }, ...below];

@@ -63,6 +63,15 @@ export function mayActOn(actor: KeyRow, target: KeyRow): boolean {
   return actor.parent_id === null;
 }
 
+/**
+ * Whether the key `actor` may change `target` (`update()` with `by`): only a key under it.
+ * Not itself (it could raise its own budget), and, unlike revoking, a root key does not
+ * reach the other trees of its account.
+ */
+export function mayChange(actor: number, target: KeyRow): boolean {
+  return target.ancestor_ids.map(Number).includes(actor);
+}
+
 /** What `update()` changes of a key's limits, checked; a field left out is not changed. */
 export interface LimitChanges {
   budgetMicros?: number | null;

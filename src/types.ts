@@ -103,6 +103,11 @@ export interface UpdateOptions {
   cascade?: boolean;
   /** Change the key only if it belongs to this account (else `key_not_found`). */
   accountId?: string | number | null;
+  /**
+   * The key that makes the change (self-serve): it may change only keys under it, never
+   * itself (it could raise its own budget) nor a key outside its subtree (`key_outside_tree`).
+   */
+  by?: number | string;
 }
 
 /** What `create()` returns: the package's `CreateKeyResult`. */

@@ -317,6 +317,52 @@ forEachDatabase((getDb) => {
     });
   });
 
+  describe('PATCH /sdk-keys/:id', () => {
+    it("happy: a key changes a key under it (the package's snake_case body, camelCase too) and gets the key as changed; cascade narrows below it", async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acct_u', budgetCents: 100, scopes: ['proxy.chat', 'usage.read'] });
+      const app = routesApp(ak);
+      const child = (await request(app).post('/sdk-keys').set(auth(root.key)).send({ budget_cents: 80 })).body as { id: number; key: string };
+      const grandchild = (await request(app).post('/sdk-keys').set(auth(child.key)).send({ budget_cents: 70 })).body as { id: number; key: string };
+      const res = await request(app).patch(`/sdk-keys/${child.id}`).set(auth(root.key)).send({ budget_cents: 90, name: 'worker', scopes: ['usage.read'], cascade: true });
+      expect(res.status, res.text).toBe(200);
+      expect(res.body).toMatchObject({ id: child.id, budgetCents: 90, name: 'worker', scopes: ['usage.read'] });
+      expect(await ak.getKey(grandchild.id)).toMatchObject({ scopes: ['usage.read'], budgetCents: 70 });
+      expect((await request(app).patch(`/sdk-keys/${child.id}`).set(auth(root.key)).send({ budgetCents: 60, cascade: true })).status).toBe(200);
+      expect(await ak.getKey(grandchild.id)).toMatchObject({ budgetCents: 60 });
+      expect(await ak.validate(child.key)).toMatchObject({ valid: true, budgetCents: 60, scopes: ['usage.read'] });
+    });
+
+    it('security: a key never changes itself, its parent, a sibling or another account\'s key, nor widens a key past its parent; nothing changes', async () => {
+      const ak = await getDb().agentKey();
+      const root = await ak.create({ accountId: 'acct_u', budgetCents: 100 });
+      const app = routesApp(ak);
+      const mint = async (key: string) => (await request(app).post('/sdk-keys').set(auth(key)).send({ budget_cents: 10 })).body as { id: number; key: string };
+      const child = await mint(root.key);
+      const sibling = await mint(root.key);
+      const grandchild = await mint(child.key);
+      const stranger = await ak.create({ accountId: 'acct_other', budgetCents: 5 });
+      // Their limits and names (using a key stamps its last use, which is no change).
+      const state = () => Promise.all([root, child, sibling, grandchild, stranger].map(async (k) => {
+        const { lastUsedAt: _, ...rest } = (await ak.getKey(k.id)) ?? {};
+        return rest;
+      }));
+      const before = await state();
+      for (const [caller, target] of [[root, root], [child, child], [child, root], [child, sibling], [grandchild, child]] as const) {
+        const res = await request(app).patch(`/sdk-keys/${target.id}`).set(auth(caller.key)).send({ budget_cents: 1000 });
+        expectRouteError(res, 403, 'key_outside_tree');
+      }
+      expectRouteError(await request(app).patch(`/sdk-keys/${stranger.id}`).set(auth(root.key)).send({ name: 'x' }), 404, 'not_found');
+      expectRouteError(await request(app).patch(`/sdk-keys/${grandchild.id}`).set(auth(root.key)).send({ budget_cents: 1000 }), 403, 'budget_exceeds_parent');
+      expectRouteError(await request(app).patch(`/sdk-keys/${child.id}`).set(auth(root.key)).send({ budget_cents: 5 }), 409, 'narrows_children');
+      for (const body of [{}, { budget_cents: 'lots' }, { bogus: 1 }, { budget_period: 'year' }, { cascade: 'yes', name: 'x' }]) {
+        expectRouteError(await request(app).patch(`/sdk-keys/${child.id}`).set(auth(root.key)).send(body), 400);
+      }
+      expectRouteError(await request(app).patch(`/sdk-keys/${child.id}`).send({ name: 'x' }), 401);
+      expect(await state()).toEqual(before);
+    });
+  });
+
   describe('DELETE /sdk-keys/:id', () => {
     it("happy: revokes a key of the caller's account; that key then validates as revoked", async () => {
       const ak = await getDb().agentKey();

@@ -198,6 +198,7 @@ export function createAgentKeyRoutes(ak: AgentKey, options: AgentKeyRoutesOption
   router.get('/sdk-keys/me', auth, run(handlers.me));
   router.post('/sdk-keys', auth, json, run(handlers.createChild));
   router.delete(/^\/sdk-keys\/[^/]+\/?$/i, auth, run(handlers.revoke));
+  router.patch(/^\/sdk-keys\/[^/]+\/?$/i, auth, json, run(handlers.update));
   return router;
 }
 
@@ -206,6 +207,7 @@ interface ExpressLike {
     get(path: string, ...handlers: unknown[]): void;
     post(path: string, ...handlers: unknown[]): void;
     delete(path: string | RegExp, ...handlers: unknown[]): void;
+    patch(path: string | RegExp, ...handlers: unknown[]): void;
   } & ((req: unknown, res: unknown, next: unknown) => void);
   json(options: { limit: string }): (req: unknown, res: unknown, next: (err?: unknown) => void) => void;
 }

@@ -158,6 +158,39 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
     }),
 
     /**
+     * PATCH /sdk-keys/:id: changes one of the caller's descendants (never the caller itself,
+     * which would let a key raise its own budget, nor a key outside its subtree), within
+     * the tree's rules; `cascade: true` narrows the descendants of that key too.
+     */
+    update: guarded('Failed to update key', async ({ body, key, id }) => {
+      const caller = key as ValidKey;
+      const b = bodyObject(body);
+      const { cascade, ...rest } = b;
+      const pick = (snake: string, camel: string) => (rest[snake] !== undefined ? rest[snake] : rest[camel]);
+      const known = ['name', 'scopes', 'budget_cents', 'budgetCents', 'budget_period', 'budgetPeriod', 'expires_in', 'expiresIn', 'delegated_by', 'delegatedBy'];
+      const unknown = Object.keys(rest).filter((k) => !known.includes(k));
+      if (unknown.length > 0) throw new AgentKeyError('invalid_argument', `Unknown field ${JSON.stringify(unknown[0])}; allowed: name, scopes, budget_cents, budget_period, expires_in, delegated_by, cascade.`);
+      const changes = Object.fromEntries(
+        Object.entries({
+          name: pick('name', 'name'),
+          scopes: pick('scopes', 'scopes'),
+          budgetCents: pick('budget_cents', 'budgetCents'),
+          budgetPeriod: pick('budget_period', 'budgetPeriod'),
+          expiresIn: pick('expires_in', 'expiresIn'),
+          delegatedBy: pick('delegated_by', 'delegatedBy'),
+        }).filter(([, v]) => v !== undefined),
+      );
+      try {
+        const options = { accountId: caller.accountId, by: caller.keyId, ...(cascade === undefined ? {} : { cascade: cascade as boolean }) };
+        return { status: 200, body: await ak.update(id as string, changes, options) };
+      } catch (err) {
+        // As DELETE answers a key that is not the caller's account's.
+        if (err instanceof AgentKeyError && err.code === 'key_not_found') return fail('key_not_in_account');
+        throw err;
+      }
+    }),
+
+    /**
      * DELETE /sdk-keys/:id: revokes the caller itself or one of its descendants; a root
      * caller also other keys of its account. A child never revokes an ancestor or a sibling.
      */

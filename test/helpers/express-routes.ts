@@ -14,7 +14,7 @@ export function expectRouteError(res: request.Response, status: number, code?: s
   const signupScopes = seen === 'scope_not_allowed' && res.body?.allowed !== undefined;
   const error =
     status >= 500
-      ? (failure ?? /^(auth_unavailable|Failed to (create|read|revoke) key)$/)
+      ? (failure ?? /^(auth_unavailable|Failed to (create|read|revoke|update) key)$/)
       : signupScopes
         ? /^Scopes not allowed on signup: \S/
         : (PACKAGE_ERRORS[seen] ?? (res.body?.message as string));

@@ -46,6 +46,13 @@ forEachDatabase((getDb) => {
       expect(child.status, child.text).toBe(201);
       expect(await ak.getKey(child.body.id)).toMatchObject({ parentId: signup.body.id, accountId: signup.body.accountId, budgetCents: 10, name: 'child' });
 
+      // PATCH changes a key under the caller, never the caller itself.
+      const patched = await svc.send('PATCH', `/sdk-keys/${child.body.id}`, { bearer: signup.body.key, json: { budget_cents: 20, name: 'worker' } });
+      expect(patched.status, patched.text).toBe(200);
+      expect(patched.body).toMatchObject({ id: child.body.id, budgetCents: 20, name: 'worker' });
+      expectSelfServeError(await svc.send('PATCH', `/sdk-keys/${signup.body.id}`, { bearer: signup.body.key, json: { budget_cents: 5000 } }), 403, /may change only the keys under it/, 'key_outside_tree');
+      expect(await ak.getKey(signup.body.id)).toMatchObject({ budgetCents: 50 });
+
       const del = await svc.send('DELETE', `/sdk-keys/${child.body.id}`, { bearer: signup.body.key });
       expect(del.status).toBe(200);
       expect(del.body).toEqual({ revoked: true, id: child.body.id });
@@ -101,8 +108,8 @@ forEachDatabase((getDb) => {
       const cases: [string, string, string][] = [
         ['GET', '/signup', 'POST'],
         ['PUT', '/sdk-keys', 'POST'],
-        ['POST', '/sdk-keys/me', 'DELETE, GET, HEAD'],
-        ['GET', `/sdk-keys/${caller.id}`, 'DELETE'],
+        ['POST', '/sdk-keys/me', 'DELETE, GET, HEAD, PATCH'],
+        ['GET', `/sdk-keys/${caller.id}`, 'DELETE, PATCH'],
       ];
       for (const [method, path, allow] of cases) {
         const res = await svc.send(method, path, { bearer: caller.key });

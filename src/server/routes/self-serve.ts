@@ -44,6 +44,9 @@ export function selfServeRoutes(ak: AgentKey, opts: ReturnType<typeof checkRoute
   app.delete('/sdk-keys/:id', async (c) =>
     send(c, await withKey(c, (key) => handlers.revoke({ body: undefined, key, ip: ip(c), id: c.req.param('id') }))),
   );
+  app.patch('/sdk-keys/:id', async (c) =>
+    send(c, await withKey(c, (key) => withJson(c, (body) => handlers.update({ body, key, ip: ip(c), id: c.req.param('id') })))),
+  );
   return app;
 }
 
