@@ -213,6 +213,10 @@ async function keyPage(view, id, { quiet } = {}) {
   ]);
   // A background refresh keeps what the operator is typing and a raw key not yet copied.
   const keepForm = (quiet && view.querySelector('#child-form')) || null;
+  // An open edit form stays as the operator left it (their typing, a refusal's message) through
+  // any refresh of the same key, unless the key was revoked meanwhile.
+  const openEdit = view.querySelector('#edit-form');
+  const keepEdit = openEdit && openEdit.dataset.keyId === String(key.id) && key.status !== 'revoked' ? openEdit : null;
   const created = view.querySelector('#created-key');
   const page = [
     h('p', {}, h('a', { href: '#/' }, '← Overview')),
@@ -226,6 +230,11 @@ async function keyPage(view, id, { quiet } = {}) {
         field('Expires', when(key.expiresAt)), field('Last used', ago(key.lastUsedAt)), field('Delegated by', key.delegatedBy ?? '—'),
       ),
       h('div', { id: 'key-budget' }, bar(key)),
+      h('div', { id: 'edit-slot', class: 'edit-slot' },
+        key.status === 'revoked'
+          ? h('p', { id: 'edit-unavailable', class: 'muted' }, 'A revoked key cannot be edited.')
+          : keepEdit ?? editButton(key),
+        h('p', { id: 'edit-status', class: 'muted', role: 'status' })),
     ),
     h('section', { class: 'card', 'aria-labelledby': 'chart-title' },
       h('div', { class: 'row' },
@@ -293,6 +302,119 @@ function childForm(key) {
     ),
     h('button', { type: 'submit', disabled }, 'Create child key'),
   );
+}
+
+// ---- editing a key: PATCH /v1/keys/:id with only the fields the operator changed ----
+
+function editButton(key) {
+  return h('button', { type: 'button', id: 'edit', class: 'secondary', onclick: (e) => {
+    const form = editForm(key);
+    e.currentTarget.replaceWith(form);
+    $('edit-status').textContent = '';
+    form.elements.name.focus();
+  } }, 'Edit key');
+}
+
+const splitScopes = (text) => text.split(',').map((s) => s.trim()).filter(Boolean);
+
+function editForm(key) {
+  // What the form starts with, as shown (escaped): a field still equal to it is not sent.
+  const initial = {
+    name: visible(key.name ?? ''),
+    budget: key.budgetCents === null || key.budgetCents === undefined ? '' : String(key.budgetCents),
+    period: key.budgetPeriod ?? '',
+    scopes: key.scopes === null ? '' : key.scopes.map(visible).join(', '),
+    delegatedBy: visible(key.delegatedBy ?? ''),
+    noExpiry: !key.expiresAt,
+  };
+  const form = h('form', { id: 'edit-form', class: 'edit-form', 'data-key-id': key.id, 'aria-labelledby': 'edit-title',
+    onsubmit: (e) => { e.preventDefault(); saveEdit(key, form, initial); } },
+    h('h3', { id: 'edit-title' }, 'Edit key'),
+    h('div', { class: 'grid' },
+      h('label', { for: 'edit-name' }, 'Name', h('input', { id: 'edit-name', name: 'name', maxlength: 256, value: initial.name })),
+      h('label', { for: 'edit-budget' }, 'Budget in cents (empty: no cap)',
+        h('input', { id: 'edit-budget', name: 'budget', type: 'number', min: 0, step: 'any', inputmode: 'decimal', value: initial.budget })),
+      h('label', { for: 'edit-period' }, 'Period',
+        h('select', { id: 'edit-period', name: 'period' },
+          [['', 'None (lifetime)'], ['day', 'Per day'], ['month', 'Per month']].map(([v, text]) => h('option', { value: v, selected: v === initial.period }, text)))),
+      h('label', { for: 'edit-scopes' }, 'Scopes (comma-separated; empty: all)', h('input', { id: 'edit-scopes', name: 'scopes', value: initial.scopes })),
+      h('div', {},
+        h('label', { for: 'edit-expires' }, 'Expires in (such as 7d; empty: unchanged)',
+          h('input', { id: 'edit-expires', name: 'expires', placeholder: '7d', maxlength: 16, 'aria-describedby': 'edit-expires-now',
+            oninput: (e) => { if (e.target.value.trim()) form.elements.noExpiry.checked = false; } })),
+        h('div', { id: 'edit-expires-now', class: 'muted' }, `Now: ${key.expiresAt ? `expires ${when(key.expiresAt)}` : 'no expiry'}`),
+        h('label', { for: 'edit-no-expiry', class: 'check' },
+          h('input', { id: 'edit-no-expiry', name: 'noExpiry', type: 'checkbox', checked: initial.noExpiry,
+            onchange: (e) => { if (e.target.checked) form.elements.expires.value = ''; } }),
+          ' No expiry')),
+      h('label', { for: 'edit-delegated-by' }, 'Delegated by', h('input', { id: 'edit-delegated-by', name: 'delegatedBy', maxlength: 256, value: initial.delegatedBy })),
+    ),
+    h('label', { for: 'edit-cascade', class: 'check', id: 'edit-cascade-label' },
+      h('input', { id: 'edit-cascade', name: 'cascade', type: 'checkbox', 'aria-describedby': 'edit-error' }),
+      ' Also narrow the keys under it (cascade)'),
+    h('p', { id: 'edit-error', class: 'error', role: 'alert' }),
+    h('div', { class: 'actions' },
+      h('button', { type: 'submit', id: 'edit-save' }, 'Save changes'),
+      h('button', { type: 'button', class: 'secondary', onclick: () => {
+        const button = editButton(key);
+        form.replaceWith(button);
+        button.focus();
+      } }, 'Cancel')),
+  );
+  return form;
+}
+
+async function saveEdit(key, form, initial) {
+  const error = $('edit-error');
+  const cascadeLabel = $('edit-cascade-label');
+  error.replaceChildren();
+  cascadeLabel.classList.remove('attention');
+  const raw = (n) => form.elements[n].value;
+  const v = (n) => raw(n).trim();
+  const changes = {};
+  if (raw('name') !== initial.name) changes.name = v('name') || null;
+  if (form.elements.budget.validity.badInput) {
+    error.textContent = 'The budget must be a number of cents, or empty for no cap.';
+    return;
+  }
+  if (raw('budget') !== initial.budget) changes.budgetCents = v('budget') === '' ? null : Number(v('budget'));
+  if (raw('period') !== initial.period) changes.budgetPeriod = raw('period') || null;
+  const scopes = splitScopes(raw('scopes'));
+  if (JSON.stringify(scopes) !== JSON.stringify(splitScopes(initial.scopes))) changes.scopes = scopes.length ? scopes : null;
+  const noExpiry = form.elements.noExpiry.checked;
+  if (v('expires')) changes.expiresIn = v('expires');
+  else if (noExpiry && !initial.noExpiry) changes.expiresIn = null;
+  else if (!noExpiry && initial.noExpiry) {
+    error.textContent = 'Say when it should expire (such as 7d), or tick "No expiry".';
+    return;
+  }
+  if (raw('delegatedBy') !== initial.delegatedBy) changes.delegatedBy = v('delegatedBy') || null;
+  if (Object.keys(changes).length === 0) {
+    error.textContent = 'Nothing changed.';
+    return;
+  }
+  if (form.elements.cascade.checked) changes.cascade = true;
+  const save = $('edit-save');
+  save.disabled = true;
+  try {
+    await api(`/v1/keys/${key.id}`, { method: 'PATCH', body: JSON.stringify(changes) });
+    form.remove();
+    await refresh(true);
+    const status = $('edit-status');
+    if (status) status.textContent = 'Changes saved.';
+    $('edit')?.focus();
+  } catch (err) {
+    if (err.message === 'signed out') return;
+    // The server's own words, as text; the form keeps what the operator typed.
+    error.append(h('span', {}, err.message));
+    if (err.code === 'narrows_children') {
+      error.append(h('span', { class: 'hint-line' }, 'To narrow them with it, tick "Also narrow the keys under it (cascade)" and save again.'));
+      cascadeLabel.classList.add('attention');
+      form.elements.cascade.focus();
+    }
+  } finally {
+    save.disabled = false;
+  }
 }
 
 async function createChild(parent, form) {

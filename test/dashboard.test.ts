@@ -332,6 +332,124 @@ describe('dashboard', () => {
     expect(errors).toEqual([]);
     await page.close();
   });
+
+  it('happy: editing a key\'s name and budget from its page sends only those fields, and the page and the stored key show the change', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_edit', name: 'edit-me', scopes: ['proxy.chat'], budgetCents: 100, budgetPeriod: 'month', expiresIn: '30d', delegatedBy: 'ops' });
+    const before = await call('GET', `/v1/keys/${k.id}`);
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    const patches: unknown[] = [];
+    page.on('request', (req) => {
+      if (req.method() === 'PATCH') patches.push(req.postDataJSON());
+    });
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    const form = page.locator('#edit-form');
+    // The form starts with the key as it is.
+    expect(await form.getByLabel('Name').inputValue()).toBe('edit-me');
+    expect(await form.getByLabel('Budget in cents').inputValue()).toBe('100');
+    expect(await form.getByLabel('Period').inputValue()).toBe('month');
+    expect(await form.getByLabel('Scopes').inputValue()).toBe('proxy.chat');
+    expect(await form.getByLabel('Delegated by').inputValue()).toBe('ops');
+    expect(await form.getByLabel('No expiry').isChecked()).toBe(false);
+    await form.getByLabel('Name').fill('edited-name');
+    await form.getByLabel('Budget in cents').fill('250');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+
+    await page.locator('#view h1', { hasText: 'edited-name' }).waitFor({ timeout: 10_000 });
+    expect(await page.locator('#key-budget .amount-budget').textContent()).toBe('$2.50');
+    await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
+    expect(await page.locator('#edit-form').count()).toBe(0);
+    expect(await page.getByRole('button', { name: 'Edit key' }).count()).toBe(1);
+    expect(patches).toEqual([{ name: 'edited-name', budgetCents: 250 }]);
+    const after = await call('GET', `/v1/keys/${k.id}`);
+    expect(after).toMatchObject({ name: 'edited-name', budgetCents: 250, scopes: ['proxy.chat'], budgetPeriod: 'month', delegatedBy: 'ops', expiresAt: before.expiresAt, status: 'active' });
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('refusal: narrowing a parent below its child shows the server\'s message and changes nothing; with cascade ticked the child is narrowed too', async () => {
+    const parent = await call('POST', '/v1/keys', { accountId: 'acct_edit_tree', name: 'edit-parent', budgetCents: 1000 });
+    const child = await call('POST', '/v1/keys', { accountId: 'acct_edit_tree', name: 'edit-child', parentId: parent.id, budgetCents: 600 });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${parent.id}`);
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    const form = page.locator('#edit-form');
+    await form.getByLabel('Budget in cents').fill('300');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+
+    const error = page.locator('#edit-error');
+    await error.filter({ hasText: 'would be wider than its parent' }).waitFor({ timeout: 10_000 });
+    // The server's own message, naming the child, then a pointer to the checkbox.
+    expect(await error.textContent()).toContain(`Key ${child.id}, a descendant of key ${parent.id}, would be wider than its parent (budget)`);
+    expect(await error.textContent()).toContain('tick "Also narrow the keys under it (cascade)"');
+    expect(await page.locator('#edit-cascade-label').getAttribute('class')).toContain('attention');
+    expect(await page.evaluate('document.activeElement && document.activeElement.id')).toBe('edit-cascade');
+    // The form keeps what was typed; nothing changed on the server or the page.
+    expect(await form.getByLabel('Budget in cents').inputValue()).toBe('300');
+    expect((await call('GET', `/v1/keys/${parent.id}`)).budgetCents).toBe(1000);
+    expect((await call('GET', `/v1/keys/${child.id}`)).budgetCents).toBe(600);
+    expect(await page.locator('#key-budget .amount-budget').textContent()).toBe('$10.00');
+    await shot(page, 'edit-refused');
+
+    await form.getByLabel('Also narrow the keys under it (cascade)').check();
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#key-budget .amount-budget', { hasText: '$3.00' }).waitFor({ timeout: 10_000 });
+    expect(await page.locator('#children li', { hasText: 'edit-child' }).locator('.amount-budget').textContent()).toBe('$3.00');
+    expect((await call('GET', `/v1/keys/${parent.id}`)).budgetCents).toBe(300);
+    expect((await call('GET', `/v1/keys/${child.id}`)).budgetCents).toBe(300);
+    // The browser logs the refused request itself; nothing else may go wrong.
+    expect(errors.filter((e) => !e.includes('status of 409'))).toEqual([]);
+    await page.close();
+  });
+
+  it('security: a name with markup typed into the edit form is stored and shown as text, not markup', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_edit_xss', name: 'plain-name', budgetCents: 100 });
+    const markup = '<img src=x onerror=alert(1)>';
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    const dialogs: string[] = [];
+    page.on('dialog', async (d) => {
+      dialogs.push(d.message());
+      await d.dismiss();
+    });
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    await page.locator('#edit-form').getByLabel('Name').fill(markup);
+    await page.locator('#edit-form').getByRole('button', { name: 'Save changes' }).click();
+
+    await page.locator('#view h1', { hasText: markup }).waitFor({ timeout: 10_000 });
+    expect(await page.locator('#view h1').textContent()).toContain(markup);
+    expect(await page.locator('#view img').count()).toBe(0);
+    expect((await call('GET', `/v1/keys/${k.id}`)).name).toBe(markup);
+    // Opened again, the form holds the same text; on the overview the link's text is the markup, as text.
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    expect(await page.locator('#edit-form').getByLabel('Name').inputValue()).toBe(markup);
+    await page.goto(`${server.url}/dashboard#/`);
+    const link = page.locator('#keys tbody tr th a', { hasText: markup });
+    await link.waitFor({ timeout: 10_000 });
+    expect(await link.textContent()).toBe(markup);
+    expect(await page.locator('#view img').count()).toBe(0);
+    expect(dialogs).toEqual([]);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('refusal: a revoked key has no Edit control, and says why', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_edit_revoked', name: 'gone-bot' });
+    await call('POST', `/v1/keys/${k.id}/revoke`);
+    const page = await browser.newPage();
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    await page.locator('#edit-unavailable').waitFor({ timeout: 10_000 });
+    expect(await page.locator('#edit-unavailable').textContent()).toBe('A revoked key cannot be edited.');
+    expect(await page.getByRole('button', { name: 'Edit key' }).count()).toBe(0);
+    await page.close();
+  });
 });
 
 describe('dashboard with no keys', () => {
