@@ -76,16 +76,21 @@ export const KeyInfo = z
   })
   .openapi('KeyInfo');
 
+/** What a key is made with and may be changed to: one definition for create and update. */
+const keyLimits = {
+  scopes: z.array(z.string().min(1).max(128)).max(100).nullable().optional().openapi({ example: ['proxy.chat'] }),
+  budgetCents: cents('Spending cap in cents; null for no cap (changed: below what was spent leaves nothing to spend).').nullable().optional(),
+  budgetPeriod: period,
+  expiresIn: z.string().max(16).nullable().optional().openapi({ description: "'30m', '1h', '7d', '1mo' from now; null for no expiry.", example: '7d' }),
+  expiresAt: instant.nullable().optional(),
+  delegatedBy: z.string().max(256).nullable().optional(),
+  name: z.string().max(256).nullable().optional(),
+};
+
 export const CreateKeyBody = z
   .object({
     accountId: z.union([accountId, z.number().int()]),
-    scopes: z.array(z.string().min(1).max(128)).max(100).nullable().optional().openapi({ example: ['proxy.chat'] }),
-    budgetCents: cents('Spending cap in cents; null for no cap.').nullable().optional(),
-    budgetPeriod: period,
-    expiresIn: z.string().max(16).nullable().optional().openapi({ description: "'30m', '1h', '7d', '1mo'; null for no expiry.", example: '7d' }),
-    expiresAt: instant.nullable().optional(),
-    delegatedBy: z.string().max(256).nullable().optional(),
-    name: z.string().max(256).nullable().optional(),
+    ...keyLimits,
     userId: z.string().max(256).nullable().optional(),
     parentId: z.union([keyId, z.number().int().positive()]).nullable().optional().openapi({ description: 'Make the key a child of this key.' }),
   })
@@ -94,13 +99,7 @@ export const CreateKeyBody = z
 
 export const UpdateKeyBody = z
   .object({
-    scopes: z.array(z.string().min(1).max(128)).max(100).nullable().optional().openapi({ example: ['proxy.chat'] }),
-    budgetCents: cents('Spending cap in cents; null for no cap. Below what was spent leaves nothing to spend.').nullable().optional(),
-    budgetPeriod: period,
-    expiresIn: z.string().max(16).nullable().optional().openapi({ description: "'30m', '1h', '7d', '1mo' from now; null for no expiry.", example: '30d' }),
-    expiresAt: instant.nullable().optional(),
-    delegatedBy: z.string().max(256).nullable().optional(),
-    name: z.string().max(256).nullable().optional(),
+    ...keyLimits,
     cascade: z.boolean().optional().openapi({ description: 'Narrow the descendants too, where the change would leave one wider than its parent.' }),
   })
   .strict()
