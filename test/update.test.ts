@@ -114,6 +114,18 @@ forEachDatabase((getDb) => {
       expect(await ak.update(k.id, { name: 'x' }, { accountId: 42 })).toMatchObject({ name: 'x' });
       expect(await ak.update(k.id, { name: 'y' }, { accountId: '42' })).toMatchObject({ name: 'y' });
     });
+
+    it("happy: an external subject's budget row changes like a key: its budget and scopes hold for the subject's next calls", async () => {
+      const ak = await getDb().agentKey();
+      await ak.ensureSubject('user_7', { accountId: 'acct_s', budgetCents: 100, scopes: ['proxy.chat'] });
+      const [row] = await ak.listKeys({ accountId: 'acct_s' });
+      expect(row).toMatchObject({ externalSubject: 'user_7', budgetCents: 100 });
+      expect((await ak.trackUsageBySubject('user_7', { costCents: 30 })).success).toBe(true);
+      expect(await ak.update(row!.id, { budgetCents: 40, scopes: ['proxy.chat', 'usage.read'] })).toMatchObject({ budgetCents: 40, spentCents: 30 });
+      expect(await ak.validateBySubject('user_7')).toMatchObject({ valid: true, scopes: ['proxy.chat', 'usage.read'] });
+      expect((await ak.trackUsageBySubject('user_7', { costCents: 20 })).success).toBe(false);
+      expect((await ak.trackUsageBySubject('user_7', { costCents: 10 })).success).toBe(true);
+    });
   });
 
   describe('budgets and periods', () => {
