@@ -13,6 +13,7 @@ import { Reports } from './reports.js';
 import { invalidScopes, scopeAllows } from './scopes.js';
 import { Spending } from './spending.js';
 import { AccountStore } from './store/accounts.js';
+import { EventStore } from './store/events.js';
 import type { Db } from './store/db.js';
 import { storageFault } from './store/errors.js';
 import type { TableNames } from './store/identifiers.js';
@@ -32,6 +33,8 @@ import type {
   CreateKeyOptions,
   CreateKeyResult,
   KeyChanges,
+  KeyEvent,
+  KeyEventQuery,
   KeyInfo,
   LedgerEntry,
   ReleaseResult,
@@ -45,6 +48,8 @@ import type {
   UpdateOptions,
   UsageReport,
   ValidationResult,
+  RotateOptions,
+  RotateResult,
 } from './types.js';
 import { Validation } from './validation.js';
 
@@ -86,12 +91,13 @@ export class AgentKey {
     // One cache, shared: validation fills it, and each spending step here updates its figures.
     const cache = s.cache && new KeyCache(s.cache.maxKeys, s.cache.ttlMs);
     this.validation = new Validation(keyStore, cache, { pool: s.pool, channel: s.names.channel }, table);
-    this.spending = new Spending(spendStore, cache, s.batching, s.timeoutMs, table);
-    this.keys = new KeyLifecycle(keyStore, new AccountStore(s.db, s.names), this.validation, {
+    this.spending = new Spending(spendStore, cache, s.batching, s.timeoutMs, table, s.actor);
+    this.keys = new KeyLifecycle(keyStore, new AccountStore(s.db, s.names), new EventStore(s.db, s.names), this.validation, {
       keyPrefix: s.keyPrefix,
       validScopes: s.validScopes,
       maxDepth: s.maxDepth,
       table,
+      actor: s.actor,
     });
     this.reports = new Reports(
       { ledger: spendStore, totals: new SpendStore(s.reportDb, s.names), accounts: new AccountStore(s.reportDb, s.names) },
@@ -201,6 +207,32 @@ export class AgentKey {
    */
   async update(keyId: number | string, changes: KeyChanges, options?: UpdateOptions): Promise<KeyInfo> {
     return this.keys.update(keyId, changes, options);
+  }
+
+  /**
+   * Gives a key a new secret, returned this once: the same id, budget, spend, ledger,
+   * children and subject bindings. The previous secret keeps working for `gracePeriod`
+   * ('1h'; at most '7d'; default 0, not at all), then validates as 'invalid'; rotating
+   * again ends any older secret. Every process's cache drops the key at once and never
+   * serves the previous secret past its grace period. Unknown ids throw `key_not_found`,
+   * revoked keys `key_inactive`.
+   *
+   * @example const { key } = await ak.rotate(id, { gracePeriod: '1h' })
+   */
+  async rotate(keyId: number | string, options?: RotateOptions): Promise<RotateResult> {
+    return this.keys.rotate(keyId, options);
+  }
+
+  /**
+   * The event log, newest first: each key made, updated, rotated or revoked, each ceiling
+   * set and each adjustment, with the fields it changed (before and after) and who made it
+   * ('library', 'admin', 'cli', a key through self-serve, or 'sql' for an edit of the
+   * table). Page with `before` (an event id).
+   *
+   * @example await ak.keyEvents({ keyId: 42, limit: 20 })
+   */
+  async keyEvents(query?: KeyEventQuery): Promise<KeyEvent[]> {
+    return this.keys.keyEvents(query);
   }
 
   /**

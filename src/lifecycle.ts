@@ -7,19 +7,35 @@ import { type CentsInput, budgetToMicros, microsToCentsNumber } from './money.js
 import { accountIdText, checkOptions, keyIdNumber, limitOption, optionalText, subjectText } from './options.js';
 import { parseScopes } from './scopes.js';
 import type { AccountStore } from './store/accounts.js';
+import type { Actor } from './store/actor.js';
 import { storageFault } from './store/errors.js';
+import type { EventStore } from './store/events.js';
 import type { InsertedKey, KeyStore } from './store/keys.js';
-import { type BudgetPeriod, addDuration, parseDuration, parseInstant, parsePeriod } from './time.js';
+import { type BudgetPeriod, addDuration, durationMs, parseDuration, parseInstant, parsePeriod } from './time.js';
 import { type LimitChanges, fitUnderParent, fitUpdate, mayActOn, mayChange } from './tree.js';
-import type { AccountBudget, CreateKeyOptions, CreateKeyResult, KeyChanges, KeyInfo, SubjectOptions, UpdateOptions } from './types.js';
+import type {
+  AccountBudget,
+  CreateKeyOptions,
+  CreateKeyResult,
+  KeyChanges,
+  KeyEvent,
+  KeyEventQuery,
+  KeyInfo,
+  RotateOptions,
+  RotateResult,
+  SubjectOptions,
+  UpdateOptions,
+} from './types.js';
 import type { Validation } from './validation.js';
-import { iso, toAccountBudget, toKeyInfo } from './views.js';
+import { iso, toAccountBudget, toKeyEvent, toKeyInfo } from './views.js';
 
 const CREATE_OPTIONS = [
   'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId', 'parentId',
 ] as const;
 const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt' && o !== 'parentId');
 const UPDATE_FIELDS = ['budgetCents', 'budgetPeriod', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy'] as const;
+/** The longest a rotated key's previous secret may keep working. */
+const MAX_GRACE_MS = 7 * 86_400_000;
 
 export interface KeyQuery {
   accountId?: string | number;
@@ -40,8 +56,9 @@ export class KeyLifecycle {
   constructor(
     private readonly store: KeyStore,
     private readonly accounts: AccountStore,
+    private readonly events: EventStore,
     private readonly validation: Validation,
-    private readonly rules: { keyPrefix: string; validScopes: ReadonlySet<string> | null; maxDepth: number; table: string },
+    private readonly rules: { keyPrefix: string; validScopes: ReadonlySet<string> | null; maxDepth: number; table: string; actor: Actor },
   ) {
     this.fault = storageFault(rules.table);
   }
@@ -62,11 +79,11 @@ export class KeyLifecycle {
           ...fitUnderParent(parent, fields, given, this.rules.maxDepth),
           ...key,
           parent: { id: Number(parent.id), ancestorIds: parent.ancestor_ids.map(Number) },
-        }))
+        }), this.rules.actor)
         .catch(this.fault);
       if (!row) throw new AgentKeyError('parent_not_found', `No key has id ${parentId}; a child key needs an existing parent.`);
     } else {
-      row = await this.store.insert({ ...fields, ...key, parent: null }).catch(this.fault);
+      row = await this.store.insert({ ...fields, ...key, parent: null }, this.rules.actor).catch(this.fault);
     }
     return { key: minted.raw, ...createdFields(row) };
   }
@@ -77,7 +94,7 @@ export class KeyLifecycle {
     const o = checkOptions<SubjectOptions>(options, SUBJECT_OPTIONS, 'ensureSubject()');
     const fields = this.keyFields(o, accountIdText(o.accountId ?? s));
     await this.store
-      .insert({ ...fields, hash: `subject:${hashKey(s)}`, visiblePrefix: 'subject', subject: s, parent: null })
+      .insert({ ...fields, hash: `subject:${hashKey(s)}`, visiblePrefix: 'subject', subject: s, parent: null }, this.rules.actor)
       .catch(this.fault);
   }
 
@@ -94,19 +111,21 @@ export class KeyLifecycle {
     const id = keyIdNumber(keyId);
     const account = accountId === undefined || accountId === null ? null : accountIdText(accountId);
     const o = checkOptions<{ by?: number | string }>(options ?? {}, ['by'], 'revoke()');
+    let actor = this.rules.actor;
     if (o.by !== undefined) {
       const by = keyIdNumber(o.by, 'by');
-      const [actor, target] = await Promise.all([this.store.find({ id: by }), this.store.find({ id })]).catch(this.fault);
-      if (!actor) throw new AgentKeyError('invalid_argument', `No key has id ${by}; \`by\` must name the key that revokes.`);
+      const [actingKey, target] = await Promise.all([this.store.find({ id: by }), this.store.find({ id })]).catch(this.fault);
+      if (!actingKey) throw new AgentKeyError('invalid_argument', `No key has id ${by}; \`by\` must name the key that revokes.`);
       if (!target || target.status === 'revoked' || (account !== null && String(target.account_id) !== account)) return false;
-      if (!mayActOn(actor, target)) {
+      if (!mayActOn(actingKey, target)) {
         throw new AgentKeyError(
           'key_outside_tree',
-          `Key ${by} may revoke only itself and its own descendants${actor.parent_id === null ? ' and keys of its account' : ''}; key ${id} is not one of them.`,
+          `Key ${by} may revoke only itself and its own descendants${actingKey.parent_id === null ? ' and keys of its account' : ''}; key ${id} is not one of them.`,
         );
       }
+      actor = `key:${by}`;
     }
-    const revoked = await this.store.revoke(id, account).catch(this.fault);
+    const revoked = await this.store.revoke(id, account, actor).catch(this.fault);
     this.validation.keyChanged(revoked ? id : null);
     return revoked;
   }
@@ -153,13 +172,52 @@ export class KeyLifecycle {
         if (key.status === 'revoked') throw new AgentKeyError('key_inactive', `Key ${id} is revoked; a revoked key cannot be changed.`);
         const [self, ...below] = fitUpdate(key, parent, descendants, limits, o.cascade ?? false);
         return [{ ...(self as { id: number }), ...own }, ...below];
-      })
+      }, by === null ? this.rules.actor : `key:${by}`)
       .catch(this.fault);
     if (written === null) throw new AgentKeyError('key_not_found', `No key has id ${id}${account === null ? '' : ` in account ${account}`}.`);
     for (const changed of written) this.validation.keyChanged(changed);
     const row = await this.store.find({ id }).catch(this.fault);
     if (!row) throw new AgentKeyError('key_not_found', `No key has id ${id}.`);
     return toKeyInfo(row);
+  }
+
+  /**
+   * `rotate()`: a new secret for the same key (same id, budget, spend, ledger, children and
+   * subject bindings). The previous secret works for `gracePeriod` more, then is refused as
+   * 'invalid'; caches here and in every listening process drop the key at once, and never
+   * keep a validation of the previous secret past its grace period.
+   */
+  async rotate(keyId: number | string, options: RotateOptions = {}): Promise<RotateResult> {
+    const id = keyIdNumber(keyId);
+    const o = checkOptions<RotateOptions>(options ?? {}, ['gracePeriod', 'accountId'], 'rotate()');
+    const graceMs = graceOption(o.gracePeriod);
+    const account = o.accountId === undefined || o.accountId === null ? null : accountIdText(o.accountId);
+    const minted = mintKey(this.rules.keyPrefix);
+    const rotated = await this.store
+      .rotate(id, account, { hash: minted.hash, visiblePrefix: minted.visiblePrefix, graceMs }, (key) => {
+        if (key.external_subject !== null) {
+          throw new AgentKeyError('invalid_argument', `Key ${id} is a subject's budget row; it has no secret to rotate.`);
+        }
+        if (key.status === 'revoked') throw new AgentKeyError('key_inactive', `Key ${id} is revoked; a revoked key cannot be rotated.`);
+      }, this.rules.actor)
+      .catch(this.fault);
+    if (rotated === null) throw new AgentKeyError('key_not_found', `No key has id ${id}${account === null ? '' : ` in account ${account}`}.`);
+    this.validation.keyChanged(id);
+    return { key: minted.raw, id, prefix: minted.visiblePrefix, previousKeyValidUntil: iso(rotated.previousValidUntil) };
+  }
+
+  /** `keyEvents()`: the event log, newest first. */
+  async keyEvents(query: KeyEventQuery = {}): Promise<KeyEvent[]> {
+    const q = checkOptions<KeyEventQuery>(query ?? {}, ['keyId', 'accountId', 'before', 'limit'], 'keyEvents()');
+    const rows = await this.events
+      .list({
+        keyId: q.keyId === undefined ? null : keyIdNumber(q.keyId, 'keyId'),
+        accountId: q.accountId === undefined ? null : accountIdText(q.accountId),
+        before: q.before === undefined ? null : keyIdNumber(q.before, 'before'),
+        limit: limitOption(q.limit, 100, 1_000),
+      })
+      .catch(this.fault);
+    return rows.map(toKeyEvent);
   }
 
   /** `listKeys()`: keys without their secrets, in id order. */
@@ -195,7 +253,7 @@ export class KeyLifecycle {
     const budget = budgetToMicros(o.budgetCents);
     if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents is required; use clearAccountBudget() to remove a ceiling.');
     const period = parsePeriod(o.budgetPeriod);
-    const row = await this.accounts.set(id, budget, period).catch(this.fault);
+    const row = await this.accounts.set(id, budget, period, this.rules.actor).catch(this.fault);
     this.validation.allChanged();
     return toAccountBudget(row);
   }
@@ -210,7 +268,7 @@ export class KeyLifecycle {
   /** `clearAccountBudget()`: true when the account had a ceiling. */
   async clearCeiling(accountId: string | number): Promise<boolean> {
     const id = accountIdText(accountId);
-    const cleared = await this.accounts.clear(id).catch(this.fault);
+    const cleared = await this.accounts.clear(id, this.rules.actor).catch(this.fault);
     this.validation.allChanged();
     return cleared;
   }
@@ -237,6 +295,13 @@ export class KeyLifecycle {
     };
   }
 
+}
+
+/** `gracePeriod` in ms: 0 or a duration of at most 7 days. */
+function graceOption(value: unknown): number {
+  if (value === undefined || value === 0) return 0;
+  if (typeof value === 'string' && /^\s*0(s|m|h|d|w|mo)\s*$/.test(value)) return 0;
+  return durationMs(value, 'gracePeriod', MAX_GRACE_MS);
 }
 
 /** The package's `CreateKeyResult` fields, from the row as the table stored it (its defaults included). */

@@ -91,6 +91,8 @@ export function subjectText(subject: unknown): string {
 
 /** The options of `new AgentKey()`, checked, with every default filled in. */
 export interface Settings {
+  /** Who this process's changes are recorded as (the event log). */
+  actor: 'library' | 'admin' | 'cli';
   pool: PoolLike;
   names: TableNames;
   keyPrefix: string;
@@ -112,7 +114,7 @@ const REPORT_TIMEOUT_MS = 60_000;
 export function agentKeySettings(options: unknown): Settings {
   const o = checkOptions<AgentKeyOptions>(
     options,
-    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs'],
+    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs', 'actor'],
     'new AgentKey()',
   );
   const maxDepth = o.maxDepth ?? DEFAULT_MAX_DEPTH;
@@ -123,7 +125,12 @@ export function agentKeySettings(options: unknown): Settings {
   const keyPrefix = checkKeyPrefix(o.keyPrefix ?? 'ak_');
   const valid = o.validScopes === undefined ? null : parseScopes(o.validScopes, null, 'validScopes');
   const timeoutMs = timeoutOption(o.timeoutMs);
+  const actor = o.actor ?? 'library';
+  if (actor !== 'library' && actor !== 'admin' && actor !== 'cli') {
+    throw new AgentKeyError('invalid_argument', `actor must be 'library', 'admin' or 'cli'; got ${describe(actor)}.`);
+  }
   return {
+    actor,
     pool: o.pool,
     names,
     keyPrefix,

@@ -7,6 +7,7 @@ import { AgentKeyError } from './errors.js';
 import { randomId } from './keys.js';
 import { type CentsInput, centsToMicros, describe, isValidCents, microsToCentsNumber } from './money.js';
 import { checkOptions, optionalText } from './options.js';
+import type { Actor } from './store/actor.js';
 import { storageFault } from './store/errors.js';
 import type { KeyRef } from './store/keys.js';
 import type { SpendOutcome, SpendRequest, SpendStore } from './store/spend.js';
@@ -48,6 +49,8 @@ export class Spending {
     batching: Required<BatchingOptions> | null,
     timeoutMs: number,
     table: string,
+    /** Who adjustments made here are recorded as (the event log). */
+    private readonly actor: Actor,
   ) {
     this.batches = batching && new SpendBatches(store, batching, timeoutMs);
     this.fault = storageFault(table);
@@ -145,7 +148,9 @@ export class Spending {
   /** `adjust()`: an operator's correction to key `id`'s spend, never batched. */
   async adjust(id: number, options: unknown): Promise<AdjustResult> {
     const { micros, metadata } = adjustInput(options);
-    const out = await this.spendNow({ id }, { op: 'adjust', micros, idempotencyKey: null, metadata, holdId: null, ttlMs: null });
+    const request: SpendRequest = { op: 'adjust', micros, idempotencyKey: null, metadata, holdId: null, ttlMs: null };
+    const out = await this.store.adjust({ id }, request, this.actor).catch(this.spendFault);
+    this.noteFigures(out, out.outcome === 'ok' ? micros : 0);
     if (out.outcome === 'invalid') return { success: false, reason: 'invalid_key' };
     if (out.outcome === 'refund_exceeds_spend') return { success: false, reason: 'refund_exceeds_spend' };
     return { success: true, ...figures(out) };

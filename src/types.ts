@@ -45,6 +45,12 @@ export interface AgentKeyOptions {
    * ledger (`usage`, `audit`, `listAccounts`) allow themselves at least a minute. Default 5000.
    */
   timeoutMs?: number;
+  /**
+   * Who this process's changes to keys and ceilings are recorded as in the event log
+   * (`keyEvents()`): 'library' (default), 'admin' (the service does this for its admin
+   * key) or 'cli'. A change made with `by` is recorded as that key's.
+   */
+  actor?: 'library' | 'admin' | 'cli';
 }
 
 export interface CacheOptions {
@@ -108,6 +114,62 @@ export interface UpdateOptions {
    * itself (it could raise its own budget) nor a key outside its subtree (`key_outside_tree`).
    */
   by?: number | string;
+}
+
+export interface RotateOptions {
+  /**
+   * How long the secret the key had keeps working beside the new one: '30s', '15m', '1h',
+   * '7d' at most; 0 or omitted for not at all. Rotating again ends any older secret at once.
+   */
+  gracePeriod?: string | 0;
+  /** Rotate the key only if it belongs to this account (else `key_not_found`). */
+  accountId?: string | number | null;
+}
+
+/** What `rotate()` returns: the new secret, shown this once. */
+export interface RotateResult {
+  /** The new raw key: returned once, never stored. */
+  key: string;
+  id: number;
+  /** The new secret's first characters. */
+  prefix: string;
+  /** Until when the previous secret works (ISO), or null when it stopped at once. */
+  previousKeyValidUntil: string | null;
+}
+
+/** What the event log records. */
+export type KeyEventKind = 'created' | 'updated' | 'rotated' | 'revoked' | 'budget_set' | 'adjusted';
+
+/** One entry of the event log: a change to a key (or, for 'budget_set', an account's ceiling) and who made it. */
+export interface KeyEvent {
+  id: number;
+  /** null for an account's ceiling ('budget_set'). */
+  keyId: number | null;
+  accountId: string;
+  kind: KeyEventKind;
+  /**
+   * Who made it: 'library', 'admin' (the service's admin key), 'cli', 'key' (the key
+   * `actorKeyId`, through self-serve) or 'sql' (an edit of the table the trigger caught).
+   */
+  actor: 'library' | 'admin' | 'cli' | 'key' | 'sql';
+  actorKeyId: number | null;
+  /**
+   * Each field that changed, with its value before and after (a new key: after only), in
+   * the names of `KeyInfo`: name, scopes, budgetCents, budgetPeriod, expiresAt,
+   * delegatedBy, userId, accountId, revokedAt, parentId; 'rotated' has
+   * previousKeyValidUntil; 'adjusted' has costCents and reason.
+   */
+  changes: Record<string, { before?: unknown; after?: unknown }>;
+  at: string;
+}
+
+export interface KeyEventQuery {
+  keyId?: number | string;
+  accountId?: string | number;
+  /** Only events older than this event id (to page: pass the last id you got). */
+  before?: number | string;
+  /** Default 100, at most 1000. */
+  limit?: number;
 }
 
 /** What `create()` returns: the package's `CreateKeyResult`. */

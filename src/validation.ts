@@ -168,7 +168,9 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
   const expiresAt = ms(row.expires_at);
   let until = Date.now() + ttlMs;
   // An entry ends when its key (or an ancestor) expires or a period over it rolls over.
-  for (const at of [resetAt, expiresAt, ms(row.ancestors_expire_at), ms(row.path_reset_at)]) if (at !== null && at < until) until = at;
+  // A rotated key's previous secret: never served past its grace period.
+  const secretUntil = row.secret_valid_until === undefined ? null : ms(row.secret_valid_until);
+  for (const at of [resetAt, expiresAt, ms(row.ancestors_expire_at), ms(row.path_reset_at), secretUntil]) if (at !== null && at < until) until = at;
   return {
     id: row.id,
     accountId: row.account_id,

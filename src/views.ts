@@ -1,10 +1,11 @@
 // How rows and outcomes of the store look to callers: figures in cents, times as ISO strings.
-import { type Micros, microsToCents, microsToCentsNumber, roomMicros } from './money.js';
+import { type Micros, microsToCents, microsToCentsNumber, roomMicros, toMicros } from './money.js';
 import type { AccountRow } from './store/accounts.js';
+import type { EventRow } from './store/events.js';
 import type { KeyRow } from './store/keys.js';
 import type { SpendOutcome } from './store/spend.js';
 import type { BudgetPeriod } from './time.js';
-import type { AccountBudget, KeyInfo, SpendFigures } from './types.js';
+import type { AccountBudget, KeyEvent, KeyInfo, SpendFigures } from './types.js';
 
 export function iso(date: Date | string | null | undefined): string | null {
   return date == null ? null : new Date(date).toISOString();
@@ -57,5 +58,51 @@ export function toAccountBudget(row: AccountRow): AccountBudget {
     remainingCents: remaining(row.budget_micros, row.spent_micros, row.held_micros) as number,
     periodStartAt: iso(row.period_start_at),
     budgetResetAt: iso(row.budget_reset_at),
+  };
+}
+
+/** The event log's column names (sql/functions/key_event.sql) in `KeyInfo`'s names. */
+const EVENT_FIELDS: Record<string, string> = {
+  name: 'name',
+  scopes: 'scopes',
+  budget_micros: 'budgetCents',
+  budget_period: 'budgetPeriod',
+  expires_at: 'expiresAt',
+  delegated_by: 'delegatedBy',
+  user_id: 'userId',
+  account_id: 'accountId',
+  revoked_at: 'revokedAt',
+  parent_id: 'parentId',
+  previous_key_valid_until: 'previousKeyValidUntil',
+  amount_micros: 'costCents',
+  reason: 'reason',
+};
+
+/** A value of the event log as `KeyInfo` shows it: micro-dollars (text) as cents, times as ISO. */
+function eventValue(field: string, value: unknown): unknown {
+  if (value === null || value === undefined) return value;
+  if (field === 'budget_micros' || field === 'amount_micros') return microsToCents(toMicros(value));
+  if (field.endsWith('_at') || field.endsWith('_until')) return iso(value as string);
+  return value;
+}
+
+export function toKeyEvent(row: EventRow): KeyEvent {
+  const changes: KeyEvent['changes'] = {};
+  for (const [field, change] of Object.entries(row.changes ?? {})) {
+    const name = EVENT_FIELDS[field] ?? field;
+    changes[name] = {
+      ...('before' in change ? { before: eventValue(field, change.before) } : {}),
+      ...('after' in change ? { after: eventValue(field, change.after) } : {}),
+    };
+  }
+  return {
+    id: Number(row.id),
+    keyId: row.key_id === null ? null : Number(row.key_id),
+    accountId: String(row.account_id),
+    kind: row.kind,
+    actor: row.actor,
+    actorKeyId: row.actor_key_id === null ? null : Number(row.actor_key_id),
+    changes,
+    at: iso(row.created_at) as string,
   };
 }

@@ -1,4 +1,5 @@
 import { type Micros, toMicros } from '../money.js';
+import { type Actor, actAs } from './actor.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 
@@ -49,8 +50,9 @@ export class AccountStore {
    * ledger; the account's keys are locked first (in the order spending locks them), so no
    * charge in flight is missed or counted twice.
    */
-  async set(accountId: string, budgetMicros: number, period: 'day' | 'month' | null): Promise<AccountRow> {
+  async set(accountId: string, budgetMicros: number, period: 'day' | 'month' | null, actor: Actor): Promise<AccountRow> {
     return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
       await tx.query(`SELECT id FROM ${this.t.table} WHERE account_id = $1 ORDER BY id FOR UPDATE`, [accountId]);
       const fn = (name: string) => (period === null ? 'NULL::timestamptz' : `${this.t.schema}agentkey_period_${name}($3::text, clock_timestamp())`);
       await tx.query(
@@ -95,11 +97,14 @@ export class AccountStore {
     return rows.map((r) => ({ ...r, lifetime_micros: toMicros(r.lifetime_micros), overage_micros: toMicros(r.overage_micros) }));
   }
 
-  async clear(accountId: string): Promise<boolean> {
-    const rows = await this.db.query(
-      `DELETE FROM ${this.t.accounts} a USING ${lockBound('$2')} WHERE a.account_id = $1 RETURNING a.account_id`,
-      [accountId, lockWaitSetting(this.db)],
-    );
-    return rows.length > 0;
+  async clear(accountId: string, actor: Actor): Promise<boolean> {
+    return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
+      const rows = await tx.query(
+        `DELETE FROM ${this.t.accounts} a USING ${lockBound('$2')} WHERE a.account_id = $1 RETURNING a.account_id`,
+        [accountId, lockWaitSetting(this.db)],
+      );
+      return rows.length > 0;
+    });
   }
 }

@@ -23,14 +23,15 @@ export interface TableState {
   ledger: Relation | null;
   holds: Relation | null;
   accounts: Relation | null;
+  events: Relation | null;
 }
 
-export type SideTable = 'ledger' | 'holds' | 'accounts';
-export const SIDE_TABLES: readonly SideTable[] = ['ledger', 'holds', 'accounts'];
+export type SideTable = 'ledger' | 'holds' | 'accounts' | 'events';
+export const SIDE_TABLES: readonly SideTable[] = ['ledger', 'holds', 'accounts', 'events'];
 
 /** The keys table and its side tables as the catalog has them now. */
 export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
-  const names = [t.table, t.ledger, t.holds, t.accounts];
+  const names = [t.table, ...SIDE_TABLES.map((side) => t[side])];
   const rows = await tx.query<{
     ord: number;
     oid: number | null;
@@ -49,7 +50,7 @@ export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
      ORDER BY r.ord, a.attnum`,
     [names],
   );
-  const found: (Relation | null)[] = [null, null, null, null];
+  const found: (Relation | null)[] = names.map(() => null);
   for (const r of rows) {
     if (r.oid === null) continue;
     const i = Number(r.ord) - 1;
@@ -57,7 +58,7 @@ export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
     if (r.attname !== null) rel.columns.set(r.attname, { type: r.type as string, notNull: r.notnull === true, comment: r.col_comment });
   }
   // Whether side tables hold rows decides if rows left by a dropped keys table must be set aside.
-  for (const i of [1, 2, 3]) {
+  for (let i = 1; i < names.length; i++) {
     const rel = found[i];
     if (rel) rel.rows = (await tx.query(`SELECT 1 FROM ${names[i]} LIMIT 1`)).length > 0;
   }
@@ -67,7 +68,7 @@ export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
     [oids],
   );
   for (const c of checks) found.find((rel) => rel?.oid === Number(c.oid))?.checks.push(c.def);
-  return { keys: found[0] ?? null, ledger: found[1] ?? null, holds: found[2] ?? null, accounts: found[3] ?? null };
+  return { keys: found[0] ?? null, ledger: found[1] ?? null, holds: found[2] ?? null, accounts: found[3] ?? null, events: found[4] ?? null };
 }
 
 /** True when the keys table exists (whatever its columns): for callers that read and must never create it. */
@@ -81,7 +82,7 @@ export function hasColumns(rel: Relation | null, columns: readonly string[]): bo
 }
 
 /*
- * Incarnations. The side tables (ledger, holds, accounts) belong to one keys table. Its
+ * Incarnations. The side tables (ledger, holds, accounts, events) belong to one keys table. Its
  * identity is a random id kept in the comment of agentkey's own column spent_micros, and
  * the same id in each side table's comment. A keys table that was dropped and created again
  * does not have it, so the rows its predecessor left are set aside, not mixed into the new
@@ -108,6 +109,7 @@ const SIDE_COMMENT: Record<SideTable, string> = {
   ledger: 'the append-only usage ledger',
   holds: 'the holds (reservations)',
   accounts: 'the account ceilings',
+  events: 'the key event log',
 };
 
 /** Writes the incarnation into the comment of spent_micros and of each side table. */

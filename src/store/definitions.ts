@@ -3,8 +3,11 @@ import type { TableNames } from './identifiers.js';
 import { renderSql } from './sql/render.js';
 import appendOnly from './sql/functions/append_only.sql';
 import centsDown from './sql/functions/cents_down.sql';
+import ceilingEvent from './sql/functions/ceiling_event.sql';
 import centsUp from './sql/functions/cents_up.sql';
 import checkPageValues from './sql/functions/check_page_values.sql';
+import eventActor from './sql/functions/event_actor.sql';
+import keyEvent from './sql/functions/key_event.sql';
 import nextReset from './sql/functions/next_reset.sql';
 import notifyAll from './sql/functions/notify_all.sql';
 import notifyChange from './sql/functions/notify_change.sql';
@@ -16,8 +19,11 @@ import spendMany from './sql/functions/spend_many.sql';
 import sync from './sql/functions/sync.sql';
 import appendOnlyTrigger from './sql/triggers/append_only.sql';
 import ceilingChangedTrigger from './sql/triggers/ceiling_changed.sql';
+import ceilingEventTrigger from './sql/triggers/ceiling_event.sql';
 import changedTrigger from './sql/triggers/changed.sql';
 import deletedTrigger from './sql/triggers/deleted.sql';
+import eventsAppendOnlyTrigger from './sql/triggers/events_append_only.sql';
+import keyEventTrigger from './sql/triggers/key_event.sql';
 import syncTrigger from './sql/triggers/sync.sql';
 import syncInsertTrigger from './sql/triggers/sync_insert.sql';
 
@@ -47,6 +53,9 @@ const FUNCTIONS: readonly FunctionFile[] = [
   { sql: periodEnd, signature: '{{schema}}agentkey_period_end(text, timestamptz)' },
   { sql: notifyChange, signature: '{{schema}}agentkey_notify_change()' },
   { sql: notifyAll, signature: '{{schema}}agentkey_notify_all()' },
+  { sql: eventActor, signature: '{{schema}}agentkey_event_actor()' },
+  { sql: keyEvent, signature: '{{key_event}}()' },
+  { sql: ceilingEvent, signature: '{{ceiling_event}}()' },
   {
     sql: spendMany,
     signature: '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer)',
@@ -72,6 +81,9 @@ const TRIGGERS: readonly TriggerFile[] = [
   { sql: ceilingChangedTrigger, name: 'agentkey_ceiling_changed', on: '{{accounts}}' },
   { sql: syncInsertTrigger, name: 'agentkey_sync_insert', on: '{{table}}' },
   { sql: syncTrigger, name: 'agentkey_sync', on: '{{table}}' },
+  { sql: keyEventTrigger, name: 'agentkey_key_event', on: '{{table}}' },
+  { sql: ceilingEventTrigger, name: 'agentkey_ceiling_event', on: '{{accounts}}' },
+  { sql: eventsAppendOnlyTrigger, name: 'agentkey_events_append_only', on: '{{events}}' },
 ];
 
 /** Every function of table `t`, rendered. */

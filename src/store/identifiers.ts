@@ -31,6 +31,10 @@ export interface TableNames {
   holds: string;
   /** Account ceilings. */
   accounts: string;
+  /** The append-only log of changes to keys and ceilings (who did what), and the trigger function that writes it. */
+  events: string;
+  eventFn: string;
+  ceilingEventFn: string;
   /** The per-table PL/pgSQL functions that spend and settle. */
   spendFn: string;
   settleFn: string;
@@ -80,6 +84,9 @@ export function tableNames(name: unknown): TableNames {
     ledger: beside('ledger'),
     holds: beside('holds'),
     accounts: beside('accounts'),
+    events: beside('events'),
+    eventFn: beside('key_event'),
+    ceilingEventFn: beside('ceiling_event'),
     spendFn: beside('spend'),
     settleFn: beside('settle'),
     spendManyFn: beside('spend_many'),

@@ -39,5 +39,14 @@ export function indexes(t: TableNames): IndexSpec[] {
     { table: t.table, name: `${i}_ancestors_idx`, definition: 'USING gin (ancestor_ids)' },
     { table: t.holds, name: `${i}_holds_path_idx`, definition: `USING gin (path) ${held}` },
     { table: t.holds, name: `${i}_holds_account_idx`, definition: `USING btree (account_id, expires_at) ${held}` },
+    // Rotation: a previous secret is looked up only while it may still work.
+    {
+      table: t.table,
+      name: `${i}_previous_hash_idx`,
+      definition: 'USING btree (previous_key_hash) WHERE (previous_key_hash IS NOT NULL)',
+    },
+    // The event log, read newest first by key or by account.
+    { table: t.events, name: `${i}_events_key_idx`, definition: 'USING btree (key_id, id)' },
+    { table: t.events, name: `${i}_events_account_idx`, definition: 'USING btree (account_id, id)' },
   ];
 }

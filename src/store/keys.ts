@@ -1,4 +1,5 @@
 import type { Micros } from '../money.js';
+import { type Actor, actAs } from './actor.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
 
@@ -41,6 +42,8 @@ export interface KeyRow {
   /** When an ancestor's or the account's period ends (and what they leave grows again). */
   path_reset_at: Date | null;
   status: KeyStatus;
+  /** Found by the secret it had before a rotation: that secret works until then (absent for the current secret). */
+  secret_valid_until?: Date;
 }
 
 export interface NewKey {
@@ -141,8 +144,7 @@ export class KeyStore {
     return `${this.t.nextReset}(${k}.budget_period, COALESCE(${k}.budget_anchor_at, ${k}.created_at), ${at})`;
   }
 
-  private where(ref: KeyRef): [string, string | number] {
-    if ('hash' in ref) return ['key_hash = $1', ref.hash];
+  private where(ref: { subject: string } | { id: number }): [string, string | number] {
     if ('subject' in ref) return ['external_subject = $1', ref.subject];
     return ['id = $1', ref.id];
   }
@@ -152,7 +154,14 @@ export class KeyStore {
    * default (the package's `name TEXT NOT NULL DEFAULT 'default'`, or any column of the
    * user's own). The package's budget columns are written as whole cents beside the exact ones.
    */
-  async insert(k: NewKey, db: Db = this.db): Promise<InsertedKey> {
+  async insert(k: NewKey, actor: Actor): Promise<InsertedKey> {
+    return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
+      return this.insertRow(tx, k);
+    });
+  }
+
+  private async insertRow(db: Db, k: NewKey): Promise<InsertedKey> {
     const columns: string[] = [];
     const values: string[] = [];
     const params: unknown[] = [];
@@ -200,12 +209,13 @@ export class KeyStore {
    * `update()` that narrows the parent waits for it, or it for the update, so the child
    * is checked against the parent's limits as they end up. Null when the parent is gone.
    */
-  async insertChild(parentId: number, fit: (parent: KeyRow) => NewKey): Promise<InsertedKey | null> {
+  async insertChild(parentId: number, fit: (parent: KeyRow) => NewKey, actor: Actor): Promise<InsertedKey | null> {
     return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
       await tx.query(`SELECT id FROM ${this.t.table} WHERE id = $1 FOR SHARE`, [parentId]);
       const rows = await tx.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.id = $1`, [parentId]);
       const parent = rows[0];
-      return parent ? this.insert(fit(parent), tx) : null;
+      return parent ? this.insertRow(tx, fit(parent)) : null;
     });
   }
 
@@ -227,22 +237,28 @@ export class KeyStore {
     return rows.map((r) => Number(r.id));
   }
 
-  /** Many keys by lookup hash in one query, in the order asked (null where none matches). */
+  /**
+   * Many keys by lookup hash in one query, in the order asked (null where none matches): by
+   * a key's current secret, or by the one it had before a rotation while that still works.
+   */
   async findByHashes(hashes: readonly string[]): Promise<(KeyRow | null)[]> {
-    const rows = await this.db.query<KeyRow & { key_hash: string }>(
-      `SELECT ${this.columns}, k.key_hash FROM ${this.from} WHERE k.key_hash = ANY($1::text[])`,
+    const rows = await this.db.query<KeyRow & { key_hash: string; previous_key_hash: string | null; previous_key_valid_until: Date | null }>(
+      `SELECT ${this.columns}, k.key_hash, k.previous_key_hash, k.previous_key_valid_until FROM ${this.from}
+       WHERE k.key_hash = ANY($1::text[]) OR (k.previous_key_hash = ANY($1::text[]) AND k.previous_key_valid_until > now())`,
       [hashes],
     );
-    const byHash = new Map(rows.map((r) => [r.key_hash, r]));
-    return hashes.map((h) => {
-      const row = byHash.get(h);
-      if (!row) return null;
-      const { key_hash: _, ...rest } = row;
-      return rest;
-    });
+    const byHash = new Map<string, KeyRow>();
+    for (const { key_hash, previous_key_hash, previous_key_valid_until, ...row } of rows) {
+      byHash.set(key_hash, row);
+      if (previous_key_hash !== null && previous_key_valid_until !== null && !byHash.has(previous_key_hash)) {
+        byHash.set(previous_key_hash, { ...row, secret_valid_until: new Date(previous_key_valid_until) });
+      }
+    }
+    return hashes.map((h) => byHash.get(h) ?? null);
   }
 
   async find(ref: KeyRef): Promise<KeyRow | null> {
+    if ('hash' in ref) return (await this.findByHashes([ref.hash]))[0] ?? null;
     const [cond, value] = this.where(ref);
     const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.${cond}`, [value]);
     return rows[0] ?? null;
@@ -262,8 +278,15 @@ export class KeyStore {
    * Revokes a key and its whole subtree in one statement, locking the rows in id order
    * (the order spending locks them in), so a revocation never deadlocks with a charge.
    */
-  async revoke(id: number, accountId: string | null): Promise<boolean> {
-    const rows = await this.db.query(
+  async revoke(id: number, accountId: string | null, actor: Actor): Promise<boolean> {
+    return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
+      return this.revokeIn(tx, id, accountId);
+    });
+  }
+
+  private async revokeIn(tx: Db, id: number, accountId: string | null): Promise<boolean> {
+    const rows = await tx.query(
       `UPDATE ${this.t.table} SET revoked_at = now()
        WHERE id IN (SELECT k.id FROM ${this.t.table} k, ${lockBound('$2')}
                     WHERE (k.id = $1 OR k.ancestor_ids @> ARRAY[$1::bigint]) AND k.revoked_at IS NULL
@@ -292,8 +315,10 @@ export class KeyStore {
     id: number,
     accountId: string | null,
     decide: (key: KeyRow, parent: KeyRow | null, descendants: KeyRow[]) => KeyWrite[],
+    actor: Actor,
   ): Promise<number[] | null> {
     return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
       const found = await tx.query<{ ancestor_ids: number[] }>(
         `SELECT ancestor_ids FROM ${this.t.table} WHERE id = $1 ${accountId === null ? '' : 'AND account_id = $2'}`,
         accountId === null ? [id] : [id, accountId],
@@ -315,6 +340,43 @@ export class KeyStore {
       const writes = decide(key, parent, descendants);
       for (const w of writes) await this.write(tx, w);
       return writes.map((w) => w.id);
+    });
+  }
+
+  /**
+   * `rotate()`: gives key `id` the secret whose hash is `hash`, in one transaction with the
+   * key locked (its spend, ledger, children and subject bindings stay as they are). The
+   * secret it had stays valid for `graceMs` (0: not at all), replacing any older one: at
+   * most one previous secret is ever alive. `check` sees the key first and throws to
+   * change nothing. Returns until when the previous secret works, or null when no key has
+   * `id` (in `accountId`).
+   */
+  async rotate(
+    id: number,
+    accountId: string | null,
+    secret: { hash: string; visiblePrefix: string; graceMs: number },
+    check: (key: KeyRow) => void,
+    actor: Actor,
+  ): Promise<{ previousValidUntil: Date | null } | null> {
+    return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
+      const locked = await tx.query(
+        `SELECT id FROM ${this.t.table} WHERE id = $1 ${accountId === null ? '' : 'AND account_id = $2'} FOR UPDATE`,
+        accountId === null ? [id] : [id, accountId],
+      );
+      if (locked.length === 0) return null;
+      const rows = await tx.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.id = $1`, [id]);
+      check(rows[0] as KeyRow);
+      const written = await tx.query<{ previous_key_valid_until: Date | null }>(
+        `UPDATE ${this.t.table} SET
+           previous_key_hash = CASE WHEN $4::bigint > 0 THEN key_hash END,
+           previous_key_valid_until = CASE WHEN $4::bigint > 0 THEN clock_timestamp() + $4::bigint * interval '1 millisecond' END,
+           key_hash = $2, key_prefix = $3
+         WHERE id = $1 RETURNING previous_key_valid_until`,
+        [id, secret.hash, secret.visiblePrefix, secret.graceMs],
+      );
+      const until = written[0]?.previous_key_valid_until ?? null;
+      return { previousValidUntil: until === null ? null : new Date(until) };
     });
   }
 

@@ -23,6 +23,7 @@ import { runFile } from './sql/render.js';
 import ledgerSql from './sql/migrations/002_ledger.sql';
 import treesSql from './sql/migrations/003_trees.sql';
 import ledgerBrinSql from './sql/migrations/004_ledger_brin.sql';
+import rotationEventsSql from './sql/migrations/007_rotation_events.sql';
 
 /*
  * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
@@ -43,7 +44,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 6;
+export const LATEST_VERSION = 7;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -86,6 +87,12 @@ const MIGRATIONS: Migration[] = [
     present: (s) =>
       hasColumns(s.keys, ['overage_micros']) && hasColumns(s.holds, ['overage_micros']) && s.ledger !== null && ledgerKindsCurrent(s.ledger.checks),
     up: (tx, t) => createOverage(tx, t),
+  },
+  {
+    version: 7,
+    name: "rotation (a key's previous secret, valid through a grace period) and the key event log",
+    present: (s) => hasColumns(s.keys, ['previous_key_hash', 'previous_key_valid_until']) && s.events !== null,
+    up: (tx, t) => runFile(tx, t, rotationEventsSql),
   },
 ];
 

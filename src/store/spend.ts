@@ -1,6 +1,7 @@
 // One file (about 410 lines): every statement spending sends and every report read from the
 // ledger, beside the shapes they return, so the money path's SQL can be read in one place.
 import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
+import { type Actor, actAs } from './actor.js';
 import { type Db, lockWaitMs } from './db.js';
 import type { TableNames } from './identifiers.js';
 import type { KeyRef } from './keys.js';
@@ -122,7 +123,15 @@ export class SpendStore {
    * back with the outcome 'busy', untouched (nothing of them read for a decision or
    * written), for the caller to send again.
    */
-  async spendMany(items: readonly BatchItem[], waitMs: number = lockWaitMs(this.db.timeoutMs)): Promise<SpendOutcome[]> {
+  /** An operator's adjustment of a key's spend: a batch of one, in a transaction that names who made it (its event). */
+  async adjust(ref: KeyRef, r: SpendRequest, actor: Actor): Promise<SpendOutcome> {
+    return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
+      return one(await this.spendMany([{ ref, request: r }], lockWaitMs(this.db.timeoutMs), tx));
+    });
+  }
+
+  async spendMany(items: readonly BatchItem[], waitMs: number = lockWaitMs(this.db.timeoutMs), db: Db = this.db): Promise<SpendOutcome[]> {
     // Each distinct key (or hold) is looked up once however many items name it.
     const refs = new Map<string, number>();
     const hashes: (string | null)[] = [];
@@ -143,7 +152,7 @@ export class SpendStore {
     });
     const field = <K extends keyof SpendRequest>(i: BatchItem, k: K): SpendRequest[K] | null =>
       k in i.request ? (i.request as SpendRequest)[k] : null;
-    const rows = await this.db.query<BatchRow>(
+    const rows = await db.query<BatchRow>(
       `SELECT * FROM ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
          $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[], $12::int)`,
       [

@@ -32,7 +32,7 @@ forEachDatabase((getDb) => {
       await db.query(`DROP TABLE ${table}`);
       await db.query(packageTableSql(table));
       // The version records say everything was applied; the table says otherwise.
-      expect(await ak.migrate()).toEqual([1, 3, 6]);
+      expect(await ak.migrate()).toEqual([1, 3, 6, 7]);
 
       const fresh = await ak.create({ accountId: 'acct_1', budgetCents: 100, name: 'new' });
       expect(fresh.id).toBe(1);
@@ -49,6 +49,8 @@ forEachDatabase((getDb) => {
       );
       expect(kept.map((r) => [r.source, Number(r.n)])).toEqual([
         ['accounts', 1],
+        // The key made and the ceiling set.
+        ['events', 2],
         ['holds', 1],
         ['ledger', 2],
       ]);
@@ -150,7 +152,7 @@ forEachDatabase((getDb) => {
       await ak.trackUsage(k.key, { costCents: 12.0001 });
       // What the earlier migrate() left: the package's columns widened, exact values in them, versions 1-4
       // recorded, and its change trigger, which watched budget_cents.
-      for (const trigger of ['agentkey_sync', 'agentkey_sync_insert', 'agentkey_changed']) await db.query(`DROP TRIGGER ${trigger} ON ${table}`);
+      for (const trigger of ['agentkey_sync', 'agentkey_sync_insert', 'agentkey_changed', 'agentkey_key_event']) await db.query(`DROP TRIGGER ${trigger} ON ${table}`);
       await db.query(`ALTER TABLE ${table} ALTER COLUMN budget_cents TYPE NUMERIC(20,4), ALTER COLUMN budget_used_cents TYPE NUMERIC(20,4)`);
       await db.query(`UPDATE ${table} SET budget_cents = budget_micros / 10000.0, budget_used_cents = spent_micros / 10000.0`);
       await db.query(`CREATE TRIGGER agentkey_changed AFTER UPDATE OF budget_cents, revoked_at ON ${table} FOR EACH ROW

@@ -45,7 +45,7 @@ DECLARE
   -- Per distinct key: its path as text ('ancestor,...,key'), for the caller's cache.
   v_refpaths TEXT[] := '{}';
   -- Whether any counter may have moved (a charge, commit or adjustment), and any key was used.
-  v_moved BOOLEAN := false; v_touched BOOLEAN := false;
+  v_moved BOOLEAN := false; v_touched BOOLEAN := false; v_adjusted BOOLEAN := false;
   -- Per distinct key, worked out once: where its node and account sit in the arrays below,
   -- and 'invalid', 'revoked' or 'expired' when no item of it can spend; per path entry, its node.
   k_pos INT[]; k_cpos INT[]; k_state TEXT[]; v_pos INT[];
@@ -88,6 +88,9 @@ BEGIN
       UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE external_subject = u.s
       UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE id = u.kid
       UNION ALL SELECT key_id, account_id, path FROM {{holds}} WHERE id = u.hid
+      -- A rotated key's previous secret, while its grace period lasts (read only when nothing above matched).
+      UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}}
+        WHERE previous_key_hash = u.h AND previous_key_valid_until > clock_timestamp()
       LIMIT 1) k ON true;
   FOR x IN 1..cardinality(k_id) LOOP
     k_from[x] := cardinality(v_paths) + 1;
@@ -439,6 +442,7 @@ BEGIN
       FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + p_micros[i]; END LOOP;
       IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + p_micros[i]; END IF;
       v_moved := true;
+      IF p_op[i] = 'adjust' THEN v_adjusted := true; END IF;
     END IF;
     -- Using a key is a charge or a hold on it; an adjustment is not.
     IF p_op[i] <> 'adjust' THEN
@@ -494,6 +498,15 @@ BEGIN
       CROSS JOIN LATERAL (VALUES (1, p_op[w.o], l_amount[w.o]), (2, 'overage', o_overage[w.o])) AS e(sub, kind, amount)
       WHERE e.sub = 1 OR (p_op[w.o] = 'commit' AND e.amount > 0)
       ORDER BY w.pos, e.sub;
+  END IF;
+  -- An adjustment is an operator's act: the event log has it too, with who made it.
+  IF v_adjusted THEN
+    INSERT INTO {{events}} (key_id, account_id, kind, actor, actor_key_id, changes)
+      SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], 'adjusted', a.actor, a.actor_key_id,
+             jsonb_build_object('amount_micros', jsonb_build_object('after', p_micros[w.o]::text))
+               || CASE WHEN p_meta[w.o] ? 'reason' THEN jsonb_build_object('reason', jsonb_build_object('after', p_meta[w.o] -> 'reason')) ELSE '{}' END
+      FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos) CROSS JOIN {{schema}}agentkey_event_actor() a
+      WHERE p_op[w.o] = 'adjust' ORDER BY w.pos;
   END IF;
   -- One row of arrays, one entry per item: cheaper than a row per item. Then, per key named
   -- (by p_ref), its path and account, so a cache can move what the budgets above it leave.
