@@ -105,6 +105,44 @@ export const UpdateKeyBody = z
   .strict()
   .openapi('UpdateKey');
 
+export const RotateKeyBody = z
+  .object({
+    gracePeriod: z
+      .union([z.string().max(32), z.literal(0)])
+      .optional()
+      .openapi({ description: "How long the previous secret keeps working: '30s', '15m', '1h', up to '7d'; 0 or omitted for not at all.", example: '1h' }),
+  })
+  .strict()
+  .openapi('RotateKey');
+
+export const RotatedKey = z
+  .object({
+    key: z.string().openapi({ description: 'The new raw key: shown once, never stored.' }),
+    id: z.number().int(),
+    prefix: z.string().openapi({ description: "The new secret's first characters." }),
+    previousKeyValidUntil: z.string().nullable().openapi({ description: 'Until when the previous secret works (ISO), or null when it stopped at once.' }),
+  })
+  .openapi('RotatedKey');
+
+export const KeyEvent = z
+  .object({
+    id: z.number().int(),
+    keyId: z.number().int().nullable().openapi({ description: "null for an account's ceiling ('budget_set')." }),
+    accountId: z.string(),
+    kind: z.enum(['created', 'updated', 'rotated', 'revoked', 'budget_set', 'adjusted']),
+    actor: z.enum(['library', 'admin', 'cli', 'key', 'sql']).openapi({
+      description: "Who made the change: the library, the admin key, the CLI, a key through self-serve (actorKeyId), or 'sql' (an edit of the table).",
+    }),
+    actorKeyId: z.number().int().nullable(),
+    changes: z
+      .record(z.string(), z.object({ before: z.unknown().optional(), after: z.unknown().optional() }))
+      .openapi({ description: 'Each field that changed, in the names of a key, with its value before and after.' }),
+    at: z.string(),
+  })
+  .openapi('KeyEvent');
+
+export const EventList = z.object({ events: z.array(KeyEvent) }).openapi('EventList');
+
 export const CreatedKey = KeyInfo.extend({
   key: z.string().openapi({ description: 'The raw key: shown once, never stored.' }),
 }).openapi('CreatedKey');
@@ -292,6 +330,12 @@ export const AccountListQuery = z.object({ limit: limitParam(10_000) }).strict()
 export const LedgerQuery = z
   .object({ keyId: keyId.optional(), accountId: accountId.optional(), before: keyId.optional(), limit: limitParam(1_000) })
   .strict();
+
+export const EventQuery = z
+  .object({ keyId: keyId.optional(), accountId: accountId.optional(), before: keyId.optional(), limit: limitParam(1_000) })
+  .strict();
+
+export const KeyEventQuery = z.object({ before: keyId.optional(), limit: limitParam(1_000) }).strict();
 
 export const LedgerList = z
   .object({

@@ -65,6 +65,8 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   try {
     ak = new AgentKey({
       pool: storage.pool,
+      // Changes made through the service are the admin's (self-serve ones, the acting key's).
+      actor: 'admin',
       ...(options.tableName ? { tableName: options.tableName } : {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: options.timeoutMs } : {}),
     });

@@ -39,6 +39,9 @@ describe('GET /openapi.json', () => {
       '/v1/keys': ['get', 'post'],
       '/v1/keys/{id}': ['get', 'patch'],
       '/v1/keys/{id}/revoke': ['post'],
+      '/v1/keys/{id}/rotate': ['post'],
+      '/v1/keys/{id}/events': ['get'],
+      '/v1/events': ['get'],
       '/v1/accounts': ['get'],
       '/v1/accounts/{id}/budget': ['delete', 'get', 'put'],
       '/v1/usage': ['get'],
@@ -81,7 +84,7 @@ describe('GET /openapi.json', () => {
     expect(d.components.securitySchemes.adminKey).toMatchObject({ type: 'http', scheme: 'bearer' });
     for (const [path, ops] of Object.entries(d.paths)) {
       for (const [method, op] of Object.entries(ops)) {
-        const adminRoute = path.startsWith('/v1/keys') || path.startsWith('/v1/accounts') || path === '/v1/usage' || path === '/v1/ledger';
+        const adminRoute = path.startsWith('/v1/keys') || path.startsWith('/v1/accounts') || path === '/v1/usage' || path === '/v1/ledger' || path === '/v1/events';
         expect(op.security, `${method} ${path}`).toEqual(adminRoute ? [{ adminKey: [] }] : undefined);
         for (const [status, response] of Object.entries(op.responses)) {
           if (Number(status) >= 400) expect(response.content?.['application/json']?.schema.$ref, `${method} ${path} ${status}`).toBe('#/components/schemas/Error');
@@ -103,7 +106,7 @@ describe('GET /openapi.json', () => {
         if (op.requestBody) expect(statuses, what).toEqual(expect.arrayContaining(['400', '413', '415']));
       }
     }
-    expect(ids).toHaveLength(18);
+    expect(ids).toHaveLength(21);
     for (const id of ids) expect(id).toMatch(/^[a-z][A-Za-z]+$/);
     expect(new Set(ids).size).toBe(ids.length);
   });
@@ -238,8 +241,26 @@ forEachDatabase((getDb) => {
     await expectAnswer(404, 'POST', '/v1/keys/424242/revoke', admin());
     await expectAnswer(413, 'POST', `/v1/keys/${parent.id}/revoke`, admin(huge));
     await expectAnswer(415, 'POST', `/v1/keys/${parent.id}/revoke`, { bearer: ADMIN, ...form });
+    // Rotation and the event log (before the revoke below: a revoked key is not rotated).
+    await expectAnswer(200, 'POST', `/v1/keys/${loner.id}/rotate`, admin({ gracePeriod: '1h' }));
+    await expectAnswer(200, 'POST', `/v1/keys/${loner.id}/rotate`, admin());
+    await expectAnswer(200, 'POST', `/v1/keys/${loner.id}/rotate`, { bearer: ADMIN });
+    await expectAnswer(400, 'POST', `/v1/keys/${loner.id}/rotate`, admin({ gracePeriod: '8d' }));
+    await expectAnswer(400, 'POST', `/v1/keys/${loner.id}/rotate`, admin({ grace: '1h' }));
+    await expectAnswer(401, 'POST', `/v1/keys/${loner.id}/rotate`, { json: {} });
+    await expectAnswer(404, 'POST', '/v1/keys/424242/rotate', admin());
+    await expectAnswer(413, 'POST', `/v1/keys/${loner.id}/rotate`, admin(huge));
+    await expectAnswer(415, 'POST', `/v1/keys/${loner.id}/rotate`, { bearer: ADMIN, ...form });
+    await expectAnswer(200, 'GET', `/v1/keys/${loner.id}/events?limit=2`, admin());
+    await expectAnswer(400, 'GET', `/v1/keys/${loner.id}/events?limit=x`, admin());
+    await expectAnswer(401, 'GET', `/v1/keys/${loner.id}/events`);
+    await expectAnswer(404, 'GET', '/v1/keys/424242/events', admin());
+    await expectAnswer(200, 'GET', '/v1/events?accountId=acct_c&limit=5', admin());
+    await expectAnswer(400, 'GET', '/v1/events?kind=created', admin());
+    await expectAnswer(401, 'GET', '/v1/events');
     await expectAnswer(200, 'POST', `/v1/keys/${parent.id}/revoke`, admin());
     await expectAnswer(200, 'POST', `/v1/keys/${parent.id}/revoke`, admin());
+    await expectAnswer(409, 'POST', `/v1/keys/${parent.id}/rotate`, admin());
     await expectAnswer(200, 'POST', '/v1/verify', { json: { key: child.key } });
     await expectAnswer(401, 'POST', '/v1/charge', { json: { key: child.key, costCents: 1 } });
 
@@ -254,6 +275,7 @@ forEachDatabase((getDb) => {
       ['DELETE', '/v1/keys'], ['PUT', `/v1/keys/${parent.id}`], ['GET', `/v1/keys/${parent.id}/revoke`], ['POST', '/v1/accounts/acct_c/budget'],
       ['POST', '/v1/accounts'], ['POST', '/v1/usage'], ['DELETE', '/v1/ledger'], ['GET', '/v1/verify'], ['GET', '/v1/charge'], ['GET', '/v1/reservations'],
       ['GET', commit], ['DELETE', release], ['POST', '/healthz'], ['PUT', '/metrics'],
+      ['GET', `/v1/keys/${parent.id}/rotate`], ['POST', `/v1/keys/${parent.id}/events`], ['DELETE', '/v1/events'],
     ] as const) {
       await expectAnswer(405, method, path, method === 'GET' || method === 'DELETE' ? { bearer: ADMIN } : admin({}));
     }

@@ -89,6 +89,62 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
 
   app.openapi(
     adminRoute({
+      method: 'post', path: '/v1/keys/{id}/rotate', operationId: 'rotateKey',
+      summary: 'Give a key a new secret (returned once); the previous one works for the grace period, then is refused.',
+      request: { params: S.KeyIdParam, body: { required: false, content: { 'application/json': { schema: S.RotateKeyBody } } } },
+      responses: {
+        200: { description: 'The new secret', content: { 'application/json': { schema: S.RotatedKey } } },
+        ...bodyErrors(401, 404, 409),
+      },
+    }),
+    async (c) => {
+      const { gracePeriod } = c.req.valid('json') ?? {};
+      return c.json(await ak.rotate(c.req.valid('param').id, gracePeriod === undefined ? {} : { gracePeriod }), 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/keys/{id}/events', operationId: 'listKeyEvents',
+      summary: "A key's history, newest first: made, updated, rotated, revoked, adjusted, and who did it (page with before=<last id>).",
+      request: { params: S.KeyIdParam, query: S.KeyEventQuery },
+      responses: { 200: { description: 'The events', content: { 'application/json': { schema: S.EventList } } }, ...storeErrors(400, 401, 404) },
+    }),
+    async (c) => {
+      const { id } = c.req.valid('param');
+      const q = c.req.valid('query');
+      const events = await ak.keyEvents({
+        keyId: id,
+        ...(q.before !== undefined ? { before: q.before } : {}),
+        ...(q.limit !== undefined ? { limit: Number(q.limit) } : {}),
+      });
+      // A key deleted in SQL keeps its history; an id that never had one is unknown.
+      if (events.length === 0 && q.before === undefined) await findKey(ak, id);
+      return c.json({ events }, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/events', operationId: 'listEvents',
+      summary: "The event log, newest first: every key's and ceiling's changes and who made them (page with before=<last id>).",
+      request: { query: S.EventQuery },
+      responses: { 200: { description: 'The events', content: { 'application/json': { schema: S.EventList } } }, ...storeErrors(400, 401) },
+    }),
+    async (c) => {
+      const q = c.req.valid('query');
+      const events = await ak.keyEvents({
+        ...(q.keyId !== undefined ? { keyId: q.keyId } : {}),
+        ...(q.accountId !== undefined ? { accountId: q.accountId } : {}),
+        ...(q.before !== undefined ? { before: q.before } : {}),
+        ...(q.limit !== undefined ? { limit: Number(q.limit) } : {}),
+      });
+      return c.json({ events }, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
       method: 'put', path: '/v1/accounts/{id}/budget', operationId: 'setAccountBudget', summary: "Set an account's ceiling.",
       request: { params: S.AccountIdParam, body: { required: true, content: { 'application/json': { schema: S.AccountBudgetBody } } } },
       responses: { 200: { description: 'The ceiling', content: { 'application/json': { schema: S.AccountBudget } } }, ...bodyErrors(401) },
