@@ -4,7 +4,7 @@
 import { AgentKeyError } from './errors.js';
 import { hashKey, lookupHash, mintKey } from './keys.js';
 import { type CentsInput, budgetToMicros, microsToCentsNumber } from './money.js';
-import { accountIdText, checkOptions, keyIdNumber, limitOption, optionalText, subjectText } from './options.js';
+import { accountIdText, checkOptions, keyIdNumber, limitOption, metadataJson, optionalText, subjectText } from './options.js';
 import { parseScopes } from './scopes.js';
 import type { AccountStore } from './store/accounts.js';
 import type { Actor } from './store/actor.js';
@@ -30,10 +30,10 @@ import type { Validation } from './validation.js';
 import { iso, toAccountBudget, toKeyEvent, toKeyInfo } from './views.js';
 
 const CREATE_OPTIONS = [
-  'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId', 'parentId',
+  'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId', 'parentId', 'metadata',
 ] as const;
 const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt' && o !== 'parentId');
-const UPDATE_FIELDS = ['budgetCents', 'budgetPeriod', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy'] as const;
+const UPDATE_FIELDS = ['budgetCents', 'budgetPeriod', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy', 'metadata'] as const;
 /** The longest a rotated key's previous secret may keep working. */
 const MAX_GRACE_MS = 7 * 86_400_000;
 
@@ -163,6 +163,7 @@ export class KeyLifecycle {
       ...(given('budgetPeriod') ? { budgetPeriod: parsePeriod(c.budgetPeriod) } : {}),
       ...(given('name') ? { name: optionalText(c.name, 'name') } : {}),
       ...(given('delegatedBy') ? { delegatedBy: optionalText(c.delegatedBy, 'delegatedBy') } : {}),
+      ...(given('metadata') ? { metadata: metadataJson(c.metadata) } : {}),
     };
     const written = await this.store
       .update(id, account, (key, parent, descendants) => {
@@ -273,7 +274,7 @@ export class KeyLifecycle {
     return cleared;
   }
 
-  private keyFields(o: SubjectOptions & { expiresAt?: Date | string | null }, accountId: string) {
+  private keyFields(o: SubjectOptions & { expiresAt?: Date | string | null; metadata?: unknown }, accountId: string) {
     if (o.expiresIn != null && o.expiresAt != null) {
       throw new AgentKeyError('invalid_argument', 'Give expiresIn or expiresAt, not both.');
     }
@@ -292,6 +293,7 @@ export class KeyLifecycle {
       expiresAt: expiresAt ?? at,
       delegatedBy: optionalText(o.delegatedBy, 'delegatedBy'),
       userId: optionalText(o.userId, 'userId'),
+      metadata: metadataJson(o.metadata),
     };
   }
 

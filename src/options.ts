@@ -180,3 +180,28 @@ function batchingOptions(value: unknown): Required<BatchingOptions> | null {
   }
   return { maxBatch, lanes };
 }
+
+/** Most bytes of JSON a metadata object (of a ledger row or a key) may take. */
+const MAX_METADATA_BYTES = 8_192;
+
+/** A metadata option: a JSON object as its text (null when not given), or a clear error. */
+export function metadataJson(value: unknown): string | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw new AgentKeyError('invalid_argument', `metadata must be a JSON object; got ${describe(value)}.`);
+  }
+  let json: string;
+  try {
+    json = JSON.stringify(value);
+  } catch {
+    throw new AgentKeyError('invalid_argument', 'metadata must be serialisable as JSON.');
+  }
+  // JSON escapes NUL as \u0000, which PostgreSQL's jsonb refuses.
+  if (json.includes('\\u0000')) {
+    throw new AgentKeyError('invalid_argument', 'metadata must not contain a NUL character (PostgreSQL cannot store one).');
+  }
+  if (Buffer.byteLength(json) > MAX_METADATA_BYTES) {
+    throw new AgentKeyError('invalid_argument', `metadata must be at most ${MAX_METADATA_BYTES} bytes of JSON.`);
+  }
+  return json;
+}

@@ -6,7 +6,7 @@ import type { KeyCache } from './cache.js';
 import { AgentKeyError } from './errors.js';
 import { randomId } from './keys.js';
 import { type CentsInput, centsToMicros, describe, isValidCents, microsToCentsNumber } from './money.js';
-import { checkOptions, optionalText } from './options.js';
+import { checkOptions, metadataJson, optionalText } from './options.js';
 import type { Actor } from './store/actor.js';
 import { storageFault } from './store/errors.js';
 import type { KeyRef } from './store/keys.js';
@@ -233,7 +233,6 @@ export class Spending {
 const CHARGE_OPTIONS = ['costCents', 'idempotencyKey', 'metadata'] as const;
 const RESERVE_OPTIONS = [...CHARGE_OPTIONS, 'ttl'] as const;
 const MAX_TTL_MS = 24 * 3_600_000;
-const MAX_METADATA_BYTES = 8_192;
 
 /** The cost in micros, or null for a negative, non-finite, non-numeric or missing cost. */
 function costMicros(value: unknown): number | null {
@@ -259,26 +258,6 @@ function spendInput(options: unknown, allowed: readonly string[], what: string):
   };
 }
 
-function metadataJson(value: unknown): string | null {
-  if (value === undefined || value === null) return null;
-  if (typeof value !== 'object' || Array.isArray(value)) {
-    throw new AgentKeyError('invalid_argument', `metadata must be a JSON object; got ${describe(value)}.`);
-  }
-  let json: string;
-  try {
-    json = JSON.stringify(value);
-  } catch {
-    throw new AgentKeyError('invalid_argument', 'metadata must be serialisable as JSON.');
-  }
-  // JSON escapes NUL as \u0000, which PostgreSQL's jsonb refuses.
-  if (json.includes('\\u0000')) {
-    throw new AgentKeyError('invalid_argument', 'metadata must not contain a NUL character (PostgreSQL cannot store one).');
-  }
-  if (Buffer.byteLength(json) > MAX_METADATA_BYTES) {
-    throw new AgentKeyError('invalid_argument', `metadata must be at most ${MAX_METADATA_BYTES} bytes of JSON.`);
-  }
-  return json;
-}
 
 /** Checks an adjustment: a signed cost (refunds negative) and a reason. */
 function adjustInput(options: unknown): { micros: number; metadata: string } {

@@ -83,6 +83,8 @@ export interface CreateKeyOptions {
   userId?: string | null;
   /** Makes the key a child of this key: same account, never wider, and its spend counts against the parent. */
   parentId?: number | string | null;
+  /** A JSON object of yours kept with the key (at most 8 KB), shown by `getKey()` and `listKeys()`. */
+  metadata?: Record<string, unknown> | null;
 }
 
 /**
@@ -102,6 +104,8 @@ export interface KeyChanges {
   expiresAt?: Date | string | null;
   name?: string | null;
   delegatedBy?: string | null;
+  /** Replaces the key's metadata (a JSON object); null removes it. */
+  metadata?: Record<string, unknown> | null;
 }
 
 export interface UpdateOptions {
@@ -156,7 +160,7 @@ export interface KeyEvent {
   /**
    * Each field that changed, with its value before and after (a new key: after only), in
    * the names of `KeyInfo`: name, scopes, budgetCents, budgetPeriod, expiresAt,
-   * delegatedBy, userId, accountId, revokedAt, parentId; 'rotated' has
+   * delegatedBy, userId, accountId, revokedAt, parentId, metadata; 'rotated' has
    * previousKeyValidUntil; 'adjusted' has costCents and reason.
    */
   changes: Record<string, { before?: unknown; after?: unknown }>;
@@ -216,6 +220,8 @@ export interface KeyInfo {
   lastUsedAt: string | null;
   delegatedBy: string | null;
   externalSubject: string | null;
+  /** The key's own metadata, as given to `create()` or `update()`, or null. */
+  metadata: Record<string, unknown> | null;
 }
 
 /** An account's ceiling and where it stands in the current period. */

@@ -45,6 +45,7 @@ export function toKeyInfo(row: KeyRow): KeyInfo {
     lastUsedAt: iso(row.last_used_at),
     delegatedBy: row.delegated_by,
     externalSubject: row.external_subject,
+    metadata: row.metadata ?? null,
   };
 }
 
@@ -74,6 +75,7 @@ const EVENT_FIELDS: Record<string, string> = {
   revoked_at: 'revokedAt',
   parent_id: 'parentId',
   previous_key_valid_until: 'previousKeyValidUntil',
+  key_metadata: 'metadata',
   amount_micros: 'costCents',
   reason: 'reason',
 };

@@ -563,3 +563,36 @@ forEachDatabase(
   },
   ['postgres'],
 );
+
+forEachDatabase((getDb) => {
+  describe("a key's metadata", () => {
+    it('happy: create() keeps it, update() replaces it (null removes it), getKey and listKeys show it, the event log has before and after', async () => {
+      const ak = await getDb().agentKey();
+      const account = newAccount();
+      const k = await ak.create({ accountId: account, metadata: { team: 'search', tier: 2 } });
+      expect((await ak.getKey(k.id))!.metadata).toEqual({ team: 'search', tier: 2 });
+      const bare = await ak.create({ accountId: account });
+      expect((await ak.getKey(bare.id))!.metadata).toBeNull();
+
+      const changed = await ak.update(k.id, { metadata: { team: 'ads' } });
+      expect(changed.metadata).toEqual({ team: 'ads' });
+      expect((await ak.listKeys({ accountId: account })).find((x) => x.id === k.id)!.metadata).toEqual({ team: 'ads' });
+      expect((await ak.update(k.id, { metadata: null })).metadata).toBeNull();
+
+      const [removed, replaced] = await ak.keyEvents({ keyId: k.id, limit: 2 });
+      expect(removed!.changes).toEqual({ metadata: { before: { team: 'ads' }, after: null } });
+      expect(replaced!.changes).toEqual({ metadata: { before: { team: 'search', tier: 2 }, after: { team: 'ads' } } });
+    });
+
+    it('unhappy: metadata that is not a JSON object, is too big or holds a NUL is refused and changes nothing', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const k = await ak.create({ accountId: newAccount(), metadata: { a: 1 } });
+      for (const bad of [[1, 2], 'text', 5, { big: 'x'.repeat(9_000) }, { nul: 'a\u0000b' }]) {
+        await refused(db, ak, () => ak.update(k.id, { metadata: bad as never }), 'invalid_argument', `update metadata ${JSON.stringify(bad).slice(0, 30)}`);
+        await rejectsWith(() => ak.create({ accountId: 'acct_x', metadata: bad as never }), 'invalid_argument', `create metadata ${JSON.stringify(bad).slice(0, 30)}`);
+      }
+      expect((await ak.getKey(k.id))!.metadata).toEqual({ a: 1 });
+    });
+  });
+});

@@ -73,6 +73,7 @@ export const KeyInfo = z
     lastUsedAt: z.string().nullable(),
     delegatedBy: z.string().nullable(),
     externalSubject: z.string().nullable(),
+    metadata: z.record(z.string(), z.unknown()).nullable().openapi({ description: "The key's own metadata, a JSON object of yours, or null." }),
   })
   .openapi('KeyInfo');
 
@@ -85,6 +86,11 @@ const keyLimits = {
   expiresAt: instant.nullable().optional(),
   delegatedBy: z.string().max(256).nullable().optional(),
   name: z.string().max(256).nullable().optional(),
+  metadata: z
+    .record(z.string(), z.unknown())
+    .nullable()
+    .optional()
+    .openapi({ description: 'A JSON object of yours kept with the key (at most 8 KB); on update it replaces the old one, null removes it.' }),
 };
 
 export const CreateKeyBody = z

@@ -25,6 +25,8 @@ export interface KeyRow {
   delegated_by: string | null;
   user_id: string | null;
   external_subject: string | null;
+  /** The key's own metadata (a JSON object), or null. */
+  metadata: Record<string, unknown> | null;
   created_at: Date | null;
   last_used_at: Date | null;
   parent_id: number | null;
@@ -58,6 +60,8 @@ export interface NewKey {
   delegatedBy: string | null;
   userId: string | null;
   subject: string | null;
+  /** A JSON object as text, or null. */
+  metadata: string | null;
   /** The parent's id and its own ancestors (root first), or null for a root key. */
   parent: { id: number; ancestorIds: number[] } | null;
 }
@@ -71,6 +75,8 @@ export interface KeyWrite {
   expiresAt?: Date | null;
   name?: string | null;
   delegatedBy?: string | null;
+  /** A JSON object as text, or null for none. */
+  metadata?: string | null;
 }
 
 /** A new key as the table holds it (defaults of the user's table included). */
@@ -108,7 +114,7 @@ export class KeyStore {
       (CASE WHEN ${due('k')} THEN 0 ELSE k.spent_micros END) AS spent_micros, k.budget_period,
       ${heldOn('k')}::bigint AS held_micros, COALESCE(k.overage_micros, 0) AS overage_micros,
       CASE WHEN ${due('k')} THEN ${this.nextReset('k', 'now()')} ELSE k.budget_reset_at END AS budget_reset_at,
-      k.expires_at, k.revoked_at, k.delegated_by, k.user_id, k.external_subject, k.created_at, k.last_used_at,
+      k.expires_at, k.revoked_at, k.delegated_by, k.user_id, k.external_subject, k.key_metadata AS metadata, k.created_at, k.last_used_at,
       k.parent_id, k.ancestor_ids, k.depth,
       anc.anc_expire_at AS ancestors_expire_at,
       COALESCE(anc.anc_limit_ids, '{}') AS limit_ids, COALESCE(anc.anc_limit_rooms, '{}')::bigint[] AS limit_rooms,
@@ -189,6 +195,7 @@ export class KeyStore {
     set('delegated_by', k.delegatedBy);
     set('user_id', k.userId);
     set('external_subject', k.subject);
+    set('key_metadata', k.metadata, '::jsonb');
     if (k.parent) {
       set('parent_id', k.parent.id, '::bigint');
       set('ancestor_ids', [...k.parent.ancestorIds, k.parent.id], '::bigint[]');
@@ -394,6 +401,7 @@ export class KeyStore {
     // No name is the table's default (the package's is 'default', NOT NULL).
     if (w.name !== undefined) sets.push(w.name === null ? 'name = DEFAULT' : `name = ${param(w.name, 'text')}`);
     if (w.delegatedBy !== undefined) sets.push(`delegated_by = ${param(w.delegatedBy, 'text')}`);
+    if (w.metadata !== undefined) sets.push(`key_metadata = ${param(w.metadata, 'jsonb')}`);
     if (sets.length > 0) await tx.query(`UPDATE ${this.t.table} SET ${sets.join(', ')} WHERE id = $1`, params);
   }
 }

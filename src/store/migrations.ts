@@ -90,8 +90,8 @@ const MIGRATIONS: Migration[] = [
   },
   {
     version: 7,
-    name: "rotation (a key's previous secret, valid through a grace period) and the key event log",
-    present: (s) => hasColumns(s.keys, ['previous_key_hash', 'previous_key_valid_until']) && s.events !== null,
+    name: "rotation (a key's previous secret, valid through a grace period), key metadata and the key event log",
+    present: (s) => hasColumns(s.keys, ['previous_key_hash', 'previous_key_valid_until', 'key_metadata']) && s.events !== null,
     up: (tx, t) => runFile(tx, t, rotationEventsSql),
   },
 ];

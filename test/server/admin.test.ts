@@ -524,6 +524,20 @@ forEachDatabase((getDb) => {
       expectError(await svc.post('/v1/charge', { key: k.key, costCents: 1 }), 429, 'budget_exceeded');
     });
 
+    it("happy: a key's metadata is set by POST /v1/keys, replaced by PATCH (null removes it); a non-object is 400 and changes nothing", async () => {
+      const { ak, svc } = await setup();
+      const created = await svc.admin('POST', '/v1/keys', { accountId: 'acct_m', metadata: { team: 'search' } });
+      expect(created.status, created.text).toBe(201);
+      expect(created.body.metadata).toEqual({ team: 'search' });
+      const id = created.body.id as number;
+      expect((await svc.admin('PATCH', `/v1/keys/${id}`, { metadata: { team: 'ads', n: 1 } })).body.metadata).toEqual({ team: 'ads', n: 1 });
+      const before = await snapshot(ak);
+      for (const metadata of [[1], 'x', 5]) expectError(await svc.admin('PATCH', `/v1/keys/${id}`, { metadata }), 400);
+      expectError(await svc.admin('PATCH', `/v1/keys/${id}`, { metadata: { big: 'x'.repeat(9_000) } }), 400, 'invalid_argument');
+      expect(await snapshot(ak)).toEqual(before);
+      expect((await svc.admin('PATCH', `/v1/keys/${id}`, { metadata: null })).body.metadata).toBeNull();
+    });
+
     it('happy: cascade narrows the descendants in the same step; without it the narrowing is 409 narrows_children and changes nothing', async () => {
       const { ak, svc } = await setup();
       const root = await ak.create({ accountId: 'acct_a', budgetCents: 100 });

@@ -9,7 +9,7 @@ DECLARE
 BEGIN
   v_new := jsonb_build_object('name', NEW.name, 'scopes', to_jsonb(NEW.scopes), 'budget_micros', NEW.budget_micros::text,
     'budget_period', NEW.budget_period, 'expires_at', NEW.expires_at, 'delegated_by', NEW.delegated_by,
-    'user_id', NEW.user_id, 'account_id', NEW.account_id::text, 'revoked_at', NEW.revoked_at);
+    'user_id', NEW.user_id, 'account_id', NEW.account_id::text, 'revoked_at', NEW.revoked_at, 'key_metadata', NEW.key_metadata);
   IF TG_OP = 'INSERT' THEN
     v_kind := 'created';
     SELECT COALESCE(jsonb_object_agg(e.key, jsonb_build_object('after', e.value)), '{}') INTO v_changes
@@ -18,7 +18,7 @@ BEGIN
   ELSE
     v_old := jsonb_build_object('name', OLD.name, 'scopes', to_jsonb(OLD.scopes), 'budget_micros', OLD.budget_micros::text,
       'budget_period', OLD.budget_period, 'expires_at', OLD.expires_at, 'delegated_by', OLD.delegated_by,
-      'user_id', OLD.user_id, 'account_id', OLD.account_id::text, 'revoked_at', OLD.revoked_at);
+      'user_id', OLD.user_id, 'account_id', OLD.account_id::text, 'revoked_at', OLD.revoked_at, 'key_metadata', OLD.key_metadata);
     SELECT COALESCE(jsonb_object_agg(e.key, jsonb_build_object('before', v_old -> e.key, 'after', e.value)), '{}') INTO v_changes
       FROM jsonb_each(v_new) e WHERE v_old -> e.key IS DISTINCT FROM e.value;
     IF OLD.key_hash IS DISTINCT FROM NEW.key_hash THEN

@@ -1,10 +1,12 @@
--- Version 7: rotation and the key event log.
+-- Version 7: rotation, key metadata and the key event log.
 -- A rotated key keeps the hash of its previous secret, valid until the end of its grace
 -- period (NULL or past: the previous secret is refused as invalid). Rotating again replaces
 -- it, so at most one old secret is ever alive.
 ALTER TABLE {{table}}
   ADD COLUMN IF NOT EXISTS previous_key_hash TEXT,
-  ADD COLUMN IF NOT EXISTS previous_key_valid_until TIMESTAMPTZ;
+  ADD COLUMN IF NOT EXISTS previous_key_valid_until TIMESTAMPTZ,
+  -- A key's own metadata (a JSON object of yours), set by create() and update().
+  ADD COLUMN IF NOT EXISTS key_metadata JSONB;
 
 -- Every change to a key or an account's ceiling, with who made it: 'library' (a process
 -- using agentkey directly), 'admin' (the service's admin key), 'cli', 'key' (a key acting on
