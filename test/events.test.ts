@@ -146,6 +146,26 @@ forEachDatabase((getDb) => {
       expect(await eventCount(db, ak)).toBe(n + 4);
     });
 
+    it('concurrency: many callers changing keys at once: each change that returned has exactly one event, in the order the changes committed', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const account = newAccount();
+      const keys = await Promise.all(Array.from({ length: 4 }, () => ak.create({ accountId: account, budgetCents: 1000 })));
+      const n = await eventCount(db, ak);
+      // 40 updates, 10 per key, all at once: each sets a budget no other call sets.
+      const calls = Array.from({ length: 40 }, (_, i) => ak.update(keys[i % 4]!.id, { budgetCents: 2000 + i }).then(() => i));
+      const done = await Promise.all(calls);
+      expect(await eventCount(db, ak)).toBe(n + done.length);
+      const events = (await eventsOf(ak, account)).slice(4);
+      for (const key of keys) {
+        const mine = events.filter((e) => e.keyId === key.id);
+        expect(mine).toHaveLength(10);
+        // Each event's before is the after of the one before it: none lost, none invented.
+        for (let j = 1; j < mine.length; j++) expect(mine[j]!.changes.budgetCents!.before).toBe(mine[j - 1]!.changes.budgetCents!.after);
+        expect(mine[mine.length - 1]!.changes.budgetCents!.after).toBe((await ak.getKey(key.id))!.budgetCents);
+      }
+    });
+
     it('unhappy: a refused change writes no event; the log refuses updates and deletes; bad queries are refused', async () => {
       const db = getDb();
       const ak = await db.agentKey();
