@@ -1,83 +1,14 @@
-// The agentkey dashboard: a small client over the admin API, no build step.
-// Everything user-supplied (names, scopes, metadata) goes in with textContent, never HTML,
-// and through visible(): SQL and metadata can hold control characters and bidi overrides.
+// The agentkey dashboard: a small client over the admin API, no build step. This file is the
+// shell (sign-in, routing, refresh), the overview and the key page's layout; ui.js holds the
+// shared helpers (h() builds elements from text, never HTML), key.js a key's edit and rotate
+// parts. All three are served by src/server/routes/dashboard.ts.
 
-const STORE = 'agentkey.adminKey';
+import { $, STORE, ago, api, dollars, h, secretBox, shell, visible, when } from './ui.js';
+import { editButton, rotateControl } from './key.js';
+
 const REFRESH_MS = 5000;
-const $ = (id) => document.getElementById(id);
 
 const state = { filters: { account: '', status: '', sort: 'spend' }, bucket: 'hour', timer: null, chart: null };
-
-// ---- helpers ----
-
-// Control characters, bidi overrides, invisible characters: shown as escapes (\x1b, \u202e),
-// never acted on; the same rule as the CLI's printable() in src/cli/format.ts.
-const UNPRINTABLE = /[\p{Cc}\p{Zl}\p{Zp}]|(?!\u200d)\p{Cf}|\p{Cs}/gu;
-const SHORT = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
-export function visible(text) {
-  return String(text).replace(UNPRINTABLE, (c) => {
-    const code = c.codePointAt(0);
-    const hex = (width) => code.toString(16).padStart(width, '0');
-    return SHORT[c] ?? (code <= 0xff ? `\\x${hex(2)}` : code <= 0xffff ? `\\u${hex(4)}` : `\\u{${hex(0)}}`);
-  });
-}
-
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k === 'class') el.className = v;
-    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else el.setAttribute(k, v === true ? '' : String(v));
-  }
-  for (const c of children.flat()) if (c !== null && c !== undefined && c !== false) el.append(c instanceof Node ? c : visible(c));
-  return el;
-}
-
-/** Cents as dollars: 250 -> $2.50; sub-cent amounts keep their digits: 0.15 -> $0.0015. */
-export function dollars(cents) {
-  if (cents === null || cents === undefined) return 'unlimited';
-  // A total past $5 billion comes as an exact decimal string of cents: read it digit for digit.
-  if (typeof cents === 'string') {
-    const [whole, fraction = ''] = cents.replace(/^-/, '').split('.');
-    const micros = BigInt(whole + fraction.padEnd(4, '0').slice(0, 4));
-    const rest = (micros % 1000000n).toString().padStart(6, '0').replace(/0+$/, '');
-    return `${cents.startsWith('-') ? '-' : ''}$${(micros / 1000000n).toLocaleString('en-US')}.${rest.padEnd(2, '0')}`;
-  }
-  const value = Math.abs(cents) / 100;
-  const [whole, fraction = ''] = value.toFixed(6).replace(/0+$/, '').split('.');
-  return `${cents < 0 ? '-' : ''}$${Number(whole).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;
-}
-
-function ago(iso) {
-  if (!iso) return 'never';
-  const s = Math.round((Date.now() - Date.parse(iso)) / 1000);
-  if (s < 0) return 'in ' + span(-s);
-  return span(s) + ' ago';
-}
-function span(s) {
-  if (s < 60) return `${s}s`;
-  if (s < 3600) return `${Math.floor(s / 60)}m`;
-  if (s < 86400) return `${Math.floor(s / 3600)}h`;
-  return `${Math.floor(s / 86400)}d`;
-}
-function when(iso) {
-  return iso ? iso.replace('T', ' ').replace(/:\d\d\.\d+Z$/, ' UTC') : '—';
-}
-
-async function api(path, options = {}) {
-  const res = await fetch(path, {
-    ...options,
-    headers: { authorization: `Bearer ${sessionStorage.getItem(STORE)}`, ...(options.body ? { 'content-type': 'application/json' } : {}) },
-  });
-  const body = await res.json().catch(() => ({ error: { code: 'bad_response', message: 'The service sent something that is not JSON.' } }));
-  if (res.status === 401 && path.startsWith('/v1/') && !path.startsWith('/v1/verify')) {
-    signOut('The admin key was refused; sign in again.');
-    throw new Error('signed out');
-  }
-  if (!res.ok) throw Object.assign(new Error(body.error?.message ?? `HTTP ${res.status}`), { code: body.error?.code });
-  return body;
-}
 
 // ---- budget bar: spent | held | remaining ----
 
@@ -218,6 +149,9 @@ async function keyPage(view, id, { quiet } = {}) {
   const openEdit = view.querySelector('#edit-form');
   const keepEdit = openEdit && openEdit.dataset.keyId === String(key.id) && key.status !== 'revoked' ? openEdit : null;
   const created = view.querySelector('#created-key');
+  // A new secret from a rotation stays until the operator says Done, as a new child key's does.
+  const openRotated = view.querySelector('#rotated-key');
+  const rotated = openRotated && openRotated.dataset.keyId === String(key.id) ? openRotated : null;
   const page = [
     h('p', {}, h('a', { href: '#/' }, '← Overview')),
     h('h1', {}, key.name || `Key ${key.id}`, ' ', statusBadge(key.status)),
@@ -234,7 +168,9 @@ async function keyPage(view, id, { quiet } = {}) {
         key.status === 'revoked'
           ? h('p', { id: 'edit-unavailable', class: 'muted' }, 'A revoked key cannot be edited.')
           : keepEdit ?? editButton(key),
+        rotateControl(key),
         h('p', { id: 'edit-status', class: 'muted', role: 'status' })),
+      rotated ?? h('div', { id: 'rotated-slot' }),
     ),
     h('section', { class: 'card', 'aria-labelledby': 'chart-title' },
       h('div', { class: 'row' },
@@ -304,119 +240,6 @@ function childForm(key) {
   );
 }
 
-// ---- editing a key: PATCH /v1/keys/:id with only the fields the operator changed ----
-
-function editButton(key) {
-  return h('button', { type: 'button', id: 'edit', class: 'secondary', onclick: (e) => {
-    const form = editForm(key);
-    e.currentTarget.replaceWith(form);
-    $('edit-status').textContent = '';
-    form.elements.name.focus();
-  } }, 'Edit key');
-}
-
-const splitScopes = (text) => text.split(',').map((s) => s.trim()).filter(Boolean);
-
-function editForm(key) {
-  // What the form starts with, as shown (escaped): a field still equal to it is not sent.
-  const initial = {
-    name: visible(key.name ?? ''),
-    budget: key.budgetCents === null || key.budgetCents === undefined ? '' : String(key.budgetCents),
-    period: key.budgetPeriod ?? '',
-    scopes: key.scopes === null ? '' : key.scopes.map(visible).join(', '),
-    delegatedBy: visible(key.delegatedBy ?? ''),
-    noExpiry: !key.expiresAt,
-  };
-  const form = h('form', { id: 'edit-form', class: 'edit-form', 'data-key-id': key.id, 'aria-labelledby': 'edit-title',
-    onsubmit: (e) => { e.preventDefault(); saveEdit(key, form, initial); } },
-    h('h3', { id: 'edit-title' }, 'Edit key'),
-    h('div', { class: 'grid' },
-      h('label', { for: 'edit-name' }, 'Name', h('input', { id: 'edit-name', name: 'name', maxlength: 256, value: initial.name })),
-      h('label', { for: 'edit-budget' }, 'Budget in cents (empty: no cap)',
-        h('input', { id: 'edit-budget', name: 'budget', type: 'number', min: 0, step: 'any', inputmode: 'decimal', value: initial.budget })),
-      h('label', { for: 'edit-period' }, 'Period',
-        h('select', { id: 'edit-period', name: 'period' },
-          [['', 'None (lifetime)'], ['day', 'Per day'], ['month', 'Per month']].map(([v, text]) => h('option', { value: v, selected: v === initial.period }, text)))),
-      h('label', { for: 'edit-scopes' }, 'Scopes (comma-separated; empty: all)', h('input', { id: 'edit-scopes', name: 'scopes', value: initial.scopes })),
-      h('div', {},
-        h('label', { for: 'edit-expires' }, 'Expires in (such as 7d; empty: unchanged)',
-          h('input', { id: 'edit-expires', name: 'expires', placeholder: '7d', maxlength: 16, 'aria-describedby': 'edit-expires-now',
-            oninput: (e) => { if (e.target.value.trim()) form.elements.noExpiry.checked = false; } })),
-        h('div', { id: 'edit-expires-now', class: 'muted' }, `Now: ${key.expiresAt ? `expires ${when(key.expiresAt)}` : 'no expiry'}`),
-        h('label', { for: 'edit-no-expiry', class: 'check' },
-          h('input', { id: 'edit-no-expiry', name: 'noExpiry', type: 'checkbox', checked: initial.noExpiry,
-            onchange: (e) => { if (e.target.checked) form.elements.expires.value = ''; } }),
-          ' No expiry')),
-      h('label', { for: 'edit-delegated-by' }, 'Delegated by', h('input', { id: 'edit-delegated-by', name: 'delegatedBy', maxlength: 256, value: initial.delegatedBy })),
-    ),
-    h('label', { for: 'edit-cascade', class: 'check', id: 'edit-cascade-label' },
-      h('input', { id: 'edit-cascade', name: 'cascade', type: 'checkbox', 'aria-describedby': 'edit-error' }),
-      ' Also narrow the keys under it (cascade)'),
-    h('p', { id: 'edit-error', class: 'error', role: 'alert' }),
-    h('div', { class: 'actions' },
-      h('button', { type: 'submit', id: 'edit-save' }, 'Save changes'),
-      h('button', { type: 'button', class: 'secondary', onclick: () => {
-        const button = editButton(key);
-        form.replaceWith(button);
-        button.focus();
-      } }, 'Cancel')),
-  );
-  return form;
-}
-
-async function saveEdit(key, form, initial) {
-  const error = $('edit-error');
-  const cascadeLabel = $('edit-cascade-label');
-  error.replaceChildren();
-  cascadeLabel.classList.remove('attention');
-  const raw = (n) => form.elements[n].value;
-  const v = (n) => raw(n).trim();
-  const changes = {};
-  if (raw('name') !== initial.name) changes.name = v('name') || null;
-  if (form.elements.budget.validity.badInput) {
-    error.textContent = 'The budget must be a number of cents, or empty for no cap.';
-    return;
-  }
-  if (raw('budget') !== initial.budget) changes.budgetCents = v('budget') === '' ? null : Number(v('budget'));
-  if (raw('period') !== initial.period) changes.budgetPeriod = raw('period') || null;
-  const scopes = splitScopes(raw('scopes'));
-  if (JSON.stringify(scopes) !== JSON.stringify(splitScopes(initial.scopes))) changes.scopes = scopes.length ? scopes : null;
-  const noExpiry = form.elements.noExpiry.checked;
-  if (v('expires')) changes.expiresIn = v('expires');
-  else if (noExpiry && !initial.noExpiry) changes.expiresIn = null;
-  else if (!noExpiry && initial.noExpiry) {
-    error.textContent = 'Say when it should expire (such as 7d), or tick "No expiry".';
-    return;
-  }
-  if (raw('delegatedBy') !== initial.delegatedBy) changes.delegatedBy = v('delegatedBy') || null;
-  if (Object.keys(changes).length === 0) {
-    error.textContent = 'Nothing changed.';
-    return;
-  }
-  if (form.elements.cascade.checked) changes.cascade = true;
-  const save = $('edit-save');
-  save.disabled = true;
-  try {
-    await api(`/v1/keys/${key.id}`, { method: 'PATCH', body: JSON.stringify(changes) });
-    form.remove();
-    await refresh(true);
-    const status = $('edit-status');
-    if (status) status.textContent = 'Changes saved.';
-    $('edit')?.focus();
-  } catch (err) {
-    if (err.message === 'signed out') return;
-    // The server's own words, as text; the form keeps what the operator typed.
-    error.append(h('span', {}, err.message));
-    if (err.code === 'narrows_children') {
-      error.append(h('span', { class: 'hint-line' }, 'To narrow them with it, tick "Also narrow the keys under it (cascade)" and save again.'));
-      cascadeLabel.classList.add('attention');
-      form.elements.cascade.focus();
-    }
-  } finally {
-    save.disabled = false;
-  }
-}
-
 async function createChild(parent, form) {
   const error = $('action-error');
   error.textContent = '';
@@ -429,31 +252,12 @@ async function createChild(parent, form) {
   try {
     const created = await api('/v1/keys', { method: 'POST', body: JSON.stringify(body) });
     form.reset();
-    const box = h('div', { id: 'created-key', class: 'created', role: 'status' },
-      h('p', {}, `Created key ${created.id}. Copy it now: it is shown this once.`),
-      h('div', { class: 'row' },
-        h('code', { id: 'raw-key', class: 'mono' }, created.key),
-        h('button', { type: 'button', class: 'secondary', onclick: (e) => copy(created.key, e.target) }, 'Copy')),
-      h('button', { type: 'button', class: 'link', onclick: () => box.remove() }, 'Done'));
+    const box = secretBox({ id: 'created-key', codeId: 'raw-key', secret: created.key, lines: [`Created key ${created.id}. Copy it now: it is shown this once.`] });
     const slot = $('created-slot') ?? $('created-key');
     slot?.replaceWith(box);
     await refresh(true);
   } catch (err) {
     if (err.message !== 'signed out') error.textContent = err.message;
-  }
-}
-
-async function copy(text, button) {
-  try {
-    await navigator.clipboard.writeText(text);
-    button.textContent = 'Copied';
-  } catch {
-    // No clipboard (plain http on another host): select the text so Ctrl-C works.
-    const range = document.createRange();
-    range.selectNodeContents($('raw-key'));
-    getSelection().removeAllRanges();
-    getSelection().addRange(range);
-    button.textContent = 'Selected: press Ctrl-C';
   }
 }
 
@@ -536,7 +340,7 @@ function schedule() {
   state.timer = setInterval(() => {
     // Leave the page alone while the operator is typing or confirming.
     const active = document.activeElement;
-    if ($('confirm').open || (active && active.closest && active.closest('form'))) return;
+    if (document.querySelector('dialog[open]') || (active && active.closest && active.closest('form'))) return;
     if (document.visibilityState === 'visible') refresh(true);
   }, REFRESH_MS);
 }
@@ -560,6 +364,9 @@ function signOut(message = '') {
   $('live').textContent = '';
   $('admin-key').focus();
 }
+
+shell.refresh = refresh;
+shell.signOut = signOut;
 
 $('sign-in-form').addEventListener('submit', async (e) => {
   e.preventDefault();

@@ -259,6 +259,8 @@ describe('dashboard', () => {
     await row.locator('th a').click();
     await page.locator('#chart canvas').waitFor();
     expect(await page.locator('#view .grid').first().textContent()).toContain('External subjectmch_dashboard');
+    // A subject's budget row has no secret of its own to rotate.
+    expect(await page.getByRole('button', { name: 'Rotate secret' }).count()).toBe(0);
     await page.close();
   });
 
@@ -448,6 +450,102 @@ describe('dashboard', () => {
     await page.locator('#edit-unavailable').waitFor({ timeout: 10_000 });
     expect(await page.locator('#edit-unavailable').textContent()).toBe('A revoked key cannot be edited.');
     expect(await page.getByRole('button', { name: 'Edit key' }).count()).toBe(0);
+    await page.close();
+  });
+
+  it('happy: rotating with no grace shows the new secret once; it verifies, the old one is refused at once, and the new prefix shows', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_rotate', name: 'rotate-me', budgetCents: 100 });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    await page.getByRole('button', { name: 'Rotate secret' }).click();
+    const dialog = page.locator('#rotate-dialog');
+    expect(await dialog.isVisible()).toBe(true);
+    expect(await dialog.getByLabel('Not at all: it stops at once').isChecked()).toBe(true);
+    await shot(page, 'rotate-dialog');
+    await dialog.getByRole('button', { name: 'Rotate secret' }).click();
+
+    const secret = page.locator('#rotated-secret');
+    await secret.waitFor({ timeout: 10_000 });
+    const raw = (await secret.textContent()) ?? '';
+    expect(raw).toMatch(/^ak_/);
+    expect(raw).not.toBe(k.key);
+    expect(await page.locator('#rotate-note').textContent()).toBe('The previous secret stopped working at once.');
+    expect(await page.locator('#rotate-dialog').count()).toBe(0);
+    expect(await call('POST', '/v1/verify', { key: raw }, false)).toMatchObject({ valid: true, name: 'rotate-me' });
+    expect(await call('POST', '/v1/verify', { key: k.key }, false)).toMatchObject({ valid: false });
+    // The page refreshed: the new prefix shows; the secret box stays until Done.
+    const { prefix } = await call('GET', `/v1/keys/${k.id}`);
+    expect(raw.startsWith(prefix)).toBe(true);
+    await expect.poll(() => page.locator('#view .grid').first().textContent()).toContain(`Prefix${prefix}`);
+    expect(await page.locator('#rotated-secret').textContent()).toBe(raw);
+    await shot(page, 'rotated');
+    // Shown once: a reload does not bring it back.
+    await page.reload();
+    await page.locator('#chart canvas').waitFor();
+    expect(await page.content()).not.toContain(raw);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('happy: rotating with a 1 hour grace period says until when the old secret works, and it still does', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_rotate', name: 'rotate-grace' });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    await page.getByRole('button', { name: 'Rotate secret' }).click();
+    await page.locator('#rotate-dialog').getByLabel('For 1 hour').check();
+    const started = Date.now();
+    await page.locator('#rotate-ok').click();
+    const note = page.locator('#rotate-note');
+    await note.waitFor({ timeout: 10_000 });
+    const text = (await note.textContent()) ?? '';
+    const until = /works until (\d{4}-\d\d-\d\d) (\d\d:\d\d) UTC, then is refused\./.exec(text);
+    expect(until, text).not.toBeNull();
+    const at = Date.parse(`${until![1]}T${until![2]}:00Z`);
+    // Shown to the minute: within a minute of an hour from the click.
+    expect(Math.abs(at - (started + 3600e3))).toBeLessThan(120e3);
+    const raw = (await page.locator('#rotated-secret').textContent()) ?? '';
+    expect(await call('POST', '/v1/verify', { key: raw }, false)).toMatchObject({ valid: true });
+    expect(await call('POST', '/v1/verify', { key: k.key }, false)).toMatchObject({ valid: true });
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('refusal: a grace period past 7 days, then a key revoked meanwhile: the server\'s message shows beside the form and nothing rotates', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_rotate', name: 'rotate-refused' });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    await page.getByRole('button', { name: 'Rotate secret' }).click();
+    const dialog = page.locator('#rotate-dialog');
+    // Typing a duration picks "another time"; the server judges it.
+    await dialog.getByLabel('Other grace period').fill('8d');
+    expect(await dialog.getByLabel('For another time').isChecked()).toBe(true);
+    await page.locator('#rotate-ok').click();
+    const error = page.locator('#rotate-error');
+    await error.filter({ hasText: 'at most' }).waitFor({ timeout: 10_000 });
+    expect(await error.textContent()).toBe('Invalid duration: 8d (gracePeriod must be at most 168h).');
+    expect(await dialog.getByLabel('Other grace period').inputValue()).toBe('8d');
+    expect(await call('POST', '/v1/verify', { key: k.key }, false)).toMatchObject({ valid: true });
+
+    await call('POST', `/v1/keys/${k.id}/revoke`);
+    await dialog.getByLabel('Not at all: it stops at once').check();
+    await page.locator('#rotate-ok').click();
+    await error.filter({ hasText: 'revoked' }).waitFor({ timeout: 10_000 });
+    expect(await error.textContent()).toBe(`Key ${k.id} is revoked; a revoked key cannot be rotated.`);
+    expect(await page.locator('#rotated-secret').count()).toBe(0);
+    await shot(page, 'rotate-refused');
+    await dialog.getByRole('button', { name: 'Cancel' }).click();
+    expect(await page.locator('#rotate-dialog').count()).toBe(0);
+    // Once the page knows, it offers no rotation.
+    await page.locator('#rotate-unavailable').waitFor({ timeout: 20_000 });
+    expect(await page.getByRole('button', { name: 'Rotate secret' }).count()).toBe(0);
+    // The browser logs the refused requests itself; nothing else may go wrong.
+    expect(errors.filter((e) => !/status of (400|409)/.test(e))).toEqual([]);
     await page.close();
   });
 });

@@ -1,0 +1,180 @@
+// A key's own page parts that change it: editing (PATCH /v1/keys/:id with only the changed
+// fields) and rotating its secret (POST /v1/keys/:id/rotate). app.js lays out the page; these
+// build and run the parts.
+
+import { $, api, h, secretBox, shell, visible, when } from './ui.js';
+
+// ---- editing a key: PATCH /v1/keys/:id with only the fields the operator changed ----
+
+export function editButton(key) {
+  return h('button', { type: 'button', id: 'edit', class: 'secondary', onclick: (e) => {
+    const form = editForm(key);
+    e.currentTarget.replaceWith(form);
+    $('edit-status').textContent = '';
+    form.elements.name.focus();
+  } }, 'Edit key');
+}
+
+const splitScopes = (text) => text.split(',').map((s) => s.trim()).filter(Boolean);
+
+function editForm(key) {
+  // What the form starts with, as shown (escaped): a field still equal to it is not sent.
+  const initial = {
+    name: visible(key.name ?? ''),
+    budget: key.budgetCents === null || key.budgetCents === undefined ? '' : String(key.budgetCents),
+    period: key.budgetPeriod ?? '',
+    scopes: key.scopes === null ? '' : key.scopes.map(visible).join(', '),
+    delegatedBy: visible(key.delegatedBy ?? ''),
+    noExpiry: !key.expiresAt,
+  };
+  const form = h('form', { id: 'edit-form', class: 'edit-form', 'data-key-id': key.id, 'aria-labelledby': 'edit-title',
+    onsubmit: (e) => { e.preventDefault(); saveEdit(key, form, initial); } },
+    h('h3', { id: 'edit-title' }, 'Edit key'),
+    h('div', { class: 'grid' },
+      h('label', { for: 'edit-name' }, 'Name', h('input', { id: 'edit-name', name: 'name', maxlength: 256, value: initial.name })),
+      h('label', { for: 'edit-budget' }, 'Budget in cents (empty: no cap)',
+        h('input', { id: 'edit-budget', name: 'budget', type: 'number', min: 0, step: 'any', inputmode: 'decimal', value: initial.budget })),
+      h('label', { for: 'edit-period' }, 'Period',
+        h('select', { id: 'edit-period', name: 'period' },
+          [['', 'None (lifetime)'], ['day', 'Per day'], ['month', 'Per month']].map(([v, text]) => h('option', { value: v, selected: v === initial.period }, text)))),
+      h('label', { for: 'edit-scopes' }, 'Scopes (comma-separated; empty: all)', h('input', { id: 'edit-scopes', name: 'scopes', value: initial.scopes })),
+      h('div', {},
+        h('label', { for: 'edit-expires' }, 'Expires in (such as 7d; empty: unchanged)',
+          h('input', { id: 'edit-expires', name: 'expires', placeholder: '7d', maxlength: 16, 'aria-describedby': 'edit-expires-now',
+            oninput: (e) => { if (e.target.value.trim()) form.elements.noExpiry.checked = false; } })),
+        h('div', { id: 'edit-expires-now', class: 'muted' }, `Now: ${key.expiresAt ? `expires ${when(key.expiresAt)}` : 'no expiry'}`),
+        h('label', { for: 'edit-no-expiry', class: 'check' },
+          h('input', { id: 'edit-no-expiry', name: 'noExpiry', type: 'checkbox', checked: initial.noExpiry,
+            onchange: (e) => { if (e.target.checked) form.elements.expires.value = ''; } }),
+          ' No expiry')),
+      h('label', { for: 'edit-delegated-by' }, 'Delegated by', h('input', { id: 'edit-delegated-by', name: 'delegatedBy', maxlength: 256, value: initial.delegatedBy })),
+    ),
+    h('label', { for: 'edit-cascade', class: 'check', id: 'edit-cascade-label' },
+      h('input', { id: 'edit-cascade', name: 'cascade', type: 'checkbox', 'aria-describedby': 'edit-error' }),
+      ' Also narrow the keys under it (cascade)'),
+    h('p', { id: 'edit-error', class: 'error', role: 'alert' }),
+    h('div', { class: 'actions' },
+      h('button', { type: 'submit', id: 'edit-save' }, 'Save changes'),
+      h('button', { type: 'button', class: 'secondary', onclick: () => {
+        const button = editButton(key);
+        form.replaceWith(button);
+        button.focus();
+      } }, 'Cancel')),
+  );
+  return form;
+}
+
+async function saveEdit(key, form, initial) {
+  const error = $('edit-error');
+  const cascadeLabel = $('edit-cascade-label');
+  error.replaceChildren();
+  cascadeLabel.classList.remove('attention');
+  const raw = (n) => form.elements[n].value;
+  const v = (n) => raw(n).trim();
+  const changes = {};
+  if (raw('name') !== initial.name) changes.name = v('name') || null;
+  if (form.elements.budget.validity.badInput) {
+    error.textContent = 'The budget must be a number of cents, or empty for no cap.';
+    return;
+  }
+  if (raw('budget') !== initial.budget) changes.budgetCents = v('budget') === '' ? null : Number(v('budget'));
+  if (raw('period') !== initial.period) changes.budgetPeriod = raw('period') || null;
+  const scopes = splitScopes(raw('scopes'));
+  if (JSON.stringify(scopes) !== JSON.stringify(splitScopes(initial.scopes))) changes.scopes = scopes.length ? scopes : null;
+  const noExpiry = form.elements.noExpiry.checked;
+  if (v('expires')) changes.expiresIn = v('expires');
+  else if (noExpiry && !initial.noExpiry) changes.expiresIn = null;
+  else if (!noExpiry && initial.noExpiry) {
+    error.textContent = 'Say when it should expire (such as 7d), or tick "No expiry".';
+    return;
+  }
+  if (raw('delegatedBy') !== initial.delegatedBy) changes.delegatedBy = v('delegatedBy') || null;
+  if (Object.keys(changes).length === 0) {
+    error.textContent = 'Nothing changed.';
+    return;
+  }
+  if (form.elements.cascade.checked) changes.cascade = true;
+  const save = $('edit-save');
+  save.disabled = true;
+  try {
+    await api(`/v1/keys/${key.id}`, { method: 'PATCH', body: JSON.stringify(changes) });
+    form.remove();
+    await shell.refresh(true);
+    const status = $('edit-status');
+    if (status) status.textContent = 'Changes saved.';
+    $('edit')?.focus();
+  } catch (err) {
+    if (err.message === 'signed out') return;
+    // The server's own words, as text; the form keeps what the operator typed.
+    error.append(h('span', {}, err.message));
+    if (err.code === 'narrows_children') {
+      error.append(h('span', { class: 'hint-line' }, 'To narrow them with it, tick "Also narrow the keys under it (cascade)" and save again.'));
+      cascadeLabel.classList.add('attention');
+      form.elements.cascade.focus();
+    }
+  } finally {
+    save.disabled = false;
+  }
+}
+
+// ---- rotating the secret: a new one shown once; the old one works for the grace period ----
+
+const GRACE = [['0', 'Not at all: it stops at once'], ['1h', 'For 1 hour'], ['1d', 'For 1 day'], ['7d', 'For 7 days']];
+
+/** The Rotate control for a key that has a secret (not an external subject's budget row). */
+export function rotateControl(key) {
+  if (key.externalSubject) return null;
+  if (key.status === 'revoked') return h('p', { id: 'rotate-unavailable', class: 'muted' }, 'A revoked key has no secret to rotate.');
+  return h('button', { type: 'button', id: 'rotate', class: 'secondary', onclick: () => openRotate(key) }, 'Rotate secret');
+}
+
+function openRotate(key) {
+  $('rotate-dialog')?.remove();
+  const other = h('input', { id: 'rotate-grace-other', name: 'other', placeholder: '30m', maxlength: 32, 'aria-label': 'Other grace period',
+    oninput: () => { form.elements.grace.value = 'other'; } });
+  const form = h('form', { id: 'rotate-form', onsubmit: (e) => { e.preventDefault(); rotate(key, form, dialog); } },
+    h('h2', { id: 'rotate-title' }, `Rotate the secret of ${key.name || `key ${key.id}`}?`),
+    h('p', {}, 'The key gets a new secret, shown once; it keeps its id, budget, spend and children.'),
+    h('fieldset', { class: 'grace' },
+      h('legend', {}, 'The current secret keeps working'),
+      GRACE.map(([value, text], i) => h('label', { class: 'check' }, h('input', { type: 'radio', name: 'grace', value, checked: i === 0 }), ` ${text}`)),
+      h('label', { class: 'check' }, h('input', { type: 'radio', name: 'grace', value: 'other', 'aria-label': 'For another time' }), ' For ', other),
+      h('p', { class: 'muted' }, 'Such as 30s, 15m, 12h or 3d; at most 7 days.')),
+    h('p', { id: 'rotate-error', class: 'error', role: 'alert' }),
+    h('div', { class: 'actions' },
+      h('button', { type: 'button', class: 'secondary', onclick: () => dialog.close() }, 'Cancel'),
+      h('button', { type: 'submit', id: 'rotate-ok' }, 'Rotate secret')));
+  const dialog = h('dialog', { id: 'rotate-dialog', 'aria-labelledby': 'rotate-title', onclose: () => dialog.remove() }, form);
+  document.body.append(dialog);
+  dialog.showModal();
+}
+
+async function rotate(key, form, dialog) {
+  const error = $('rotate-error');
+  error.replaceChildren();
+  const choice = form.elements.grace.value;
+  // What the operator typed goes to the server as it is: its refusal says what is wrong.
+  const gracePeriod = choice === 'other' ? form.elements.other.value.trim() : choice === '0' ? 0 : choice;
+  const ok = $('rotate-ok');
+  ok.disabled = true;
+  try {
+    const rotated = await api(`/v1/keys/${key.id}/rotate`, { method: 'POST', body: JSON.stringify({ gracePeriod }) });
+    dialog.close();
+    const until = rotated.previousKeyValidUntil;
+    const box = secretBox({
+      id: 'rotated-key', codeId: 'rotated-secret', secret: rotated.key, keyId: key.id,
+      lines: [
+        `New secret for key ${rotated.id} (prefix ${rotated.prefix}). Copy it now: it is shown this once.`,
+        h('span', { id: 'rotate-note' }, until ? `The previous secret works until ${when(until)}, then is refused.` : 'The previous secret stopped working at once.'),
+      ],
+    });
+    ($('rotated-slot') ?? $('rotated-key'))?.replaceWith(box);
+    await shell.refresh(true);
+    $('rotate')?.focus();
+  } catch (err) {
+    // The server's own words, as text, beside the form, which keeps the choice.
+    if (err.message !== 'signed out') error.append(h('span', {}, err.message));
+  } finally {
+    ok.disabled = false;
+  }
+}
