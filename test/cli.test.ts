@@ -49,7 +49,7 @@ describe('no database needed', () => {
   it('--help on every command exits 0 and lists its usage, options and subcommands', async () => {
     const commands = allCommands();
     expect(commands.map((c) => c.name.join(' '))).toEqual(
-      expect.arrayContaining(['', 'serve', 'migrate', 'keys', 'keys create', 'keys list', 'keys show', 'keys update', 'keys revoke', 'accounts', 'accounts budget', 'usage', 'admin-key', 'admin-key rotate']),
+      expect.arrayContaining(['', 'serve', 'migrate', 'keys', 'keys create', 'keys list', 'keys show', 'keys update', 'keys rotate', 'keys revoke', 'keys events', 'accounts', 'accounts budget', 'usage', 'admin-key', 'admin-key rotate']),
     );
     const results = await Promise.all(commands.map(({ name }) => run([...name, '--help'])));
     commands.forEach(({ name, cmd }, i) => {

@@ -1,6 +1,6 @@
 import asciichart from 'asciichart';
 import Table from 'cli-table3';
-import type { AccountBudget, KeyInfo, UsageReport } from '../agentkey.js';
+import type { AccountBudget, KeyEvent, KeyInfo, UsageReport } from '../agentkey.js';
 import { type Cents, centsToMicros } from '../money.js';
 
 /**
@@ -72,7 +72,8 @@ export function table(head: string[], rows: (string | number)[][]): string {
   return t.toString();
 }
 
-function when(iso: string | null): string {
+/** An ISO time as '2026-12-01 18:20:00Z'; '-' for none. */
+export function when(iso: string | null): string {
   return iso === null ? '-' : iso.replace('T', ' ').replace(/\.\d+Z$/, 'Z');
 }
 
@@ -121,6 +122,43 @@ export function keyDetails(k: KeyInfo): string {
   const t = new Table({ style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
   t.push(...rows.map(([name, value]) => ({ [name]: printable(value) })));
   return t.toString();
+}
+
+/**
+ * The event log, one line per event: id (for --before), time, kind, the key (or the
+ * account, for a ceiling), who made it, and what changed as `field: before → after`.
+ */
+export function eventLines(events: KeyEvent[]): string {
+  if (events.length === 0) return 'No events.';
+  const rows = events.map((e) => [
+    String(e.id),
+    when(e.at),
+    e.kind,
+    e.keyId === null ? `account ${shownValue(e.accountId)}` : `key ${e.keyId}`,
+    `by ${e.actor === 'key' ? `key ${e.actorKeyId ?? '?'}` : e.actor}`,
+    changeList(e.changes),
+  ]);
+  const widths = (rows[0] as string[]).slice(0, -1).map((_, i) => Math.max(...rows.map((r) => (r[i] as string).length)));
+  return rows.map((r) => r.map((cell, i) => (i < widths.length ? cell.padEnd(widths[i] as number) : cell)).join('  ').trimEnd()).join('\n');
+}
+
+/** `name: "a" → "b", budgetCents: 500 → 250`; a field with only an after value (a new key): `name: "a"`. */
+function changeList(changes: KeyEvent['changes']): string {
+  return Object.entries(changes)
+    .map(([field, c]) => `${printable(field)}: ${'before' in c ? `${shownValue(c.before)} → ` : ''}${'after' in c ? shownValue(c.after) : '(none)'}`)
+    .join(', ');
+}
+
+/**
+ * A value as one unambiguous line: a string quoted, its quotes and backslashes escaped
+ * (a name cannot pose as another field) and its unprintable characters too.
+ */
+function shownValue(value: unknown): string {
+  if (typeof value === 'string') return `"${printable(value.replace(/[\\"]/g, '\\$&'))}"`;
+  if (Array.isArray(value)) return `[${value.map(shownValue).join(', ')}]`;
+  if (value === null || value === undefined) return 'null';
+  if (typeof value === 'object') return printable(JSON.stringify(value));
+  return printable(String(value));
 }
 
 export function accountDetails(a: AccountBudget): string {

@@ -1,140 +1,32 @@
-// One file (about 465 lines): the whole command tree as commander declares it, in the order
-// `agentkey --help` lists it, so each command's options sit beside its action.
+// The program: the command tree as commander declares it, in the order `agentkey --help`
+// lists it, so each command's options sit beside its action; the keys commands are in
+// keys.ts, what every command shares in common.ts.
 import { createRequire } from 'node:module';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command, Option } from 'commander';
 import { pino } from 'pino';
-import yoctoSpinner from 'yocto-spinner';
 import { AgentKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { rotateAdminKey } from '../server/admin-key.js';
 import { startServer } from '../server/serve.js';
-import { StartupError, type Storage, openStorage } from '../server/storage.js';
-import { toDb } from '../store/db.js';
-import { keysTableExists } from '../store/catalog.js';
-import { tableNames } from '../store/identifiers.js';
-import { parseInstant } from '../time.js';
-import { accountDetails, keyDetails, keysTable, printable, printableJson, printableLines, usageReport } from './format.js';
-
-/** The flags of `keys update` (commander names a --no-x flag x, false when given). */
-interface UpdateFlags {
-  name?: string;
-  scopes?: string[];
-  unlimitedScopes?: boolean;
-  budgetCents?: number;
-  budgetCap?: boolean;
-  period?: 'day' | 'month' | 'none';
-  expiresIn?: string;
-  expiry?: boolean;
-  delegatedBy?: string;
-  cascade?: boolean;
-}
-
-interface Common {
-  dataDir: string;
-  databaseUrl?: string;
-  table?: string;
-  json?: boolean;
-}
-
-/** A mistake the user can fix: shown as one line, exit code 1. */
-class UserError extends Error {}
-
-// Whatever is shown may hold text from the database (names, ids...): unprintable characters are escaped.
-const out = (text: string) => process.stdout.write(`${printableLines(text.endsWith('\n') ? text.slice(0, -1) : text)}\n`);
-const json = (value: unknown) => process.stdout.write(`${printableJson(value)}\n`);
-
-/** Shows a spinner on a terminal while `work` runs (nothing when stderr is piped). */
-async function progress<T>(text: string, work: () => Promise<T>): Promise<T> {
-  if (!process.stderr.isTTY) return work();
-  const spinner = yoctoSpinner({ text, stream: process.stderr }).start();
-  try {
-    return await work();
-  } finally {
-    spinner.stop();
-    spinner.clear();
-  }
-}
-
-function storageOptions(o: Common, create = true) {
-  return { databaseUrl: o.databaseUrl || undefined, dataDir: o.dataDir, create };
-}
-
-/** The --table option, checked before any database is opened. */
-function tableOption(o: Common): { tableName?: string } {
-  if (o.table === undefined) return {};
-  tableNames(o.table);
-  return { tableName: o.table };
-}
-
-/**
- * What a command does to the tables: 'read' needs them and never creates anything (no
- * data directory, no table); 'change' needs them too; 'create' may be the first write.
- */
-type Access = 'read' | 'change' | 'create';
-
-/** Opens the storage and an AgentKey on it, runs `fn`, and always closes both. */
-async function withAgentKey<T>(o: Common, access: Access, fn: (ak: AgentKey, storage: Storage) => Promise<T>): Promise<T> {
-  const table = tableOption(o);
-  const storage = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () =>
-    openStorage(storageOptions(o, access === 'create')),
-  );
-  const ak = new AgentKey({ pool: storage.pool, ...table });
-  try {
-    if (access !== 'create' && !(await keysTableExists(toDb(storage.pool), tableNames(ak.tableName)))) {
-      throw new UserError(`No agentkey table "${ak.tableName}" in ${storage.where}; run \`agentkey migrate\` first, or check --table.`);
-    }
-    // The embedded database is the service's own: keep it current (reads leave it as it is).
-    // A PostgreSQL is the user's: its schema changes only with `agentkey migrate` (or serve).
-    if (storage.kind === 'pglite' && access !== 'read') await progress('Migrating…', () => ak.migrate());
-    return await fn(ak, storage);
-  } finally {
-    await ak.close().catch(() => {});
-    await storage.close().catch(() => {});
-  }
-}
-
-function wholeNumber(name: string, min: number, max: number) {
-  return (value: string) => {
-    if (!/^-?\d+$/.test(value) || Number(value) < min || Number(value) > max) {
-      throw new InvalidArgumentError(`${name} must be a whole number from ${min} to ${max}.`);
-    }
-    return Number(value);
-  };
-}
-
-function cents(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < 0) throw new InvalidArgumentError('expected a number of cents of at least 0 (5000 is $50).');
-  return n;
-}
-
-function list(value: string): string[] {
-  return value.split(',').map((s) => s.trim()).filter((s) => s !== '');
-}
-
-/** '7d', '12h', '2w' (before now), or an ISO date or time. */
-function instant(value: string): Date {
-  const rel = /^(\d+)([hdw])$/.exec(value);
-  if (rel) return new Date(Date.now() - Number(rel[1]) * { h: 3_600_000, d: 86_400_000, w: 604_800_000 }[rel[2] as 'h' | 'd' | 'w']);
-  try {
-    return parseInstant(value, 'the time');
-  } catch {
-    throw new InvalidArgumentError("expected a time like '7d', '24h', '2w' or an ISO date such as 2026-11-01.");
-  }
-}
-
-/** Where the data is: every command's options. */
-function withStorage(cmd: Command): Command {
-  return cmd
-    .addOption(new Option('--data-dir <dir>', 'embedded database directory').env('AGENTKEY_DATA_DIR').default('./.agentkey'))
-    .addOption(new Option('--database-url <url>', 'use PostgreSQL at this URL instead of the embedded database').env('DATABASE_URL'))
-    .addOption(new Option('--table <name>', "the keys table (default 'sdk_api_keys')").env('AGENTKEY_TABLE'));
-}
-
-/** The options of the commands that print a result: --json beside where the data is. */
-function withCommon(cmd: Command): Command {
-  return withStorage(cmd).option('--json', 'print JSON for scripts instead of tables');
-}
+import { StartupError, openStorage } from '../server/storage.js';
+import {
+  type Common,
+  UserError,
+  cents,
+  instant,
+  json,
+  list,
+  out,
+  progress,
+  storageOptions,
+  tableOption,
+  wholeNumber,
+  withAgentKey,
+  withCommon,
+  withStorage,
+} from './common.js';
+import { accountDetails, printable, usageReport } from './format.js';
+import { addKeysCommands } from './keys.js';
 
 export function buildProgram(): Command {
   const program = new Command('agentkey')
@@ -238,7 +130,7 @@ export function buildProgram(): Command {
       const table = tableOption(o);
       const storage = await progress('Opening database…', () => openStorage(storageOptions(o)));
       try {
-        const ak = new AgentKey({ pool: storage.pool, ...table });
+        const ak = new AgentKey({ pool: storage.pool, actor: 'cli', ...table });
         const applied = await progress('Migrating…', () => ak.migrate());
         await ak.close();
         if (o.json) json({ applied });
@@ -248,113 +140,7 @@ export function buildProgram(): Command {
       }
     });
 
-  const keys = program.command('keys').description('create, list, show, update and revoke keys');
-  withCommon(keys.command('create'))
-    .description('create a key; its raw value is printed once')
-    .requiredOption('--account <id>', 'account the key belongs to')
-    .option('--name <name>', 'label')
-    .option('--scopes <scopes>', "comma-separated scopes, e.g. 'proxy.chat,usage.read' (default: unlimited)", list)
-    .option('--budget-cents <cents>', 'spending cap in cents (5000 is $50)', cents)
-    .addOption(new Option('--period <period>', 'budget reset interval').choices(['day', 'month']))
-    .option('--expires-in <duration>', "'30m', '1h', '7d', '1mo'")
-    .option('--delegated-by <user>', 'the human who authorized this key')
-    .option('--parent <id>', 'make it a child of this key', wholeNumber('parent', 1, Number.MAX_SAFE_INTEGER))
-    .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number }) => {
-      await withAgentKey(o, 'create', async (ak) => {
-        const created = await ak.create({
-          accountId: o.account,
-          ...(o.name !== undefined ? { name: o.name } : {}),
-          ...(o.scopes !== undefined ? { scopes: o.scopes } : {}),
-          ...(o.budgetCents !== undefined ? { budgetCents: o.budgetCents } : {}),
-          ...(o.period !== undefined ? { budgetPeriod: o.period } : {}),
-          ...(o.expiresIn !== undefined ? { expiresIn: o.expiresIn } : {}),
-          ...(o.delegatedBy !== undefined ? { delegatedBy: o.delegatedBy } : {}),
-          ...(o.parent !== undefined ? { parentId: o.parent } : {}),
-        });
-        const info = await ak.getKey(created.id);
-        if (o.json) return json({ key: created.key, ...info });
-        out(`Created key ${created.id}. Its raw value is shown this once; store it now:\n\n  ${created.key}\n`);
-        if (info) out(keyDetails(info));
-      });
-    });
-
-  withCommon(keys.command('list'))
-    .description("list keys (an account's, or all) with budget, spent, held and remaining")
-    .option('--account <id>', 'only this account')
-    .option('--parent <id>', 'only children of this key', wholeNumber('parent', 1, Number.MAX_SAFE_INTEGER))
-    .option('--include-revoked', 'include revoked keys')
-    .option('--limit <n>', 'at most this many', wholeNumber('limit', 1, 10_000), 1000)
-    .action(async (o: Common & { account?: string; parent?: number; includeRevoked?: boolean; limit: number }) => {
-      await withAgentKey(o, 'read', async (ak) => {
-        const list = await ak.listKeys({
-          ...(o.account !== undefined ? { accountId: o.account } : {}),
-          ...(o.parent !== undefined ? { parentId: o.parent } : {}),
-          includeRevoked: o.includeRevoked === true,
-          limit: o.limit,
-        });
-        if (o.json) json({ keys: list });
-        else out(keysTable(list));
-      });
-    });
-
-  withCommon(keys.command('show'))
-    .description('one key, without its secret')
-    .argument('<id>', 'key id', wholeNumber('id', 1, Number.MAX_SAFE_INTEGER))
-    .action(async (id: number, o: Common) => {
-      await withAgentKey(o, 'read', async (ak) => {
-        const info = await ak.getKey(id);
-        if (!info) throw new UserError(`No key has id ${id}.`);
-        if (o.json) json(info);
-        else out(keyDetails(info));
-      });
-    });
-
-  withCommon(keys.command('update'))
-    .description("change a key's budget, period, scopes, expiry, name or delegated-by (children are never widened past it)")
-    .argument('<id>', 'key id', wholeNumber('id', 1, Number.MAX_SAFE_INTEGER))
-    .option('--name <name>', 'label')
-    .option('--scopes <scopes>', "comma-separated scopes, e.g. 'proxy.chat,usage.read'", list)
-    .option('--unlimited-scopes', 'remove the scope list (the key may do anything its parent may)')
-    .option('--budget-cents <cents>', 'spending cap in cents; below what was spent leaves nothing to spend', cents)
-    .option('--no-budget-cap', 'remove the spending cap')
-    .addOption(new Option('--period <period>', "budget reset interval; a new one starts now ('none' removes it)").choices(['day', 'month', 'none']))
-    .option('--expires-in <duration>', "'30m', '1h', '7d', '1mo' from now")
-    .option('--no-expiry', 'remove the expiry')
-    .option('--delegated-by <user>', 'the human who authorized this key')
-    .option('--cascade', 'narrow the keys under it too, where the change would leave one wider than its parent')
-    .action(async (id: number, o: Common & UpdateFlags) => {
-      if (o.scopes !== undefined && o.unlimitedScopes) throw new UserError('Use --scopes or --unlimited-scopes, not both.');
-      if (o.budgetCents !== undefined && o.budgetCap === false) throw new UserError('Use --budget-cents or --no-budget-cap, not both.');
-      if (o.expiresIn !== undefined && o.expiry === false) throw new UserError('Use --expires-in or --no-expiry, not both.');
-      const changes = {
-        ...(o.name !== undefined ? { name: o.name } : {}),
-        ...(o.scopes !== undefined ? { scopes: o.scopes } : o.unlimitedScopes ? { scopes: null } : {}),
-        ...(o.budgetCents !== undefined ? { budgetCents: o.budgetCents } : o.budgetCap === false ? { budgetCents: null } : {}),
-        ...(o.period !== undefined ? { budgetPeriod: o.period === 'none' ? null : o.period } : {}),
-        ...(o.expiresIn !== undefined ? { expiresIn: o.expiresIn } : o.expiry === false ? { expiresIn: null } : {}),
-        ...(o.delegatedBy !== undefined ? { delegatedBy: o.delegatedBy } : {}),
-      };
-      if (Object.keys(changes).length === 0) throw new UserError('Nothing to change: give at least one of the options (see --help).');
-      await withAgentKey(o, 'change', async (ak) => {
-        const info = await ak.update(id, changes, o.cascade ? { cascade: true } : {});
-        if (o.json) return json(info);
-        out(`Updated key ${id}.`);
-        out(keyDetails(info));
-      });
-    });
-
-  withCommon(keys.command('revoke'))
-    .description('revoke a key and every key under it')
-    .argument('<id>', 'key id', wholeNumber('id', 1, Number.MAX_SAFE_INTEGER))
-    .action(async (id: number, o: Common) => {
-      await withAgentKey(o, 'change', async (ak) => {
-        if (!(await ak.getKey(id))) throw new UserError(`No key has id ${id}.`);
-        const revoked = await ak.revoke(id);
-        const info = await ak.getKey(id);
-        if (o.json) return json({ id, revoked, key: info });
-        out(revoked ? `Revoked key ${id} and every key under it.` : `Key ${id} was already revoked.`);
-      });
-    });
+  addKeysCommands(program);
 
   const accounts = program.command('accounts').description("accounts' ceilings");
   withCommon(accounts.command('budget'))
