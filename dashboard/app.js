@@ -1,10 +1,10 @@
 // The agentkey dashboard: a small client over the admin API, no build step. This file is the
 // shell (sign-in, routing, refresh), the overview and the key page's layout; ui.js holds the
-// shared helpers (h() builds elements from text, never HTML), key.js a key's edit and rotate
-// parts. All three are served by src/server/routes/dashboard.ts.
+// shared helpers (h() builds elements from text, never HTML), key.js a key's edit, rotate and
+// history parts. All three are served by src/server/routes/dashboard.ts.
 
 import { $, STORE, ago, api, dollars, h, secretBox, shell, visible, when } from './ui.js';
-import { editButton, rotateControl } from './key.js';
+import { editButton, historyPath, historySection, rotateControl, takeHistory } from './key.js';
 
 const REFRESH_MS = 5000;
 
@@ -136,12 +136,14 @@ function scopes(list) {
 
 async function keyPage(view, id, { quiet } = {}) {
   const since = new Date(Date.now() - (state.bucket === 'hour' ? 48 * 3600e3 : 30 * 86400e3));
-  const [key, usage, { entries }, { keys: children }] = await Promise.all([
+  const [key, usage, { entries }, { keys: children }, { events }] = await Promise.all([
     api(`/v1/keys/${id}`),
     api(`/v1/usage?keyId=${id}&bucket=${state.bucket}&since=${since.toISOString()}`),
     api(`/v1/ledger?keyId=${id}&limit=25`),
     api(`/v1/keys?parentId=${id}&includeRevoked=true`),
+    api(historyPath(id)),
   ]);
+  takeHistory(key.id, events);
   // A background refresh keeps what the operator is typing and a raw key not yet copied.
   const keepForm = (quiet && view.querySelector('#child-form')) || null;
   // An open edit form stays as the operator left it (their typing, a refusal's message) through
@@ -201,6 +203,7 @@ async function keyPage(view, id, { quiet } = {}) {
         : h('ul', { id: 'children', class: 'children' }, children.map((c) =>
             h('li', { 'data-key-id': c.id }, h('div', { class: 'row' }, h('a', { href: `#/keys/${c.id}` }, c.name || `key ${c.id}`), statusBadge(c.status)), bar(c)))),
     ),
+    historySection(),
     h('section', { class: 'card', 'aria-labelledby': 'actions-title' },
       h('h2', { id: 'actions-title' }, 'Actions'),
       created ?? h('div', { id: 'created-slot' }),

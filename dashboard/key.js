@@ -1,8 +1,8 @@
-// A key's own page parts that change it: editing (PATCH /v1/keys/:id with only the changed
-// fields) and rotating its secret (POST /v1/keys/:id/rotate). app.js lays out the page; these
-// build and run the parts.
+// A key's own page parts that change it or tell its story: editing (PATCH /v1/keys/:id with
+// only the changed fields), rotating its secret (POST /v1/keys/:id/rotate), and its history
+// (GET /v1/keys/:id/events). app.js lays out the page; these build and run the parts.
 
-import { $, api, h, secretBox, shell, visible, when } from './ui.js';
+import { $, api, dollars, h, secretBox, shell, visible, when } from './ui.js';
 
 // ---- editing a key: PATCH /v1/keys/:id with only the fields the operator changed ----
 
@@ -177,4 +177,92 @@ async function rotate(key, form, dialog) {
   } finally {
     ok.disabled = false;
   }
+}
+
+// ---- history: the key's events, newest first, paged with before ----
+
+const PAGE = 50;
+const history = { keyId: null, events: [], more: false };
+
+/**
+ * The newest page as the page's refresh got it, merged with older pages the operator already
+ * opened (when it still joins them), so a refresh does not fold the timeline back.
+ */
+export function takeHistory(keyId, newest) {
+  const held = history.keyId === keyId ? history.events : [];
+  const oldestNew = newest.at(-1)?.id;
+  if (held.length > newest.length && oldestNew !== undefined && held[0].id >= oldestNew) {
+    history.events = [...newest, ...held.filter((e) => e.id < oldestNew)];
+  } else {
+    history.events = newest;
+    history.more = newest.length === PAGE;
+  }
+  history.keyId = keyId;
+}
+
+export const historyPath = (id) => `/v1/keys/${id}/events?limit=${PAGE}`;
+
+export function historySection() {
+  const list = h('ol', { id: 'history', class: 'history' });
+  const older = h('button', { type: 'button', id: 'history-older', class: 'secondary', onclick: showOlder }, 'Show older');
+  fill(list, older);
+  return h('section', { class: 'card', 'aria-labelledby': 'history-title' },
+    h('h2', { id: 'history-title' }, 'History'),
+    history.events.length === 0 ? h('p', { class: 'empty' }, 'Nothing recorded yet.') : [list, older],
+    h('p', { id: 'history-error', class: 'error', role: 'alert' }));
+}
+
+function fill(list, older) {
+  list.replaceChildren(...history.events.map(entry));
+  older.hidden = !history.more;
+}
+
+async function showOlder(e) {
+  const older = e.currentTarget;
+  const last = history.events.at(-1);
+  $('history-error').textContent = '';
+  older.disabled = true;
+  try {
+    const { events } = await api(`/v1/keys/${history.keyId}/events?limit=${PAGE}&before=${last.id}`);
+    // A refresh meanwhile may have replaced the timeline (or the page): add only where it ended.
+    if (history.events.at(-1) !== last) return;
+    history.events = [...history.events, ...events];
+    history.more = events.length === PAGE;
+    fill($('history'), $('history-older'));
+  } catch (err) {
+    if (err.message !== 'signed out') $('history-error').textContent = err.message;
+  } finally {
+    older.disabled = false;
+  }
+}
+
+const ACTORS = { admin: 'admin', cli: 'CLI', library: 'library', sql: 'SQL (an edit of the table)' };
+
+function entry(e) {
+  const who = e.actor === 'key' && e.actorKeyId !== null
+    ? h('a', { href: `#/keys/${e.actorKeyId}` }, `key #${e.actorKeyId}`)
+    : ACTORS[e.actor] ?? e.actor;
+  return h('li', { 'data-event-id': e.id, 'data-kind': e.kind },
+    h('div', { class: 'event-head' },
+      h('time', { datetime: e.at }, when(e.at)), ' ',
+      h('span', { class: 'kind' }, e.kind.replace('_', ' ')), ' by ',
+      h('span', { class: 'actor' }, who)),
+    Object.keys(e.changes).length === 0 ? null : h('ul', { class: 'changes' }, Object.entries(e.changes).map(([name, change]) =>
+      h('li', { 'data-field': name },
+        h('code', {}, name), ': ',
+        'before' in change ? [h('span', { class: 'before' }, shown(name, change.before)), ' → '] : null,
+        'after' in change ? h('span', { class: 'after' }, shown(name, change.after)) : h('span', { class: 'after muted' }, 'removed')))));
+}
+
+const TIMES = new Set(['expiresAt', 'revokedAt', 'previousKeyValidUntil']);
+
+/** A changed value as a person reads it: money in dollars, times in UTC, lists joined. */
+function shown(name, value) {
+  if (name === 'scopes') return value === null ? 'all' : value.length === 0 ? 'none' : value.join(', ');
+  if (value === null || value === undefined) return { budgetCents: 'no cap', previousKeyValidUntil: 'none: it stopped at once' }[name] ?? 'none';
+  if (name === 'budgetCents' || name === 'costCents') return dollars(value);
+  if (TIMES.has(name)) return when(value);
+  if (Array.isArray(value)) return value.map((v) => (typeof v === 'object' ? JSON.stringify(v) : String(v))).join(', ');
+  if (typeof value === 'object') return JSON.stringify(value);
+  return String(value);
 }

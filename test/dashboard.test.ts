@@ -483,7 +483,7 @@ describe('dashboard', () => {
     await shot(page, 'rotated');
     // Shown once: a reload does not bring it back.
     await page.reload();
-    await page.locator('#chart canvas').waitFor();
+    await page.locator('#history').waitFor();
     expect(await page.content()).not.toContain(raw);
     expect(errors).toEqual([]);
     await page.close();
@@ -546,6 +546,81 @@ describe('dashboard', () => {
     expect(await page.getByRole('button', { name: 'Rotate secret' }).count()).toBe(0);
     // The browser logs the refused requests itself; nothing else may go wrong.
     expect(errors.filter((e) => !/status of (400|409)/.test(e))).toEqual([]);
+    await page.close();
+  });
+
+  it('happy: the history shows created, updated and rotated entries newest first, by whom, each change readable; markup in a name is text', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_history', name: '<b>markup</b>', scopes: ['docs.read'], budgetCents: 100 });
+    const child = await call('POST', '/v1/keys', { accountId: 'acct_history', name: 'history-child', parentId: k.id, budgetCents: 50 });
+    await call('PATCH', `/v1/keys/${k.id}`, { name: 'plain', budgetCents: 250, scopes: null });
+    await call('POST', `/v1/keys/${k.id}/rotate`, { gracePeriod: '1h' });
+    // As self-serve does: the parent changes its child, recorded as the parent key's doing.
+    await server.ak.update(child.id, { budgetCents: 20 }, { by: k.id });
+
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const entries = page.locator('#history > li');
+    await entries.first().waitFor({ timeout: 10_000 });
+    expect(await entries.evaluateAll((els) => els.map((e) => e.getAttribute('data-kind')))).toEqual(['rotated', 'updated', 'created']);
+    expect(await page.locator('#history .actor').allTextContents()).toEqual(['admin', 'admin', 'admin']);
+    expect(await page.locator('#history time').first().textContent()).toMatch(/^\d{4}-\d\d-\d\d \d\d:\d\d UTC$/);
+
+    const change = (kind: string, field: string) => page.locator(`#history > li[data-kind="${kind}"] li[data-field="${field}"]`).textContent();
+    expect(await change('updated', 'name')).toBe('name: <b>markup</b> → plain');
+    expect(await change('updated', 'budgetCents')).toBe('budgetCents: $1.00 → $2.50');
+    expect(await change('updated', 'scopes')).toBe('scopes: docs.read → all');
+    expect(await change('created', 'name')).toBe('name: <b>markup</b>');
+    expect(await change('rotated', 'previousKeyValidUntil')).toMatch(/^previousKeyValidUntil: \d{4}-\d\d-\d\d \d\d:\d\d UTC$/);
+    expect(await page.locator('#history b, #view b').count()).toBe(0);
+    await shot(page, 'history');
+
+    // On the child's page, the change by the parent names it, linking to its page.
+    await page.goto(`${server.url}/dashboard#/keys/${child.id}`);
+    await page.locator('#view h1', { hasText: 'history-child' }).waitFor({ timeout: 10_000 });
+    const byKey = page.locator('#history > li[data-kind="updated"]');
+    await byKey.waitFor({ timeout: 10_000 });
+    expect(await byKey.locator('.actor').textContent()).toBe(`key #${k.id}`);
+    expect(await byKey.locator('li[data-field="budgetCents"]').textContent()).toBe('budgetCents: $0.50 → $0.20');
+    await byKey.locator('.actor a').click();
+    await page.locator('#view h1', { hasText: 'plain' }).waitFor({ timeout: 10_000 });
+    expect(page.url()).toMatch(new RegExp(`#/keys/${k.id}$`));
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it('happy: "Show older" pages the history with before, and a refresh keeps the older entries', async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_history', name: 'busy-0' });
+    // 55 renames: 56 events, more than the page of 50.
+    for (let i = 1; i <= 55; i++) await call('PATCH', `/v1/keys/${k.id}`, { name: `busy-${i}` });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    const paged: string[] = [];
+    page.on('request', (req) => {
+      if (req.url().includes('/events?')) paged.push(new URL(req.url()).search);
+    });
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const entries = page.locator('#history > li');
+    await entries.first().waitFor({ timeout: 10_000 });
+    expect(await entries.count()).toBe(50);
+    expect(await entries.first().locator('li[data-field="name"]').textContent()).toBe('name: busy-54 → busy-55');
+    const older = page.getByRole('button', { name: 'Show older' });
+    expect(await older.isVisible()).toBe(true);
+    await older.click();
+    await expect.poll(() => entries.count()).toBe(56);
+    expect(await entries.last().getAttribute('data-kind')).toBe('created');
+    expect(await entries.last().locator('li[data-field="name"]').textContent()).toBe('name: busy-0');
+    expect(await older.isHidden()).toBe(true);
+    const lastOfFirstPage = await entries.nth(49).getAttribute('data-event-id');
+    expect(paged).toContain(`?limit=50&before=${lastOfFirstPage}`);
+    // A new change and the page's own refresh: the newest shows on top, the older pages stay.
+    await call('PATCH', `/v1/keys/${k.id}`, { name: 'busy-56' });
+    await expect.poll(() => entries.count(), { timeout: 20_000 }).toBe(57);
+    expect(await entries.first().locator('li[data-field="name"]').textContent()).toBe('name: busy-55 → busy-56');
+    expect(await entries.last().getAttribute('data-kind')).toBe('created');
+    expect(errors).toEqual([]);
     await page.close();
   });
 });
