@@ -2,7 +2,9 @@
 // (a raw key, a subject, an id) and hand it to the module of its flow: keys and account
 // ceilings (lifecycle.ts), validation with its cache (validation.ts), spending and holds
 // (spending.ts), reports (reports.ts). Options are checked in options.ts, the public types
-// live in types.ts, and database faults are mapped to errors in store/errors.ts.
+// live in types.ts, and database faults are mapped to errors in store/errors.ts. One file
+// (a little over 400 lines, most of them the doc comments users read in their editor): the
+// whole public API in one class.
 import { KeyCache } from './cache.js';
 import { AgentKeyError } from './errors.js';
 import { lookupHash } from './keys.js';

@@ -1,3 +1,5 @@
+// One file (about 400 lines): every statement about keys (reads with their budgets above, inserts,
+// revokes, updates, rotation) beside the row shapes they return, so the SQL of a key's life reads in one place.
 import type { Micros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
