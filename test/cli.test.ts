@@ -108,6 +108,10 @@ describe('no database needed', () => {
     ['keys update --budget-cents with --no-budget-cap', ['keys', 'update', '1', '--budget-cents', '5', '--no-budget-cap'], /^agentkey: Use --budget-cents or --no-budget-cap, not both\.$/],
     ['keys update --expires-in with --no-expiry', ['keys', 'update', '1', '--expires-in', '1d', '--no-expiry'], /^agentkey: Use --expires-in or --no-expiry, not both\.$/],
     ['keys update --period week', ['keys', 'update', '1', '--period', 'week'], /'week' is invalid.*day, month, none/],
+    ['keys update --metadata not JSON', ['keys', 'update', '1', '--metadata', '{team'], /--metadata.*expected a JSON object/],
+    ['keys update --metadata an array', ['keys', 'update', '1', '--metadata', '[1,2]'], /--metadata.*expected a JSON object/],
+    ['keys update --metadata with --no-metadata', ['keys', 'update', '1', '--metadata', '{}', '--no-metadata'], /^agentkey: Use --metadata or --no-metadata, not both\.$/],
+    ['keys create --metadata a string', ['keys', 'create', '--account', 'a', '--metadata', '"x"'], /--metadata.*expected a JSON object/],
     // What the terminal is given back of an argument is escaped, never replayed.
     ['keys show with an escape sequence', ['keys', 'show', '1\u001b[2J\u202e'], /^agentkey: .*'1\\x1b\[2J\\u202e' is invalid/],
   ];
@@ -210,6 +214,9 @@ describe('on PGlite (a temp data directory)', () => {
     expect(expectJson(await run(['keys', 'update', '1', '--budget-cents', '50', '--cascade', '--json'], env()))).toMatchObject({ id: 1, budgetCents: 50 });
     expect(expectJson(await run(['keys', 'show', '2', '--json'], env()))).toMatchObject({ budgetCents: 50 });
     expectFailure(await run(['keys', 'update', '99', '--name', 'x'], env()), /^agentkey: No key has id 99\.$/);
+    // Metadata: a JSON object replaces the key's; --no-metadata removes it.
+    expect(expectJson(await run(['keys', 'update', '3', '--metadata', '{"team":"search","n":2}', '--json'], env()))).toMatchObject({ metadata: { team: 'search', n: 2 } });
+    expect(expectJson(await run(['keys', 'update', '3', '--no-metadata', '--json'], env()))).toMatchObject({ metadata: null });
   }, 90_000);
 
   it('keys revoke: the key and its children are revoked', async () => {

@@ -16,7 +16,29 @@ interface UpdateFlags {
   expiresIn?: string;
   expiry?: boolean;
   delegatedBy?: string;
+  metadata?: Record<string, unknown> | false;
   cascade?: boolean;
+}
+
+/** --metadata: a JSON object (the library checks its size and content). */
+function metadataObject(value: string): Record<string, unknown> {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(value);
+  } catch {
+    throw new InvalidArgumentError('expected a JSON object, such as \'{"team":"search"}\'.');
+  }
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) {
+    throw new InvalidArgumentError('expected a JSON object, such as \'{"team":"search"}\'.');
+  }
+  return parsed as Record<string, unknown>;
+}
+
+/** The words the program was given (commander keeps them on the root command). */
+function rawArgs(cmd: Command): string[] {
+  let root = cmd;
+  while (root.parent) root = root.parent;
+  return (root as unknown as { rawArgs: string[] }).rawArgs ?? [];
 }
 
 /** The longest --grace: the library's limit, checked before the database opens. */
@@ -45,7 +67,8 @@ export function addKeysCommands(program: Command): void {
     .option('--expires-in <duration>', "'30m', '1h', '7d', '1mo'")
     .option('--delegated-by <user>', 'the human who authorized this key')
     .option('--parent <id>', 'make it a child of this key', anId('parent'))
-    .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number }) => {
+    .option('--metadata <json>', 'a JSON object kept with the key, e.g. \'{"team":"search"}\'', metadataObject)
+    .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number; metadata?: Record<string, unknown> }) => {
       await withAgentKey(o, 'create', async (ak) => {
         const created = await ak.create({
           accountId: o.account,
@@ -56,6 +79,7 @@ export function addKeysCommands(program: Command): void {
           ...(o.expiresIn !== undefined ? { expiresIn: o.expiresIn } : {}),
           ...(o.delegatedBy !== undefined ? { delegatedBy: o.delegatedBy } : {}),
           ...(o.parent !== undefined ? { parentId: o.parent } : {}),
+          ...(o.metadata !== undefined ? { metadata: o.metadata } : {}),
         });
         const info = await ak.getKey(created.id);
         if (o.json) return json({ key: created.key, ...info });
@@ -107,11 +131,17 @@ export function addKeysCommands(program: Command): void {
     .option('--expires-in <duration>', "'30m', '1h', '7d', '1mo' from now")
     .option('--no-expiry', 'remove the expiry')
     .option('--delegated-by <user>', 'the human who authorized this key')
+    .option('--metadata <json>', "replace the key's metadata with this JSON object", metadataObject)
+    .option('--no-metadata', "remove the key's metadata")
     .option('--cascade', 'narrow the keys under it too, where the change would leave one wider than its parent')
-    .action(async (id: number, o: Common & UpdateFlags) => {
+    .action(async (id: number, o: Common & UpdateFlags, cmd: Command) => {
       if (o.scopes !== undefined && o.unlimitedScopes) throw new UserError('Use --scopes or --unlimited-scopes, not both.');
       if (o.budgetCents !== undefined && o.budgetCap === false) throw new UserError('Use --budget-cents or --no-budget-cap, not both.');
       if (o.expiresIn !== undefined && o.expiry === false) throw new UserError('Use --expires-in or --no-expiry, not both.');
+      const args = rawArgs(cmd);
+      if (args.includes('--no-metadata') && args.some((a) => a === '--metadata' || a.startsWith('--metadata='))) {
+        throw new UserError('Use --metadata or --no-metadata, not both.');
+      }
       const changes = {
         ...(o.name !== undefined ? { name: o.name } : {}),
         ...(o.scopes !== undefined ? { scopes: o.scopes } : o.unlimitedScopes ? { scopes: null } : {}),
@@ -119,6 +149,7 @@ export function addKeysCommands(program: Command): void {
         ...(o.period !== undefined ? { budgetPeriod: o.period === 'none' ? null : o.period } : {}),
         ...(o.expiresIn !== undefined ? { expiresIn: o.expiresIn } : o.expiry === false ? { expiresIn: null } : {}),
         ...(o.delegatedBy !== undefined ? { delegatedBy: o.delegatedBy } : {}),
+        ...(o.metadata === false ? { metadata: null } : o.metadata !== undefined ? { metadata: o.metadata } : {}),
       };
       if (Object.keys(changes).length === 0) throw new UserError('Nothing to change: give at least one of the options (see --help).');
       await withAgentKey(o, 'change', async (ak) => {
