@@ -1,9 +1,8 @@
 import fs from 'node:fs';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { type Storage, openStorage } from '../src/server/storage.js';
-import { type CliResult, cliEnv, expectFailure, expectJson, expectOneLine, expectSuccess, freshDatabase, linesOf, runCli, stopCliProcesses, tempDir } from './helpers/cli.js';
-import { useCliBundle } from './helpers/processes.js';
+import { type CliResult, expectFailure, expectJson, expectOneLine, expectSuccess, freshDatabase, linesOf, stopCliProcesses, tempDir, useCliRunner } from './helpers/cli.js';
 
 /**
  * `agentkey keys rotate` and `agentkey keys events` as a real process, on a temp PGlite
@@ -13,21 +12,7 @@ import { useCliBundle } from './helpers/processes.js';
  * bad input is one line, exit 1, and changes nothing.
  */
 
-const cli = useCliBundle('cli-keys');
-afterEach(stopCliProcesses);
-
-let cwd: string;
-beforeAll(() => {
-  cwd = tempDir('agentkey-cli-keys-cwd');
-});
-afterAll(async () => {
-  await stopCliProcesses();
-  fs.rmSync(cwd, { recursive: true, force: true });
-});
-
-function run(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
-  return runCli(cli(), args, { cwd, env: cliEnv(env) });
-}
+const { cwd, run } = useCliRunner('cli-keys');
 
 const ISO = /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/;
 /** No control character but the line breaks, no bidi mark, override or isolate. */
@@ -68,7 +53,7 @@ describe('no database needed', () => {
   });
 
   it('no mistake opened or created a database', () => {
-    expect(fs.readdirSync(cwd)).toEqual([]);
+    expect(fs.readdirSync(cwd())).toEqual([]);
   });
 });
 

@@ -4,11 +4,11 @@ import { PGlite } from '@electric-sql/pglite';
 import path from 'node:path';
 import type { Command } from 'commander';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { buildProgram } from '../src/cli/main.js';
 import { AgentKey } from '../src/index.js';
-import { type CliResult, cliEnv, expectFailure, expectJson, expectOneLine, expectSuccess, freshDatabase, linesOf, runCli, stopCliProcesses, tempDir } from './helpers/cli.js';
-import { ROOT, useCliBundle } from './helpers/processes.js';
+import { type CliResult, cliEnv, expectFailure, expectJson, expectOneLine, expectSuccess, freshDatabase, linesOf, runCli, stopCliProcesses, tempDir, useCliRunner } from './helpers/cli.js';
+import { ROOT } from './helpers/processes.js';
 
 /**
  * The `agentkey` operator CLI as a real process (bundled from the current src/): keys,
@@ -17,22 +17,8 @@ import { ROOT, useCliBundle } from './helpers/processes.js';
  * end with exit code 1, one `agentkey: ...` line on stderr and nothing on stdout.
  */
 
-const cli = useCliBundle('cli');
-afterEach(stopCliProcesses);
-
 /** Every run happens in an empty directory, so the default ./.agentkey never lands in the repo. */
-let cwd: string;
-beforeAll(() => {
-  cwd = tempDir('agentkey-cli-cwd');
-});
-afterAll(async () => {
-  await stopCliProcesses();
-  fs.rmSync(cwd, { recursive: true, force: true });
-});
-
-function run(args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> {
-  return runCli(cli(), args, { cwd, env: cliEnv(env) });
-}
+const { cli, cwd, run } = useCliRunner('cli');
 
 /** Every command of the program (from the same source the binary is built from), with its full name. */
 function allCommands(): { name: string[]; cmd: Command }[] {
@@ -67,7 +53,7 @@ describe('no database needed', () => {
     const flat = keysCreate.stdout.replace(/\s+/g, ' ');
     expect(flat).toMatch(/--data-dir <dir> .*\(default: "\.\/\.agentkey", env: AGENTKEY_DATA_DIR\)/);
     expect(flat).toMatch(/--database-url <url> .*\(env: DATABASE_URL\)/);
-    expect(fs.readdirSync(cwd)).toEqual([]);
+    expect(fs.readdirSync(cwd())).toEqual([]);
   }, 60_000);
 
   it('--version and -v print the version of package.json', async () => {
@@ -81,7 +67,7 @@ describe('no database needed', () => {
       for (const file of fs.readdirSync(path.dirname(cli()))) fs.copyFileSync(path.join(path.dirname(cli()), file), path.join(dir, 'dist', file === 'index.js' ? 'cli.js' : file));
       const bin = path.join(dir, 'dist', 'cli.js');
       for (const flag of ['--version', '-v']) {
-        const result = await runCli(bin, [flag], { cwd, env: cliEnv() });
+        const result = await runCli(bin, [flag], { cwd: cwd(), env: cliEnv() });
         expect({ code: result.code, stdout: result.stdout, stderr: result.stderr }).toEqual({ code: 0, stdout: `${pkg.version}\n`, stderr: '' });
       }
     } finally {
@@ -131,14 +117,14 @@ describe('no database needed', () => {
   });
 
   it('read-only commands where there is no database (the default ./.agentkey, or --data-dir): one line, exit 1, and no directory is created', async () => {
-    const missing = path.join(cwd, 'no-such-dir');
+    const missing = path.join(cwd(), 'no-such-dir');
     const reads = [['keys', 'list'], ['keys', 'show', '1'], ['usage'], ['accounts', 'budget', 'acct_1'], ['keys', 'revoke', '1']];
     const results = await Promise.all([
       ...reads.map((args) => run(args)),
       ...reads.map((args) => run([...args, '--data-dir', missing])),
     ]);
     results.forEach((result, i) => {
-      const where = i < reads.length ? path.join(cwd, '.agentkey') : missing;
+      const where = i < reads.length ? path.join(cwd(), '.agentkey') : missing;
       expect(linesOf(result.stderr)[0]).toBe(`agentkey: No agentkey database in ${where}; check --data-dir (or AGENTKEY_DATA_DIR), or create one with \`agentkey migrate\`.`);
       expectFailure(result, /No agentkey database/);
       expectOneLine(result);
@@ -147,7 +133,7 @@ describe('no database needed', () => {
   }, 120_000);
 
   it('no mistake opened or created a database', () => {
-    expect(fs.readdirSync(cwd)).toEqual([]);
+    expect(fs.readdirSync(cwd())).toEqual([]);
   });
 });
 

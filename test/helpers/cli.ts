@@ -3,8 +3,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { expect, inject } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
 import { withDatabase } from './databases.js';
+import { useCliBundle } from './processes.js';
 
 /**
  * Runs the `agentkey` command (the bundle from useCliBundle) as a real process: one-shot
@@ -222,4 +223,27 @@ export function expectFailure(result: CliResult, message: RegExp): void {
 /** The whole of stderr is the one `agentkey: ...` line. */
 export function expectOneLine(result: CliResult): void {
   expect(linesOf(result.stderr), `stderr of a failed run:\n${result.stderr}`).toEqual([expect.stringMatching(/^agentkey: \S/)]);
+}
+
+/**
+ * The CLI bundled as `name`, run in an empty temp directory of its own (so a default
+ * ./.agentkey never lands in the repo), its processes stopped after each test and the
+ * directory removed after the file. Call at the top of a test file.
+ */
+export function useCliRunner(name: string) {
+  const cli = useCliBundle(name);
+  let dir = '';
+  afterEach(stopCliProcesses);
+  beforeAll(() => {
+    dir = tempDir(`agentkey-${name}-cwd`);
+  });
+  afterAll(async () => {
+    await stopCliProcesses();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return {
+    cli,
+    cwd: () => dir,
+    run: (args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> => runCli(cli(), args, { cwd: dir, env: cliEnv(env) }),
+  };
 }
