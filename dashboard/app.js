@@ -164,6 +164,7 @@ async function keyPage(view, id, { quiet } = {}) {
         field('Scopes', scopes(key.scopes)), field('Parent', key.parentId ? h('a', { href: `#/keys/${key.parentId}` }, `key ${key.parentId}`) : '—'),
         field('Period', key.budgetPeriod ? `per ${key.budgetPeriod}, next reset ${when(key.budgetResetAt)}` : 'lifetime'),
         field('Expires', when(key.expiresAt)), field('Last used', ago(key.lastUsedAt)), field('Delegated by', key.delegatedBy ?? '—'),
+        field('Metadata', key.metadata ? h('span', { class: 'mono', id: 'key-metadata' }, visible(JSON.stringify(key.metadata))) : '—'),
       ),
       h('div', { id: 'key-budget' }, bar(key)),
       h('div', { id: 'edit-slot', class: 'edit-slot' },

@@ -26,6 +26,8 @@ function editForm(key) {
     scopes: key.scopes === null ? '' : key.scopes.map(visible).join(', '),
     delegatedBy: visible(key.delegatedBy ?? ''),
     noExpiry: !key.expiresAt,
+    // JSON text, as shown (an invisible character as its JSON escape, \u202e): unchanged, it is not sent.
+    metadata: key.metadata ? visible(JSON.stringify(key.metadata)) : '',
   };
   const form = h('form', { id: 'edit-form', class: 'edit-form', 'data-key-id': key.id, 'aria-labelledby': 'edit-title',
     onsubmit: (e) => { e.preventDefault(); saveEdit(key, form, initial); } },
@@ -48,6 +50,8 @@ function editForm(key) {
             onchange: (e) => { if (e.target.checked) form.elements.expires.value = ''; } }),
           ' No expiry')),
       h('label', { for: 'edit-delegated-by' }, 'Delegated by', h('input', { id: 'edit-delegated-by', name: 'delegatedBy', maxlength: 256, value: initial.delegatedBy })),
+      h('label', { for: 'edit-metadata' }, 'Metadata (a JSON object; empty: none)',
+        h('textarea', { id: 'edit-metadata', name: 'metadata', rows: 2, spellcheck: 'false', placeholder: '{"team": "search"}' }, initial.metadata)),
     ),
     h('label', { for: 'edit-cascade', class: 'check', id: 'edit-cascade-label' },
       h('input', { id: 'edit-cascade', name: 'cascade', type: 'checkbox', 'aria-describedby': 'edit-error' }),
@@ -89,6 +93,15 @@ async function saveEdit(key, form, initial) {
     return;
   }
   if (raw('delegatedBy') !== initial.delegatedBy) changes.delegatedBy = v('delegatedBy') || null;
+  if (raw('metadata') !== initial.metadata) {
+    // Text that is not JSON cannot go as an object; whether the object is acceptable is the server's to say.
+    try {
+      changes.metadata = v('metadata') === '' ? null : JSON.parse(v('metadata'));
+    } catch {
+      error.textContent = 'The metadata must be JSON, such as {"team": "search"}, or empty for none.';
+      return;
+    }
+  }
   if (Object.keys(changes).length === 0) {
     error.textContent = 'Nothing changed.';
     return;

@@ -408,6 +408,44 @@ describe('dashboard', () => {
     await page.close();
   });
 
+  it("happy: a key's metadata is shown on its page and edited as JSON (empty removes it); text that is not JSON is refused beside the form", async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_edit_meta', name: 'meta', metadata: { team: '<b>search</b>' } });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    const patches: unknown[] = [];
+    page.on('request', (req) => {
+      if (req.method() === 'PATCH') patches.push(req.postDataJSON());
+    });
+    await signIn(page);
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    expect(await page.locator('#key-metadata').textContent()).toBe('{"team":"<b>search</b>"}');
+    expect(await page.locator('#view b').count()).toBe(0);
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    const form = page.locator('#edit-form');
+    const field = form.getByLabel('Metadata');
+    expect(await field.inputValue()).toBe('{"team":"<b>search</b>"}');
+    await field.fill('{team: ads}');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-error', { hasText: 'The metadata must be JSON' }).waitFor({ timeout: 10_000 });
+    await field.fill('["not", "an object"]');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-error', { hasText: /metadata/ }).waitFor({ timeout: 10_000 });
+    expect((await call('GET', `/v1/keys/${k.id}`)).metadata).toEqual({ team: '<b>search</b>' });
+    await field.fill('{"team": "ads", "tier": 2}');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
+    expect(await page.locator('#key-metadata').textContent()).toBe('{"team":"ads","tier":2}');
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    await page.locator('#edit-form').getByLabel('Metadata').fill('');
+    await page.locator('#edit-form').getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
+    expect((await call('GET', `/v1/keys/${k.id}`)).metadata).toBeNull();
+    expect(patches).toEqual([{ metadata: ['not', 'an object'] }, { metadata: { team: 'ads', tier: 2 } }, { metadata: null }]);
+    // The refused PATCH is logged by the browser as a failed request; nothing else.
+    expect(errors.filter((e) => !/status of 400/.test(e))).toEqual([]);
+    await page.close();
+  });
+
   it('security: a name with markup typed into the edit form is stored and shown as text, not markup', async () => {
     const k = await call('POST', '/v1/keys', { accountId: 'acct_edit_xss', name: 'plain-name', budgetCents: 100 });
     const markup = '<img src=x onerror=alert(1)>';
@@ -540,7 +578,8 @@ describe('dashboard', () => {
     expect(await page.locator('#rotated-secret').count()).toBe(0);
     await shot(page, 'rotate-refused');
     await dialog.getByRole('button', { name: 'Cancel' }).click();
-    expect(await page.locator('#rotate-dialog').count()).toBe(0);
+    // The dialog leaves on its close event, a moment after the click.
+    await expect.poll(() => page.locator('#rotate-dialog').count()).toBe(0);
     // Once the page knows, it offers no rotation.
     await page.locator('#rotate-unavailable').waitFor({ timeout: 20_000 });
     expect(await page.getByRole('button', { name: 'Rotate secret' }).count()).toBe(0);
