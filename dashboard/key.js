@@ -2,7 +2,7 @@
 // only the changed fields), rotating its secret (POST /v1/keys/:id/rotate), and its history
 // (GET /v1/keys/:id/events). app.js lays out the page; these build and run the parts.
 
-import { $, api, dollars, h, secretBox, shell, visible, when } from './ui.js';
+import { $, api, dollars, h, secretBox, shell, visible, visibleJson, when } from './ui.js';
 
 // ---- editing a key: PATCH /v1/keys/:id with only the fields the operator changed ----
 
@@ -26,8 +26,8 @@ function editForm(key) {
     scopes: key.scopes === null ? '' : key.scopes.map(visible).join(', '),
     delegatedBy: visible(key.delegatedBy ?? ''),
     noExpiry: !key.expiresAt,
-    // JSON text, as shown (an invisible character as its JSON escape, \u202e): unchanged, it is not sent.
-    metadata: key.metadata ? visible(JSON.stringify(key.metadata)) : '',
+    // JSON text with every hidden character as its JSON escape: what is shown parses back; unchanged, it is not sent.
+    metadata: key.metadata ? visibleJson(key.metadata) : '',
   };
   const form = h('form', { id: 'edit-form', class: 'edit-form', 'data-key-id': key.id, 'aria-labelledby': 'edit-title',
     onsubmit: (e) => { e.preventDefault(); saveEdit(key, form, initial); } },

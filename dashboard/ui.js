@@ -24,6 +24,15 @@ export function visible(text) {
   });
 }
 
+/**
+ * A value as JSON text in which every character visible() would escape is a JSON escape
+ * (\u202e), so the text shows no hidden characters and parses back to the same value.
+ */
+export function visibleJson(value) {
+  return JSON.stringify(value).replace(UNPRINTABLE, (c) =>
+    Array.from({ length: c.length }, (_, i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`).join(''));
+}
+
 export function h(tag, attrs = {}, ...children) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs)) {

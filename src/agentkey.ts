@@ -34,6 +34,7 @@ import type {
   CommitResult,
   CreateKeyOptions,
   CreateKeyResult,
+  CreateOptions,
   KeyChanges,
   KeyEvent,
   KeyEventQuery,
@@ -140,12 +141,14 @@ export class AgentKey {
   // Keys: minting, reading, revoking, and their scopes.
 
   /**
-   * Mints a scoped, budgeted key. The raw key is in the result and nowhere else.
+   * Mints a scoped, budgeted key. The raw key is in the result and nowhere else. `how`
+   * says who made it for the event log: `by` a key through self-serve (it must be the
+   * parent), or the `signup` route; otherwise this process's `actor`.
    *
    * @example await ak.create({ accountId: 'acct_1', budgetCents: 5000, budgetPeriod: 'month', expiresIn: '7d' })
    */
-  async create(options: CreateKeyOptions): Promise<CreateKeyResult> {
-    return this.keys.create(options);
+  async create(options: CreateKeyOptions, how?: CreateOptions): Promise<CreateKeyResult> {
+    return this.keys.create(options, how);
   }
 
   /**

@@ -16,6 +16,7 @@ export type {
   CommitResult,
   CreateKeyOptions,
   CreateKeyResult,
+  CreateOptions,
   CreatedKey,
   EnsureSubjectOptions,
   InvalidKey,

@@ -16,6 +16,7 @@ import { type LimitChanges, fitUnderParent, fitUpdate, mayActOn, mayChange } fro
 import type {
   AccountBudget,
   CreateKeyOptions,
+  CreateOptions,
   CreateKeyResult,
   KeyChanges,
   KeyEvent,
@@ -63,9 +64,21 @@ export class KeyLifecycle {
     this.fault = storageFault(rules.table);
   }
 
-  /** `create()`: a new key, under its parent when `parentId` is given. */
-  async create(options: CreateKeyOptions): Promise<CreateKeyResult> {
+  /** `create()`: a new key, under its parent when `parentId` is given; `how.by` is the parent that makes it (self-serve). */
+  async create(options: CreateKeyOptions, how: CreateOptions = {}): Promise<CreateKeyResult> {
     const o = checkOptions<CreateKeyOptions>(options, CREATE_OPTIONS, 'create()');
+    const h = checkOptions<CreateOptions>(how ?? {}, ['by', 'signup'], 'create() options');
+    let actor: Actor = this.rules.actor;
+    if (h.by !== undefined) {
+      const by = keyIdNumber(h.by, 'by');
+      if (o.parentId == null || keyIdNumber(o.parentId, 'parentId') !== by) {
+        throw new AgentKeyError('invalid_argument', `A key makes keys only under itself: with by: ${by}, parentId must be ${by}.`);
+      }
+      actor = `key:${by}`;
+    } else if (h.signup !== undefined) {
+      if (typeof h.signup !== 'boolean') throw new AgentKeyError('invalid_argument', 'signup must be true or false.');
+      if (h.signup) actor = 'signup';
+    }
     const fields = this.keyFields(o, accountIdText(o.accountId));
     const minted = mintKey(this.rules.keyPrefix);
     const key = { hash: minted.hash, visiblePrefix: minted.visiblePrefix, subject: null };
@@ -79,11 +92,11 @@ export class KeyLifecycle {
           ...fitUnderParent(parent, fields, given, this.rules.maxDepth),
           ...key,
           parent: { id: Number(parent.id), ancestorIds: parent.ancestor_ids.map(Number) },
-        }), this.rules.actor)
+        }), actor)
         .catch(this.fault);
       if (!row) throw new AgentKeyError('parent_not_found', `No key has id ${parentId}; a child key needs an existing parent.`);
     } else {
-      row = await this.store.insert({ ...fields, ...key, parent: null }, this.rules.actor).catch(this.fault);
+      row = await this.store.insert({ ...fields, ...key, parent: null }, actor).catch(this.fault);
     }
     return { key: minted.raw, ...createdFields(row) };
   }
@@ -302,8 +315,12 @@ export class KeyLifecycle {
 /** `gracePeriod` in ms: 0 or a duration of at most 7 days. */
 function graceOption(value: unknown): number {
   if (value === undefined || value === 0) return 0;
-  if (typeof value === 'string' && /^\s*0(s|m|h|d|w|mo)\s*$/.test(value)) return 0;
-  return durationMs(value, 'gracePeriod', MAX_GRACE_MS);
+  if (typeof value === 'string' && /^\s*0(s|m|h|d|w|mo)?\s*$/.test(value)) return 0;
+  const ms = durationMs(value, 'gracePeriod', Infinity);
+  if (ms > MAX_GRACE_MS) {
+    throw new AgentKeyError('invalid_duration', `Invalid duration: ${String(value).trim()} (gracePeriod must be at most 7 days, '7d').`);
+  }
+  return ms;
 }
 
 /** The package's `CreateKeyResult` fields, from the row as the table stored it (its defaults included). */

@@ -187,7 +187,9 @@ const MAX_METADATA_BYTES = 8_192;
 /** A metadata option: a JSON object as its text (null when not given), or a clear error. */
 export function metadataJson(value: unknown): string | null {
   if (value === undefined || value === null) return null;
-  if (typeof value !== 'object' || Array.isArray(value)) {
+  // A plain object only: a Date, a Map or a class instance would be stored as something else.
+  const proto = typeof value === 'object' ? Object.getPrototypeOf(value) : undefined;
+  if (typeof value !== 'object' || Array.isArray(value) || (proto !== Object.prototype && proto !== null)) {
     throw new AgentKeyError('invalid_argument', `metadata must be a JSON object; got ${describe(value)}.`);
   }
   let json: string;

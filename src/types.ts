@@ -152,10 +152,11 @@ export interface KeyEvent {
   accountId: string;
   kind: KeyEventKind;
   /**
-   * Who made it: 'library', 'admin' (the service's admin key), 'cli', 'key' (the key
-   * `actorKeyId`, through self-serve) or 'sql' (an edit of the table the trigger caught).
+   * Who made it: 'library', 'admin' (the service's admin key), 'cli', 'signup' (the
+   * self-serve signup route), 'key' (the key `actorKeyId`, through self-serve) or 'sql' (an
+   * edit of the table the trigger caught).
    */
-  actor: 'library' | 'admin' | 'cli' | 'key' | 'sql';
+  actor: 'library' | 'admin' | 'cli' | 'signup' | 'key' | 'sql';
   actorKeyId: number | null;
   /**
    * Each field that changed, with its value before and after (a new key: after only), in
@@ -174,6 +175,14 @@ export interface KeyEventQuery {
   before?: number | string;
   /** Default 100, at most 1000. */
   limit?: number;
+}
+
+/** Who makes a key through `create()`, beside the process's own `actor`. */
+export interface CreateOptions {
+  /** The key that makes it (self-serve): it must be the new key's parent. Recorded as that key's. */
+  by?: number | string;
+  /** Made by the self-serve signup route: recorded as 'signup'. */
+  signup?: boolean;
 }
 
 /** What `create()` returns: the package's `CreateKeyResult`. */

@@ -75,7 +75,10 @@ export class Validation {
       loading = entry;
     }
     const row = await loading.read;
-    if (!row) return { valid: false, reason: 'invalid' };
+    // No key, or a rotated key's previous secret whose grace period has ended since it was read.
+    if (!row || (row.secret_valid_until !== undefined && new Date(row.secret_valid_until).getTime() <= Date.now())) {
+      return { valid: false, reason: 'invalid' };
+    }
     const rooms = limitRooms(row);
     return this.validation(toCached(row, 0), rooms.length === 0 ? null : Math.min(...rooms));
   }

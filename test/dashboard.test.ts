@@ -409,7 +409,9 @@ describe('dashboard', () => {
   });
 
   it("happy: a key's metadata is shown on its page and edited as JSON (empty removes it); text that is not JSON is refused beside the form", async () => {
-    const k = await call('POST', '/v1/keys', { accountId: 'acct_edit_meta', name: 'meta', metadata: { team: '<b>search</b>' } });
+    // Markup, and characters that must not hide on the page: a bidi override and a C1 control.
+    const meta = { team: '<b>search</b>', note: 'a\u202eb\u0085c' };
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_edit_meta', name: 'meta', metadata: meta });
     const page = await browser.newPage();
     const errors = watchErrors(page);
     const patches: unknown[] = [];
@@ -418,19 +420,22 @@ describe('dashboard', () => {
     });
     await signIn(page);
     await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
-    expect(await page.locator('#key-metadata').textContent()).toBe('{"team":"<b>search</b>"}');
+    expect(await page.locator('#key-metadata').textContent()).toBe('{"note":"a\\u202eb\\x85c","team":"<b>search</b>"}');
     expect(await page.locator('#view b').count()).toBe(0);
     await page.getByRole('button', { name: 'Edit key' }).click();
     const form = page.locator('#edit-form');
     const field = form.getByLabel('Metadata');
-    expect(await field.inputValue()).toBe('{"team":"<b>search</b>"}');
+    // In the form (keys in the order PostgreSQL keeps them), the hidden characters are JSON
+    // escapes: the text parses back to the same object.
+    expect(await field.inputValue()).toBe('{"note":"a\\u202eb\\u0085c","team":"<b>search</b>"}');
+    expect(JSON.parse(await field.inputValue())).toEqual(meta);
     await field.fill('{team: ads}');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await page.locator('#edit-error', { hasText: 'The metadata must be JSON' }).waitFor({ timeout: 10_000 });
     await field.fill('["not", "an object"]');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await page.locator('#edit-error', { hasText: /metadata/ }).waitFor({ timeout: 10_000 });
-    expect((await call('GET', `/v1/keys/${k.id}`)).metadata).toEqual({ team: '<b>search</b>' });
+    expect((await call('GET', `/v1/keys/${k.id}`)).metadata).toEqual(meta);
     await field.fill('{"team": "ads", "tier": 2}');
     await form.getByRole('button', { name: 'Save changes' }).click();
     await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
@@ -566,7 +571,7 @@ describe('dashboard', () => {
     await page.locator('#rotate-ok').click();
     const error = page.locator('#rotate-error');
     await error.filter({ hasText: 'at most' }).waitFor({ timeout: 10_000 });
-    expect(await error.textContent()).toBe('Invalid duration: 8d (gracePeriod must be at most 168h).');
+    expect(await error.textContent()).toBe("Invalid duration: 8d (gracePeriod must be at most 7 days, '7d').");
     expect(await dialog.getByLabel('Other grace period').inputValue()).toBe('8d');
     expect(await call('POST', '/v1/verify', { key: k.key }, false)).toMatchObject({ valid: true });
 

@@ -3,6 +3,7 @@ import type { AgentKey, KeyEvent } from '../src/index.js';
 import { tableNames } from '../src/store/identifiers.js';
 import { forEachDatabase, type TestDb, uniqueName } from './helpers/databases.js';
 import { rejectsWith } from './helpers/errors.js';
+import { packageKey, packageTableSql } from './helpers/package.js';
 import { ISO } from './helpers/results.js';
 
 /**
@@ -164,6 +165,25 @@ forEachDatabase((getDb) => {
         for (let j = 1; j < mine.length; j++) expect(mine[j]!.changes.budgetCents!.before).toBe(mine[j - 1]!.changes.budgetCents!.after);
         expect(mine[mine.length - 1]!.changes.budgetCents!.after).toBe((await ak.getKey(key.id))!.budgetCents);
       }
+    });
+
+    it("happy: on the package's table a key with no account (its account_id may be NULL) is made, edited and revoked, with events under account ''", async () => {
+      const db = getDb();
+      const table = db.freshTable();
+      await db.query(packageTableSql(table));
+      const ak = await db.agentKey({ tableName: table });
+      const k = packageKey();
+      const [row] = await db.query<{ id: number }>(`INSERT INTO ${table} (key_hash, key_prefix) VALUES ($1, $2) RETURNING id`, [k.hash, k.prefix]);
+      const id = Number(row!.id);
+      await db.query(`UPDATE ${table} SET name = 'edited in SQL' WHERE id = $1`, [id]);
+      expect(await ak.revoke(id)).toBe(true);
+      const events = await ak.keyEvents({ keyId: id });
+      expect(events.map((e) => [e.kind, e.actor, e.accountId])).toEqual([
+        ['revoked', 'library', ''],
+        ['updated', 'sql', ''],
+        ['created', 'sql', ''],
+      ]);
+      expect(events[1]!.changes).toEqual({ name: { before: 'default', after: 'edited in SQL' } });
     });
 
     it('unhappy: a refused change writes no event; the log refuses updates and deletes; bad queries are refused', async () => {

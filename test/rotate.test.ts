@@ -116,6 +116,23 @@ forEachDatabase((getDb) => {
       await expectAuditOk(ak);
     });
 
+    it('security: past its grace period the old secret is invalid even when looked up in one query with the key\'s current secret', async () => {
+      const db = getDb();
+      for (const cache of [false, undefined] as const) {
+        const ak = await db.agentKey(cache === false ? { cache: false } : {});
+        const k = await ak.create({ accountId: newAccount() });
+        const r = await ak.rotate(k.id, { gracePeriod: '1h' });
+        await endGrace(db, ak, k.id);
+        // Lookups of concurrent validations go out together (one query for both hashes).
+        const [old, fresh] = await Promise.all([ak.validate(k.key), ak.validate(r.key)]);
+        expect(old, `cache ${String(cache)}`).toEqual({ valid: false, reason: 'invalid' });
+        expect(valid(fresh).id).toBe(k.id);
+        const again = await Promise.all([ak.validate(r.key), ak.validate(k.key), ak.identify(k.key)]);
+        expect(again[1]).toEqual({ valid: false, reason: 'invalid' });
+        expect(again[2]).toBeNull();
+      }
+    });
+
     it('happy: a grace period written to have ended (time passing) refuses the old secret for charges and holds', async () => {
       const db = getDb();
       const ak = await db.agentKey({ cache: false });
@@ -138,6 +155,7 @@ forEachDatabase((getDb) => {
       const k = await ak.create({ accountId: account });
       expect((await ak.rotate(k.id, { gracePeriod: 0 })).previousKeyValidUntil).toBeNull();
       expect((await ak.rotate(String(k.id), { gracePeriod: '0s', accountId: account })).previousKeyValidUntil).toBeNull();
+      expect((await ak.rotate(k.id, { gracePeriod: '0' as never })).previousKeyValidUntil).toBeNull();
       const e = await ak.create({ accountId: account, expiresIn: '0h' });
       const re = await ak.rotate(e.id);
       expect(await ak.validate(re.key)).toEqual({ valid: false, reason: 'expired' });
@@ -163,6 +181,9 @@ forEachDatabase((getDb) => {
       for (const grace of ['8d', '2w', '1mo', '-1s', 'soon', '', 5, -1, null, true]) {
         await refused(db, ak, () => ak.rotate(k.id, { gracePeriod: grace as never }), 'invalid_duration', `gracePeriod ${JSON.stringify(grace)}`);
       }
+      expect((await rejectsWith(() => ak.rotate(k.id, { gracePeriod: '8d' }), 'invalid_duration')).message).toBe(
+        "Invalid duration: 8d (gracePeriod must be at most 7 days, '7d').",
+      );
       await refused(db, ak, () => ak.rotate(k.id, { grace: '1h' } as never), 'invalid_argument', 'unknown option');
       await refused(db, ak, () => ak.rotate('abc'), 'invalid_argument', 'bad id');
       await refused(db, ak, () => ak.rotate(0), 'invalid_argument', 'zero id');

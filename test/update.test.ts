@@ -588,7 +588,7 @@ forEachDatabase((getDb) => {
       const db = getDb();
       const ak = await db.agentKey();
       const k = await ak.create({ accountId: newAccount(), metadata: { a: 1 } });
-      for (const bad of [[1, 2], 'text', 5, { big: 'x'.repeat(9_000) }, { nul: 'a\u0000b' }]) {
+      for (const bad of [[1, 2], 'text', 5, { big: 'x'.repeat(9_000) }, { nul: 'a\u0000b' }, new Date(0), new Map([['a', 1]])]) {
         await refused(db, ak, () => ak.update(k.id, { metadata: bad as never }), 'invalid_argument', `update metadata ${JSON.stringify(bad).slice(0, 30)}`);
         await rejectsWith(() => ak.create({ accountId: 'acct_x', metadata: bad as never }), 'invalid_argument', `create metadata ${JSON.stringify(bad).slice(0, 30)}`);
       }

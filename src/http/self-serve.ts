@@ -104,7 +104,7 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         accountId,
         scopes,
         userId: (email as string | undefined) ?? null,
-      });
+      }, { signup: true });
       return { status: 201, body: { ...created, accountId } };
     }),
 
@@ -153,7 +153,7 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
         // A child of the caller: its spend also counts against the caller, so a daily
         // child under a monthly caller can never outspend the caller's month.
         parentId: parent.keyId,
-      });
+      }, { by: parent.keyId });
       return { status: 201, body: { ...created, accountId: parent.accountId } };
     }),
 

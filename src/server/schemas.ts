@@ -136,8 +136,8 @@ export const KeyEvent = z
     keyId: z.number().int().nullable().openapi({ description: "null for an account's ceiling ('budget_set')." }),
     accountId: z.string(),
     kind: z.enum(['created', 'updated', 'rotated', 'revoked', 'budget_set', 'adjusted']),
-    actor: z.enum(['library', 'admin', 'cli', 'key', 'sql']).openapi({
-      description: "Who made the change: the library, the admin key, the CLI, a key through self-serve (actorKeyId), or 'sql' (an edit of the table).",
+    actor: z.enum(['library', 'admin', 'cli', 'signup', 'key', 'sql']).openapi({
+      description: "Who made the change: the library, the admin key, the CLI, the signup route, a key through self-serve (actorKeyId), or 'sql' (an edit of the table).",
     }),
     actorKeyId: z.number().int().nullable(),
     changes: z

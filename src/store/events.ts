@@ -9,7 +9,7 @@ export interface EventRow {
   key_id: number | string | null;
   account_id: string;
   kind: EventKind;
-  actor: 'library' | 'admin' | 'cli' | 'key' | 'sql';
+  actor: 'library' | 'admin' | 'cli' | 'signup' | 'key' | 'sql';
   actor_key_id: number | string | null;
   /** Per field (column names; budgets in micro-dollars as text): its value before and after. */
   changes: Record<string, { before?: unknown; after?: unknown }>;

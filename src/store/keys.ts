@@ -251,15 +251,19 @@ export class KeyStore {
    * a key's current secret, or by the one it had before a rotation while that still works.
    */
   async findByHashes(hashes: readonly string[]): Promise<(KeyRow | null)[]> {
-    const rows = await this.db.query<KeyRow & { key_hash: string; previous_key_hash: string | null; previous_key_valid_until: Date | null }>(
-      `SELECT ${this.columns}, k.key_hash, k.previous_key_hash, k.previous_key_valid_until FROM ${this.from}
+    const rows = await this.db.query<
+      KeyRow & { key_hash: string; previous_key_hash: string | null; previous_key_valid_until: Date | null; previous_live: boolean }
+    >(
+      `SELECT ${this.columns}, k.key_hash, k.previous_key_hash, k.previous_key_valid_until,
+              COALESCE(k.previous_key_valid_until > now(), false) AS previous_live FROM ${this.from}
        WHERE k.key_hash = ANY($1::text[]) OR (k.previous_key_hash = ANY($1::text[]) AND k.previous_key_valid_until > now())`,
       [hashes],
     );
     const byHash = new Map<string, KeyRow>();
-    for (const { key_hash, previous_key_hash, previous_key_valid_until, ...row } of rows) {
+    for (const { key_hash, previous_key_hash, previous_key_valid_until, previous_live, ...row } of rows) {
       byHash.set(key_hash, row);
-      if (previous_key_hash !== null && previous_key_valid_until !== null && !byHash.has(previous_key_hash)) {
+      // A row found by its current secret still carries its previous one: only a live one counts.
+      if (previous_live && previous_key_hash !== null && previous_key_valid_until !== null && !byHash.has(previous_key_hash)) {
         byHash.set(previous_key_hash, { ...row, secret_valid_until: new Date(previous_key_valid_until) });
       }
     }

@@ -1,4 +1,6 @@
+import { AgentKeyError } from '../errors.js';
 import {
+  type SideTable,
   type TableState,
   SIDE_TABLES,
   applyDefinitions,
@@ -119,6 +121,7 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
       (await tx.query<{ version: number }>(`SELECT version FROM ${t.migrations} WHERE table_name = $1`, [t.name])).map((r) => Number(r.version)),
     );
     let state = await inspect(tx, t);
+    refuseForeignSideTables(t, state);
     let incarnation = keysIncarnation(state);
     // A copy of another live keys table: it starts a history of its own.
     if (incarnation !== null && (await incarnationTakenElsewhere(tx, t, incarnation))) incarnation = null;
@@ -150,6 +153,33 @@ export async function migrate(db: Db, t: TableNames): Promise<number[]> {
     }
     return ran;
   }, Math.max(db.timeoutMs, MIGRATE_TIMEOUT_MS));
+}
+
+/** What each side table agentkey made has at least, whatever its version. */
+const SIDE_COLUMNS: Record<SideTable, readonly string[]> = {
+  ledger: ['id', 'key_id', 'kind', 'amount_micros'],
+  holds: ['id', 'key_id', 'amount_micros', 'status'],
+  accounts: ['account_id', 'budget_micros', 'spent_micros'],
+  events: ['id', 'key_id', 'kind', 'actor', 'changes'],
+};
+
+/**
+ * A table under a side table's name that agentkey never stamped and that lacks its columns
+ * is someone else's (a user's own `<table>_events` audit table, say): migrate() stops with
+ * its name and changes nothing, rather than take it over, stamp it or set its rows aside.
+ */
+function refuseForeignSideTables(t: TableNames, state: TableState): void {
+  for (const side of SIDE_TABLES) {
+    const rel = state[side];
+    if (!rel || incarnationOf(rel.comment) !== null) continue;
+    const missing = SIDE_COLUMNS[side].filter((c) => !rel.columns.has(c));
+    if (missing.length > 0) {
+      throw new AgentKeyError(
+        'storage_error',
+        `migrate() keeps agentkey's ${side} in ${t[side]}, but a table of that name without its columns (${missing.join(', ')}) is already there, likely one of yours; rename it, or give agentkey another tableName, and run migrate() again (nothing was changed).`,
+      );
+    }
+  }
 }
 
 /**

@@ -110,6 +110,14 @@ export class SpendStore {
     return one(await this.spendMany([{ ref, request: r }]));
   }
 
+  /** An operator's adjustment of a key's spend: a batch of one, in a transaction that names who made it (its event). */
+  async adjust(ref: KeyRef, r: SpendRequest, actor: Actor): Promise<SpendOutcome> {
+    return this.db.transaction(async (tx) => {
+      await actAs(tx, actor);
+      return one(await this.spendMany([{ ref, request: r }], lockWaitMs(this.db.timeoutMs), tx));
+    });
+  }
+
   /**
    * Many charges, holds, adjustments, commits and releases in one statement, with the
    * outcomes they would have had one after another in the order given. All or nothing: a
@@ -123,14 +131,6 @@ export class SpendStore {
    * back with the outcome 'busy', untouched (nothing of them read for a decision or
    * written), for the caller to send again.
    */
-  /** An operator's adjustment of a key's spend: a batch of one, in a transaction that names who made it (its event). */
-  async adjust(ref: KeyRef, r: SpendRequest, actor: Actor): Promise<SpendOutcome> {
-    return this.db.transaction(async (tx) => {
-      await actAs(tx, actor);
-      return one(await this.spendMany([{ ref, request: r }], lockWaitMs(this.db.timeoutMs), tx));
-    });
-  }
-
   async spendMany(items: readonly BatchItem[], waitMs: number = lockWaitMs(this.db.timeoutMs), db: Db = this.db): Promise<SpendOutcome[]> {
     // Each distinct key (or hold) is looked up once however many items name it.
     const refs = new Map<string, number>();

@@ -93,6 +93,24 @@ forEachDatabase((getDb) => {
       expect(await ak.keyEvents({ accountId: 'acct_e' })).toEqual(all.body.events);
     });
 
+    it('happy: a key made through self-serve is recorded as its parent\'s, a signup as "signup"', async () => {
+      const { ak, svc } = await setup();
+      const signup = await svc.send('POST', '/signup', { json: { email: 'agent@example.com' } });
+      expect(signup.status, signup.text).toBe(201);
+      const child = await svc.send('POST', '/sdk-keys', { bearer: signup.body.key, json: { name: 'helper', expires_in: '1h' } });
+      expect(child.status, child.text).toBe(201);
+      const [made] = await ak.keyEvents({ keyId: signup.body.id });
+      expect(made).toMatchObject({ kind: 'created', actor: 'signup', actorKeyId: null });
+      const [madeChild] = await ak.keyEvents({ keyId: child.body.id });
+      expect(madeChild).toMatchObject({ kind: 'created', actor: 'key', actorKeyId: signup.body.id, changes: { parentId: { after: signup.body.id } } });
+      // The library's own check: a key makes keys only under itself.
+      const other = await ak.create({ accountId: signup.body.accountId });
+      await expect(ak.create({ accountId: signup.body.accountId, parentId: other.id }, { by: signup.body.id })).rejects.toMatchObject({ code: 'invalid_argument' });
+      await expect(ak.create({ accountId: signup.body.accountId }, { by: signup.body.id })).rejects.toMatchObject({ code: 'invalid_argument' });
+      await expect(ak.create({ accountId: signup.body.accountId }, { signup: 'yes' } as never)).rejects.toMatchObject({ code: 'invalid_argument' });
+      await expect(ak.create({ accountId: signup.body.accountId }, { actor: 'admin' } as never)).rejects.toMatchObject({ code: 'invalid_argument' });
+    });
+
     it('unhappy: unknown keys, bad ids and queries -> JSON errors', async () => {
       const { svc } = await setup();
       expectError(await svc.admin('GET', '/v1/keys/424242/events'), 404, 'key_not_found');

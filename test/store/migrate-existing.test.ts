@@ -462,3 +462,36 @@ forEachDatabase((getDb) => {
     });
   });
 });
+
+forEachDatabase((getDb) => {
+  describe('a table of yours under the name of a side table', () => {
+    it('stops migrate() with its name and changes nothing: a fresh keys table, and one migrated before', async () => {
+      const db = getDb();
+      for (const migratedBefore of [false, true]) {
+        const table = db.freshTable();
+        const events = `${table}_events`;
+        await db.query(bareTableSql(table));
+        const ak = new AgentKey({ pool: db.pool, tableName: table });
+        if (migratedBefore) {
+          await ak.migrate();
+          await db.query(`DROP TABLE ${events}`);
+        }
+        await db.query(`CREATE TABLE ${events} (id SERIAL PRIMARY KEY, what TEXT NOT NULL)`);
+        await db.query(`INSERT INTO ${events} (what) VALUES ('my own audit row')`);
+        await db.query(`COMMENT ON TABLE ${events} IS 'mine'`);
+        const before = await tableSnapshot(db, table);
+        const err = await agentKeyErrorOf(ak.migrate());
+        expect(err.code).toBe('storage_error');
+        expect(err.message).toContain(`"${events}"`);
+        expect(err.message).toMatch(/without its columns \(key_id, kind, actor, changes\).*nothing was changed/);
+        expect(await tableSnapshot(db, table)).toEqual(before);
+        expect(await db.query(`SELECT what FROM ${events}`)).toEqual([{ what: 'my own audit row' }]);
+        const [comment] = await db.query<{ c: string }>(`SELECT obj_description($1::regclass, 'pg_class') AS c`, [events]);
+        expect(comment!.c).toBe('mine');
+        // Renamed away, it is agentkey's to make.
+        await db.query(`ALTER TABLE ${events} RENAME TO ${table}_mine`);
+        expect(await ak.migrate()).toEqual(migratedBefore ? [7] : ALL_VERSIONS);
+      }
+    });
+  });
+});

@@ -35,6 +35,7 @@ BEGIN
   END IF;
   SELECT * INTO a FROM {{schema}}agentkey_event_actor();
   INSERT INTO {{events}} (key_id, account_id, kind, actor, actor_key_id, changes)
-    VALUES (NEW.id, NEW.account_id::text, v_kind, a.actor, a.actor_key_id, v_changes);
+    -- The package's table allows a key with no account: the log says ''.
+    VALUES (NEW.id, COALESCE(NEW.account_id::text, ''), v_kind, a.actor, a.actor_key_id, v_changes);
   RETURN NULL;
 END $fn$;

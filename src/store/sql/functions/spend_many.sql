@@ -502,7 +502,7 @@ BEGIN
   -- An adjustment is an operator's act: the event log has it too, with who made it.
   IF v_adjusted THEN
     INSERT INTO {{events}} (key_id, account_id, kind, actor, actor_key_id, changes)
-      SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], 'adjusted', a.actor, a.actor_key_id,
+      SELECT k_id[p_ref[w.o]], COALESCE(k_acct[p_ref[w.o]], ''), 'adjusted', a.actor, a.actor_key_id,
              jsonb_build_object('amount_micros', jsonb_build_object('after', p_micros[w.o]::text))
                || CASE WHEN p_meta[w.o] ? 'reason' THEN jsonb_build_object('reason', jsonb_build_object('after', p_meta[w.o] -> 'reason')) ELSE '{}' END
       FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos) CROSS JOIN {{schema}}agentkey_event_actor() a

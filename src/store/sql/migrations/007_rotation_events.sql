@@ -10,7 +10,8 @@ ALTER TABLE {{table}}
 
 -- Every change to a key or an account's ceiling, with who made it: 'library' (a process
 -- using agentkey directly), 'admin' (the service's admin key), 'cli', 'key' (a key acting on
--- its descendants through self-serve: actor_key_id), or 'sql' (an edit the trigger caught).
+-- its descendants through self-serve: actor_key_id), 'signup' (the self-serve signup route), or
+-- 'sql' (an edit the trigger caught).
 -- Written by triggers (functions/key_event.sql, ceiling_event.sql) and, for adjustments, by
 -- the spend function, in the transaction that made the change. Append-only.
 CREATE TABLE IF NOT EXISTS {{events}} (
@@ -18,7 +19,7 @@ CREATE TABLE IF NOT EXISTS {{events}} (
   key_id BIGINT,
   account_id TEXT NOT NULL,
   kind TEXT NOT NULL CHECK (kind IN ('created', 'updated', 'rotated', 'revoked', 'budget_set', 'adjusted')),
-  actor TEXT NOT NULL CHECK (actor IN ('library', 'admin', 'cli', 'key', 'sql')),
+  actor TEXT NOT NULL CHECK (actor IN ('library', 'admin', 'cli', 'signup', 'key', 'sql')),
   actor_key_id BIGINT,
   changes JSONB NOT NULL DEFAULT '{}',
   created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp());
