@@ -38,6 +38,15 @@ async function signIn(page: Page, key = ADMIN) {
   await page.getByRole('button', { name: 'Sign in' }).click();
 }
 
+/** A new page, signed in, on key `id`'s page, with its errors watched. */
+async function openKeyPage(id: number | string): Promise<{ page: Page; errors: string[] }> {
+  const page = await browser.newPage();
+  const errors = watchErrors(page);
+  await signIn(page);
+  await page.goto(`${server.url}/dashboard#/keys/${id}`);
+  return { page, errors };
+}
+
 async function shot(page: Page, name: string) {
   fs.mkdirSync(SHOTS, { recursive: true });
   await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
@@ -279,10 +288,7 @@ describe('dashboard', () => {
   it('security: text with an escape sequence, BEL or a right-to-left override (here in metadata, which is free JSON) is shown escaped, not acted on', async () => {
     const k = await call('POST', '/v1/keys', { accountId: 'acct_meta', name: 'meta-bot', budgetCents: 100 });
     await call('POST', '/v1/charge', { key: k.key, costCents: 1, metadata: { note: 'x\u001b[31m\u202eevil\u0007' } }, false);
-    const page = await browser.newPage();
-    const errors = watchErrors(page);
-    await signIn(page);
-    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const { page, errors } = await openKeyPage(k.id);
     const ledger = page.locator('#ledger tbody tr');
     await ledger.first().waitFor();
     const rows = await ledger.allTextContents();
@@ -296,10 +302,7 @@ describe('dashboard', () => {
     const k = await call('POST', '/v1/keys', { accountId: 'acct_over', name: 'over-bot', budgetCents: 1 });
     const hold = await call('POST', '/v1/reservations', { key: k.key, costCents: 1 }, false);
     expect(await call('POST', `/v1/reservations/${hold.reservationId}/commit`, { key: k.key, costCents: 3 }, false)).toMatchObject({ chargedCents: 1, overageCents: 2 });
-    const page = await browser.newPage();
-    const errors = watchErrors(page);
-    await signIn(page);
-    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const { page, errors } = await openKeyPage(k.id);
     const amount = page.locator('#key-budget .amount-overage');
     await amount.waitFor();
     expect(await amount.textContent()).toBe('$0.02');
@@ -374,10 +377,7 @@ describe('dashboard', () => {
   it('refusal: narrowing a parent below its child shows the server\'s message and changes nothing; with cascade ticked the child is narrowed too', async () => {
     const parent = await call('POST', '/v1/keys', { accountId: 'acct_edit_tree', name: 'edit-parent', budgetCents: 1000 });
     const child = await call('POST', '/v1/keys', { accountId: 'acct_edit_tree', name: 'edit-child', parentId: parent.id, budgetCents: 600 });
-    const page = await browser.newPage();
-    const errors = watchErrors(page);
-    await signIn(page);
-    await page.goto(`${server.url}/dashboard#/keys/${parent.id}`);
+    const { page, errors } = await openKeyPage(parent.id);
     await page.getByRole('button', { name: 'Edit key' }).click();
     const form = page.locator('#edit-form');
     await form.getByLabel('Budget in cents').fill('300');
@@ -498,10 +498,7 @@ describe('dashboard', () => {
 
   it('happy: rotating with no grace shows the new secret once; it verifies, the old one is refused at once, and the new prefix shows', async () => {
     const k = await call('POST', '/v1/keys', { accountId: 'acct_rotate', name: 'rotate-me', budgetCents: 100 });
-    const page = await browser.newPage();
-    const errors = watchErrors(page);
-    await signIn(page);
-    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const { page, errors } = await openKeyPage(k.id);
     await page.getByRole('button', { name: 'Rotate secret' }).click();
     const dialog = page.locator('#rotate-dialog');
     expect(await dialog.isVisible()).toBe(true);
@@ -534,10 +531,7 @@ describe('dashboard', () => {
 
   it('happy: rotating with a 1 hour grace period says until when the old secret works, and it still does', async () => {
     const k = await call('POST', '/v1/keys', { accountId: 'acct_rotate', name: 'rotate-grace' });
-    const page = await browser.newPage();
-    const errors = watchErrors(page);
-    await signIn(page);
-    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const { page, errors } = await openKeyPage(k.id);
     await page.getByRole('button', { name: 'Rotate secret' }).click();
     await page.locator('#rotate-dialog').getByLabel('For 1 hour').check();
     const started = Date.now();
@@ -559,10 +553,7 @@ describe('dashboard', () => {
 
   it('refusal: a grace period past 7 days, then a key revoked meanwhile: the server\'s message shows beside the form and nothing rotates', async () => {
     const k = await call('POST', '/v1/keys', { accountId: 'acct_rotate', name: 'rotate-refused' });
-    const page = await browser.newPage();
-    const errors = watchErrors(page);
-    await signIn(page);
-    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const { page, errors } = await openKeyPage(k.id);
     await page.getByRole('button', { name: 'Rotate secret' }).click();
     const dialog = page.locator('#rotate-dialog');
     // Typing a duration picks "another time"; the server judges it.
@@ -601,10 +592,7 @@ describe('dashboard', () => {
     // As self-serve does: the parent changes its child, recorded as the parent key's doing.
     await server.ak.update(child.id, { budgetCents: 20 }, { by: k.id });
 
-    const page = await browser.newPage();
-    const errors = watchErrors(page);
-    await signIn(page);
-    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    const { page, errors } = await openKeyPage(k.id);
     const entries = page.locator('#history > li');
     await entries.first().waitFor({ timeout: 10_000 });
     expect(await entries.evaluateAll((els) => els.map((e) => e.getAttribute('data-kind')))).toEqual(['rotated', 'updated', 'created']);
