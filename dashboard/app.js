@@ -136,12 +136,16 @@ function scopes(list) {
 
 async function keyPage(view, id, { quiet } = {}) {
   const since = new Date(Date.now() - (state.bucket === 'hour' ? 48 * 3600e3 : 30 * 86400e3));
-  const [key, usage, { entries }, { keys: children }, { events }] = await Promise.all([
+  const [key, usage, { entries }, { keys: children }, { events, historyError }] = await Promise.all([
     api(`/v1/keys/${id}`),
     api(`/v1/usage?keyId=${id}&bucket=${state.bucket}&since=${since.toISOString()}`),
     api(`/v1/ledger?keyId=${id}&limit=25`),
     api(`/v1/keys?parentId=${id}&includeRevoked=true`),
-    api(historyPath(id)),
+    // The history failing to load is said in its section; the rest of the page still shows.
+    api(historyPath(id)).catch((err) => {
+      if (err.message === 'signed out') throw err;
+      return { events: [], historyError: err.message };
+    }),
   ]);
   takeHistory(key.id, events);
   // A background refresh keeps what the operator is typing and a raw key not yet copied.
@@ -204,7 +208,7 @@ async function keyPage(view, id, { quiet } = {}) {
         : h('ul', { id: 'children', class: 'children' }, children.map((c) =>
             h('li', { 'data-key-id': c.id }, h('div', { class: 'row' }, h('a', { href: `#/keys/${c.id}` }, c.name || `key ${c.id}`), statusBadge(c.status)), bar(c)))),
     ),
-    historySection(),
+    historySection(historyError),
     h('section', { class: 'card', 'aria-labelledby': 'actions-title' },
       h('h2', { id: 'actions-title' }, 'Actions'),
       created ?? h('div', { id: 'created-slot' }),

@@ -215,14 +215,14 @@ export function takeHistory(keyId, newest) {
 
 export const historyPath = (id) => `/v1/keys/${id}/events?limit=${PAGE}`;
 
-export function historySection() {
+export function historySection(error = '') {
   const list = h('ol', { id: 'history', class: 'history' });
   const older = h('button', { type: 'button', id: 'history-older', class: 'secondary', onclick: showOlder }, 'Show older');
   fill(list, older);
   return h('section', { class: 'card', 'aria-labelledby': 'history-title' },
     h('h2', { id: 'history-title' }, 'History'),
     history.events.length === 0 ? h('p', { class: 'empty' }, 'Nothing recorded yet.') : [list, older],
-    h('p', { id: 'history-error', class: 'error', role: 'alert' }));
+    h('p', { id: 'history-error', class: 'error', role: 'alert' }, error));
 }
 
 function fill(list, older) {
@@ -269,12 +269,17 @@ function entry(e) {
 
 const TIMES = new Set(['expiresAt', 'revokedAt', 'previousKeyValidUntil']);
 
-/** A changed value as a person reads it: money in dollars, times in UTC, lists joined. */
+/**
+ * A changed value as a person reads it: money in dollars, times in UTC, lists joined. A value
+ * of another type than agentkey writes (SQL can insert anything) is shown as JSON.
+ */
 function shown(name, value) {
-  if (name === 'scopes') return value === null ? 'all' : value.length === 0 ? 'none' : value.join(', ');
+  if (name === 'scopes' && value === null) return 'all';
+  if (name === 'scopes' && Array.isArray(value)) return value.length === 0 ? 'none' : value.map((v) => (typeof v === 'string' ? v : JSON.stringify(v))).join(', ');
   if (value === null || value === undefined) return { budgetCents: 'no cap', previousKeyValidUntil: 'none: it stopped at once' }[name] ?? 'none';
-  if (name === 'budgetCents' || name === 'costCents') return dollars(value);
-  if (TIMES.has(name)) return when(value);
+  const money = typeof value === 'number' || (typeof value === 'string' && /^-?\d+(\.\d+)?$/.test(value));
+  if ((name === 'budgetCents' || name === 'costCents') && money) return dollars(value);
+  if (TIMES.has(name) && typeof value === 'string' && !Number.isNaN(Date.parse(value))) return when(value);
   if (Array.isArray(value)) return value.map((v) => (typeof v === 'object' ? JSON.stringify(v) : String(v))).join(', ');
   if (typeof value === 'object') return JSON.stringify(value);
   return String(value);

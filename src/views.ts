@@ -80,23 +80,33 @@ const EVENT_FIELDS: Record<string, string> = {
   reason: 'reason',
 };
 
-/** A value of the event log as `KeyInfo` shows it: micro-dollars (text) as cents, times as ISO. */
+/**
+ * A value of the event log as `KeyInfo` shows it: micro-dollars (text) as cents, times as
+ * ISO. A value that is not what agentkey writes there (a row inserted by SQL can hold
+ * anything) is passed on as it is, never an error that would hide the rest of the log.
+ */
 function eventValue(field: string, value: unknown): unknown {
   if (value === null || value === undefined) return value;
-  if (field === 'budget_micros' || field === 'amount_micros') return microsToCents(toMicros(value));
-  if (field.endsWith('_at') || field.endsWith('_until')) return iso(value as string);
+  try {
+    if (field === 'budget_micros' || field === 'amount_micros') return microsToCents(toMicros(value));
+    if ((field.endsWith('_at') || field.endsWith('_until')) && typeof value === 'string') return iso(value);
+  } catch {
+    return value;
+  }
   return value;
 }
 
 export function toKeyEvent(row: EventRow): KeyEvent {
-  const changes: KeyEvent['changes'] = {};
-  for (const [field, change] of Object.entries(row.changes ?? {})) {
-    const name = EVENT_FIELDS[field] ?? field;
-    changes[name] = {
-      ...('before' in change ? { before: eventValue(field, change.before) } : {}),
-      ...('after' in change ? { after: eventValue(field, change.after) } : {}),
-    };
-  }
+  const raw: Record<string, unknown> = row.changes !== null && typeof row.changes === 'object' && !Array.isArray(row.changes) ? row.changes : {};
+  // fromEntries, not assignment: a field named __proto__ (SQL can write one) stays a field.
+  const changes: KeyEvent['changes'] = Object.fromEntries(
+    Object.entries(raw).map(([field, change]) => {
+      const name = Object.hasOwn(EVENT_FIELDS, field) ? (EVENT_FIELDS[field] as string) : field;
+      if (change === null || typeof change !== 'object' || Array.isArray(change)) return [name, { after: change }];
+      const c = change as { before?: unknown; after?: unknown };
+      return [name, { ...('before' in c ? { before: eventValue(field, c.before) } : {}), ...('after' in c ? { after: eventValue(field, c.after) } : {}) }];
+    }),
+  );
   return {
     id: Number(row.id),
     keyId: row.key_id === null ? null : Number(row.key_id),

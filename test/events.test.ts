@@ -186,6 +186,33 @@ forEachDatabase((getDb) => {
       expect(events[1]!.changes).toEqual({ name: { before: 'default', after: 'edited in SQL' } });
     });
 
+    it('unhappy: rows inserted by SQL with changes agentkey never writes are read as they are, never an error that hides the log', async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const account = newAccount();
+      const k = await ak.create({ accountId: account, name: 'ok' });
+      const events = tableNames(ak.tableName).events;
+      const odd = [
+        '{"name": "not an object"}',
+        '{"expires_at": {"after": "garbage"}, "budget_micros": {"after": "abc"}}',
+        '{"__proto__": {"after": 1}, "toString": {"after": 2}}',
+        '[1, 2]',
+      ];
+      for (const changes of odd) {
+        await db.query(`INSERT INTO ${events} (key_id, account_id, kind, actor, changes) VALUES ($1, $2, 'updated', 'sql', $3::jsonb)`, [k.id, account, changes]);
+      }
+      const read = await ak.keyEvents({ keyId: k.id });
+      expect(read).toHaveLength(5);
+      const [arr, proto, bad, notObject] = read;
+      expect(arr!.changes).toEqual({});
+      expect(Object.getPrototypeOf(proto!.changes)).toBe(Object.prototype);
+      expect(Object.keys(proto!.changes).sort()).toEqual(['__proto__', 'toString']);
+      expect(proto!.changes.toString).toEqual({ after: 2 });
+      expect(bad!.changes).toEqual({ expiresAt: { after: 'garbage' }, budgetCents: { after: 'abc' } });
+      expect(notObject!.changes).toEqual({ name: { after: 'not an object' } });
+      expect(read[4]).toMatchObject({ kind: 'created', changes: { name: { after: 'ok' } } });
+    });
+
     it('unhappy: a refused change writes no event; the log refuses updates and deletes; bad queries are refused', async () => {
       const db = getDb();
       const ak = await db.agentKey();

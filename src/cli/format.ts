@@ -118,6 +118,7 @@ export function keyDetails(k: KeyInfo): string {
     ['created', when(k.createdAt)],
     ['last used', when(k.lastUsedAt)],
     ['delegated by', k.delegatedBy ?? '-'],
+    ['metadata', k.metadata ? JSON.stringify(k.metadata) : '-'],
   ];
   const t = new Table({ style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
   t.push(...rows.map(([name, value]) => ({ [name]: printable(value) })));
@@ -145,7 +146,8 @@ export function eventLines(events: KeyEvent[]): string {
 /** `name: "a" → "b", budgetCents: 500 → 250`; a field with only an after value (a new key): `name: "a"`. */
 function changeList(changes: KeyEvent['changes']): string {
   return Object.entries(changes)
-    .map(([field, c]) => `${printable(field)}: ${'before' in c ? `${shownValue(c.before)} → ` : ''}${'after' in c ? shownValue(c.after) : '(none)'}`)
+    // A field name that is not a plain word (SQL can write any) is quoted, so it cannot pose as more changes.
+    .map(([field, c]) => `${/^[A-Za-z_]\w*$/.test(field) ? field : shownValue(field)}: ${'before' in c ? `${shownValue(c.before)} → ` : ''}${'after' in c ? shownValue(c.after) : '(none)'}`)
     .join(', ');
 }
 
