@@ -1,5 +1,6 @@
 import type { Db } from './db.js';
 import type { TableNames } from './identifiers.js';
+import { type LogPage, newestFirst } from './paging.js';
 
 export type EventKind = 'created' | 'updated' | 'rotated' | 'revoked' | 'budget_set' | 'adjusted';
 
@@ -16,29 +17,12 @@ export interface EventRow {
   created_at: Date;
 }
 
-export interface EventFilter {
-  keyId: number | null;
-  accountId: string | null;
-  /** Only events with a smaller id (for paging). */
-  before: number | null;
-  limit: number;
-}
-
 /** All SQL reading the event log; triggers and the spend function write it. */
 export class EventStore {
   constructor(private readonly db: Db, private readonly t: TableNames) {}
 
   /** Events newest first. */
-  async list(f: EventFilter): Promise<EventRow[]> {
-    const where: string[] = [];
-    const params: unknown[] = [f.limit];
-    if (f.keyId !== null) where.push(`key_id = $${params.push(f.keyId)}`);
-    if (f.accountId !== null) where.push(`account_id = $${params.push(f.accountId)}`);
-    if (f.before !== null) where.push(`id < $${params.push(f.before)}`);
-    return this.db.query<EventRow>(
-      `SELECT id, key_id, account_id, kind, actor, actor_key_id, changes, created_at FROM ${this.t.events}
-       ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT $1`,
-      params,
-    );
+  async list(f: LogPage): Promise<EventRow[]> {
+    return newestFirst<EventRow>(this.db, this.t.events, 'id, key_id, account_id, kind, actor, actor_key_id, changes, created_at', f);
   }
 }

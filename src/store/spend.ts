@@ -4,6 +4,7 @@ import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
 import { type Db, lockWaitMs } from './db.js';
 import type { TableNames } from './identifiers.js';
+import { type LogPage, newestFirst } from './paging.js';
 import type { KeyRef } from './keys.js';
 import { type LedgerKind, SPEND_KINDS } from './ledger-schema.js';
 
@@ -183,17 +184,8 @@ export class SpendStore {
   }
 
   /** Ledger rows, newest first, for a key and/or an account, before a row id (for paging). */
-  async ledger(f: { keyId: number | null; accountId: string | null; before: number | null; limit: number }): Promise<LedgerRow[]> {
-    const where: string[] = [];
-    const params: unknown[] = [f.limit];
-    if (f.keyId !== null) where.push(`key_id = $${params.push(f.keyId)}`);
-    if (f.accountId !== null) where.push(`account_id = $${params.push(f.accountId)}`);
-    if (f.before !== null) where.push(`id < $${params.push(f.before)}`);
-    return this.db.query<LedgerRow>(
-      `SELECT id, key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at FROM ${this.t.ledger}
-       ${where.length ? `WHERE ${where.join(' AND ')}` : ''} ORDER BY id DESC LIMIT $1`,
-      params,
-    );
+  async ledger(f: LogPage): Promise<LedgerRow[]> {
+    return newestFirst<LedgerRow>(this.db, this.t.ledger, 'id, key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at', f);
   }
 
   async findHold(id: string): Promise<HoldRow | null> {
