@@ -24,10 +24,13 @@ export interface TableState {
   holds: Relation | null;
   accounts: Relation | null;
   events: Relation | null;
+  windows: Relation | null;
+  outbox: Relation | null;
+  settings: Relation | null;
 }
 
-export type SideTable = 'ledger' | 'holds' | 'accounts' | 'events';
-export const SIDE_TABLES: readonly SideTable[] = ['ledger', 'holds', 'accounts', 'events'];
+export type SideTable = 'ledger' | 'holds' | 'accounts' | 'events' | 'windows' | 'outbox' | 'settings';
+export const SIDE_TABLES: readonly SideTable[] = ['ledger', 'holds', 'accounts', 'events', 'windows', 'outbox', 'settings'];
 
 /** The keys table and its side tables as the catalog has them now. */
 export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
@@ -68,7 +71,12 @@ export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
     [oids],
   );
   for (const c of checks) found.find((rel) => rel?.oid === Number(c.oid))?.checks.push(c.def);
-  return { keys: found[0] ?? null, ledger: found[1] ?? null, holds: found[2] ?? null, accounts: found[3] ?? null, events: found[4] ?? null };
+  const [keys, ...sides] = found;
+  const state = { keys: keys ?? null } as TableState;
+  SIDE_TABLES.forEach((side, i) => {
+    state[side] = sides[i] ?? null;
+  });
+  return state;
 }
 
 /** True when the keys table exists (whatever its columns): for callers that read and must never create it. */
@@ -82,7 +90,7 @@ export function hasColumns(rel: Relation | null, columns: readonly string[]): bo
 }
 
 /*
- * Incarnations. The side tables (ledger, holds, accounts, events) belong to one keys table. Its
+ * Incarnations. The side tables (ledger, holds, accounts, events, windows, outbox, settings) belong to one keys table. Its
  * identity is a random id kept in the comment of agentkey's own column spent_micros, and
  * the same id in each side table's comment. A keys table that was dropped and created again
  * does not have it, so the rows its predecessor left are set aside, not mixed into the new
@@ -110,6 +118,9 @@ const SIDE_COMMENT: Record<SideTable, string> = {
   holds: 'the holds (reservations)',
   accounts: 'the account ceilings',
   events: 'the key event log',
+  windows: 'the budget windows past the first',
+  outbox: 'the outbox of events for webhooks',
+  settings: 'the settings of the whole table',
 };
 
 /** Writes the incarnation into the comment of spent_micros and of each side table. */

@@ -33,6 +33,10 @@ export interface TableNames {
   accounts: string;
   /** The append-only log of changes to keys and ceilings (who did what), and the trigger function that writes it. */
   events: string;
+  /** Budget windows past a key's or account's first; the outbox of events for webhooks; the table-wide settings. */
+  windows: string;
+  outbox: string;
+  settings: string;
   eventFn: string;
   ceilingEventFn: string;
   /** The per-table PL/pgSQL functions that spend and settle. */
@@ -85,6 +89,9 @@ export function tableNames(name: unknown): TableNames {
     holds: beside('holds'),
     accounts: beside('accounts'),
     events: beside('events'),
+    windows: beside('windows'),
+    outbox: beside('outbox'),
+    settings: beside('settings'),
     eventFn: beside('key_event'),
     ceilingEventFn: beside('ceiling_event'),
     spendFn: beside('spend'),

@@ -48,5 +48,11 @@ export function indexes(t: TableNames): IndexSpec[] {
     // The event log, read newest first by key or by account.
     { table: t.events, name: `${i}_events_key_idx`, definition: 'USING btree (key_id, id)' },
     { table: t.events, name: `${i}_events_account_idx`, definition: 'USING btree (account_id, id)' },
+    // Budget windows: one per period for a key (or, key_id NULL, an account), read by owner.
+    { table: t.windows, name: `${i}_windows_owner_uidx`, unique: true, definition: 'USING btree (account_id, COALESCE(key_id, (0)::bigint), period)' },
+    { table: t.windows, name: `${i}_windows_key_idx`, definition: 'USING btree (key_id) WHERE (key_id IS NOT NULL)' },
+    // The outbox: an event with a dedupe name is written once only; read in id order.
+    { table: t.outbox, name: `${i}_outbox_dedupe_uidx`, unique: true, definition: 'USING btree (dedupe) WHERE (dedupe IS NOT NULL)' },
+    { table: t.outbox, name: `${i}_outbox_account_idx`, definition: 'USING btree (account_id, id)' },
   ];
 }

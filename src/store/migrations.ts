@@ -26,6 +26,7 @@ import ledgerSql from './sql/migrations/002_ledger.sql';
 import treesSql from './sql/migrations/003_trees.sql';
 import ledgerBrinSql from './sql/migrations/004_ledger_brin.sql';
 import rotationEventsSql from './sql/migrations/007_rotation_events.sql';
+import windowsAlertsSql from './sql/migrations/008_windows_alerts.sql';
 
 /*
  * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
@@ -46,7 +47,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 7;
+export const LATEST_VERSION = 8;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -95,6 +96,14 @@ const MIGRATIONS: Migration[] = [
     name: "rotation (a key's previous secret, valid through a grace period), key metadata and the key event log",
     present: (s) => hasColumns(s.keys, ['previous_key_hash', 'previous_key_valid_until', 'key_metadata']) && s.events !== null,
     up: (tx, t) => runFile(tx, t, rotationEventsSql),
+  },
+  {
+    version: 8,
+    name: 'budget windows past the first, alert thresholds, settings and the outbox of events',
+    present: (s) =>
+      s.windows !== null && s.outbox !== null && s.settings !== null &&
+      hasColumns(s.keys, ['budget_windows', 'alert_percents']) && hasColumns(s.accounts, ['budget_windows', 'alert_percents']),
+    up: (tx, t) => runFile(tx, t, windowsAlertsSql),
   },
 ];
 
@@ -161,6 +170,9 @@ const SIDE_COLUMNS: Record<SideTable, readonly string[]> = {
   holds: ['id', 'key_id', 'amount_micros', 'status'],
   accounts: ['account_id', 'budget_micros', 'spent_micros'],
   events: ['id', 'key_id', 'kind', 'actor', 'changes'],
+  windows: ['id', 'account_id', 'key_id', 'period', 'budget_micros', 'spent_micros'],
+  outbox: ['id', 'type', 'account_id', 'data'],
+  settings: ['name', 'value'],
 };
 
 /**

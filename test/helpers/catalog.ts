@@ -164,6 +164,9 @@ export function treeObjectsOf(table: string) {
       budget_reset_at: 'timestamp with time zone',
       created_at: 'timestamp with time zone',
       updated_at: 'timestamp with time zone',
+      // Version 8: windows past the ceiling, and alert percents.
+      budget_windows: 'boolean',
+      alert_percents: 'ARRAY',
     },
     holdColumns: { path: 'ARRAY', account_id: 'text' },
     ledgerKeyIdNullable: 'YES',
