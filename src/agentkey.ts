@@ -25,6 +25,7 @@ import { SpendStore } from './store/spend.js';
 import type { BudgetPeriod } from './time.js';
 import type {
   AccountBudget,
+  AccountBudgetOptions,
   AccountSummary,
   AdjustResult,
   AgentKeyOptions,
@@ -363,14 +364,33 @@ export class AgentKey {
 
   /**
    * Sets an account's ceiling: every key of the account, in or out of a tree, counts
-   * against it, atomically with its own budget. `budgetPeriod` is 'day' or 'month'
-   * (calendar, UTC) or null for a lifetime ceiling; the current period's spend so far
-   * comes from the ledger.
+   * against it, atomically with its own budget. `budgetPeriod` is 'day', 'week' or 'month'
+   * (calendar, UTC) or null for a lifetime ceiling; or `budgets` gives several windows (the
+   * first is the ceiling). The current period's spend so far comes from the ledger.
    *
    * @example await ak.setAccountBudget('acct_1', { budgetCents: 10000, budgetPeriod: 'month' })
    */
-  async setAccountBudget(accountId: string | number, options: { budgetCents: CentsInput; budgetPeriod?: BudgetPeriod | null }): Promise<AccountBudget> {
+  async setAccountBudget(
+    accountId: string | number,
+    options: AccountBudgetOptions,
+  ): Promise<AccountBudget> {
     return this.keys.setCeiling(accountId, options);
+  }
+
+  /**
+   * The table's alert percents: each window of every key and account that sets none of its
+   * own writes one 'budget.threshold' event (outbox) when its spend reaches each, once per
+   * period. null (or []) for none.
+   *
+   * @example await ak.setAlerts([50, 80, 100])
+   */
+  async setAlerts(percents: number[] | null): Promise<number[] | null> {
+    return this.keys.setGlobalAlerts(percents);
+  }
+
+  /** The table's alert percents, or null when none are set. */
+  async getAlerts(): Promise<number[] | null> {
+    return this.keys.globalAlerts();
   }
 
   /** An account's ceiling and spend this period, or null when it has none. */

@@ -13,10 +13,13 @@ export interface CachedKey {
   spent: Micros;
   held: Micros;
   /**
-   * The budgets above the key: its budgeted ancestors (`k<id>`) and its account's ceiling
-   * (`a<id>`). What each leaves is kept once for the whole cache (see KeyCache.rooms).
+   * The budgets above the key: its budgeted ancestors (`k<id>`), its account's ceiling
+   * (`a<id>`) and every window past the first over it, its own included (`w<id>`). What each
+   * leaves is kept once for the whole cache (see KeyCache.rooms).
    */
   limits: readonly string[];
+  /** Its own windows past the first (`w<id>`, also in limits): the least they leave caps its figures. */
+  ownWindows: readonly string[];
   period: string | null;
   resetAt: number | null;
   expiresAt: number | null;
@@ -102,8 +105,13 @@ export class KeyCache {
    * any more, so the key must be read again).
    */
   pathRoom(entry: CachedKey): number | null | undefined {
+    return this.leastRoom(entry.limits);
+  }
+
+  /** The least the named budgets leave (null: none named; undefined: one not known here any more). */
+  leastRoom(names: readonly string[]): number | null | undefined {
     let least: number | null = null;
-    for (const name of entry.limits) {
+    for (const name of names) {
       const r = this.rooms.get(name);
       if (r === undefined) return undefined;
       if (least === null || r.room < least) least = r.room;
@@ -141,12 +149,18 @@ export class KeyCache {
     spent: Micros,
     held: Micros,
     at: number,
-    above: { moved: number; ancestors: readonly number[]; accountId: string | null } = { moved: 0, ancestors: [], accountId: null },
+    above: { moved: number; ancestors: readonly number[]; accountId: string | null; windows?: readonly number[] } = {
+      moved: 0,
+      ancestors: [],
+      accountId: null,
+    },
   ): void {
     if (budget !== null) this.note(`k${id}`, roomMicros(budget, spent, held), at);
     if (above.moved !== 0) {
       for (const ancestor of above.ancestors) this.move(`k${ancestor}`, above.moved, at);
       if (above.accountId !== null) this.move(`a${above.accountId}`, above.moved, at);
+      // (A refund may move a window's counter less, as it stops at 0: its room then reads tighter than it is until read again.)
+      for (const w of above.windows ?? []) this.move(`w${w}`, above.moved, at);
     }
     const found = this.byId.get(id);
     if (found === undefined) return;

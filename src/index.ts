@@ -1,6 +1,7 @@
 export { AgentKey } from './agentkey.js';
 export type {
   AccountBudget,
+  AccountBudgetOptions,
   AccountSummary,
   AdjustResult,
   AgentKeyOptions,
@@ -29,6 +30,9 @@ export type {
   KeyRefusal,
   LedgerEntry,
   LimitedBy,
+  BudgetWindow,
+  BudgetWindowInput,
+  WindowPeriod,
   PoolLike,
   ReleaseResult,
   ReservationInfo,

@@ -15,6 +15,7 @@ import { type BudgetPeriod, addDuration, durationMs, parseDuration, parseInstant
 import { type LimitChanges, fitUnderParent, fitUpdate, mayActOn, mayChange } from './tree.js';
 import type {
   AccountBudget,
+  AccountBudgetOptions,
   CreateKeyOptions,
   CreateOptions,
   CreateKeyResult,
@@ -28,13 +29,17 @@ import type {
   UpdateOptions,
 } from './types.js';
 import type { Validation } from './validation.js';
+import { type BudgetWindowInput, type WindowPeriod, type WindowPlan, type WindowSpec, accountFirst, keyFirst, pagePeriod, parseAlerts, planWindows } from './windows.js';
 import { iso, toAccountBudget, toKeyEvent, toKeyInfo } from './views.js';
 
 const CREATE_OPTIONS = [
-  'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId', 'parentId', 'metadata',
+  'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'budgets', 'alerts', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId',
+  'parentId', 'metadata',
 ] as const;
 const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt' && o !== 'parentId');
-const UPDATE_FIELDS = ['budgetCents', 'budgetPeriod', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy', 'metadata'] as const;
+const UPDATE_FIELDS = [
+  'budgetCents', 'budgetPeriod', 'budgets', 'alerts', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy', 'metadata',
+] as const;
 /** The longest a rotated key's previous secret may keep working. */
 const MAX_GRACE_MS = 7 * 86_400_000;
 
@@ -43,11 +48,6 @@ export interface KeyQuery {
   parentId?: number | string;
   includeRevoked?: boolean;
   limit?: number;
-}
-
-export interface CeilingOptions {
-  budgetCents: CentsInput;
-  budgetPeriod?: BudgetPeriod | null;
 }
 
 export class KeyLifecycle {
@@ -164,7 +164,9 @@ export class KeyLifecycle {
     }
     if (given('expiresIn') && given('expiresAt')) throw new AgentKeyError('invalid_argument', 'Give expiresIn or expiresAt, not both.');
     const limits: LimitChanges = {};
+    const plan = given('budgets') ? budgetsOption(c, keyFirst) : null;
     if (given('budgetCents')) limits.budgetMicros = budgetToMicros(c.budgetCents);
+    if (plan) limits.budgetMicros = plan.first?.micros ?? null;
     if (given('scopes')) limits.scopes = parseScopes(c.scopes, this.rules.validScopes);
     if (given('expiresIn')) limits.expiresAt = c.expiresIn === null ? null : addDuration(new Date(), parseDuration(c.expiresIn as string));
     if (given('expiresAt')) {
@@ -174,6 +176,8 @@ export class KeyLifecycle {
     }
     const own = {
       ...(given('budgetPeriod') ? { budgetPeriod: parsePeriod(c.budgetPeriod) } : {}),
+      ...(plan ? { budgetPeriod: plan.first ? pagePeriod(plan.first.period) : null, windows: plan.others } : {}),
+      ...(given('alerts') ? { alerts: parseAlerts(c.alerts) } : {}),
       ...(given('name') ? { name: optionalText(c.name, 'name') } : {}),
       ...(given('delegatedBy') ? { delegatedBy: optionalText(c.delegatedBy, 'delegatedBy') } : {}),
       ...(given('metadata') ? { metadata: metadataJson(c.metadata) } : {}),
@@ -261,15 +265,31 @@ export class KeyLifecycle {
   }
 
   /** `setAccountBudget()`: every key of the account counts against the ceiling. */
-  async setCeiling(accountId: string | number, options: CeilingOptions): Promise<AccountBudget> {
+  async setCeiling(accountId: string | number, options: AccountBudgetOptions): Promise<AccountBudget> {
     const id = accountIdText(accountId);
-    const o = checkOptions<CeilingOptions>(options, ['budgetCents', 'budgetPeriod'], 'setAccountBudget()');
-    const budget = budgetToMicros(o.budgetCents);
-    if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents is required; use clearAccountBudget() to remove a ceiling.');
-    const period = parsePeriod(o.budgetPeriod);
-    const row = await this.accounts.set(id, budget, period, this.rules.actor).catch(this.fault);
+    const o = checkOptions<AccountBudgetOptions>(options, ['budgetCents', 'budgetPeriod', 'budgets', 'alerts'], 'setAccountBudget()');
+    const plan = o.budgets !== undefined ? budgetsOption(o, accountFirst) : null;
+    const budget = plan ? (plan.first as WindowSpec).micros : budgetToMicros(o.budgetCents);
+    if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents (or budgets) is required; use clearAccountBudget() to remove a ceiling.');
+    const period = plan ? (plan.first as WindowSpec).period : parseCeilingPeriod(o.budgetPeriod);
+    const alerts = o.alerts === undefined ? undefined : parseAlerts(o.alerts);
+    const row = await this.accounts
+      .set(id, budget, period === 'lifetime' ? null : period, this.rules.actor, { windows: plan?.others ?? [], alerts })
+      .catch(this.fault);
     this.validation.allChanged();
     return toAccountBudget(row);
+  }
+
+  /** `setAlerts()`: the table's alert percents ([] or null: none). */
+  async setGlobalAlerts(percents: unknown): Promise<number[] | null> {
+    const p = parseAlerts(percents, 'percents');
+    const kept = p === null || p.length === 0 ? null : p;
+    await this.store.setGlobalAlerts(kept).catch(this.fault);
+    return kept;
+  }
+
+  async globalAlerts(): Promise<number[] | null> {
+    return this.store.globalAlerts().catch(this.fault);
   }
 
   /** `getAccountBudget()`: an account's ceiling and spend this period, or null. */
@@ -297,12 +317,15 @@ export class KeyLifecycle {
     if (at && at.getTime() <= Date.now()) {
       throw new AgentKeyError('invalid_argument', `expiresAt must be in the future; got ${at.toISOString()}.`);
     }
+    const plan = o.budgets !== undefined ? budgetsOption(o, keyFirst) : null;
     return {
       accountId,
       name: optionalText(o.name, 'name'),
       scopes: parseScopes(o.scopes, this.rules.validScopes),
-      budgetMicros: budgetToMicros(o.budgetCents),
-      budgetPeriod: parsePeriod(o.budgetPeriod),
+      budgetMicros: plan ? (plan.first?.micros ?? null) : budgetToMicros(o.budgetCents),
+      budgetPeriod: plan ? (plan.first ? pagePeriod(plan.first.period) : null) : parsePeriod(o.budgetPeriod),
+      windows: plan?.others ?? [],
+      alerts: parseAlerts(o.alerts),
       expiresAt: expiresAt ?? at,
       delegatedBy: optionalText(o.delegatedBy, 'delegatedBy'),
       userId: optionalText(o.userId, 'userId'),
@@ -310,6 +333,19 @@ export class KeyLifecycle {
     };
   }
 
+}
+
+/** An account's ceiling period: a key's, or a week (the ceiling row is agentkey's own). */
+function parseCeilingPeriod(value: unknown): 'day' | 'week' | 'month' | null {
+  return value === 'week' ? 'week' : parsePeriod(value);
+}
+
+/** `budgets`, given instead of budgetCents/budgetPeriod (never beside them), as a plan of windows. */
+function budgetsOption(o: { budgets?: unknown; budgetCents?: unknown; budgetPeriod?: unknown }, fitsFirst: (p: WindowPeriod) => boolean): WindowPlan {
+  if (o.budgetCents !== undefined || o.budgetPeriod !== undefined) {
+    throw new AgentKeyError('invalid_argument', 'Give budgetCents/budgetPeriod or budgets, not both: budgets lists every window, the first included.');
+  }
+  return planWindows(o.budgets, fitsFirst);
 }
 
 /** `gracePeriod` in ms: 0 or a duration of at most 7 days. */

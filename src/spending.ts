@@ -27,6 +27,7 @@ import type {
   TrackUsageResult,
 } from './types.js';
 import { figures, iso } from './views.js';
+import type { WindowPeriod } from './windows.js';
 
 // The HTTP adapters import these two from here.
 export type { ReserveOptions, ReserveResult } from './types.js';
@@ -222,7 +223,12 @@ export class Spending {
     // Without the step's time the figures cannot be ordered against others: read them afresh.
     if (out.at === undefined) this.cache.invalidate(out.key_id);
     else {
-      const above = { moved, ancestors: (out.path ?? []).filter((id) => id !== out.key_id), accountId: out.account_id ?? null };
+      const above = {
+        moved,
+        ancestors: (out.path ?? []).filter((id) => id !== out.key_id),
+        accountId: out.account_id ?? null,
+        windows: out.windows ?? [],
+      };
       this.cache.updateFigures(out.key_id, out.budget ?? null, out.spent, out.held ?? 0, out.at, above);
     }
   }
@@ -282,8 +288,9 @@ function adjustInput(options: unknown): { micros: number; metadata: string } {
 
 /** Which budget refused a charge or hold, or could not take all of a commit. */
 function limitedBy(out: SpendOutcome): LimitedBy | undefined {
-  if (out.limit === 'account') return { kind: 'account', accountId: String(out.limit_account_id) };
-  if (out.limit === 'key' || out.limit === 'ancestor') return { kind: out.limit, keyId: Number(out.limit_key_id) };
+  const window = (out.limit_window ?? 'lifetime') as WindowPeriod;
+  if (out.limit === 'account') return { kind: 'account', accountId: String(out.limit_account_id), window };
+  if (out.limit === 'key' || out.limit === 'ancestor') return { kind: out.limit, keyId: Number(out.limit_key_id), window };
   return undefined;
 }
 

@@ -7,8 +7,9 @@ import type { PoolLike } from './store/db.js';
 import type { KeyStatus } from './store/keys.js';
 import type { LedgerKind } from './store/ledger-schema.js';
 import type { BudgetPeriod } from './time.js';
+import type { BudgetWindowInput, WindowPeriod } from './windows.js';
 
-export type { BudgetPeriod, Cents, CentsInput, PoolLike };
+export type { BudgetPeriod, BudgetWindowInput, Cents, CentsInput, PoolLike, WindowPeriod };
 
 // The options of `new AgentKey()`.
 export interface AgentKeyOptions {
@@ -85,6 +86,14 @@ export interface CreateKeyOptions {
   parentId?: number | string | null;
   /** A JSON object of yours kept with the key (at most 8 KB), shown by `getKey()` and `listKeys()`. */
   metadata?: Record<string, unknown> | null;
+  /**
+   * Several budget windows instead of budgetCents/budgetPeriod, e.g. `[{ cents: 1000, period: 'day' },
+   * { cents: 10000, period: 'month' }]`: a charge must fit every one. The first that is a day, month or
+   * lifetime window fills the package's columns (`budgetCents`, `budgetPeriod`).
+   */
+  budgets?: BudgetWindowInput[] | null;
+  /** Percents of each window at which a 'budget.threshold' event is written once per period; null: the table's (`setAlerts()`). */
+  alerts?: number[] | null;
 }
 
 /**
@@ -106,6 +115,10 @@ export interface KeyChanges {
   delegatedBy?: string | null;
   /** Replaces the key's metadata (a JSON object); null removes it. */
   metadata?: Record<string, unknown> | null;
+  /** Replaces every budget window (see CreateKeyOptions.budgets); not beside budgetCents/budgetPeriod. */
+  budgets?: BudgetWindowInput[];
+  /** The key's own alert percents; null: the table's; [] none. */
+  alerts?: number[] | null;
 }
 
 export interface UpdateOptions {
@@ -231,18 +244,36 @@ export interface KeyInfo {
   externalSubject: string | null;
   /** The key's own metadata, as given to `create()` or `update()`, or null. */
   metadata: Record<string, unknown> | null;
+  /** Every budget window of its own, the first (budgetCents) first; empty when it has no budget. remainingCents is the least they leave. */
+  budgets: BudgetWindow[];
+  /** Its own alert percents, or null when the table's apply. */
+  alerts: number[] | null;
 }
 
 /** An account's ceiling and where it stands in the current period. */
+/** What `setAccountBudget()` takes: one ceiling, or several windows (`budgets`), and alert percents. */
+export interface AccountBudgetOptions {
+  budgetCents?: CentsInput;
+  budgetPeriod?: Exclude<WindowPeriod, 'lifetime'> | null;
+  /** Instead of budgetCents/budgetPeriod: 1 to 4 windows, each period once; the first is the ceiling. */
+  budgets?: BudgetWindowInput[];
+  /** The account's windows' own alert percents (null: the table's; []: none). */
+  alerts?: number[] | null;
+}
+
 export interface AccountBudget {
   accountId: string;
   budgetCents: number;
-  budgetPeriod: BudgetPeriod | null;
+  budgetPeriod: Exclude<WindowPeriod, 'lifetime'> | null;
   spentCents: Cents;
   heldCents: Cents;
   remainingCents: number;
   periodStartAt: string | null;
   budgetResetAt: string | null;
+  /** Every window of the account, the ceiling's first. */
+  budgets: BudgetWindow[];
+  /** The account's own alert percents, or null when the table's apply. */
+  alerts: number[] | null;
 }
 
 // Validation.
@@ -338,7 +369,22 @@ export interface SpendFigures {
 export type KeyRefusal = 'invalid_key' | 'expired' | 'revoked';
 
 /** Which budget refused a charge or hold: the key's own, an ancestor's, or the account's. */
-export type LimitedBy = { kind: 'key' | 'ancestor'; keyId: number } | { kind: 'account'; accountId: string };
+export type LimitedBy = ({ kind: 'key' | 'ancestor'; keyId: number } | { kind: 'account'; accountId: string }) & {
+  /** Which of its windows: of those the step would pass, the one that frees last. */
+  window: WindowPeriod;
+};
+
+/** One budget window of a key or account, as it stands now. */
+export interface BudgetWindow {
+  period: WindowPeriod;
+  cents: number;
+  spentCents: Cents;
+  /** budget - spent - held, never below 0. */
+  remainingCents: number;
+  /** When the current period began and ends (null for lifetime; a key's first window shows only its end). */
+  periodStartAt: string | null;
+  resetAt: string | null;
+}
 
 /**
  * The package's `TrackUsageResult`, as a union that narrows on `success` and `reason`.

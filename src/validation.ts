@@ -16,6 +16,7 @@ import { figures } from './views.js';
 
 const TOUCH_INTERVAL_MS = 1_000;
 const NO_ANCESTORS: readonly number[] = Object.freeze([]);
+const NO_WINDOWS: readonly string[] = Object.freeze([]);
 
 export class Validation {
   /** Reads in flight, shared by validations of the same key, with the `changes` count they started at. */
@@ -53,7 +54,8 @@ export class Validation {
       const hit = cache.listening ? cache.get(cacheKey, Date.now()) : undefined;
       const pathRoom = hit && cache.pathRoom(hit);
       // A budget above the key that this cache no longer knows: read the key again.
-      if (hit && pathRoom !== undefined) return this.validation(hit, pathRoom);
+      const ownRoom = hit && (hit.ownWindows.length === 0 ? null : cache.leastRoom(hit.ownWindows));
+      if (hit && pathRoom !== undefined && ownRoom !== undefined) return this.validation(hit, pathRoom, ownRoom);
     }
     let loading = this.loading.get(cacheKey);
     if (!loading || loading.changes !== this.changes) {
@@ -80,7 +82,9 @@ export class Validation {
       return { valid: false, reason: 'invalid' };
     }
     const rooms = limitRooms(row);
-    return this.validation(toCached(row, 0), rooms.length === 0 ? null : Math.min(...rooms));
+    const key = toCached(row, 0);
+    const own = rooms.filter((_, i) => key.ownWindows.includes(key.limits[i] as string));
+    return this.validation(key, rooms.length === 0 ? null : Math.min(...rooms), own.length === 0 ? null : Math.min(...own));
   }
 
   /** A change made here to one key (`id`), or to one not known (null): here at once; other processes hear it from the database. */
@@ -128,13 +132,13 @@ export class Validation {
   }
 
   /** `pathRoom`: the least that the budgets above the key leave (null when none has a budget). */
-  private validation(key: CachedKey, pathRoom: number | null): ValidationResult {
+  private validation(key: CachedKey, pathRoom: number | null, ownWindowRoom: number | null): ValidationResult {
     if (key.status !== 'active') return { valid: false, reason: key.status };
     // Nothing left under its own budget, an ancestor's or the account's: refused, as the package refuses a spent key.
     const own = key.budget === null ? null : roomMicros(key.budget, key.spent, key.held);
     if ((own !== null && own <= 0) || (pathRoom !== null && pathRoom <= 0)) return { valid: false, reason: 'budget_exceeded' };
     this.touches.touch(key.id);
-    return toValidKey(key);
+    return toValidKey(key, ownWindowRoom);
   }
 
   /** Starts hearing about changed keys, once, on the first validation. */
@@ -183,7 +187,12 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
     budget: row.budget_micros,
     spent: row.spent_micros,
     held: row.held_micros,
-    limits: [...row.limit_ids.map((id) => `k${id}`), ...(row.account_room === null ? [] : [`a${row.account_id}`])],
+    limits: [
+      ...row.limit_ids.map((id) => `k${id}`),
+      ...(row.account_room === null ? [] : [`a${row.account_id}`]),
+      ...row.window_ids.map((id) => `w${id}`),
+    ],
+    ownWindows: row.windows === null ? NO_WINDOWS : ownWindowNames(row),
     period: row.budget_period,
     resetAt,
     expiresAt,
@@ -198,10 +207,17 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
 /** What each budget in `toCached(row).limits` left when the row was read, in the same order. */
 function limitRooms(row: KeyRow): number[] {
   const rooms = row.limit_rooms.map(Number);
-  return row.account_room === null ? rooms : [...rooms, Number(row.account_room)];
+  if (row.account_room !== null) rooms.push(Number(row.account_room));
+  for (const r of row.window_rooms) rooms.push(Number(r));
+  return rooms;
 }
 
-function toValidKey(k: CachedKey): ValidKey {
+/** The names of a key's own windows: of the windows over it, those it owns (the rest are its ancestors' and account's). */
+function ownWindowNames(row: KeyRow): string[] {
+  return row.window_ids.filter((_, i) => row.window_owner_ids[i] !== null && Number(row.window_owner_ids[i]) === Number(row.id)).map((id) => `w${id}`);
+}
+
+function toValidKey(k: CachedKey, ownWindowRoom: number | null): ValidKey {
   return {
     valid: true,
     id: k.id,
@@ -211,7 +227,7 @@ function toValidKey(k: CachedKey): ValidKey {
     name: k.name ?? 'default',
     scopes: k.scopes === null ? null : [...k.scopes],
     budgetCents: k.budget === null ? null : microsToCentsNumber(k.budget),
-    ...figures({ outcome: 'ok', budget: k.budget, spent: k.spent, held: k.held }),
+    ...figures({ outcome: 'ok', budget: k.budget, spent: k.spent, held: k.held, ...(ownWindowRoom === null ? {} : { window_room: ownWindowRoom }) }),
     budgetHeldCents: microsToCentsNumber(k.held),
     budgetPeriod: k.period as BudgetPeriod | null,
     budgetResetAt: k.resetAt === null ? null : new Date(k.resetAt).toISOString(),

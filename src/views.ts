@@ -5,7 +5,9 @@ import type { EventRow } from './store/events.js';
 import type { KeyRow } from './store/keys.js';
 import type { SpendOutcome } from './store/spend.js';
 import type { BudgetPeriod } from './time.js';
-import type { AccountBudget, KeyEvent, KeyInfo, SpendFigures } from './types.js';
+import type { WindowRow } from './store/windows.js';
+import type { AccountBudget, BudgetWindow, KeyEvent, KeyInfo, SpendFigures } from './types.js';
+import type { WindowPeriod } from './windows.js';
 
 export function iso(date: Date | string | null | undefined): string | null {
   return date == null ? null : new Date(date).toISOString();
@@ -19,10 +21,67 @@ export function remaining(budget: number | null, spent: Micros, held: Micros): n
 /** What a key's budget stands at after a step: spent, and what is left of it (null when it has none). */
 export function figures(out: SpendOutcome): SpendFigures {
   const spent = out.spent ?? 0;
-  return { budgetUsedCents: microsToCentsNumber(spent), budgetRemainingCents: remaining(out.budget ?? null, spent, out.held ?? 0) };
+  return {
+    budgetUsedCents: microsToCentsNumber(spent),
+    budgetRemainingCents: least(remaining(out.budget ?? null, spent, out.held ?? 0), out.window_room == null ? null : remainingOf(out.window_room)),
+  };
+}
+
+/** A room (micros, may be negative) as what it leaves in cents, never below 0. */
+function remainingOf(room: number): number {
+  return microsToCentsNumber(Math.max(0, room));
+}
+
+function least(a: number | null, b: number | null): number | null {
+  return a === null ? b : b === null ? a : Math.min(a, b);
+}
+
+/**
+ * Every window of a key or account, its first (in the package's columns or the ceiling row)
+ * first, then the others day, week, month, lifetime; with what each leaves after `held`.
+ */
+function windowsOf(
+  first: { budget: number | null; period: string | null; spent: Micros; start: Date | string | null; reset: Date | string | null },
+  others: WindowRow[] | null,
+  held: Micros,
+): BudgetWindow[] {
+  const out: BudgetWindow[] = [];
+  if (first.budget !== null) {
+    out.push({
+      period: (first.period ?? 'lifetime') as WindowPeriod,
+      cents: microsToCentsNumber(first.budget),
+      spentCents: microsToCents(first.spent),
+      remainingCents: remaining(first.budget, first.spent, held) as number,
+      periodStartAt: iso(first.start),
+      resetAt: first.period === null ? null : iso(first.reset),
+    });
+  }
+  for (const w of others ?? []) {
+    const budget = Number(w.budget_micros);
+    const spent = toMicros(w.spent_micros);
+    out.push({
+      period: w.period,
+      cents: microsToCentsNumber(budget),
+      spentCents: microsToCents(spent),
+      remainingCents: remaining(budget, spent, held) as number,
+      periodStartAt: iso(w.period_start_at),
+      resetAt: iso(w.reset_at),
+    });
+  }
+  return out;
+}
+
+/** The least any window leaves (null: no window). */
+function leastRemaining(windows: BudgetWindow[]): number | null {
+  return windows.reduce<number | null>((m, w) => least(m, w.remainingCents), null);
 }
 
 export function toKeyInfo(row: KeyRow): KeyInfo {
+  const budgets = windowsOf(
+    { budget: row.budget_micros, period: row.budget_period, spent: row.spent_micros, start: null, reset: row.budget_reset_at },
+    row.windows,
+    row.held_micros,
+  );
   return {
     id: row.id,
     accountId: row.account_id,
@@ -35,7 +94,7 @@ export function toKeyInfo(row: KeyRow): KeyInfo {
     budgetCents: row.budget_micros === null ? null : microsToCentsNumber(row.budget_micros),
     spentCents: microsToCents(row.spent_micros),
     heldCents: microsToCents(row.held_micros),
-    remainingCents: remaining(row.budget_micros, row.spent_micros, row.held_micros),
+    remainingCents: leastRemaining(budgets),
     overageCents: microsToCents(row.overage_micros),
     budgetPeriod: row.budget_period as BudgetPeriod | null,
     budgetResetAt: iso(row.budget_reset_at),
@@ -46,19 +105,28 @@ export function toKeyInfo(row: KeyRow): KeyInfo {
     delegatedBy: row.delegated_by,
     externalSubject: row.external_subject,
     metadata: row.metadata ?? null,
+    budgets,
+    alerts: row.alert_percents ?? null,
   };
 }
 
 export function toAccountBudget(row: AccountRow): AccountBudget {
+  const budgets = windowsOf(
+    { budget: row.budget_micros, period: row.budget_period, spent: row.spent_micros, start: row.period_start_at, reset: row.budget_reset_at },
+    row.windows,
+    row.held_micros,
+  );
   return {
     accountId: row.account_id,
     budgetCents: microsToCentsNumber(row.budget_micros),
     budgetPeriod: row.budget_period,
     spentCents: microsToCents(row.spent_micros),
     heldCents: microsToCents(row.held_micros),
-    remainingCents: remaining(row.budget_micros, row.spent_micros, row.held_micros) as number,
+    remainingCents: leastRemaining(budgets) as number,
     periodStartAt: iso(row.period_start_at),
     budgetResetAt: iso(row.budget_reset_at),
+    budgets,
+    alerts: row.alert_percents ?? null,
   };
 }
 

@@ -36,6 +36,31 @@ const rawKey = z.string().min(1).max(512).openapi({ description: "The agent's AP
 const keyId = z.string().regex(/^[1-9][0-9]{0,15}$/, 'must be a key id (a positive whole number)').openapi({ example: '42' });
 const accountId = z.string().min(1).max(256).openapi({ example: 'acct_123' });
 const period = z.enum(['day', 'month']).nullable().optional().openapi({ description: "Budget reset interval: 'day' or 'month' (UTC), or null." });
+const windowPeriod = z.enum(['day', 'week', 'month', 'lifetime']);
+/** Budget windows as given: 1 to 4, each period once (the library checks and says which is wrong). */
+const budgets = z
+  .array(z.object({ cents: cents('The cap of this window in cents.'), period: windowPeriod.nullable().optional() }).strict())
+  .optional()
+  .openapi({
+    description:
+      "Several windows instead of budgetCents/budgetPeriod (not beside them): a charge must fit every one. The first day, month or lifetime window fills budgetCents/budgetPeriod. Periods: 'day', 'week' (from Monday), 'month', 'lifetime' (default), UTC.",
+    example: [{ cents: 1000, period: 'day' }, { cents: 10000, period: 'month' }],
+  });
+const alerts = z
+  .array(z.number().int())
+  .nullable()
+  .optional()
+  .openapi({ description: "Percents of each window at which a 'budget.threshold' event is written once per period; null: the table's (PUT /v1/alerts); [] none.", example: [50, 80, 100] });
+const BudgetWindow = z
+  .object({
+    period: windowPeriod,
+    cents: z.number(),
+    spentCents: total(),
+    remainingCents: z.number(),
+    periodStartAt: z.string().nullable(),
+    resetAt: z.string().nullable(),
+  })
+  .openapi('BudgetWindow');
 const instant = z.string().min(1).max(64).openapi({ description: 'An ISO 8601 date or time.', example: '2026-11-01T00:00:00Z' });
 
 export const ErrorBody = z
@@ -43,7 +68,10 @@ export const ErrorBody = z
     error: z.object({
       code: z.string().openapi({ example: 'invalid_request' }),
       message: z.string().openapi({ example: 'Field "costCents" in the body is invalid: expected number, received string.' }),
-      limitedBy: z.unknown().optional().openapi({ description: 'With 429 budget_exceeded: which budget refused (the key, an ancestor or the account).' }),
+      limitedBy: z
+        .unknown()
+        .optional()
+        .openapi({ description: "With 429 budget_exceeded: which budget refused (the key, an ancestor or the account) and which of its windows ('day', 'week', 'month', 'lifetime')." }),
       budgetUsedCents: z.number().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has used.' }),
       budgetRemainingCents: z.number().nullable().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has left.' }),
     }),
@@ -74,6 +102,8 @@ export const KeyInfo = z
     delegatedBy: z.string().nullable(),
     externalSubject: z.string().nullable(),
     metadata: z.record(z.string(), z.unknown()).nullable().openapi({ description: "The key's own metadata, a JSON object of yours, or null." }),
+    budgets: z.array(BudgetWindow).openapi({ description: 'Every budget window of the key, the first (budgetCents) first; remainingCents is the least they leave.' }),
+    alerts: z.array(z.number().int()).nullable().openapi({ description: "The key's own alert percents, or null when the table's apply." }),
   })
   .openapi('KeyInfo');
 
@@ -91,6 +121,8 @@ const keyLimits = {
     .nullable()
     .optional()
     .openapi({ description: 'A JSON object of yours kept with the key (at most 8 KB); on update it replaces the old one, null removes it.' }),
+  budgets,
+  alerts,
 };
 
 export const CreateKeyBody = z
@@ -175,20 +207,36 @@ export const Revoked = z
   .openapi('Revoked');
 
 export const AccountBudgetBody = z
-  .object({ budgetCents: cents("The account's ceiling in cents."), budgetPeriod: period })
+  .object({
+    budgetCents: cents("The account's ceiling in cents (or give budgets).").optional(),
+    budgetPeriod: z.enum(['day', 'week', 'month']).nullable().optional(),
+    budgets,
+    alerts,
+  })
   .strict()
   .openapi('SetAccountBudget');
+
+export const AlertsBody = z
+  .object({ percents: z.array(z.number().int()).nullable().openapi({ description: 'Whole percents from 1 to 100 (at most 10); null or [] for none.', example: [80, 100] }) })
+  .strict()
+  .openapi('SetAlerts');
+
+export const Alerts = z
+  .object({ percents: z.array(z.number().int()).nullable().openapi({ description: 'The percents of every window that sets none of its own, or null.' }) })
+  .openapi('Alerts');
 
 export const AccountBudget = z
   .object({
     accountId: z.string(),
     budgetCents: z.number(),
-    budgetPeriod: z.enum(['day', 'month']).nullable(),
+    budgetPeriod: z.enum(['day', 'week', 'month']).nullable(),
     spentCents: total(),
     heldCents: total(),
     remainingCents: z.number(),
     periodStartAt: z.string().nullable(),
     budgetResetAt: z.string().nullable(),
+    budgets: z.array(BudgetWindow).openapi({ description: "Every window of the account, the ceiling's first." }),
+    alerts: z.array(z.number().int()).nullable(),
   })
   .openapi('AccountBudget');
 

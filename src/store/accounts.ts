@@ -2,15 +2,20 @@ import { type Micros, toMicros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
+import { type WindowRow, WindowStore } from './windows.js';
+import type { WindowSpec } from '../windows.js';
 
 export interface AccountRow {
   account_id: string;
   budget_micros: number;
   spent_micros: Micros;
   held_micros: Micros;
-  budget_period: 'day' | 'month' | null;
+  budget_period: 'day' | 'week' | 'month' | null;
   period_start_at: Date | null;
   budget_reset_at: Date | null;
+  /** Its windows past the first (null: none), and its own alert percents (null: the table's). */
+  windows: WindowRow[] | null;
+  alert_percents: number[] | null;
 }
 
 export interface AccountSummaryRow extends Omit<AccountRow, 'budget_micros'> {
@@ -26,7 +31,10 @@ export interface AccountSummaryRow extends Omit<AccountRow, 'budget_micros'> {
 export class AccountStore {
   private readonly columns: string;
 
+  private readonly windows: WindowStore;
+
   constructor(private readonly db: Db, private readonly t: TableNames) {
+    this.windows = new WindowStore(t);
     const due = `(a.budget_period IS NOT NULL AND a.budget_reset_at <= now())`;
     const start = `${t.schema}agentkey_period_start(a.budget_period, now())`;
     this.columns = `a.account_id, a.budget_micros, a.budget_period,
@@ -34,7 +42,8 @@ export class AccountStore {
       CASE WHEN ${due} THEN ${start} ELSE a.period_start_at END AS period_start_at,
       CASE WHEN ${due} THEN ${t.schema}agentkey_period_end(a.budget_period, now()) ELSE a.budget_reset_at END AS budget_reset_at,
       (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h
-        WHERE h.status = 'held' AND h.expires_at > now() AND h.account_id = a.account_id)::bigint AS held_micros`;
+        WHERE h.status = 'held' AND h.expires_at > now() AND h.account_id = a.account_id)::bigint AS held_micros,
+      ${this.windows.column('a')} AS windows, a.alert_percents`;
   }
 
   async get(accountId: string): Promise<AccountRow | null> {
@@ -50,7 +59,13 @@ export class AccountStore {
    * ledger; the account's keys are locked first (in the order spending locks them), so no
    * charge in flight is missed or counted twice.
    */
-  async set(accountId: string, budgetMicros: number, period: 'day' | 'month' | null, actor: Actor): Promise<AccountRow> {
+  async set(
+    accountId: string,
+    budgetMicros: number,
+    period: 'day' | 'week' | 'month' | null,
+    actor: Actor,
+    more: { windows: readonly WindowSpec[]; alerts?: number[] | null } = { windows: [] },
+  ): Promise<AccountRow> {
     return this.db.transaction(async (tx) => {
       await actAs(tx, actor);
       await tx.query(`SELECT id FROM ${this.t.table} WHERE account_id = $1 ORDER BY id FOR UPDATE`, [accountId]);
@@ -67,6 +82,10 @@ export class AccountStore {
            budget_reset_at = EXCLUDED.budget_reset_at, spent_micros = EXCLUDED.spent_micros, updated_at = now()`,
         [accountId, budgetMicros, period],
       );
+      await this.windows.replace(tx, { keyId: null, accountId }, more.windows);
+      if (more.alerts !== undefined) {
+        await tx.query(`UPDATE ${this.t.accounts} SET alert_percents = $2::smallint[] WHERE account_id = $1`, [accountId, more.alerts]);
+      }
       const rows = await tx.query<AccountRow>(`SELECT ${this.columns} FROM ${this.t.accounts} a WHERE a.account_id = $1`, [accountId]);
       return rows[0] as AccountRow;
     });
@@ -104,6 +123,8 @@ export class AccountStore {
         `DELETE FROM ${this.t.accounts} a USING ${lockBound('$2')} WHERE a.account_id = $1 RETURNING a.account_id`,
         [accountId, lockWaitSetting(this.db)],
       );
+      // Its windows go with it (the row, now locked, was what spending locks for them).
+      if (rows.length > 0) await tx.query(`DELETE FROM ${this.t.windows} WHERE key_id IS NULL AND account_id = $1`, [accountId]);
       return rows.length > 0;
     });
   }

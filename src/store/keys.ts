@@ -4,6 +4,8 @@ import type { Micros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
+import { type WindowRow, WindowStore } from './windows.js';
+import type { WindowSpec } from '../windows.js';
 
 export type KeyStatus = 'active' | 'expired' | 'revoked';
 
@@ -43,6 +45,15 @@ export interface KeyRow {
   limit_rooms: (number | string)[];
   /** What the account's ceiling leaves, or null when the account has none. */
   account_room: number | null;
+  /** The windows past the first over the key (its own, its ancestors', its account's), and what each leaves. */
+  window_ids: (number | string)[];
+  window_rooms: (number | string)[];
+  /** Whose each is: a key's id, or null for the account's. */
+  window_owner_ids: (number | string | null)[];
+  /** The key's own windows past the first (null: none). */
+  windows: WindowRow[] | null;
+  /** Its own alert percents (null: the table's). */
+  alert_percents: number[] | null;
   /** When an ancestor's or the account's period ends (and what they leave grows again). */
   path_reset_at: Date | null;
   status: KeyStatus;
@@ -64,6 +75,9 @@ export interface NewKey {
   subject: string | null;
   /** A JSON object as text, or null. */
   metadata: string | null;
+  /** Windows past the first (none: empty), and its own alert percents (null: the table's). */
+  windows: WindowSpec[];
+  alerts: number[] | null;
   /** The parent's id and its own ancestors (root first), or null for a root key. */
   parent: { id: number; ancestorIds: number[] } | null;
 }
@@ -79,6 +93,9 @@ export interface KeyWrite {
   delegatedBy?: string | null;
   /** A JSON object as text, or null for none. */
   metadata?: string | null;
+  /** All its windows past the first (empty: none). */
+  windows?: WindowSpec[];
+  alerts?: number[] | null;
 }
 
 /** A new key as the table holds it (defaults of the user's table included). */
@@ -105,8 +122,10 @@ export interface KeyFilter {
 export class KeyStore {
   private readonly columns: string;
   private readonly from: string;
+  private readonly windows: WindowStore;
 
   constructor(private readonly db: Db, private readonly t: TableNames) {
+    const windows = (this.windows = new WindowStore(t));
     const due = (k: string) => `(${k}.budget_period IS NOT NULL AND ${k}.budget_reset_at IS NOT NULL AND ${k}.budget_reset_at <= now())`;
     const live = `h.status = 'held' AND h.expires_at > now()`;
     const heldOn = (k: string) => `(SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.path @> ARRAY[${k}.id::bigint])`;
@@ -121,7 +140,10 @@ export class KeyStore {
       anc.anc_expire_at AS ancestors_expire_at,
       COALESCE(anc.anc_limit_ids, '{}') AS limit_ids, COALESCE(anc.anc_limit_rooms, '{}')::bigint[] AS limit_rooms,
       acct.acct_room::bigint AS account_room,
-      LEAST(anc.anc_reset_at, acct.acct_reset_at) AS path_reset_at,
+      COALESCE(win.win_ids, '{}') AS window_ids, COALESCE(win.win_rooms, '{}')::bigint[] AS window_rooms,
+      COALESCE(win.win_owners, '{}') AS window_owner_ids,
+      ${windows.column('k')} AS windows, k.alert_percents,
+      LEAST(anc.anc_reset_at, acct.acct_reset_at, win.win_reset_at) AS path_reset_at,
       statement_timestamp() AS read_at,
       -- A revoked or expired ancestor takes the whole subtree with it.
       CASE WHEN k.revoked_at IS NOT NULL OR anc.anc_revoked THEN 'revoked'
@@ -138,14 +160,34 @@ export class KeyStore {
                array_agg(n.budget_micros - (CASE WHEN ${due('n')} THEN 0 ELSE n.spent_micros END) - ${heldOn('n')} ORDER BY n.id)
                  ${budgeted} AS anc_limit_rooms,
                min(CASE WHEN ${due('n')} THEN ${this.nextReset('n', 'now()')} ELSE n.budget_reset_at END)
-                 FILTER (WHERE n.budget_micros IS NOT NULL AND n.budget_period IS NOT NULL) AS anc_reset_at
+                 FILTER (WHERE n.budget_micros IS NOT NULL AND n.budget_period IS NOT NULL) AS anc_reset_at,
+               bool_or(n.budget_windows) AS anc_wins
         FROM ${t.table} n WHERE cardinality(k.ancestor_ids) > 0 AND n.id = ANY(k.ancestor_ids)) anc ON true
       LEFT JOIN LATERAL (
         SELECT a.budget_micros - (CASE WHEN ${accountDue} THEN 0 ELSE a.spent_micros END)
                  - (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.account_id = a.account_id) AS acct_room,
                CASE WHEN a.budget_period IS NULL THEN NULL WHEN ${accountDue} THEN ${t.schema}agentkey_period_end(a.budget_period, now())
-                    ELSE a.budget_reset_at END AS acct_reset_at
-        FROM ${t.accounts} a WHERE a.account_id = k.account_id::text) acct ON true`;
+                    ELSE a.budget_reset_at END AS acct_reset_at,
+               a.budget_windows AS acct_wins
+        FROM ${t.accounts} a WHERE a.account_id = k.account_id::text) acct ON true
+      LEFT JOIN LATERAL (
+        SELECT array_agg(w.id ORDER BY w.id) AS win_ids, array_agg(w.key_id ORDER BY w.id) AS win_owners,
+               array_agg(w.budget_micros - (CASE WHEN w.reset_at <= now() THEN 0 ELSE w.spent_micros END)
+                 - (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live}
+                      AND (CASE WHEN w.key_id IS NULL THEN h.account_id = w.account_id ELSE h.path @> ARRAY[w.key_id] END)) ORDER BY w.id) AS win_rooms,
+               min(CASE WHEN w.reset_at <= now() THEN ${t.schema}agentkey_period_end(w.period, now()) ELSE w.reset_at END) AS win_reset_at
+        FROM ${t.windows} w
+        WHERE (k.budget_windows OR anc.anc_wins OR acct.acct_wins)
+          AND (w.key_id = k.id OR w.key_id = ANY(k.ancestor_ids) OR (w.key_id IS NULL AND w.account_id = k.account_id::text))) win ON true`;
+  }
+
+  /** The table's alert percents (settings), or null. */
+  globalAlerts(): Promise<number[] | null> {
+    return this.windows.globalAlerts(this.db);
+  }
+
+  setGlobalAlerts(percents: number[] | null): Promise<void> {
+    return this.windows.setGlobalAlerts(this.db, percents);
   }
 
   private nextReset(k: string, at: string): string {
@@ -198,6 +240,8 @@ export class KeyStore {
     set('user_id', k.userId);
     set('external_subject', k.subject);
     set('key_metadata', k.metadata, '::jsonb');
+    set('alert_percents', k.alerts, '::smallint[]');
+    if (k.windows.length > 0) set('budget_windows', true);
     if (k.parent) {
       set('parent_id', k.parent.id, '::bigint');
       set('ancestor_ids', [...k.parent.ancestorIds, k.parent.id], '::bigint[]');
@@ -209,7 +253,9 @@ export class KeyStore {
        RETURNING id, scopes, budget_micros, budget_period, expires_at`,
       params,
     );
-    return rows[0] as InsertedKey;
+    const row = rows[0] as InsertedKey | undefined;
+    if (row && k.windows.length > 0) await this.windows.replace(db, { keyId: Number(row.id), accountId: k.accountId }, k.windows);
+    return row as InsertedKey;
   }
 
   /**
@@ -408,6 +454,11 @@ export class KeyStore {
     if (w.name !== undefined) sets.push(w.name === null ? 'name = DEFAULT' : `name = ${param(w.name, 'text')}`);
     if (w.delegatedBy !== undefined) sets.push(`delegated_by = ${param(w.delegatedBy, 'text')}`);
     if (w.metadata !== undefined) sets.push(`key_metadata = ${param(w.metadata, 'jsonb')}`);
+    if (w.alerts !== undefined) sets.push(`alert_percents = ${param(w.alerts, 'smallint[]')}`);
     if (sets.length > 0) await tx.query(`UPDATE ${this.t.table} SET ${sets.join(', ')} WHERE id = $1`, params);
+    if (w.windows !== undefined) {
+      const [owner] = await tx.query<{ account_id: string }>(`SELECT COALESCE(account_id::text, '') AS account_id FROM ${this.t.table} WHERE id = $1`, [w.id]);
+      await this.windows.replace(tx, { keyId: w.id, accountId: owner?.account_id ?? '' }, w.windows);
+    }
   }
 }

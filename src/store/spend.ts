@@ -31,6 +31,12 @@ export interface SpendOutcome {
   limit?: 'key' | 'ancestor' | 'account' | null;
   limit_key_id?: number | null;
   limit_account_id?: string | null;
+  /** Which window of the limiting key or account ('day', 'week', 'month', 'lifetime'). */
+  limit_window?: string | null;
+  /** The least the key's own windows past the first leave (micros; absent: it has none). */
+  window_room?: number;
+  /** The windows past the first over the key (its path's and its account's), by id. */
+  windows?: number[];
   /** The key's ancestors, then the key; and its account. */
   path?: number[];
   account_id?: string;
@@ -345,6 +351,10 @@ interface BatchRow {
   /** Per key named (not per item): its path as 'ancestor,...,key', and its account. */
   r_ref_paths: string[];
   r_ref_accounts: (string | null)[];
+  r_limit_window: (string | null)[];
+  r_window_room: Num[];
+  /** Per key named: the windows over it, as 'id,id'. */
+  r_ref_windows: string[];
 }
 
 /** BIGINT array entries: strings from node-postgres, numbers from PGlite. */
@@ -369,8 +379,17 @@ function fromBatchRow(r: BatchRow, i: number, ref: number): SpendOutcome {
   if (status !== null) out.status = status;
   const limit = r.r_limit[i] ?? null;
   if (limit !== null) {
-    Object.assign(out, { limit, limit_key_id: num(r.r_limit_key_id[i]), limit_account_id: r.r_limit_account_id[i] ?? null });
+    Object.assign(out, {
+      limit,
+      limit_key_id: num(r.r_limit_key_id[i]),
+      limit_account_id: r.r_limit_account_id[i] ?? null,
+      limit_window: r.r_limit_window[i] ?? null,
+    });
   }
+  const windowRoom = num(r.r_window_room[i]);
+  if (windowRoom !== null) out.window_room = windowRoom;
+  const windows = r.r_ref_windows[ref];
+  if (windows) out.windows = windows.split(',').map(Number);
   const hold = num(r.r_hold_amount[i]);
   if (hold !== null) out.hold = hold;
   const committed = num(r.r_committed[i]);

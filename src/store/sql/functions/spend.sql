@@ -27,7 +27,8 @@ BEGIN
   IF r.r_outcome[1] = 'ok' THEN
     RETURN v_out || jsonb_build_object('hold_id', r.r_hold_id[1], 'expires_at', r.r_expires_at[1]);
   ELSIF r.r_outcome[1] = 'budget_exceeded' THEN
-    RETURN v_out || jsonb_build_object('limit', r.r_limit[1], 'limit_key_id', r.r_limit_key_id[1], 'limit_account_id', r.r_limit_account_id[1]);
+    RETURN v_out || jsonb_build_object('limit', r.r_limit[1], 'limit_key_id', r.r_limit_key_id[1], 'limit_account_id', r.r_limit_account_id[1],
+      'limit_window', r.r_limit_window[1]);
   ELSIF r.r_outcome[1] IN ('replayed', 'idempotency_conflict') AND p_op = 'hold' THEN
     RETURN v_out || jsonb_build_object('hold_id', r.r_hold_id[1], 'expires_at', r.r_expires_at[1], 'status', r.r_status[1]);
   END IF;

@@ -10,12 +10,17 @@
 -- decides item by item on counters held in variables, and writes counters, holds and
 -- ledger rows once each.
 --
--- The rules: a key, every ancestor and the account each have a budget (NULL: none); a
--- charge or hold is refused (budget_exceeded) if spent + live holds + its amount would
--- pass any of them, naming the deepest key that stops it, else the account. A revoked or
+-- The rules: a key, every ancestor and the account each have a budget (NULL: none), and
+-- may have more windows ({{windows}}: a daily cap inside a monthly one...); a charge or hold
+-- is refused (budget_exceeded) if spent + live holds + its amount would pass any of them,
+-- naming the deepest key that stops it, else the account, and the window (of that key's or
+-- account's windows it would pass, the one that frees last). A revoked or
 -- expired key or ancestor spends nothing. A commit gives its hold back and charges the real
 -- cost up to what every budget leaves; the rest is overage, recorded and never counted.
--- An adjustment checks no budget but takes no counter below zero (refund_exceeds_spend).
+-- An adjustment checks no budget but takes no counter below zero (refund_exceeds_spend);
+-- a window's counter stops at zero instead (a refund of yesterday's charge frees no more
+-- than today spent). A spend that takes a window past an alert percent writes one
+-- 'budget.threshold' event to {{outbox}}, once per window, period and percent.
 -- A charge or hold with an idempotency key that was seen before is 'replayed' (same amount)
 -- or an 'idempotency_conflict'.
 --
@@ -31,7 +36,8 @@ RETURNS TABLE (r_outcome TEXT[], r_key_id BIGINT[], r_budget BIGINT[], r_spent B
                r_expires_at TIMESTAMPTZ[], r_status TEXT[], r_limit TEXT[], r_limit_key_id BIGINT[], r_limit_account_id TEXT[],
                r_hold_amount BIGINT[], r_committed BIGINT[], r_released BIGINT[], r_expired BOOLEAN[], r_over_budget BOOLEAN[], r_at TIMESTAMPTZ,
                r_overage BIGINT[],
-               r_ref_paths TEXT[], r_ref_accounts TEXT[])
+               r_ref_paths TEXT[], r_ref_accounts TEXT[],
+               r_limit_window TEXT[], r_window_room BIGINT[], r_ref_windows TEXT[])
 LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $fn$
 #variable_conflict use_variable
 DECLARE
@@ -68,6 +74,18 @@ DECLARE
   v_kgot BIGINT[]; v_kall INT; v_agot TEXT[]; v_aall INT; v_hgot TEXT[]; v_hall INT;
   w_keys BIGINT[] := '{}'; w_accts TEXT[] := '{}'; w_holds TEXT[] := '{}'; k_busy BOOLEAN[] := '{}';
   v_lock_timeout TEXT; v_p2 BIGINT[];
+  -- Windows past the first ({{windows}}), read only when a key or account of the batch has
+  -- some (v_wins): per window its owner (a key node's position in s_id, or the account's in
+  -- c_id), period, budget and counter; per ref, the windows over it (v_rwins[k_wfrom:k_wto]).
+  -- The first window's period and end, per node and account, name a refusing window.
+  v_wins BOOLEAN := false; v_alerts BOOLEAN := false; v_cwins BOOLEAN := false; v_calerts BOOLEAN := false;
+  s_period TEXT[]; s_reset TIMESTAMPTZ[]; c_period TEXT[] := '{}'; c_reset TIMESTAMPTZ[] := '{}';
+  w_id BIGINT[] := '{}'; w_key BIGINT[] := '{}'; w_acct TEXT[] := '{}'; w_period TEXT[] := '{}'; w_budget BIGINT[] := '{}';
+  w_spent BIGINT[] := '{}'; w_spent0 BIGINT[] := '{}'; w_start TIMESTAMPTZ[] := '{}'; w_reset TIMESTAMPTZ[] := '{}';
+  w_node INT[] := '{}'; w_cpos INT[] := '{}';
+  k_wfrom INT[]; k_wto INT[]; v_rwins INT[] := '{}'; v_refwins TEXT[];
+  o_lwin TEXT[]; o_wroom BIGINT[]; v_lwin TEXT; v_lreset TIMESTAMPTZ; v_y INT; v_held BIGINT; v_wroom NUMERIC;
+  v_global SMALLINT[];
 BEGIN
   o_outcome := array_fill(NULL::text, ARRAY[n]); o_key := array_fill(NULL::bigint, ARRAY[n]);
   o_budget := o_key; o_spent := o_key; o_held := o_key; o_limit_key := o_key;
@@ -75,6 +93,7 @@ BEGIN
   o_expires := array_fill(NULL::timestamptz, ARRAY[n]);
   o_hamount := o_key; o_committed := o_key; o_released := o_key; l_amount := o_key; o_overage := o_key;
   o_expired := array_fill(NULL::boolean, ARRAY[n]); o_over := o_expired;
+  o_lwin := o_outcome; o_wroom := o_key;
 
   -- A key is named by hash, subject or id; a settlement by its hold, whose path was fixed when
   -- taken. Paths come as text ('ancestor,...,key': what the caller gets back too) and are laid
@@ -160,8 +179,9 @@ BEGIN
   -- are read once more.
   FOR pass IN 1..2 LOOP
     SELECT n.ids, n.budgets, n.spents, n.helds, n.depths, n.states, COALESCE(n.due, false),
-           EXISTS (SELECT 1 FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now)
-      INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, v_due, v_expired
+           EXISTS (SELECT 1 FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now),
+           n.periods, n.resets, COALESCE(n.wins, false), COALESCE(n.alerts, false)
+      INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, v_due, v_expired, s_period, s_reset, v_wins, v_alerts
       FROM (SELECT COALESCE(array_agg(n.id ORDER BY n.id), '{}') AS ids,
                    COALESCE(array_agg(n.budget_micros ORDER BY n.id), '{}') AS budgets,
                    COALESCE(array_agg(n.spent_micros ORDER BY n.id), '{}') AS spents,
@@ -169,7 +189,10 @@ BEGIN
                    COALESCE(array_agg(n.depth ORDER BY n.id), '{}') AS depths,
                    COALESCE(array_agg(CASE WHEN n.revoked_at IS NOT NULL THEN 'revoked'
                                            WHEN n.expires_at IS NOT NULL AND n.expires_at <= v_now THEN 'expired' END ORDER BY n.id), '{}') AS states,
-                   bool_or(n.budget_period IS NOT NULL AND n.budget_reset_at <= v_now) AS due
+                   bool_or(n.budget_period IS NOT NULL AND n.budget_reset_at <= v_now) AS due,
+                   COALESCE(array_agg(n.budget_period ORDER BY n.id), '{}') AS periods,
+                   COALESCE(array_agg(n.budget_reset_at ORDER BY n.id), '{}') AS resets,
+                   bool_or(n.budget_windows) AS wins, bool_or(n.alert_percents IS NOT NULL) AS alerts
             FROM {{table}} n
             LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
                                WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
@@ -179,13 +202,18 @@ BEGIN
              COALESCE(array_agg(a.budget_micros ORDER BY a.account_id), '{}'),
              COALESCE(array_agg(a.spent_micros ORDER BY a.account_id), '{}'),
              COALESCE(array_agg(COALESCE(live.held, 0) ORDER BY a.account_id), '{}'),
-             COALESCE(bool_or(a.budget_period IS NOT NULL AND a.budget_reset_at <= v_now), false)
-        INTO c_id, c_budget, c_spent, c_held, v_acct_due
+             COALESCE(bool_or(a.budget_period IS NOT NULL AND a.budget_reset_at <= v_now), false),
+             COALESCE(array_agg(a.budget_period ORDER BY a.account_id), '{}'),
+             COALESCE(array_agg(a.budget_reset_at ORDER BY a.account_id), '{}'),
+             COALESCE(bool_or(a.budget_windows), false), COALESCE(bool_or(a.alert_percents IS NOT NULL), false)
+        INTO c_id, c_budget, c_spent, c_held, v_acct_due, c_period, c_reset, v_cwins, v_calerts
         FROM {{accounts}} a
         LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
                            WHERE status = 'held' AND expires_at > v_now AND account_id = a.account_id) live ON true
         WHERE a.account_id = ANY(k_acct);
       v_due := v_due OR v_acct_due;
+      v_wins := v_wins OR v_cwins;
+      v_alerts := v_alerts OR v_calerts;
     END IF;
     EXIT WHEN pass = 2 OR NOT (v_due OR v_expired);
     IF v_due THEN
@@ -219,6 +247,42 @@ BEGIN
   END LOOP;
   s_spent0 := s_spent;
   c_spent0 := c_spent;
+
+  -- The windows over the batch's keys (theirs and their ancestors') and accounts (locked
+  -- with their owners, whose rows every writer of a window locks first). A window whose
+  -- period ended starts again at 0 (no ledger row: the ledger's reset rows are the first
+  -- window's).
+  k_wfrom := array_fill(1, ARRAY[cardinality(k_id)]); k_wto := array_fill(0, ARRAY[cardinality(k_id)]);
+  v_refwins := array_fill(''::text, ARRAY[cardinality(k_id)]);
+  IF v_wins THEN
+    UPDATE {{windows}} SET spent_micros = 0, period_start_at = {{schema}}agentkey_period_start(period, v_now),
+        reset_at = {{schema}}agentkey_period_end(period, v_now), updated_at = v_now
+      WHERE (key_id = ANY(v_paths) OR (key_id IS NULL AND account_id = ANY(c_id))) AND reset_at <= v_now;
+    SELECT COALESCE(array_agg(w.id ORDER BY w.id), '{}'), COALESCE(array_agg(w.key_id ORDER BY w.id), '{}'),
+           COALESCE(array_agg(w.account_id ORDER BY w.id), '{}'), COALESCE(array_agg(w.period ORDER BY w.id), '{}'),
+           COALESCE(array_agg(w.budget_micros ORDER BY w.id), '{}'), COALESCE(array_agg(w.spent_micros ORDER BY w.id), '{}'),
+           COALESCE(array_agg(w.period_start_at ORDER BY w.id), '{}'), COALESCE(array_agg(w.reset_at ORDER BY w.id), '{}')
+      INTO w_id, w_key, w_acct, w_period, w_budget, w_spent, w_start, w_reset
+      FROM {{windows}} w WHERE w.key_id = ANY(v_paths) OR (w.key_id IS NULL AND w.account_id = ANY(c_id));
+    w_spent0 := w_spent;
+    w_node := array_fill(NULL::int, ARRAY[cardinality(w_id)]); w_cpos := w_node;
+    FOR y IN 1..cardinality(w_id) LOOP
+      IF w_key[y] IS NOT NULL THEN w_node[y] := array_position(s_id, w_key[y]);
+      ELSE w_cpos[y] := array_position(c_id, w_acct[y]);
+      END IF;
+    END LOOP;
+    FOR x IN 1..cardinality(k_id) LOOP
+      CONTINUE WHEN k_id[x] IS NULL;
+      k_wfrom[x] := cardinality(v_rwins) + 1;
+      FOR y IN 1..cardinality(w_id) LOOP
+        IF (w_key[y] IS NOT NULL AND w_key[y] = ANY(v_paths[k_from[x]:k_to[x]])) OR (w_key[y] IS NULL AND w_acct[y] = k_acct[x]) THEN
+          v_rwins := v_rwins || y;
+          v_refwins[x] := v_refwins[x] || CASE WHEN v_refwins[x] = '' THEN '' ELSE ',' END || w_id[y];
+        END IF;
+      END LOOP;
+      k_wto[x] := cardinality(v_rwins);
+    END LOOP;
+  END IF;
   s_touch := array_fill(false, ARRAY[cardinality(s_id)]);
   s_overage := array_fill(0::bigint, ARRAY[cardinality(s_id)]);
 
@@ -305,19 +369,36 @@ BEGIN
             -- the key leaves, deepest first on a tie, then the account's if it leaves less.
             -- The rest is overage: recorded, never counted. (Rooms are compared as NUMERIC: a
             -- difference of two counters may pass BIGINT.)
-            v_room := NULL; v_lim := NULL; v_acct_limit := false;
+            v_room := NULL; v_lim := NULL; v_acct_limit := false; v_lwin := NULL;
             FOR j IN k_from[v_ref]..k_to[v_ref] LOOP
               v_x := v_pos[j];
               IF s_budget[v_x] IS NOT NULL AND (v_room IS NULL OR s_budget[v_x]::numeric - s_spent[v_x] - s_held[v_x] < v_room
                   OR (s_budget[v_x]::numeric - s_spent[v_x] - s_held[v_x] = v_room AND s_depth[v_x] > s_depth[v_lim])) THEN
                 v_room := s_budget[v_x]::numeric - s_spent[v_x] - s_held[v_x];
-                v_lim := v_x;
+                v_lim := v_x; v_lwin := COALESCE(s_period[v_x], 'lifetime');
+              END IF;
+            END LOOP;
+            -- A key's further windows as its first (the tighter counts; deeper on a tie).
+            FOR j IN k_wfrom[v_ref]..k_wto[v_ref] LOOP
+              v_y := v_rwins[j]; v_x := w_node[v_y];
+              CONTINUE WHEN v_x IS NULL;
+              v_wroom := w_budget[v_y]::numeric - w_spent[v_y] - s_held[v_x];
+              IF v_room IS NULL OR v_wroom < v_room OR (v_wroom = v_room AND s_depth[v_x] > s_depth[v_lim]) THEN
+                v_room := v_wroom; v_lim := v_x; v_lwin := w_period[v_y];
               END IF;
             END LOOP;
             IF v_c IS NOT NULL AND (v_room IS NULL OR c_budget[v_c]::numeric - c_spent[v_c] - c_held[v_c] < v_room) THEN
               v_room := c_budget[v_c]::numeric - c_spent[v_c] - c_held[v_c];
-              v_acct_limit := true;
+              v_acct_limit := true; v_lwin := COALESCE(c_period[v_c], 'lifetime');
             END IF;
+            FOR j IN k_wfrom[v_ref]..k_wto[v_ref] LOOP
+              v_y := v_rwins[j];
+              CONTINUE WHEN w_cpos[v_y] IS NULL;
+              v_wroom := w_budget[v_y]::numeric - w_spent[v_y] - c_held[w_cpos[v_y]];
+              IF v_room IS NULL OR v_wroom < v_room THEN
+                v_room := v_wroom; v_acct_limit := true; v_lwin := w_period[v_y];
+              END IF;
+            END LOOP;
             v_charge := CASE WHEN v_room IS NULL THEN p_micros[i] ELSE LEAST(p_micros[i], GREATEST(v_room, 0)) END;
             h_status[v_ref] := 'committed';
             h_committed[v_ref] := p_micros[i];
@@ -325,6 +406,7 @@ BEGIN
             l_amount[i] := v_charge;
             FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + v_charge; END LOOP;
             IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + v_charge; END IF;
+            FOR j IN k_wfrom[v_ref]..k_wto[v_ref] LOOP w_spent[v_rwins[j]] := w_spent[v_rwins[j]] + v_charge; END LOOP;
             s_touch[v_k] := true;
             v_touched := true;
             v_moved := true;
@@ -335,9 +417,11 @@ BEGIN
             IF h_overage[v_ref] > 0 AND v_acct_limit THEN
               o_limit[i] := 'account';
               o_limit_acct[i] := k_acct[v_ref];
+              o_lwin[i] := v_lwin;
             ELSIF h_overage[v_ref] > 0 THEN
               o_limit[i] := CASE WHEN s_id[v_lim] = v_key THEN 'key' ELSE 'ancestor' END;
               o_limit_key[i] := s_id[v_lim];
+              o_lwin[i] := v_lwin;
             END IF;
             o_over[i] := h_overage[v_ref] > 0;
           END IF;
@@ -412,20 +496,43 @@ BEGIN
       -- The tightest budget this item would pass: the deepest key on its path, then the
       -- account. (An unbudgeted node compares with NULL, which is never true; sums are
       -- NUMERIC, so a step near BIGINT's end is refused, not an error, if a budget stops it.)
-      v_lim := NULL;
+      -- Of the windows of the refusing key (or account) the item would pass, the one named is
+      -- the one that frees last (a lifetime window never does).
+      v_lim := NULL; v_lwin := NULL; v_lreset := NULL;
       FOR j IN k_from[v_ref]..k_to[v_ref] LOOP
         v_x := v_pos[j];
         IF s_spent[v_x]::numeric + s_held[v_x] + p_micros[i] > s_budget[v_x] AND (v_lim IS NULL OR s_depth[v_x] > s_depth[v_lim]) THEN
-          v_lim := v_x;
+          v_lim := v_x; v_lwin := COALESCE(s_period[v_x], 'lifetime');
+          v_lreset := CASE WHEN s_period[v_x] IS NULL THEN NULL ELSE s_reset[v_x] END;
+        END IF;
+      END LOOP;
+      FOR j IN k_wfrom[v_ref]..k_wto[v_ref] LOOP
+        v_y := v_rwins[j]; v_x := w_node[v_y];
+        CONTINUE WHEN v_x IS NULL;
+        IF w_spent[v_y]::numeric + s_held[v_x] + p_micros[i] > w_budget[v_y] AND (v_lim IS NULL OR s_depth[v_x] > s_depth[v_lim]
+            OR (v_x = v_lim AND v_lreset IS NOT NULL AND (w_reset[v_y] IS NULL OR w_reset[v_y] > v_lreset))) THEN
+          v_lim := v_x; v_lwin := w_period[v_y]; v_lreset := w_reset[v_y];
         END IF;
       END LOOP;
       IF v_lim IS NOT NULL THEN
         o_limit[i] := CASE WHEN s_id[v_lim] = v_key THEN 'key' ELSE 'ancestor' END;
         o_limit_key[i] := s_id[v_lim];
-      ELSIF v_c IS NOT NULL AND c_spent[v_c]::numeric + c_held[v_c] + p_micros[i] > c_budget[v_c] THEN
-        o_limit[i] := 'account';
-        o_limit_acct[i] := k_acct[v_ref];
+      ELSIF v_c IS NOT NULL THEN
+        IF c_spent[v_c]::numeric + c_held[v_c] + p_micros[i] > c_budget[v_c] THEN
+          o_limit[i] := 'account'; v_lwin := COALESCE(c_period[v_c], 'lifetime');
+          v_lreset := CASE WHEN c_period[v_c] IS NULL THEN NULL ELSE c_reset[v_c] END;
+        END IF;
+        FOR j IN k_wfrom[v_ref]..k_wto[v_ref] LOOP
+          v_y := v_rwins[j];
+          CONTINUE WHEN w_cpos[v_y] IS NULL;
+          IF w_spent[v_y]::numeric + c_held[v_c] + p_micros[i] > w_budget[v_y]
+              AND (o_limit[i] IS NULL OR (v_lreset IS NOT NULL AND (w_reset[v_y] IS NULL OR w_reset[v_y] > v_lreset))) THEN
+            o_limit[i] := 'account'; v_lwin := w_period[v_y]; v_lreset := w_reset[v_y];
+          END IF;
+        END LOOP;
+        IF o_limit[i] IS NOT NULL THEN o_limit_acct[i] := k_acct[v_ref]; END IF;
       END IF;
+      o_lwin[i] := v_lwin;
       IF o_limit[i] IS NOT NULL THEN
         o_outcome[i] := 'budget_exceeded';
         o_spent[i] := s_spent[v_k]; o_held[i] := s_held[v_k];
@@ -441,6 +548,7 @@ BEGIN
     ELSE
       FOR j IN k_from[v_ref]..k_to[v_ref] LOOP s_spent[v_pos[j]] := s_spent[v_pos[j]] + p_micros[i]; END LOOP;
       IF v_c IS NOT NULL THEN c_spent[v_c] := c_spent[v_c] + p_micros[i]; END IF;
+      FOR j IN k_wfrom[v_ref]..k_wto[v_ref] LOOP v_y := v_rwins[j]; w_spent[v_y] := GREATEST(w_spent[v_y] + p_micros[i], 0); END LOOP;
       v_moved := true;
       IF p_op[i] = 'adjust' THEN v_adjusted := true; END IF;
     END IF;
@@ -472,6 +580,11 @@ BEGIN
   ELSIF v_touched THEN
     UPDATE {{table}} k SET last_used_at = v_now FROM unnest(s_id, s_touch) AS d(id, touch)
       WHERE k.id = ANY(s_id) AND k.id = d.id AND d.touch;
+  END IF;
+  IF w_spent IS DISTINCT FROM w_spent0 THEN
+    UPDATE {{windows}} w SET spent_micros = d.spent, updated_at = v_now
+      FROM unnest(w_id, w_spent, w_spent0) AS d(id, spent, spent0)
+      WHERE w.id = ANY(w_id) AND w.id = d.id AND d.spent <> d.spent0;
   END IF;
   IF c_spent IS DISTINCT FROM c_spent0 THEN
     UPDATE {{accounts}} a SET spent_micros = d.spent
@@ -508,9 +621,54 @@ BEGIN
       FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos) CROSS JOIN {{schema}}agentkey_event_actor() a
       WHERE p_op[w.o] = 'adjust' ORDER BY w.pos;
   END IF;
+  -- Alerts: each window whose counter this batch took to or past one of its percents (the
+  -- key's or account's own, else the table's) gets one event, with the figures after the
+  -- batch; the dedupe name makes it once per window, period and percent.
+  IF v_moved THEN
+    SELECT ARRAY(SELECT jsonb_array_elements_text(value)::smallint) INTO v_global FROM {{settings}} WHERE name = 'alert_percents';
+    IF v_alerts OR v_global IS NOT NULL THEN
+      INSERT INTO {{outbox}} (type, account_id, key_id, data, dedupe)
+      SELECT 'budget.threshold', c.acct, c.key_id,
+             jsonb_build_object('key_id', c.key_id, 'account_id', c.acct, 'window', c.win, 'percent', p.pct,
+               'budget_micros', c.budget::text, 'spent_micros', c.spent::text, 'period_start_at', c.start, 'reset_at', c.reset),
+             jsonb_build_array('threshold', c.key_id, c.acct, c.win, c.reset, p.pct)::text
+      FROM (
+        SELECT d.id AS key_id, COALESCE(k.account_id::text, '') AS acct, COALESCE(k.budget_period, 'lifetime') AS win, d.budget, d.spent,
+               d.spent0, NULL::timestamptz AS start, k.budget_reset_at AS reset, COALESCE(k.alert_percents, v_global) AS pcts
+          FROM unnest(s_id, s_budget, s_spent, s_spent0) AS d(id, budget, spent, spent0) JOIN {{table}} k ON k.id = d.id
+          WHERE d.spent > d.spent0 AND d.budget IS NOT NULL
+        UNION ALL
+        SELECT NULL, d.id, COALESCE(a.budget_period, 'lifetime'), d.budget, d.spent, d.spent0, a.period_start_at, a.budget_reset_at,
+               COALESCE(a.alert_percents, v_global)
+          FROM unnest(c_id, c_budget, c_spent, c_spent0) AS d(id, budget, spent, spent0) JOIN {{accounts}} a ON a.account_id = d.id
+          WHERE d.spent > d.spent0
+        UNION ALL
+        SELECT d.key_id, d.acct, d.win, d.budget, d.spent, d.spent0, d.start, d.reset,
+               COALESCE(CASE WHEN d.key_id IS NULL THEN a.alert_percents ELSE k.alert_percents END, v_global)
+          FROM unnest(w_key, w_acct, w_period, w_budget, w_spent, w_spent0, w_start, w_reset) AS d(key_id, acct, win, budget, spent, spent0, start, reset)
+          LEFT JOIN {{table}} k ON k.id = d.key_id LEFT JOIN {{accounts}} a ON d.key_id IS NULL AND a.account_id = d.acct
+          WHERE d.spent > d.spent0) c
+      CROSS JOIN LATERAL (SELECT DISTINCT x::int AS pct FROM unnest(c.pcts) x) p
+      WHERE c.spent0::numeric * 100 < p.pct::numeric * c.budget AND c.spent::numeric * 100 >= p.pct::numeric * c.budget
+      ORDER BY c.key_id NULLS LAST, c.acct, c.win, p.pct
+      ON CONFLICT (dedupe) WHERE dedupe IS NOT NULL DO NOTHING;
+    END IF;
+  END IF;
+  -- What a key's own windows past the first leave, after the batch (for its figures).
+  IF v_wins THEN
+    FOR i IN 1..n LOOP
+      CONTINUE WHEN o_key[i] IS NULL;
+      v_k := array_position(s_id, o_key[i]);
+      FOR y IN 1..cardinality(w_id) LOOP
+        IF w_key[y] = o_key[i] AND (o_wroom[i] IS NULL OR w_budget[y] - w_spent[y] - s_held[v_k] < o_wroom[i]) THEN
+          o_wroom[i] := w_budget[y] - w_spent[y] - s_held[v_k];
+        END IF;
+      END LOOP;
+    END LOOP;
+  END IF;
   -- One row of arrays, one entry per item: cheaper than a row per item. Then, per key named
   -- (by p_ref), its path and account, so a cache can move what the budgets above it leave.
   RETURN QUERY SELECT o_outcome, o_key, o_budget, o_spent, o_held, o_hold, o_expires, o_status,
                       o_limit, o_limit_key, o_limit_acct, o_hamount, o_committed, o_released, o_expired, o_over, v_now, o_overage,
-                      v_refpaths, k_acct;
+                      v_refpaths, k_acct, o_lwin, o_wroom, v_refwins;
 END $fn$;

@@ -27,6 +27,11 @@ ALTER TABLE {{accounts}}
   ADD COLUMN IF NOT EXISTS budget_windows BOOLEAN NOT NULL DEFAULT false,
   ADD COLUMN IF NOT EXISTS alert_percents SMALLINT[];
 
+-- An account's first window may be a week too (the ceiling row is agentkey's own table): its
+-- period check, made unnamed by version 3, is made again under a name.
+DO $do$ DECLARE c TEXT; BEGIN FOR c IN SELECT conname FROM pg_constraint WHERE conrelid = '{{accounts}}'::regclass AND contype = 'c' AND pg_get_constraintdef(oid) LIKE '%budget_period%' LOOP EXECUTE format('ALTER TABLE {{accounts}} DROP CONSTRAINT %I', c); END LOOP; END $do$;
+ALTER TABLE {{accounts}} ADD CONSTRAINT agentkey_accounts_period CHECK (budget_period IN ('day', 'week', 'month'));
+
 -- Settings of the whole table, by name: 'alert_percents' (a JSON array of percents) applies
 -- to every window whose key or account sets none.
 CREATE TABLE IF NOT EXISTS {{settings}} (
