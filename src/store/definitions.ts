@@ -7,6 +7,7 @@ import ceilingEvent from './sql/functions/ceiling_event.sql';
 import centsUp from './sql/functions/cents_up.sql';
 import checkPageValues from './sql/functions/check_page_values.sql';
 import eventActor from './sql/functions/event_actor.sql';
+import holdExpired from './sql/functions/hold_expired.sql';
 import keyEvent from './sql/functions/key_event.sql';
 import nextReset from './sql/functions/next_reset.sql';
 import notifyAll from './sql/functions/notify_all.sql';
@@ -25,6 +26,7 @@ import deletedTrigger from './sql/triggers/deleted.sql';
 import eventsAppendOnlyTrigger from './sql/triggers/events_append_only.sql';
 import outboxAppendOnlyTrigger from './sql/triggers/outbox_append_only.sql';
 import windowsChangedTrigger from './sql/triggers/windows_changed.sql';
+import holdExpiredTrigger from './sql/triggers/hold_expired.sql';
 import keyEventTrigger from './sql/triggers/key_event.sql';
 import syncTrigger from './sql/triggers/sync.sql';
 import syncInsertTrigger from './sql/triggers/sync_insert.sql';
@@ -58,6 +60,7 @@ const FUNCTIONS: readonly FunctionFile[] = [
   { sql: eventActor, signature: '{{schema}}agentkey_event_actor()' },
   { sql: keyEvent, signature: '{{key_event}}()' },
   { sql: ceilingEvent, signature: '{{ceiling_event}}()' },
+  { sql: holdExpired, signature: '{{hold_expired}}()' },
   {
     sql: spendMany,
     signature: '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer)',
@@ -88,6 +91,7 @@ const TRIGGERS: readonly TriggerFile[] = [
   { sql: eventsAppendOnlyTrigger, name: 'agentkey_events_append_only', on: '{{events}}' },
   { sql: outboxAppendOnlyTrigger, name: 'agentkey_outbox_append_only', on: '{{outbox}}' },
   { sql: windowsChangedTrigger, name: 'agentkey_windows_changed', on: '{{windows}}' },
+  { sql: holdExpiredTrigger, name: 'agentkey_hold_expired', on: '{{holds}}' },
 ];
 
 /** Every function of table `t`, rendered. */

@@ -38,6 +38,8 @@ export interface TableNames {
   outbox: string;
   settings: string;
   eventFn: string;
+  /** The trigger function that writes a 'hold.expired' event to the outbox. */
+  holdExpiredFn: string;
   ceilingEventFn: string;
   /** The per-table PL/pgSQL functions that spend and settle. */
   spendFn: string;
@@ -93,6 +95,7 @@ export function tableNames(name: unknown): TableNames {
     outbox: beside('outbox'),
     settings: beside('settings'),
     eventFn: beside('key_event'),
+    holdExpiredFn: beside('hold_expired'),
     ceilingEventFn: beside('ceiling_event'),
     spendFn: beside('spend'),
     settleFn: beside('settle'),

@@ -21,6 +21,7 @@ function names(t: TableNames): Record<string, string> {
     outbox: t.outbox,
     settings: t.settings,
     key_event: t.eventFn,
+    hold_expired: t.holdExpiredFn,
     ceiling_event: t.ceilingEventFn,
     spend: t.spendFn,
     settle: t.settleFn,

@@ -37,5 +37,12 @@ BEGIN
   INSERT INTO {{events}} (key_id, account_id, kind, actor, actor_key_id, changes)
     -- The package's table allows a key with no account: the log says ''.
     VALUES (NEW.id, COALESCE(NEW.account_id::text, ''), v_kind, a.actor, a.actor_key_id, v_changes);
+  -- A revocation is also an event for webhooks and handlers (the outbox), in this transaction.
+  IF v_kind = 'revoked' THEN
+    INSERT INTO {{outbox}} (type, account_id, key_id, data)
+      VALUES ('key.revoked', COALESCE(NEW.account_id::text, ''), NEW.id,
+              jsonb_build_object('key_id', NEW.id, 'account_id', COALESCE(NEW.account_id::text, ''), 'revoked_at', NEW.revoked_at,
+                                 'actor', a.actor, 'actor_key_id', a.actor_key_id));
+  END IF;
   RETURN NULL;
 END $fn$;

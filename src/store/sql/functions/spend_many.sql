@@ -612,6 +612,15 @@ BEGIN
       WHERE e.sub = 1 OR (p_op[w.o] = 'commit' AND e.amount > 0)
       ORDER BY w.pos, e.sub;
   END IF;
+  -- A commit's overage is an event for webhooks and handlers too (the outbox).
+  IF cardinality(w_ord) > 0 AND EXISTS (SELECT 1 FROM unnest(w_ord) AS w(o) WHERE p_op[w.o] = 'commit' AND o_overage[w.o] > 0) THEN
+    INSERT INTO {{outbox}} (type, account_id, key_id, data)
+      SELECT 'overage.recorded', COALESCE(k_acct[p_ref[w.o]], ''), k_id[p_ref[w.o]],
+             jsonb_build_object('key_id', k_id[p_ref[w.o]], 'account_id', COALESCE(k_acct[p_ref[w.o]], ''), 'hold_id', p_hold[p_ref[w.o]],
+               'overage_micros', o_overage[w.o]::text, 'cost_micros', p_micros[w.o]::text,
+               'limited_by', jsonb_build_object('kind', o_limit[w.o], 'key_id', o_limit_key[w.o], 'account_id', o_limit_acct[w.o], 'window', o_lwin[w.o]))
+      FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos) WHERE p_op[w.o] = 'commit' AND o_overage[w.o] > 0 ORDER BY w.pos;
+  END IF;
   -- An adjustment is an operator's act: the event log has it too, with who made it.
   IF v_adjusted THEN
     INSERT INTO {{events}} (key_id, account_id, kind, actor, actor_key_id, changes)
