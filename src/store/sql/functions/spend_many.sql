@@ -85,7 +85,7 @@ DECLARE
   w_node INT[] := '{}'; w_cpos INT[] := '{}';
   k_wfrom INT[]; k_wto INT[]; v_rwins INT[] := '{}'; v_refwins TEXT[];
   o_lwin TEXT[]; o_wroom BIGINT[]; v_lwin TEXT; v_lreset TIMESTAMPTZ; v_y INT; v_held BIGINT; v_wroom NUMERIC;
-  v_global SMALLINT[];
+  v_global SMALLINT[]; v_global_json JSONB; v_overage BOOLEAN := false;
 BEGIN
   o_outcome := array_fill(NULL::text, ARRAY[n]); o_key := array_fill(NULL::bigint, ARRAY[n]);
   o_budget := o_key; o_spent := o_key; o_held := o_key; o_limit_key := o_key;
@@ -180,8 +180,9 @@ BEGIN
   FOR pass IN 1..2 LOOP
     SELECT n.ids, n.budgets, n.spents, n.helds, n.depths, n.states, COALESCE(n.due, false),
            EXISTS (SELECT 1 FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now),
-           n.periods, n.resets, COALESCE(n.wins, false), COALESCE(n.alerts, false)
-      INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, v_due, v_expired, s_period, s_reset, v_wins, v_alerts
+           n.periods, n.resets, COALESCE(n.wins, false), COALESCE(n.alerts, false),
+           (SELECT value FROM {{settings}} WHERE name = 'alert_percents')
+      INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, v_due, v_expired, s_period, s_reset, v_wins, v_alerts, v_global_json
       FROM (SELECT COALESCE(array_agg(n.id ORDER BY n.id), '{}') AS ids,
                    COALESCE(array_agg(n.budget_micros ORDER BY n.id), '{}') AS budgets,
                    COALESCE(array_agg(n.spent_micros ORDER BY n.id), '{}') AS spents,
@@ -424,6 +425,7 @@ BEGIN
               o_lwin[i] := v_lwin;
             END IF;
             o_over[i] := h_overage[v_ref] > 0;
+            v_overage := v_overage OR o_over[i];
           END IF;
         END IF;
       END IF;
@@ -613,7 +615,7 @@ BEGIN
       ORDER BY w.pos, e.sub;
   END IF;
   -- A commit's overage is an event for webhooks and handlers too (the outbox).
-  IF cardinality(w_ord) > 0 AND EXISTS (SELECT 1 FROM unnest(w_ord) AS w(o) WHERE p_op[w.o] = 'commit' AND o_overage[w.o] > 0) THEN
+  IF v_overage THEN
     INSERT INTO {{outbox}} (type, account_id, key_id, data)
       SELECT 'overage.recorded', COALESCE(k_acct[p_ref[w.o]], ''), k_id[p_ref[w.o]],
              jsonb_build_object('key_id', k_id[p_ref[w.o]], 'account_id', COALESCE(k_acct[p_ref[w.o]], ''), 'hold_id', p_hold[p_ref[w.o]],
@@ -634,7 +636,9 @@ BEGIN
   -- key's or account's own, else the table's) gets one event, with the figures after the
   -- batch; the dedupe name makes it once per window, period and percent.
   IF v_moved THEN
-    SELECT ARRAY(SELECT jsonb_array_elements_text(value)::smallint) INTO v_global FROM {{settings}} WHERE name = 'alert_percents';
+    IF v_global_json IS NOT NULL THEN
+      v_global := ARRAY(SELECT jsonb_array_elements_text(v_global_json)::smallint);
+    END IF;
     IF v_alerts OR v_global IS NOT NULL THEN
       INSERT INTO {{outbox}} (type, account_id, key_id, data, dedupe)
       SELECT 'budget.threshold', c.acct, c.key_id,
