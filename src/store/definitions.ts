@@ -24,6 +24,7 @@ import changedTrigger from './sql/triggers/changed.sql';
 import deletedTrigger from './sql/triggers/deleted.sql';
 import eventsAppendOnlyTrigger from './sql/triggers/events_append_only.sql';
 import outboxAppendOnlyTrigger from './sql/triggers/outbox_append_only.sql';
+import outboxNotifyTrigger from './sql/triggers/outbox_notify.sql';
 import keyEventTrigger from './sql/triggers/key_event.sql';
 import syncTrigger from './sql/triggers/sync.sql';
 import syncInsertTrigger from './sql/triggers/sync_insert.sql';
@@ -86,6 +87,7 @@ const TRIGGERS: readonly TriggerFile[] = [
   { sql: ceilingEventTrigger, name: 'agentkey_ceiling_event', on: '{{accounts}}' },
   { sql: eventsAppendOnlyTrigger, name: 'agentkey_events_append_only', on: '{{events}}' },
   { sql: outboxAppendOnlyTrigger, name: 'agentkey_outbox_append_only', on: '{{outbox}}' },
+  { sql: outboxNotifyTrigger, name: 'agentkey_outbox_notify', on: '{{outbox}}' },
 ];
 
 /** Every function of table `t`, rendered. */
