@@ -63,8 +63,8 @@ forEachDatabase((getDb) => {
     // Each (event, endpoint) answered 200 exactly once: none sent again after it was taken.
     expect(r.received.filter((x) => x.answered === 200)).toHaveLength(2 * EVENTS);
     // Every request is an attempt on record, and every attempt a line from one of the workers.
-    const [{ n: attempts }] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM "${table}_webhook_attempts"`);
-    expect(Number(attempts)).toBe(r.received.length);
+    const [counted] = await db.query<{ n: number }>(`SELECT count(*)::int AS n FROM "${table}_webhook_attempts"`);
+    expect(Number(counted!.n)).toBe(r.received.length);
     const lines = workers.flatMap((w) => w.lines as { type: string; worker: number; outcome?: string }[]);
     expect(lines.filter((l) => l.type === 'error')).toEqual([]);
     expect(lines.filter((l) => l.type === 'attempt')).toHaveLength(r.received.length);
