@@ -101,7 +101,7 @@ function suite(name: string, setup: { before(): Promise<void>; after(): Promise<
 
       expect(expectSuccess(await cmd(['webhooks', 'remove', String(id)]))).toBe(`Removed webhook ${id} and its deliveries.\n`);
       expect(expectJson(await cmd(['webhooks', 'list', '--json']))).toEqual({ webhooks: [] });
-    }, 120_000);
+    }, 300_000);
 
     it('error: a bad URL, an unknown id: one line, exit 1, nothing changed', async () => {
       const bad = await cmd(['webhooks', 'add', '--url', 'ftp://example.com/h']);
@@ -111,7 +111,7 @@ function suite(name: string, setup: { before(): Promise<void>; after(): Promise<
       expectFailure(await cmd(['webhooks', 'update', '424242', '--enable']), /No webhook endpoint has id 424242/);
       expectFailure(await cmd(['webhooks', 'show', '424242']), /No webhook endpoint has id 424242/);
       expect(expectJson(await cmd(['webhooks', 'list', '--json']))).toEqual({ webhooks: [] });
-    }, 120_000);
+    }, 300_000);
   });
 }
 
