@@ -18,6 +18,7 @@ export default defineConfig([
       jwt: 'src/identity/jwt.ts',
       clerk: 'src/identity/clerk.ts',
       server: 'src/server/index.ts',
+      webhooks: 'src/webhooks/index.ts',
     },
     format: ['esm', 'cjs'],
     dts: true,

@@ -1,12 +1,13 @@
 // The public front of agentkey: the AgentKey class, whose methods check what a call names
 // (a raw key, a subject, an id) and hand it to the module of its flow: keys and account
 // ceilings (lifecycle.ts), validation with its cache (validation.ts), spending and holds
-// (spending.ts), reports (reports.ts). Options are checked in options.ts, the public types
+// (spending.ts), reports (reports.ts), events and webhooks (events.ts). Options are checked in options.ts, the public types
 // live in types.ts, and database faults are mapped to errors in store/errors.ts. One file
 // (a little over 400 lines, most of them the doc comments users read in their editor): the
 // whole public API in one class.
 import { KeyCache } from './cache.js';
 import { AgentKeyError } from './errors.js';
+import { type DeliveryQueue, Events } from './events.js';
 import { lookupHash } from './keys.js';
 import { KeyLifecycle } from './lifecycle.js';
 import type { CentsInput } from './money.js';
@@ -22,6 +23,7 @@ import type { TableNames } from './store/identifiers.js';
 import { type KeyRef, KeyStore } from './store/keys.js';
 import { migrate } from './store/migrations.js';
 import { SpendStore } from './store/spend.js';
+import { WebhookStore } from './store/webhooks.js';
 import type { BudgetPeriod } from './time.js';
 import type {
   AccountBudget,
@@ -54,6 +56,16 @@ import type {
   ValidationResult,
   RotateOptions,
   RotateResult,
+  AgentKeyEvent,
+  CreateWebhookOptions,
+  CreatedWebhook,
+  OnEventOptions,
+  OutboxEventQuery,
+  Webhook,
+  WebhookChanges,
+  WebhookDelivery,
+  WebhookDeliveryQuery,
+  WebhookStats,
 } from './types.js';
 import { Validation } from './validation.js';
 
@@ -81,6 +93,7 @@ export class AgentKey {
   private readonly validation: Validation;
   private readonly spending: Spending;
   private readonly reports: Reports;
+  private readonly events: Events;
 
   constructor(options: AgentKeyOptions) {
     const s = agentKeySettings(options);
@@ -107,6 +120,7 @@ export class AgentKey {
       { ledger: spendStore, totals: new SpendStore(s.reportDb, s.names), accounts: new AccountStore(s.reportDb, s.names) },
       table,
     );
+    this.events = new Events(new WebhookStore(s.db, s.names), { pool: s.pool, channel: s.names.outboxChannel }, storageFault(table));
   }
 
   // Setting up and closing.
@@ -125,6 +139,7 @@ export class AgentKey {
    */
   async close(): Promise<void> {
     this.validation.stopListening();
+    await this.events.close();
     await this.spending.settled();
     await this.validation.close();
   }
@@ -442,6 +457,102 @@ export class AgentKey {
    */
   async audit(options: { keyId?: number | string } = {}): Promise<AuditResult> {
     return this.reports.audit(options);
+  }
+
+  // Events (the outbox) and webhooks.
+
+  /**
+   * Calls `handler` with each event written to the outbox after the returned promise
+   * resolves (`budget.threshold`, `key.revoked`, `key.expired`, `hold.expired`,
+   * `overage.recorded`; or only `types`), in order and one at a time, in this process:
+   * woken at once by LISTEN (PostgreSQL and PGlite), and polling every `pollMs` besides, so
+   * events from every process are seen. A handler that throws never stops the others
+   * (`onError` hears it). Resolves to a function that unsubscribes. Delivery is at most
+   * once per subscription: use webhooks for retries.
+   *
+   * @example const stop = await ak.onEvent((e) => console.log(e.type, e.data), { types: ['key.expired'] })
+   */
+  async onEvent(handler: (event: AgentKeyEvent) => unknown, options?: OnEventOptions): Promise<() => Promise<void>> {
+    return this.events.onEvent(handler, options);
+  }
+
+  /**
+   * The outbox, newest first: every event written, as `onEvent()` handlers get it. Page
+   * with `before` (an event id).
+   *
+   * @example await ak.outboxEvents({ type: 'budget.threshold', limit: 20 })
+   */
+  async outboxEvents(query?: OutboxEventQuery): Promise<AgentKeyEvent[]> {
+    return this.events.outboxEvents(query);
+  }
+
+  /**
+   * Writes a `key.expired` event for up to `limit` keys whose expiry has passed, once per
+   * key and expiry even with several sweepers at once. The deliverer of `agentkey/webhooks`
+   * runs it on every tick. Returns how many it wrote.
+   */
+  sweepExpiredKeys(limit = 1_000): Promise<number> {
+    return this.events.sweepExpiredKeys(limit);
+  }
+
+  /**
+   * Adds a webhook endpoint: events (all, or `events`; every account's, or `accountId`'s)
+   * are posted to `url`, signed per Standard Webhooks with the endpoint's own secret,
+   * returned this once. A deliverer (`agentkey/webhooks`, or `agentkey serve`) sends them.
+   *
+   * @example const { id, secret } = await ak.createWebhook({ url: 'https://example.com/hooks', events: ['budget.threshold'] })
+   */
+  async createWebhook(options: CreateWebhookOptions): Promise<CreatedWebhook> {
+    return this.events.createWebhook(options);
+  }
+
+  /** Every webhook endpoint, in id order, without secrets. */
+  async listWebhooks(options?: { limit?: number }): Promise<Webhook[]> {
+    return this.events.listWebhooks(options);
+  }
+
+  /** One webhook endpoint without its secret, or null. */
+  async getWebhook(id: number | string): Promise<Webhook | null> {
+    return this.events.getWebhook(id);
+  }
+
+  /**
+   * Changes an endpoint's url, events, account, description or enabled flag;
+   * `rotateSecret: true` gives it a new secret, returned this once. Unknown ids throw
+   * `webhook_not_found`. A disabled endpoint gets no deliveries for the events written meanwhile.
+   *
+   * @example await ak.updateWebhook(3, { enabled: false })
+   */
+  async updateWebhook(id: number | string, changes: WebhookChanges): Promise<Webhook & { secret?: string }> {
+    return this.events.updateWebhook(id, changes);
+  }
+
+  /** Removes an endpoint with its deliveries and their attempts. True when it existed. */
+  async deleteWebhook(id: number | string): Promise<boolean> {
+    return this.events.deleteWebhook(id);
+  }
+
+  /**
+   * Deliveries newest first (one per event and endpoint), each with every attempt: status
+   * code or error, and duration. Page with `before` (a delivery id).
+   *
+   * @example await ak.webhookDeliveries({ webhookId: 3, status: 'failed' })
+   */
+  async webhookDeliveries(query?: WebhookDeliveryQuery): Promise<WebhookDelivery[]> {
+    return this.events.deliveries(query);
+  }
+
+  /** How many deliveries are pending (of them, failing: tried, not yet delivered) and failed for good. */
+  async webhookStats(): Promise<WebhookStats> {
+    return this.events.stats();
+  }
+
+  /**
+   * The queue a webhook deliverer works from (claims under a lease, attempts recorded).
+   * For `agentkey/webhooks`' `startDeliverer()`; applications rarely call it.
+   */
+  deliveryQueue(): DeliveryQueue {
+    return this.events.queue();
   }
 
   /** The key a raw key names, or null when it cannot be one of this table's (a malformed key costs no query). */

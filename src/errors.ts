@@ -25,7 +25,9 @@ export type AgentKeyErrorCode =
   | 'storage_error'
   | 'storage_timeout'
   /** A step that would take a total past what the database can count (BIGINT micro-dollars). */
-  | 'total_out_of_range';
+  | 'total_out_of_range'
+  /** A webhook endpoint id that no endpoint has. */
+  | 'webhook_not_found';
 
 /**
  * The one error class agentkey throws: programmer mistakes (bad arguments) and

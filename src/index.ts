@@ -51,7 +51,22 @@ export type {
   ValidateFailure,
   ValidateResult,
   ValidationResult,
+  // Events (the outbox) and webhooks.
+  AgentKeyEvent,
+  AgentKeyEventType,
+  CreateWebhookOptions,
+  CreatedWebhook,
+  OnEventOptions,
+  OutboxEventQuery,
+  Webhook,
+  WebhookAttempt,
+  WebhookChanges,
+  WebhookDelivery,
+  WebhookDeliveryQuery,
+  WebhookDeliveryStatus,
+  WebhookStats,
 } from './types.js';
+export { EVENT_TYPES, type AttemptOutcome, type ClaimedDelivery, type DeliveryQueue } from './events.js';
 export { AgentKeyError, type AgentKeyErrorCode, isAgentKeyError } from './errors.js';
 export {
   agentKeyMiddleware,

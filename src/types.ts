@@ -539,3 +539,132 @@ export interface AuditResult {
   /** Overage recorded for the checked keys (never part of any spend counter). */
   overageCents: Cents;
 }
+
+// ---------------------------------------------------------------------------------------
+// Events (the outbox) and webhooks: the outbox's consumers.
+// ---------------------------------------------------------------------------------------
+
+/** The five kinds of event the outbox holds. */
+export type AgentKeyEventType = 'budget.threshold' | 'key.revoked' | 'key.expired' | 'hold.expired' | 'overage.recorded';
+
+/**
+ * One outbox event as `onEvent()` handlers and `outboxEvents()` get it, and as webhooks
+ * post it: the body of a webhook is `{ type, timestamp, data }`, and `id` is its
+ * `webhook-id` header (the same for every endpoint and every retry, for de-duplication).
+ * `data` is camelCase, with amounts in cents (exact: `Cents`), e.g. for 'key.expired'
+ * `{ keyId: 42, accountId: 'acct_1', expiresAt: '2026-12-01T00:00:00.000Z' }`.
+ */
+export interface AgentKeyEvent {
+  /** 'evt_' and the outbox row's id. */
+  id: string;
+  type: AgentKeyEventType;
+  /** When it was written (ISO). */
+  timestamp: string;
+  data: Record<string, unknown>;
+}
+
+export interface OutboxEventQuery {
+  accountId?: string | number;
+  type?: AgentKeyEventType;
+  /** Only events older than this one (an id such as 'evt_12', or 12). */
+  before?: string | number;
+  /** Default 100, at most 1000. */
+  limit?: number;
+}
+
+export interface OnEventOptions {
+  /** Only these types (default: all five). */
+  types?: readonly AgentKeyEventType[];
+  /** How often the outbox is read when no notification came (ms; default 1000, at least 10). */
+  pollMs?: number;
+  /** Called with what a handler threw (or rejected with); the next events are still handled. */
+  onError?: (err: unknown, event: AgentKeyEvent) => void;
+}
+
+/** A webhook endpoint, without its secret. */
+export interface Webhook {
+  id: number;
+  url: string;
+  /** The event types it gets; null: all five. */
+  events: AgentKeyEventType[] | null;
+  /** Only this account's events; null: every account's. */
+  accountId: string | null;
+  description: string | null;
+  enabled: boolean;
+  createdAt: string;
+  updatedAt: string;
+}
+
+/** `createWebhook()`'s answer: the endpoint and its signing secret, shown this once. */
+export interface CreatedWebhook extends Webhook {
+  /** 'whsec_' and base64: give it to the receiver's Standard Webhooks `Webhook(secret).verify()`. */
+  secret: string;
+}
+
+export interface CreateWebhookOptions {
+  /** An http:// or https:// URL. */
+  url: string;
+  events?: readonly AgentKeyEventType[] | null;
+  accountId?: string | number | null;
+  description?: string | null;
+  /** Default true. */
+  enabled?: boolean;
+}
+
+export interface WebhookChanges {
+  url?: string;
+  events?: readonly AgentKeyEventType[] | null;
+  accountId?: string | number | null;
+  description?: string | null;
+  enabled?: boolean;
+  /** A new secret, returned this once in `secret` (the old one stops at once). */
+  rotateSecret?: boolean;
+}
+
+export type WebhookDeliveryStatus = 'pending' | 'delivered' | 'failed';
+
+/** One try at posting an event to an endpoint. */
+export interface WebhookAttempt {
+  attempt: number;
+  at: string;
+  /** The HTTP status the endpoint answered, or null when it did not (see error). */
+  status: number | null;
+  /** Why it failed: 'HTTP 500', 'timeout after 10000 ms', 'connection refused'...; null when delivered. */
+  error: string | null;
+  durationMs: number;
+}
+
+/** One event for one endpoint: delivered, pending (retrying with backoff), or failed once `retryFor` ran out. */
+export interface WebhookDelivery {
+  id: number;
+  webhookId: number;
+  /** The event's id (its webhook-id), e.g. 'evt_12'. */
+  eventId: string;
+  eventType: AgentKeyEventType | null;
+  status: WebhookDeliveryStatus;
+  attempts: number;
+  /** When the next try is due (pending only). */
+  nextAttemptAt: string | null;
+  lastStatus: number | null;
+  lastError: string | null;
+  createdAt: string;
+  deliveredAt: string | null;
+  /** Every attempt, oldest first. */
+  attemptLog: WebhookAttempt[];
+}
+
+export interface WebhookDeliveryQuery {
+  webhookId?: number | string;
+  status?: WebhookDeliveryStatus;
+  /** Only deliveries older than this delivery id. */
+  before?: number | string;
+  /** Default 50, at most 1000. */
+  limit?: number;
+}
+
+/** How many deliveries are pending (and of those, failing: tried and not yet delivered) and failed for good. */
+export interface WebhookStats {
+  pending: number;
+  failing: number;
+  failed: number;
+}

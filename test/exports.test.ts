@@ -17,6 +17,7 @@ const EXPECTED: Record<string, string[]> = {
   './jwt': ['jwtSubjects'],
   './clerk': ['clerkM2M'],
   './server': ['createApp', 'startServer'],
+  './webhooks': ['startDeliverer'],
 };
 
 it('happy: package.json exports exactly the documented subpaths, and each loads in ESM and CommonJS with its functions', async () => {

@@ -59,6 +59,7 @@ const ERROR_CODES: Record<AgentKeyErrorCode, true> = {
   storage_error: true,
   storage_timeout: true,
   total_out_of_range: true,
+  webhook_not_found: true,
 };
 const LIBRARY_REASONS: Record<LibraryReason, true> = {
   invalid: true,

@@ -27,6 +27,7 @@ import {
 } from './common.js';
 import { accountDetails, printable, usageReport } from './format.js';
 import { addKeysCommands } from './keys.js';
+import { addWebhookCommands } from './webhooks.js';
 
 export function buildProgram(): Command {
   const program = new Command('agentkey')
@@ -52,6 +53,18 @@ export function buildProgram(): Command {
         .default(5_000)
         .argParser(wholeNumber('timeout', 1, 3_600_000)),
     )
+    .option('--no-webhooks', 'do not run the webhook deliverer here (another process delivers; env AGENTKEY_WEBHOOKS=off)')
+    .addOption(
+      new Option('--webhook-retry-for <duration>', "how long a webhook delivery is retried before it is marked failed, e.g. '24h'")
+        .env('AGENTKEY_WEBHOOK_RETRY_FOR')
+        .default('24h'),
+    )
+    .addOption(
+      new Option('--webhook-timeout-ms <ms>', 'the bound of one webhook request')
+        .env('AGENTKEY_WEBHOOK_TIMEOUT_MS')
+        .default(10_000)
+        .argParser(wholeNumber('webhook timeout', 1, 300_000)),
+    )
     .addOption(
       new Option('--log-level <level>', 'least level logged: requests are info (2xx/3xx), warn (4xx) or error (5xx), one JSON line each on stdout')
         .env('LOG_LEVEL')
@@ -64,7 +77,7 @@ export function buildProgram(): Command {
         'Without it, the first start creates one, prints it once on stderr and stores\n' +
         'only its hash; `agentkey admin-key rotate` replaces it.',
     )
-    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string }) => {
+    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string; webhooks: boolean; webhookRetryFor: string; webhookTimeoutMs: number }) => {
       // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
       const selfServe = o.selfServe === true || envFlag('AGENTKEY_SELF_SERVE');
       const withoutEmail = o.signupWithoutEmail === true || envFlag('AGENTKEY_SIGNUP_WITHOUT_EMAIL');
@@ -81,6 +94,10 @@ export function buildProgram(): Command {
           bodyLimitBytes: o.bodyLimit,
           timeoutMs: o.timeoutMs,
           logger,
+          webhooks:
+            o.webhooks === false || /^(off|false|0|no)$/i.test(process.env.AGENTKEY_WEBHOOKS ?? '')
+              ? false
+              : { retryFor: o.webhookRetryFor, timeoutMs: o.webhookTimeoutMs },
           ...(o.table ? { tableName: o.table } : {}),
           onAdminKeyCreated: (key) =>
             process.stderr.write(
@@ -141,6 +158,8 @@ export function buildProgram(): Command {
     });
 
   addKeysCommands(program);
+  // Webhooks and the outbox.
+  addWebhookCommands(program);
 
   const accounts = program.command('accounts').description("accounts' ceilings");
   withCommon(accounts.command('budget'))

@@ -143,6 +143,7 @@ const ERRORS: Record<Exclude<AgentKeyErrorCode, LibraryReason>, Refusal> = {
   storage_timeout: { status: 503, code: 'storage_timeout', message: 'The key store did not answer in time; try again later.' },
   // A total past BIGINT: the request is well formed, but it cannot be counted.
   total_out_of_range: { status: 422, code: 'total_out_of_range', message: 'This would take a total past what the key store can count.', named: own },
+  webhook_not_found: { status: 404, code: 'webhook_not_found', message: 'No webhook endpoint has this id.', named: own },
 };
 
 /** The surfaces' own. */

@@ -18,6 +18,7 @@ import { agentRoutes } from './routes/agent.js';
 import { dashboardRoutes } from './routes/dashboard.js';
 import { opsRoutes } from './routes/ops.js';
 import { reservationRoutes } from './routes/reservations.js';
+import { webhookRoutes } from './routes/webhooks.js';
 import { inPackageShape, isSelfServePath, selfServeRoutes } from './routes/self-serve.js';
 
 export { type AppOptions, type Logger, checkAppOptions } from './options.js';
@@ -55,6 +56,8 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   app.use('/v1/*', requestTimeout(timeoutMs));
 
   app.route('/', adminRoutes(ak, requireAdmin));
+  // Webhooks and the outbox (admin).
+  app.route('/', webhookRoutes(ak, requireAdmin));
   app.route('/', agentRoutes(ak, metrics));
   app.route('/', reservationRoutes(ak, metrics));
   app.route('/', opsRoutes({ health: options.health, database: options.database ?? 'postgres', timeoutMs, metrics, log }));

@@ -1,4 +1,4 @@
-import { Counter, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AgentKey } from '../agentkey.js';
 import { type CentsInput, MICROS_PER_CENT, centsToMicros } from '../money.js';
 
@@ -53,6 +53,29 @@ export function createMetrics(ak: AgentKey) {
   cacheCounter('agentkey_cache_evictions_total', 'Cache entries evicted to stay within maxKeys.', 'evictions');
   cacheCounter('agentkey_cache_invalidations_total', 'Cache entries dropped because their key changed.', 'invalidations');
 
+  // Webhooks: each attempt's outcome (this process's deliverer), and the deliveries waiting, read from the database when scraped.
+  const webhookAttempts = counter(
+    'agentkey_webhook_attempts_total',
+    "Webhook delivery attempts by outcome: delivered, retrying (failed, tried again later), failed (retryFor ran out), lost (another deliverer's lease).",
+    ['outcome'],
+  );
+  new Gauge({
+    name: 'agentkey_webhook_deliveries',
+    help: 'Webhook deliveries not delivered, by state: pending (waiting or retrying), failing (pending after a failed attempt), failed (given up).',
+    labelNames: ['state'] as const,
+    registers: [registry],
+    async collect() {
+      try {
+        const s = await ak.webhookStats();
+        this.set({ state: 'pending' }, s.pending);
+        this.set({ state: 'failing' }, s.failing);
+        this.set({ state: 'failed' }, s.failed);
+      } catch {
+        // The database away: the figures stay as last read, the rest of /metrics still answers.
+      }
+    },
+  });
+
   const add = (c: Counter, amount: number) => {
     if (amount > 0) c.inc(amount);
   };
@@ -88,6 +111,10 @@ export function createMetrics(ak: AgentKey) {
     released(result: { replayed?: true; releasedCents: number }) {
       releases.inc({ outcome: result.replayed ? 'replayed' : 'released' });
       if (!result.replayed) add(releasedCents, result.releasedCents);
+    },
+    /** One webhook attempt's outcome (from the deliverer's onAttempt). */
+    webhookAttempt(outcome: string) {
+      webhookAttempts.inc({ outcome });
     },
     /** A refused charge, commit, hold or release, by its error code ('invalid_key' counts as 'invalid', as verifications say). */
     refused(kind: 'charge' | 'commit' | 'hold' | 'release', code: string) {

@@ -35,7 +35,7 @@ const ANSWERS = {
   400: 'Malformed input: invalid_json, invalid_request (naming the field), or a value the library refuses (invalid_argument, invalid_cost...).',
   401: 'A missing or wrong key: missing_admin_key, invalid_admin_key (admin routes); missing_key, invalid_key, key_expired, key_revoked (agent routes).',
   403: 'Not allowed: a child key wider than its parent (scope_not_allowed, budget_exceeds_parent, expiry_exceeds_parent, parent_inactive, depth_exceeded).',
-  404: 'Not found: key_not_found, reservation_not_found, parent_not_found, not_found.',
+  404: 'Not found: key_not_found, reservation_not_found, parent_not_found, webhook_not_found, not_found.',
   405: 'method_not_allowed: this path does not take that method; the Allow header lists the ones it does.',
   409: 'Conflict: idempotency_conflict, already_committed, already_released; narrows_children, key_inactive (changing a key).',
   413: 'body_too_large: the body is over the service\'s limit (--body-limit).',

@@ -407,3 +407,112 @@ export const LedgerList = z
     ),
   })
   .openapi('LedgerList');
+
+// ---------------------------------------------------------------------------------------
+// Webhooks and the outbox (the outbox's consumers).
+// ---------------------------------------------------------------------------------------
+
+const eventType = z.enum(['budget.threshold', 'key.revoked', 'key.expired', 'hold.expired', 'overage.recorded']);
+const webhookUrl = z.string().min(1).max(2048).openapi({ description: 'An http:// or https:// URL.', example: 'https://example.com/hooks/agentkey' });
+const webhookEvents = z.array(eventType).min(1).nullable().optional().openapi({ description: 'The event types it gets; null or absent: all five.' });
+
+export const Webhook = z
+  .object({
+    id: z.number().int(),
+    url: z.string(),
+    events: z.array(eventType).nullable(),
+    accountId: z.string().nullable().openapi({ description: "Only this account's events; null: every account's." }),
+    description: z.string().nullable(),
+    enabled: z.boolean(),
+    createdAt: z.string(),
+    updatedAt: z.string(),
+  })
+  .openapi('Webhook');
+
+export const CreatedWebhook = Webhook.extend({
+  secret: z.string().openapi({ description: "The signing secret ('whsec_...'), shown once: verify deliveries with a Standard Webhooks library." }),
+}).openapi('CreatedWebhook');
+
+export const UpdatedWebhook = Webhook.extend({
+  secret: z.string().optional().openapi({ description: 'The new secret, with rotateSecret: true only (shown once).' }),
+}).openapi('UpdatedWebhook');
+
+export const WebhookList = z.object({ webhooks: z.array(Webhook) }).openapi('WebhookList');
+
+export const CreateWebhookBody = z
+  .object({
+    url: webhookUrl,
+    events: webhookEvents,
+    accountId: accountId.nullable().optional(),
+    description: z.string().max(500).nullable().optional(),
+    enabled: z.boolean().optional(),
+  })
+  .strict()
+  .openapi('CreateWebhook');
+
+export const UpdateWebhookBody = z
+  .object({
+    url: webhookUrl.optional(),
+    events: webhookEvents,
+    accountId: accountId.nullable().optional(),
+    description: z.string().max(500).nullable().optional(),
+    enabled: z.boolean().optional(),
+    rotateSecret: z.boolean().optional(),
+  })
+  .strict()
+  .openapi('UpdateWebhook');
+
+export const WebhookIdParam = z.object({
+  id: z.string().regex(/^[1-9][0-9]{0,15}$/, 'must be a webhook id (a positive whole number)').openapi({ param: { name: 'id', in: 'path' }, example: '3' }),
+});
+
+export const WebhookRemoved = z.object({ id: z.number().int(), removed: z.literal(true) }).openapi('WebhookRemoved');
+
+export const DeliveryQuery = z
+  .object({ status: z.enum(['pending', 'delivered', 'failed']).optional(), before: keyId.optional(), limit: limitParam(1_000) })
+  .strict();
+
+export const DeliveryList = z
+  .object({
+    deliveries: z.array(
+      z.object({
+        id: z.number().int(),
+        webhookId: z.number().int(),
+        eventId: z.string().openapi({ example: 'evt_12' }),
+        eventType: eventType.nullable(),
+        status: z.enum(['pending', 'delivered', 'failed']),
+        attempts: z.number().int(),
+        nextAttemptAt: z.string().nullable(),
+        lastStatus: z.number().int().nullable(),
+        lastError: z.string().nullable(),
+        createdAt: z.string(),
+        deliveredAt: z.string().nullable(),
+        attemptLog: z.array(
+          z.object({ attempt: z.number().int(), at: z.string(), status: z.number().int().nullable(), error: z.string().nullable(), durationMs: z.number() }),
+        ),
+      }),
+    ),
+  })
+  .openapi('DeliveryList');
+
+export const OutboxQuery = z
+  .object({
+    accountId: accountId.optional(),
+    type: eventType.optional(),
+    before: z.string().regex(/^(evt_)?[1-9][0-9]{0,15}$/, "must be an event id such as 'evt_12'").optional(),
+    limit: limitParam(1_000),
+  })
+  .strict();
+
+export const OutboxList = z
+  .object({
+    events: z.array(
+      z.object({
+        id: z.string().openapi({ example: 'evt_12' }),
+        type: eventType,
+        timestamp: z.string(),
+        data: z.record(z.string(), z.unknown()).openapi({ description: 'camelCase; amounts in cents (exact).' }),
+      }),
+    ),
+  })
+  .openapi('OutboxList');

@@ -8,6 +8,7 @@ import { type AdminKey, checkAdminKey, resolveAdminKey } from './admin-key.js';
 import { createApp } from './app.js';
 import { type Logger, checkAppOptions } from './options.js';
 import { StartupError, type StorageOptions, openStorage } from './storage.js';
+import { type Deliverer, type DelivererOptions, delivererSettings, startDeliverer } from '../webhooks/deliverer.js';
 
 export interface ServeOptions extends StorageOptions {
   /** Default 8787; 0 picks a free port. */
@@ -32,6 +33,12 @@ export interface ServeOptions extends StorageOptions {
   onAdminKeyCreated?: (key: string) => void;
   /** How long close() lets in-flight requests finish before cutting them. Default 10 s. */
   shutdownGraceMs?: number;
+  /**
+   * The webhook deliverer this service runs (agentkey/webhooks' options; it also writes
+   * key.expired events), or false for none (another process delivers). Default: on, with
+   * the deliverer's defaults.
+   */
+  webhooks?: DelivererOptions | false;
 }
 
 export interface RunningServer {
@@ -59,9 +66,11 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   tableNames(options.tableName ?? 'sdk_api_keys');
   checkAppOptions({ selfServe: options.selfServe ?? false, ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}) });
   if (options.timeoutMs !== undefined) timeoutOption(options.timeoutMs);
+  if (options.webhooks) delivererSettings(options.webhooks);
   await canListen(port, host);
   const storage = await openStorage(options);
   let ak: AgentKey | undefined;
+  let deliverer: Deliverer | undefined;
   try {
     ak = new AgentKey({
       pool: storage.pool,
@@ -73,7 +82,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     await ak.migrate();
     const adminKey = await resolveAdminKey(storage, options.adminKey);
     if (adminKey.created) options.onAdminKeyCreated?.(adminKey.created);
-    const { app } = createApp(ak, {
+    const { app, metrics } = createApp(ak, {
       adminKey: { sha256: adminKey.sha256 },
       selfServe: options.selfServe ?? false,
       ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}),
@@ -89,6 +98,21 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
         }
       },
     });
+    if (options.webhooks !== false) {
+      const log = options.logger;
+      const given = options.webhooks ?? {};
+      deliverer = startDeliverer(ak, {
+        ...given,
+        onAttempt: (a) => {
+          metrics.webhookAttempt(a.outcome);
+          given.onAttempt?.(a);
+        },
+        onError: (err) => {
+          log?.error({ err: String(err) }, 'webhook deliverer: a round failed; retrying');
+          given.onError?.(err);
+        },
+      });
+    }
     const server = await listen(app.fetch, port, host);
     const bound = (server.address() as AddressInfo).port;
     const shownHost = options.host && options.host !== '0.0.0.0' && options.host !== '::' ? options.host : 'localhost';
@@ -102,6 +126,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
       close: () =>
         (closing ??= (async () => {
           await stopListening(server, options.shutdownGraceMs ?? 10_000);
+          await deliverer?.stop();
           try {
             await running.close();
           } finally {
@@ -110,6 +135,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
         })()),
     };
   } catch (err) {
+    await deliverer?.stop().catch(() => {});
     await ak?.close().catch(() => {});
     await storage.close().catch(() => {});
     throw err;

@@ -27,6 +27,7 @@ import eventsAppendOnlyTrigger from './sql/triggers/events_append_only.sql';
 import outboxAppendOnlyTrigger from './sql/triggers/outbox_append_only.sql';
 import windowsChangedTrigger from './sql/triggers/windows_changed.sql';
 import holdExpiredTrigger from './sql/triggers/hold_expired.sql';
+import outboxNotifyTrigger from './sql/triggers/outbox_notify.sql';
 import keyEventTrigger from './sql/triggers/key_event.sql';
 import syncTrigger from './sql/triggers/sync.sql';
 import syncInsertTrigger from './sql/triggers/sync_insert.sql';
@@ -92,6 +93,7 @@ const TRIGGERS: readonly TriggerFile[] = [
   { sql: outboxAppendOnlyTrigger, name: 'agentkey_outbox_append_only', on: '{{outbox}}' },
   { sql: windowsChangedTrigger, name: 'agentkey_windows_changed', on: '{{windows}}' },
   { sql: holdExpiredTrigger, name: 'agentkey_hold_expired', on: '{{holds}}' },
+  { sql: outboxNotifyTrigger, name: 'agentkey_outbox_notify', on: '{{outbox}}' },
 ];
 
 /** Every function of table `t`, rendered. */

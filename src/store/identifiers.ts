@@ -37,6 +37,10 @@ export interface TableNames {
   windows: string;
   outbox: string;
   settings: string;
+  /** Webhooks: the endpoints, one delivery per outbox event and matching endpoint, and every attempt of one. */
+  webhooks: string;
+  deliveries: string;
+  attempts: string;
   eventFn: string;
   /** The trigger function that writes a 'hold.expired' event to the outbox. */
   holdExpiredFn: string;
@@ -56,6 +60,8 @@ export interface TableNames {
    * only, so 'keys' and 'public.keys' share it (a shared channel only costs extra misses).
    */
   channel: string;
+  /** The channel on which every insert into the outbox is announced (once per statement), so deliverers and `onEvent()` wake at once. */
+  outboxChannel: string;
 }
 
 /**
@@ -94,6 +100,9 @@ export function tableNames(name: unknown): TableNames {
     windows: beside('windows'),
     outbox: beside('outbox'),
     settings: beside('settings'),
+    webhooks: beside('webhooks'),
+    deliveries: beside('webhook_deliveries'),
+    attempts: beside('webhook_attempts'),
     eventFn: beside('key_event'),
     holdExpiredFn: beside('hold_expired'),
     ceilingEventFn: beside('ceiling_event'),
@@ -103,5 +112,6 @@ export function tableNames(name: unknown): TableNames {
     syncFn: beside('sync'),
     orphans: beside('orphans'),
     channel: `agentkey_${createHash('sha256').update(tablePart).digest('hex').slice(0, 24)}`,
+    outboxChannel: `agentkey_outbox_${createHash('sha256').update(tablePart).digest('hex').slice(0, 24)}`,
   };
 }

@@ -54,5 +54,14 @@ export function indexes(t: TableNames): IndexSpec[] {
     // The outbox: an event with a dedupe name is written once only; read in id order.
     { table: t.outbox, name: `${i}_outbox_dedupe_uidx`, unique: true, definition: 'USING btree (dedupe) WHERE (dedupe IS NOT NULL)' },
     { table: t.outbox, name: `${i}_outbox_account_idx`, definition: 'USING btree (account_id, id)' },
+    // Webhooks: the outbox read in commit-safe order (by writing transaction, then id); one
+    // delivery per event and endpoint; the due deliveries; an endpoint's deliveries newest
+    // first; a delivery's attempts; keys by expiry for the key.expired sweep.
+    { table: t.outbox, name: `${i}_outbox_xact_idx`, definition: 'USING btree (xact, id)' },
+    { table: t.deliveries, name: `${i}_deliveries_uidx`, unique: true, definition: 'USING btree (outbox_id, webhook_id)' },
+    { table: t.deliveries, name: `${i}_deliveries_due_idx`, definition: "USING btree (next_attempt_at) WHERE (status = 'pending'::text)" },
+    { table: t.deliveries, name: `${i}_deliveries_webhook_idx`, definition: 'USING btree (webhook_id, id)' },
+    { table: t.attempts, name: `${i}_attempts_delivery_idx`, definition: 'USING btree (delivery_id, id)' },
+    { table: t.table, name: `${i}_expiry_idx`, definition: 'USING btree (expires_at) WHERE ((expires_at IS NOT NULL) AND (revoked_at IS NULL))' },
   ];
 }

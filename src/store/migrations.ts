@@ -27,6 +27,7 @@ import treesSql from './sql/migrations/003_trees.sql';
 import ledgerBrinSql from './sql/migrations/004_ledger_brin.sql';
 import rotationEventsSql from './sql/migrations/007_rotation_events.sql';
 import windowsAlertsSql from './sql/migrations/008_windows_alerts.sql';
+import webhooksSql from './sql/migrations/009_webhooks.sql';
 
 /*
  * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
@@ -47,7 +48,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 8;
+export const LATEST_VERSION = 9;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -104,6 +105,12 @@ const MIGRATIONS: Migration[] = [
       s.windows !== null && s.outbox !== null && s.settings !== null &&
       hasColumns(s.keys, ['budget_windows', 'alert_percents']) && hasColumns(s.accounts, ['budget_windows', 'alert_percents']),
     up: (tx, t) => runFile(tx, t, windowsAlertsSql),
+  },
+  {
+    version: 9,
+    name: 'webhook endpoints, deliveries and attempts, and the outbox in commit-safe order',
+    present: (s) => s.webhooks !== null && s.deliveries !== null && s.attempts !== null && hasColumns(s.outbox, ['xact']),
+    up: (tx, t) => runFile(tx, t, webhooksSql),
   },
 ];
 
@@ -173,6 +180,9 @@ const SIDE_COLUMNS: Record<SideTable, readonly string[]> = {
   windows: ['id', 'account_id', 'key_id', 'period', 'budget_micros', 'spent_micros'],
   outbox: ['id', 'type', 'account_id', 'data'],
   settings: ['name', 'value'],
+  webhooks: ['id', 'url', 'secret'],
+  deliveries: ['id', 'webhook_id', 'outbox_id', 'status'],
+  attempts: ['id', 'delivery_id'],
 };
 
 /**

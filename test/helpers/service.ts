@@ -158,6 +158,13 @@ export function everyRoute(key: string, holdId = UNKNOWN_HOLD) {
       ['GET', '/v1/usage'],
       ['GET', '/v1/accounts'],
       ['GET', '/v1/ledger'],
+      ['POST', '/v1/webhooks', { url: 'https://example.com/hook' }],
+      ['GET', '/v1/webhooks'],
+      ['GET', '/v1/webhooks/1'],
+      ['PATCH', '/v1/webhooks/1', { enabled: false }],
+      ['DELETE', '/v1/webhooks/1'],
+      ['GET', '/v1/webhooks/1/deliveries'],
+      ['GET', '/v1/outbox'],
     ] as [string, string, unknown?][],
     agent: [
       ['POST', '/v1/verify', { key }],

@@ -46,6 +46,10 @@ describe('GET /openapi.json', () => {
       '/v1/accounts/{id}/budget': ['delete', 'get', 'put'],
       '/v1/usage': ['get'],
       '/v1/ledger': ['get'],
+      '/v1/webhooks': ['get', 'post'],
+      '/v1/webhooks/{id}': ['delete', 'get', 'patch'],
+      '/v1/webhooks/{id}/deliveries': ['get'],
+      '/v1/outbox': ['get'],
       '/v1/verify': ['post'],
       '/v1/charge': ['post'],
       '/v1/reservations': ['post'],
@@ -84,7 +88,8 @@ describe('GET /openapi.json', () => {
     expect(d.components.securitySchemes.adminKey).toMatchObject({ type: 'http', scheme: 'bearer' });
     for (const [path, ops] of Object.entries(d.paths)) {
       for (const [method, op] of Object.entries(ops)) {
-        const adminRoute = path.startsWith('/v1/keys') || path.startsWith('/v1/accounts') || path === '/v1/usage' || path === '/v1/ledger' || path === '/v1/events';
+        const adminRoute = path.startsWith('/v1/keys') || path.startsWith('/v1/accounts') || path === '/v1/usage' || path === '/v1/ledger' || path === '/v1/events' ||
+          path.startsWith('/v1/webhooks') || path === '/v1/outbox';
         expect(op.security, `${method} ${path}`).toEqual(adminRoute ? [{ adminKey: [] }] : undefined);
         for (const [status, response] of Object.entries(op.responses)) {
           if (Number(status) >= 400) expect(response.content?.['application/json']?.schema.$ref, `${method} ${path} ${status}`).toBe('#/components/schemas/Error');
@@ -106,7 +111,7 @@ describe('GET /openapi.json', () => {
         if (op.requestBody) expect(statuses, what).toEqual(expect.arrayContaining(['400', '413', '415']));
       }
     }
-    expect(ids).toHaveLength(21);
+    expect(ids).toHaveLength(28);
     for (const id of ids) expect(id).toMatch(/^[a-z][A-Za-z]+$/);
     expect(new Set(ids).size).toBe(ids.length);
   });
@@ -264,6 +269,36 @@ forEachDatabase((getDb) => {
     await expectAnswer(200, 'POST', '/v1/verify', { json: { key: child.key } });
     await expectAnswer(401, 'POST', '/v1/charge', { json: { key: child.key, costCents: 1 } });
 
+    // Webhooks and the outbox.
+    const hook = (await expectAnswer(201, 'POST', '/v1/webhooks', admin({ url: 'https://example.com/h', events: ['key.expired'] }))).body as { id: number };
+    await expectAnswer(400, 'POST', '/v1/webhooks', admin({ url: 'ftp://example.com' }));
+    await expectAnswer(401, 'POST', '/v1/webhooks', { json: { url: 'https://example.com/h' } });
+    await expectAnswer(413, 'POST', '/v1/webhooks', admin(huge));
+    await expectAnswer(415, 'POST', '/v1/webhooks', { bearer: ADMIN, ...form });
+    await expectAnswer(200, 'GET', '/v1/webhooks', admin());
+    await expectAnswer(401, 'GET', '/v1/webhooks');
+    await expectAnswer(200, 'GET', `/v1/webhooks/${hook.id}`, admin());
+    await expectAnswer(400, 'GET', '/v1/webhooks/x', admin());
+    await expectAnswer(401, 'GET', `/v1/webhooks/${hook.id}`);
+    await expectAnswer(404, 'GET', '/v1/webhooks/424242', admin());
+    await expectAnswer(200, 'PATCH', `/v1/webhooks/${hook.id}`, admin({ enabled: false, rotateSecret: true }));
+    await expectAnswer(400, 'PATCH', `/v1/webhooks/${hook.id}`, admin({ events: [] }));
+    await expectAnswer(401, 'PATCH', `/v1/webhooks/${hook.id}`, { json: {} });
+    await expectAnswer(404, 'PATCH', '/v1/webhooks/424242', admin({ enabled: true }));
+    await expectAnswer(413, 'PATCH', `/v1/webhooks/${hook.id}`, admin(huge));
+    await expectAnswer(415, 'PATCH', `/v1/webhooks/${hook.id}`, { bearer: ADMIN, ...form });
+    await expectAnswer(200, 'GET', `/v1/webhooks/${hook.id}/deliveries?status=failed&limit=5`, admin());
+    await expectAnswer(400, 'GET', `/v1/webhooks/${hook.id}/deliveries?status=lost`, admin());
+    await expectAnswer(401, 'GET', `/v1/webhooks/${hook.id}/deliveries`);
+    await expectAnswer(404, 'GET', '/v1/webhooks/424242/deliveries', admin());
+    await expectAnswer(200, 'GET', '/v1/outbox?type=key.expired&before=evt_5&limit=3', admin());
+    await expectAnswer(400, 'GET', '/v1/outbox?type=key.deleted', admin());
+    await expectAnswer(401, 'GET', '/v1/outbox');
+    await expectAnswer(200, 'DELETE', `/v1/webhooks/${hook.id}`, admin());
+    await expectAnswer(400, 'DELETE', '/v1/webhooks/0', admin());
+    await expectAnswer(401, 'DELETE', `/v1/webhooks/${hook.id}`);
+    await expectAnswer(404, 'DELETE', `/v1/webhooks/${hook.id}`, admin());
+
     // Operations.
     await expectAnswer(200, 'GET', '/healthz');
     await expectAnswer(200, 'GET', '/metrics');
@@ -276,6 +311,7 @@ forEachDatabase((getDb) => {
       ['POST', '/v1/accounts'], ['POST', '/v1/usage'], ['DELETE', '/v1/ledger'], ['GET', '/v1/verify'], ['GET', '/v1/charge'], ['GET', '/v1/reservations'],
       ['GET', commit], ['DELETE', release], ['POST', '/healthz'], ['PUT', '/metrics'],
       ['GET', `/v1/keys/${parent.id}/rotate`], ['POST', `/v1/keys/${parent.id}/events`], ['DELETE', '/v1/events'],
+      ['PUT', '/v1/webhooks'], ['POST', '/v1/webhooks/1'], ['POST', '/v1/webhooks/1/deliveries'], ['POST', '/v1/outbox'],
     ] as const) {
       await expectAnswer(405, method, path, method === 'GET' || method === 'DELETE' ? { bearer: ADMIN } : admin({}));
     }

@@ -20,6 +20,9 @@ function names(t: TableNames): Record<string, string> {
     windows: t.windows,
     outbox: t.outbox,
     settings: t.settings,
+    webhooks: t.webhooks,
+    deliveries: t.deliveries,
+    attempts: t.attempts,
     key_event: t.eventFn,
     hold_expired: t.holdExpiredFn,
     ceiling_event: t.ceilingEventFn,
@@ -28,6 +31,7 @@ function names(t: TableNames): Record<string, string> {
     spend_many: t.spendManyFn,
     sync: t.syncFn,
     channel: t.channel,
+    outbox_channel: t.outboxChannel,
   };
 }
 
