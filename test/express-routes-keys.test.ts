@@ -176,7 +176,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(child.key, { costCents: 0.0001 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
-        limitedBy: { kind: 'key', keyId: child.id },
+        limitedBy: { kind: 'key', keyId: child.id, window: 'day' },
         budgetUsedCents: 60,
         budgetRemainingCents: 0,
       });
@@ -187,14 +187,14 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(child.key, { costCents: 40.0001 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
-        limitedBy: { kind: 'ancestor', keyId: monthly.id },
+        limitedBy: { kind: 'ancestor', keyId: monthly.id, window: 'month' },
         budgetUsedCents: 0,
         budgetRemainingCents: 60,
       });
       expect(await ak.reserve(child.key, { costCents: 60 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
-        limitedBy: { kind: 'ancestor', keyId: monthly.id },
+        limitedBy: { kind: 'ancestor', keyId: monthly.id, window: 'month' },
         budgetUsedCents: 0,
         budgetRemainingCents: 60,
       });
@@ -204,7 +204,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(child.key, { costCents: 0.0001 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
-        limitedBy: { kind: 'ancestor', keyId: monthly.id },
+        limitedBy: { kind: 'ancestor', keyId: monthly.id, window: 'month' },
         budgetUsedCents: 0,
         budgetRemainingCents: 60,
       });

@@ -62,8 +62,8 @@ forEachDatabase((getDb) => {
       expect(await ak.getKey(id)).toMatchObject({ budgetCents: 100, spentCents: 15, heldCents: 85, remainingCents: 0 });
 
       // Spent 15 + held 85 = 100: nothing more fits, neither as a charge nor as a hold.
-      expect(await ak.trackUsage(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 15, budgetRemainingCents: 0 });
-      expect(await ak.reserve(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 15, budgetRemainingCents: 0 });
+      expect(await ak.trackUsage(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id, window: 'lifetime' }, budgetUsedCents: 15, budgetRemainingCents: 0 });
+      expect(await ak.reserve(key, { costCents: 0.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id, window: 'lifetime' }, budgetUsedCents: 15, budgetRemainingCents: 0 });
       // A free call still fits: it succeeds without figures and records nothing.
       const ledgerBefore = await ledgerAndHoldCounts(db, ak);
       expect(await ak.trackUsage(key, { costCents: 0 })).toEqual({ success: true });
@@ -90,7 +90,7 @@ forEachDatabase((getDb) => {
       expect(await ak.reserve(key, { costCents: 25.0001 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
-        limitedBy: { kind: 'key', keyId: id },
+        limitedBy: { kind: 'key', keyId: id, window: 'lifetime' },
         budgetUsedCents: 40,
         budgetRemainingCents: 25,
       });

@@ -179,7 +179,7 @@ forEachDatabase((getDb) => {
           expect(by.accountId, where).toBe(account);
           expect(ceiling - accountSpent, `call ${i}: ${where}`).toBeLessThan(c.cost);
         } else {
-          expect(by, `call ${i}: ${where}`).toEqual({ kind: 'key', keyId: key.id });
+          expect(by, `call ${i}: ${where}`).toEqual({ kind: 'key', keyId: key.id, window: expect.any(String) });
           expect(key.budget! - keySpent[c.key]!, `call ${i}: ${where}`).toBeLessThan(c.cost);
         }
       }
@@ -311,7 +311,7 @@ forEachDatabase((getDb) => {
           { error: 'invalid_argument' },
           { success: true, budgetRemainingCents: 98 },
           { error: 'invalid_argument' },
-          { success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key' }, budgetUsedCents: 0, budgetRemainingCents: 2 },
+          { success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', window: 'lifetime' }, budgetUsedCents: 0, budgetRemainingCents: 2 },
         ],
         spent: [1, 2, 0, 0],
         audit: true,
@@ -477,7 +477,7 @@ forEachDatabase((getDb) => {
       expect(await first.validate(k.key)).toMatchObject({ valid: true });
 
       expect(await first.trackUsage(k.key, { costCents: 1 })).toEqual({
-        success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: k.id }, budgetUsedCents: 6, budgetRemainingCents: 0,
+        success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: k.id, window: 'lifetime' }, budgetUsedCents: 6, budgetRemainingCents: 0,
       });
       expect(await first.reserve(k.key, { costCents: 0.0001 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
       const many = await Promise.all(Array.from({ length: 20 }, () => first.trackUsage(k.key, { costCents: 0.5 })));

@@ -341,7 +341,7 @@ forEachDatabase((getDb) => {
         ['acc', { budgetCents: '5e2' }, 'invalid_budget'],
         ['acc', { budgetCents: '-500' }, 'invalid_budget'],
         ['acc', { budgetCents: Infinity }, 'invalid_budget'],
-        ['acc', { budgetCents: 500, budgetPeriod: 'week' }, 'invalid_period'],
+        ['acc', { budgetCents: 500, budgetPeriod: 'year' }, 'invalid_period'],
         ['acc', {}, 'invalid_budget'],
         ['acc', { budgetCents: null }, 'invalid_budget'],
         ['acc', { budgetCents: 500, ceiling: 1 }, 'invalid_argument'],

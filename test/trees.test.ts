@@ -355,7 +355,7 @@ forEachDatabase((getDb) => {
         expect(Object.keys(k).sort()).toEqual(
           [
             'id', 'accountId', 'name', 'prefix', 'scopes', 'status', 'parentId', 'depth', 'budgetCents', 'spentCents', 'heldCents',
-            'remainingCents', 'overageCents', 'budgetPeriod', 'budgetResetAt', 'expiresAt', 'revokedAt', 'createdAt', 'lastUsedAt', 'delegatedBy', 'externalSubject', 'metadata',
+            'remainingCents', 'overageCents', 'budgetPeriod', 'budgetResetAt', 'expiresAt', 'revokedAt', 'createdAt', 'lastUsedAt', 'delegatedBy', 'externalSubject', 'metadata', 'budgets', 'alerts',
           ].sort(),
         );
         const raw = new Map([root, c1, c2, g].map((c) => [c.id, c.key])).get(k.id)!;

@@ -62,7 +62,10 @@ forEachDatabase((getDb) => {
       expect(r2).toEqual({ ...before, name: 'b', delegatedBy: 'u2' });
 
       const r3 = await ak.update(k.id, { scopes: ['x.read', 'y.*'], budgetCents: '250', name: null, delegatedBy: null });
-      expect(r3).toEqual({ ...before, scopes: ['x.read', 'y.*'], budgetCents: 250, remainingCents: 238, name: null, delegatedBy: null });
+      expect(r3).toEqual({
+        ...before, scopes: ['x.read', 'y.*'], budgetCents: 250, remainingCents: 238, name: null, delegatedBy: null,
+        budgets: [{ ...before.budgets[0]!, cents: 250, remainingCents: 238 }],
+      });
       expect(await ak.getKey(k.id)).toEqual(r3);
 
       const unlimited = await ak.update(k.id, { scopes: null, budgetCents: null, expiresAt: null });
