@@ -25,7 +25,9 @@ export type AgentKeyErrorCode =
   | 'storage_error'
   | 'storage_timeout'
   /** A step that would take a total past what the database can count (BIGINT micro-dollars). */
-  | 'total_out_of_range';
+  | 'total_out_of_range'
+  /** A `rateLimit` or `concurrency` that is not a whole number in range, or a `per` that is not 1s to 1d. */
+  | 'invalid_rate_limit';
 
 /**
  * The one error class agentkey throws: programmer mistakes (bad arguments) and

@@ -9,6 +9,7 @@ import type { PoolLike } from './store/db.js';
 import { storageFault } from './store/errors.js';
 import type { KeyRow, KeyStore } from './store/keys.js';
 import { type ListenHandlers, type Subscription, listen } from './store/listen.js';
+import { type RateLimiter, limitsOf, withRelease } from './rate-limits.js';
 import type { BudgetPeriod } from './time.js';
 import { Touches } from './touches.js';
 import type { CacheStats, ValidKey, ValidationResult } from './types.js';
@@ -16,6 +17,7 @@ import { figures } from './views.js';
 
 const TOUCH_INTERVAL_MS = 1_000;
 const NO_ANCESTORS: readonly number[] = Object.freeze([]);
+const NO_RELEASE = () => {};
 
 export class Validation {
   /** Reads in flight, shared by validations of the same key, with the `changes` count they started at. */
@@ -37,14 +39,19 @@ export class Validation {
     /** Where changes to keys are announced: the pool and its NOTIFY channel. */
     private readonly changesFrom: { pool: PoolLike; channel: string },
     table: string,
+    /** Counts requests against rate and concurrency limits. */
+    private readonly limiter: RateLimiter,
   ) {
     this.fault = storageFault(table);
     this.lookups = new Coalescer((hashes) => this.store.findByHashes(hashes), { maxBatch: 256, lanes: 2 });
     this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
   }
 
-  /** `validate()` of a raw key's lookup hash, or of an external subject. */
-  async validate(ref: { hash: string } | { subject: string }): Promise<ValidationResult> {
+  /**
+   * `validate()` of a raw key's lookup hash, or of an external subject. `acquire`: also take
+   * the key's concurrency slots (the valid result then has `release()`).
+   */
+  async validate(ref: { hash: string } | { subject: string }, acquire = false): Promise<ValidationResult> {
     const cache = this.cache;
     // Subjects get a prefix no hash can start with.
     const cacheKey = 'hash' in ref ? ref.hash : `\u0000${ref.subject}`;
@@ -53,7 +60,7 @@ export class Validation {
       const hit = cache.listening ? cache.get(cacheKey, Date.now()) : undefined;
       const pathRoom = hit && cache.pathRoom(hit);
       // A budget above the key that this cache no longer knows: read the key again.
-      if (hit && pathRoom !== undefined) return this.validation(hit, pathRoom);
+      if (hit && pathRoom !== undefined) return this.validation(hit, pathRoom, acquire);
     }
     let loading = this.loading.get(cacheKey);
     if (!loading || loading.changes !== this.changes) {
@@ -80,7 +87,7 @@ export class Validation {
       return { valid: false, reason: 'invalid' };
     }
     const rooms = limitRooms(row);
-    return this.validation(toCached(row, 0), rooms.length === 0 ? null : Math.min(...rooms));
+    return this.validation(toCached(row, 0), rooms.length === 0 ? null : Math.min(...rooms), acquire);
   }
 
   /** A change made here to one key (`id`), or to one not known (null): here at once; other processes hear it from the database. */
@@ -128,13 +135,24 @@ export class Validation {
   }
 
   /** `pathRoom`: the least that the budgets above the key leave (null when none has a budget). */
-  private validation(key: CachedKey, pathRoom: number | null): ValidationResult {
+  private validation(key: CachedKey, pathRoom: number | null, acquire: boolean): ValidationResult | Promise<ValidationResult> {
     if (key.status !== 'active') return { valid: false, reason: key.status };
     // Nothing left under its own budget, an ancestor's or the account's: refused, as the package refuses a spent key.
     const own = key.budget === null ? null : roomMicros(key.budget, key.spent, key.held);
     if ((own !== null && own <= 0) || (pathRoom !== null && pathRoom <= 0)) return { valid: false, reason: 'budget_exceeded' };
+    // Only a key under a rate or concurrency limit pays for one (and only one valid otherwise counts).
+    if (key.rateLimits !== null) return this.limited(key, key.rateLimits, acquire);
     this.touches.touch(key.id);
-    return toValidKey(key);
+    const valid = toValidKey(key);
+    return acquire ? withRelease(valid, NO_RELEASE) : valid;
+  }
+
+  private async limited(key: CachedKey, limits: NonNullable<CachedKey['rateLimits']>, acquire: boolean): Promise<ValidationResult> {
+    const admission = await this.limiter.admit(limits, acquire);
+    if (!admission.admitted) return admission.refusal;
+    this.touches.touch(key.id);
+    const valid = toValidKey(key);
+    return acquire ? withRelease(valid, admission.release) : valid;
   }
 
   /** Starts hearing about changed keys, once, on the first validation. */
@@ -192,6 +210,7 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
     ancestors: row.ancestor_ids.length === 0 ? NO_ANCESTORS : row.ancestor_ids.map(Number),
     until,
     asOf: row.read_at ? new Date(row.read_at).getTime() : 0,
+    rateLimits: limitsOf(row),
   };
 }
 

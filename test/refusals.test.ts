@@ -59,6 +59,7 @@ const ERROR_CODES: Record<AgentKeyErrorCode, true> = {
   storage_error: true,
   storage_timeout: true,
   total_out_of_range: true,
+  invalid_rate_limit: true,
 };
 const LIBRARY_REASONS: Record<LibraryReason, true> = {
   invalid: true,
@@ -66,6 +67,7 @@ const LIBRARY_REASONS: Record<LibraryReason, true> = {
   expired: true,
   revoked: true,
   budget_exceeded: true,
+  rate_limited: true,
   invalid_cost: true,
   idempotency_conflict: true,
   reservation_not_found: true,

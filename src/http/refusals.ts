@@ -69,7 +69,7 @@ export type SurfaceReason =
   | 'invalid_email'
   | 'email_required'
   | 'signup_scope_not_allowed'
-  | 'rate_limited'
+  | 'signup_rate_limited'
   | 'key_not_in_account'
   | 'missing_hold_key'
   | 'missing_admin_key'
@@ -111,6 +111,16 @@ const LIBRARY: Record<LibraryReason, Refusal> = {
   already_released: { status: 409, code: 'already_released', message: 'The hold was already released; it cannot be committed.' },
   already_committed: { status: 409, code: 'already_committed', message: 'The hold was already committed; it cannot be released.' },
   refund_exceeds_spend: { status: 409, code: 'refund_exceeds_spend', message: 'A refund may not exceed what the key has spent.' },
+  // A key's or its account's rate limit (detail 'requests') or concurrency limit ('concurrency'); with a Retry-After header.
+  rate_limited: {
+    status: 429,
+    code: 'rate_limited',
+    message: 'Too many requests with this key; try again after the Retry-After header\'s seconds.',
+    named: (limit) =>
+      limit === 'concurrency'
+        ? 'Too many requests with this key are in flight; try again after the Retry-After header\'s seconds.'
+        : 'Too many requests with this key; try again after the Retry-After header\'s seconds.',
+  },
 };
 
 /** Thrown `AgentKeyError`s: 4xx show the error's own message, which names the field. */
@@ -143,6 +153,7 @@ const ERRORS: Record<Exclude<AgentKeyErrorCode, LibraryReason>, Refusal> = {
   storage_timeout: { status: 503, code: 'storage_timeout', message: 'The key store did not answer in time; try again later.' },
   // A total past BIGINT: the request is well formed, but it cannot be counted.
   total_out_of_range: { status: 422, code: 'total_out_of_range', message: 'This would take a total past what the key store can count.', named: own },
+  invalid_rate_limit: { status: 400, code: 'invalid_rate_limit', message: 'The rate limit or concurrency limit is not valid.', named: own },
 };
 
 /** The surfaces' own. */
@@ -193,7 +204,7 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
     named: (scopes) => `These scopes are not allowed on signup: ${scopes}.`,
     packageError: (scopes) => `Scopes not allowed on signup: ${scopes}`,
   },
-  rate_limited: { status: 429, code: 'rate_limited', message: 'Too many signups from this address; try again in a minute.' },
+  signup_rate_limited: { status: 429, code: 'rate_limited', message: 'Too many signups from this address; try again in a minute.' },
   key_not_in_account: { status: 404, code: 'not_found', message: 'No active key with this id belongs to your account.' },
   // The service's own (src/server).
   missing_hold_key: {
@@ -235,6 +246,8 @@ export interface HttpErrorBody {
 export interface HttpError {
   status: number;
   body: HttpErrorBody;
+  /** Headers every surface sends with it (a rate limit's Retry-After). */
+  headers?: Record<string, string>;
   /** The package's `error` string for this refusal, on its Express surfaces; never sent elsewhere. */
   packageError?: string;
 }
@@ -271,7 +284,15 @@ export function refusalOf(result: {
   limitedBy?: unknown;
   budgetUsedCents?: number;
   budgetRemainingCents?: number | null;
+  limit?: 'requests' | 'concurrency';
+  retryAfterMs?: number;
+  resetAt?: string | null;
 }): HttpError {
+  if (result.reason === 'rate_limited') {
+    const { limit, limitedBy, retryAfterMs = 1_000, resetAt = null } = result;
+    const e = refuse('rate_limited', limit, { limit, limitedBy, retryAfterMs, resetAt });
+    return { ...e, headers: { 'Retry-After': String(Math.max(0, Math.ceil(retryAfterMs / 1_000))) } };
+  }
   if (result.reason === 'budget_exceeded' && result.limitedBy !== undefined) {
     const { limitedBy, budgetUsedCents, budgetRemainingCents } = result;
     return refuse('budget_exceeded', undefined, { limitedBy, budgetUsedCents, budgetRemainingCents });

@@ -38,6 +38,24 @@ const accountId = z.string().min(1).max(256).openapi({ example: 'acct_123' });
 const period = z.enum(['day', 'month']).nullable().optional().openapi({ description: "Budget reset interval: 'day' or 'month' (UTC), or null." });
 const instant = z.string().min(1).max(64).openapi({ description: 'An ISO 8601 date or time.', example: '2026-11-01T00:00:00Z' });
 
+// Rate limits: a key's or an account's.
+const rateLimit = z
+  .object({
+    requests: z.number().openapi({ description: 'A whole number from 1 to 1000000000.', example: 60 }),
+    per: z.string().max(16).openapi({ description: "The window: '1s' to '1d', e.g. '1m'.", example: '1m' }),
+  })
+  .strict()
+  .openapi('RateLimit');
+const rateLimitField = z
+  .union([rateLimit, z.null()])
+  .optional()
+  .openapi({ description: 'At most `requests` per `per` (429 rate_limited past it); null for none (on update: removes it).' });
+const concurrencyField = z
+  .number()
+  .nullable()
+  .optional()
+  .openapi({ description: 'At most this many requests in flight through the middleware (429 rate_limited past it); null for none.', example: 5 });
+
 export const ErrorBody = z
   .object({
     error: z.object({
@@ -46,6 +64,9 @@ export const ErrorBody = z
       limitedBy: z.unknown().optional().openapi({ description: 'With 429 budget_exceeded: which budget refused (the key, an ancestor or the account).' }),
       budgetUsedCents: z.number().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has used.' }),
       budgetRemainingCents: z.number().nullable().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has left.' }),
+      limit: z.enum(['requests', 'concurrency']).optional().openapi({ description: 'With 429 rate_limited: the requests per window, or the requests in flight.' }),
+      retryAfterMs: z.number().optional().openapi({ description: 'With 429 rate_limited: how long until a retry can pass (the Retry-After header, in ms).' }),
+      resetAt: z.string().nullable().optional().openapi({ description: 'With 429 rate_limited: when the window that refused ends (null for concurrency).' }),
     }),
   })
   .openapi('Error');
@@ -74,6 +95,8 @@ export const KeyInfo = z
     delegatedBy: z.string().nullable(),
     externalSubject: z.string().nullable(),
     metadata: z.record(z.string(), z.unknown()).nullable().openapi({ description: "The key's own metadata, a JSON object of yours, or null." }),
+    rateLimit: z.union([rateLimit, z.null()]).openapi({ description: "The key's own rate limit, or null." }),
+    concurrency: z.number().int().nullable().openapi({ description: "The key's own concurrency limit, or null." }),
   })
   .openapi('KeyInfo');
 
@@ -91,6 +114,8 @@ const keyLimits = {
     .nullable()
     .optional()
     .openapi({ description: 'A JSON object of yours kept with the key (at most 8 KB); on update it replaces the old one, null removes it.' }),
+  rateLimit: rateLimitField,
+  concurrency: concurrencyField,
 };
 
 export const CreateKeyBody = z
@@ -324,6 +349,8 @@ export const AccountList = z
         overageCents: total("Lifetime overage of the account's keys (not in spentCents)."),
         // A union, not .nullable(): on a referenced schema that makes allOf [$ref, nullable], which null fails.
         ceiling: z.union([AccountBudget, z.null()]).openapi({ description: 'The account\'s ceiling, or null when it has none.' }),
+        rateLimit: z.union([rateLimit, z.null()]).openapi({ description: "The account's rate limit over all its keys, or null." }),
+        concurrency: z.number().int().nullable().openapi({ description: "The account's concurrency limit over all its keys, or null." }),
       }),
     ),
   })
@@ -359,3 +386,18 @@ export const LedgerList = z
     ),
   })
   .openapi('LedgerList');
+
+// Rate limits of an account.
+export const AccountRateLimitBody = z
+  .object({ rateLimit: rateLimitField, concurrency: concurrencyField })
+  .strict()
+  .openapi('SetAccountRateLimit');
+
+export const AccountRateLimit = z
+  .object({
+    accountId: z.string(),
+    rateLimit: z.union([rateLimit, z.null()]),
+    concurrency: z.number().int().nullable(),
+    updatedAt: z.string(),
+  })
+  .openapi('AccountRateLimit');

@@ -27,10 +27,12 @@ export interface TableState {
   windows: Relation | null;
   outbox: Relation | null;
   settings: Relation | null;
+  accountLimits: Relation | null;
+  rateWindows: Relation | null;
 }
 
-export type SideTable = 'ledger' | 'holds' | 'accounts' | 'events' | 'windows' | 'outbox' | 'settings';
-export const SIDE_TABLES: readonly SideTable[] = ['ledger', 'holds', 'accounts', 'events', 'windows', 'outbox', 'settings'];
+export type SideTable = 'ledger' | 'holds' | 'accounts' | 'events' | 'windows' | 'outbox' | 'settings' | 'accountLimits' | 'rateWindows';
+export const SIDE_TABLES: readonly SideTable[] = ['ledger', 'holds', 'accounts', 'events', 'windows', 'outbox', 'settings', 'accountLimits', 'rateWindows'];
 
 /** The keys table and its side tables as the catalog has them now. */
 export async function inspect(tx: Db, t: TableNames): Promise<TableState> {
@@ -90,7 +92,7 @@ export function hasColumns(rel: Relation | null, columns: readonly string[]): bo
 }
 
 /*
- * Incarnations. The side tables (ledger, holds, accounts, events, windows, outbox, settings) belong to one keys table. Its
+ * Incarnations. The side tables (ledger, holds, accounts, events, windows, outbox, settings, account_limits, rate_windows) belong to one keys table. Its
  * identity is a random id kept in the comment of agentkey's own column spent_micros, and
  * the same id in each side table's comment. A keys table that was dropped and created again
  * does not have it, so the rows its predecessor left are set aside, not mixed into the new
@@ -121,6 +123,8 @@ const SIDE_COMMENT: Record<SideTable, string> = {
   windows: 'the budget windows past the first',
   outbox: 'the outbox of events for webhooks',
   settings: 'the settings of the whole table',
+  accountLimits: 'the account rate and concurrency limits',
+  rateWindows: 'the rate limit counters',
 };
 
 /** Writes the incarnation into the comment of spent_micros and of each side table. */

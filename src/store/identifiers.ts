@@ -37,6 +37,11 @@ export interface TableNames {
   windows: string;
   outbox: string;
   settings: string;
+  /** Rate limits: an account's request and concurrency limits, and the exact mode's counters (one row per limit and window). */
+  accountLimits: string;
+  rateWindows: string;
+  /** The exact mode's function that takes one request from each limit of a batch of requests. */
+  rateTakeFn: string;
   eventFn: string;
   ceilingEventFn: string;
   /** The per-table PL/pgSQL functions that spend and settle. */
@@ -92,6 +97,9 @@ export function tableNames(name: unknown): TableNames {
     windows: beside('windows'),
     outbox: beside('outbox'),
     settings: beside('settings'),
+    accountLimits: beside('account_limits'),
+    rateWindows: beside('rate_windows'),
+    rateTakeFn: beside('rate_take'),
     eventFn: beside('key_event'),
     ceilingEventFn: beside('ceiling_event'),
     spendFn: beside('spend'),

@@ -48,6 +48,20 @@ export interface KeyRow {
   status: KeyStatus;
   /** Found by the secret it had before a rotation: that secret works until then (absent for the current secret). */
   secret_valid_until?: Date;
+  /** The key's own rate limit (requests per rate_limit_per_s seconds) and concurrency limit; null: none. */
+  rate_limit_requests: number | null;
+  rate_limit_per_s: number | null;
+  concurrency_limit: number | null;
+  /** Its account's (the account_limits row), null: none. */
+  account_rate_requests: number | null;
+  account_rate_per_s: number | null;
+  account_concurrency: number | null;
+}
+
+/** A key's rate limits as written: requests per `perSeconds`, and requests in flight. */
+export interface RateLimitWrite {
+  requests: number;
+  perSeconds: number;
 }
 
 export interface NewKey {
@@ -66,6 +80,9 @@ export interface NewKey {
   metadata: string | null;
   /** The parent's id and its own ancestors (root first), or null for a root key. */
   parent: { id: number; ancestorIds: number[] } | null;
+  /** Rate limits (absent: none). */
+  rateLimit?: RateLimitWrite | null;
+  concurrency?: number | null;
 }
 
 /** What `update()` writes of one key: a field left out is not written. */
@@ -79,6 +96,9 @@ export interface KeyWrite {
   delegatedBy?: string | null;
   /** A JSON object as text, or null for none. */
   metadata?: string | null;
+  /** Rate limits: null removes one. */
+  rateLimit?: RateLimitWrite | null;
+  concurrency?: number | null;
 }
 
 /** A new key as the table holds it (defaults of the user's table included). */
@@ -123,6 +143,8 @@ export class KeyStore {
       acct.acct_room::bigint AS account_room,
       LEAST(anc.anc_reset_at, acct.acct_reset_at) AS path_reset_at,
       statement_timestamp() AS read_at,
+      k.rate_limit_requests, k.rate_limit_per_s, k.concurrency_limit,
+      al.rate_limit_requests AS account_rate_requests, al.rate_limit_per_s AS account_rate_per_s, al.concurrency_limit AS account_concurrency,
       -- A revoked or expired ancestor takes the whole subtree with it.
       CASE WHEN k.revoked_at IS NOT NULL OR anc.anc_revoked THEN 'revoked'
            WHEN (k.expires_at IS NOT NULL AND k.expires_at <= now()) OR anc.anc_expired THEN 'expired'
@@ -145,7 +167,8 @@ export class KeyStore {
                  - (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.account_id = a.account_id) AS acct_room,
                CASE WHEN a.budget_period IS NULL THEN NULL WHEN ${accountDue} THEN ${t.schema}agentkey_period_end(a.budget_period, now())
                     ELSE a.budget_reset_at END AS acct_reset_at
-        FROM ${t.accounts} a WHERE a.account_id = k.account_id::text) acct ON true`;
+        FROM ${t.accounts} a WHERE a.account_id = k.account_id::text) acct ON true
+      LEFT JOIN ${t.accountLimits} al ON al.account_id = k.account_id::text`;
   }
 
   private nextReset(k: string, at: string): string {
@@ -198,6 +221,9 @@ export class KeyStore {
     set('user_id', k.userId);
     set('external_subject', k.subject);
     set('key_metadata', k.metadata, '::jsonb');
+    set('rate_limit_requests', k.rateLimit?.requests, '::int');
+    set('rate_limit_per_s', k.rateLimit?.perSeconds, '::int');
+    set('concurrency_limit', k.concurrency, '::int');
     if (k.parent) {
       set('parent_id', k.parent.id, '::bigint');
       set('ancestor_ids', [...k.parent.ancestorIds, k.parent.id], '::bigint[]');
@@ -408,6 +434,10 @@ export class KeyStore {
     if (w.name !== undefined) sets.push(w.name === null ? 'name = DEFAULT' : `name = ${param(w.name, 'text')}`);
     if (w.delegatedBy !== undefined) sets.push(`delegated_by = ${param(w.delegatedBy, 'text')}`);
     if (w.metadata !== undefined) sets.push(`key_metadata = ${param(w.metadata, 'jsonb')}`);
+    if (w.rateLimit !== undefined) {
+      sets.push(`rate_limit_requests = ${param(w.rateLimit?.requests ?? null, 'int')}`, `rate_limit_per_s = ${param(w.rateLimit?.perSeconds ?? null, 'int')}`);
+    }
+    if (w.concurrency !== undefined) sets.push(`concurrency_limit = ${param(w.concurrency, 'int')}`);
     if (sets.length > 0) await tx.query(`UPDATE ${this.t.table} SET ${sets.join(', ')} WHERE id = $1`, params);
   }
 }

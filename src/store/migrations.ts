@@ -27,6 +27,7 @@ import treesSql from './sql/migrations/003_trees.sql';
 import ledgerBrinSql from './sql/migrations/004_ledger_brin.sql';
 import rotationEventsSql from './sql/migrations/007_rotation_events.sql';
 import windowsAlertsSql from './sql/migrations/008_windows_alerts.sql';
+import rateLimitsSql from './sql/migrations/010_rate_limits.sql';
 
 /*
  * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
@@ -47,7 +48,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 8;
+export const LATEST_VERSION = 10;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -105,7 +106,18 @@ const MIGRATIONS: Migration[] = [
       hasColumns(s.keys, ['budget_windows', 'alert_percents']) && hasColumns(s.accounts, ['budget_windows', 'alert_percents']),
     up: (tx, t) => runFile(tx, t, windowsAlertsSql),
   },
+  // (Version 9 is another change's: the two are merged in order.)
+  {
+    version: 10,
+    name: 'request rate limits and concurrency limits on keys and accounts, and the exact mode\'s counters',
+    present: (s) =>
+      s.accountLimits !== null && s.rateWindows !== null && hasColumns(s.keys, ['rate_limit_requests', 'rate_limit_per_s', 'concurrency_limit']),
+    up: (tx, t) => runFile(tx, t, rateLimitsSql),
+  },
 ];
+
+/** The version of each migration, in order (numbers may skip one that another change owns). */
+export const VERSIONS: readonly number[] = MIGRATIONS.map((m) => m.version);
 
 /**
  * Brings the keys table to the latest version, in one transaction under an advisory
@@ -173,6 +185,8 @@ const SIDE_COLUMNS: Record<SideTable, readonly string[]> = {
   windows: ['id', 'account_id', 'key_id', 'period', 'budget_micros', 'spent_micros'],
   outbox: ['id', 'type', 'account_id', 'data'],
   settings: ['name', 'value'],
+  accountLimits: ['account_id', 'rate_limit_requests', 'rate_limit_per_s', 'concurrency_limit'],
+  rateWindows: ['scope', 'window_no', 'count'],
 };
 
 /**
