@@ -47,6 +47,15 @@ export type {
   ValidateFailure,
   ValidateResult,
   ValidationResult,
+  // Rate limits.
+  AccountRateLimit,
+  AccountRateLimitChanges,
+  KeyRefused,
+  RateLimit,
+  RateLimited,
+  RateLimitedBy,
+  RateLimitsOptions,
+  ValidateOptions,
 } from './types.js';
 export { AgentKeyError, type AgentKeyErrorCode, isAgentKeyError } from './errors.js';
 export {

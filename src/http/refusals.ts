@@ -77,6 +77,7 @@ export type SurfaceReason =
   | 'route_not_found'
   | 'method_not_allowed'
   | 'account_budget_not_found'
+  | 'account_rate_limit_not_found'
   | 'invalid_request'
   | 'unsupported_media_type'
   | 'unhealthy';
@@ -223,6 +224,7 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
     named: (allow) => `This path does not take this method; it takes ${allow}.`,
   },
   account_budget_not_found: { status: 404, code: 'not_found', message: 'This account has no budget.' },
+  account_rate_limit_not_found: { status: 404, code: 'not_found', message: 'This account has no rate limit or concurrency limit.' },
   invalid_request: { status: 400, code: 'invalid_request', message: 'The request is invalid.', named: own },
   unsupported_media_type: {
     status: 415,
