@@ -11,6 +11,7 @@
  */
 import os from 'node:os';
 import pg from 'pg';
+import { rateLimits } from './workloads/rate-limits.js';
 import { CALLERS, POOL_SIZE, type Row, URL, fmt, only, quick, rows } from './harness.js';
 import { cacheHeap, revocationDelay } from './workloads/cache.js';
 import { chargeHot, chargeMany, chargeUnderAccount, reserveCommit, validateHot, validateMany } from './workloads/compare.js';
@@ -67,12 +68,15 @@ async function main() {
   for (const line of lockedLines) console.log(line);
   const singleLines = only === null || 'single calls'.includes(only) ? await singleCalls(pool) : [];
   for (const line of singleLines) console.log(line);
+  const rateLines = only === null || 'rate limits'.includes(only) ? await rateLimits(pool) : [];
+  for (const line of rateLines) console.log(line);
   await pool.end();
 
   const failed = rows.flatMap((r) => r.failed.map((f) => `${r.workload}: ${f}`));
   if (heapLines.some((l) => l.startsWith('FAILED'))) failed.push('cache bound');
   if (httpLines.some((l) => l.startsWith('FAILED'))) failed.push('HTTP service');
   if (lockedLines.some((l) => l.startsWith('FAILED'))) failed.push('locked row');
+  if (rateLines.some((l) => l.includes('FAILED'))) failed.push('rate limits');
   if (singleLines.some((l) => l.startsWith('FAILED'))) failed.push('single calls');
   if (failed.length > 0) {
     console.error(`\nCorrectness checks failed:\n${failed.join('\n')}`);

@@ -90,7 +90,7 @@ async function overview(view) {
         ? h('p', { class: 'empty' }, 'No accounts yet. Create a key with the curl example in the README, or ', h('code', {}, 'agentkey keys create --account acct_1'), '.')
         : h('div', { class: 'table-wrap' },
             h('table', { id: 'accounts' },
-              h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Account'), h('th', { scope: 'col' }, 'Keys'), h('th', { scope: 'col' }, 'Ceiling this period'), h('th', { scope: 'col' }, 'Lifetime spend'))),
+              h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Account'), h('th', { scope: 'col' }, 'Keys'), h('th', { scope: 'col' }, 'Ceiling this period'), h('th', { scope: 'col' }, 'Lifetime spend'), h('th', { scope: 'col' }, 'Rate limits'))),
               h('tbody', {}, accounts.map((a) =>
                 h('tr', { 'data-account': a.accountId },
                   h('th', { scope: 'row' }, a.accountId),
@@ -98,6 +98,7 @@ async function overview(view) {
                   h('td', { 'data-label': 'Ceiling' }, a.ceiling ? [bar(a.ceiling), h('div', { class: 'muted' }, a.ceiling.budgetPeriod ? `per ${a.ceiling.budgetPeriod}, resets ${ago(a.ceiling.budgetResetAt)}` : 'lifetime')] : h('span', { class: 'muted' }, 'no ceiling')),
                   h('td', { class: 'num', 'data-label': 'Lifetime spend' }, dollars(a.spentCents),
                     a.overageCents > 0 ? h('span', { class: 'overage' }, ` + ${dollars(a.overageCents)} overage`) : ''),
+                  h('td', { class: 'rate-limits', 'data-label': 'Rate limits' }, accountLimitsText(a)),
                 ))),
             )),
     ),
@@ -169,6 +170,8 @@ async function keyPage(view, id, { quiet } = {}) {
         field('Period', key.budgetPeriod ? `per ${key.budgetPeriod}, next reset ${when(key.budgetResetAt)}` : 'lifetime'),
         field('Expires', when(key.expiresAt)), field('Last used', ago(key.lastUsedAt)), field('Delegated by', key.delegatedBy ?? '—'),
         field('Metadata', key.metadata ? h('span', { class: 'mono', id: 'key-metadata' }, visible(JSON.stringify(key.metadata))) : '—'),
+        field('Rate limit', h('span', { id: 'key-rate-limit' }, rateLimitText(key.rateLimit))),
+        field('Concurrency', h('span', { id: 'key-concurrency' }, key.concurrency ? `${key.concurrency} in flight` : '—')),
       ),
       h('div', { id: 'key-budget' }, bar(key)),
       h('div', { id: 'edit-slot', class: 'edit-slot' },
@@ -221,6 +224,18 @@ async function keyPage(view, id, { quiet } = {}) {
   ];
   view.replaceChildren(...page);
   drawChart(usage, since);
+}
+
+// Rate limits, as read: '60 per 1m', and an account's with its concurrency.
+function rateLimitText(limit) {
+  return limit ? `${limit.requests} per ${limit.per}` : '—';
+}
+
+function accountLimitsText(a) {
+  const parts = [];
+  if (a.rateLimit) parts.push(rateLimitText(a.rateLimit));
+  if (a.concurrency) parts.push(`${a.concurrency} in flight`);
+  return parts.length ? parts.join(', ') : h('span', { class: 'muted' }, 'none');
 }
 
 function field(name, value) {

@@ -28,6 +28,9 @@ function editForm(key) {
     noExpiry: !key.expiresAt,
     // JSON text with every hidden character as its JSON escape: what is shown parses back; unchanged, it is not sent.
     metadata: key.metadata ? visibleJson(key.metadata) : '',
+    // Rate limits: '60/1m' and a number (empty: none).
+    rateLimit: key.rateLimit ? `${key.rateLimit.requests}/${key.rateLimit.per}` : '',
+    concurrency: key.concurrency === null || key.concurrency === undefined ? '' : String(key.concurrency),
   };
   const form = h('form', { id: 'edit-form', class: 'edit-form', 'data-key-id': key.id, 'aria-labelledby': 'edit-title',
     onsubmit: (e) => { e.preventDefault(); saveEdit(key, form, initial); } },
@@ -52,6 +55,10 @@ function editForm(key) {
       h('label', { for: 'edit-delegated-by' }, 'Delegated by', h('input', { id: 'edit-delegated-by', name: 'delegatedBy', maxlength: 256, value: initial.delegatedBy })),
       h('label', { for: 'edit-metadata' }, 'Metadata (a JSON object; empty: none)',
         h('textarea', { id: 'edit-metadata', name: 'metadata', rows: 2, spellcheck: 'false', placeholder: '{"team": "search"}' }, initial.metadata)),
+      h('label', { for: 'edit-rate-limit' }, 'Rate limit (requests/window, such as 60/1m; empty: none)',
+        h('input', { id: 'edit-rate-limit', name: 'rateLimit', maxlength: 32, placeholder: '60/1m', value: initial.rateLimit })),
+      h('label', { for: 'edit-concurrency' }, 'Concurrency (requests in flight; empty: none)',
+        h('input', { id: 'edit-concurrency', name: 'concurrency', type: 'number', min: 1, step: 1, value: initial.concurrency })),
     ),
     h('label', { for: 'edit-cascade', class: 'check', id: 'edit-cascade-label' },
       h('input', { id: 'edit-cascade', name: 'cascade', type: 'checkbox', 'aria-describedby': 'edit-error' }),
@@ -102,6 +109,20 @@ async function saveEdit(key, form, initial) {
       return;
     }
   }
+  if (raw('rateLimit') !== initial.rateLimit) {
+    // The shape is read here; whether the numbers are allowed is the server's to say.
+    const m = /^\s*(\d+)\s*\/\s*(\S+)\s*$/.exec(raw('rateLimit'));
+    if (v('rateLimit') !== '' && !m) {
+      error.textContent = 'The rate limit must be requests/window, such as 60/1m, or empty for none.';
+      return;
+    }
+    changes.rateLimit = m ? { requests: Number(m[1]), per: m[2] } : null;
+  }
+  if (form.elements.concurrency.validity.badInput) {
+    error.textContent = 'The concurrency must be a whole number, or empty for none.';
+    return;
+  }
+  if (raw('concurrency') !== initial.concurrency) changes.concurrency = v('concurrency') === '' ? null : Number(v('concurrency'));
   if (Object.keys(changes).length === 0) {
     error.textContent = 'Nothing changed.';
     return;

@@ -11,7 +11,7 @@ import { type DeliveryQueue, Events } from './events.js';
 import { lookupHash } from './keys.js';
 import { KeyLifecycle } from './lifecycle.js';
 import type { CentsInput } from './money.js';
-import { agentKeySettings, keyIdNumber, subjectText } from './options.js';
+import { agentKeySettings, checkOptions, keyIdNumber, subjectText } from './options.js';
 import { Reports } from './reports.js';
 import { invalidScopes, scopeAllows } from './scopes.js';
 import { Spending } from './spending.js';
@@ -68,6 +68,11 @@ import type {
   WebhookStats,
 } from './types.js';
 import { Validation } from './validation.js';
+// Rate limits.
+import { AccountLimits } from './account-limits.js';
+import { RateLimiter } from './rate-limits.js';
+import { RateLimitStore } from './store/rate-limits.js';
+import type { AccountRateLimit, AccountRateLimitChanges, ValidateOptions } from './types.js';
 
 // The public types, for code that imports them from here.
 export type * from './types.js';
@@ -94,6 +99,8 @@ export class AgentKey {
   private readonly spending: Spending;
   private readonly reports: Reports;
   private readonly events: Events;
+  private readonly limiter: RateLimiter;
+  private readonly accountLimits: AccountLimits;
 
   constructor(options: AgentKeyOptions) {
     const s = agentKeySettings(options);
@@ -107,7 +114,10 @@ export class AgentKey {
     const spendStore = new SpendStore(s.db, s.names);
     // One cache, shared: validation fills it, and each spending step here updates its figures.
     const cache = s.cache && new KeyCache(s.cache.maxKeys, s.cache.ttlMs);
-    this.validation = new Validation(keyStore, cache, { pool: s.pool, channel: s.names.channel }, table);
+    const rateStore = new RateLimitStore(s.db, s.names);
+    this.limiter = new RateLimiter(s.rateLimits.mode, rateStore, storageFault(table), s.batching ?? { maxBatch: 1, lanes: 2 });
+    this.validation = new Validation(keyStore, cache, { pool: s.pool, channel: s.names.channel }, table, this.limiter);
+    this.accountLimits = new AccountLimits(rateStore, this.validation, table);
     this.spending = new Spending(spendStore, cache, s.batching, s.timeoutMs, table, s.actor);
     this.keys = new KeyLifecycle(keyStore, new AccountStore(s.db, s.names), new EventStore(s.db, s.names), this.validation, {
       keyPrefix: s.keyPrefix,
@@ -141,6 +151,7 @@ export class AgentKey {
     this.validation.stopListening();
     await this.events.close();
     await this.spending.settled();
+    await this.limiter.settled();
     await this.validation.close();
   }
 
@@ -278,17 +289,25 @@ export class AgentKey {
 
   /**
    * Checks a raw key: `{ valid: true, ...metadata }`, or `{ valid: false, reason }` with
-   * reason 'invalid', 'expired' or 'revoked'. A malformed key costs no query.
+   * reason 'invalid', 'expired', 'revoked', 'budget_exceeded' or 'rate_limited' (with
+   * `limit`, `limitedBy`, `retryAfterMs` and `resetAt`). A malformed key costs no query.
+   * A valid validation counts against the key's and its account's rate limits; with
+   * `{ acquire: true }` it also takes a concurrency slot, freed by the result's `release()`.
+   *
+   * @example
+   * const r = await ak.validate(key, { acquire: true });
+   * if (r.valid) try { await handle() } finally { r.release?.() }
    */
-  async validate(rawKey: string): Promise<ValidationResult> {
+  async validate(rawKey: string, options?: ValidateOptions): Promise<ValidationResult> {
+    const acquire = acquireOption(options);
     const hash = lookupHash(rawKey, this.keyPrefix);
     if (hash === null) return { valid: false, reason: 'invalid' };
-    return this.validation.validate({ hash });
+    return this.validation.validate({ hash }, acquire);
   }
 
-  /** `validate()` for an external subject created with `ensureSubject()`. */
-  async validateBySubject(subject: string): Promise<ValidationResult> {
-    return this.validation.validate({ subject: subjectText(subject) });
+  /** `validate()` for an external subject created with `ensureSubject()` (its row's limits are a key's). */
+  async validateBySubject(subject: string, options?: ValidateOptions): Promise<ValidationResult> {
+    return this.validation.validate({ subject: subjectText(subject) }, acquireOption(options));
   }
 
   // Spending: charges, holds and adjustments.
@@ -418,6 +437,29 @@ export class AgentKey {
     return this.keys.clearCeiling(accountId);
   }
 
+  // Account rate limits.
+
+  /**
+   * Sets an account's rate limit (`{ requests, per }`) and/or concurrency limit over all of
+   * its keys together: a field left out is kept, null removes it. Returns the limits, or
+   * null when none is left.
+   *
+   * @example await ak.setAccountRateLimit('acct_1', { rateLimit: { requests: 600, per: '1m' }, concurrency: 20 })
+   */
+  async setAccountRateLimit(accountId: string | number, changes: AccountRateLimitChanges): Promise<AccountRateLimit | null> {
+    return this.accountLimits.set(accountId, changes);
+  }
+
+  /** An account's rate and concurrency limits, or null when it has none. */
+  async getAccountRateLimit(accountId: string | number): Promise<AccountRateLimit | null> {
+    return this.accountLimits.get(accountId);
+  }
+
+  /** Removes an account's rate and concurrency limits. True when it had some. */
+  async clearAccountRateLimit(accountId: string | number): Promise<boolean> {
+    return this.accountLimits.clear(accountId);
+  }
+
   // Reports from the ledger.
 
   /**
@@ -448,7 +490,9 @@ export class AgentKey {
    * @example for (const a of await ak.listAccounts()) console.log(a.accountId, a.spentCents, a.ceiling?.remainingCents)
    */
   async listAccounts(options: { limit?: number } = {}): Promise<AccountSummary[]> {
-    return this.reports.accounts(options);
+    const accounts = await this.reports.accounts(options);
+    const limits = await this.accountLimits.of(accounts.map((a) => a.accountId));
+    return accounts.map((a) => ({ ...a, rateLimit: limits.get(a.accountId)?.rateLimit ?? null, concurrency: limits.get(a.accountId)?.concurrency ?? null }));
   }
 
   /**
@@ -560,4 +604,12 @@ export class AgentKey {
     const hash = lookupHash(rawKey, this.keyPrefix);
     return hash === null ? null : { hash };
   }
+}
+
+/** `validate()`'s options: `acquire`, true or false. */
+function acquireOption(options: unknown): boolean {
+  if (options === undefined) return false;
+  const o = checkOptions<ValidateOptions>(options, ['acquire'], 'validate() options');
+  if (o.acquire !== undefined && typeof o.acquire !== 'boolean') throw new AgentKeyError('invalid_argument', 'acquire must be true or false.');
+  return o.acquire === true;
 }

@@ -1,4 +1,5 @@
 import { type Micros, roomMicros } from './money.js';
+import type { KeyLimits } from './rate-limits.js';
 import type { KeyStatus } from './store/keys.js';
 import type { CacheStats } from './types.js';
 
@@ -30,6 +31,8 @@ export interface CachedKey {
   until: number;
   /** When its figures were true (ms, database time): older figures never replace them. */
   asOf: number;
+  /** The rate and concurrency limits over the key (its own, its account's), or null for none. */
+  rateLimits: KeyLimits | null;
 }
 
 /** What one budget above cached keys leaves, and as of when (ms, database time). */

@@ -27,7 +27,9 @@ export type AgentKeyErrorCode =
   /** A step that would take a total past what the database can count (BIGINT micro-dollars). */
   | 'total_out_of_range'
   /** A webhook endpoint id that no endpoint has. */
-  | 'webhook_not_found';
+  | 'webhook_not_found'
+  /** A `rateLimit` or `concurrency` that is not a whole number in range, or a `per` that is not 1s to 1d. */
+  | 'invalid_rate_limit';
 
 /**
  * The one error class agentkey throws: programmer mistakes (bad arguments) and

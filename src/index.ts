@@ -65,6 +65,15 @@ export type {
   WebhookDeliveryQuery,
   WebhookDeliveryStatus,
   WebhookStats,
+  // Rate limits.
+  AccountRateLimit,
+  AccountRateLimitChanges,
+  KeyRefused,
+  RateLimit,
+  RateLimited,
+  RateLimitedBy,
+  RateLimitsOptions,
+  ValidateOptions,
 } from './types.js';
 export { EVENT_TYPES, type AttemptOutcome, type ClaimedDelivery, type DeliveryQueue } from './events.js';
 export { AgentKeyError, type AgentKeyErrorCode, isAgentKeyError } from './errors.js';

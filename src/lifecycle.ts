@@ -4,7 +4,7 @@
 import { AgentKeyError } from './errors.js';
 import { hashKey, lookupHash, mintKey } from './keys.js';
 import { type CentsInput, budgetToMicros, microsToCentsNumber } from './money.js';
-import { accountIdText, checkOptions, keyIdNumber, limitOption, metadataJson, optionalText, subjectText } from './options.js';
+import { accountIdText, checkOptions, concurrencyOption, keyIdNumber, limitOption, metadataJson, optionalText, rateLimitOption, subjectText } from './options.js';
 import { parseScopes } from './scopes.js';
 import type { AccountStore } from './store/accounts.js';
 import type { Actor } from './store/actor.js';
@@ -35,10 +35,13 @@ import { iso, toAccountBudget, toKeyEvent, toKeyInfo } from './views.js';
 const CREATE_OPTIONS = [
   'accountId', 'scopes', 'budgetCents', 'budgetPeriod', 'budgets', 'alerts', 'expiresIn', 'expiresAt', 'delegatedBy', 'name', 'userId',
   'parentId', 'metadata',
+  // Rate limits (the key's own; not fitted under the parent).
+  'rateLimit', 'concurrency',
 ] as const;
 const SUBJECT_OPTIONS = CREATE_OPTIONS.filter((o) => o !== 'expiresAt' && o !== 'parentId');
 const UPDATE_FIELDS = [
-  'budgetCents', 'budgetPeriod', 'budgets', 'alerts', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy', 'metadata',
+  'budgetCents', 'budgetPeriod', 'budgets', 'alerts', 'scopes', 'expiresIn', 'expiresAt', 'name', 'delegatedBy', 'metadata', 'rateLimit',
+  'concurrency',
 ] as const;
 /** The longest a rotated key's previous secret may keep working. */
 const MAX_GRACE_MS = 7 * 86_400_000;
@@ -181,6 +184,8 @@ export class KeyLifecycle {
       ...(given('name') ? { name: optionalText(c.name, 'name') } : {}),
       ...(given('delegatedBy') ? { delegatedBy: optionalText(c.delegatedBy, 'delegatedBy') } : {}),
       ...(given('metadata') ? { metadata: metadataJson(c.metadata) } : {}),
+      ...(given('rateLimit') ? { rateLimit: rateLimitOption(c.rateLimit) } : {}),
+      ...(given('concurrency') ? { concurrency: concurrencyOption(c.concurrency) } : {}),
     };
     const written = await this.store
       .update(id, account, (key, parent, descendants) => {
@@ -330,6 +335,8 @@ export class KeyLifecycle {
       delegatedBy: optionalText(o.delegatedBy, 'delegatedBy'),
       userId: optionalText(o.userId, 'userId'),
       metadata: metadataJson(o.metadata),
+      rateLimit: rateLimitOption(o.rateLimit),
+      concurrency: concurrencyOption(o.concurrency),
     };
   }
 

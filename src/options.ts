@@ -7,7 +7,8 @@ import { parseScopes } from './scopes.js';
 import { DEFAULT_TIMEOUT_MS, type Db, type PoolLike, toDb } from './store/db.js';
 import { type TableNames, tableNames } from './store/identifiers.js';
 import { DEFAULT_MAX_DEPTH } from './tree.js';
-import type { AgentKeyOptions, BatchingOptions, CacheOptions } from './types.js';
+import { ratePerSeconds } from './time.js';
+import type { AgentKeyOptions, BatchingOptions, CacheOptions, RateLimitsOptions } from './types.js';
 
 /** Throws unless `value` is a plain object whose keys are all in `allowed`. */
 export function checkOptions<T extends object>(value: unknown, allowed: readonly string[], what: string): T {
@@ -105,6 +106,8 @@ export interface Settings {
   reportDb: Db;
   cache: Required<CacheOptions> | null;
   batching: Required<BatchingOptions> | null;
+  /** How request rate limits are counted. */
+  rateLimits: Required<RateLimitsOptions>;
 }
 
 /** The least bound of a report over the whole ledger: it reads, so it holds nobody up, and a big ledger takes time. */
@@ -114,7 +117,7 @@ const REPORT_TIMEOUT_MS = 60_000;
 export function agentKeySettings(options: unknown): Settings {
   const o = checkOptions<AgentKeyOptions>(
     options,
-    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs', 'actor'],
+    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs', 'actor', 'rateLimits'],
     'new AgentKey()',
   );
   const maxDepth = o.maxDepth ?? DEFAULT_MAX_DEPTH;
@@ -141,6 +144,7 @@ export function agentKeySettings(options: unknown): Settings {
     reportDb: toDb(o.pool, Math.max(timeoutMs, REPORT_TIMEOUT_MS)),
     cache: cacheOptions(o.cache),
     batching: batchingOptions(o.batching),
+    rateLimits: rateLimitsOptions(o.rateLimits),
   };
 }
 
@@ -206,4 +210,49 @@ export function metadataJson(value: unknown): string | null {
     throw new AgentKeyError('invalid_argument', `metadata must be at most ${MAX_METADATA_BYTES} bytes of JSON.`);
   }
   return json;
+}
+
+// Rate limits: the `rateLimits` option of `new AgentKey()`, and a key's or account's limits.
+
+function rateLimitsOptions(value: unknown): Required<RateLimitsOptions> {
+  const o = checkOptions<RateLimitsOptions>(value ?? {}, ['mode'], 'the rateLimits option');
+  const mode = o.mode ?? 'exact';
+  if (mode !== 'local' && mode !== 'exact') {
+    throw new AgentKeyError('invalid_argument', `rateLimits.mode must be 'local' or 'exact'; got ${describe(mode)}.`);
+  }
+  return { mode };
+}
+
+/** Most requests a rate limit may admit per window. */
+export const MAX_RATE_REQUESTS = 1_000_000_000;
+/** Most requests a concurrency limit may let in flight. */
+export const MAX_CONCURRENCY = 1_000_000;
+
+/**
+ * A `rateLimit` option, checked: `{ requests, per }` as whole requests and whole seconds;
+ * null for none (undefined too). Throws `invalid_rate_limit` naming the field.
+ */
+export function rateLimitOption(value: unknown, field = 'rateLimit'): { requests: number; perSeconds: number } | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value !== 'object' || Array.isArray(value)) {
+    throw new AgentKeyError('invalid_rate_limit', `${field} must be { requests, per } (e.g. { requests: 60, per: '1m' }) or null; got ${describe(value)}.`);
+  }
+  const unknown = Object.keys(value).filter((k) => k !== 'requests' && k !== 'per');
+  if (unknown.length > 0) {
+    throw new AgentKeyError('invalid_rate_limit', `${field} got unknown field ${JSON.stringify(unknown[0])}; allowed: requests, per.`);
+  }
+  const { requests, per } = value as { requests?: unknown; per?: unknown };
+  if (typeof requests !== 'number' || !Number.isInteger(requests) || requests < 1 || requests > MAX_RATE_REQUESTS) {
+    throw new AgentKeyError('invalid_rate_limit', `${field}.requests must be a whole number from 1 to ${MAX_RATE_REQUESTS}; got ${describe(requests)}.`);
+  }
+  return { requests, perSeconds: ratePerSeconds(per, `${field}.per`) };
+}
+
+/** A `concurrency` option: a whole number of requests in flight, or null for none (undefined too). */
+export function concurrencyOption(value: unknown, field = 'concurrency'): number | null {
+  if (value === null || value === undefined) return null;
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < 1 || value > MAX_CONCURRENCY) {
+    throw new AgentKeyError('invalid_rate_limit', `${field} must be a whole number from 1 to ${MAX_CONCURRENCY} or null; got ${describe(value)}.`);
+  }
+  return value;
 }

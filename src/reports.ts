@@ -88,7 +88,7 @@ export class Reports {
   }
 
   /** `listAccounts()`: every account with keys or a ceiling, in id order. */
-  async accounts(options: { limit?: number }): Promise<AccountSummary[]> {
+  async accounts(options: { limit?: number }): Promise<Omit<AccountSummary, 'rateLimit' | 'concurrency'>[]> {
     const o = checkOptions<{ limit?: number }>(options, ['limit'], 'listAccounts()');
     const limit = limitOption(o.limit, 1_000, 10_000);
     const rows = await this.stores.accounts.list(limit).catch(this.fault);

@@ -69,6 +69,35 @@ export function durationMs(value: unknown, field: string, maxMs: number): number
   return ms;
 }
 
+/** The longest window of a rate limit: a day. */
+export const MAX_RATE_PER_S = 86_400;
+
+/**
+ * The `per` of a rate limit: '1s' to '1d' ('30s', '1m', '15m', '1h', '24h'), in whole
+ * seconds. Throws `invalid_rate_limit` naming the field otherwise.
+ *
+ * @example ratePerSeconds('1m') // 60
+ */
+export function ratePerSeconds(value: unknown, field = 'rateLimit.per'): number {
+  const match = typeof value === 'string' ? /^([1-9][0-9]{0,5})(s|m|h|d)$/.exec(value.trim()) : null;
+  const seconds = match ? (Number(match[1]) * UNIT_MS[match[2] as 's' | 'm' | 'h' | 'd']) / 1_000 : NaN;
+  if (!(seconds >= 1 && seconds <= MAX_RATE_PER_S)) {
+    throw new AgentKeyError(
+      'invalid_rate_limit',
+      `${field} must be a window from '1s' to '1d': a whole number followed by s, m (minutes), h or d, such as '1m'; got ${shown(value)}.`,
+    );
+  }
+  return seconds;
+}
+
+/** A rate limit's window as `per` reads best: '1d', '2h', '1m', '90s'. */
+export function formatPer(seconds: number): string {
+  if (seconds % 86_400 === 0) return `${seconds / 86_400}d`;
+  if (seconds % 3_600 === 0) return `${seconds / 3_600}h`;
+  if (seconds % 60 === 0) return `${seconds / 60}m`;
+  return `${seconds}s`;
+}
+
 /**
  * Adds a duration to an instant. Months are calendar months in UTC, clamped to the
  * last day of a shorter month (Jan 31 + 1mo = Feb 28/29).

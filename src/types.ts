@@ -52,6 +52,10 @@ export interface AgentKeyOptions {
    * key) or 'cli'. A change made with `by` is recorded as that key's.
    */
   actor?: 'library' | 'admin' | 'cli';
+  /**
+   * How request rate limits are counted (see `RateLimitsOptions`). Default `{ mode: 'exact' }`.
+   */
+  rateLimits?: RateLimitsOptions;
 }
 
 export interface CacheOptions {
@@ -94,6 +98,10 @@ export interface CreateKeyOptions {
   budgets?: BudgetWindowInput[] | null;
   /** Percents of each window at which a 'budget.threshold' event is written once per period; null: the table's (`setAlerts()`). */
   alerts?: number[] | null;
+  /** At most `requests` validations per `per` ('1s' to '1d'); null for none. The key's own: see RateLimit. */
+  rateLimit?: RateLimit | null;
+  /** At most this many requests in flight at once through the middleware (`validate(key, { acquire: true })`); null for none. */
+  concurrency?: number | null;
 }
 
 /**
@@ -119,6 +127,10 @@ export interface KeyChanges {
   budgets?: BudgetWindowInput[];
   /** The key's own alert percents; null: the table's; [] none. */
   alerts?: number[] | null;
+  /** Replaces the key's rate limit; null removes it. Not bound by the tree (see RateLimit). */
+  rateLimit?: RateLimit | null;
+  /** Replaces the key's concurrency limit; null removes it. */
+  concurrency?: number | null;
 }
 
 export interface UpdateOptions {
@@ -248,6 +260,10 @@ export interface KeyInfo {
   budgets: BudgetWindow[];
   /** Its own alert percents, or null when the table's apply. */
   alerts: number[] | null;
+  /** The key's own rate limit, or null. */
+  rateLimit: RateLimit | null;
+  /** The key's own concurrency limit (requests in flight), or null. */
+  concurrency: number | null;
 }
 
 /** An account's ceiling and where it stands in the current period. */
@@ -303,6 +319,12 @@ export interface ValidateResult {
   budgetResetAt: string | null;
   expiresAt: string | null;
   delegatedBy: string | null;
+  /**
+   * With `validate(key, { acquire: true })`: frees the request's concurrency slot (the
+   * key's and its account's). Call it once the request ends, however it ends; calling it
+   * again does nothing.
+   */
+  release?: () => void;
 }
 /** This project's earlier name for `ValidateResult`. */
 export type ValidKey = ValidateResult;
@@ -312,10 +334,11 @@ export type ValidKey = ValidateResult;
  * ancestor), or 'budget_exceeded': nothing left to spend under its own budget, an
  * ancestor's or its account's.
  */
-export interface ValidateFailure {
+export interface KeyRefused {
   valid: false;
   reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded';
 }
+export type ValidateFailure = KeyRefused | RateLimited;
 /** This project's earlier names. */
 export type InvalidKey = ValidateFailure;
 export type InvalidReason = ValidateFailure['reason'];
@@ -510,6 +533,9 @@ export interface AccountSummary {
   overageCents: Cents;
   /** Its ceiling and spend this period, or null when it has none. */
   ceiling: AccountBudget | null;
+  /** Its rate limit and concurrency limit over all its keys together (null: none). */
+  rateLimit: RateLimit | null;
+  concurrency: number | null;
 }
 
 /** One ledger row as `ledger()` reports it. Holds, releases and expiries move held money; the rest spend. */
@@ -667,4 +693,69 @@ export interface WebhookStats {
   pending: number;
   failing: number;
   failed: number;
+}
+
+// Rate limits: requests per window and requests in flight, per key and per account.
+
+/**
+ * At most `requests` validations per `per` ('1s' to '1d'; '1m' is a minute). A key's limit
+ * is its own: its children and ancestors count against their own limits, not against it
+ * (an account's limit covers all of its keys together).
+ *
+ * @example { requests: 60, per: '1m' }
+ */
+export interface RateLimit {
+  /** A whole number from 1 to 1,000,000,000. */
+  requests: number;
+  per: string;
+}
+
+export interface RateLimitsOptions {
+  /**
+   * 'exact' (default): counted in the database, one round trip per validation of a limited
+   * key (concurrent ones share it), never more than `requests` per window across every
+   * process. 'local': counted in this process's memory, no round trip; N processes admit up
+   * to N times the limit together. Keys without a limit cost nothing in either mode.
+   */
+  mode?: 'local' | 'exact';
+}
+
+/** Which limit refused a request: the key's own or its account's. */
+export type RateLimitedBy = { kind: 'key'; keyId: number } | { kind: 'account'; accountId: string };
+
+/** A validation refused by a rate limit or a concurrency limit. */
+export interface RateLimited {
+  valid: false;
+  reason: 'rate_limited';
+  /** 'requests': the requests per window; 'concurrency': the requests in flight. */
+  limit: 'requests' | 'concurrency';
+  limitedBy: RateLimitedBy;
+  /** How long until a retry can pass (ms): to the window's end, or a guess of 1000 for concurrency. */
+  retryAfterMs: number;
+  /** When the window that refused ends (ISO); null for concurrency (a slot frees when a request ends). */
+  resetAt: string | null;
+}
+
+/** Options of `validate()`. */
+export interface ValidateOptions {
+  /**
+   * Also take a concurrency slot (the key's and its account's) when they have a limit: the
+   * valid result then has `release()`, which the caller must call when the request ends.
+   * The middleware and adapters do this for you.
+   */
+  acquire?: boolean;
+}
+
+/** An account's rate and concurrency limits. */
+export interface AccountRateLimit {
+  accountId: string;
+  rateLimit: RateLimit | null;
+  concurrency: number | null;
+  updatedAt: string;
+}
+
+/** What `setAccountRateLimit()` changes: a field left out is kept, null removes it. */
+export interface AccountRateLimitChanges {
+  rateLimit?: RateLimit | null;
+  concurrency?: number | null;
 }

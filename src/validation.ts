@@ -9,6 +9,7 @@ import type { PoolLike } from './store/db.js';
 import { storageFault } from './store/errors.js';
 import type { KeyRow, KeyStore } from './store/keys.js';
 import { type ListenHandlers, type Subscription, listen } from './store/listen.js';
+import { type RateLimiter, limitsOf, withRelease } from './rate-limits.js';
 import type { BudgetPeriod } from './time.js';
 import { Touches } from './touches.js';
 import type { CacheStats, ValidKey, ValidationResult } from './types.js';
@@ -17,6 +18,7 @@ import { figures } from './views.js';
 const TOUCH_INTERVAL_MS = 1_000;
 const NO_ANCESTORS: readonly number[] = Object.freeze([]);
 const NO_WINDOWS: readonly string[] = Object.freeze([]);
+const NO_RELEASE = () => {};
 
 export class Validation {
   /** Reads in flight, shared by validations of the same key, with the `changes` count they started at. */
@@ -38,14 +40,19 @@ export class Validation {
     /** Where changes to keys are announced: the pool and its NOTIFY channel. */
     private readonly changesFrom: { pool: PoolLike; channel: string },
     table: string,
+    /** Counts requests against rate and concurrency limits. */
+    private readonly limiter: RateLimiter,
   ) {
     this.fault = storageFault(table);
     this.lookups = new Coalescer((hashes) => this.store.findByHashes(hashes), { maxBatch: 256, lanes: 2 });
     this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
   }
 
-  /** `validate()` of a raw key's lookup hash, or of an external subject. */
-  async validate(ref: { hash: string } | { subject: string }): Promise<ValidationResult> {
+  /**
+   * `validate()` of a raw key's lookup hash, or of an external subject. `acquire`: also take
+   * the key's concurrency slots (the valid result then has `release()`).
+   */
+  async validate(ref: { hash: string } | { subject: string }, acquire = false): Promise<ValidationResult> {
     const cache = this.cache;
     // Subjects get a prefix no hash can start with.
     const cacheKey = 'hash' in ref ? ref.hash : `\u0000${ref.subject}`;
@@ -55,7 +62,7 @@ export class Validation {
       const pathRoom = hit && cache.pathRoom(hit);
       // A budget above the key that this cache no longer knows: read the key again.
       const ownRoom = hit && (hit.ownWindows.length === 0 ? null : cache.leastRoom(hit.ownWindows));
-      if (hit && pathRoom !== undefined && ownRoom !== undefined) return this.validation(hit, pathRoom, ownRoom);
+      if (hit && pathRoom !== undefined && ownRoom !== undefined) return this.validation(hit, pathRoom, ownRoom, acquire);
     }
     let loading = this.loading.get(cacheKey);
     if (!loading || loading.changes !== this.changes) {
@@ -84,7 +91,7 @@ export class Validation {
     const rooms = limitRooms(row);
     const key = toCached(row, 0);
     const own = rooms.filter((_, i) => key.ownWindows.includes(key.limits[i] as string));
-    return this.validation(key, rooms.length === 0 ? null : Math.min(...rooms), own.length === 0 ? null : Math.min(...own));
+    return this.validation(key, rooms.length === 0 ? null : Math.min(...rooms), own.length === 0 ? null : Math.min(...own), acquire);
   }
 
   /** A change made here to one key (`id`), or to one not known (null): here at once; other processes hear it from the database. */
@@ -132,13 +139,24 @@ export class Validation {
   }
 
   /** `pathRoom`: the least that the budgets above the key leave (null when none has a budget). */
-  private validation(key: CachedKey, pathRoom: number | null, ownWindowRoom: number | null): ValidationResult {
+  private validation(key: CachedKey, pathRoom: number | null, ownWindowRoom: number | null, acquire: boolean): ValidationResult | Promise<ValidationResult> {
     if (key.status !== 'active') return { valid: false, reason: key.status };
     // Nothing left under its own budget, an ancestor's or the account's: refused, as the package refuses a spent key.
     const own = key.budget === null ? null : roomMicros(key.budget, key.spent, key.held);
     if ((own !== null && own <= 0) || (pathRoom !== null && pathRoom <= 0)) return { valid: false, reason: 'budget_exceeded' };
+    // Only a key under a rate or concurrency limit pays for one (and only one valid otherwise counts).
+    if (key.rateLimits !== null) return this.limited(key, key.rateLimits, acquire, ownWindowRoom);
     this.touches.touch(key.id);
-    return toValidKey(key, ownWindowRoom);
+    const valid = toValidKey(key, ownWindowRoom);
+    return acquire ? withRelease(valid, NO_RELEASE) : valid;
+  }
+
+  private async limited(key: CachedKey, limits: NonNullable<CachedKey['rateLimits']>, acquire: boolean, ownWindowRoom: number | null): Promise<ValidationResult> {
+    const admission = await this.limiter.admit(limits, acquire);
+    if (!admission.admitted) return admission.refusal;
+    this.touches.touch(key.id);
+    const valid = toValidKey(key, ownWindowRoom);
+    return acquire ? withRelease(valid, admission.release) : valid;
   }
 
   /** Starts hearing about changed keys, once, on the first validation. */
@@ -201,6 +219,7 @@ function toCached(row: KeyRow, ttlMs: number): CachedKey {
     ancestors: row.ancestor_ids.length === 0 ? NO_ANCESTORS : row.ancestor_ids.map(Number),
     until,
     asOf: row.read_at ? new Date(row.read_at).getTime() : 0,
+    rateLimits: limitsOf(row),
   };
 }
 

@@ -4,9 +4,9 @@ import type { AccountRow } from './store/accounts.js';
 import type { EventRow } from './store/events.js';
 import type { KeyRow } from './store/keys.js';
 import type { SpendOutcome } from './store/spend.js';
-import type { BudgetPeriod } from './time.js';
+import { type BudgetPeriod, formatPer } from './time.js';
 import type { WindowRow } from './store/windows.js';
-import type { AccountBudget, BudgetWindow, KeyEvent, KeyInfo, SpendFigures } from './types.js';
+import type { AccountBudget, BudgetWindow, KeyEvent, KeyInfo, RateLimit, SpendFigures } from './types.js';
 import type { WindowPeriod } from './windows.js';
 
 export function iso(date: Date | string | null | undefined): string | null {
@@ -107,6 +107,8 @@ export function toKeyInfo(row: KeyRow): KeyInfo {
     metadata: row.metadata ?? null,
     budgets,
     alerts: row.alert_percents ?? null,
+    rateLimit: rateLimitView(row.rate_limit_requests, row.rate_limit_per_s),
+    concurrency: row.concurrency_limit === null || row.concurrency_limit === undefined ? null : Number(row.concurrency_limit),
   };
 }
 
@@ -185,4 +187,10 @@ export function toKeyEvent(row: EventRow): KeyEvent {
     changes,
     at: iso(row.created_at) as string,
   };
+}
+
+/** A rate limit as the API shows it, from its two columns (null when either is). */
+export function rateLimitView(requests: number | string | null | undefined, perSeconds: number | string | null | undefined): RateLimit | null {
+  if (requests === null || requests === undefined || perSeconds === null || perSeconds === undefined) return null;
+  return { requests: Number(requests), per: formatPer(Number(perSeconds)) };
 }

@@ -39,7 +39,8 @@ describe('keys show', () => {
   it("happy: a key's metadata is shown as JSON, its control characters escaped", () => {
     const key = { id: 1, name: 'k', accountId: 'a', prefix: 'ak_x', status: 'active', scopes: null, parentId: null, depth: 0, budgetCents: null,
       spentCents: 0, heldCents: 0, remainingCents: null, overageCents: 0, budgetPeriod: null, budgetResetAt: null, expiresAt: null, revokedAt: null,
-      createdAt: null, lastUsedAt: null, delegatedBy: null, externalSubject: null, metadata: { team: 'x\u001b[2J' }, budgets: [], alerts: null } satisfies KeyInfo;
+      createdAt: null, lastUsedAt: null, delegatedBy: null, externalSubject: null, metadata: { team: 'x\u001b[2J' }, budgets: [], alerts: null, rateLimit: null,
+      concurrency: null } satisfies KeyInfo;
     const text = keyDetails(key);
     expect(text).toMatch(/metadata\s+│ \{"team":"x\\u001b\[2J"\}/);
     expect(text).not.toContain('\u001b');

@@ -657,6 +657,54 @@ describe('dashboard', () => {
   });
 });
 
+describe('dashboard: rate limits', () => {
+  it("happy: a key's rate and concurrency limits show on its page and are edited there (empty removes them); a bad one is refused beside the form; the accounts view shows an account's", async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_dash_rl', name: 'limited', rateLimit: { requests: 60, per: '1m' }, concurrency: 4 });
+    await call('PUT', '/v1/accounts/acct_dash_rl/rate-limit', { rateLimit: { requests: 600, per: '1h' }, concurrency: 10 });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    const patches: unknown[] = [];
+    page.on('request', (req) => {
+      if (req.method() === 'PATCH') patches.push(req.postDataJSON());
+    });
+    await signIn(page);
+    const row = page.locator('#accounts tr[data-account="acct_dash_rl"] td.rate-limits');
+    await row.waitFor({ timeout: 10_000 });
+    expect(await row.textContent()).toBe('600 per 1h, 10 in flight');
+    await page.goto(`${server.url}/dashboard#/keys/${k.id}`);
+    await page.locator('#key-rate-limit').waitFor({ timeout: 10_000 });
+    expect(await page.locator('#key-rate-limit').textContent()).toBe('60 per 1m');
+    expect(await page.locator('#key-concurrency').textContent()).toBe('4 in flight');
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    const form = page.locator('#edit-form');
+    expect(await form.getByLabel('Rate limit').inputValue()).toBe('60/1m');
+    expect(await form.getByLabel('Concurrency').inputValue()).toBe('4');
+    await form.getByLabel('Rate limit').fill('sixty a minute');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-error', { hasText: 'The rate limit must be requests/window' }).waitFor({ timeout: 10_000 });
+    // The shape is right but the window too long: the server's own message.
+    await form.getByLabel('Rate limit').fill('60/2d');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-error', { hasText: /rateLimit.per/ }).waitFor({ timeout: 10_000 });
+    expect((await call('GET', `/v1/keys/${k.id}`)).rateLimit).toEqual({ requests: 60, per: '1m' });
+    await form.getByLabel('Rate limit').fill('120/1h');
+    await form.getByLabel('Concurrency').fill('');
+    await form.getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
+    expect(await page.locator('#key-rate-limit').textContent()).toBe('120 per 1h');
+    expect(await page.locator('#key-concurrency').textContent()).toBe('—');
+    await page.getByRole('button', { name: 'Edit key' }).click();
+    await page.locator('#edit-form').getByLabel('Rate limit').fill('');
+    await page.locator('#edit-form').getByRole('button', { name: 'Save changes' }).click();
+    await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
+    expect(await call('GET', `/v1/keys/${k.id}`)).toMatchObject({ rateLimit: null, concurrency: null });
+    expect(patches).toEqual([{ rateLimit: { requests: 60, per: '2d' } }, { rateLimit: { requests: 120, per: '1h' }, concurrency: null }, { rateLimit: null }]);
+    await shot(page, 'rate-limits');
+    expect(errors.filter((e) => !/status of 400/.test(e))).toEqual([]);
+    await page.close();
+  });
+});
+
 describe('dashboard with no keys', () => {
   let empty: RunningServer;
   let dir: string;

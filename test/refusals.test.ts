@@ -60,6 +60,7 @@ const ERROR_CODES: Record<AgentKeyErrorCode, true> = {
   storage_timeout: true,
   total_out_of_range: true,
   webhook_not_found: true,
+  invalid_rate_limit: true,
 };
 const LIBRARY_REASONS: Record<LibraryReason, true> = {
   invalid: true,
@@ -67,6 +68,7 @@ const LIBRARY_REASONS: Record<LibraryReason, true> = {
   expired: true,
   revoked: true,
   budget_exceeded: true,
+  rate_limited: true,
   invalid_cost: true,
   idempotency_conflict: true,
   reservation_not_found: true,

@@ -8,6 +8,7 @@ import { toDb } from '../store/db.js';
 import { keysTableExists } from '../store/catalog.js';
 import { tableNames } from '../store/identifiers.js';
 import { parseInstant } from '../time.js';
+import { MAX_CONCURRENCY, concurrencyOption, rateLimitOption } from '../options.js';
 import { printableJson, printableLines } from './format.js';
 
 export interface Common {
@@ -121,4 +122,46 @@ export function withStorage(cmd: Command): Command {
 /** The options of the commands that print a result: --json beside where the data is. */
 export function withCommon(cmd: Command): Command {
   return withStorage(cmd).option('--json', 'print JSON for scripts instead of tables');
+}
+
+// Rate limits: --rate-limit <requests>/<per> and --concurrency <n>, checked by the library's
+// own rules before the database opens; 'none' (where removing one makes sense) is null.
+
+/** --rate-limit: '60/1m' as { requests: 60, per: '1m' }. */
+export function rateLimitArg(value: string): { requests: number; per: string } {
+  const m = /^\s*([0-9]{1,10})\s*\/\s*(\S+)\s*$/.exec(value);
+  const parsed = m ? { requests: Number(m[1]), per: m[2] as string } : null;
+  try {
+    if (!parsed) throw new Error();
+    rateLimitOption(parsed, '--rate-limit');
+  } catch {
+    throw new InvalidArgumentError("expected <requests>/<window>, such as '60/1m' (1 to 1000000000 requests per '1s' to '1d').");
+  }
+  return parsed;
+}
+
+/** --rate-limit on update: 'none' removes the limit (kept as 'none': commander turns a null into ''; see noneAsNull). */
+export function rateLimitOrNone(value: string): { requests: number; per: string } | 'none' {
+  return value.trim() === 'none' ? 'none' : rateLimitArg(value);
+}
+
+/** --concurrency: a whole number of requests in flight. */
+export function concurrencyArg(value: string): number {
+  const n = /^\s*[0-9]{1,7}\s*$/.test(value) ? Number(value) : NaN;
+  try {
+    concurrencyOption(n, '--concurrency');
+  } catch {
+    throw new InvalidArgumentError(`expected a whole number of requests in flight from 1 to ${MAX_CONCURRENCY}.`);
+  }
+  return n;
+}
+
+/** --concurrency on update: 'none' removes the limit. */
+export function concurrencyOrNone(value: string): number | 'none' {
+  return value.trim() === 'none' ? 'none' : concurrencyArg(value);
+}
+
+/** A parsed option value with 'none' as null (what the library takes to remove a limit). */
+export function noneAsNull<T>(value: T | 'none'): T | null {
+  return value === 'none' ? null : value;
 }

@@ -119,6 +119,8 @@ export function keyDetails(k: KeyInfo): string {
     ['last used', when(k.lastUsedAt)],
     ['delegated by', k.delegatedBy ?? '-'],
     ['metadata', k.metadata ? JSON.stringify(k.metadata) : '-'],
+    ['rate limit', rateLimitText(k.rateLimit)],
+    ['concurrency', k.concurrency === null ? '-' : `${k.concurrency} in flight`],
   ];
   const t = new Table({ style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
   t.push(...rows.map(([name, value]) => ({ [name]: printable(value) })));
@@ -198,4 +200,9 @@ function filled(report: UsageReport, bucket: 'hour' | 'day', since: Date, until:
   const points: number[] = [];
   for (let t = first; t < until.getTime(); t += step) points.push(byStart.get(t) ?? 0);
   return points.slice(-MAX_POINTS);
+}
+
+/** A rate limit as one phrase: '60 requests per 1m', or '-'. */
+export function rateLimitText(limit: { requests: number; per: string } | null | undefined): string {
+  return limit ? `${limit.requests} requests per ${limit.per}` : '-';
 }

@@ -3,6 +3,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { durationMs } from '../time.js';
 import { type Common, UserError, anId, cents, json, list, out, wholeNumber, withAgentKey, withCommon } from './common.js';
+import { concurrencyArg, concurrencyOrNone, noneAsNull, rateLimitArg, rateLimitOrNone } from './common.js';
 import { eventLines, keyDetails, keysTable, when } from './format.js';
 
 /** The flags of `keys update` (commander names a --no-x flag x, false when given). */
@@ -18,6 +19,8 @@ interface UpdateFlags {
   delegatedBy?: string;
   metadata?: Record<string, unknown> | false;
   cascade?: boolean;
+  rateLimit?: { requests: number; per: string } | 'none';
+  concurrency?: number | 'none';
 }
 
 /** --metadata: a JSON object (the library checks its size and content). */
@@ -68,7 +71,9 @@ export function addKeysCommands(program: Command): void {
     .option('--delegated-by <user>', 'the human who authorized this key')
     .option('--parent <id>', 'make it a child of this key', anId('parent'))
     .option('--metadata <json>', 'a JSON object kept with the key, e.g. \'{"team":"search"}\'', metadataObject)
-    .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number; metadata?: Record<string, unknown> }) => {
+    .option('--rate-limit <requests/window>', "at most this many requests per window, e.g. '60/1m' (window '1s' to '1d')", rateLimitArg)
+    .option('--concurrency <n>', 'at most this many requests in flight through the middleware', concurrencyArg)
+    .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number; metadata?: Record<string, unknown>; rateLimit?: { requests: number; per: string }; concurrency?: number }) => {
       await withAgentKey(o, 'create', async (ak) => {
         const created = await ak.create({
           accountId: o.account,
@@ -80,6 +85,8 @@ export function addKeysCommands(program: Command): void {
           ...(o.delegatedBy !== undefined ? { delegatedBy: o.delegatedBy } : {}),
           ...(o.parent !== undefined ? { parentId: o.parent } : {}),
           ...(o.metadata !== undefined ? { metadata: o.metadata } : {}),
+          ...(o.rateLimit !== undefined ? { rateLimit: o.rateLimit } : {}),
+          ...(o.concurrency !== undefined ? { concurrency: o.concurrency } : {}),
         });
         const info = await ak.getKey(created.id);
         if (o.json) return json({ key: created.key, ...info });
@@ -120,7 +127,7 @@ export function addKeysCommands(program: Command): void {
     });
 
   withCommon(keys.command('update'))
-    .description("change a key's budget, period, scopes, expiry, name or delegated-by (children are never widened past it)")
+    .description("change a key's budget, period, scopes, expiry, name, delegated-by or rate limits (children are never widened past it)")
     .argument('<id>', 'key id', anId('id'))
     .option('--name <name>', 'label')
     .option('--scopes <scopes>', "comma-separated scopes, e.g. 'proxy.chat,usage.read'", list)
@@ -133,6 +140,8 @@ export function addKeysCommands(program: Command): void {
     .option('--delegated-by <user>', 'the human who authorized this key')
     .option('--metadata <json>', "replace the key's metadata with this JSON object", metadataObject)
     .option('--no-metadata', "remove the key's metadata")
+    .option('--rate-limit <requests/window>', "at most this many requests per window, e.g. '60/1m'; 'none' removes it", rateLimitOrNone)
+    .option('--concurrency <n>', "at most this many requests in flight; 'none' removes it", concurrencyOrNone)
     .option('--cascade', 'narrow the keys under it too, where the change would leave one wider than its parent')
     .action(async (id: number, o: Common & UpdateFlags, cmd: Command) => {
       if (o.scopes !== undefined && o.unlimitedScopes) throw new UserError('Use --scopes or --unlimited-scopes, not both.');
@@ -150,6 +159,8 @@ export function addKeysCommands(program: Command): void {
         ...(o.expiresIn !== undefined ? { expiresIn: o.expiresIn } : o.expiry === false ? { expiresIn: null } : {}),
         ...(o.delegatedBy !== undefined ? { delegatedBy: o.delegatedBy } : {}),
         ...(o.metadata === false ? { metadata: null } : o.metadata !== undefined ? { metadata: o.metadata } : {}),
+        ...(o.rateLimit !== undefined ? { rateLimit: noneAsNull(o.rateLimit) } : {}),
+        ...(o.concurrency !== undefined ? { concurrency: noneAsNull(o.concurrency) } : {}),
       };
       if (Object.keys(changes).length === 0) throw new UserError('Nothing to change: give at least one of the options (see --help).');
       await withAgentKey(o, 'change', async (ak) => {

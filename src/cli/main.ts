@@ -26,6 +26,8 @@ import {
   withStorage,
 } from './common.js';
 import { accountDetails, printable, usageReport } from './format.js';
+import { concurrencyOrNone, noneAsNull, rateLimitOrNone } from './common.js';
+import { rateLimitText } from './format.js';
 import { addKeysCommands } from './keys.js';
 import { addWebhookCommands } from './webhooks.js';
 
@@ -161,7 +163,7 @@ export function buildProgram(): Command {
   // Webhooks and the outbox.
   addWebhookCommands(program);
 
-  const accounts = program.command('accounts').description("accounts' ceilings");
+  const accounts = program.command('accounts').description("accounts' ceilings and rate limits");
   withCommon(accounts.command('budget'))
     .description("show an account's ceiling, or set it with --set-cents, or remove it with --clear")
     .argument('<accountId>', 'account id')
@@ -183,6 +185,34 @@ export function buildProgram(): Command {
             : await ak.getAccountBudget(accountId);
         if (o.json) return json(budget);
         out(budget ? accountDetails(budget) : `${accountId} has no ceiling; set one with --set-cents.`);
+      });
+    });
+
+  // Rate limits of an account.
+  withCommon(accounts.command('rate-limit'))
+    .description("show an account's rate and concurrency limits (over all its keys), set them with --set / --concurrency, or remove them with --clear")
+    .argument('<accountId>', 'account id')
+    .option('--set <requests/window>', "at most this many requests per window, e.g. '600/1m'; 'none' removes it", rateLimitOrNone)
+    .option('--concurrency <n>', "at most this many requests in flight; 'none' removes it", concurrencyOrNone)
+    .option('--clear', 'remove both limits')
+    .action(async (accountId: string, o: Common & { set?: { requests: number; per: string } | 'none'; concurrency?: number | 'none'; clear?: boolean }) => {
+      const setting = o.set !== undefined || o.concurrency !== undefined;
+      if (o.clear && setting) throw new UserError('Use --set/--concurrency or --clear, not both.');
+      await withAgentKey(o, setting || o.clear ? 'change' : 'read', async (ak) => {
+        if (o.clear) {
+          const removed = await ak.clearAccountRateLimit(accountId);
+          if (o.json) return json({ accountId, removed });
+          return out(removed ? `Removed the rate limits of ${accountId}.` : `${accountId} had no rate limits.`);
+        }
+        const limits = setting
+          ? await ak.setAccountRateLimit(accountId, {
+              ...(o.set !== undefined ? { rateLimit: noneAsNull(o.set) } : {}),
+              ...(o.concurrency !== undefined ? { concurrency: noneAsNull(o.concurrency) } : {}),
+            })
+          : await ak.getAccountRateLimit(accountId);
+        if (o.json) return json(limits);
+        if (!limits) return out(`${accountId} has no rate limits; set one with --set or --concurrency.`);
+        out(`rate limit   ${rateLimitText(limits.rateLimit)}\nconcurrency  ${limits.concurrency === null ? '-' : `${limits.concurrency} in flight`}`);
       });
     });
 

@@ -47,8 +47,9 @@ type Req = IncomingMessage & {
 type Res = ServerResponse & { locals?: Record<string, unknown> };
 type Next = (err?: unknown) => void;
 
-/** Refusals in the package's shape: `{ error: 'budget_exceeded', code, message }`. */
+/** Refusals in the package's shape: `{ error: 'budget_exceeded', code, message }` (with a rate limit's Retry-After). */
 function send(res: Res, error: HttpError): void {
+  for (const [name, value] of Object.entries(error.headers ?? {})) res.setHeader(name, value);
   sendJson(res, error.status, packageBody(error));
 }
 
@@ -120,6 +121,11 @@ function authMiddleware(
   return async function agentKeyAuth(req: Req, res: Res, next: Next): Promise<void> {
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => req.headers[name]), authenticate, opts);
     if (!outcome.ok) return send(res, outcome.error);
+    // The request's concurrency slot is freed when the response ends: sent ('finish'), or the
+    // client gone or the handler's error ('close', which follows every end).
+    res.once('finish', outcome.release);
+    res.once('close', outcome.release);
+    if (res.closed || res.destroyed) outcome.release();
     identities?.set(req, outcome.identity);
     req.agentKey = outcome.key;
     if (res.locals) res.locals.agentKey = outcome.key;

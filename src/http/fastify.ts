@@ -38,18 +38,22 @@ export function fastifyGuard(ak: AgentKey, options: FastifyAgentKeyOptions, auth
   return async function agentKeyPreHandler(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers[name]), authenticate, opts);
     if (!outcome.ok) {
-      await reply.code(outcome.error.status).send(outcome.error.body);
+      await reply.code(outcome.error.status).headers(outcome.error.headers ?? {}).send(outcome.error.body);
       return;
     }
     request.agentKey = outcome.key;
+    const raw = reply.raw;
+    // The request's concurrency slot is freed when the response ends: sent, or the client gone.
+    raw.once('finish', outcome.release);
+    raw.once('close', outcome.release);
+    if (raw.destroyed) outcome.release();
     if (hold.reserveCents === undefined) return;
     const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold, opts.timeoutMs);
     if (!taken.ok) {
-      await reply.code(taken.error.status).send(taken.error.body);
+      await reply.code(taken.error.status).headers(taken.error.headers ?? {}).send(taken.error.body);
       return;
     }
     request.agentKeyReservation = taken.hold;
-    const raw = reply.raw;
     let settled = false;
     const settle = (sent: boolean) => {
       if (settled) return;

@@ -15,7 +15,9 @@ export type GuardResult =
       reservation?: HeldReservation;
       /**
        * Settles the hold (a no-op without one): commits `costCents` when given, else the
-       * whole hold when `succeeded` (default true), else releases it. Never throws.
+       * whole hold when `succeeded` (default true), else releases it. Also frees the
+       * request's concurrency slot: with a concurrency limit, call it when the request
+       * ends, however it ends (`withAgentKey` does). Never throws.
        */
       settle(outcome?: { costCents?: number; succeeded?: boolean }): Promise<void>;
     }
@@ -57,10 +59,14 @@ export function fetchGuard(ak: AgentKey, options: FetchAgentKeyOptions, authenti
   const { verify: opts, hold } = checkGuardOptions<Request>(options, 'fetch guard options');
   return async function guard(request: Request): Promise<GuardResult> {
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => request.headers.get(name)), authenticate, opts);
-    if (!outcome.ok) return refusal(outcome.error.status, outcome.error.body);
-    if (hold.reserveCents === undefined) return { ok: true, agentKey: outcome.key, settle: async () => {} };
+    if (!outcome.ok) return refusal(outcome.error.status, outcome.error.body, outcome.error.headers);
+    // settle() also frees the request's concurrency slot (a key with a concurrency limit needs it called).
+    if (hold.reserveCents === undefined) return { ok: true, agentKey: outcome.key, settle: async () => outcome.release() };
     const taken = await takeHold((o) => outcome.identity.reserve(o), request, hold, opts.timeoutMs);
-    if (!taken.ok) return refusal(taken.error.status, taken.error.body);
+    if (!taken.ok) {
+      outcome.release();
+      return refusal(taken.error.status, taken.error.body, taken.error.headers);
+    }
     let settled = false;
     return {
       ok: true,
@@ -69,6 +75,7 @@ export function fetchGuard(ak: AgentKey, options: FetchAgentKeyOptions, authenti
       async settle(result = {}) {
         if (settled) return;
         settled = true;
+        outcome.release();
         await settleHold(ak, taken.hold, result.costCents, result.succeeded ?? true, hold.onSettleError);
       },
     };
@@ -118,6 +125,6 @@ export function wrapHandler(
   };
 }
 
-function refusal(status: number, body: HttpErrorBody): GuardResult {
-  return { ok: false, status, body, response: Response.json(body, { status }) };
+function refusal(status: number, body: HttpErrorBody, headers?: Record<string, string>): GuardResult {
+  return { ok: false, status, body, response: Response.json(body, { status, ...(headers ? { headers } : {}) }) };
 }

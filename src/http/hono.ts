@@ -36,20 +36,25 @@ export function honoGuard(ak: AgentKey, options: HonoAgentKeyOptions, authentica
   const { verify: opts, hold } = checkGuardOptions<Context>(options, 'Hono middleware options');
   return async function agentKeyMiddleware(c, next) {
     const outcome = await verifyIdentity(ak, keyFromHeaders((name) => c.req.header(name) ?? null), authenticate, opts);
-    if (!outcome.ok) return c.json(outcome.error.body, outcome.error.status as 401);
+    if (!outcome.ok) return c.json(outcome.error.body, outcome.error.status as 401, outcome.error.headers);
     c.set('agentKey', outcome.key);
-    if (hold.reserveCents === undefined) return next();
-    const taken = await takeHold((o) => outcome.identity.reserve(o), c as Context, hold, opts.timeoutMs);
-    if (!taken.ok) return c.json(taken.error.body, taken.error.status as 429);
-    c.set('agentKeyReservation', taken.hold);
-    let succeeded = false;
+    // The request's concurrency slot is freed when the handler is done, however it ends.
     try {
-      await next();
-      // Hono catches a handler's throw and sets c.error; that is a failure too.
-      succeeded = !c.error && c.res.status < 400;
+      if (hold.reserveCents === undefined) return await next();
+      const taken = await takeHold((o) => outcome.identity.reserve(o), c as Context, hold, opts.timeoutMs);
+      if (!taken.ok) return c.json(taken.error.body, taken.error.status as 429, taken.error.headers);
+      c.set('agentKeyReservation', taken.hold);
+      let succeeded = false;
+      try {
+        await next();
+        // Hono catches a handler's throw and sets c.error; that is a failure too.
+        succeeded = !c.error && c.res.status < 400;
+      } finally {
+        // Settled before the response leaves, so the client never sees money still held.
+        await settleHold(ak, taken.hold, c.get('costCents'), succeeded, hold.onSettleError);
+      }
     } finally {
-      // Settled before the response leaves, so the client never sees money still held.
-      await settleHold(ak, taken.hold, c.get('costCents'), succeeded, hold.onSettleError);
+      outcome.release();
     }
   };
 }

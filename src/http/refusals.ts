@@ -69,7 +69,7 @@ export type SurfaceReason =
   | 'invalid_email'
   | 'email_required'
   | 'signup_scope_not_allowed'
-  | 'rate_limited'
+  | 'signup_rate_limited'
   | 'key_not_in_account'
   | 'missing_hold_key'
   | 'missing_admin_key'
@@ -77,6 +77,7 @@ export type SurfaceReason =
   | 'route_not_found'
   | 'method_not_allowed'
   | 'account_budget_not_found'
+  | 'account_rate_limit_not_found'
   | 'invalid_request'
   | 'unsupported_media_type'
   | 'unhealthy';
@@ -111,6 +112,16 @@ const LIBRARY: Record<LibraryReason, Refusal> = {
   already_released: { status: 409, code: 'already_released', message: 'The hold was already released; it cannot be committed.' },
   already_committed: { status: 409, code: 'already_committed', message: 'The hold was already committed; it cannot be released.' },
   refund_exceeds_spend: { status: 409, code: 'refund_exceeds_spend', message: 'A refund may not exceed what the key has spent.' },
+  // A key's or its account's rate limit (detail 'requests') or concurrency limit ('concurrency'); with a Retry-After header.
+  rate_limited: {
+    status: 429,
+    code: 'rate_limited',
+    message: 'Too many requests with this key; try again after the Retry-After header\'s seconds.',
+    named: (limit) =>
+      limit === 'concurrency'
+        ? 'Too many requests with this key are in flight; try again after the Retry-After header\'s seconds.'
+        : 'Too many requests with this key; try again after the Retry-After header\'s seconds.',
+  },
 };
 
 /** Thrown `AgentKeyError`s: 4xx show the error's own message, which names the field. */
@@ -144,6 +155,7 @@ const ERRORS: Record<Exclude<AgentKeyErrorCode, LibraryReason>, Refusal> = {
   // A total past BIGINT: the request is well formed, but it cannot be counted.
   total_out_of_range: { status: 422, code: 'total_out_of_range', message: 'This would take a total past what the key store can count.', named: own },
   webhook_not_found: { status: 404, code: 'webhook_not_found', message: 'No webhook endpoint has this id.', named: own },
+  invalid_rate_limit: { status: 400, code: 'invalid_rate_limit', message: 'The rate limit or concurrency limit is not valid.', named: own },
 };
 
 /** The surfaces' own. */
@@ -194,7 +206,7 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
     named: (scopes) => `These scopes are not allowed on signup: ${scopes}.`,
     packageError: (scopes) => `Scopes not allowed on signup: ${scopes}`,
   },
-  rate_limited: { status: 429, code: 'rate_limited', message: 'Too many signups from this address; try again in a minute.' },
+  signup_rate_limited: { status: 429, code: 'rate_limited', message: 'Too many signups from this address; try again in a minute.' },
   key_not_in_account: { status: 404, code: 'not_found', message: 'No active key with this id belongs to your account.' },
   // The service's own (src/server).
   missing_hold_key: {
@@ -213,6 +225,7 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
     named: (allow) => `This path does not take this method; it takes ${allow}.`,
   },
   account_budget_not_found: { status: 404, code: 'not_found', message: 'This account has no budget.' },
+  account_rate_limit_not_found: { status: 404, code: 'not_found', message: 'This account has no rate limit or concurrency limit.' },
   invalid_request: { status: 400, code: 'invalid_request', message: 'The request is invalid.', named: own },
   unsupported_media_type: {
     status: 415,
@@ -236,6 +249,8 @@ export interface HttpErrorBody {
 export interface HttpError {
   status: number;
   body: HttpErrorBody;
+  /** Headers every surface sends with it (a rate limit's Retry-After). */
+  headers?: Record<string, string>;
   /** The package's `error` string for this refusal, on its Express surfaces; never sent elsewhere. */
   packageError?: string;
 }
@@ -272,7 +287,15 @@ export function refusalOf(result: {
   limitedBy?: unknown;
   budgetUsedCents?: number;
   budgetRemainingCents?: number | null;
+  limit?: 'requests' | 'concurrency';
+  retryAfterMs?: number;
+  resetAt?: string | null;
 }): HttpError {
+  if (result.reason === 'rate_limited') {
+    const { limit, limitedBy, retryAfterMs = 1_000, resetAt = null } = result;
+    const e = refuse('rate_limited', limit, { limit, limitedBy, retryAfterMs, resetAt });
+    return { ...e, headers: { 'Retry-After': String(Math.max(0, Math.ceil(retryAfterMs / 1_000))) } };
+  }
   if (result.reason === 'budget_exceeded' && result.limitedBy !== undefined) {
     const { limitedBy, budgetUsedCents, budgetRemainingCents } = result;
     return refuse('budget_exceeded', undefined, { limitedBy, budgetUsedCents, budgetRemainingCents });

@@ -77,7 +77,7 @@ export function selfServeHandlers(ak: AgentKey, opts: ReturnType<typeof checkRou
   return {
     /** POST /signup: a new account and a key with only `signupScopes` (or some of them). Unauthenticated. */
     signup: guarded('Failed to create key', async ({ body, ip }) => {
-      if (!allowSignup(ip)) return fail('rate_limited');
+      if (!allowSignup(ip)) return fail('signup_rate_limited');
       const b = bodyObject(body);
       const email = b.email;
       if (email !== undefined && email !== null && (typeof email !== 'string' || !EMAIL.test(email))) {

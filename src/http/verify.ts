@@ -76,12 +76,30 @@ export interface Denial {
 /** Turns a bearer into an Identity, or a Denial for a credential it refuses outright. */
 export type Authenticate = (token: string) => Promise<Identity | Denial>;
 
-/** The Authenticate for agentkey's own keys. */
+/**
+ * The Authenticate for agentkey's own keys. It takes a concurrency slot for the request
+ * (`validate(key, { acquire: true })`): the surface frees it when the response ends.
+ */
 export function keyAuthenticator(ak: AgentKey): Authenticate {
-  return async (rawKey) => ({ result: await ak.validate(rawKey), reserve: (o) => ak.reserve(rawKey, o) });
+  return async (rawKey) => ({ result: await ak.validate(rawKey, { acquire: true }), reserve: (o) => ak.reserve(rawKey, o) });
 }
 
-export type IdentityOutcome = { ok: true; key: ValidKey; identity: Identity } | { ok: false; error: HttpError };
+export type IdentityOutcome =
+  | {
+      ok: true;
+      key: ValidKey;
+      identity: Identity;
+      /** Frees the request's concurrency slot: call it once when the response ends, however it ends (again: nothing). */
+      release: () => void;
+    }
+  | { ok: false; error: HttpError };
+
+/** The release of a validation that took a concurrency slot (a no-op otherwise). */
+function releaseOf(identity: Identity | Denial): () => void {
+  const result = 'result' in identity ? identity.result : null;
+  const release = result?.valid ? result.release : undefined;
+  return typeof release === 'function' ? release : () => {};
+}
 
 /**
  * The framework-neutral check behind every adapter, answered from the refusal table:
@@ -102,18 +120,23 @@ export async function verifyIdentity(
 ): Promise<IdentityOutcome> {
   if (!token) return { ok: false, error: refuse('missing_key') };
   let identity: Identity | Denial;
+  const pending = authenticate(token);
   try {
-    identity = await withTimeout(authenticate(token), options.timeoutMs);
+    identity = await withTimeout(pending, options.timeoutMs);
   } catch (err) {
+    // Given up on: if it still succeeds later, the slot it took is freed at once.
+    pending.then((late) => releaseOf(late)(), () => {});
     return { ok: false, error: errorToHttp(err) };
   }
   if ('denied' in identity) return { ok: false, error: refuse(identity.denied, identity.detail) };
   const result = identity.result;
   // A key with nothing left to spend is refused by validate() itself, as in the package: 429.
   if (!result.valid) return { ok: false, error: refusalOf(result) };
+  const release = releaseOf(identity);
   if (options.scope !== undefined && !ak.hasScope(result, options.scope)) {
+    release();
     const error = refuse('insufficient_scope', options.scope, { requiredScope: options.scope, availableScopes: result.scopes });
     return { ok: false, error };
   }
-  return { ok: true, key: result, identity };
+  return { ok: true, key: result, identity, release };
 }

@@ -1,10 +1,12 @@
-import type { AgentKey, SubjectOptions, ValidationResult } from '../agentkey.js';
+import type { AgentKey, RateLimited, SubjectOptions, ValidationResult } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import type { Authenticate, Denial, Identity } from '../http/verify.js';
 import { budgetToMicros } from '../money.js';
 import { surfaceOptions } from '../http/options.js';
 import { accountIdText, optionalText } from '../options.js';
 import { isAttenuation, parseScopes } from '../scopes.js';
+import { keepRelease } from '../rate-limits.js';
+import { concurrencyOption, rateLimitOption } from '../options.js';
 import { parseDuration, parsePeriod } from '../time.js';
 
 /** The budget row an external identity gets on first sight; `accountId` may come from its claims. */
@@ -32,7 +34,8 @@ export interface RefusedToken {
 /** `validateBySubject`'s shape, plus the subject and the token's claims when valid. */
 export type SubjectValidation =
   | (Extract<ValidationResult, { valid: true }> & { subject: string; claims: Record<string, unknown> })
-  | { valid: false; reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded'; detail?: string };
+  | { valid: false; reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded'; detail?: string }
+  | (RateLimited & { detail?: undefined });
 
 /**
  * Turns verified tokens into budgeted subjects: the subject's row is made on first sight
@@ -60,11 +63,11 @@ export function subjectIdentities(
   }
 
   /** The subject's validation (its row made on first sight), with the token's scopes narrowing it. */
-  async function validate(token: VerifiedToken): Promise<ValidationResult> {
+  async function validate(token: VerifiedToken, acquire = false): Promise<ValidationResult> {
     await ensure(token);
-    const result = await ak.validateBySubject(token.subject);
+    const result = await ak.validateBySubject(token.subject, acquire ? { acquire } : undefined);
     if (!result.valid || tokenScopes !== 'narrow' || token.scopes === null) return result;
-    return { ...result, scopes: narrow(result.scopes, token.scopes) };
+    return keepRelease(result, { ...result, scopes: narrow(result.scopes, token.scopes) });
   }
 
   async function verify(raw: string): Promise<SubjectValidation> {
@@ -79,9 +82,10 @@ export function subjectIdentities(
   const authenticate: Authenticate = async (raw) => {
     const token = await verifyToken(raw);
     if ('refused' in token) return { denied: DENIED[token.refused], detail: token.detail };
-    const result = await validate(token);
+    // A request through a surface: its concurrency slot is freed when the response ends.
+    const result = await validate(token, true);
     const identity: Identity = {
-      result: result.valid ? Object.assign({}, result, { subject: token.subject }) : result,
+      result: result.valid ? keepRelease(result, Object.assign({}, result, { subject: token.subject })) : result,
       reserve: (o) => ak.reserveBySubject(token.subject, o),
     };
     return identity;
@@ -100,7 +104,7 @@ const DENIED: Record<RefusedToken['refused'], Denial['denied']> = {
 
 /** Defaults are checked when the adapter is built, not on some client's first request. */
 function checkDefaults(d: SubjectDefaults): void {
-  const allowed = ['scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'delegatedBy', 'name', 'userId', 'accountId'];
+  const allowed = ['scopes', 'budgetCents', 'budgetPeriod', 'expiresIn', 'delegatedBy', 'name', 'userId', 'accountId', 'rateLimit', 'concurrency'];
   surfaceOptions(d, allowed, 'subject defaults', 'subject defaults must be an object (budgetCents, budgetPeriod, scopes, ...).');
   parseScopes(d.scopes, null, 'subject.scopes');
   budgetToMicros(d.budgetCents, 'subject.budgetCents');
@@ -108,6 +112,8 @@ function checkDefaults(d: SubjectDefaults): void {
   if (d.expiresIn !== undefined && d.expiresIn !== null) parseDuration(d.expiresIn, 'subject.expiresIn');
   if (d.accountId !== undefined && typeof d.accountId !== 'function') accountIdText(d.accountId, 'subject.accountId');
   for (const field of ['name', 'delegatedBy', 'userId'] as const) optionalText(d[field], `subject.${field}`);
+  rateLimitOption(d.rateLimit, 'subject.rateLimit');
+  concurrencyOption(d.concurrency, 'subject.concurrency');
 }
 
 /** The token's scopes that the row's scopes allow: a token may narrow, never widen. */

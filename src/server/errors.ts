@@ -23,9 +23,9 @@ export function toHttp(err: unknown): HttpError {
 }
 
 /** Answers with an error in the `/v1` routes' shape, `{ error: { code, message } }`; its code goes on the request's log line. */
-export function sendError(c: Context<Env>, { status, body }: HttpError): Response {
+export function sendError(c: Context<Env>, { status, body, headers }: HttpError): Response {
   c.set('errorCode', body.error.code);
-  return c.json(body, status as 400);
+  return c.json(body, status as 400, headers);
 }
 
 /** What the logs keep of a fault: enough to find it, in the server's logs only. */

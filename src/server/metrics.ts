@@ -23,7 +23,7 @@ export function createMetrics(ak: AgentKey) {
     buckets: [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     registers: [registry],
   });
-  const verifications = counter('agentkey_verifications_total', 'POST /v1/verify outcomes: valid, invalid, expired, revoked, budget_exceeded, insufficient_scope.', ['outcome']);
+  const verifications = counter('agentkey_verifications_total', 'POST /v1/verify outcomes: valid, invalid, expired, revoked, budget_exceeded, rate_limited, insufficient_scope.', ['outcome']);
   const charges = counter(
     'agentkey_charges_total',
     'Charges and commits by outcome: charged, replayed (an idempotent retry, charged once), or the refusal (budget_exceeded, invalid, ...).',

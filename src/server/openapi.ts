@@ -40,7 +40,7 @@ const ANSWERS = {
   409: 'Conflict: idempotency_conflict, already_committed, already_released; narrows_children, key_inactive (changing a key).',
   413: 'body_too_large: the body is over the service\'s limit (--body-limit).',
   415: 'unsupported_media_type: a body that is not declared as "Content-Type: application/json".',
-  429: 'budget_exceeded: a budget (the key\'s, an ancestor\'s or the account\'s: see limitedBy) cannot cover the cost.',
+  429: 'budget_exceeded: a budget (the key\'s, an ancestor\'s or the account\'s: see limitedBy) cannot cover the cost; rate_limited: a rate or concurrency limit (Retry-After header).',
   500: 'internal_error or storage_error: a fault, logged with the request id; the body never holds its detail.',
   503: 'storage_timeout: the database did not answer in time (a charge may still have landed: retry with the same idempotencyKey); unhealthy from /healthz.',
 } as const;

@@ -63,6 +63,24 @@ const BudgetWindow = z
   .openapi('BudgetWindow');
 const instant = z.string().min(1).max(64).openapi({ description: 'An ISO 8601 date or time.', example: '2026-11-01T00:00:00Z' });
 
+// Rate limits: a key's or an account's.
+const rateLimit = z
+  .object({
+    requests: z.number().openapi({ description: 'A whole number from 1 to 1000000000.', example: 60 }),
+    per: z.string().max(16).openapi({ description: "The window: '1s' to '1d', e.g. '1m'.", example: '1m' }),
+  })
+  .strict()
+  .openapi('RateLimit');
+const rateLimitField = z
+  .union([rateLimit, z.null()])
+  .optional()
+  .openapi({ description: 'At most `requests` per `per` (429 rate_limited past it); null for none (on update: removes it).' });
+const concurrencyField = z
+  .number()
+  .nullable()
+  .optional()
+  .openapi({ description: 'At most this many requests in flight through the middleware (429 rate_limited past it); null for none.', example: 5 });
+
 export const ErrorBody = z
   .object({
     error: z.object({
@@ -74,6 +92,9 @@ export const ErrorBody = z
         .openapi({ description: "With 429 budget_exceeded: which budget refused (the key, an ancestor or the account) and which of its windows ('day', 'week', 'month', 'lifetime')." }),
       budgetUsedCents: z.number().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has used.' }),
       budgetRemainingCents: z.number().nullable().optional().openapi({ description: 'With 429 budget_exceeded: what that budget has left.' }),
+      limit: z.enum(['requests', 'concurrency']).optional().openapi({ description: 'With 429 rate_limited: the requests per window, or the requests in flight.' }),
+      retryAfterMs: z.number().optional().openapi({ description: 'With 429 rate_limited: how long until a retry can pass (the Retry-After header, in ms).' }),
+      resetAt: z.string().nullable().optional().openapi({ description: 'With 429 rate_limited: when the window that refused ends (null for concurrency).' }),
     }),
   })
   .openapi('Error');
@@ -104,6 +125,8 @@ export const KeyInfo = z
     metadata: z.record(z.string(), z.unknown()).nullable().openapi({ description: "The key's own metadata, a JSON object of yours, or null." }),
     budgets: z.array(BudgetWindow).openapi({ description: 'Every budget window of the key, the first (budgetCents) first; remainingCents is the least they leave.' }),
     alerts: z.array(z.number().int()).nullable().openapi({ description: "The key's own alert percents, or null when the table's apply." }),
+    rateLimit: z.union([rateLimit, z.null()]).openapi({ description: "The key's own rate limit, or null." }),
+    concurrency: z.number().int().nullable().openapi({ description: "The key's own concurrency limit, or null." }),
   })
   .openapi('KeyInfo');
 
@@ -123,6 +146,8 @@ const keyLimits = {
     .openapi({ description: 'A JSON object of yours kept with the key (at most 8 KB); on update it replaces the old one, null removes it.' }),
   budgets,
   alerts,
+  rateLimit: rateLimitField,
+  concurrency: concurrencyField,
 };
 
 export const CreateKeyBody = z
@@ -372,6 +397,8 @@ export const AccountList = z
         overageCents: total("Lifetime overage of the account's keys (not in spentCents)."),
         // A union, not .nullable(): on a referenced schema that makes allOf [$ref, nullable], which null fails.
         ceiling: z.union([AccountBudget, z.null()]).openapi({ description: 'The account\'s ceiling, or null when it has none.' }),
+        rateLimit: z.union([rateLimit, z.null()]).openapi({ description: "The account's rate limit over all its keys, or null." }),
+        concurrency: z.number().int().nullable().openapi({ description: "The account's concurrency limit over all its keys, or null." }),
       }),
     ),
   })
@@ -516,3 +543,17 @@ export const OutboxList = z
     ),
   })
   .openapi('OutboxList');
+// Rate limits of an account.
+export const AccountRateLimitBody = z
+  .object({ rateLimit: rateLimitField, concurrency: concurrencyField })
+  .strict()
+  .openapi('SetAccountRateLimit');
+
+export const AccountRateLimit = z
+  .object({
+    accountId: z.string(),
+    rateLimit: z.union([rateLimit, z.null()]),
+    concurrency: z.number().int().nullable(),
+    updatedAt: z.string(),
+  })
+  .openapi('AccountRateLimit');

@@ -30,11 +30,15 @@ export interface TableState {
   webhooks: Relation | null;
   deliveries: Relation | null;
   attempts: Relation | null;
+  accountLimits: Relation | null;
+  rateWindows: Relation | null;
 }
 
-export type SideTable = 'ledger' | 'holds' | 'accounts' | 'events' | 'windows' | 'outbox' | 'settings' | 'webhooks' | 'deliveries' | 'attempts';
+export type SideTable =
+  | 'ledger' | 'holds' | 'accounts' | 'events' | 'windows' | 'outbox' | 'settings' | 'webhooks' | 'deliveries' | 'attempts' | 'accountLimits'
+  | 'rateWindows';
 export const SIDE_TABLES: readonly SideTable[] = [
-  'ledger', 'holds', 'accounts', 'events', 'windows', 'outbox', 'settings', 'webhooks', 'deliveries', 'attempts',
+  'ledger', 'holds', 'accounts', 'events', 'windows', 'outbox', 'settings', 'webhooks', 'deliveries', 'attempts', 'accountLimits', 'rateWindows',
 ];
 
 /** The keys table and its side tables as the catalog has them now. */
@@ -95,7 +99,8 @@ export function hasColumns(rel: Relation | null, columns: readonly string[]): bo
 }
 
 /*
- * Incarnations. The side tables (ledger, holds, accounts, events, windows, outbox, settings, webhooks, deliveries, attempts) belong to one keys table. Its
+ * Incarnations. The side tables (ledger, holds, accounts, events, windows, outbox, settings, webhooks, deliveries, attempts,
+ * account_limits, rate_windows) belong to one keys table. Its
  * identity is a random id kept in the comment of agentkey's own column spent_micros, and
  * the same id in each side table's comment. A keys table that was dropped and created again
  * does not have it, so the rows its predecessor left are set aside, not mixed into the new
@@ -129,6 +134,8 @@ const SIDE_COMMENT: Record<SideTable, string> = {
   webhooks: 'the webhook endpoints',
   deliveries: 'the webhook deliveries',
   attempts: 'the webhook delivery attempts',
+  accountLimits: 'the account rate and concurrency limits',
+  rateWindows: 'the rate limit counters',
 };
 
 /** Writes the incarnation into the comment of spent_micros and of each side table. */

@@ -18,6 +18,7 @@ import settle from './sql/functions/settle.sql';
 import spend from './sql/functions/spend.sql';
 import spendMany from './sql/functions/spend_many.sql';
 import sync from './sql/functions/sync.sql';
+import rateTake from './sql/functions/rate_take.sql';
 import appendOnlyTrigger from './sql/triggers/append_only.sql';
 import ceilingChangedTrigger from './sql/triggers/ceiling_changed.sql';
 import ceilingEventTrigger from './sql/triggers/ceiling_event.sql';
@@ -31,6 +32,7 @@ import outboxNotifyTrigger from './sql/triggers/outbox_notify.sql';
 import keyEventTrigger from './sql/triggers/key_event.sql';
 import syncTrigger from './sql/triggers/sync.sql';
 import syncInsertTrigger from './sql/triggers/sync_insert.sql';
+import accountLimitsChangedTrigger from './sql/triggers/account_limits_changed.sql';
 
 /**
  * Agentkey's live definitions: each function and trigger is one file under sql/, made
@@ -70,6 +72,7 @@ const FUNCTIONS: readonly FunctionFile[] = [
   },
   { sql: spend, signature: '{{spend}}(text, text, bigint, text, bigint, text, jsonb, text, bigint)' },
   { sql: settle, signature: '{{settle}}(text, text, bigint, jsonb)' },
+  { sql: rateTake, signature: '{{rate_take}}(integer[], text[], integer[], integer[])' },
 ];
 
 interface TriggerFile {
@@ -94,6 +97,7 @@ const TRIGGERS: readonly TriggerFile[] = [
   { sql: windowsChangedTrigger, name: 'agentkey_windows_changed', on: '{{windows}}' },
   { sql: holdExpiredTrigger, name: 'agentkey_hold_expired', on: '{{holds}}' },
   { sql: outboxNotifyTrigger, name: 'agentkey_outbox_notify', on: '{{outbox}}' },
+  { sql: accountLimitsChangedTrigger, name: 'agentkey_account_limits_changed', on: '{{account_limits}}' },
 ];
 
 /** Every function of table `t`, rendered. */

@@ -41,6 +41,11 @@ export interface TableNames {
   webhooks: string;
   deliveries: string;
   attempts: string;
+  /** Rate limits: an account's request and concurrency limits, and the exact mode's counters (one row per limit and window). */
+  accountLimits: string;
+  rateWindows: string;
+  /** The exact mode's function that takes one request from each limit of a batch of requests. */
+  rateTakeFn: string;
   eventFn: string;
   /** The trigger function that writes a 'hold.expired' event to the outbox. */
   holdExpiredFn: string;
@@ -103,6 +108,9 @@ export function tableNames(name: unknown): TableNames {
     webhooks: beside('webhooks'),
     deliveries: beside('webhook_deliveries'),
     attempts: beside('webhook_attempts'),
+    accountLimits: beside('account_limits'),
+    rateWindows: beside('rate_windows'),
+    rateTakeFn: beside('rate_take'),
     eventFn: beside('key_event'),
     holdExpiredFn: beside('hold_expired'),
     ceilingEventFn: beside('ceiling_event'),

@@ -59,6 +59,20 @@ export interface KeyRow {
   status: KeyStatus;
   /** Found by the secret it had before a rotation: that secret works until then (absent for the current secret). */
   secret_valid_until?: Date;
+  /** The key's own rate limit (requests per rate_limit_per_s seconds) and concurrency limit; null: none. */
+  rate_limit_requests: number | null;
+  rate_limit_per_s: number | null;
+  concurrency_limit: number | null;
+  /** Its account's (the account_limits row), null: none. */
+  account_rate_requests: number | null;
+  account_rate_per_s: number | null;
+  account_concurrency: number | null;
+}
+
+/** A key's rate limits as written: requests per `perSeconds`, and requests in flight. */
+export interface RateLimitWrite {
+  requests: number;
+  perSeconds: number;
 }
 
 export interface NewKey {
@@ -80,6 +94,9 @@ export interface NewKey {
   alerts: number[] | null;
   /** The parent's id and its own ancestors (root first), or null for a root key. */
   parent: { id: number; ancestorIds: number[] } | null;
+  /** Rate limits (absent: none). */
+  rateLimit?: RateLimitWrite | null;
+  concurrency?: number | null;
 }
 
 /** What `update()` writes of one key: a field left out is not written. */
@@ -96,6 +113,9 @@ export interface KeyWrite {
   /** All its windows past the first (empty: none). */
   windows?: WindowSpec[];
   alerts?: number[] | null;
+  /** Rate limits: null removes one. */
+  rateLimit?: RateLimitWrite | null;
+  concurrency?: number | null;
 }
 
 /** A new key as the table holds it (defaults of the user's table included). */
@@ -145,6 +165,8 @@ export class KeyStore {
       ${windows.column('k')} AS windows, k.alert_percents,
       LEAST(anc.anc_reset_at, acct.acct_reset_at, win.win_reset_at) AS path_reset_at,
       statement_timestamp() AS read_at,
+      k.rate_limit_requests, k.rate_limit_per_s, k.concurrency_limit,
+      al.rate_limit_requests AS account_rate_requests, al.rate_limit_per_s AS account_rate_per_s, al.concurrency_limit AS account_concurrency,
       -- A revoked or expired ancestor takes the whole subtree with it.
       CASE WHEN k.revoked_at IS NOT NULL OR anc.anc_revoked THEN 'revoked'
            WHEN (k.expires_at IS NOT NULL AND k.expires_at <= now()) OR anc.anc_expired THEN 'expired'
@@ -178,7 +200,8 @@ export class KeyStore {
                min(CASE WHEN w.reset_at <= now() THEN ${t.schema}agentkey_period_end(w.period, now()) ELSE w.reset_at END) AS win_reset_at
         FROM ${t.windows} w
         WHERE (k.budget_windows OR anc.anc_wins OR acct.acct_wins)
-          AND (w.key_id = k.id OR w.key_id = ANY(k.ancestor_ids) OR (w.key_id IS NULL AND w.account_id = k.account_id::text))) win ON true`;
+          AND (w.key_id = k.id OR w.key_id = ANY(k.ancestor_ids) OR (w.key_id IS NULL AND w.account_id = k.account_id::text))) win ON true
+      LEFT JOIN ${t.accountLimits} al ON al.account_id = k.account_id::text`;
   }
 
   /** The table's alert percents (settings), or null. */
@@ -242,6 +265,9 @@ export class KeyStore {
     set('key_metadata', k.metadata, '::jsonb');
     set('alert_percents', k.alerts, '::smallint[]');
     if (k.windows.length > 0) set('budget_windows', true);
+    set('rate_limit_requests', k.rateLimit?.requests, '::int');
+    set('rate_limit_per_s', k.rateLimit?.perSeconds, '::int');
+    set('concurrency_limit', k.concurrency, '::int');
     if (k.parent) {
       set('parent_id', k.parent.id, '::bigint');
       set('ancestor_ids', [...k.parent.ancestorIds, k.parent.id], '::bigint[]');
@@ -455,6 +481,10 @@ export class KeyStore {
     if (w.delegatedBy !== undefined) sets.push(`delegated_by = ${param(w.delegatedBy, 'text')}`);
     if (w.metadata !== undefined) sets.push(`key_metadata = ${param(w.metadata, 'jsonb')}`);
     if (w.alerts !== undefined) sets.push(`alert_percents = ${param(w.alerts, 'smallint[]')}`);
+    if (w.rateLimit !== undefined) {
+      sets.push(`rate_limit_requests = ${param(w.rateLimit?.requests ?? null, 'int')}`, `rate_limit_per_s = ${param(w.rateLimit?.perSeconds ?? null, 'int')}`);
+    }
+    if (w.concurrency !== undefined) sets.push(`concurrency_limit = ${param(w.concurrency, 'int')}`);
     if (sets.length > 0) await tx.query(`UPDATE ${this.t.table} SET ${sets.join(', ')} WHERE id = $1`, params);
     if (w.windows !== undefined) {
       const [owner] = await tx.query<{ account_id: string }>(`SELECT COALESCE(account_id::text, '') AS account_id FROM ${this.t.table} WHERE id = $1`, [w.id]);

@@ -28,6 +28,7 @@ import ledgerBrinSql from './sql/migrations/004_ledger_brin.sql';
 import rotationEventsSql from './sql/migrations/007_rotation_events.sql';
 import windowsAlertsSql from './sql/migrations/008_windows_alerts.sql';
 import webhooksSql from './sql/migrations/009_webhooks.sql';
+import rateLimitsSql from './sql/migrations/010_rate_limits.sql';
 
 /*
  * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
@@ -48,7 +49,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 9;
+export const LATEST_VERSION = 10;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -112,7 +113,17 @@ const MIGRATIONS: Migration[] = [
     present: (s) => s.webhooks !== null && s.deliveries !== null && s.attempts !== null && hasColumns(s.outbox, ['xact']),
     up: (tx, t) => runFile(tx, t, webhooksSql),
   },
+  {
+    version: 10,
+    name: 'request rate limits and concurrency limits on keys and accounts, and the exact mode\'s counters',
+    present: (s) =>
+      s.accountLimits !== null && s.rateWindows !== null && hasColumns(s.keys, ['rate_limit_requests', 'rate_limit_per_s', 'concurrency_limit']),
+    up: (tx, t) => runFile(tx, t, rateLimitsSql),
+  },
 ];
+
+/** The version of each migration, in order (numbers may skip one that another change owns). */
+export const VERSIONS: readonly number[] = MIGRATIONS.map((m) => m.version);
 
 /**
  * Brings the keys table to the latest version, in one transaction under an advisory
@@ -183,6 +194,8 @@ const SIDE_COLUMNS: Record<SideTable, readonly string[]> = {
   webhooks: ['id', 'url', 'secret'],
   deliveries: ['id', 'webhook_id', 'outbox_id', 'status'],
   attempts: ['id', 'delivery_id'],
+  accountLimits: ['account_id', 'rate_limit_requests', 'rate_limit_per_s', 'concurrency_limit'],
+  rateWindows: ['scope', 'window_no', 'count'],
 };
 
 /**

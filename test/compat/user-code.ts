@@ -41,8 +41,10 @@ export async function quickStart(): Promise<number> {
 
   const result: ValidateResult | ValidateFailure = await ak.validate(key.key);
   if (!result.valid) {
-    const reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded' = result.reason;
-    return reason === 'budget_exceeded' ? 429 : 401;
+    // The one type change (README, Differences): a fifth reason, 'rate_limited', which only a
+    // key or account given a rate limit ever returns.
+    const reason: 'invalid' | 'expired' | 'revoked' | 'budget_exceeded' | 'rate_limited' = result.reason;
+    return reason === 'budget_exceeded' || reason === 'rate_limited' ? 429 : 401;
   }
   const v: ValidateResult = result;
   const fields: [number, string | number, string | null, string[] | null, number | null, number, number | null] = [

@@ -1,4 +1,4 @@
-import { LATEST_VERSION } from '../../src/store/migrations.js';
+import { VERSIONS } from '../../src/store/migrations.js';
 import type { TestDb } from './databases.js';
 
 /**
@@ -8,7 +8,7 @@ import type { TestDb } from './databases.js';
  */
 
 /** Every version migrate() applies to an empty table, in order. */
-export const ALL_VERSIONS = Array.from({ length: LATEST_VERSION }, (_, i) => i + 1);
+export const ALL_VERSIONS = [...VERSIONS];
 
 /** True when `name` (a table, index or sequence, quoted as needed) exists. */
 export async function relationExists(db: TestDb, name: string): Promise<boolean> {

@@ -44,6 +44,7 @@ describe('GET /openapi.json', () => {
       '/v1/events': ['get'],
       '/v1/accounts': ['get'],
       '/v1/accounts/{id}/budget': ['delete', 'get', 'put'],
+      '/v1/accounts/{id}/rate-limit': ['delete', 'get', 'put'],
       '/v1/usage': ['get'],
       '/v1/ledger': ['get'],
       '/v1/webhooks': ['get', 'post'],
@@ -111,7 +112,7 @@ describe('GET /openapi.json', () => {
         if (op.requestBody) expect(statuses, what).toEqual(expect.arrayContaining(['400', '413', '415']));
       }
     }
-    expect(ids).toHaveLength(28);
+    expect(ids).toHaveLength(31);
     for (const id of ids) expect(id).toMatch(/^[a-z][A-Za-z]+$/);
     expect(new Set(ids).size).toBe(ids.length);
   });
@@ -240,6 +241,27 @@ forEachDatabase((getDb) => {
     await expectAnswer(401, 'DELETE', '/v1/accounts/acct_c/budget');
     await expectAnswer(404, 'DELETE', '/v1/accounts/acct_c/budget', admin());
 
+    // Rate limits: an account's, and a verification past one (429 with Retry-After).
+    await expectAnswer(404, 'GET', '/v1/accounts/acct_rl/rate-limit', admin());
+    await expectAnswer(200, 'PUT', '/v1/accounts/acct_rl/rate-limit', admin({ rateLimit: { requests: 1, per: '1h' }, concurrency: 2 }));
+    await expectAnswer(400, 'PUT', '/v1/accounts/acct_rl/rate-limit', admin({ rateLimit: { requests: 1, per: '2d' } }));
+    await expectAnswer(401, 'PUT', '/v1/accounts/acct_rl/rate-limit', { json: { concurrency: 1 } });
+    await expectAnswer(413, 'PUT', '/v1/accounts/acct_rl/rate-limit', admin({ concurrency: 1, ...huge }));
+    await expectAnswer(415, 'PUT', '/v1/accounts/acct_rl/rate-limit', { bearer: ADMIN, ...form });
+    await expectAnswer(200, 'GET', '/v1/accounts/acct_rl/rate-limit', admin());
+    await expectAnswer(400, 'GET', `/v1/accounts/${'a'.repeat(300)}/rate-limit`, admin());
+    await expectAnswer(401, 'GET', '/v1/accounts/acct_rl/rate-limit');
+    const rl = (await expectAnswer(201, 'POST', '/v1/keys', admin({ accountId: 'acct_rl', rateLimit: { requests: 5, per: '1d' } }))).body as { key: string };
+    await expectAnswer(200, 'POST', '/v1/verify', { json: { key: rl.key } });
+    const rateLimited = await expectAnswer(429, 'POST', '/v1/verify', { json: { key: rl.key } });
+    expect(rateLimited.headers['retry-after']).toMatch(/^\d+$/);
+    await expectAnswer(404, 'PUT', '/v1/accounts/acct_rl/rate-limit', admin({ rateLimit: null, concurrency: null }));
+    await expectAnswer(200, 'PUT', '/v1/accounts/acct_rl/rate-limit', admin({ concurrency: 2 }));
+    await expectAnswer(200, 'DELETE', '/v1/accounts/acct_rl/rate-limit', admin());
+    await expectAnswer(400, 'DELETE', `/v1/accounts/${'a'.repeat(300)}/rate-limit`, admin());
+    await expectAnswer(401, 'DELETE', '/v1/accounts/acct_rl/rate-limit');
+    await expectAnswer(404, 'DELETE', '/v1/accounts/acct_rl/rate-limit', admin());
+
     // Revoking, last: it ends the keys above.
     await expectAnswer(400, 'POST', '/v1/keys/0/revoke', admin());
     await expectAnswer(401, 'POST', `/v1/keys/${parent.id}/revoke`);
@@ -307,7 +329,7 @@ forEachDatabase((getDb) => {
 
     // A method each path does not take.
     for (const [method, path] of [
-      ['DELETE', '/v1/keys'], ['PUT', `/v1/keys/${parent.id}`], ['GET', `/v1/keys/${parent.id}/revoke`], ['POST', '/v1/accounts/acct_c/budget'],
+      ['DELETE', '/v1/keys'], ['PUT', `/v1/keys/${parent.id}`], ['GET', `/v1/keys/${parent.id}/revoke`], ['POST', '/v1/accounts/acct_c/budget'], ['POST', '/v1/accounts/acct_c/rate-limit'],
       ['POST', '/v1/accounts'], ['POST', '/v1/usage'], ['DELETE', '/v1/ledger'], ['GET', '/v1/verify'], ['GET', '/v1/charge'], ['GET', '/v1/reservations'],
       ['GET', commit], ['DELETE', release], ['POST', '/healthz'], ['PUT', '/metrics'],
       ['GET', `/v1/keys/${parent.id}/rotate`], ['POST', `/v1/keys/${parent.id}/events`], ['DELETE', '/v1/events'],

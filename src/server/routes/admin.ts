@@ -178,6 +178,51 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
     },
   );
 
+  // Rate limits of an account (over all its keys together).
+  app.openapi(
+    adminRoute({
+      method: 'put', path: '/v1/accounts/{id}/rate-limit', operationId: 'setAccountRateLimit',
+      summary: "Set an account's rate limit and/or concurrency limit (a field left out is kept, null removes it).",
+      request: { params: S.AccountIdParam, body: { required: true, content: { 'application/json': { schema: S.AccountRateLimitBody } } } },
+      responses: {
+        200: { description: 'The limits', content: { 'application/json': { schema: S.AccountRateLimit } } },
+        ...bodyErrors(401, 404),
+      },
+    }),
+    async (c) => {
+      const limits = await ak.setAccountRateLimit(c.req.valid('param').id, c.req.valid('json'));
+      // Both removed: the account has none left.
+      if (!limits) throw new RefusalError(refuse('account_rate_limit_not_found'));
+      return c.json(limits, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/accounts/{id}/rate-limit', operationId: 'getAccountRateLimit', summary: "An account's rate and concurrency limits.",
+      request: { params: S.AccountIdParam },
+      responses: { 200: { description: 'The limits', content: { 'application/json': { schema: S.AccountRateLimit } } }, ...storeErrors(400, 401, 404) },
+    }),
+    async (c) => {
+      const limits = await ak.getAccountRateLimit(c.req.valid('param').id);
+      if (!limits) throw new RefusalError(refuse('account_rate_limit_not_found'));
+      return c.json(limits, 200);
+    },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'delete', path: '/v1/accounts/{id}/rate-limit', operationId: 'clearAccountRateLimit', summary: "Remove an account's rate and concurrency limits.",
+      request: { params: S.AccountIdParam },
+      responses: { 200: { description: 'Removed', content: { 'application/json': { schema: S.Removed } } }, ...storeErrors(400, 401, 404) },
+    }),
+    async (c) => {
+      const accountId = c.req.valid('param').id;
+      if (!(await ak.clearAccountRateLimit(accountId))) throw new RefusalError(refuse('account_rate_limit_not_found'));
+      return c.json({ accountId, removed: true as const }, 200);
+    },
+  );
+
   app.openapi(
     adminRoute({
       method: 'get', path: '/v1/usage', operationId: 'getUsage', summary: 'Spend from the ledger, with hourly or daily buckets.',

@@ -14,11 +14,24 @@ export function agentRoutes(ak: AgentKey, metrics: Metrics) {
       method: 'post', path: '/v1/verify', tags: ['agent'], operationId: 'verifyKey',
       summary: 'Validate a key (and a scope): 200 with valid true, or false and a reason.',
       request: { body: { required: true, content: { 'application/json': { schema: S.VerifyBody } } } },
-      responses: { 200: { description: 'The validation result', content: { 'application/json': { schema: S.Verification } } }, ...bodyErrors() },
+      responses: {
+        200: { description: 'The validation result', content: { 'application/json': { schema: S.Verification } } },
+        ...bodyErrors(),
+        429: {
+          description: "rate_limited: the key's or its account's rate limit has no room left (limit, limitedBy, retryAfterMs, resetAt); the Retry-After header says when to retry, in seconds.",
+          content: { 'application/json': { schema: S.ErrorBody } },
+          headers: { 'Retry-After': { description: 'Seconds until a retry can pass (rounded up).', schema: { type: 'string' as const, example: '12' } } },
+        },
+      },
     }),
     async (c) => {
       const { key, scope } = c.req.valid('json');
       const result = await ak.validate(key);
+      // A rate limit is the one refusal /v1/verify answers as an error: the caller must wait.
+      if (!result.valid && result.reason === 'rate_limited') {
+        metrics.verified('rate_limited');
+        throw new RefusalError(refusalOf(result));
+      }
       if (result.valid && scope !== undefined && !ak.hasScope(result, scope)) {
         metrics.verified('insufficient_scope');
         return c.json({ valid: false, reason: 'insufficient_scope' as const, requiredScope: scope }, 200);
