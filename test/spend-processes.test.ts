@@ -358,7 +358,7 @@ forEachDatabase((getDb) => {
     const [holdK, holdS] = lines.map((l) => l.result!.reservationId!) as [string, string];
 
     // The dead process's holds still count: a charge or hold that does not fit is refused.
-    expect(await ak.trackUsage(k.key, { costCents: 5 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: k.id }, budgetUsedCents: 0, budgetRemainingCents: 2 });
+    expect(await ak.trackUsage(k.key, { costCents: 5 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: k.id, window: 'lifetime' }, budgetUsedCents: 0, budgetRemainingCents: 2 });
     expect(await ak.reserve(s.key, { costCents: 5 })).toMatchObject({ success: false, reason: 'budget_exceeded' });
     expect(await ak.validate(k.key)).toMatchObject({ budgetHeldCents: 8, budgetRemainingCents: 2 });
 

@@ -315,7 +315,7 @@ forEachDatabase((getDb) => {
         expect(await ak.trackUsage(raw, { costCents: 3800.0001 }), name).toEqual({
           success: false,
           reason: 'budget_exceeded',
-          limitedBy: { kind: 'key', keyId: ids[name] },
+          limitedBy: { kind: 'key', keyId: ids[name], window: expect.any(String) },
           budgetUsedCents: 1200,
           budgetRemainingCents: 3800,
         });
