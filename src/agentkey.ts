@@ -469,7 +469,12 @@ export class AgentKey {
    * @example await ak.usage({ accountId: 'acct_1', since: '2026-11-01', bucket: 'day' })
    */
   async usage(query: UsageQuery = {}): Promise<UsageReport> {
-    return this.reports.usage(query);
+    const report = await this.reports.usage(query);
+    // Per window: what the key (or the account) has spent in each window's current period.
+    const q = query ?? {};
+    if (q.keyId !== undefined) return { ...report, windows: (await this.keys.get(q.keyId))?.budgets ?? [] };
+    if (q.accountId !== undefined) return { ...report, windows: (await this.keys.getCeiling(q.accountId))?.budgets ?? [] };
+    return report;
   }
 
   /**

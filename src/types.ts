@@ -518,6 +518,8 @@ export interface UsageReport {
   /** Real cost that no budget could take (never counted toward a cap); 0 when none. */
   overageCents: Cents;
   buckets: { start: string; costCents: Cents; count: number; overageCents: Cents }[];
+  /** With keyId (or accountId alone): that key's (account's) budget windows as they stand now, each with its spend this period. */
+  windows?: BudgetWindow[];
 }
 
 /** An account as `listAccounts()` reports it. */

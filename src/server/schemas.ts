@@ -281,6 +281,10 @@ export const UsageReport = z
     count: z.number().int(),
     overageCents: total('Real cost no budget could take, recorded beside the spend and never counted toward a cap.'),
     buckets: z.array(z.object({ start: z.string(), costCents: total(), count: z.number().int(), overageCents: total() })),
+    windows: z
+      .array(BudgetWindow)
+      .optional()
+      .openapi({ description: "With keyId (or accountId alone): its budget windows now, each with what it spent this period." }),
   })
   .openapi('UsageReport');
 
