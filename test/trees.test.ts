@@ -356,6 +356,7 @@ forEachDatabase((getDb) => {
           [
             'id', 'accountId', 'name', 'prefix', 'scopes', 'status', 'parentId', 'depth', 'budgetCents', 'spentCents', 'heldCents',
             'remainingCents', 'overageCents', 'budgetPeriod', 'budgetResetAt', 'expiresAt', 'revokedAt', 'createdAt', 'lastUsedAt', 'delegatedBy', 'externalSubject', 'metadata', 'budgets', 'alerts',
+            'rateLimit', 'concurrency',
           ].sort(),
         );
         const raw = new Map([root, c1, c2, g].map((c) => [c.id, c.key])).get(k.id)!;

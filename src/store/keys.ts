@@ -50,6 +50,8 @@ export interface KeyRow {
   window_rooms: (number | string)[];
   /** Whose each is: a key's id, or null for the account's. */
   window_owner_ids: (number | string | null)[];
+  /** Whether any window past the first is over the key (the window fields are filled in only then). */
+  under_windows: boolean;
   /** The key's own windows past the first (null: none). */
   windows: WindowRow[] | null;
   /** Its own alert percents (null: the table's). */
@@ -145,7 +147,7 @@ export class KeyStore {
   private readonly windows: WindowStore;
 
   constructor(private readonly db: Db, private readonly t: TableNames) {
-    const windows = (this.windows = new WindowStore(t));
+    this.windows = new WindowStore(t);
     const due = (k: string) => `(${k}.budget_period IS NOT NULL AND ${k}.budget_reset_at IS NOT NULL AND ${k}.budget_reset_at <= now())`;
     const live = `h.status = 'held' AND h.expires_at > now()`;
     const heldOn = (k: string) => `(SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live} AND h.path @> ARRAY[${k}.id::bigint])`;
@@ -160,10 +162,9 @@ export class KeyStore {
       anc.anc_expire_at AS ancestors_expire_at,
       COALESCE(anc.anc_limit_ids, '{}') AS limit_ids, COALESCE(anc.anc_limit_rooms, '{}')::bigint[] AS limit_rooms,
       acct.acct_room::bigint AS account_room,
-      COALESCE(win.win_ids, '{}') AS window_ids, COALESCE(win.win_rooms, '{}')::bigint[] AS window_rooms,
-      COALESCE(win.win_owners, '{}') AS window_owner_ids,
-      ${windows.column('k')} AS windows, k.alert_percents,
-      LEAST(anc.anc_reset_at, acct.acct_reset_at, win.win_reset_at) AS path_reset_at,
+      -- Whether a window past the first is over it (its own, an ancestor's, its account's): read then by withWindows().
+      (k.budget_windows OR COALESCE(anc.anc_wins, false) OR COALESCE(acct.acct_wins, false)) AS under_windows, k.alert_percents,
+      LEAST(anc.anc_reset_at, acct.acct_reset_at) AS path_reset_at,
       statement_timestamp() AS read_at,
       k.rate_limit_requests, k.rate_limit_per_s, k.concurrency_limit,
       al.rate_limit_requests AS account_rate_requests, al.rate_limit_per_s AS account_rate_per_s, al.concurrency_limit AS account_concurrency,
@@ -192,16 +193,29 @@ export class KeyStore {
                     ELSE a.budget_reset_at END AS acct_reset_at,
                a.budget_windows AS acct_wins
         FROM ${t.accounts} a WHERE a.account_id = k.account_id::text) acct ON true
-      LEFT JOIN LATERAL (
-        SELECT array_agg(w.id ORDER BY w.id) AS win_ids, array_agg(w.key_id ORDER BY w.id) AS win_owners,
-               array_agg(w.budget_micros - (CASE WHEN w.reset_at <= now() THEN 0 ELSE w.spent_micros END)
-                 - (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE ${live}
-                      AND (CASE WHEN w.key_id IS NULL THEN h.account_id = w.account_id ELSE h.path @> ARRAY[w.key_id] END)) ORDER BY w.id) AS win_rooms,
-               min(CASE WHEN w.reset_at <= now() THEN ${t.schema}agentkey_period_end(w.period, now()) ELSE w.reset_at END) AS win_reset_at
-        FROM ${t.windows} w
-        WHERE (k.budget_windows OR anc.anc_wins OR acct.acct_wins)
-          AND (w.key_id = k.id OR w.key_id = ANY(k.ancestor_ids) OR (w.key_id IS NULL AND w.account_id = k.account_id::text))) win ON true
       LEFT JOIN ${t.accountLimits} al ON al.account_id = k.account_id::text`;
+  }
+
+  /**
+   * Fills in the windows past the first over each row (read in a second query, and only for
+   * rows that have some: a key without windows costs nothing more), what each leaves, the
+   * key's own, and the first of their period ends in path_reset_at.
+   */
+  private async withWindows<R extends KeyRow>(rows: R[], db: Db = this.db): Promise<R[]> {
+    const ids = rows.filter((r) => r.under_windows).map((r) => Number(r.id));
+    const over = ids.length === 0 ? [] : await this.windows.over(db, ids);
+    for (const r of rows) {
+      const mine = over.filter((w) => Number(w.for_key) === Number(r.id));
+      r.window_ids = mine.map((w) => Number(w.id));
+      r.window_owner_ids = mine.map((w) => (w.key_id === null ? null : Number(w.key_id)));
+      r.window_rooms = mine.map((w) => Number(BigInt(w.budget_micros) - BigInt(w.spent_micros) - BigInt(w.held_micros)));
+      const own = mine.filter((w) => w.key_id !== null && Number(w.key_id) === Number(r.id));
+      r.windows = own.length === 0 ? null : own.map(({ period, budget_micros, spent_micros, period_start_at, reset_at }) => ({ period, budget_micros, spent_micros, period_start_at, reset_at }));
+      for (const w of mine) {
+        if (w.reset_at !== null && (r.path_reset_at === null || new Date(w.reset_at) < new Date(r.path_reset_at))) r.path_reset_at = new Date(w.reset_at);
+      }
+    }
+    return rows;
   }
 
   /** The table's alert percents (settings), or null. */
@@ -331,6 +345,7 @@ export class KeyStore {
        WHERE k.key_hash = ANY($1::text[]) OR (k.previous_key_hash = ANY($1::text[]) AND k.previous_key_valid_until > now())`,
       [hashes],
     );
+    await this.withWindows(rows);
     const byHash = new Map<string, KeyRow>();
     for (const { key_hash, previous_key_hash, previous_key_valid_until, previous_live, ...row } of rows) {
       byHash.set(key_hash, row);
@@ -346,7 +361,7 @@ export class KeyStore {
     if ('hash' in ref) return (await this.findByHashes([ref.hash]))[0] ?? null;
     const [cond, value] = this.where(ref);
     const rows = await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.${cond}`, [value]);
-    return rows[0] ?? null;
+    return (await this.withWindows(rows))[0] ?? null;
   }
 
   async list(f: KeyFilter): Promise<KeyRow[]> {
@@ -356,7 +371,7 @@ export class KeyStore {
     if (f.parentId !== null) where += ` AND k.parent_id = $${params.push(f.parentId)}`;
     // A key under a revoked ancestor is revoked too, even if it was created while the revoke ran.
     if (!f.includeRevoked) where += ` AND k.revoked_at IS NULL AND anc.anc_revoked IS NOT TRUE`;
-    return this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE ${where} ORDER BY k.id LIMIT $1`, params);
+    return this.withWindows(await this.db.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE ${where} ORDER BY k.id LIMIT $1`, params));
   }
 
   /**

@@ -86,6 +86,27 @@ export class WindowStore {
     }
   }
 
+  /**
+   * Every window past the first over each key of `keyIds` (its own, its ancestors', its
+   * account's), as it stands now, with the money live holds keep under its owner.
+   */
+  async over(db: Db, keyIds: readonly number[]): Promise<(WindowRow & { for_key: string; id: string; key_id: string | null; held_micros: string })[]> {
+    const t = this.t;
+    const due = 'w.reset_at <= now()';
+    return db.query(
+      `SELECT q.id::text AS for_key, w.id::text AS id, w.key_id::text AS key_id, w.period, w.budget_micros::text AS budget_micros,
+              (CASE WHEN ${due} THEN 0 ELSE w.spent_micros END)::text AS spent_micros,
+              CASE WHEN ${due} THEN ${t.schema}agentkey_period_start(w.period, now()) ELSE w.period_start_at END AS period_start_at,
+              CASE WHEN ${due} THEN ${t.schema}agentkey_period_end(w.period, now()) ELSE w.reset_at END AS reset_at,
+              (SELECT COALESCE(sum(h.amount_micros), 0) FROM ${t.holds} h WHERE h.status = 'held' AND h.expires_at > now()
+                 AND (CASE WHEN w.key_id IS NULL THEN h.account_id = w.account_id ELSE h.path @> ARRAY[w.key_id] END))::text AS held_micros
+       FROM unnest($1::bigint[]) AS q(id) JOIN ${t.table} k ON k.id = q.id
+       JOIN ${t.windows} w ON w.key_id = k.id OR w.key_id = ANY(k.ancestor_ids) OR (w.key_id IS NULL AND w.account_id = k.account_id::text)
+       ORDER BY q.id, ${RANK}, w.id`,
+      [keyIds],
+    );
+  }
+
   /** The table's alert percents (for windows whose key or account sets none), or null. */
   async globalAlerts(db: Db): Promise<number[] | null> {
     const rows = await db.query<{ value: unknown }>(`SELECT value FROM ${this.t.settings} WHERE name = 'alert_percents'`);

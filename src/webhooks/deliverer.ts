@@ -145,7 +145,9 @@ export function startDeliverer(ak: AgentKey, options: DelivererOptions = {}): De
   const round = async (): Promise<number> => {
     if (o.sweepExpiredKeys) await queue.sweepExpiredKeys(o.batchSize);
     const fanned = await queue.fanOut(o.batchSize);
-    const claimed = stopped ? [] : await queue.claim(o.batchSize, leaseMs, lease);
+    // No more than are sent at once: each starts as soon as it is claimed, so none is sent
+    // after its lease (timeoutMs + 30 s) ran out and another deliverer may have it.
+    const claimed = stopped ? [] : await queue.claim(o.concurrency, leaseMs, lease);
     let next = 0;
     const worker = async () => {
       while (next < claimed.length) {
@@ -155,7 +157,7 @@ export function startDeliverer(ak: AgentKey, options: DelivererOptions = {}): De
     };
     await Promise.all(Array.from({ length: Math.min(o.concurrency, claimed.length) }, worker));
     // A full page means more may be waiting: go again at once.
-    if (fanned >= o.batchSize || claimed.length >= o.batchSize) again = true;
+    if (fanned >= o.batchSize || claimed.length >= o.concurrency) again = true;
     return claimed.length;
   };
 

@@ -644,7 +644,8 @@ BEGIN
       SELECT 'budget.threshold', c.acct, c.key_id,
              jsonb_build_object('key_id', c.key_id, 'account_id', c.acct, 'window', c.win, 'percent', p.pct,
                'budget_micros', c.budget::text, 'spent_micros', c.spent::text, 'period_start_at', c.start, 'reset_at', c.reset),
-             jsonb_build_array('threshold', c.key_id, c.acct, c.win, c.reset, p.pct)::text
+             -- (The period's end as microseconds since the epoch: a time printed as text would follow the session's TimeZone.)
+             jsonb_build_array('threshold', c.key_id, c.acct, c.win, floor(extract(epoch FROM c.reset) * 1000000)::bigint, p.pct)::text
       FROM (
         SELECT d.id AS key_id, COALESCE(k.account_id::text, '') AS acct, COALESCE(k.budget_period, 'lifetime') AS win, d.budget, d.spent,
                d.spent0, NULL::timestamptz AS start, k.budget_reset_at AS reset, COALESCE(k.alert_percents, v_global) AS pcts
