@@ -158,6 +158,8 @@ export function everyRoute(key: string, holdId = UNKNOWN_HOLD) {
       ['GET', '/v1/usage'],
       ['GET', '/v1/accounts'],
       ['GET', '/v1/ledger'],
+      ['GET', '/v1/alerts'],
+      ['PUT', '/v1/alerts', { percents: [80] }],
     ] as [string, string, unknown?][],
     agent: [
       ['POST', '/v1/verify', { key }],
