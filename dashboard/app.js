@@ -5,6 +5,7 @@
 
 import { $, STORE, ago, api, dollars, h, secretBox, shell, visible, when } from './ui.js';
 import { editButton, historyPath, historySection, rotateControl, takeHistory } from './key.js';
+import { alertsFor, tableAlerts, windowBars } from './windows.js';
 
 const REFRESH_MS = 5000;
 
@@ -61,7 +62,7 @@ function statusBadge(status) {
 // ---- views ----
 
 async function overview(view) {
-  const [{ accounts }, { keys }] = await Promise.all([api('/v1/accounts'), api('/v1/keys?includeRevoked=true&limit=10000')]);
+  const [{ accounts }, { keys }] = await Promise.all([api('/v1/accounts'), api('/v1/keys?includeRevoked=true&limit=10000'), loadTableAlerts()]);
   const f = state.filters;
   const shown = keys
     .filter((k) => (!f.account || String(k.accountId) === f.account) && (!f.status || k.status === f.status))
@@ -95,7 +96,10 @@ async function overview(view) {
                 h('tr', { 'data-account': a.accountId },
                   h('th', { scope: 'row' }, a.accountId),
                   h('td', { 'data-label': 'Keys' }, `${a.liveKeys} live / ${a.keys}`),
-                  h('td', { 'data-label': 'Ceiling' }, a.ceiling ? [bar(a.ceiling), h('div', { class: 'muted' }, a.ceiling.budgetPeriod ? `per ${a.ceiling.budgetPeriod}, resets ${ago(a.ceiling.budgetResetAt)}` : 'lifetime')] : h('span', { class: 'muted' }, 'no ceiling')),
+                  h('td', { 'data-label': 'Ceiling' }, a.ceiling
+                    ? [bar(a.ceiling), h('div', { class: 'muted' }, a.ceiling.budgetPeriod ? `per ${a.ceiling.budgetPeriod}, resets ${ago(a.ceiling.budgetResetAt)}` : 'lifetime'),
+                       windowBars(a.ceiling.budgets, a.ceiling.heldCents, a.ceiling.alerts)]
+                    : h('span', { class: 'muted' }, 'no ceiling')),
                   h('td', { class: 'num', 'data-label': 'Lifetime spend' }, dollars(a.spentCents),
                     a.overageCents > 0 ? h('span', { class: 'overage' }, ` + ${dollars(a.overageCents)} overage`) : ''),
                   h('td', { class: 'rate-limits', 'data-label': 'Rate limits' }, accountLimitsText(a)),
@@ -147,6 +151,7 @@ async function keyPage(view, id, { quiet } = {}) {
       if (err.message === 'signed out') throw err;
       return { events: [], historyError: err.message };
     }),
+    loadTableAlerts(),
   ]);
   takeHistory(key.id, events);
   // A background refresh keeps what the operator is typing and a raw key not yet copied.
@@ -174,6 +179,7 @@ async function keyPage(view, id, { quiet } = {}) {
         field('Concurrency', h('span', { id: 'key-concurrency' }, key.concurrency ? `${key.concurrency} in flight` : '—')),
       ),
       h('div', { id: 'key-budget' }, bar(key)),
+      keyWindows(key),
       h('div', { id: 'edit-slot', class: 'edit-slot' },
         key.status === 'revoked'
           ? h('p', { id: 'edit-unavailable', class: 'muted' }, 'A revoked key cannot be edited.')
@@ -236,6 +242,29 @@ function accountLimitsText(a) {
   if (a.rateLimit) parts.push(rateLimitText(a.rateLimit));
   if (a.concurrency) parts.push(`${a.concurrency} in flight`);
   return parts.length ? parts.join(', ') : h('span', { class: 'muted' }, 'none');
+}
+
+// ---- budget windows: one bar per window, the alert percents as marks (windows.js) ----
+
+/** The table's alert percents, read with each refresh; a failure keeps the last ones read. */
+async function loadTableAlerts() {
+  try {
+    tableAlerts.percents = (await api('/v1/alerts')).percents;
+  } catch (err) {
+    if (err.message === 'signed out') throw err;
+  }
+}
+
+function keyWindows(key) {
+  if (!Array.isArray(key.budgets) || key.budgets.length === 0) return null;
+  const marks = alertsFor(key.alerts);
+  const whose = key.alerts === null ? "the table's" : 'its own';
+  return h('div', { class: 'key-windows' },
+    h('h3', { id: 'windows-title' }, 'Budget windows'),
+    windowBars(key.budgets, key.heldCents, key.alerts, 'key-windows'),
+    h('p', { id: 'key-alerts', class: 'muted' }, marks.length === 0
+      ? `No alerts (${key.alerts === null ? "the table's are unset" : 'turned off for this key'}).`
+      : `Alerts at ${marks.map((p) => `${p}%`).join(', ')} (${whose}).`));
 }
 
 function field(name, value) {

@@ -17,6 +17,47 @@ export function editButton(key) {
 
 const splitScopes = (text) => text.split(',').map((s) => s.trim()).filter(Boolean);
 
+// Budget windows in the form: one cap per period (empty: no such window), sent as `budgets`.
+const WINDOWS = [['day', 'Day'], ['week', 'Week'], ['month', 'Month'], ['lifetime', 'Lifetime']];
+const windowCents = (key, period) => {
+  const w = (key.budgets ?? []).find((x) => x.period === period);
+  return w ? String(w.cents) : '';
+};
+const alertsShown = (alerts) => (alerts === null || alerts === undefined ? '' : alerts.length === 0 ? 'none' : alerts.join(', '));
+
+function windowsFieldset(initial) {
+  return h('fieldset', { class: 'windows-edit' },
+    h('legend', {}, 'Budget windows in cents (a charge must fit every one; empty: none of that length)'),
+    h('div', { class: 'grid' },
+      WINDOWS.map(([p, name]) => h('label', { for: `edit-window-${p}` }, `${name} cap`,
+        h('input', { id: `edit-window-${p}`, name: `window_${p}`, type: 'number', min: 0, step: 'any', inputmode: 'decimal', value: initial.windows[p] }))),
+      h('label', { for: 'edit-alerts' }, 'Alert percents (such as 50, 80; empty: the table\'s; none: no alerts)',
+        h('input', { id: 'edit-alerts', name: 'alerts', maxlength: 64, value: initial.alerts, placeholder: '50, 80, 100' }))));
+}
+
+/** The windows and alerts the form says, into `changes`; a message when they cannot be sent. */
+function windowChanges(key, form, initial, changes) {
+  const raw = (n) => form.elements[n].value;
+  if (WINDOWS.some(([p]) => raw(`window_${p}`) !== initial.windows[p])) {
+    if ('budgetCents' in changes || 'budgetPeriod' in changes) return 'Change the budget windows or the budget and period above, not both: the windows include the budget.';
+    if (WINDOWS.some(([p]) => form.elements[`window_${p}`].validity.badInput)) return 'Each window cap must be a number of cents, or empty for none.';
+    // The key's own order first: its first window keeps its place (and the package's reset rule).
+    const order = [...new Set([...(key.budgets ?? []).map((w) => w.period), ...WINDOWS.map(([p]) => p)])];
+    changes.budgets = order.filter((p) => raw(`window_${p}`).trim() !== '').map((p) => ({ cents: Number(raw(`window_${p}`)), period: p }));
+  }
+  if (raw('alerts') !== initial.alerts) {
+    const text = raw('alerts').trim().toLowerCase();
+    if (text === '') changes.alerts = null;
+    else if (text === 'none') changes.alerts = [];
+    else {
+      const parts = text.split(',').map((x) => x.trim().replace(/%$/, '')).filter(Boolean);
+      if (!parts.every((x) => /^\d+$/.test(x))) return 'Alert percents are whole numbers such as 50, 80, 100; "none" for no alerts; empty for the table\'s.';
+      changes.alerts = parts.map(Number);
+    }
+  }
+  return '';
+}
+
 function editForm(key) {
   // What the form starts with, as shown (escaped): a field still equal to it is not sent.
   const initial = {
@@ -31,6 +72,8 @@ function editForm(key) {
     // Rate limits: '60/1m' and a number (empty: none).
     rateLimit: key.rateLimit ? `${key.rateLimit.requests}/${key.rateLimit.per}` : '',
     concurrency: key.concurrency === null || key.concurrency === undefined ? '' : String(key.concurrency),
+    windows: Object.fromEntries(WINDOWS.map(([p]) => [p, windowCents(key, p)])),
+    alerts: alertsShown(key.alerts),
   };
   const form = h('form', { id: 'edit-form', class: 'edit-form', 'data-key-id': key.id, 'aria-labelledby': 'edit-title',
     onsubmit: (e) => { e.preventDefault(); saveEdit(key, form, initial); } },
@@ -60,6 +103,7 @@ function editForm(key) {
       h('label', { for: 'edit-concurrency' }, 'Concurrency (requests in flight; empty: none)',
         h('input', { id: 'edit-concurrency', name: 'concurrency', type: 'number', min: 1, step: 1, value: initial.concurrency })),
     ),
+    windowsFieldset(initial),
     h('label', { for: 'edit-cascade', class: 'check', id: 'edit-cascade-label' },
       h('input', { id: 'edit-cascade', name: 'cascade', type: 'checkbox', 'aria-describedby': 'edit-error' }),
       ' Also narrow the keys under it (cascade)'),
@@ -123,6 +167,11 @@ async function saveEdit(key, form, initial) {
     return;
   }
   if (raw('concurrency') !== initial.concurrency) changes.concurrency = v('concurrency') === '' ? null : Number(v('concurrency'));
+  const windowsError = windowChanges(key, form, initial, changes);
+  if (windowsError) {
+    error.textContent = windowsError;
+    return;
+  }
   if (Object.keys(changes).length === 0) {
     error.textContent = 'Nothing changed.';
     return;

@@ -717,6 +717,120 @@ describe('dashboard with no keys', () => {
     if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
+  it('happy: a key with a day and a month window and alerts [50, 80] shows two bars, spent and held stacked, the marks at 50% and 80%', async () => {
+    const k = await call('POST', '/v1/keys', {
+      accountId: 'acct_windows', name: 'windowed',
+      budgets: [{ cents: 1000, period: 'day' }, { cents: 10000, period: 'month' }], alerts: [50, 80],
+    });
+    await call('POST', '/v1/charge', { key: k.key, costCents: 600 }, false);
+    await call('POST', '/v1/reservations', { key: k.key, costCents: 100, ttl: '1h' }, false);
+    const { page, errors } = await openKeyPage(k.id);
+    const bars = page.locator('#key-windows > li');
+    await bars.first().waitFor();
+    expect(await bars.count()).toBe(2);
+    const day = page.locator('#key-windows > li[data-period="day"]');
+    const month = page.locator('#key-windows > li[data-period="month"]');
+    expect(await day.locator('.window-name').textContent()).toBe('Day');
+    expect(await month.locator('.window-name').textContent()).toBe('Month');
+    expect(await day.locator('.window-reset').textContent()).toMatch(/^resets \d{4}-\d\d-\d\d 00:00 UTC$/);
+    expect(await month.locator('.window-reset').textContent()).toMatch(/^resets \d{4}-\d\d-01 00:00 UTC$/);
+    // $6 spent and $1 held of $10 a day; of $100 a month.
+    expect(await day.locator('.spent').getAttribute('style')).toBe('width:60%');
+    expect(await day.locator('.held').getAttribute('style')).toBe('width:10%');
+    expect(await month.locator('.spent').getAttribute('style')).toBe('width:6%');
+    expect(await month.locator('.held').getAttribute('style')).toBe('width:1%');
+    for (const bar of [day, month]) {
+      expect(await bar.locator('.mark').evaluateAll((marks) => marks.map((m) => [m.getAttribute('data-percent'), m.getAttribute('style')]))).toEqual([
+        ['50', 'left:50%'],
+        ['80', 'left:80%'],
+      ]);
+    }
+    // The marks sit where the style says: 50% and 80% along the bar.
+    const box = (await day.locator('.window-bar').boundingBox())!;
+    const mark80 = (await day.locator('.mark[data-percent="80"]').boundingBox())!;
+    expect(Math.abs(mark80.x + mark80.width / 2 - (box.x + box.width * 0.8))).toBeLessThan(2);
+    expect(await day.locator('.window-text').textContent()).toBe('$6.00 spent · $1.00 held · $3.00 left of $10.00');
+    expect(await day.locator('.window-bar').getAttribute('aria-label')).toContain('alerts at 50%, 80%');
+    expect(await page.locator('#key-alerts').textContent()).toBe('Alerts at 50%, 80% (its own).');
+    await shot(page, 'key-windows');
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  it("happy: the key edit form sets windows and alerts (only what changed is sent); a key with no alerts of its own shows the table's", async () => {
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_windows', name: 'windows-edit', budgets: [{ cents: 1000, period: 'day' }, { cents: 10000, period: 'month' }] });
+    await call('PUT', '/v1/alerts', { percents: [75] });
+    try {
+      const { page, errors } = await openKeyPage(k.id);
+      const patches: unknown[] = [];
+      page.on('request', (req) => {
+        if (req.method() === 'PATCH') patches.push(req.postDataJSON());
+      });
+      await page.locator('#key-windows > li').first().waitFor();
+      expect(await page.locator('#key-windows .mark').evaluateAll((m) => m.map((x) => x.getAttribute('style')))).toEqual(['left:75%', 'left:75%']);
+      expect(await page.locator('#key-alerts').textContent()).toBe("Alerts at 75% (the table's).");
+
+      await page.getByRole('button', { name: 'Edit key' }).click();
+      const form = page.locator('#edit-form');
+      expect(await form.getByLabel('Day cap').inputValue()).toBe('1000');
+      expect(await form.getByLabel('Week cap').inputValue()).toBe('');
+      expect(await form.getByLabel('Month cap').inputValue()).toBe('10000');
+      expect(await form.getByLabel('Alert percents').inputValue()).toBe('');
+      // Beside the budget field, a window change is refused in the page, and nothing is sent.
+      await form.getByLabel('Budget in cents').fill('500');
+      await form.getByLabel('Week cap').fill('3000');
+      await form.getByRole('button', { name: 'Save changes' }).click();
+      await expect.poll(() => page.locator('#edit-error').textContent()).toContain('not both');
+      await form.getByLabel('Budget in cents').fill('1000');
+      await form.getByLabel('Day cap').fill('1500');
+      await form.getByLabel('Alert percents').fill('90, 50');
+      await form.getByRole('button', { name: 'Save changes' }).click();
+      await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
+      expect(patches).toEqual([{ budgets: [{ cents: 1500, period: 'day' }, { cents: 10000, period: 'month' }, { cents: 3000, period: 'week' }], alerts: [90, 50] }]);
+      const saved = await call('GET', `/v1/keys/${k.id}`);
+      expect(saved.budgets.map((w: { period: string; cents: number }) => [w.period, w.cents])).toEqual([['day', 1500], ['week', 3000], ['month', 10000]]);
+      expect(saved.alerts).toEqual([50, 90]);
+      await expect.poll(() => page.locator('#key-windows > li').count()).toBe(3);
+      expect(await page.locator('#key-windows > li[data-period="week"] .mark').evaluateAll((m) => m.map((x) => x.getAttribute('style')))).toEqual(['left:50%', 'left:90%']);
+
+      // A window emptied goes; 'none' turns alerts off. The server's refusal (a bad percent) shows beside the form.
+      await page.getByRole('button', { name: 'Edit key' }).click();
+      await form.getByLabel('Alert percents').fill('0');
+      await form.getByRole('button', { name: 'Save changes' }).click();
+      await expect.poll(() => page.locator('#edit-error').textContent()).toContain('from 1 to 100');
+      expect((await call('GET', `/v1/keys/${k.id}`)).alerts).toEqual([50, 90]);
+      await form.getByLabel('Alert percents').fill('none');
+      await form.getByLabel('Week cap').fill('');
+      await form.getByRole('button', { name: 'Save changes' }).click();
+      await page.locator('#edit-status', { hasText: 'Changes saved.' }).waitFor({ timeout: 10_000 });
+      const after = await call('GET', `/v1/keys/${k.id}`);
+      expect(after.budgets.map((w: { period: string }) => w.period)).toEqual(['day', 'month']);
+      expect(after.alerts).toEqual([]);
+      await expect.poll(() => page.locator('#key-windows > li').count()).toBe(2);
+      expect(await page.locator('#key-windows .mark').count()).toBe(0);
+      expect(await page.locator('#key-alerts').textContent()).toBe('No alerts (turned off for this key).');
+      expect(errors.filter((e) => !e.includes('status of 400'))).toEqual([]);
+      await page.close();
+    } finally {
+      await call('PUT', '/v1/alerts', { percents: null });
+    }
+  });
+
+  it("happy: the accounts view shows an account's windows as bars with its alert marks", async () => {
+    await call('POST', '/v1/keys', { accountId: 'acct_ceil_windows', name: 'ceil-key' });
+    await call('PUT', '/v1/accounts/acct_ceil_windows/budget', { budgets: [{ cents: 2000, period: 'week' }, { cents: 50000 }], alerts: [80] });
+    const page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
+    const errors = watchErrors(page);
+    await signIn(page);
+    const row = page.locator('#accounts tr[data-account="acct_ceil_windows"]');
+    await row.locator('.windows > li').first().waitFor();
+    expect(await row.locator('.windows > li').evaluateAll((li) => li.map((x) => x.getAttribute('data-period')))).toEqual(['week', 'lifetime']);
+    expect(await row.locator('.windows > li[data-period="lifetime"] .window-reset').textContent()).toBe('never resets');
+    expect(await row.locator('.windows .mark').evaluateAll((m) => m.map((x) => x.getAttribute('style')))).toEqual(['left:80%', 'left:80%']);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
   it('happy: empty states say what to do, and sign-out forgets the key', async () => {
     const page = await browser.newPage();
     await page.goto(`${empty.url}/dashboard`);

@@ -1,6 +1,7 @@
 import asciichart from 'asciichart';
 import Table from 'cli-table3';
 import type { AccountBudget, KeyEvent, KeyInfo, UsageReport } from '../agentkey.js';
+import type { BudgetWindow } from '../types.js';
 import { type Cents, centsToMicros } from '../money.js';
 
 /**
@@ -88,7 +89,7 @@ export function keysTable(keys: KeyInfo[]): string {
       k.prefix ?? '',
       k.status,
       k.scopes === null ? '(all)' : k.scopes.join(', ') || '(none)',
-      dollars(k.budgetCents),
+      budgetCell(k),
       dollars(k.spentCents),
       dollars(k.heldCents),
       dollars(k.remainingCents),
@@ -96,6 +97,13 @@ export function keysTable(keys: KeyInfo[]): string {
       when(k.expiresAt),
     ]),
   );
+}
+
+/** `keys list`: the keys table, and below it every window of the keys whose columns cannot show them all. */
+export function keysList(keys: KeyInfo[]): string {
+  const windowed = keys.filter(hasWindows);
+  if (windowed.length === 0) return keysTable(keys);
+  return `${keysTable(keys)}\n\nBudget windows (a charge must fit every one):\n${windowsTable(windowed.flatMap((k) => k.budgets.map((w) => [`key ${k.id}`, w] as const)))}`;
 }
 
 export function keyDetails(k: KeyInfo): string {
@@ -107,10 +115,12 @@ export function keyDetails(k: KeyInfo): string {
     ['status', k.status],
     ['scopes', k.scopes === null ? '(all)' : k.scopes.join(', ') || '(none)'],
     ['parent', k.parentId === null ? '-' : String(k.parentId)],
-    ['budget', `${dollars(k.budgetCents)}${k.budgetPeriod ? ` per ${k.budgetPeriod}` : ''}`],
+    ['budget', hasWindows(k) ? budgetCell(k) : `${dollars(k.budgetCents)}${k.budgetPeriod ? ` per ${k.budgetPeriod}` : ''}`],
     ['spent', dollars(k.spentCents)],
     ['held', dollars(k.heldCents)],
     ['remaining', dollars(k.remainingCents)],
+    ...(hasWindows(k) ? k.budgets.map((w): [string, string] => [`${w.period} window`, windowLine(w)]) : []),
+    ['alerts', alertsText(k.alerts)],
     ['overage', positive(k.overageCents) ? `${dollars(k.overageCents)} (recorded, not counted toward the budget)` : dollars(0)],
     ['next reset', when(k.budgetResetAt)],
     ['expires', when(k.expiresAt)],
@@ -166,10 +176,45 @@ function shownValue(value: unknown): string {
 }
 
 export function accountDetails(a: AccountBudget): string {
-  return table(
+  // One row per window (the ceiling's first); holds count against every window alike.
+  const windows = a.budgets.length > 0 ? a.budgets : [{ period: a.budgetPeriod ?? 'lifetime', cents: a.budgetCents, spentCents: a.spentCents, remainingCents: a.remainingCents, resetAt: a.budgetResetAt }];
+  return `${table(
     ['account', 'ceiling', 'period', 'spent', 'held', 'remaining', 'next reset'],
-    [[a.accountId, dollars(a.budgetCents), a.budgetPeriod ?? 'lifetime', dollars(a.spentCents), dollars(a.heldCents), dollars(a.remainingCents), when(a.budgetResetAt)]],
+    windows.map((w) => [a.accountId, dollars(w.cents), w.period, dollars(w.spentCents), dollars(a.heldCents), dollars(w.remainingCents), when(w.resetAt)]),
+  )}\nAlerts: ${alertsText(a.alerts)}`;
+}
+
+// ---- Budget windows and alert percents (issue 17) ----
+
+/** Whether a key has windows its package columns (budget, period) cannot show: more than one, or a week. */
+function hasWindows(k: KeyInfo): boolean {
+  return k.budgets.length > 1 || (k.budgets.length === 1 && k.budgetCents === null);
+}
+
+/** The budget column of `keys list`: the one budget, or every window's cap. */
+function budgetCell(k: KeyInfo): string {
+  if (!hasWindows(k)) return dollars(k.budgetCents);
+  return k.budgets.map((w) => `${dollars(w.cents)}/${w.period}`).join(', ');
+}
+
+/** One window as a line: `$10.00 cap, $9.00 spent, $1.00 left, resets 2026-12-02 00:00:00Z`. */
+export function windowLine(w: BudgetWindow): string {
+  return `${dollars(w.cents)} cap, ${dollars(w.spentCents)} spent, ${dollars(w.remainingCents)} left, ${w.resetAt === null ? 'never resets' : `resets ${when(w.resetAt)}`}`;
+}
+
+/** Windows of several owners as a table: owner, window, cap, spent, left, resets. */
+export function windowsTable(rows: (readonly [string, BudgetWindow])[]): string {
+  return table(
+    ['of', 'window', 'cap', 'spent', 'left', 'resets'],
+    rows.map(([owner, w]) => [owner, w.period, dollars(w.cents), dollars(w.spentCents), dollars(w.remainingCents), w.resetAt === null ? 'never' : when(w.resetAt)]),
   );
+}
+
+/** Alert percents as said to an operator: its own, none, or the table's. */
+export function alertsText(alerts: number[] | null): string {
+  if (alerts === null) return "the table's (agentkey alerts show)";
+  if (alerts.length === 0) return 'none';
+  return alerts.map((p) => `${p}%`).join(', ');
 }
 
 /** The usage table, its total, and a small chart of spend per bucket (empty buckets as zero). */

@@ -4,7 +4,9 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { durationMs } from '../time.js';
 import { type Common, UserError, anId, cents, json, list, out, wholeNumber, withAgentKey, withCommon } from './common.js';
 import { concurrencyArg, concurrencyOrNone, noneAsNull, rateLimitArg, rateLimitOrNone } from './common.js';
-import { eventLines, keyDetails, keysTable, when } from './format.js';
+import { eventLines, keyDetails, keysList, when } from './format.js';
+import { type AlertsFlag, ALERTS_HELP, BUDGETS_HELP, alertPercents, alertsOption, budgetWindows, budgetsAlone } from './windows.js';
+import type { BudgetWindowInput } from '../types.js';
 
 /** The flags of `keys update` (commander names a --no-x flag x, false when given). */
 interface UpdateFlags {
@@ -21,6 +23,8 @@ interface UpdateFlags {
   cascade?: boolean;
   rateLimit?: { requests: number; per: string } | 'none';
   concurrency?: number | 'none';
+  budgets?: BudgetWindowInput[];
+  alerts?: AlertsFlag | false;
 }
 
 /** --metadata: a JSON object (the library checks its size and content). */
@@ -42,6 +46,14 @@ function rawArgs(cmd: Command): string[] {
   let root = cmd;
   while (root.parent) root = root.parent;
   return (root as unknown as { rawArgs: string[] }).rawArgs ?? [];
+}
+
+/** --alerts and --no-alerts together: commander would keep the last; say it instead. */
+export function bothAlerts(cmd: Command): void {
+  const args = rawArgs(cmd);
+  if (args.includes('--no-alerts') && args.some((a) => a === '--alerts' || a.startsWith('--alerts='))) {
+    throw new UserError('Use --alerts or --no-alerts, not both.');
+  }
 }
 
 /** The longest --grace: the library's limit, checked before the database opens. */
@@ -73,7 +85,12 @@ export function addKeysCommands(program: Command): void {
     .option('--metadata <json>', 'a JSON object kept with the key, e.g. \'{"team":"search"}\'', metadataObject)
     .option('--rate-limit <requests/window>', "at most this many requests per window, e.g. '60/1m' (window '1s' to '1d')", rateLimitArg)
     .option('--concurrency <n>', 'at most this many requests in flight through the middleware', concurrencyArg)
-    .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number; metadata?: Record<string, unknown>; rateLimit?: { requests: number; per: string }; concurrency?: number }) => {
+    .option('--budgets <windows>', BUDGETS_HELP, budgetWindows)
+    .option('--alerts <percents>', ALERTS_HELP, alertPercents)
+    .option('--no-alerts', 'write no alert events for this key (as --alerts none)')
+    .action(async (o: Common & { account: string; name?: string; scopes?: string[]; budgetCents?: number; period?: 'day' | 'month'; expiresIn?: string; delegatedBy?: string; parent?: number; metadata?: Record<string, unknown>; rateLimit?: { requests: number; per: string }; concurrency?: number; budgets?: BudgetWindowInput[]; alerts?: AlertsFlag | false }, cmd: Command) => {
+      budgetsAlone(o, [['--budget-cents', o.budgetCents !== undefined], ['--period', o.period !== undefined]]);
+      bothAlerts(cmd);
       await withAgentKey(o, 'create', async (ak) => {
         const created = await ak.create({
           accountId: o.account,
@@ -87,6 +104,8 @@ export function addKeysCommands(program: Command): void {
           ...(o.metadata !== undefined ? { metadata: o.metadata } : {}),
           ...(o.rateLimit !== undefined ? { rateLimit: o.rateLimit } : {}),
           ...(o.concurrency !== undefined ? { concurrency: o.concurrency } : {}),
+          ...(o.budgets !== undefined ? { budgets: o.budgets } : {}),
+          ...alertsOption(o.alerts),
         });
         const info = await ak.getKey(created.id);
         if (o.json) return json({ key: created.key, ...info });
@@ -110,7 +129,7 @@ export function addKeysCommands(program: Command): void {
           limit: o.limit,
         });
         if (o.json) json({ keys: list });
-        else out(keysTable(list));
+        else out(keysList(list));
       });
     });
 
@@ -127,7 +146,7 @@ export function addKeysCommands(program: Command): void {
     });
 
   withCommon(keys.command('update'))
-    .description("change a key's budget, period, scopes, expiry, name, delegated-by or rate limits (children are never widened past it)")
+    .description("change a key's budget, windows, alerts, period, scopes, expiry, name, delegated-by or rate limits (children are never widened past it)")
     .argument('<id>', 'key id', anId('id'))
     .option('--name <name>', 'label')
     .option('--scopes <scopes>', "comma-separated scopes, e.g. 'proxy.chat,usage.read'", list)
@@ -142,8 +161,13 @@ export function addKeysCommands(program: Command): void {
     .option('--no-metadata', "remove the key's metadata")
     .option('--rate-limit <requests/window>', "at most this many requests per window, e.g. '60/1m'; 'none' removes it", rateLimitOrNone)
     .option('--concurrency <n>', "at most this many requests in flight; 'none' removes it", concurrencyOrNone)
+    .option('--budgets <windows>', `${BUDGETS_HELP}; replaces every window`, budgetWindows)
+    .option('--alerts <percents>', ALERTS_HELP, alertPercents)
+    .option('--no-alerts', 'write no alert events for this key (as --alerts none)')
     .option('--cascade', 'narrow the keys under it too, where the change would leave one wider than its parent')
     .action(async (id: number, o: Common & UpdateFlags, cmd: Command) => {
+      budgetsAlone(o, [['--budget-cents', o.budgetCents !== undefined], ['--no-budget-cap', o.budgetCap === false], ['--period', o.period !== undefined]]);
+      bothAlerts(cmd);
       if (o.scopes !== undefined && o.unlimitedScopes) throw new UserError('Use --scopes or --unlimited-scopes, not both.');
       if (o.budgetCents !== undefined && o.budgetCap === false) throw new UserError('Use --budget-cents or --no-budget-cap, not both.');
       if (o.expiresIn !== undefined && o.expiry === false) throw new UserError('Use --expires-in or --no-expiry, not both.');
@@ -161,6 +185,8 @@ export function addKeysCommands(program: Command): void {
         ...(o.metadata === false ? { metadata: null } : o.metadata !== undefined ? { metadata: o.metadata } : {}),
         ...(o.rateLimit !== undefined ? { rateLimit: noneAsNull(o.rateLimit) } : {}),
         ...(o.concurrency !== undefined ? { concurrency: noneAsNull(o.concurrency) } : {}),
+        ...(o.budgets !== undefined ? { budgets: o.budgets } : {}),
+        ...alertsOption(o.alerts),
       };
       if (Object.keys(changes).length === 0) throw new UserError('Nothing to change: give at least one of the options (see --help).');
       await withAgentKey(o, 'change', async (ak) => {

@@ -28,8 +28,11 @@ import {
 import { accountDetails, printable, usageReport } from './format.js';
 import { concurrencyOrNone, noneAsNull, rateLimitOrNone } from './common.js';
 import { rateLimitText } from './format.js';
-import { addKeysCommands } from './keys.js';
+
 import { addWebhookCommands } from './webhooks.js';
+import { addKeysCommands, bothAlerts } from './keys.js';
+import { type AlertsFlag, ALERTS_HELP, BUDGETS_HELP, addAlertsCommands, alertPercents, alertsOption, budgetWindows, budgetsAlone } from './windows.js';
+import type { BudgetWindowInput } from '../types.js';
 
 export function buildProgram(): Command {
   const program = new Command('agentkey')
@@ -165,24 +168,37 @@ export function buildProgram(): Command {
 
   const accounts = program.command('accounts').description("accounts' ceilings and rate limits");
   withCommon(accounts.command('budget'))
-    .description("show an account's ceiling, or set it with --set-cents, or remove it with --clear")
+    .description("show an account's ceiling and its windows, set it with --set-cents or --budgets, or remove it with --clear")
     .argument('<accountId>', 'account id')
     .option('--set-cents <cents>', 'set the ceiling, in cents', cents)
-    .addOption(new Option('--period <period>', "reset interval for --set-cents (default: 'lifetime')").choices(['day', 'month', 'lifetime']))
-    .option('--clear', 'remove the ceiling')
-    .action(async (accountId: string, o: Common & { setCents?: number; period?: 'day' | 'month' | 'lifetime'; clear?: boolean }) => {
+    .addOption(new Option('--period <period>', "reset interval for --set-cents (default: 'lifetime')").choices(['day', 'week', 'month', 'lifetime']))
+    .option('--budgets <windows>', `${BUDGETS_HELP}; the first is the ceiling`, budgetWindows)
+    .option('--alerts <percents>', `${ALERTS_HELP}; with --set-cents or --budgets`, alertPercents)
+    .option('--no-alerts', 'write no alert events for this account (as --alerts none)')
+    .option('--clear', 'remove the ceiling and its windows')
+    .action(async (accountId: string, o: Common & { setCents?: number; period?: 'day' | 'week' | 'month' | 'lifetime'; clear?: boolean; budgets?: BudgetWindowInput[]; alerts?: AlertsFlag | false }, cmd: Command) => {
+      budgetsAlone(o, [['--set-cents', o.setCents !== undefined], ['--period', o.period !== undefined], ['--clear', o.clear === true]]);
+      bothAlerts(cmd);
+      const setting = o.setCents !== undefined || o.budgets !== undefined;
       if (o.clear && o.setCents !== undefined) throw new UserError('Use --set-cents or --clear, not both.');
       if (o.period !== undefined && o.setCents === undefined) throw new UserError('--period goes with --set-cents.');
-      await withAgentKey(o, o.setCents !== undefined ? 'create' : o.clear ? 'change' : 'read', async (ak) => {
+      if (o.alerts !== undefined && !setting) throw new UserError('--alerts and --no-alerts go with --set-cents or --budgets.');
+      await withAgentKey(o, setting ? 'create' : o.clear ? 'change' : 'read', async (ak) => {
         if (o.clear) {
           const removed = await ak.clearAccountBudget(accountId);
           if (o.json) return json({ accountId, removed });
           return out(removed ? `Removed the ceiling of ${accountId}.` : `${accountId} had no ceiling.`);
         }
         const budget =
-          o.setCents !== undefined
-            ? await ak.setAccountBudget(accountId, { budgetCents: o.setCents, budgetPeriod: o.period === 'lifetime' || o.period === undefined ? null : o.period })
-            : await ak.getAccountBudget(accountId);
+          o.budgets !== undefined
+            ? await ak.setAccountBudget(accountId, { budgets: o.budgets, ...alertsOption(o.alerts) })
+            : o.setCents !== undefined
+              ? await ak.setAccountBudget(accountId, {
+                  budgetCents: o.setCents,
+                  budgetPeriod: o.period === 'lifetime' || o.period === undefined ? null : o.period,
+                  ...alertsOption(o.alerts),
+                })
+              : await ak.getAccountBudget(accountId);
         if (o.json) return json(budget);
         out(budget ? accountDetails(budget) : `${accountId} has no ceiling; set one with --set-cents.`);
       });
@@ -215,6 +231,7 @@ export function buildProgram(): Command {
         out(`rate limit   ${rateLimitText(limits.rateLimit)}\nconcurrency  ${limits.concurrency === null ? '-' : `${limits.concurrency} in flight`}`);
       });
     });
+  addAlertsCommands(program);
 
   withCommon(program.command('usage'))
     .description('spend from the ledger: a table per hour or day, and a chart')

@@ -168,6 +168,8 @@ export function everyRoute(key: string, holdId = UNKNOWN_HOLD) {
       ['DELETE', '/v1/webhooks/1'],
       ['GET', '/v1/webhooks/1/deliveries'],
       ['GET', '/v1/outbox'],
+      ['GET', '/v1/alerts'],
+      ['PUT', '/v1/alerts', { percents: [80] }],
     ] as [string, string, unknown?][],
     agent: [
       ['POST', '/v1/verify', { key }],

@@ -25,7 +25,7 @@ forEachDatabase((getDb) => {
       expect((await svc.post('/v1/charge', { key: k1.key, costCents: 6 })).status).toBe(200);
       const refused = await svc.post('/v1/charge', { key: k2.key, costCents: 5 });
       expectError(refused, 429, 'budget_exceeded');
-      expect(refused.body.error.limitedBy).toEqual({ kind: 'account', accountId: 'acct_x' });
+      expect(refused.body.error.limitedBy).toEqual({ kind: 'account', accountId: 'acct_x', window: 'month' });
       expect(await ak.getKey(k2.id)).toMatchObject({ spentCents: 0 });
       expect((await svc.post('/v1/charge', { key: outsider.key, costCents: 50 })).status).toBe(200);
       expect((await svc.post('/v1/reservations', { key: k2.key, costCents: 3 })).status).toBe(201);
@@ -64,13 +64,15 @@ forEachDatabase((getDb) => {
       await ak.setAccountBudget('acct_set', { budgetCents: 10, budgetPeriod: 'day' });
       const setBefore = await ak.getAccountBudget('acct_set');
       const bodies: [unknown, string][] = [
-        [{}, 'invalid_request'],
+        // Neither budgetCents nor budgets: the library says one is required.
+        [{}, 'invalid_budget'],
         [{ budgetCents: null }, 'invalid_request'],
         [{ budgetCents: -1 }, 'invalid_request'],
         [{ budgetCents: 'ten' }, 'invalid_request'],
         [{ budgetCents: 1e12 }, 'invalid_request'],
         [{ budget_cents: 10 }, 'invalid_request'],
-        [{ budgetCents: 10, budgetPeriod: 'week' }, 'invalid_request'],
+        [{ budgetCents: 10, budgetPeriod: 'year' }, 'invalid_request'],
+        [{ budgetCents: 10, budgetPeriod: 'lifetime' }, 'invalid_request'],
         [{ budgetCents: 10, accountId: 'acct_other' }, 'invalid_request'],
         [[10], 'invalid_request'],
         [10, 'invalid_request'],
@@ -82,7 +84,8 @@ forEachDatabase((getDb) => {
           expectError(res, 400, code);
         }
         expectError(await svc.send('PUT', `/v1/accounts/${account}/budget`, { bearer: ADMIN, raw: '{"budgetCents": 5' }), 400, 'invalid_json');
-        expectError(await svc.send('PUT', `/v1/accounts/${account}/budget`, { bearer: ADMIN }), 400, 'invalid_request');
+        // No body reads as {}: neither budgetCents nor budgets, which the library names.
+        expectError(await svc.send('PUT', `/v1/accounts/${account}/budget`, { bearer: ADMIN }), 400, 'invalid_budget');
         expectError(await svc.admin('PUT', `/v1/accounts/${account}/budget`, { budgetCents: 5, pad: 'x'.repeat(70_000) }), 413, 'body_too_large');
         expectError(await svc.send('PUT', `/v1/accounts/${account}/budget`, { bearer: ADMIN, raw: 'budgetCents=5', type: 'application/x-www-form-urlencoded' }), 415, 'unsupported_media_type');
       }

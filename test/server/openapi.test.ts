@@ -45,6 +45,7 @@ describe('GET /openapi.json', () => {
       '/v1/accounts': ['get'],
       '/v1/accounts/{id}/budget': ['delete', 'get', 'put'],
       '/v1/accounts/{id}/rate-limit': ['delete', 'get', 'put'],
+      '/v1/alerts': ['get', 'put'],
       '/v1/usage': ['get'],
       '/v1/ledger': ['get'],
       '/v1/webhooks': ['get', 'post'],
@@ -80,7 +81,13 @@ describe('GET /openapi.json', () => {
     expect(create.properties).toHaveProperty('budgetCents');
     expect(create.properties).not.toHaveProperty('budget_cents');
     expect(schemaOf(d, '/v1/reservations/{id}/commit', 'post').required).toEqual(['costCents']);
-    expect(schemaOf(d, '/v1/accounts/{id}/budget', 'put').required).toEqual(['budgetCents']);
+    // A ceiling is budgetCents or budgets (the library says which is missing): neither is required alone.
+    const ceiling = schemaOf(d, '/v1/accounts/{id}/budget', 'put');
+    expect(ceiling.required).toBeUndefined();
+    expect(Object.keys(ceiling.properties ?? {}).sort()).toEqual(['alerts', 'budgetCents', 'budgetPeriod', 'budgets']);
+    expect(create.properties).toHaveProperty('budgets');
+    expect(create.properties).toHaveProperty('alerts');
+    expect(schemaOf(d, '/v1/alerts', 'put').required).toEqual(['percents']);
     expect(schemaOf(d, '/v1/verify', 'post').required).toEqual(['key']);
   });
 
@@ -90,7 +97,7 @@ describe('GET /openapi.json', () => {
     for (const [path, ops] of Object.entries(d.paths)) {
       for (const [method, op] of Object.entries(ops)) {
         const adminRoute = path.startsWith('/v1/keys') || path.startsWith('/v1/accounts') || path === '/v1/usage' || path === '/v1/ledger' || path === '/v1/events' ||
-          path.startsWith('/v1/webhooks') || path === '/v1/outbox';
+          path.startsWith('/v1/webhooks') || path === '/v1/outbox' || path === '/v1/alerts';
         expect(op.security, `${method} ${path}`).toEqual(adminRoute ? [{ adminKey: [] }] : undefined);
         for (const [status, response] of Object.entries(op.responses)) {
           if (Number(status) >= 400) expect(response.content?.['application/json']?.schema.$ref, `${method} ${path} ${status}`).toBe('#/components/schemas/Error');
@@ -112,7 +119,7 @@ describe('GET /openapi.json', () => {
         if (op.requestBody) expect(statuses, what).toEqual(expect.arrayContaining(['400', '413', '415']));
       }
     }
-    expect(ids).toHaveLength(31);
+    expect(ids).toHaveLength(33);
     for (const id of ids) expect(id).toMatch(/^[a-z][A-Za-z]+$/);
     expect(new Set(ids).size).toBe(ids.length);
   });
@@ -180,7 +187,7 @@ forEachDatabase((getDb) => {
     await expectAnswer(413, 'POST', '/v1/charge', { json: { key: child.key, costCents: 1, metadata: huge } });
     await expectAnswer(415, 'POST', '/v1/charge', form);
     const limited = await expectAnswer(429, 'POST', '/v1/charge', { json: { key: child.key, costCents: 50 } });
-    expect(limited.body.error).toMatchObject({ code: 'budget_exceeded', limitedBy: expect.anything() });
+    expect(limited.body.error).toMatchObject({ code: 'budget_exceeded', limitedBy: { kind: 'key', keyId: child.id, window: 'lifetime' } });
 
     const hold = (await expectAnswer(201, 'POST', '/v1/reservations', { json: { key: parent.key, costCents: 5, ttl: '2m', idempotencyKey: 'h-1' } })).body as {
       reservationId: string;
@@ -261,6 +268,26 @@ forEachDatabase((getDb) => {
     await expectAnswer(400, 'DELETE', `/v1/accounts/${'a'.repeat(300)}/rate-limit`, admin());
     await expectAnswer(401, 'DELETE', '/v1/accounts/acct_rl/rate-limit');
     await expectAnswer(404, 'DELETE', '/v1/accounts/acct_rl/rate-limit', admin());
+    // Budget windows and the table's alert percents.
+    const windowed = (await expectAnswer(201, 'POST', '/v1/keys', admin({ accountId: 'acct_w', budgets: [{ cents: 1000, period: 'day' }, { cents: 10000, period: 'month' }], alerts: [80] })))
+      .body as { key: string; id: number };
+    await expectAnswer(400, 'POST', '/v1/keys', admin({ accountId: 'acct_w', budgets: [{ cents: 1, period: 'day' }, { cents: 2, period: 'day' }] }));
+    await expectAnswer(200, 'PATCH', `/v1/keys/${windowed.id}`, admin({ budgets: [{ cents: 500, period: 'week' }, { cents: 1000 }], alerts: null }));
+    await expectAnswer(400, 'PATCH', `/v1/keys/${windowed.id}`, admin({ alerts: [0] }));
+    const byWindow = await expectAnswer(429, 'POST', '/v1/charge', { json: { key: windowed.key, costCents: 600 } });
+    expect(byWindow.body.error.limitedBy).toEqual({ kind: 'key', keyId: windowed.id, window: 'week' });
+    await expectAnswer(200, 'PUT', '/v1/accounts/acct_w/budget', admin({ budgets: [{ cents: 100, period: 'week' }, { cents: 1000 }], alerts: [50, 100] }));
+    await expectAnswer(400, 'PUT', '/v1/accounts/acct_w/budget', admin({ budgets: [] }));
+    await expectAnswer(200, 'GET', '/v1/accounts/acct_w/budget', admin());
+    await expectAnswer(200, 'GET', '/v1/alerts', admin());
+    await expectAnswer(401, 'GET', '/v1/alerts');
+    await expectAnswer(200, 'PUT', '/v1/alerts', admin({ percents: [50, 80] }));
+    await expectAnswer(200, 'PUT', '/v1/alerts', admin({ percents: null }));
+    await expectAnswer(400, 'PUT', '/v1/alerts', admin({ percents: [0] }));
+    await expectAnswer(400, 'PUT', '/v1/alerts', admin({}));
+    await expectAnswer(401, 'PUT', '/v1/alerts', { json: { percents: [50] } });
+    await expectAnswer(413, 'PUT', '/v1/alerts', admin({ percents: [50], ...huge }));
+    await expectAnswer(415, 'PUT', '/v1/alerts', { bearer: ADMIN, ...form });
 
     // Revoking, last: it ends the keys above.
     await expectAnswer(400, 'POST', '/v1/keys/0/revoke', admin());
@@ -334,6 +361,7 @@ forEachDatabase((getDb) => {
       ['GET', commit], ['DELETE', release], ['POST', '/healthz'], ['PUT', '/metrics'],
       ['GET', `/v1/keys/${parent.id}/rotate`], ['POST', `/v1/keys/${parent.id}/events`], ['DELETE', '/v1/events'],
       ['PUT', '/v1/webhooks'], ['POST', '/v1/webhooks/1'], ['POST', '/v1/webhooks/1/deliveries'], ['POST', '/v1/outbox'],
+      ['GET', `/v1/keys/${parent.id}/rotate`], ['POST', `/v1/keys/${parent.id}/events`], ['DELETE', '/v1/events'], ['POST', '/v1/alerts'],
     ] as const) {
       await expectAnswer(405, method, path, method === 'GET' || method === 'DELETE' ? { bearer: ADMIN } : admin({}));
     }

@@ -7,7 +7,7 @@ import { bodyErrors, router, storeErrors } from '../openapi.js';
 import * as S from '../schemas.js';
 
 /**
- * The admin API: keys, account ceilings, usage, accounts and the ledger. A sub-app every
+ * The admin API: keys, account ceilings, alert percents, usage, accounts and the ledger. A sub-app every
  * route of which is made by `adminRoute()`, so none is outside `requireAdmin` (Hono's
  * bearer-auth, see middleware/admin-auth.ts), which runs before the route's validators.
  */
@@ -197,6 +197,17 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
     },
   );
 
+  // ---- Alert percents (budget windows): the table's, for every window that sets none of its own ----
+
+  app.openapi(
+    adminRoute({
+      method: 'get', path: '/v1/alerts', operationId: 'getAlerts',
+      summary: "The table's alert percents: every budget window whose key or account sets none of its own writes a budget.threshold event at each.",
+      responses: { 200: { description: 'The percents', content: { 'application/json': { schema: S.Alerts } } }, ...storeErrors(401) },
+    }),
+    async (c) => c.json({ percents: await ak.getAlerts() }, 200),
+  );
+
   app.openapi(
     adminRoute({
       method: 'get', path: '/v1/accounts/{id}/rate-limit', operationId: 'getAccountRateLimit', summary: "An account's rate and concurrency limits.",
@@ -221,6 +232,15 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
       if (!(await ak.clearAccountRateLimit(accountId))) throw new RefusalError(refuse('account_rate_limit_not_found'));
       return c.json({ accountId, removed: true as const }, 200);
     },
+  );
+
+  app.openapi(
+    adminRoute({
+      method: 'put', path: '/v1/alerts', operationId: 'setAlerts', summary: "Set the table's alert percents (null or [] for none).",
+      request: { body: { required: true, content: { 'application/json': { schema: S.AlertsBody } } } },
+      responses: { 200: { description: 'The percents as kept', content: { 'application/json': { schema: S.Alerts } } }, ...bodyErrors(401) },
+    }),
+    async (c) => c.json({ percents: await ak.setAlerts(c.req.valid('json').percents) }, 200),
   );
 
   app.openapi(
