@@ -274,6 +274,9 @@ export class KeyLifecycle {
     const id = accountIdText(accountId);
     const o = checkOptions<AccountBudgetOptions>(options, ['budgetCents', 'budgetPeriod', 'budgets', 'alerts'], 'setAccountBudget()');
     const plan = o.budgets !== undefined ? budgetsOption(o, accountFirst) : null;
+    if (plan && plan.first === null) {
+      throw new AgentKeyError('invalid_budget', 'budgets needs at least one window for a ceiling; use clearAccountBudget() to remove one.');
+    }
     const budget = plan ? (plan.first as WindowSpec).micros : budgetToMicros(o.budgetCents);
     if (budget === null) throw new AgentKeyError('invalid_budget', 'budgetCents (or budgets) is required; use clearAccountBudget() to remove a ceiling.');
     const period = plan ? (plan.first as WindowSpec).period : parseCeilingPeriod(o.budgetPeriod);

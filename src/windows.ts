@@ -30,7 +30,7 @@ export interface WindowPlan {
 export const MAX_WINDOWS = WINDOW_PERIODS.length;
 
 /**
- * Checks `budgets` (1 to 4 windows, each period at most once) and splits it: the first window
+ * Checks `budgets` (at most 4 windows, each period at most once; [] for none) and splits it: the first window
  * whose period `fitsFirst` takes goes where the single budget lives, the rest are windows.
  * A key's first place (the package's columns) takes day, month or lifetime; an account's any.
  *
@@ -38,10 +38,10 @@ export const MAX_WINDOWS = WINDOW_PERIODS.length;
  *   // { first: { period: 'day', micros: 10000000 }, others: [{ period: 'month', micros: 100000000 }] }
  */
 export function planWindows(value: unknown, fitsFirst: (p: WindowPeriod) => boolean, field = 'budgets'): WindowPlan {
-  if (!Array.isArray(value) || value.length === 0 || value.length > MAX_WINDOWS) {
+  if (!Array.isArray(value) || value.length > MAX_WINDOWS) {
     throw new AgentKeyError(
       'invalid_budget',
-      `${field} must be a list of 1 to ${MAX_WINDOWS} windows such as [{ cents: 1000, period: 'day' }, { cents: 10000, period: 'month' }]; got ${Array.isArray(value) ? `${value.length} windows` : describe(value)}.`,
+      `${field} must be a list of at most ${MAX_WINDOWS} windows such as [{ cents: 1000, period: 'day' }, { cents: 10000, period: 'month' }] ([] for no budget); got ${Array.isArray(value) ? `${value.length} windows` : describe(value)}.`,
     );
   }
   const specs = value.map((w, i) => windowSpec(w, `${field}[${i}]`));
@@ -85,10 +85,12 @@ function windowSpec(value: unknown, field: string): WindowSpec {
  */
 export function parseAlerts(value: unknown, field = 'alerts'): number[] | null {
   if (value === null || value === undefined) return null;
-  if (!Array.isArray(value) || value.length > 10 || !value.every((p) => Number.isInteger(p) && p >= 1 && p <= 100)) {
+  const bad = Array.isArray(value) ? value.find((p) => !(Number.isInteger(p) && p >= 1 && p <= 100)) : undefined;
+  if (!Array.isArray(value) || value.length > 10 || bad !== undefined) {
+    const got = !Array.isArray(value) ? describe(value) : value.length > 10 ? `${value.length} percents` : describe(bad);
     throw new AgentKeyError(
       'invalid_argument',
-      `${field} must be a list of at most 10 whole percents from 1 to 100, such as [50, 80, 100], or null; got ${describe(value)}.`,
+      `${field} must be a list of at most 10 whole percents from 1 to 100, such as [50, 80, 100], or null; got ${got}.`,
     );
   }
   return [...new Set(value as number[])].sort((a, b) => a - b);

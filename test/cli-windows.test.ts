@@ -163,7 +163,7 @@ function suite(name: string, setup: { before(): Promise<void>; after(): Promise<
       }));
       const cases: [string[], RegExp][] = [
         [['keys', 'update', String(id), '--budgets', 'day:1,day:2'], /^agentkey: budgets has two day windows; give each period at most once\.$/],
-        [['keys', 'create', '--account', 'acct_w', '--budgets', 'day:1,week:2,month:3,lifetime:4,day:5'], /^agentkey: budgets must be a list of 1 to 4 windows/],
+        [['keys', 'create', '--account', 'acct_w', '--budgets', 'day:1,week:2,month:3,lifetime:4,day:5'], /^agentkey: budgets must be a list of at most 4 windows/],
         [['accounts', 'budget', 'acct_w', '--budgets', 'month:1,month:2', '--alerts', '10'], /^agentkey: budgets has two month windows/],
         [['keys', 'update', '999999', '--budgets', 'day:1'], /^agentkey: No key has id 999999/],
       ];

@@ -169,9 +169,14 @@ forEachDatabase((getDb) => {
       expect(info).toMatchObject({ budgetCents: 100000, budgetPeriod: null });
       expect(info.budgets.map((w) => [w.period, w.spentCents, w.remainingCents])).toEqual([['lifetime', 300, 99700], ['day', 300, 50]]);
       expect(await ak.trackUsage(child.key, { costCents: 60 })).toMatchObject({ success: false, limitedBy: { kind: 'ancestor', window: 'day' } });
-      // Back to one budget: the windows go.
+      // Back to one budget: the windows go; [] takes every window away.
       const plain = await ak.update(root.id, { budgets: [{ cents: 1000 }] });
       expect(plain.budgets.map((w) => w.period)).toEqual(['lifetime']);
+      expect(await windowRows(getDb(), ak)).toEqual([]);
+      expect(await ak.trackUsage(child.key, { costCents: 60 })).toMatchObject({ success: true });
+      await ak.update(root.id, { budgets: [{ cents: 5000, period: 'month' }, { cents: 50, period: 'week' }] });
+      const none = await ak.update(root.id, { budgets: [] });
+      expect(none).toMatchObject({ budgetCents: null, budgetPeriod: null, remainingCents: null, budgets: [] });
       expect(await windowRows(getDb(), ak)).toEqual([]);
       expect(await ak.trackUsage(child.key, { costCents: 60 })).toMatchObject({ success: true });
     });
@@ -263,15 +268,14 @@ forEachDatabase((getDb) => {
   describe('bad input', () => {
     it.each([
       ['budgets beside budgetCents', { budgetCents: 10, budgets: [{ cents: 10 }] }, 'invalid_argument', /not both/],
-      ['an empty list', { budgets: [] }, 'invalid_budget', /1 to 4 windows/],
-      ['five windows', { budgets: [1, 2, 3, 4, 5].map((c) => ({ cents: c })) }, 'invalid_budget', /1 to 4 windows/],
+      ['five windows', { budgets: [1, 2, 3, 4, 5].map((c) => ({ cents: c })) }, 'invalid_budget', /at most 4 windows/],
       ['two day windows', { budgets: [{ cents: 1, period: 'day' }, { cents: 2, period: 'day' }] }, 'invalid_budget', /two day windows/],
       ['a year', { budgets: [{ cents: 1, period: 'year' }] }, 'invalid_period', /budgets\[0\]\.period/],
       ['no cents', { budgets: [{ period: 'day' }] }, 'invalid_budget', /budgets\[0\]\.cents is required/],
       ['negative cents', { budgets: [{ cents: -1 }] }, 'invalid_budget', /budgets\[0\]\.cents must be/],
       ['an unknown field', { budgets: [{ cents: 1, every: 'day' }] }, 'invalid_budget', /unknown field "every"/],
       ['not a list', { budgets: { cents: 1 } }, 'invalid_budget', /must be a list/],
-      ['alerts of 0', { budgetCents: 1, alerts: [0] }, 'invalid_argument', /whole percents from 1 to 100/],
+      ['alerts of 0', { budgetCents: 1, alerts: [80, 0] }, 'invalid_argument', /whole percents from 1 to 100.*got 0\./],
       ['alerts of 101', { budgetCents: 1, alerts: [101] }, 'invalid_argument', /whole percents/],
       ['alerts as text', { budgetCents: 1, alerts: '80' }, 'invalid_argument', /whole percents/],
     ])('%s: a clear error, nothing made', async (_name, options, code, message) => {
@@ -294,6 +298,7 @@ forEachDatabase((getDb) => {
       await rejectsWith(() => ak.update(k.id, { budgets: [{ cents: 1 }], budgetPeriod: 'day' }), 'invalid_argument');
       await rejectsWith(() => ak.update(k.id, { alerts: [50.5] }), 'invalid_argument');
       await rejectsWith(() => ak.setAccountBudget('acc', { budgets: [] }), 'invalid_budget');
+      await rejectsWith(() => ak.setAccountBudget('acc', { budgets: [{ cents: 1 }, { cents: 2 }] }), 'invalid_budget');
       await rejectsWith(() => ak.setAccountBudget('acc', { budgets: [{ cents: 1 }], budgetCents: 1 } as never), 'invalid_argument');
       await rejectsWith(() => ak.setAlerts([0]), 'invalid_argument');
       expect([await tableState(db, ak), await windowRows(db, ak)]).toEqual(before);

@@ -139,7 +139,6 @@ forEachDatabase((getDb) => {
       const before = { keys: await countKeys(db, ak), state: await snapshot(ak), ceiling: await ak.getAccountBudget('acct_e') };
 
       const badWindows: [unknown, string][] = [
-        [[], 'invalid_budget'],
         [[{ cents: 1, period: 'day' }, { cents: 2, period: 'day' }], 'invalid_budget'],
         [[{ cents: 1, period: 'day' }, { cents: 2, period: 'week' }, { cents: 3, period: 'month' }, { cents: 4 }, { cents: 5, period: 'lifetime' }], 'invalid_budget'],
         [[{ cents: 1, period: 'year' }], 'invalid_request'],
@@ -167,6 +166,9 @@ forEachDatabase((getDb) => {
         expectError(res, 400, code);
         expect(res.body.error.message.length).toBeGreaterThan(10);
       };
+      // [] is no budget on a key (its windows all go), but no ceiling for an account.
+      await check('PUT', '/v1/accounts/acct_e/budget', { budgets: [] }, 'invalid_budget');
+      await check('PUT', '/v1/accounts/acct_new/budget', { budgets: [] }, 'invalid_budget');
       for (const [budgets, code] of badWindows) {
         await check('POST', '/v1/keys', { accountId: 'acct_e', budgets }, code);
         await check('PATCH', `/v1/keys/${k.id}`, { budgets }, code);
