@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { type Storage, openStorage } from '../src/server/storage.js';
-import { type CliResult, expectFailure, expectJson, expectOneLine, expectSuccess, freshDatabase, linesOf, stopCliProcesses, tempDir, useCliRunner } from './helpers/cli.js';
+import { type CliResult, type CliStore, forEachCliStore, expectFailure, expectJson, expectOneLine, expectSuccess, linesOf, stopCliProcesses, useCliRunner } from './helpers/cli.js';
 
 /**
  * `agentkey keys rotate` and `agentkey keys events` as a real process, on a temp PGlite
@@ -58,7 +58,7 @@ describe('no database needed', () => {
 });
 
 /** The same tests on each database: `where()` is the CLI's env, `open()` the library's storage on it. */
-function suite(name: string, setup: { before(): Promise<void>; after(): Promise<void>; env(): Record<string, string>; options(): { databaseUrl?: string; dataDir?: string } }) {
+function suite(name: string, setup: CliStore) {
   describe(name, () => {
     beforeAll(setup.before, 60_000);
     afterAll(async () => {
@@ -259,27 +259,4 @@ function suite(name: string, setup: { before(): Promise<void>; after(): Promise<
   });
 }
 
-let dataDir: string;
-suite('on PGlite (a temp data directory)', {
-  async before() {
-    dataDir = tempDir('agentkey-cli-keys-data');
-  },
-  async after() {
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  },
-  env: () => ({ AGENTKEY_DATA_DIR: dataDir }),
-  options: () => ({ dataDir }),
-});
-
-let db: Awaited<ReturnType<typeof freshDatabase>>;
-suite('on PostgreSQL (DATABASE_URL)', {
-  async before() {
-    db = await freshDatabase('agentkey_cli_keys');
-    expectSuccess(await run(['migrate'], { DATABASE_URL: db.url }));
-  },
-  async after() {
-    await db?.drop().catch(() => {});
-  },
-  env: () => ({ DATABASE_URL: db.url }),
-  options: () => ({ databaseUrl: db.url }),
-});
+forEachCliStore('cli-keys', run, suite);

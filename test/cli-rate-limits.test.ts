@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { openStorage } from '../src/server/storage.js';
-import { type CliResult, expectFailure, expectJson, expectOneLine, expectSuccess, freshDatabase, stopCliProcesses, tempDir, useCliRunner } from './helpers/cli.js';
+import { type CliResult, type CliStore, forEachCliStore, expectFailure, expectJson, expectOneLine, expectSuccess, stopCliProcesses, useCliRunner } from './helpers/cli.js';
 
 /**
  * Rate limits through the CLI as a real process, on PGlite (a temp data directory) and on
@@ -43,7 +43,7 @@ describe('no database needed', () => {
   });
 });
 
-function suite(name: string, setup: { before(): Promise<void>; after(): Promise<void>; env(): Record<string, string>; options(): { databaseUrl?: string; dataDir?: string } }) {
+function suite(name: string, setup: CliStore) {
   describe(name, () => {
     beforeAll(setup.before, 60_000);
     afterAll(async () => {
@@ -91,27 +91,4 @@ function suite(name: string, setup: { before(): Promise<void>; after(): Promise<
   });
 }
 
-let dataDir = '';
-suite('on PGlite (a temp data directory)', {
-  async before() {
-    dataDir = tempDir('agentkey-cli-rl-data');
-  },
-  async after() {
-    fs.rmSync(dataDir, { recursive: true, force: true });
-  },
-  env: () => ({ AGENTKEY_DATA_DIR: dataDir }),
-  options: () => ({ dataDir }),
-});
-
-let db: Awaited<ReturnType<typeof freshDatabase>>;
-suite('on PostgreSQL (DATABASE_URL)', {
-  async before() {
-    db = await freshDatabase('agentkey_cli_rl');
-    expectSuccess(await run(['migrate'], { DATABASE_URL: db.url }));
-  },
-  async after() {
-    await db?.drop().catch(() => {});
-  },
-  env: () => ({ DATABASE_URL: db.url }),
-  options: () => ({ databaseUrl: db.url }),
-});
+forEachCliStore('cli-rl', run, suite);

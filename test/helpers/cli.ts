@@ -247,3 +247,45 @@ export function useCliRunner(name: string) {
     run: (args: string[], env: Record<string, string | undefined> = {}): Promise<CliResult> => runCli(cli(), args, { cwd: dir, env: cliEnv(env) }),
   };
 }
+
+/** One store the CLI runs against in a test file: made before its tests, removed after, and how a run names it. */
+export interface CliStore {
+  before(): Promise<void>;
+  after(): Promise<void>;
+  env(): Record<string, string>;
+  options(): { databaseUrl?: string; dataDir?: string };
+}
+
+/**
+ * Calls `suite` once on PGlite (a temp data directory) and once on PostgreSQL (a fresh
+ * database, migrated through the CLI with `run`): the two stores every CLI test file covers.
+ */
+export function forEachCliStore(
+  name: string,
+  run: (args: string[], env: Record<string, string | undefined>) => Promise<CliResult>,
+  suite: (label: string, store: CliStore) => void,
+): void {
+  let dataDir = '';
+  suite('on PGlite (a temp data directory)', {
+    async before() {
+      dataDir = tempDir(`agentkey-${name}-data`);
+    },
+    async after() {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    },
+    env: () => ({ AGENTKEY_DATA_DIR: dataDir }),
+    options: () => ({ dataDir }),
+  });
+  let db: Awaited<ReturnType<typeof freshDatabase>> | undefined;
+  suite('on PostgreSQL (DATABASE_URL)', {
+    async before() {
+      db = await freshDatabase(`agentkey_${name.replace(/-/g, '_')}`);
+      expectSuccess(await run(['migrate'], { DATABASE_URL: db.url }));
+    },
+    async after() {
+      await db?.drop().catch(() => {});
+    },
+    env: () => ({ DATABASE_URL: (db as { url: string }).url }),
+    options: () => ({ databaseUrl: (db as { url: string }).url }),
+  });
+}
