@@ -469,12 +469,14 @@ export class AgentKey {
    * @example await ak.usage({ accountId: 'acct_1', since: '2026-11-01', bucket: 'day' })
    */
   async usage(query: UsageQuery = {}): Promise<UsageReport> {
-    const report = await this.reports.usage(query);
+    const { windows, ...q } = (query ?? {}) as UsageQuery;
+    if (windows !== undefined && typeof windows !== 'boolean') throw new AgentKeyError('invalid_argument', 'windows must be true or false.');
+    const report = await this.reports.usage(q);
+    if (!windows) return report;
     // Per window: what the key (or the account) has spent in each window's current period.
-    const q = query ?? {};
     if (q.keyId !== undefined) return { ...report, windows: (await this.keys.get(q.keyId))?.budgets ?? [] };
     if (q.accountId !== undefined) return { ...report, windows: (await this.keys.getCeiling(q.accountId))?.budgets ?? [] };
-    return report;
+    throw new AgentKeyError('invalid_argument', 'windows: true needs a keyId or an accountId (whose windows to report).');
   }
 
   /**

@@ -508,6 +508,8 @@ export interface UsageQuery {
   since?: Date | string;
   until?: Date | string;
   bucket?: 'hour' | 'day';
+  /** With keyId (or accountId alone): also report its budget windows now (`windows`), each with its spend this period. */
+  windows?: boolean;
 }
 
 /** Figures here are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it. */

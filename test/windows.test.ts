@@ -62,10 +62,13 @@ forEachDatabase((getDb) => {
       expect(refused).toMatchObject({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: made.id, window: 'day' } });
       expect(valid(await ak.validate(made.key))).toMatchObject({ budgetCents: 1000, budgetRemainingCents: 100 });
       // usage() reports each window's spend this period beside the ledger's totals.
-      const usage = await ak.usage({ keyId: made.id });
+      expect((await ak.usage({ keyId: made.id })).windows).toBeUndefined();
+      const usage = await ak.usage({ keyId: made.id, windows: true });
       expect(usage.totalCents).toBe(900);
       expect(usage.windows!.map((w) => [w.period, w.spentCents, w.remainingCents])).toEqual([['day', 900, 100], ['month', 900, 9100], ['lifetime', 900, 49100]]);
-      expect((await ak.usage({ accountId: 'acc' })).windows).toEqual([]);
+      expect((await ak.usage({ accountId: 'acc', windows: true })).windows).toEqual([]);
+      await rejectsWith(() => ak.usage({ windows: true }), 'invalid_argument');
+      await rejectsWith(() => ak.usage({ keyId: made.id, windows: 'yes' as never }), 'invalid_argument');
       expect((await windowRows(getDb(), ak)).map((w) => w.spent_micros)).toEqual(['9000000', '9000000']);
       await expectAuditOk(ak);
     });

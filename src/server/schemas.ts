@@ -272,6 +272,7 @@ export const UsageQuery = z
     since: instant.optional(),
     until: instant.optional(),
     bucket: z.enum(['hour', 'day']).optional(),
+    windows: z.enum(['true', 'false']).optional().openapi({ description: "With keyId or accountId: also report its budget windows now ('true')." }),
   })
   .strict();
 

@@ -249,7 +249,10 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
       request: { query: S.UsageQuery },
       responses: { 200: { description: 'Usage', content: { 'application/json': { schema: S.UsageReport } } }, ...storeErrors(400, 401) },
     }),
-    async (c) => c.json(await ak.usage(c.req.valid('query')), 200),
+    async (c) => {
+      const { windows, ...q } = c.req.valid('query');
+      return c.json(await ak.usage({ ...q, ...(windows === undefined ? {} : { windows: windows === 'true' }) }), 200);
+    },
   );
 
   app.openapi(
