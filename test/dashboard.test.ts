@@ -705,18 +705,7 @@ describe('dashboard: rate limits', () => {
   });
 });
 
-describe('dashboard with no keys', () => {
-  let empty: RunningServer;
-  let dir: string;
-  beforeAll(async () => {
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'agentkey-dashboard-empty-'));
-    empty = await startServer({ dataDir: dir, port: 0, host: '127.0.0.1', adminKey: ADMIN });
-  }, 60_000);
-  afterAll(async () => {
-    await empty?.close();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
-  });
-
+describe('dashboard: budget windows', () => {
   it('happy: a key with a day and a month window and alerts [50, 80] shows two bars, spent and held stacked, the marks at 50% and 80%', async () => {
     const k = await call('POST', '/v1/keys', {
       accountId: 'acct_windows', name: 'windowed',
@@ -829,6 +818,21 @@ describe('dashboard with no keys', () => {
     expect(await row.locator('.windows .mark').evaluateAll((m) => m.map((x) => x.getAttribute('style')))).toEqual(['left:80%', 'left:80%']);
     expect(errors).toEqual([]);
     await page.close();
+  });
+});
+
+describe('dashboard with no keys', () => {
+  let empty: RunningServer;
+  let dir: string;
+  beforeAll(async () => {
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'agentkey-dashboard-empty-'));
+    // No deliverer here: with a second PGlite server in this process running one beside the first's,
+    // requests to the first stalled (seen on 2026-12-01; not understood yet: see the closing note).
+    empty = await startServer({ dataDir: dir, port: 0, host: '127.0.0.1', adminKey: ADMIN, webhooks: false });
+  }, 60_000);
+  afterAll(async () => {
+    await empty?.close();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   it('happy: empty states say what to do, and sign-out forgets the key', async () => {
