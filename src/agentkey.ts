@@ -469,7 +469,9 @@ export class AgentKey {
    * @example await ak.usage({ accountId: 'acct_1', since: '2026-11-01', bucket: 'day' })
    */
   async usage(query: UsageQuery = {}): Promise<UsageReport> {
-    const { windows, ...q } = (query ?? {}) as UsageQuery;
+    // (Not an object: usage() says so, as for any bad query.)
+    if (query === null || typeof query !== 'object') return this.reports.usage(query);
+    const { windows, ...q } = query;
     if (windows !== undefined && typeof windows !== 'boolean') throw new AgentKeyError('invalid_argument', 'windows must be true or false.');
     const report = await this.reports.usage(q);
     if (!windows) return report;

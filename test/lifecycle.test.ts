@@ -102,7 +102,7 @@ forEachDatabase((getDb) => {
       expect(await ak.trackUsage(key, { costCents: 85.0001 })).toEqual({
         success: false,
         reason: 'budget_exceeded',
-        limitedBy: { kind: 'key', keyId: id },
+        limitedBy: { kind: 'key', keyId: id, window: expect.any(String) },
         budgetUsedCents: 15,
         budgetRemainingCents: 85,
       });

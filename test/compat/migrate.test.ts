@@ -32,7 +32,7 @@ forEachDatabase((getDb) => {
       await db.query(`DROP TABLE ${table}`);
       await db.query(packageTableSql(table));
       // The version records say everything was applied; the table says otherwise.
-      expect(await ak.migrate()).toEqual([1, 3, 6, 7]);
+      expect(await ak.migrate()).toEqual([1, 3, 6, 7, 8, 10]);
 
       const fresh = await ak.create({ accountId: 'acct_1', budgetCents: 100, name: 'new' });
       expect(fresh.id).toBe(1);
@@ -128,7 +128,7 @@ forEachDatabase((getDb) => {
         await db.query(`DROP TRIGGER ${trigger} ON ${table}`);
       }
       await db.query(`DROP FUNCTION ${table}_spend_many, ${table}_spend, ${table}_settle, ${table}_sync`);
-      expect(await ak.migrate()).toEqual([2, 3, 6]);
+      expect(await ak.migrate()).toEqual([2, 3, 6, 8]);
 
       expect(await ak.validate(k.key)).toMatchObject({ valid: true, budgetUsedCents: 12.5, budgetHeldCents: 0 });
       expect((await ak.ledger({ keyId: k.id })).map((r) => [r.kind, r.amountCents])).toEqual([['adjust', 12.5]]);

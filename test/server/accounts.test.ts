@@ -116,7 +116,7 @@ forEachDatabase((getDb) => {
       expect(res.body.accounts.map((a: { accountId: string }) => a.accountId)).toEqual(['acct_a', 'acct_b', 'acct_c']);
       const [a, b, c] = res.body.accounts;
       expect(a).toMatchObject({ keys: 2, liveKeys: 1, spentCents: 12.5, ceiling: { accountId: 'acct_a', budgetCents: 1000, spentCents: 12.5, heldCents: 5, remainingCents: 982.5, budgetPeriod: null } });
-      expect(b).toEqual({ accountId: 'acct_b', keys: 1, liveKeys: 1, spentCents: 0, overageCents: 0, ceiling: null });
+      expect(b).toEqual({ accountId: 'acct_b', keys: 1, liveKeys: 1, spentCents: 0, overageCents: 0, ceiling: null, rateLimit: null, concurrency: null });
       expect(c).toMatchObject({ keys: 0, liveKeys: 0, spentCents: 0, ceiling: { budgetCents: 300, budgetPeriod: 'month' } });
       expect((await svc.admin('GET', '/v1/accounts?limit=1')).body.accounts).toHaveLength(1);
     });

@@ -130,7 +130,7 @@ forEachDatabase((getDb) => {
       expect(own.body.error).toMatchObject({ limitedBy: { kind: 'key', keyId: child.id }, budgetUsedCents: 0, budgetRemainingCents: 4 });
       const ancestor = await svc.post('/v1/charge', { key: child.key, costCents: 3.5 });
       expectError(ancestor, 429, 'budget_exceeded');
-      expect(ancestor.body.error.limitedBy).toEqual({ kind: 'ancestor', keyId: parent.id });
+      expect(ancestor.body.error.limitedBy).toEqual({ kind: 'ancestor', keyId: parent.id, window: 'lifetime' });
       expectError(await svc.post('/v1/charge', { key: parent.key, costCents: 3.0001, idempotencyKey: 'i' }), 429, 'budget_exceeded');
       expect(await snapshot(ak)).toEqual(before);
       // The refused idempotency key was not used up.

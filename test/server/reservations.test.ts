@@ -56,7 +56,7 @@ forEachDatabase((getDb) => {
       const before = await snapshot(ak);
       const over = await svc.post('/v1/reservations', { key: k.key, costCents: 10.0001 });
       expectError(over, 429, 'budget_exceeded');
-      expect(over.body.error.limitedBy).toEqual({ kind: 'key', keyId: k.id });
+      expect(over.body.error.limitedBy).toEqual({ kind: 'key', keyId: k.id, window: 'lifetime' });
       expectError(await svc.post('/v1/reservations', { key: ADMIN, costCents: 1 }), 401, 'invalid_key');
       expectError(await svc.post('/v1/reservations', { key: 'ak_garbage', costCents: 1 }), 401, 'invalid_key');
       expectError(await svc.post('/v1/reservations', { key: revoked.key, costCents: 1 }), 401, 'key_revoked');
