@@ -309,3 +309,25 @@ forEachDatabase((getDb) => {
     });
   });
 });
+
+forEachDatabase((getDb) => {
+  describe('the whole of it in one call', () => {
+    it("happy: $10 a day, $100 a month, warn at 80% and 60 requests a minute in one create(): each holds", async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const agent = await ak.create({
+        accountId: 'acct_123',
+        budgets: [{ cents: 1000, period: 'day' }, { cents: 10000, period: 'month' }],
+        alerts: [80],
+        rateLimit: { requests: 60, per: '1m' },
+      });
+      const checks = [];
+      for (let i = 0; i < 61; i++) checks.push(await ak.validate(agent.key));
+      expect(checks.slice(0, 60).every((r) => r.valid)).toBe(true);
+      expect(checks[60]).toMatchObject({ valid: false, reason: 'rate_limited' });
+      expect(await ak.trackUsage(agent.key, { costCents: 850 })).toMatchObject({ success: true, budgetRemainingCents: 150 });
+      expect(await ak.trackUsage(agent.key, { costCents: 151 })).toMatchObject({ success: false, limitedBy: { kind: 'key', window: 'day' } });
+      expect((await thresholdEvents(db, ak)).map((e) => [e.window, e.percent])).toEqual([['day', 80]]);
+    });
+  });
+});
