@@ -1,11 +1,13 @@
 // The agentkey dashboard: a small client over the admin API, no build step. This file is the
 // shell (sign-in, routing, refresh), the overview and the key page's layout; ui.js holds the
 // shared helpers (h() builds elements from text, never HTML), key.js a key's edit, rotate and
-// history parts. All three are served by src/server/routes/dashboard.ts.
+// history parts, windows.js the budget bars, webhooks.js the Webhooks view and the recent
+// events. All are served by src/server/routes/dashboard.ts.
 
 import { $, STORE, ago, api, dollars, h, secretBox, shell, visible, when } from './ui.js';
 import { editButton, historyPath, historySection, rotateControl, takeHistory } from './key.js';
 import { alertsFor, tableAlerts, windowBars } from './windows.js';
+import { loadRecentEvents, recentEventsSection, webhooksPage } from './webhooks.js';
 
 const REFRESH_MS = 5000;
 
@@ -62,7 +64,9 @@ function statusBadge(status) {
 // ---- views ----
 
 async function overview(view) {
-  const [{ accounts }, { keys }] = await Promise.all([api('/v1/accounts'), api('/v1/keys?includeRevoked=true&limit=10000'), loadTableAlerts()]);
+  const [{ accounts }, { keys }, , recentEvents] = await Promise.all([
+    api('/v1/accounts'), api('/v1/keys?includeRevoked=true&limit=10000'), loadTableAlerts(), loadRecentEvents(),
+  ]);
   const f = state.filters;
   const shown = keys
     .filter((k) => (!f.account || String(k.accountId) === f.account) && (!f.status || k.status === f.status))
@@ -130,6 +134,8 @@ async function overview(view) {
                 ))),
             )),
     ),
+    // Recent events (webhooks.js).
+    recentEventsSection(recentEvents),
   );
 }
 
@@ -368,6 +374,7 @@ function drawChart(usage, since) {
 // ---- shell ----
 
 function route() {
+  if (location.hash === '#/webhooks') return { page: 'webhooks' };
   const m = /^#\/keys\/(\d+)$/.exec(location.hash);
   return m ? { page: 'key', id: m[1] } : { page: 'overview' };
 }
@@ -378,6 +385,7 @@ async function refresh(quiet = false) {
   const r = route();
   try {
     if (r.page === 'key') await keyPage(view, r.id, { quiet });
+    else if (r.page === 'webhooks') await webhooksPage(view);
     else await overview(view);
     $('live').textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
@@ -401,6 +409,7 @@ function signedIn() {
   $('sign-in').hidden = true;
   $('view').hidden = false;
   $('sign-out').hidden = false;
+  $('nav-webhooks').hidden = false;
   refresh();
   schedule();
 }
@@ -411,6 +420,7 @@ function signOut(message = '') {
   $('view').hidden = true;
   $('view').replaceChildren();
   $('sign-out').hidden = true;
+  $('nav-webhooks').hidden = true;
   $('sign-in').hidden = false;
   $('sign-in-error').textContent = message;
   $('live').textContent = '';

@@ -655,6 +655,36 @@ describe('dashboard', () => {
     expect(errors).toEqual([]);
     await page.close();
   });
+
+  it('happy: the overview lists recent events (a key.revoked row) and the Webhooks view shows each endpoint, its description as text, and its deliveries', async () => {
+    const hook = await call('POST', '/v1/webhooks', { url: 'http://127.0.0.1:9/hook', description: '<b>x</b>' });
+    const k = await call('POST', '/v1/keys', { accountId: 'acct_hooks', name: 'hook-victim', budgetCents: 100 });
+    await call('POST', `/v1/keys/${k.id}/revoke`);
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await signIn(page);
+    const revoked = page.locator('#events tbody tr[data-type="key.revoked"]', { hasText: `key ${k.id}` });
+    await expect.poll(() => revoked.count()).toBe(1);
+    expect(await revoked.locator('.event-owner').textContent()).toBe(`key ${k.id} · acct_hooks`);
+    expect(await revoked.locator('.event-summary').textContent()).toContain('revokedAt: ');
+
+    await page.locator('#nav-webhooks').click();
+    const card = page.locator(`#webhooks .webhook[data-webhook-id="${hook.id}"]`);
+    await card.waitFor();
+    expect(await card.locator('.webhook-url').textContent()).toBe('http://127.0.0.1:9/hook');
+    // The description is text: the markup shows as typed, and no <b> element is made from it.
+    expect(await card.locator('.webhook-description').textContent()).toBe('<b>x</b>');
+    expect(await card.locator('.webhook-description b').count()).toBe(0);
+    expect(await card.textContent()).toContain('every account');
+    expect(await card.locator('.webhook-enabled').textContent()).toBe('enabled');
+    // The revocation is queued for this endpoint; nothing listens on port 9, so it is never delivered.
+    const delivery = card.locator('tr.delivery', { hasText: 'key.revoked' });
+    await expect.poll(() => delivery.count(), { timeout: 15_000 }).toBeGreaterThan(0);
+    expect(['pending', 'failed']).toContain(await delivery.first().getAttribute('data-status'));
+    await shot(page, 'webhooks');
+    expect(errors).toEqual([]);
+    await page.close();
+  });
 });
 
 describe('dashboard: rate limits', () => {
