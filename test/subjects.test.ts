@@ -43,7 +43,7 @@ forEachDatabase((getDb) => {
       await ak.ensureSubject('mch_1', { budgetCents: 10 });
       const id = await subjectKeyId(db, ak, 'mch_1');
       expect(await ak.trackUsageBySubject('mch_1', { costCents: 6 })).toEqual({ success: true, budgetUsedCents: 6, budgetRemainingCents: 4 });
-      expect(await ak.trackUsageBySubject('mch_1', { costCents: 4.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id }, budgetUsedCents: 6, budgetRemainingCents: 4 });
+      expect(await ak.trackUsageBySubject('mch_1', { costCents: 4.0001 })).toEqual({ success: false, reason: 'budget_exceeded', limitedBy: { kind: 'key', keyId: id, window: expect.any(String) }, budgetUsedCents: 6, budgetRemainingCents: 4 });
       expect(await ak.trackUsageBySubject('mch_1', { costCents: 4 })).toEqual({ success: true, budgetUsedCents: 10, budgetRemainingCents: 0 });
       // Spent to the cent: validateBySubject refuses it; getKey shows its figures.
       expect(await ak.validateBySubject('mch_1')).toEqual({ valid: false, reason: 'budget_exceeded' });
