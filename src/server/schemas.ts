@@ -1,3 +1,6 @@
+// One file (about 560 lines): every request and response schema of the service, since one
+// schema object both validates requests and writes /openapi.json, and shared pieces (cents,
+// windows, ids) are used across routes; split, the document would be assembled from many files.
 import { z } from '@hono/zod-openapi';
 import { MAX_CENTS, isValidCents } from '../money.js';
 import { LEDGER_KINDS } from '../store/ledger-schema.js';

@@ -1,4 +1,4 @@
-// One file (about 400 lines): every statement about keys (reads with their budgets above, inserts,
+// One file (about 510 lines): every statement about keys (reads with their budgets above, inserts,
 // revokes, updates, rotation) beside the row shapes they return, so the SQL of a key's life reads in one place.
 import type { Micros } from '../money.js';
 import { type Actor, actAs } from './actor.js';

@@ -1,4 +1,4 @@
-// One file (about 410 lines): every statement spending sends and every report read from the
+// One file (about 420 lines): every statement spending sends and every report read from the
 // ledger, beside the shapes they return, so the money path's SQL can be read in one place.
 import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
