@@ -46,6 +46,13 @@ interface Room {
  * and are dropped by key id, for the key itself and for every key under it, when a change
  * is announced. `generation` moves on every drop, so a lookup that started before a drop
  * does not put a stale row back.
+ *
+ * Reads and this process's spend steps are ordered by a local counter (`mark()`), not by
+ * database time: a step's time is taken before it commits, so a read whose snapshot
+ * missed a step can carry a later time than the step. When a step here ended while a read
+ * was out, which of the two saw more is unknown, and this process's step wins: its figures
+ * for the key, and its moves of the budgets above. Steps on one key are ordered among
+ * themselves by their database time, taken after their row locks.
  */
 export class KeyCache {
   generation = 0;
@@ -60,6 +67,13 @@ export class KeyCache {
    * other processes show when an entry is read again (at most its TTL), like other figures.
    */
   private readonly rooms = new Map<string, Room>();
+  /** The local counter; when (by it) the latest step here ended on each budget (`k<id>`, `a<id>`, `w<id>`). */
+  private tick = 0;
+  private readonly stepEnds = new Map<string, number>();
+  /** The figures of the latest step here on each key (by database time), and when it ended. */
+  private readonly lastSteps = new Map<number, { budget: number | null; spent: Micros; held: Micros; at: number; end: number }>();
+  /** The entries whose figures are a step's: its database time. */
+  private readonly stepAt = new WeakMap<CachedKey, number>();
   private hits = 0;
   private misses = 0;
   private evictions = 0;
@@ -80,17 +94,33 @@ export class KeyCache {
     return entry;
   }
 
+  /** The local counter's next value: taken when a read or a step starts. */
+  mark(): number {
+    return ++this.tick;
+  }
+
   /**
    * Stores a key read from the database, with what the budgets above it left at that read
-   * (`rooms`: the same names as `entry.limits`).
+   * (`rooms`: the same names as `entry.limits`). `since`: the mark taken when the read started.
    */
-  set(cacheKey: string, entry: CachedKey, rooms: readonly number[] = []): void {
-    entry.limits.forEach((name, i) => this.note(name, rooms[i] as number, entry.asOf));
-    if (entry.budget !== null) this.note(`k${entry.id}`, roomMicros(entry.budget, entry.spent, entry.held), entry.asOf);
+  set(cacheKey: string, entry: CachedKey, rooms: readonly number[] = [], since = this.tick): void {
+    // A budget a step here moved while the read was out keeps the step's figure.
+    const stepped = (name: string) => (this.stepEnds.get(name) ?? 0) > since && this.rooms.has(name);
+    entry.limits.forEach((name, i) => {
+      if (!stepped(name)) this.note(name, rooms[i] as number, entry.asOf);
+    });
+    const step = this.lastSteps.get(entry.id);
     const old = this.entries.get(cacheKey);
-    if (old !== undefined && old.asOf > entry.asOf) {
-      // A read that started before the latest spend seen here keeps that spend's figures.
-      Object.assign(entry, { budget: old.budget, spent: old.spent, held: old.held, asOf: old.asOf });
+    if (step !== undefined && step.end > since) {
+      // (The budget is the read's: a change of it is announced, and a read the change raced is not kept.)
+      Object.assign(entry, { spent: step.spent, held: step.held });
+      this.stepAt.set(entry, step.at);
+    } else {
+      if (entry.budget !== null) this.note(`k${entry.id}`, roomMicros(entry.budget, entry.spent, entry.held), entry.asOf);
+      // Of two reads, the one that saw the later snapshot wins.
+      if (old !== undefined && !this.stepAt.has(old) && old.asOf > entry.asOf) {
+        Object.assign(entry, { budget: old.budget, spent: old.spent, held: old.held, asOf: old.asOf });
+      }
     }
     if (old !== undefined) this.remove(cacheKey, old);
     this.entries.set(cacheKey, entry);
@@ -143,8 +173,9 @@ export class KeyCache {
   }
 
   /**
-   * Fresher spend figures for a key, from a step taken here, and what the step moved the
-   * budgets above it by (its ancestors' and its account's rooms shrink by `above.moved`).
+   * The figures of a key after a step taken here (`at`: the step's database time, taken after
+   * its row locks), and what the step moved the budgets above it by (its ancestors', its
+   * account's and its windows' rooms shrink by `above.moved`).
    */
   updateFigures(
     id: number,
@@ -158,7 +189,22 @@ export class KeyCache {
       accountId: null,
     },
   ): void {
-    if (budget !== null) this.note(`k${id}`, roomMicros(budget, spent, held), at);
+    const end = ++this.tick;
+    if (this.lastSteps.size > 2 * this.maxKeys + 1_000) {
+      // Forgotten steps could let a read that missed them in: reads now out are not kept.
+      this.lastSteps.clear();
+      this.stepEnds.clear();
+      this.generation++;
+    }
+    const prior = this.lastSteps.get(id);
+    // A step that ends after a later one on the same key (replies can cross) only moves the budgets above.
+    const latest = prior === undefined || at >= prior.at;
+    if (latest) this.lastSteps.set(id, { budget, spent, held, at, end });
+    this.stepEnds.set(`k${id}`, end);
+    for (const ancestor of above.ancestors) this.stepEnds.set(`k${ancestor}`, end);
+    if (above.accountId !== null) this.stepEnds.set(`a${above.accountId}`, end);
+    for (const w of above.windows ?? []) this.stepEnds.set(`w${w}`, end);
+    if (latest && budget !== null) this.rooms.set(`k${id}`, { room: roomMicros(budget, spent, held), asOf: at });
     if (above.moved !== 0) {
       for (const ancestor of above.ancestors) this.move(`k${ancestor}`, above.moved, at);
       if (above.accountId !== null) this.move(`a${above.accountId}`, above.moved, at);
@@ -169,11 +215,12 @@ export class KeyCache {
     if (found === undefined) return;
     for (const cacheKey of typeof found === 'string' ? [found] : found) {
       const entry = this.entries.get(cacheKey);
-      if (entry?.id === id && at >= entry.asOf) {
-        entry.asOf = at;
+      if (entry?.id === id && latest) {
+        entry.asOf = Math.max(entry.asOf, at);
         entry.budget = budget;
         entry.spent = spent;
         entry.held = held;
+        this.stepAt.set(entry, at);
       }
     }
   }

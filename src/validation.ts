@@ -67,13 +67,14 @@ export class Validation {
     let loading = this.loading.get(cacheKey);
     if (!loading || loading.changes !== this.changes) {
       const generation = cache?.generation;
+      const since = cache?.mark();
       // Concurrent lookups of different keys go out together as one query.
       const read = 'hash' in ref ? this.lookups.submit(ref.hash) : this.store.find(ref);
       const entry = {
         changes: this.changes,
         read: read.catch(this.fault).then((row) => {
           // Kept only if no change was announced while it was read (it might predate the change).
-          if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs), limitRooms(row));
+          if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs), limitRooms(row), since);
           return row;
         }),
       };
