@@ -29,7 +29,13 @@ export type AgentKeyErrorCode =
   /** A webhook endpoint id that no endpoint has. */
   | 'webhook_not_found'
   /** A `rateLimit` or `concurrency` that is not a whole number in range, or a `per` that is not 1s to 1d. */
-  | 'invalid_rate_limit';
+  | 'invalid_rate_limit'
+  /** A model with no price in the catalog (bundled, fetched or custom): agentkey never charges 0 for it. */
+  | 'unknown_model'
+  /** Token counts that are not whole numbers of at least 0, or whose parts pass their whole. */
+  | 'invalid_usage'
+  /** An LLM request body that `estimateMaxCost()` cannot read (no messages, a bad max_tokens...). */
+  | 'invalid_llm_request';
 
 /**
  * The one error class agentkey throws: programmer mistakes (bad arguments) and

@@ -61,6 +61,9 @@ const ERROR_CODES: Record<AgentKeyErrorCode, true> = {
   total_out_of_range: true,
   webhook_not_found: true,
   invalid_rate_limit: true,
+  unknown_model: true,
+  invalid_usage: true,
+  invalid_llm_request: true,
 };
 const LIBRARY_REASONS: Record<LibraryReason, true> = {
   invalid: true,

@@ -156,6 +156,9 @@ const ERRORS: Record<Exclude<AgentKeyErrorCode, LibraryReason>, Refusal> = {
   total_out_of_range: { status: 422, code: 'total_out_of_range', message: 'This would take a total past what the key store can count.', named: own },
   webhook_not_found: { status: 404, code: 'webhook_not_found', message: 'No webhook endpoint has this id.', named: own },
   invalid_rate_limit: { status: 400, code: 'invalid_rate_limit', message: 'The rate limit or concurrency limit is not valid.', named: own },
+  unknown_model: { status: 400, code: 'unknown_model', message: 'The model has no price in the catalog; configure one.', named: own },
+  invalid_usage: { status: 400, code: 'invalid_usage', message: 'The token counts are not valid.', named: own },
+  invalid_llm_request: { status: 400, code: 'invalid_llm_request', message: 'The LLM request body is not valid.', named: own },
 };
 
 /** The surfaces' own. */
