@@ -37,7 +37,7 @@ function read(fields: Partial<CachedKey> & { asOf: number }): CachedKey {
 const account = { moved: -50 * M, ancestors: [], accountId: 'acct_1' };
 const figures = (c: KeyCache) => {
   const e = c.get('h', 0) as CachedKey;
-  return { spent: e.spent / M, held: e.held / M, account: (c.leastRoom(['aacct_1']) as number) / M };
+  return { spent: Number(e.spent) / M, held: Number(e.held) / M, account: (c.leastRoom(['aacct_1']) as number) / M };
 };
 
 describe('KeyCache: reads and steps of this process', () => {

@@ -13,10 +13,10 @@ import { costFromUsage, createPriceCatalog } from '../../src/llm/index.js';
  */
 
 /** A model's rates as the catalog's data states them (dollars per million tokens = micros per token). */
-function rates(provider: string, model: string): Record<string, number> {
+function rates(provider: string, model: string): { input_mtok: number; output_mtok: number; cache_read_mtok: number } {
   const m = findProvider({ providerId: provider })?.models.find((x) => x.id === model);
   if (!m || Array.isArray(m.prices)) throw new Error(`no plain price for ${model}`);
-  return m.prices as Record<string, number>;
+  return m.prices as { input_mtok: number; output_mtok: number; cache_read_mtok: number };
 }
 
 const cents = (micros: number) => micros / 10_000;
