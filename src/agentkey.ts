@@ -34,6 +34,9 @@ import type {
   AuditResult,
   CacheStats,
   CommitOptions,
+  MeteredCommitOptions,
+  MeteredReserveOptions,
+  MeteredUsageOptions,
   CommitResult,
   CreateKeyOptions,
   CreateKeyResult,
@@ -118,7 +121,7 @@ export class AgentKey {
     this.limiter = new RateLimiter(s.rateLimits.mode, rateStore, storageFault(table), s.batching ?? { maxBatch: 1, lanes: 2 });
     this.validation = new Validation(keyStore, cache, { pool: s.pool, channel: s.names.channel }, table, this.limiter);
     this.accountLimits = new AccountLimits(rateStore, this.validation, table);
-    this.spending = new Spending(spendStore, cache, s.batching, s.timeoutMs, table, s.actor);
+    this.spending = new Spending(spendStore, cache, s.batching, s.timeoutMs, table, s.actor, s.prices);
     this.keys = new KeyLifecycle(keyStore, new AccountStore(s.db, s.names), new EventStore(s.db, s.names), this.validation, {
       keyPrefix: s.keyPrefix,
       validScopes: s.validScopes,
@@ -315,14 +318,18 @@ export class AgentKey {
   /**
    * Adds a cost to the key's spend, atomically and never past its budget.
    *
+   * Or give an LLM call's usage instead of a cost: it is priced from the catalog
+   * (agentkey/llm) and the ledger row keeps the model and the token counts.
+   *
    * @example await ak.trackUsage(key, { costCents: 0.03 }) // { success: true, ... }
+   * @example await ak.trackUsage(key, { model: 'gpt-4o-mini', usage: { inputTokens: 812, outputTokens: 95 } })
    */
-  async trackUsage(rawKey: string, usage: UsageOptions): Promise<TrackUsageResult> {
+  async trackUsage(rawKey: string, usage: UsageOptions | MeteredUsageOptions): Promise<TrackUsageResult> {
     return this.spending.charge(this.keyRef(rawKey), usage, 'trackUsage()');
   }
 
   /** `trackUsage()` for an external subject created with `ensureSubject()`. */
-  async trackUsageBySubject(subject: string, usage: UsageOptions): Promise<TrackUsageResult> {
+  async trackUsageBySubject(subject: string, usage: UsageOptions | MeteredUsageOptions): Promise<TrackUsageResult> {
     return this.spending.charge({ subject: subjectText(subject) }, usage, 'trackUsageBySubject()');
   }
 
@@ -335,12 +342,12 @@ export class AgentKey {
    * const hold = await ak.reserve(key, { costCents: maxTokens * centsPerToken, ttl: '2m' });
    * if (hold.success) await ak.commit(hold.reservationId, { costCents: realCost });
    */
-  async reserve(rawKey: string, options: ReserveOptions): Promise<ReserveResult> {
+  async reserve(rawKey: string, options: ReserveOptions | MeteredReserveOptions): Promise<ReserveResult> {
     return this.spending.reserve(this.keyRef(rawKey), options, 'reserve()');
   }
 
   /** `reserve()` for an external subject created with `ensureSubject()`. */
-  async reserveBySubject(subject: string, options: ReserveOptions): Promise<ReserveResult> {
+  async reserveBySubject(subject: string, options: ReserveOptions | MeteredReserveOptions): Promise<ReserveResult> {
     return this.spending.reserve({ subject: subjectText(subject) }, options, 'reserveBySubject()');
   }
 
@@ -353,7 +360,7 @@ export class AgentKey {
    * A second commit with the same cost returns the first outcome, never a second charge;
    * one with another cost is `idempotency_conflict`.
    */
-  async commit(reservationId: string, options: CommitOptions): Promise<CommitResult> {
+  async commit(reservationId: string, options: CommitOptions | MeteredCommitOptions): Promise<CommitResult> {
     return this.spending.commit(reservationId, options);
   }
 

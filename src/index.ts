@@ -30,6 +30,11 @@ export type {
   KeyRefusal,
   LedgerEntry,
   LimitedBy,
+  LlmUsage,
+  MeteredCommitOptions,
+  MeteredReserveOptions,
+  MeteredUsageOptions,
+  ModelUsage,
   BudgetWindow,
   BudgetWindowInput,
   WindowPeriod,
@@ -75,6 +80,8 @@ export type {
   RateLimitsOptions,
   ValidateOptions,
 } from './types.js';
+export type { TokenUsage } from './llm/usage.js';
+export type { PriceCatalog } from './llm/prices.js';
 export { EVENT_TYPES, type AttemptOutcome, type ClaimedDelivery, type DeliveryQueue } from './events.js';
 export { AgentKeyError, type AgentKeyErrorCode, isAgentKeyError } from './errors.js';
 export {

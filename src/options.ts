@@ -1,6 +1,7 @@
 // Every option agentkey is given is checked here: the options of `new AgentKey()`, and the
 // shared rules for text, ids and limits that each call's own checks use.
 import { AgentKeyError } from './errors.js';
+import type { PriceCatalog } from './llm/prices.js';
 import { checkKeyPrefix } from './keys.js';
 import { describe } from './money.js';
 import { parseScopes } from './scopes.js';
@@ -108,6 +109,8 @@ export interface Settings {
   batching: Required<BatchingOptions> | null;
   /** How request rate limits are counted. */
   rateLimits: Required<RateLimitsOptions>;
+  /** The price catalog of costs given as `{ model, usage }`; null: the bundled one. */
+  prices: PriceCatalog | null;
 }
 
 /** The least bound of a report over the whole ledger: it reads, so it holds nobody up, and a big ledger takes time. */
@@ -117,9 +120,13 @@ const REPORT_TIMEOUT_MS = 60_000;
 export function agentKeySettings(options: unknown): Settings {
   const o = checkOptions<AgentKeyOptions>(
     options,
-    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs', 'actor', 'rateLimits'],
+    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs', 'actor', 'rateLimits', 'prices'],
     'new AgentKey()',
   );
+  // A catalog from agentkey/llm's createPriceCatalog(), checked by shape: core does not load the catalog until a cost needs it.
+  if (o.prices !== undefined && (o.prices === null || typeof (o.prices as { price?: unknown }).price !== 'function')) {
+    throw new AgentKeyError('invalid_argument', `prices must be a catalog made by createPriceCatalog() (agentkey/llm), not ${describe(o.prices)}.`);
+  }
   const maxDepth = o.maxDepth ?? DEFAULT_MAX_DEPTH;
   if (!Number.isInteger(maxDepth) || maxDepth < 0 || maxDepth > 100) {
     throw new AgentKeyError('invalid_argument', 'maxDepth must be a whole number from 0 to 100.');
@@ -145,6 +152,7 @@ export function agentKeySettings(options: unknown): Settings {
     cache: cacheOptions(o.cache),
     batching: batchingOptions(o.batching),
     rateLimits: rateLimitsOptions(o.rateLimits),
+    prices: o.prices ?? null,
   };
 }
 

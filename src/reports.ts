@@ -38,7 +38,8 @@ export class Reports {
 
   /** `usage()`: spend over [since, until), optionally in hourly or daily buckets (UTC). */
   async usage(query: UsageQuery): Promise<UsageReport> {
-    const q = checkOptions<UsageQuery>(query, ['keyId', 'accountId', 'since', 'until', 'bucket'], 'usage()');
+    const q = checkOptions<UsageQuery>(query, ['keyId', 'accountId', 'since', 'until', 'bucket', 'byModel'], 'usage()');
+    if (q.byModel !== undefined && typeof q.byModel !== 'boolean') throw new AgentKeyError('invalid_argument', 'byModel must be true or false.');
     if (q.bucket !== undefined && q.bucket !== 'hour' && q.bucket !== 'day') {
       throw new AgentKeyError('invalid_argument', `bucket must be 'hour' or 'day'; got ${JSON.stringify(q.bucket)}.`);
     }
@@ -50,7 +51,24 @@ export class Reports {
       bucket: q.bucket ?? null,
     };
     const report = await this.stores.totals.usage(filter).catch(this.fault);
+    const models = q.byModel ? await this.stores.totals.usageByModel(filter).catch(this.fault) : null;
     return {
+      ...(models
+        ? {
+            models: models.map((m) => ({
+              model: m.model,
+              provider: m.provider,
+              costCents: microsToCents(m.total),
+              overageCents: microsToCents(m.overage),
+              count: m.count,
+              inputTokens: m.inputTokens,
+              outputTokens: m.outputTokens,
+              cachedInputTokens: m.cachedInputTokens,
+              cacheWriteTokens: m.cacheWriteTokens,
+              reasoningTokens: m.reasoningTokens,
+            })),
+          }
+        : {}),
       totalCents: microsToCents(report.total),
       count: report.count,
       overageCents: microsToCents(report.overage),
@@ -122,6 +140,8 @@ export class Reports {
       reservationId: r.reservation_id,
       metadata: r.metadata,
       createdAt: iso(r.created_at) as string,
+      ...(r.model ? { model: r.model } : {}),
+      ...(r.usage ? { usage: r.usage } : {}),
     }));
   }
 }

@@ -9,6 +9,8 @@ import { type CentsInput, centsToMicros, describe, isValidCents, microsToCentsNu
 import { checkOptions, metadataJson, optionalText } from './options.js';
 import type { Actor } from './store/actor.js';
 import { storageFault } from './store/errors.js';
+import type { PriceCatalog } from './llm/prices.js';
+import type { TokenUsage } from './llm/usage.js';
 import type { KeyRef } from './store/keys.js';
 import type { SpendOutcome, SpendRequest, SpendStore } from './store/spend.js';
 import { durationMs } from './time.js';
@@ -18,6 +20,7 @@ import type {
   CommitOptions,
   CommitResult,
   KeyRefusal,
+  MeteredCommitOptions,
   LimitedBy,
   ReleaseResult,
   ReservationInfo,
@@ -52,6 +55,8 @@ export class Spending {
     table: string,
     /** Who adjustments made here are recorded as (the event log). */
     private readonly actor: Actor,
+    /** The catalog that prices `{ model, usage }`; null for the bundled one. */
+    private readonly prices: PriceCatalog | null = null,
   ) {
     this.batches = batching && new SpendBatches(store, batching, timeoutMs);
     this.fault = storageFault(table);
@@ -60,7 +65,7 @@ export class Spending {
 
   /** `trackUsage()`: `ref` is null for a raw key that cannot be one of this table's. */
   async charge(ref: KeyRef | null, usage: unknown, what: string): Promise<TrackUsageResult> {
-    const input = spendInput(usage, CHARGE_OPTIONS, what);
+    const input = spendInput(usage, CHARGE_OPTIONS, what, await this.meter(usage, what));
     if (input.micros === null) return { success: false, reason: 'invalid_cost' };
     if (ref === null) return { success: false, reason: 'invalid_key' };
     // As in the package: a free call records nothing and needs no round trip.
@@ -77,7 +82,7 @@ export class Spending {
 
   /** `reserve()`: `ref` is null for a raw key that cannot be one of this table's. */
   async reserve(ref: KeyRef | null, options: unknown, what: string): Promise<ReserveResult> {
-    const input = spendInput(options, RESERVE_OPTIONS, what);
+    const input = spendInput(options, RESERVE_OPTIONS, what, await this.meter(options, what));
     if (input.micros === null) return { success: false, reason: 'invalid_cost' };
     if (ref === null) return { success: false, reason: 'invalid_key' };
     const out = await this.spendCoalesced(ref, { ...input, micros: input.micros, op: 'hold', holdId: randomId('rsv_') });
@@ -98,14 +103,15 @@ export class Spending {
   }
 
   /** `commit()`: settles a hold with its real cost; what no budget can take is overage. */
-  async commit(reservationId: string, options: CommitOptions): Promise<CommitResult> {
+  async commit(reservationId: string, options: CommitOptions | MeteredCommitOptions): Promise<CommitResult> {
     if (options === null || typeof options !== 'object') return { success: false, reason: 'invalid_cost' };
-    const o = checkOptions<CommitOptions>(options, ['costCents', 'metadata'], 'commit()');
-    const micros = costMicros(o.costCents);
+    const llm = await this.meter(options, 'commit()');
+    const o = checkOptions<CommitOptions>(options, llm ? ['metadata', ...LLM_OPTIONS] : ['costCents', 'metadata'], 'commit()');
+    const micros = llm ? llm.micros : costMicros(o.costCents);
     if (micros === null) return { success: false, reason: 'invalid_cost' };
     const metadata = metadataJson(o.metadata);
     if (!isReservationId(reservationId)) return { success: false, reason: 'reservation_not_found' };
-    const out = await this.settle(reservationId, 'commit', micros, metadata);
+    const out = await this.settle(reservationId, 'commit', micros, metadata, llm?.usage ?? null);
     if (out.outcome === 'not_found') return { success: false, reason: 'reservation_not_found' };
     if (out.outcome === 'already_released') return { success: false, reason: 'already_released' };
     if (out.outcome === 'idempotency_conflict') return { success: false, reason: 'idempotency_conflict' };
@@ -203,15 +209,31 @@ export class Spending {
   }
 
   /** A commit or release of a hold: batched with concurrent steps when batching is on. */
-  private async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
+  private async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null, usage: string | null = null): Promise<SpendOutcome> {
     const out = await (this.batches
-      ? this.batches.decide({ ref: { hold: holdId }, request: { op, micros, metadata } })
-      : this.store.settle(holdId, op, micros, metadata)
+      ? this.batches.decide({ ref: { hold: holdId }, request: { op, micros, metadata, usage } })
+      : this.store.settle(holdId, op, micros, metadata, usage)
     ).catch(this.spendFault);
     const held = out.expired ? 0 : (out.hold ?? 0);
     const charged = (out.committed ?? 0) - (out.overage ?? 0);
     this.noteFigures(out, out.outcome !== 'ok' ? 0 : op === 'commit' ? charged - held : -(out.released ?? 0));
     return out;
+  }
+
+  /**
+   * Options that name a model (`{ model, usage }` instead of `costCents`): the cost from the
+   * price catalog, which is loaded on the first such call, and the JSON of the model and
+   * token counts for the ledger. Null for options with a cost in cents. An unknown model or
+   * bad counts throw (`unknown_model`, `invalid_usage`): a caller's mistake, never a charge of 0.
+   */
+  private async meter(options: unknown, what: string): Promise<Metered | null> {
+    if (options === null || typeof options !== 'object' || !('model' in options || 'usage' in options)) return null;
+    const o = options as Record<string, unknown>;
+    if (o.costCents !== undefined) throw new AgentKeyError('invalid_argument', `${what} takes costCents or { model, usage }, not both.`);
+    if (o.model === undefined) throw new AgentKeyError('unknown_model', `${what} got usage without a model: name the model, e.g. { model: 'gpt-4o-mini', usage }.`);
+    const { priceUsage } = await import('./llm/prices.js');
+    const priced = priceUsage({ model: o.model as string, provider: o.provider as string | undefined, usage: o.usage as TokenUsage }, this.prices ?? undefined);
+    return { micros: priced.micros, usage: JSON.stringify({ model: priced.model, provider: priced.provider, ...priced.tokens }) };
   }
 
   /**
@@ -237,6 +259,14 @@ export class Spending {
 // What callers give, checked: a bad cost is data (a refusal), any other mistake throws.
 
 const CHARGE_OPTIONS = ['costCents', 'idempotencyKey', 'metadata'] as const;
+/** In place of costCents: an LLM call's model and token counts. */
+const LLM_OPTIONS = ['model', 'provider', 'usage'] as const;
+
+/** A cost priced from an LLM call's usage, and what its ledger rows keep of the call. */
+interface Metered {
+  micros: number;
+  usage: string;
+}
 const RESERVE_OPTIONS = [...CHARGE_OPTIONS, 'ttl'] as const;
 const MAX_TTL_MS = 24 * 3_600_000;
 
@@ -250,14 +280,16 @@ interface SpendInput {
   idempotencyKey: string | null;
   metadata: string | null;
   ttlMs: number | null;
+  usage: string | null;
 }
 
 /** Checks charge/reserve options; a bad cost is data (`micros: null`), anything else throws. */
-function spendInput(options: unknown, allowed: readonly string[], what: string): SpendInput {
-  if (options === null || typeof options !== 'object') return { micros: null, idempotencyKey: null, metadata: null, ttlMs: null };
-  const o = checkOptions<ReserveOptions>(options, allowed, what);
+function spendInput(options: unknown, allowed: readonly string[], what: string, llm: Metered | null): SpendInput {
+  if (options === null || typeof options !== 'object') return { micros: null, idempotencyKey: null, metadata: null, ttlMs: null, usage: null };
+  const o = checkOptions<ReserveOptions>(options, llm ? [...allowed.filter((k) => k !== 'costCents'), ...LLM_OPTIONS] : allowed, what);
   return {
-    micros: costMicros(o.costCents),
+    usage: llm?.usage ?? null,
+    micros: llm ? llm.micros : costMicros(o.costCents),
     idempotencyKey: optionalText(o.idempotencyKey, 'idempotencyKey'),
     metadata: metadataJson(o.metadata),
     ttlMs: allowed.includes('ttl') ? durationMs(o.ttl ?? '5m', 'ttl', MAX_TTL_MS) : null,

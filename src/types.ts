@@ -2,6 +2,8 @@
 // declarations only, grouped by the flow that uses them (the options of `new AgentKey()`,
 // the key lifecycle, validation, spending and holds, reports). The few that are defined
 // beside their code are re-exported here; src/index.ts exports them all from this file.
+import type { PriceCatalog } from './llm/prices.js';
+import type { TokenUsage } from './llm/usage.js';
 import type { Cents, CentsInput } from './money.js';
 import type { PoolLike } from './store/db.js';
 import type { KeyStatus } from './store/keys.js';
@@ -56,6 +58,12 @@ export interface AgentKeyOptions {
    * How request rate limits are counted (see `RateLimitsOptions`). Default `{ mode: 'exact' }`.
    */
   rateLimits?: RateLimitsOptions;
+  /**
+   * The prices of costs given as `{ model, usage }`: a catalog from `createPriceCatalog()`
+   * (agentkey/llm), with custom prices or fetching of newer ones. Default: the prices
+   * bundled with `@pydantic/genai-prices`.
+   */
+  prices?: PriceCatalog;
 }
 
 export interface CacheOptions {
@@ -380,6 +388,27 @@ export interface CommitOptions {
   metadata?: Record<string, unknown>;
 }
 
+/**
+ * An LLM call's usage in place of `costCents`: the cost is priced from the catalog
+ * (agentkey/llm; `new AgentKey({ prices })` for your own), and the ledger rows keep the
+ * model and the token counts. An unknown model throws `unknown_model`, never charges 0.
+ */
+export interface LlmUsage {
+  /** The model, as requests name it ('gpt-4o-mini', 'claude-sonnet-4-5'). */
+  model: string;
+  /** The catalog's provider id, when the model's name does not tell it. */
+  provider?: string;
+  usage: TokenUsage;
+  costCents?: never;
+}
+
+/** `trackUsage()` with an LLM call's usage instead of a cost. */
+export type MeteredUsageOptions = Omit<UsageOptions, 'costCents'> & LlmUsage;
+/** `reserve()` with the usage to hold for instead of a cost (for a worst case, see `estimateMaxCost()`). */
+export type MeteredReserveOptions = Omit<ReserveOptions, 'costCents'> & LlmUsage;
+/** `commit()` with the call's real usage instead of its cost. */
+export type MeteredCommitOptions = Omit<CommitOptions, 'costCents'> & LlmUsage;
+
 export interface SpendFigures {
   budgetUsedCents: number;
   budgetRemainingCents: number | null;
@@ -510,6 +539,8 @@ export interface UsageQuery {
   bucket?: 'hour' | 'day';
   /** With keyId (or accountId alone): also report its budget windows now (`windows`), each with its spend this period. */
   windows?: boolean;
+  /** Also break spend down by LLM model (`models`): the calls charged with `{ model, usage }`. */
+  byModel?: boolean;
 }
 
 /** Figures here are `Cents`: numbers up to MAX_CENTS, exact decimal strings past it. */
@@ -522,6 +553,8 @@ export interface UsageReport {
   buckets: { start: string; costCents: Cents; count: number; overageCents: Cents }[];
   /** With keyId (or accountId alone): that key's (account's) budget windows as they stand now, each with its spend this period. */
   windows?: BudgetWindow[];
+  /** With byModel: spend by model, dearest first (calls charged in plain cents are not in it). */
+  models?: ModelUsage[];
 }
 
 /** An account as `listAccounts()` reports it. */
@@ -554,6 +587,27 @@ export interface LedgerEntry {
   reservationId: string | null;
   metadata: Record<string, unknown> | null;
   createdAt: string;
+  /** An LLM call's row (charged with `{ model, usage }`): the catalog's model id. */
+  model?: string;
+  /** ...and, on the row with its cost, its provider and token counts. */
+  usage?: Required<TokenUsage> & { provider: string };
+}
+
+/** Spend of one model over a report's span (`usage({ byModel: true })`). */
+export interface ModelUsage {
+  model: string;
+  provider: string | null;
+  /** Counted toward budgets: charges and commits priced from its usage. */
+  costCents: Cents;
+  /** Real cost of its calls that no budget could take. */
+  overageCents: Cents;
+  /** Charges and commits. */
+  count: number;
+  inputTokens: number;
+  outputTokens: number;
+  cachedInputTokens: number;
+  cacheWriteTokens: number;
+  reasoningTokens: number;
 }
 
 export interface AuditResult {

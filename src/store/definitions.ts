@@ -66,9 +66,12 @@ const FUNCTIONS: readonly FunctionFile[] = [
   { sql: holdExpired, signature: '{{hold_expired}}()' },
   {
     sql: spendMany,
-    signature: '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer)',
-    // Before p_wait_ms: dropped, so a call with eleven arguments (from an older process) finds this one.
-    replaces: ['{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[])'],
+    signature: '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer, jsonb[])',
+    // Before p_wait_ms and p_usage: dropped, so a call with eleven or twelve arguments (from an older process) finds this one.
+    replaces: [
+      '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[])',
+      '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer)',
+    ],
   },
   { sql: spend, signature: '{{spend}}(text, text, bigint, text, bigint, text, jsonb, text, bigint)' },
   { sql: settle, signature: '{{settle}}(text, text, bigint, jsonb)' },

@@ -29,6 +29,7 @@ import rotationEventsSql from './sql/migrations/007_rotation_events.sql';
 import windowsAlertsSql from './sql/migrations/008_windows_alerts.sql';
 import webhooksSql from './sql/migrations/009_webhooks.sql';
 import rateLimitsSql from './sql/migrations/010_rate_limits.sql';
+import llmUsageSql from './sql/migrations/011_llm_usage.sql';
 
 /*
  * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
@@ -49,7 +50,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 10;
+export const LATEST_VERSION = 11;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -119,6 +120,12 @@ const MIGRATIONS: Migration[] = [
     present: (s) =>
       s.accountLimits !== null && s.rateWindows !== null && hasColumns(s.keys, ['rate_limit_requests', 'rate_limit_per_s', 'concurrency_limit']),
     up: (tx, t) => runFile(tx, t, rateLimitsSql),
+  },
+  {
+    version: 11,
+    name: 'the model and token counts of LLM calls on their ledger rows',
+    present: (s) => hasColumns(s.ledger, ['model', 'usage']),
+    up: (tx, t) => runFile(tx, t, llmUsageSql),
   },
 ];
 

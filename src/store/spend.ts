@@ -1,5 +1,6 @@
 // One file (about 420 lines): every statement spending sends and every report read from the
 // ledger, beside the shapes they return, so the money path's SQL can be read in one place.
+import type { TokenUsage } from '../llm/usage.js';
 import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
 import { type Db, lockWaitMs } from './db.js';
@@ -47,7 +48,7 @@ export type SpendOp = 'charge' | 'hold' | 'adjust';
 /** One step of a batch: a charge or hold on a key, or the commit or release of a hold. */
 export type BatchItem =
   | { ref: KeyRef; request: SpendRequest }
-  | { ref: { hold: string }; request: { op: 'commit' | 'release'; micros: number; metadata: string | null } };
+  | { ref: { hold: string }; request: { op: 'commit' | 'release'; micros: number; metadata: string | null; usage?: string | null } };
 
 export interface SpendRequest {
   op: SpendOp;
@@ -56,6 +57,8 @@ export interface SpendRequest {
   metadata: string | null;
   holdId: string | null;
   ttlMs: number | null;
+  /** An LLM call's model and token counts, as JSON (`{ model, provider, inputTokens, ... }`), for its ledger rows. */
+  usage?: string | null;
 }
 
 export interface LedgerRow {
@@ -67,6 +70,8 @@ export interface LedgerRow {
   reservation_id: string | null;
   metadata: Record<string, unknown> | null;
   created_at: Date;
+  model: string | null;
+  usage: (Required<TokenUsage> & { provider: string }) | null;
 }
 
 export interface HoldRow {
@@ -161,7 +166,7 @@ export class SpendStore {
       k in i.request ? (i.request as SpendRequest)[k] : null;
     const rows = await db.query<BatchRow>(
       `SELECT * FROM ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
-         $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[], $12::int)`,
+         $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[], $12::int, $13::jsonb[])`,
       [
         hashes,
         subjects,
@@ -175,6 +180,7 @@ export class SpendStore {
         items.map((i) => ('hold' in i.ref ? i.ref.hold : field(i, 'holdId'))),
         items.map((i) => field(i, 'ttlMs')),
         Math.max(0, Math.round(waitMs)),
+        items.map((i) => i.request.usage ?? null),
       ],
     );
     const r = rows[0];
@@ -185,13 +191,13 @@ export class SpendStore {
   }
 
   /** The commit or release of one hold: a batch of one (see spendMany). */
-  async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null): Promise<SpendOutcome> {
-    return one(await this.spendMany([{ ref: { hold: holdId }, request: { op, micros, metadata } }]));
+  async settle(holdId: string, op: 'commit' | 'release', micros: number, metadata: string | null, usage: string | null = null): Promise<SpendOutcome> {
+    return one(await this.spendMany([{ ref: { hold: holdId }, request: { op, micros, metadata, usage } }]));
   }
 
   /** Ledger rows, newest first, for a key and/or an account, before a row id (for paging). */
   async ledger(f: LogPage): Promise<LedgerRow[]> {
-    return newestFirst<LedgerRow>(this.db, this.t.ledger, 'id, key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at', f);
+    return newestFirst<LedgerRow>(this.db, this.t.ledger, 'id, key_id, account_id, kind, amount_micros, reservation_id, metadata, created_at, model, usage', f);
   }
 
   async findHold(id: string): Promise<HoldRow | null> {
@@ -285,16 +291,7 @@ export class SpendStore {
    * and beside it the overage recorded in that range (never part of the spend).
    */
   async usage(f: UsageFilter): Promise<UsageTotals> {
-    const where = [`kind IN ('charge', 'commit', 'adjust', 'overage')`];
-    const params: unknown[] = [];
-    const add = (sql: string, value: unknown) => {
-      params.push(value);
-      where.push(sql.replace('?', `$${params.length}`));
-    };
-    if (f.keyId !== null) add('key_id = ?', f.keyId);
-    if (f.accountId !== null) add('account_id = ?', f.accountId);
-    if (f.since !== null) add('created_at >= ?', f.since);
-    if (f.until !== null) add('created_at < ?', f.until);
+    const { where, params } = usageWhere(f);
     // Sums stay NUMERIC (sent as text, read exactly): many rows may pass BIGINT.
     const sums = `COALESCE(sum(amount_micros) FILTER (WHERE kind <> 'overage'), 0)::text AS total,
        count(*) FILTER (WHERE kind <> 'overage')::bigint AS n,
@@ -318,6 +315,61 @@ export class SpendStore {
       buckets,
     };
   }
+
+  /** Spend and tokens by model over a span: the rows of LLM calls (those with a model), dearest first. */
+  async usageByModel(f: UsageFilter): Promise<ModelTotals[]> {
+    const { where, params } = usageWhere(f);
+    const tokens = (field: string) => `COALESCE(sum((usage ->> '${field}')::bigint), 0)::bigint AS "${field}"`;
+    const rows = await this.db.query<Record<string, unknown> & { model: string; provider: string | null; total: string; overage: string; n: number }>(
+      `SELECT model, max(usage ->> 'provider') AS provider,
+         COALESCE(sum(amount_micros) FILTER (WHERE kind <> 'overage'), 0)::text AS total,
+         COALESCE(sum(amount_micros) FILTER (WHERE kind = 'overage'), 0)::text AS overage,
+         count(*) FILTER (WHERE kind <> 'overage')::bigint AS n,
+         ${USAGE_COUNTS.map(tokens).join(', ')}
+       FROM ${this.t.ledger} WHERE ${where.join(' AND ')} AND model IS NOT NULL
+       GROUP BY model ORDER BY sum(amount_micros) DESC, model`,
+      params,
+    );
+    return rows.map((r) => ({
+      model: r.model,
+      provider: r.provider,
+      total: toMicros(r.total),
+      overage: toMicros(r.overage),
+      count: Number(r.n),
+      ...(Object.fromEntries(USAGE_COUNTS.map((k) => [k, Number(r[k])])) as Record<(typeof USAGE_COUNTS)[number], number>),
+    }));
+  }
+}
+
+const USAGE_COUNTS = ['inputTokens', 'outputTokens', 'cachedInputTokens', 'cacheWriteTokens', 'reasoningTokens'] as const;
+
+/** The rows a usage report counts (charges, commits, adjustments, overage) in its filter. */
+function usageWhere(f: UsageFilter): { where: string[]; params: unknown[] } {
+  const where = [`kind IN ('charge', 'commit', 'adjust', 'overage')`];
+  const params: unknown[] = [];
+  const add = (sql: string, value: unknown) => {
+    params.push(value);
+    where.push(sql.replace('?', `$${params.length}`));
+  };
+  if (f.keyId !== null) add('key_id = ?', f.keyId);
+  if (f.accountId !== null) add('account_id = ?', f.accountId);
+  if (f.since !== null) add('created_at >= ?', f.since);
+  if (f.until !== null) add('created_at < ?', f.until);
+  return { where, params };
+}
+
+/** One model's spend and tokens over a span. */
+export interface ModelTotals {
+  model: string;
+  provider: string | null;
+  total: Micros;
+  overage: Micros;
+  count: number;
+  inputTokens: number;
+  outputTokens: number;
+  cachedInputTokens: number;
+  cacheWriteTokens: number;
+  reasoningTokens: number;
 }
 
 export interface UsageTotals {

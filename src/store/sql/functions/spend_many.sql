@@ -31,7 +31,7 @@
 -- The {{...}} names are filled in from the keys table's checked name; see README.md here.
 CREATE OR REPLACE FUNCTION {{spend_many}}(
   p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_hold TEXT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
-  p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[], p_wait_ms INT DEFAULT NULL)
+  p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[], p_wait_ms INT DEFAULT NULL, p_usage JSONB[] DEFAULT NULL)
 RETURNS TABLE (r_outcome TEXT[], r_key_id BIGINT[], r_budget BIGINT[], r_spent BIGINT[], r_held BIGINT[], r_hold_id TEXT[],
                r_expires_at TIMESTAMPTZ[], r_status TEXT[], r_limit TEXT[], r_limit_key_id BIGINT[], r_limit_account_id TEXT[],
                r_hold_amount BIGINT[], r_committed BIGINT[], r_released BIGINT[], r_expired BOOLEAN[], r_over_budget BOOLEAN[], r_at TIMESTAMPTZ,
@@ -606,8 +606,10 @@ BEGIN
       WHERE h.id = ANY(p_hold) AND h.id = d.id AND d.settled = v_now;
   END IF;
   IF cardinality(w_ord) > 0 THEN
-    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, reservation_id, idempotency_key, metadata, created_at)
-      SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], e.kind, e.amount, p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now
+    -- An LLM call's model goes on each of its rows, its token counts on the one with its cost.
+    INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, reservation_id, idempotency_key, metadata, created_at, model, usage)
+      SELECT k_id[p_ref[w.o]], k_acct[p_ref[w.o]], e.kind, e.amount, p_hold_id[w.o], p_idem[w.o], p_meta[w.o], v_now,
+             p_usage[w.o] ->> 'model', CASE WHEN e.sub = 1 THEN p_usage[w.o] - 'model' END
       FROM unnest(w_ord) WITH ORDINALITY AS w(o, pos)
       -- A commit's overage follows it as a row of its own kind.
       CROSS JOIN LATERAL (VALUES (1, p_op[w.o], l_amount[w.o]), (2, 'overage', o_overage[w.o])) AS e(sub, kind, amount)
