@@ -55,6 +55,8 @@ export interface ModelPrice {
 export class PriceCatalog {
   private readonly custom: { price: CustomPrice; provider: Provider }[];
   readonly remote: RemoteStatus | null;
+  /** Resolved models by name and provider, for the catalog data they were resolved from (see dataVersion). */
+  private readonly resolved = new Map<string, { version: number; price: ModelPrice | null }>();
 
   constructor(options: PriceCatalogOptions = {}) {
     if (options === null || typeof options !== 'object') throw new AgentKeyError('invalid_argument', `price catalog options must be an object, not ${describe(options)}.`);
@@ -71,7 +73,16 @@ export class PriceCatalog {
    */
   find(model: string, provider?: string, hint?: string): ModelPrice | null {
     checkModel(model);
-    const name = model.trim();
+    const memo = `${provider ?? ''}\u0000${hint ?? ''}\u0000${model}`;
+    const known = this.resolved.get(memo);
+    if (known !== undefined && known.version === dataVersion) return known.price;
+    const price = this.resolve(model.trim(), provider, hint);
+    if (this.resolved.size >= 1_000) this.resolved.clear();
+    this.resolved.set(memo, { version: dataVersion, price });
+    return price;
+  }
+
+  private resolve(name: string, provider?: string, hint?: string): ModelPrice | null {
     for (const { price, provider: p } of this.custom) {
       if (provider !== undefined && price.provider !== undefined && price.provider !== provider) continue;
       if (!matches(price.model, name)) continue;
@@ -80,7 +91,9 @@ export class PriceCatalog {
     let probe = catalogPrice(name, provider);
     if (probe === null && provider === undefined && hint !== undefined) probe = catalogPrice(name, hint);
     if (probe === null) return null;
-    return resolved(undefined, name, probe.provider.id, probe.model.id, probe.model.context_window ?? null, null, probe.provider.id);
+    // The provider with only this model: pricing then skips finding them again on every call.
+    const only: Provider = { ...probe.provider, models: [probe.model] };
+    return resolved(only, name, probe.provider.id, probe.model.id, probe.model.context_window ?? null, null);
   }
 
   /** The price of a model; throws `unknown_model` when there is none (agentkey never charges 0 for an unknown model). */
@@ -102,6 +115,9 @@ export function createPriceCatalog(options?: PriceCatalogOptions): PriceCatalog 
 }
 
 let shared: PriceCatalog | null = null;
+
+/** Moves when fetched catalog data replaces the data in use: resolutions made before are made again. */
+let dataVersion = 0;
 
 /** The catalog used when none is given: the bundled prices only. */
 export function defaultCatalog(): PriceCatalog {
@@ -164,13 +180,12 @@ function catalogPrice(model: string, provider: string | undefined) {
 
 /** A model price that prices usages through the catalog's calculation (tiers, cache rates, dated prices). */
 function resolved(
-  custom: Provider | undefined,
+  only: Provider,
   name: string,
   provider: string,
   model: string,
   contextWindow: number | null,
   maxOutputTokens: number | null,
-  providerId?: string,
 ): ModelPrice {
   return {
     provider,
@@ -184,7 +199,7 @@ function resolved(
       if ((tokens.cacheWrite1hTokens ?? 0) > 0) usage.cache_write_1h_tokens = tokens.cacheWrite1hTokens as number;
       let result;
       try {
-        result = calcPrice(usage, name, custom ? { provider: custom } : providerId ? { providerId } : {});
+        result = calcPrice(usage, name, { provider: only });
       } catch (err) {
         throw new AgentKeyError('invalid_usage', `The catalog could not price this usage of ${model}: ${(err as Error).message}.`);
       }
@@ -283,6 +298,7 @@ function startRemote(remote: true | { url?: string; refreshMs?: number; timeoutM
         throw new Error('the data is not a list of providers with models');
       }
       updatePrices(({ setProviderData }) => setProviderData(data as Provider[]));
+      dataVersion++;
       status.lastSuccessAt = new Date();
       status.lastError = null;
     } catch (err) {
