@@ -1,7 +1,8 @@
 // The outbox's consumers in the core library: webhook endpoints (checked input, then the
 // store), the outbox read as public events, the key.expired sweep, onEvent() handlers, and
 // the delivery queue the deliverer of `agentkey/webhooks` works from. Sending and signing
-// are not here: they live behind that subpath, with its dependency.
+// are not here: they live behind that subpath, with its dependency. One file (about 400
+// lines): the outbox's public face, whose parts share the row-to-event mapping.
 import { randomBytes } from 'node:crypto';
 import { AgentKeyError } from './errors.js';
 import { describe, microsToCents, toMicros } from './money.js';
