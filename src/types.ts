@@ -596,7 +596,7 @@ export interface LedgerEntry {
 }
 
 /** Spend of one model over a report's span (`usage({ byModel: true })`). */
-export interface ModelUsage {
+export interface ModelUsage extends Required<TokenUsage> {
   model: string;
   provider: string | null;
   /** Counted toward budgets: charges and commits priced from its usage. */
@@ -605,11 +605,6 @@ export interface ModelUsage {
   overageCents: Cents;
   /** Charges and commits. */
   count: number;
-  inputTokens: number;
-  outputTokens: number;
-  cachedInputTokens: number;
-  cacheWriteTokens: number;
-  reasoningTokens: number;
 }
 
 export interface AuditResult {

@@ -1,6 +1,6 @@
 // One file (about 470 lines): every statement spending sends and every report read from the
 // ledger, beside the shapes they return, so the money path's SQL can be read in one place.
-import type { TokenUsage } from '../llm/usage.js';
+import { type TokenUsage, type Tokens, USAGE_FIELDS } from '../llm/usage.js';
 import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
 import { type Db, lockWaitMs } from './db.js';
@@ -325,7 +325,7 @@ export class SpendStore {
          COALESCE(sum(amount_micros) FILTER (WHERE kind <> 'overage'), 0)::text AS total,
          COALESCE(sum(amount_micros) FILTER (WHERE kind = 'overage'), 0)::text AS overage,
          count(*) FILTER (WHERE kind <> 'overage')::bigint AS n,
-         ${USAGE_COUNTS.map(tokens).join(', ')}
+         ${USAGE_FIELDS.map(tokens).join(', ')}
        FROM ${this.t.ledger} WHERE ${where.join(' AND ')} AND model IS NOT NULL
        GROUP BY model ORDER BY sum(amount_micros) DESC, model`,
       params,
@@ -336,12 +336,11 @@ export class SpendStore {
       total: toMicros(r.total),
       overage: toMicros(r.overage),
       count: Number(r.n),
-      ...(Object.fromEntries(USAGE_COUNTS.map((k) => [k, Number(r[k])])) as Record<(typeof USAGE_COUNTS)[number], number>),
+      ...(Object.fromEntries(USAGE_FIELDS.map((k) => [k, Number(r[k])])) as Record<(typeof USAGE_FIELDS)[number], number>),
     }));
   }
 }
 
-const USAGE_COUNTS = ['inputTokens', 'outputTokens', 'cachedInputTokens', 'cacheWriteTokens', 'reasoningTokens'] as const;
 
 /** The rows a usage report counts (charges, commits, adjustments, overage) in its filter. */
 function usageWhere(f: UsageFilter): { where: string[]; params: unknown[] } {
@@ -359,17 +358,12 @@ function usageWhere(f: UsageFilter): { where: string[]; params: unknown[] } {
 }
 
 /** One model's spend and tokens over a span. */
-export interface ModelTotals {
+export interface ModelTotals extends Tokens {
   model: string;
   provider: string | null;
   total: Micros;
   overage: Micros;
   count: number;
-  inputTokens: number;
-  outputTokens: number;
-  cachedInputTokens: number;
-  cacheWriteTokens: number;
-  reasoningTokens: number;
 }
 
 export interface UsageTotals {
