@@ -11,6 +11,7 @@ import { AgentKeyError } from './errors.js';
 import { type DeliveryQueue, Events } from './events.js';
 import { lookupHash } from './keys.js';
 import { KeyLifecycle } from './lifecycle.js';
+import type { PriceCatalog } from './llm/prices.js';
 import type { CentsInput } from './money.js';
 import { agentKeySettings, checkOptions, keyIdNumber, subjectText } from './options.js';
 import { Reports } from './reports.js';
@@ -95,6 +96,8 @@ export { timeoutOption } from './options.js';
 export class AgentKey {
   readonly tableName: string;
   readonly keyPrefix: string;
+  /** The price catalog of `{ model, usage }` costs (`new AgentKey({ prices })`); null: the bundled one. */
+  readonly prices: PriceCatalog | null;
   private readonly db: Db;
   private readonly names: TableNames;
   private readonly validScopes: ReadonlySet<string> | null;
@@ -110,6 +113,7 @@ export class AgentKey {
     const s = agentKeySettings(options);
     this.names = s.names;
     this.tableName = s.names.name;
+    this.prices = s.prices;
     this.keyPrefix = s.keyPrefix;
     this.validScopes = s.validScopes;
     this.db = s.db;

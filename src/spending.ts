@@ -69,7 +69,7 @@ export class Spending {
     if (input.micros === null) return { success: false, reason: 'invalid_cost' };
     if (ref === null) return { success: false, reason: 'invalid_key' };
     // As in the package: a free call records nothing and needs no round trip.
-    if (input.micros === 0) return { success: true };
+    if (input.micros === 0) return { success: true, ...(input.usage ? { costCents: 0 } : {}) };
     const out = await this.spendCoalesced(ref, { ...input, micros: input.micros, op: 'charge', holdId: null, ttlMs: null });
     const state = keyStateReason(out.outcome);
     if (state) return { success: false, reason: state };
@@ -77,7 +77,12 @@ export class Spending {
     if (out.outcome === 'budget_exceeded') {
       return { success: false, reason: 'budget_exceeded', limitedBy: limitedBy(out) as LimitedBy, ...figures(out) };
     }
-    return { success: true, ...figures(out), ...(out.outcome === 'replayed' ? { replayed: true as const } : {}) };
+    return {
+      success: true,
+      ...figures(out),
+      ...(out.outcome === 'replayed' ? { replayed: true as const } : {}),
+      ...(input.usage ? { costCents: microsToCentsNumber(input.micros) } : {}),
+    };
   }
 
   /** `reserve()`: `ref` is null for a raw key that cannot be one of this table's. */
@@ -99,6 +104,7 @@ export class Spending {
       budgetRemainingCents: figures(out).budgetRemainingCents,
       // A retry of a hold that was settled or expired since says so: it no longer holds money.
       ...(out.outcome === 'replayed' ? { replayed: true as const, reservationStatus: out.status as ReservationStatus } : {}),
+      ...(input.usage ? { heldCents: microsToCentsNumber(input.micros) } : {}),
     };
   }
 

@@ -455,8 +455,10 @@ export type TrackUsageResult =
       limitedBy?: undefined;
       /** Set on a retry with the same idempotency key: the first charge's result, charged once. */
       replayed?: true;
+      /** With `{ model, usage }`: what the call was priced at, and charged. */
+      costCents?: number;
     }
-  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy; replayed?: undefined } & SpendFigures)
+  | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy; replayed?: undefined; costCents?: undefined } & SpendFigures)
   | {
       success: false;
       reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal;
@@ -464,6 +466,7 @@ export type TrackUsageResult =
       budgetRemainingCents?: undefined;
       limitedBy?: undefined;
       replayed?: undefined;
+      costCents?: undefined;
     };
 
 export type ReserveResult =
@@ -477,6 +480,8 @@ export type ReserveResult =
       replayed?: true;
       /** On a retry, where that first hold stands now: only 'held' still holds money. */
       reservationStatus?: ReservationStatus;
+      /** With `{ model, usage }`: what the usage was priced at, and held. */
+      heldCents?: number;
     }
   | ({ success: false; reason: 'budget_exceeded'; limitedBy: LimitedBy } & SpendFigures)
   | { success: false; reason: 'invalid_cost' | 'idempotency_conflict' | KeyRefusal };

@@ -1,6 +1,7 @@
 import { type ModelInfo, type Provider, calcPrice, findProvider, updatePrices } from '@pydantic/genai-prices';
 import { AgentKeyError } from '../errors.js';
 import { MICROS_PER_CENT, describe } from '../money.js';
+import { checkText } from '../options.js';
 import { type TokenUsage, type Tokens, checkModel, checkUsage } from './usage.js';
 
 /**
@@ -86,7 +87,9 @@ export class PriceCatalog {
     for (const { price, provider: p } of this.custom) {
       if (provider !== undefined && price.provider !== undefined && price.provider !== provider) continue;
       if (!matches(price.model, name)) continue;
-      return resolved(p, name, price.provider ?? provider ?? 'custom', price.model, price.contextWindow ?? null, price.maxOutputTokens ?? null);
+      // A prefix price records the model as it was named.
+      const id = price.model.endsWith('*') ? name : price.model;
+      return resolved(p, name, price.provider ?? provider ?? 'custom', id, price.contextWindow ?? null, price.maxOutputTokens ?? null);
     }
     let probe = catalogPrice(name, provider);
     if (probe === null && provider === undefined && hint !== undefined) probe = catalogPrice(name, hint);
@@ -227,6 +230,7 @@ function checkCustomPrice(p: unknown, what: string): CustomPrice {
   const unknown = Object.keys(c).filter((k) => !allowed.includes(k));
   if (unknown.length > 0) throw new AgentKeyError('invalid_argument', `${what} has an unknown field ${JSON.stringify(unknown[0])}; allowed: ${allowed.join(', ')}.`);
   if (typeof c.model !== 'string' || c.model.trim() === '' || c.model.length > 200) throw new AgentKeyError('invalid_argument', `${what}.model must be a model name, not ${describe(c.model)}.`);
+  checkText(c.model, `${what}.model`);
   if (c.provider !== undefined) checkProvider(c.provider);
   for (const field of ['inputPerMTok', 'outputPerMTok', 'cachedInputPerMTok', 'cacheWritePerMTok']) {
     const v = c[field];

@@ -1,5 +1,6 @@
 import { AgentKeyError } from '../errors.js';
 import { describe } from '../money.js';
+import { checkText } from '../options.js';
 
 /**
  * The token counts of one LLM call, in one convention for every provider:
@@ -71,5 +72,10 @@ export function checkModel(model: unknown, what = 'model'): string {
   if (typeof model !== 'string' || model.trim() === '' || model.length > 200) {
     throw new AgentKeyError('unknown_model', `${what} must be a model name such as 'gpt-4o-mini', not ${describe(model)}.`);
   }
-  return model;
+  // It reaches the ledger and operators' screens: no control or bidirectional characters.
+  try {
+    return checkText(model, what);
+  } catch (err) {
+    throw new AgentKeyError('unknown_model', (err as Error).message);
+  }
 }

@@ -26,7 +26,7 @@ forEachDatabase((getDb) => {
       const r = await ak.trackUsage(key, { model: 'gpt-4o-mini', usage, idempotencyKey: 'call-1' });
       const cost = costFromUsage({ model: 'gpt-4o-mini', usage }).costCents;
       expect(cost).toBeGreaterThan(0);
-      expect(r).toMatchObject({ success: true, budgetUsedCents: cost });
+      expect(r).toMatchObject({ success: true, budgetUsedCents: cost, costCents: cost });
       expect(await ledgerRows(ak.tableName, id)).toEqual([
         {
           kind: 'charge',
@@ -62,6 +62,9 @@ forEachDatabase((getDb) => {
       expect(second).toMatchObject({ success: false, reason: 'budget_exceeded' });
       const third = await ak.reserve(key, { model: 'gpt-4o', usage: { inputTokens: 100, outputTokens: 100 } });
       if (!third.success) throw new Error(third.reason);
+      expect(third.heldCents).toBe(costFromUsage({ model: 'gpt-4o', usage: { inputTokens: 100, outputTokens: 100 } }).costCents);
+      // A hold in cents says nothing of a price.
+      expect(hold.heldCents).toBeUndefined();
       // The upstream used far more than held: what the budget cannot take is overage, by model.
       const big = await ak.commit(third.reservationId, { model: 'gpt-4o', usage: { inputTokens: 10_000, outputTokens: 10_000 } });
       expect(big).toMatchObject({ success: true, overBudget: true });
@@ -119,6 +122,8 @@ forEachDatabase((getDb) => {
         ['no usage', { model: 'gpt-4o' }, 'invalid_usage'],
         ['cache past input', { model: 'gpt-4o', usage: { inputTokens: 1, cachedInputTokens: 2 } }, 'invalid_usage'],
         ['an unknown option', { model: 'gpt-4o', usage: { inputTokens: 1 }, colour: 'red' }, 'invalid_argument'],
+        ['a model name with a control character', { model: 'gpt-4o\u001b[2J', usage: { inputTokens: 1 } }, 'unknown_model'],
+        ['a model name with a bidi override', { model: 'gpt-4o\u202e', usage: { inputTokens: 1 } }, 'unknown_model'],
       ];
       for (const [what, options, code] of bad) {
         await expect(ak.trackUsage(key, options as never), what).rejects.toThrow(expect.objectContaining({ code }));

@@ -91,7 +91,7 @@ describe('costFromUsage: custom prices and unknown models', () => {
     expect(costFromUsage({ model: 'gpt-4o', usage: { inputTokens: 1000, cachedInputTokens: 500, outputTokens: 10 } }, { prices }).costCents).toBe(
       cents(500 * 2 + 500 * 1 + 10 * 8),
     );
-    expect(costFromUsage({ model: 'ft:acme-support-v3', usage: { inputTokens: 100 } }, { prices }).costCents).toBe(cents(300));
+    expect(costFromUsage({ model: 'ft:acme-support-v3', usage: { inputTokens: 100 } }, { prices })).toEqual({ costCents: cents(300), provider: 'custom', model: 'ft:acme-support-v3' });
     // Other models still come from the catalog.
     expect(costFromUsage({ model: 'gpt-4o-mini', usage: { inputTokens: 20 } }, { prices }).costCents).toBe(0.0003);
     expect(prices.find('my-private-llama')).toMatchObject({ contextWindow: 8192, maxOutputTokens: null });
@@ -106,6 +106,7 @@ describe('costFromUsage: custom prices and unknown models', () => {
       [{ model: 'm', inputPerMTok: 1, contextWindow: 0.5 }],
       [{ model: 'm', inputPerMTok: 1, colour: 'red' }],
       [{ model: 'm', inputPerMTok: 1, provider: 'has spaces' }],
+      [{ model: 'evil\u001b[31m', inputPerMTok: 1 }],
       'not a list',
     ];
     for (const custom of bad) expect(() => createPriceCatalog({ custom: custom as never }), JSON.stringify(custom)).toThrow(AgentKeyError);
