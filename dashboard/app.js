@@ -1,61 +1,20 @@
 // The agentkey dashboard: a small client over the admin API, no build step. This file is the
 // shell (sign-in, routing, refresh), the overview and the key page's layout; ui.js holds the
 // shared helpers (h() builds elements from text, never HTML), key.js a key's edit, rotate and
-// history parts, windows.js the budget bars, webhooks.js the Webhooks view and the recent
-// events. All are served by src/server/routes/dashboard.ts.
+// history parts, windows.js the budget bars, charts.js the uPlot charts, webhooks.js the
+// Webhooks view and the recent events, models.js the Spend by model view. All are served by
+// src/server/routes/dashboard.ts.
 
 import { $, STORE, ago, api, dollars, h, secretBox, shell, visible, when } from './ui.js';
 import { editButton, historyPath, historySection, rotateControl, takeHistory } from './key.js';
-import { alertsFor, tableAlerts, windowBars } from './windows.js';
+import { alertsFor, bar, tableAlerts, windowBars } from './windows.js';
+import { spendOverTime } from './charts.js';
 import { loadRecentEvents, recentEventsSection, webhooksPage } from './webhooks.js';
+import { modelsHref, modelsPage, modelsScope } from './models.js';
 
 const REFRESH_MS = 5000;
 
 const state = { filters: { account: '', status: '', sort: 'spend' }, bucket: 'hour', timer: null, chart: null };
-
-// ---- budget bar: spent | held | remaining ----
-
-// Overage (real cost no budget could take) is never part of spent: it is shown beside it, in red.
-function overage(b) {
-  return b.overageCents > 0
-    ? h('span', { class: 'overage', title: 'Real cost no budget could take: recorded, never counted toward the cap' },
-        ' · ', h('span', { class: 'amount-overage' }, dollars(b.overageCents)), ' overage')
-    : '';
-}
-
-function bar(b) {
-  const budget = b.budgetCents;
-  if (budget === null || budget === undefined) {
-    return h('div', { class: 'bar-text' }, `${dollars(b.spentCents)} spent`, b.heldCents > 0 ? ` · ${dollars(b.heldCents)} held` : '', ' · no cap', overage(b));
-  }
-  const pct = (x) => (budget > 0 ? Math.min(100, (x / budget) * 100) : 0);
-  const spent = pct(b.spentCents);
-  const held = Math.min(100 - spent, pct(b.heldCents));
-  const label = `Spent ${dollars(b.spentCents)}, held ${dollars(b.heldCents)}, remaining ${dollars(b.remainingCents)} of ${dollars(budget)}`;
-  const over = b.spentCents + b.heldCents > budget;
-  return h(
-    'div',
-    { class: 'budget' },
-    h(
-      'div',
-      { class: 'bar' + (over ? ' over' : ''), role: 'img', 'aria-label': label, title: label },
-      h('span', { class: 'spent', style: `width:${spent}%` }),
-      h('span', { class: 'held', style: `width:${held}%` }),
-    ),
-    h(
-      'div',
-      { class: 'bar-text' },
-      h('span', { class: 'amount-spent' }, dollars(b.spentCents)),
-      ' spent',
-      b.heldCents > 0 ? h('span', {}, ' · ', h('span', { class: 'amount-held' }, dollars(b.heldCents)), ' held') : '',
-      ' · ',
-      h('span', { class: 'amount-remaining' }, dollars(b.remainingCents)),
-      ' left of ',
-      h('span', { class: 'amount-budget' }, dollars(budget)),
-      overage(b),
-    ),
-  );
-}
 
 function statusBadge(status) {
   return h('span', { class: `badge ${status}` }, status);
@@ -98,7 +57,7 @@ async function overview(view) {
               h('thead', {}, h('tr', {}, h('th', { scope: 'col' }, 'Account'), h('th', { scope: 'col' }, 'Keys'), h('th', { scope: 'col' }, 'Ceiling this period'), h('th', { scope: 'col' }, 'Lifetime spend'), h('th', { scope: 'col' }, 'Rate limits'))),
               h('tbody', {}, accounts.map((a) =>
                 h('tr', { 'data-account': a.accountId },
-                  h('th', { scope: 'row' }, a.accountId),
+                  h('th', { scope: 'row' }, a.accountId, h('div', {}, h('a', { class: 'muted', href: modelsHref({ account: a.accountId }) }, 'Spend by model'))),
                   h('td', { 'data-label': 'Keys' }, `${a.liveKeys} live / ${a.keys}`),
                   h('td', { 'data-label': 'Ceiling' }, a.ceiling
                     ? [bar(a.ceiling), h('div', { class: 'muted' }, a.ceiling.budgetPeriod ? `per ${a.ceiling.budgetPeriod}, resets ${ago(a.ceiling.budgetResetAt)}` : 'lifetime'),
@@ -183,6 +142,7 @@ async function keyPage(view, id, { quiet } = {}) {
         field('Metadata', key.metadata ? h('span', { class: 'mono', id: 'key-metadata' }, visible(JSON.stringify(key.metadata))) : '—'),
         field('Rate limit', h('span', { id: 'key-rate-limit' }, rateLimitText(key.rateLimit))),
         field('Concurrency', h('span', { id: 'key-concurrency' }, key.concurrency ? `${key.concurrency} in flight` : '—')),
+        field('LLM spend', h('a', { id: 'key-models', href: modelsHref({ key: key.id }) }, 'Spend by model')),
       ),
       h('div', { id: 'key-budget' }, bar(key)),
       keyWindows(key),
@@ -279,6 +239,8 @@ function field(name, value) {
 
 function details(e) {
   const parts = [];
+  // An LLM call's row: its model, and on the row with its cost the tokens in and out.
+  if (e.model) parts.push(`${e.model}${e.usage ? ` (${e.usage.inputTokens.toLocaleString('en-US')} in / ${e.usage.outputTokens.toLocaleString('en-US')} out)` : ''}`);
   if (e.metadata) for (const [k, v] of Object.entries(e.metadata)) parts.push(`${k}: ${typeof v === 'object' ? JSON.stringify(v) : v}`);
   if (e.reservationId) parts.push(`reservation ${e.reservationId}`);
   return parts.join(' · ') || '—';
@@ -340,41 +302,15 @@ async function revoke(key, children) {
 }
 
 function drawChart(usage, since) {
-  const el = $('chart');
   state.chart?.destroy();
-  state.chart = null;
-  if (!el || typeof uPlot === 'undefined') return;
-  const step = state.bucket === 'hour' ? 3600 : 86400;
-  const first = Math.floor(since.getTime() / 1000 / step) * step;
-  const now = Date.now() / 1000;
-  const byStart = new Map(usage.buckets.map((b) => [Date.parse(b.start) / 1000, b.costCents / 100]));
-  const xs = [];
-  const ys = [];
-  for (let t = first; t <= now; t += step) {
-    xs.push(t);
-    ys.push(byStart.get(t) ?? 0);
-  }
-  const width = Math.max(260, el.clientWidth || 600);
-  state.chart = new uPlot(
-    {
-      width,
-      height: 220,
-      legend: { show: false },
-      cursor: { drag: { x: false, y: false } },
-      // Half a bucket of room on each side, so the first and the current bucket's bars show whole.
-      scales: { x: { time: true, range: (u, min, max) => [min - step / 2, max + step / 2] }, y: { range: (u, min, max) => [0, Math.max(max * 1.1, 0.01)] } },
-      axes: [{}, { values: (u, ticks) => ticks.map((v) => dollars(v * 100)), size: 70 }],
-      series: [{}, { label: 'Spend', stroke: '#2563eb', fill: 'rgba(37,99,235,0.6)', width: 1, paths: uPlot.paths.bars({ size: [0.7, 40] }), points: { show: false } }],
-    },
-    [xs, ys],
-    el,
-  );
+  state.chart = spendOverTime($('chart'), usage, since, state.bucket);
 }
 
 // ---- shell ----
 
 function route() {
   if (location.hash === '#/webhooks') return { page: 'webhooks' };
+  if (/^#\/models(\?|$)/.test(location.hash)) return { page: 'models', scope: modelsScope(location.hash) };
   const m = /^#\/keys\/(\d+)$/.exec(location.hash);
   return m ? { page: 'key', id: m[1] } : { page: 'overview' };
 }
@@ -386,6 +322,7 @@ async function refresh(quiet = false) {
   try {
     if (r.page === 'key') await keyPage(view, r.id, { quiet });
     else if (r.page === 'webhooks') await webhooksPage(view);
+    else if (r.page === 'models') await modelsPage(view, r.scope);
     else await overview(view);
     $('live').textContent = `Updated ${new Date().toLocaleTimeString()}`;
   } catch (err) {
@@ -409,7 +346,7 @@ function signedIn() {
   $('sign-in').hidden = true;
   $('view').hidden = false;
   $('sign-out').hidden = false;
-  $('nav-webhooks').hidden = false;
+  for (const nav of document.querySelectorAll('.top a.nav')) nav.hidden = false;
   refresh();
   schedule();
 }
@@ -420,7 +357,7 @@ function signOut(message = '') {
   $('view').hidden = true;
   $('view').replaceChildren();
   $('sign-out').hidden = true;
-  $('nav-webhooks').hidden = true;
+  for (const nav of document.querySelectorAll('.top a.nav')) nav.hidden = true;
   $('sign-in').hidden = false;
   $('sign-in-error').textContent = message;
   $('live').textContent = '';

@@ -1,6 +1,7 @@
-// Budget windows as bars: one per window of a key or an account (day, week, month, lifetime),
-// spent and held stacked against the window's cap, the alert percents as marks on each, and
-// when it resets. Built from text with h() (never HTML); app.js places them.
+// Budget bars: a key's or an account's budget (spent, held, remaining and overage), and one
+// per budget window (day, week, month, lifetime), spent and held stacked against the window's
+// cap, the alert percents as marks on each, and when it resets. Built from text with h()
+// (never HTML); app.js places them.
 
 import { dollars, h, when } from './ui.js';
 
@@ -52,4 +53,48 @@ function windowBar(w, heldCents, marks) {
 /** A percentage with at most 4 decimals, so a style reads '90%', not '90.00000000001%'. */
 function round(x) {
   return Math.round(x * 10000) / 10000;
+}
+
+// ---- a key's or an account's budget bar: spent | held | remaining (the package's one budget) ----
+
+// Overage (real cost no budget could take) is never part of spent: it is shown beside it, in red.
+function overage(b) {
+  return b.overageCents > 0
+    ? h('span', { class: 'overage', title: 'Real cost no budget could take: recorded, never counted toward the cap' },
+        ' · ', h('span', { class: 'amount-overage' }, dollars(b.overageCents)), ' overage')
+    : '';
+}
+
+export function bar(b) {
+  const budget = b.budgetCents;
+  if (budget === null || budget === undefined) {
+    return h('div', { class: 'bar-text' }, `${dollars(b.spentCents)} spent`, b.heldCents > 0 ? ` · ${dollars(b.heldCents)} held` : '', ' · no cap', overage(b));
+  }
+  const pct = (x) => (budget > 0 ? Math.min(100, (x / budget) * 100) : 0);
+  const spent = pct(b.spentCents);
+  const held = Math.min(100 - spent, pct(b.heldCents));
+  const label = `Spent ${dollars(b.spentCents)}, held ${dollars(b.heldCents)}, remaining ${dollars(b.remainingCents)} of ${dollars(budget)}`;
+  const over = b.spentCents + b.heldCents > budget;
+  return h(
+    'div',
+    { class: 'budget' },
+    h(
+      'div',
+      { class: 'bar' + (over ? ' over' : ''), role: 'img', 'aria-label': label, title: label },
+      h('span', { class: 'spent', style: `width:${spent}%` }),
+      h('span', { class: 'held', style: `width:${held}%` }),
+    ),
+    h(
+      'div',
+      { class: 'bar-text' },
+      h('span', { class: 'amount-spent' }, dollars(b.spentCents)),
+      ' spent',
+      b.heldCents > 0 ? h('span', {}, ' · ', h('span', { class: 'amount-held' }, dollars(b.heldCents)), ' held') : '',
+      ' · ',
+      h('span', { class: 'amount-remaining' }, dollars(b.remainingCents)),
+      ' left of ',
+      h('span', { class: 'amount-budget' }, dollars(budget)),
+      overage(b),
+    ),
+  );
 }

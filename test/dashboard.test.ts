@@ -1,9 +1,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import type { AddressInfo } from 'node:net';
+import { PGlite } from '@electric-sql/pglite';
+import { serve } from '@hono/node-server';
 import { type Browser, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { type RunningServer, startServer } from '../src/server/index.js';
+import { AgentKey } from '../src/index.js';
+import { type RunningServer, createApp, startServer } from '../src/server/index.js';
+import { priced } from './helpers/metered.js';
 import { ROOT } from './helpers/processes.js';
 
 /**
@@ -877,5 +882,149 @@ describe('dashboard with no keys', () => {
     expect(await page.evaluate("sessionStorage.getItem('agentkey.adminKey')")).toBeNull();
     expect(await page.getByLabel('Admin key').isVisible()).toBe(true);
     await page.close();
+  });
+});
+
+describe('dashboard: spend by model', () => {
+  /** Cents as the dashboard shows them in dollars (ui.js dollars()). */
+  const usd = (cents: number) => {
+    const [whole = '0', fraction = ''] = (cents / 100).toFixed(6).replace(/0+$/, '').split('.');
+    return `$${Number(whole).toLocaleString('en-US')}.${fraction.padEnd(2, '0')}`;
+  };
+  const mini1 = { inputTokens: 1200, outputTokens: 300, cachedInputTokens: 200, reasoningTokens: 100 };
+  const mini2 = { inputTokens: 800, outputTokens: 50 };
+  const haiku = { inputTokens: 30_000, outputTokens: 7000, cacheWriteTokens: 10_000 };
+  /** The table as shown: each row's cells by their class. */
+  const rowsOf = (page: Page) =>
+    page.locator('#models tbody tr').evaluateAll((trs) =>
+      trs.map((tr) => Object.fromEntries([...tr.children].map((cell) => [cell.className.split(' ').find((c: string) => c.startsWith('model-') || c.startsWith('tokens-')), cell.textContent]))),
+    );
+
+  it('happy: "Spend by model" in the navigation: a bar and a row per model, dearest first, with spend, calls and tokens of each kind; scoped to an account or a key from the filters, the overview and the key page', async () => {
+    const a = await call('POST', '/v1/keys', { accountId: 'acct_llm', name: 'llm-agent', budgetCents: 10_000 });
+    const b = await call('POST', '/v1/keys', { accountId: 'acct_llm', name: 'llm-helper' });
+    const other = await call('POST', '/v1/keys', { accountId: 'acct_llm_other', name: 'elsewhere' });
+    for (const [key, body] of [
+      [a.key, { model: 'gpt-4o-mini', usage: mini1 }],
+      [a.key, { provider: 'anthropic', model: 'claude-haiku-4-5', usage: haiku }],
+      [b.key, { model: 'gpt-4o-mini', usage: mini2 }],
+      [other.key, { model: 'gpt-4o', usage: { inputTokens: 1000, outputTokens: 100 } }],
+      [a.key, { costCents: 3 }],
+    ] as const) {
+      await call('POST', '/v1/charge', { key, ...body }, false);
+    }
+    const hold = await call('POST', '/v1/reservations', { key: b.key, model: 'gpt-4o-mini', usage: { inputTokens: 4000, outputTokens: 4000 } }, false);
+    await call('POST', `/v1/reservations/${hold.reservationId}/commit`, { key: b.key, model: 'gpt-4o-mini', usage: mini2 }, false);
+    const miniCost = priced('gpt-4o-mini', mini1) + 2 * priced('gpt-4o-mini', mini2);
+    const haikuCost = priced('claude-haiku-4-5', haiku, 'anthropic');
+
+    const page = await browser.newPage({ viewport: { width: 1366, height: 900 } });
+    const errors = watchErrors(page);
+    await signIn(page);
+    await page.locator('#nav-models').click();
+    await page.locator('#models-chart canvas').waitFor();
+    expect(page.url()).toMatch(/#\/models$/);
+    expect(await page.locator('#models-title').textContent()).toBe('All accounts');
+    // Every account's: as the API reports them, in its order.
+    const all = (await call('GET', '/v1/usage?byModel=true')).models as { model: string; costCents: number; count: number }[];
+    expect(all.map((m) => m.model)).toEqual(expect.arrayContaining(['claude-haiku-4-5', 'gpt-4o', 'gpt-4o-mini']));
+    expect((await rowsOf(page)).map((r) => [r['model-name'], r['model-spend'], r['model-calls']])).toEqual(all.map((m) => [m.model, usd(m.costCents), String(m.count)]));
+    expect(await page.locator('#models-chart').getAttribute('aria-label')).toContain(`claude-haiku-4-5 ${usd(haikuCost)}`);
+
+    // One account: its models only, with the tokens of each kind.
+    await page.getByLabel('Account', { exact: true }).selectOption('acct_llm');
+    await expect.poll(() => page.locator('#models-title').textContent()).toBe('Account: acct_llm');
+    expect(page.url()).toMatch(/#\/models\?account=acct_llm$/);
+    expect(await rowsOf(page)).toEqual([
+      { 'model-name': 'claude-haiku-4-5', 'model-provider': 'anthropic', 'model-spend': usd(haikuCost), 'model-calls': '1', 'tokens-inputTokens': '30,000', 'tokens-cachedInputTokens': '0', 'tokens-cacheWriteTokens': '10,000', 'tokens-outputTokens': '7,000', 'tokens-reasoningTokens': '0', 'model-overage': '—' },
+      { 'model-name': 'gpt-4o-mini', 'model-provider': 'openai', 'model-spend': usd(miniCost), 'model-calls': '3', 'tokens-inputTokens': '2,800', 'tokens-cachedInputTokens': '200', 'tokens-cacheWriteTokens': '0', 'tokens-outputTokens': '400', 'tokens-reasoningTokens': '100', 'model-overage': '—' },
+    ]);
+    expect(await page.locator('#models-total').textContent()).toBe(`${usd(haikuCost + miniCost + 3)} over 5 calls in this window · 4 calls by model · 1 call charged in cents`);
+    // Its keys are the choices; one key narrows it again.
+    expect(await page.locator('#models-key option').allTextContents()).toEqual(['All keys', `llm-agent (key ${a.id})`, `llm-helper (key ${b.id})`]);
+    await page.getByLabel('Key', { exact: true }).selectOption(String(b.id));
+    await expect.poll(() => page.locator('#models-title').textContent()).toBe('Key: llm-helper');
+    expect((await rowsOf(page)).map((r) => [r['model-name'], r['model-calls'], r['tokens-inputTokens']])).toEqual([['gpt-4o-mini', '2', '1,600']]);
+    await page.getByLabel('Window', { exact: true }).selectOption('24h');
+    await expect.poll(() => page.url()).toMatch(new RegExp(`#/models\\?account=acct_llm&key=${b.id}&window=24h$`));
+    expect((await rowsOf(page)).map((r) => r['model-calls'])).toEqual(['2']);
+    await shot(page, 'models');
+
+    // From the overview's accounts and from a key's page.
+    await page.goto(`${server.url}/dashboard#/`);
+    await page.locator('#accounts tr[data-account="acct_llm_other"] a', { hasText: 'Spend by model' }).click();
+    await expect.poll(() => page.locator('#models-title').textContent()).toBe('Account: acct_llm_other');
+    expect((await rowsOf(page)).map((r) => [r['model-name'], r['model-provider']])).toEqual([['gpt-4o', 'openai']]);
+    await page.goto(`${server.url}/dashboard#/keys/${a.id}`);
+    await page.locator('#key-models').click();
+    await expect.poll(() => page.locator('#models-title').textContent()).toBe('Key: llm-agent');
+    expect((await rowsOf(page)).map((r) => r['model-name'])).toEqual(['claude-haiku-4-5', 'gpt-4o-mini']);
+    // The key page's ledger names the model and the tokens of each LLM call.
+    await page.goto(`${server.url}/dashboard#/keys/${b.id}`);
+    const ledger = page.locator('#ledger tbody tr');
+    await ledger.first().waitFor();
+    expect(await ledger.first().locator('.meta').textContent()).toMatch(/^gpt-4o-mini \(800 in \/ 50 out\) · reservation rsv_/);
+    // A key with nothing by model says so.
+    await page.goto(`${server.url}/dashboard#/models?key=${keys['batch-bot']!.id}`);
+    await expect.poll(() => page.locator('#models-none').count()).toBe(1);
+    expect(await page.locator('#models-chart').count()).toBe(0);
+    expect(await page.locator('#models-total').textContent()).toMatch(/ over \d+ calls? in this window · \d+ calls? charged in cents$/);
+    expect(errors).toEqual([]);
+    await page.close();
+  });
+
+  describe('with model names written by SQL', () => {
+    // The library refuses control and bidirectional characters in model names; a ledger row written by SQL (an import, an older tool) may still carry them, and markup passes the library: a service of its own.
+    const EVIL = '<img src=x onerror="window.pwned=1">\u001b[31m\u202eledom\u0007';
+    let pg: PGlite;
+    let ak: AgentKey;
+    let http: ReturnType<typeof serve>;
+    let url: string;
+    beforeAll(async () => {
+      pg = new PGlite();
+      ak = new AgentKey({ pool: pg });
+      await ak.migrate();
+      const { app } = createApp(ak, { adminKey: ADMIN });
+      http = serve({ fetch: app.fetch, port: 0, hostname: '127.0.0.1' });
+      await new Promise<void>((resolve) => (http.listening ? resolve() : http.once('listening', () => resolve())));
+      url = `http://127.0.0.1:${(http.address() as AddressInfo).port}`;
+    });
+    afterAll(async () => {
+      await new Promise((resolve) => http?.close(resolve));
+      await ak?.close();
+      await pg?.close();
+    });
+
+    it('security: a model name with markup, an escape sequence, a bidi override and BEL, and a key named so by SQL, are shown escaped as text in the table, the title, the filters and the chart', async () => {
+      const k = await ak.create({ accountId: '<b>acct</b>', name: 'plain' });
+      await pg.query(
+        `INSERT INTO "${ak.tableName}_ledger" (key_id, account_id, kind, amount_micros, model, usage) VALUES ($1, $2, 'charge', 1002000, $3, $4)`,
+        [k.id, '<b>acct</b>', EVIL, JSON.stringify({ provider: 'custom', inputTokens: 1_000_000, outputTokens: 1000, cachedInputTokens: 0, cacheWriteTokens: 0, reasoningTokens: 0 })],
+      );
+      await pg.query(`UPDATE ${ak.tableName} SET name = $1 WHERE id = $2`, ['<i>n</i>\u202eeman\u001b[2J', k.id]);
+      const page = await browser.newPage();
+      const errors = watchErrors(page);
+      await page.goto(`${url}/dashboard`);
+      await page.getByLabel('Admin key').fill(ADMIN);
+      await page.getByRole('button', { name: 'Sign in' }).click();
+      await page.locator('#keys').waitFor();
+      await page.goto(`${url}/dashboard#/models?account=${encodeURIComponent('<b>acct</b>')}&key=${k.id}`);
+      await page.locator('#models tbody tr').first().waitFor();
+      const shown = '<img src=x onerror="window.pwned=1">\\x1b[31m\\u202eledom\\x07';
+      expect(await page.locator('#models tbody th.model-name').textContent()).toBe(shown);
+      expect(await page.locator('#models .model-provider').textContent()).toBe('custom');
+      expect(await page.locator('#models .model-spend').textContent()).toBe('$1.002');
+      expect(await page.locator('#models-title').textContent()).toBe('Key: <i>n</i>\\u202eeman\\x1b[2J');
+      expect(await page.locator('#models-key option:checked').textContent()).toBe(`<i>n</i>\\u202eeman\\x1b[2J (key ${k.id})`);
+      expect(await page.locator('#models-account option:checked').textContent()).toBe('<b>acct</b>');
+      expect(await page.locator('#models-chart').getAttribute('aria-label')).toBe(`Spend by model: ${shown} $1.002`);
+      // Nothing was taken as markup or acted on.
+      expect(await page.locator('#view img, #view b, #view i').count()).toBe(0);
+      expect(await page.evaluate('window.pwned')).toBeUndefined();
+      expect(await page.locator('#view').textContent()).not.toMatch(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/);
+      await shot(page, 'models-escaped');
+      expect(errors).toEqual([]);
+      await page.close();
+    });
   });
 });

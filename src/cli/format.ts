@@ -1,7 +1,7 @@
 import asciichart from 'asciichart';
 import Table from 'cli-table3';
 import type { AccountBudget, KeyEvent, KeyInfo, UsageReport } from '../agentkey.js';
-import type { BudgetWindow } from '../types.js';
+import type { BudgetWindow, LedgerEntry } from '../types.js';
 import { type Cents, centsToMicros } from '../money.js';
 
 /**
@@ -250,4 +250,66 @@ function filled(report: UsageReport, bucket: 'hour' | 'day', since: Date, until:
 /** A rate limit as one phrase: '60 requests per 1m', or '-'. */
 export function rateLimitText(limit: { requests: number; per: string } | null | undefined): string {
   return limit ? `${limit.requests} requests per ${limit.per}` : '-';
+}
+
+// ---- Spend by LLM model and the ledger's rows (issue 18) ----
+
+/** A count of tokens as read: 1,234,567. */
+const count = (n: number) => n.toLocaleString('en-US');
+
+/** `usage --by-model`: one row per model (dearest first), the tokens of each kind, and the total. */
+export function modelsReport(report: UsageReport, since: Date, until: Date): string {
+  const span = `between ${when(since.toISOString())} and ${when(until.toISOString())}`;
+  const models = report.models ?? [];
+  const calls = (n: number) => `${n} call${n === 1 ? '' : 's'}`;
+  const total = `Total: ${dollars(report.totalCents)} over ${calls(report.count)}`;
+  if (models.length === 0) {
+    return report.count === 0 ? `No spend ${span}.` : `No LLM calls charged by model ${span}. ${total}, charged in cents.`;
+  }
+  const byModel = models.reduce((n, m) => n + m.count, 0);
+  return [
+    table(
+      ['model', 'provider', 'spend', 'calls', 'input tokens', 'cached input', 'cache writes', 'output tokens', 'reasoning', 'overage'],
+      models.map((m) => [
+        m.model,
+        m.provider ?? '-',
+        dollars(m.costCents),
+        m.count,
+        count(m.inputTokens),
+        count(m.cachedInputTokens),
+        count(m.cacheWriteTokens),
+        count(m.outputTokens),
+        count(m.reasoningTokens),
+        positive(m.overageCents) ? dollars(m.overageCents) : '-',
+      ]),
+    ),
+    `${total} ${span}; ${calls(byModel)} by model, ${calls(report.count - byModel)} charged in cents.` +
+      (positive(report.overageCents) ? ` Overage (real cost no budget could take, not counted): ${dollars(report.overageCents)}.` : ''),
+  ].join('\n');
+}
+
+/** An LLM call's token counts in one cell: `1,200 in (200 cached) / 300 out (100 reasoning)`. */
+function tokensCell(u: NonNullable<LedgerEntry['usage']>): string {
+  const parts = (list: [number, string][]) => list.filter(([n]) => n > 0).map(([n, what]) => `${count(n)} ${what}`).join(', ');
+  const input = parts([[u.cachedInputTokens, 'cached'], [u.cacheWriteTokens, 'cache write']]);
+  const reasoning = parts([[u.reasoningTokens, 'reasoning']]);
+  return `${count(u.inputTokens)} in${input ? ` (${input})` : ''} / ${count(u.outputTokens)} out${reasoning ? ` (${reasoning})` : ''}`;
+}
+
+/** `agentkey ledger`: its rows, newest first; an LLM call's with its model and tokens. */
+export function ledgerTable(entries: LedgerEntry[]): string {
+  return table(
+    ['id', 'when (UTC)', 'key', 'account', 'kind', 'amount', 'model', 'tokens', 'reservation'],
+    entries.map((e) => [
+      e.id,
+      when(e.createdAt),
+      e.keyId,
+      e.accountId,
+      e.kind,
+      dollars(e.amountCents),
+      e.model ?? '-',
+      e.usage ? tokensCell(e.usage) : '-',
+      e.reservationId ?? '-',
+    ]),
+  );
 }

@@ -23,7 +23,9 @@ function describeIssue(issue: Issue | undefined, target: string): string {
   const where = target === 'json' ? 'the body' : target === 'query' ? 'the query' : target === 'param' ? 'the path' : target;
   if (!issue) return `The request is invalid in ${where}.`;
   if (issue.code === 'unrecognized_keys' && issue.keys) {
-    return `Unknown field${issue.keys.length > 1 ? 's' : ''} in ${where}: ${issue.keys.map((k) => `"${k}"`).join(', ')}.`;
+    // A nested object's field by its whole path ("usage.inputToken"), so the caller knows which object.
+    const named = issue.keys.map((k) => `"${[...issue.path.map(String), k].join('.')}"`);
+    return `Unknown field${issue.keys.length > 1 ? 's' : ''} in ${where}: ${named.join(', ')}.`;
   }
   const field = issue.path.map(String).join('.');
   const message = issue.message.replace(/\.$/, '');

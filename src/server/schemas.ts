@@ -1,8 +1,8 @@
-// One file (about 560 lines): every request and response schema of the service, since one
+// One file (about 670 lines): every request and response schema of the service, since one
 // schema object both validates requests and writes /openapi.json, and shared pieces (cents,
 // windows, ids) are used across routes; split, the document would be assembled from many files.
 import { z } from '@hono/zod-openapi';
-import { MAX_CENTS, isValidCents } from '../money.js';
+import { type CentsInput, MAX_CENTS, isValidCents } from '../money.js';
 import { LEDGER_KINDS } from '../store/ledger-schema.js';
 
 /**
@@ -34,7 +34,7 @@ const cents = (description: string) =>
 const metadata = z
   .record(z.string(), z.unknown())
   .optional()
-  .openapi({ description: 'JSON object stored with the ledger row, e.g. { "model": "gpt-5", "inputTokens": 1200 }.' });
+  .openapi({ description: 'JSON object stored with the ledger row, e.g. { "requestId": "req_81", "step": "answer" } (an LLM call\'s model and tokens go in model and usage).' });
 const rawKey = z.string().min(1).max(512).openapi({ description: "The agent's API key.", example: 'ak_7f3a...' });
 const keyId = z.string().regex(/^[1-9][0-9]{0,15}$/, 'must be a key id (a positive whole number)').openapi({ example: '42' });
 const accountId = z.string().min(1).max(256).openapi({ example: 'acct_123' });
@@ -276,8 +276,27 @@ export const UsageQuery = z
     until: instant.optional(),
     bucket: z.enum(['hour', 'day']).optional(),
     windows: z.enum(['true', 'false']).optional().openapi({ description: "With keyId or accountId: also report its budget windows now ('true')." }),
+    byModel: z.enum(['true', 'false']).optional().openapi({ description: "Also break spend down by LLM model ('true'): the calls charged with model and usage." }),
   })
   .strict();
+
+const count = (description: string) => z.number().int().openapi({ description });
+
+/** Spend of one model over a report's span. */
+export const ModelUsage = z
+  .object({
+    model: z.string().openapi({ description: "The catalog's model id.", example: 'gpt-4o-mini' }),
+    provider: z.string().nullable().openapi({ description: "The catalog's provider id.", example: 'openai' }),
+    costCents: total('Counted toward budgets: the charges and commits priced from its usage.'),
+    overageCents: total('Real cost of its calls that no budget could take.'),
+    count: count('Charges and commits.'),
+    inputTokens: count('Input tokens, cached and cache-written ones included.'),
+    outputTokens: count('Output tokens, reasoning included.'),
+    cachedInputTokens: count('The part of inputTokens read from the prompt cache.'),
+    cacheWriteTokens: count('The part of inputTokens written to the prompt cache.'),
+    reasoningTokens: count('The part of outputTokens that was reasoning.'),
+  })
+  .openapi('ModelUsage');
 
 export const UsageReport = z
   .object({
@@ -289,6 +308,10 @@ export const UsageReport = z
       .array(BudgetWindow)
       .optional()
       .openapi({ description: "With keyId (or accountId alone): its budget windows now, each with what it spent this period." }),
+    models: z
+      .array(ModelUsage)
+      .optional()
+      .openapi({ description: 'With byModel=true: spend by model, dearest first (calls charged in plain cents are not in it).' }),
   })
   .openapi('UsageReport');
 
@@ -319,15 +342,77 @@ export const Verification = z
   })
   .openapi('Verification');
 
-export const ChargeBody = z
+// ---- What a call cost: costCents, or an LLM call's model and token counts (priced from the catalog) ----
+
+const tokens = (description: string) => z.number().int().min(0).openapi({ description });
+
+export const TokenUsage = z
   .object({
-    key: rawKey,
-    costCents: cents('What the call cost, in cents (fractions down to 0.0001).'),
-    idempotencyKey: z.string().min(1).max(256).optional().openapi({ description: 'A retry with the same value is charged once.' }),
-    metadata,
+    inputTokens: tokens('Every input token of the call, cached and cache-written ones included.'),
+    outputTokens: tokens('Every output token, reasoning included.').optional(),
+    cachedInputTokens: tokens('The part of inputTokens read from the prompt cache (priced at its own rate).').optional(),
+    cacheWriteTokens: tokens('The part of inputTokens written to the prompt cache (priced at its own rate).').optional(),
+    reasoningTokens: tokens('The part of outputTokens that was reasoning: kept for the record, priced as output.').optional(),
   })
   .strict()
-  .openapi('Charge');
+  .openapi('TokenUsage', {
+    description: "An LLM call's token counts, as its API reported them (OpenAI's prompt_tokens is inputTokens; Anthropic's input_tokens + cache tokens is inputTokens).",
+    example: { inputTokens: 1200, outputTokens: 300, cachedInputTokens: 200 },
+  });
+
+/** In place of costCents: the model and token counts of an LLM call, which the service prices. */
+const metered = {
+  model: z
+    .string()
+    .min(1)
+    .max(200)
+    .optional()
+    .openapi({ description: 'The LLM model, as requests name it, with usage instead of costCents: the cost is priced from the catalog (400 unknown_model when it has no price).', example: 'gpt-4o-mini' }),
+  provider: z
+    .string()
+    .regex(/^[\w.-]{1,64}$/, "must be a provider id such as 'openai' or 'anthropic'")
+    .optional()
+    .openapi({ description: "The catalog's provider id, when the model's name does not tell it.", example: 'openai' }),
+  usage: TokenUsage.optional(),
+};
+
+/** A body gives costCents, or model and usage (and maybe provider), never both and never neither. */
+function oneCost(body: { costCents?: unknown; model?: unknown; provider?: unknown; usage?: unknown }, ctx: z.RefinementCtx): void {
+  const llm = body.model !== undefined || body.usage !== undefined || body.provider !== undefined;
+  const say = (message: string, path: string[] = []) => ctx.addIssue({ code: 'custom', message, path });
+  if (body.costCents !== undefined && llm) say('give costCents, or model and usage (an LLM call priced by the service), not both');
+  else if (!llm && body.costCents === undefined) say('give costCents, or model and usage (an LLM call\'s token counts, priced by the service)');
+  else if (llm && body.model === undefined) say("it is required with usage: name the model, such as 'gpt-4o-mini'", ['model']);
+  else if (llm && body.usage === undefined) say('it is required with model: the call\'s token counts, such as { "inputTokens": 1200, "outputTokens": 300 }', ['usage']);
+}
+
+/** What the document says of oneCost(): exactly one of costCents and model + usage; provider only beside a model. */
+const ONE_COST = {
+  oneOf: [{ required: ['costCents'] }, { required: ['model', 'usage'] }],
+  dependentRequired: { model: ['usage'], usage: ['model'], provider: ['model'] },
+} as Record<string, unknown>;
+
+/** The cost a checked body gives: its costCents, or its model, provider and usage for the library to price. */
+export function costOf<B extends { costCents?: CentsInput; model?: string; provider?: string; usage?: TokenUsageInput }>(
+  body: B,
+): Omit<B, 'costCents' | 'model' | 'provider' | 'usage'> & ({ costCents: CentsInput } | { model: string; provider?: string; usage: TokenUsageInput }) {
+  const { costCents, model, provider, usage, ...rest } = body;
+  if (costCents !== undefined) return { ...rest, costCents };
+  // oneCost() has made sure of both; a body that did not pass it never gets here.
+  if (model === undefined || usage === undefined) throw new Error('costOf() was given a body its schema did not check.');
+  return { ...rest, model, usage, ...(provider === undefined ? {} : { provider }) };
+}
+type TokenUsageInput = z.infer<typeof TokenUsage>;
+
+const chargeFields = {
+  key: rawKey,
+  costCents: cents('What the call cost, in cents (fractions down to 0.0001); or give model and usage.').optional(),
+  ...metered,
+  idempotencyKey: z.string().min(1).max(256).optional().openapi({ description: 'A retry with the same value is charged once.' }),
+  metadata,
+};
+
+export const ChargeBody = z.object(chargeFields).strict().superRefine(oneCost).openapi('Charge', ONE_COST);
 
 export const Charged = z
   .object({
@@ -335,15 +420,19 @@ export const Charged = z
     budgetUsedCents: z.number().optional().openapi({ description: 'Absent for a zero cost, which records nothing.' }),
     budgetRemainingCents: z.number().nullable().optional(),
     replayed: z.literal(true).optional(),
+    costCents: z.number().optional().openapi({ description: 'With model and usage: what the call was priced at, and charged.' }),
   })
   .openapi('Charged');
 
-export const ReserveBody = ChargeBody.extend({
-  costCents: cents('How much to hold, in cents.'),
-  ttl: z.string().max(16).optional().openapi({ description: "How long the hold lasts unless settled: '30s', '5m', up to '24h'. Default '5m'.", example: '2m' }),
-})
+export const ReserveBody = z
+  .object({
+    ...chargeFields,
+    costCents: cents('How much to hold, in cents; or give model and usage (a worst case in tokens).').optional(),
+    ttl: z.string().max(16).optional().openapi({ description: "How long the hold lasts unless settled: '30s', '5m', up to '24h'. Default '5m'.", example: '2m' }),
+  })
   .strict()
-  .openapi('Reserve');
+  .superRefine(oneCost)
+  .openapi('Reserve', ONE_COST);
 
 export const Reserved = z
   .object({
@@ -353,6 +442,7 @@ export const Reserved = z
     budgetRemainingCents: z.number().nullable(),
     replayed: z.literal(true).optional(),
     reservationStatus: z.enum(['held', 'committed', 'released', 'expired']).optional(),
+    heldCents: z.number().optional().openapi({ description: 'With model and usage: what the usage was priced at, and held.' }),
   })
   .openapi('Reserved');
 
@@ -361,9 +451,15 @@ const settleKey = rawKey
   .openapi({ description: 'The key that took the hold (or send it as "Authorization: Bearer <key>").' });
 
 export const CommitBody = z
-  .object({ key: settleKey, costCents: cents('The real cost: always recorded; charged up to what the budgets leave, the rest is overage.'), metadata })
+  .object({
+    key: settleKey,
+    costCents: cents('The real cost: always recorded; charged up to what the budgets leave, the rest is overage. Or give model and usage.').optional(),
+    ...metered,
+    metadata,
+  })
   .strict()
-  .openapi('Commit');
+  .superRefine(oneCost)
+  .openapi('Commit', ONE_COST);
 
 export const Committed = z
   .object({
@@ -438,6 +534,18 @@ export const LedgerList = z
         reservationId: z.string().nullable(),
         metadata: z.record(z.string(), z.unknown()).nullable(),
         createdAt: z.string(),
+        model: z.string().optional().openapi({ description: 'On the rows of an LLM call charged with model and usage: the catalog\'s model id.' }),
+        usage: z
+          .object({
+            provider: z.string(),
+            inputTokens: z.number().int(),
+            outputTokens: z.number().int(),
+            cachedInputTokens: z.number().int(),
+            cacheWriteTokens: z.number().int(),
+            reasoningTokens: z.number().int(),
+          })
+          .optional()
+          .openapi({ description: "On the row with the call's cost (a charge, a commit, a hold for a usage): its provider and token counts." }),
       }),
     ),
   })

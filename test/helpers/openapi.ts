@@ -23,23 +23,33 @@ interface Operation {
  * schema of that status. `uncovered()` lists the documented answers never seen.
  */
 export function openApiContract(doc: OpenApiDoc) {
-  const ajv = new Ajv2020({ allErrors: true, strict: true });
-  // OpenAPI's own annotation keyword beside JSON Schema's.
-  ajv.addKeyword('example');
   const local = (value: unknown) => JSON.parse(JSON.stringify(value).replaceAll('"#/components/schemas/', '"doc#/$defs/'));
-  ajv.addSchema({ $id: 'doc', $defs: local(doc.components.schemas) });
-
-  const validators = new Map<unknown, ValidateFunction>();
-  const validatorOf = (schema: unknown) => {
-    let validate = validators.get(schema);
-    if (!validate) validators.set(schema, (validate = ajv.compile(local(schema))));
-    return validate;
+  const validating = (options: { strictRequired: boolean }) => {
+    const ajv = new Ajv2020({ allErrors: true, strict: true, ...options });
+    // OpenAPI's own annotation keyword beside JSON Schema's.
+    ajv.addKeyword('example');
+    ajv.addSchema({ $id: 'doc', $defs: local(doc.components.schemas) });
+    const validators = new Map<unknown, ValidateFunction>();
+    return (schema: unknown) => {
+      let validate = validators.get(schema);
+      if (!validate) validators.set(schema, (validate = ajv.compile(local(schema))));
+      return validate;
+    };
   };
+  const validatorOf = validating({ strictRequired: true });
+  // A request body says "costCents, or model and usage" as oneOf [{ required: [costCents] }, { required: [model, usage] }]:
+  // JSON Schema's idiom, whose branches name properties defined beside them (which strictRequired flags).
+  const requestValidatorOf = validating({ strictRequired: false });
   const templates = Object.keys(doc.paths).map((path) => ({
     path,
     pattern: new RegExp(`^${path.replace(/\{[^}]+\}/g, '[^/]+')}$`),
   }));
   const seen = new Set<string>();
+  const operationOf = (method: string, path: string): Operation | undefined => {
+    const pathname = new URL(path, 'http://x').pathname;
+    const template = templates.find((t) => t.pattern.test(pathname));
+    return template ? doc.paths[template.path]?.[method.toLowerCase()] : undefined;
+  };
 
   return {
     /** Checks one answer to `method path` against the document. */
@@ -74,6 +84,18 @@ export function openApiContract(doc: OpenApiDoc) {
         expect(Object.keys(content), what).toEqual(['text/plain']);
         expect(res.headers['content-type'], what).toMatch(/^text\/plain/);
       }
+    },
+    /**
+     * Whether a JSON body is one the document lets a client send to `method path`: valid
+     * against the schema of its request body (a generated client's check before sending).
+     */
+    acceptsBody(method: string, path: string, body: unknown): { valid: boolean; errors: unknown } {
+      const op = operationOf(method, path);
+      const schema = (op?.requestBody as { content?: Record<string, { schema: unknown }> } | undefined)?.content?.['application/json']?.schema;
+      expect(schema, `${method} ${path} documents a JSON request body`).toBeDefined();
+      const validate = requestValidatorOf(schema);
+      const valid = validate(body);
+      return { valid, errors: validate.errors };
     },
     /** The documented answers (route and status, or a path's 405) that no checked answer has shown. */
     uncovered(): string[] {

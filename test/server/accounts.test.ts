@@ -1,10 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { forEachDatabase } from '../helpers/databases.js';
+import { priced } from '../helpers/metered.js';
 import { ADMIN, expectError, expectShape, onDatabase } from '../helpers/service.js';
 
 /**
  * The admin API's accounts and reports, on PostgreSQL and PGlite: account ceilings,
- * GET /v1/accounts, GET /v1/ledger and GET /v1/usage.
+ * GET /v1/accounts, GET /v1/ledger and GET /v1/usage (spend by LLM model with byModel=true,
+ * and the model and token counts on the ledger rows of calls charged with them).
  */
 
 forEachDatabase((getDb) => {
@@ -245,4 +247,83 @@ forEachDatabase((getDb) => {
     });
   });
 
+  describe('spend by model: GET /v1/usage?byModel=true and the ledger', () => {
+    async function metered() {
+      const ctx = await setup();
+      const { ak, svc } = ctx;
+      const a = await ak.create({ accountId: 'acct_llm', budgetCents: 1000 });
+      const b = await ak.create({ accountId: 'acct_llm' });
+      const c = await ak.create({ accountId: 'acct_other' });
+      const calls: [string, Record<string, unknown>][] = [
+        [a.key, { model: 'gpt-4o-mini', usage: { inputTokens: 1000, outputTokens: 10 } }],
+        [b.key, { model: 'gpt-4o-mini', usage: { inputTokens: 500, outputTokens: 20, cachedInputTokens: 100 } }],
+        [a.key, { provider: 'anthropic', model: 'claude-haiku-4-5', usage: { inputTokens: 3000, outputTokens: 700, cacheWriteTokens: 1000 } }],
+        [c.key, { model: 'gpt-4o', usage: { inputTokens: 50, outputTokens: 50, reasoningTokens: 0 } }],
+        // A call in plain cents is spend, and in no model.
+        [a.key, { costCents: 3 }],
+      ];
+      for (const [key, body] of calls) {
+        const res = await svc.post('/v1/charge', { key, ...body });
+        expect(res.status, res.text).toBe(200);
+      }
+      return { ...ctx, a, b, c };
+    }
+    const mini = () => Number((priced('gpt-4o-mini', { inputTokens: 1000, outputTokens: 10 }) + priced('gpt-4o-mini', { inputTokens: 500, outputTokens: 20, cachedInputTokens: 100 })).toFixed(4));
+    const haiku = () => priced('claude-haiku-4-5', { inputTokens: 3000, outputTokens: 700, cacheWriteTokens: 1000 }, 'anthropic');
+    const model = (name: string, provider: string, costCents: number, count: number, tokens: Partial<Record<string, number>>) => ({
+      model: name, provider, costCents, overageCents: 0, count,
+      inputTokens: 0, outputTokens: 0, cachedInputTokens: 0, cacheWriteTokens: 0, reasoningTokens: 0, ...tokens,
+    });
+
+    it('happy: byModel=true adds models, dearest first, per account or key, with token sums; calls in cents are not in it; without it there is no models field', async () => {
+      const { ak, svc, a } = await metered();
+      const usage = async (query: string) => {
+        const res = await svc.admin('GET', `/v1/usage?${query}`);
+        expect(res.status, `${query}: ${res.text}`).toBe(200);
+        return res.body;
+      };
+      const account = await usage('accountId=acct_llm&byModel=true');
+      expect(account.count).toBe(4);
+      expect(account.models).toEqual([
+        model('claude-haiku-4-5', 'anthropic', haiku(), 1, { inputTokens: 3000, outputTokens: 700, cacheWriteTokens: 1000 }),
+        model('gpt-4o-mini', 'openai', mini(), 2, { inputTokens: 1500, outputTokens: 30, cachedInputTokens: 100 }),
+      ]);
+      expect(account).toEqual(await ak.usage({ accountId: 'acct_llm', byModel: true }));
+      expect((await usage(`keyId=${a.id}&byModel=true`)).models.map((m: { model: string; count: number }) => [m.model, m.count])).toEqual([['claude-haiku-4-5', 1], ['gpt-4o-mini', 1]]);
+      expect((await usage('byModel=true')).models.map((m: { model: string }) => m.model)).toEqual(expect.arrayContaining(['gpt-4o', 'gpt-4o-mini', 'claude-haiku-4-5']));
+      // With buckets too; and none in a window with no spend.
+      expect(await usage('accountId=acct_llm&byModel=true&bucket=day')).toMatchObject({ count: 4, models: account.models, buckets: [expect.objectContaining({ count: 4 })] });
+      const later = encodeURIComponent(new Date(Date.now() + 3_600_000).toISOString());
+      expect(await usage(`accountId=acct_llm&byModel=true&since=${later}`)).toMatchObject({ count: 0, models: [] });
+      expect(await usage('accountId=acct_llm&byModel=false')).not.toHaveProperty('models');
+      expect(await usage('accountId=acct_llm')).not.toHaveProperty('models');
+    });
+
+    it('happy: GET /v1/ledger shows the model and token counts on the rows of calls charged with them, and neither on rows in cents', async () => {
+      const { svc, a } = await metered();
+      const rows = (await svc.admin('GET', `/v1/ledger?keyId=${a.id}`)).body.entries;
+      expect(rows.map((r: { kind: string; model?: string }) => [r.kind, r.model ?? null])).toEqual([
+        ['charge', null],
+        ['charge', 'claude-haiku-4-5'],
+        ['charge', 'gpt-4o-mini'],
+      ]);
+      expect(rows[0]).not.toHaveProperty('usage');
+      expect(rows[1]).toMatchObject({
+        amountCents: haiku(),
+        usage: { provider: 'anthropic', inputTokens: 3000, outputTokens: 700, cachedInputTokens: 0, cacheWriteTokens: 1000, reasoningTokens: 0 },
+      });
+      expect((await svc.admin('GET', '/v1/ledger?accountId=acct_other')).body.entries).toEqual([
+        expect.objectContaining({ model: 'gpt-4o', usage: expect.objectContaining({ provider: 'openai', inputTokens: 50, outputTokens: 50 }) }),
+      ]);
+    });
+
+    it('error: byModel that is not true or false, or given twice -> 400 invalid_request naming it', async () => {
+      const { svc } = await setup();
+      for (const query of ['byModel=yes', 'byModel=1', 'byModel=', 'byModel=TRUE', 'byModel=true&byModel=false', 'by_model=true']) {
+        const res = await svc.admin('GET', `/v1/usage?${query}`);
+        expectError(res, 400, 'invalid_request');
+        expect(res.body.error.message, query).toMatch(/byModel|by_model/);
+      }
+    });
+  });
 });

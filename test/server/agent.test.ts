@@ -1,10 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { forEachDatabase } from '../helpers/databases.js';
-import { ADMIN, UNKNOWN_KEY, expectError, expireKey, onDatabase, snapshot } from '../helpers/service.js';
+import { BAD_COSTS, USAGE, priced } from '../helpers/metered.js';
+import { ADMIN, UNKNOWN_KEY, expectError, expireKey, metric, onDatabase, snapshot } from '../helpers/service.js';
 
 /**
- * The agent API, on PostgreSQL and PGlite: POST /v1/verify and POST /v1/charge, with the
- * spend (or its absence) checked in the database.
+ * The agent API, on PostgreSQL and PGlite: POST /v1/verify and POST /v1/charge (with
+ * costCents, or an LLM call's model and usage), with the spend (or its absence) checked in
+ * the database.
  */
 
 forEachDatabase((getDb) => {
@@ -233,4 +235,65 @@ forEachDatabase((getDb) => {
     });
   });
 
+  describe('POST /v1/charge with a model and usage', () => {
+    it("happy: 200 with the catalog's cost charged; the ledger row keeps the model and the token counts; a retry replays, other counts conflict", async () => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_m', budgetCents: 100 });
+      const cost = priced('gpt-4o-mini', USAGE);
+      expect(cost).toBeGreaterThan(0);
+      const res = await svc.post('/v1/charge', { key: k.key, model: 'gpt-4o-mini', usage: USAGE, idempotencyKey: 'call-1', metadata: { run: 7 } });
+      expect(res.status, res.text).toBe(200);
+      expect(res.body).toEqual({ success: true, budgetUsedCents: cost, budgetRemainingCents: Number((100 - cost).toFixed(4)), costCents: cost });
+      expect(await ak.getKey(k.id)).toMatchObject({ spentCents: cost });
+      const [row] = await ak.ledger({ keyId: k.id });
+      expect(row).toMatchObject({
+        kind: 'charge',
+        amountCents: cost,
+        metadata: { run: 7 },
+        model: 'gpt-4o-mini',
+        usage: { provider: 'openai', inputTokens: 1200, outputTokens: 300, cachedInputTokens: 200, cacheWriteTokens: 0, reasoningTokens: 100 },
+      });
+      const retry = await svc.post('/v1/charge', { key: k.key, model: 'gpt-4o-mini', usage: USAGE, idempotencyKey: 'call-1', metadata: { run: 7 } });
+      expect(retry.body).toMatchObject({ success: true, replayed: true });
+      expectError(await svc.post('/v1/charge', { key: k.key, model: 'gpt-4o-mini', usage: { ...USAGE, outputTokens: 301 }, idempotencyKey: 'call-1' }), 409, 'idempotency_conflict');
+      expect(await ak.usage({ keyId: k.id })).toMatchObject({ totalCents: cost, count: 1 });
+
+      // A provider named beside a model the catalog keeps under it; the counts left out are 0.
+      const haiku = priced('claude-haiku-4-5', { inputTokens: 3000, outputTokens: 700, cacheWriteTokens: 1000 }, 'anthropic');
+      const second = await svc.post('/v1/charge', { key: k.key, provider: 'anthropic', model: 'claude-haiku-4-5', usage: { inputTokens: 3000, outputTokens: 700, cacheWriteTokens: 1000 } });
+      expect(second.body).toMatchObject({ success: true, budgetUsedCents: Number((cost + haiku).toFixed(4)) });
+      expect((await ak.ledger({ keyId: k.id }))[0]).toMatchObject({
+        model: 'claude-haiku-4-5',
+        usage: { provider: 'anthropic', inputTokens: 3000, outputTokens: 700, cachedInputTokens: 0, cacheWriteTokens: 1000, reasoningTokens: 0 },
+      });
+      // The charge is counted in /metrics as any other, with the cents it was priced at.
+      expect(metric(await svc.metrics(), 'agentkey_charges_total', { kind: 'charge', outcome: 'charged' })).toBe(2);
+      expect(metric(await svc.metrics(), 'agentkey_charged_cents_total')).toBeCloseTo(cost + haiku, 6);
+      expect(metric(await svc.metrics(), 'agentkey_charges_total', { kind: 'charge', outcome: 'replayed' })).toBe(1);
+    });
+
+    it('error: past the budget -> 429 budget_exceeded; a key that is not valid -> 401; nothing is charged', async () => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_m', budgetCents: 0.01 });
+      const revoked = await ak.create({ accountId: 'acct_m' });
+      await ak.revoke(revoked.id);
+      const before = await snapshot(ak);
+      const refused = await svc.post('/v1/charge', { key: k.key, model: 'gpt-4o', usage: { inputTokens: 100_000, outputTokens: 10_000 } });
+      expectError(refused, 429, 'budget_exceeded');
+      expect(refused.body.error).toMatchObject({ limitedBy: { kind: 'key', keyId: k.id }, budgetRemainingCents: 0.01 });
+      expectError(await svc.post('/v1/charge', { key: revoked.key, model: 'gpt-4o', usage: USAGE }), 401, 'key_revoked');
+      expectError(await svc.post('/v1/charge', { key: 'ak_garbage', model: 'gpt-4o', usage: USAGE }), 401, 'invalid_key');
+      expect(await snapshot(ak)).toEqual(before);
+    });
+
+    it.each(BAD_COSTS)('error: %s -> 400 with its code and a message that names the mistake; nothing is charged', async (_what, fields, code, names) => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_m', budgetCents: 100 });
+      const before = await snapshot(ak);
+      const res = await svc.post('/v1/charge', { key: k.key, ...fields });
+      expectError(res, 400, code);
+      expect(res.body.error.message).toMatch(names);
+      expect(await snapshot(ak)).toEqual(before);
+    });
+  });
 });

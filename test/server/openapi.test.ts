@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { AgentKey } from '../../src/index.js';
 import { forEachDatabase } from '../helpers/databases.js';
 import { hangingPool, throwingPool } from '../helpers/faults.js';
+import { BAD_COSTS } from '../helpers/metered.js';
 import { type OpenApiDoc, openApiContract } from '../helpers/openapi.js';
 import { type CallOptions, type Service, ADMIN, UNKNOWN_KEY, everyRoute, service } from '../helpers/service.js';
 
@@ -62,11 +63,21 @@ describe('GET /openapi.json', () => {
     });
   });
 
-  it('happy: request schemas are the validating ones: /v1/charge requires key and costCents, refuses unknown fields and costs below 0', async () => {
+  it('happy: request schemas are the validating ones: /v1/charge requires key and costCents or model and usage, refuses unknown fields and costs below 0', async () => {
     const d = await doc();
     const charge = schemaOf(d, '/v1/charge', 'post');
-    expect(charge.required?.sort()).toEqual(['costCents', 'key']);
-    expect(Object.keys(charge.properties ?? {}).sort()).toEqual(['costCents', 'idempotencyKey', 'key', 'metadata']);
+    expect(charge.required).toEqual(['key']);
+    expect(Object.keys(charge.properties ?? {}).sort()).toEqual(['costCents', 'idempotencyKey', 'key', 'metadata', 'model', 'provider', 'usage']);
+    // Exactly one of costCents and model + usage (a provider only beside a model), as the service checks it.
+    for (const path of ['/v1/charge', '/v1/reservations', '/v1/reservations/{id}/commit']) {
+      expect(schemaOf(d, path, 'post'), path).toMatchObject({
+        oneOf: [{ required: ['costCents'] }, { required: ['model', 'usage'] }],
+        dependentRequired: { model: ['usage'], usage: ['model'], provider: ['model'] },
+        properties: { usage: { $ref: '#/components/schemas/TokenUsage' } },
+      });
+    }
+    expect(d.components.schemas.TokenUsage).toMatchObject({ required: ['inputTokens'], additionalProperties: false });
+    expect(Object.keys(d.components.schemas.TokenUsage?.properties ?? {}).sort()).toEqual(['cacheWriteTokens', 'cachedInputTokens', 'inputTokens', 'outputTokens', 'reasoningTokens']);
     expect(charge.additionalProperties).toBe(false);
     // a number of at least 0, or a decimal string
     expect(charge.properties?.costCents?.anyOf).toEqual([
@@ -80,7 +91,7 @@ describe('GET /openapi.json', () => {
     expect(create.additionalProperties).toBe(false);
     expect(create.properties).toHaveProperty('budgetCents');
     expect(create.properties).not.toHaveProperty('budget_cents');
-    expect(schemaOf(d, '/v1/reservations/{id}/commit', 'post').required).toEqual(['costCents']);
+    expect(schemaOf(d, '/v1/reservations/{id}/commit', 'post').required).toBeUndefined();
     // A ceiling is budgetCents or budgets (the library says which is missing): neither is required alone.
     const ceiling = schemaOf(d, '/v1/accounts/{id}/budget', 'put');
     expect(ceiling.required).toBeUndefined();
@@ -218,6 +229,25 @@ forEachDatabase((getDb) => {
     await expectAnswer(200, 'POST', release, { bearer: parent.key });
     await expectAnswer(200, 'POST', release, { json: { key: parent.key } });
     await expectAnswer(409, 'POST', `/v1/reservations/${other.reservationId}/commit`, { json: { key: parent.key, costCents: 1 } });
+
+    // Metered spend: a charge, a hold and a commit given an LLM call's model and usage; the catalog refusing a model.
+    const tokens = { inputTokens: 120, outputTokens: 30, cachedInputTokens: 20 };
+    await expectAnswer(200, 'POST', '/v1/charge', { json: { key: loner.key, model: 'gpt-4o-mini', usage: tokens, idempotencyKey: 'm-1' } });
+    await expectAnswer(200, 'POST', '/v1/charge', { json: { key: loner.key, provider: 'anthropic', model: 'claude-haiku-4-5', usage: { inputTokens: 40 } } });
+    await expectAnswer(400, 'POST', '/v1/charge', { json: { key: loner.key, model: 'my-private-llama', usage: tokens } });
+    await expectAnswer(400, 'POST', '/v1/charge', { json: { key: loner.key, costCents: 1, model: 'gpt-4o-mini', usage: tokens } });
+    await expectAnswer(409, 'POST', '/v1/charge', { json: { key: loner.key, model: 'gpt-4o-mini', usage: { inputTokens: 1 }, idempotencyKey: 'm-1' } });
+    const llmHold = (await expectAnswer(201, 'POST', '/v1/reservations', { json: { key: loner.key, model: 'gpt-4o-mini', usage: { inputTokens: 500, outputTokens: 500 } } })).body as {
+      reservationId: string;
+    };
+    await expectAnswer(400, 'POST', '/v1/reservations', { json: { key: loner.key, model: 'gpt-4o-mini', usage: { inputTokens: 1, reasoningTokens: 2 } } });
+    await expectAnswer(400, 'POST', `/v1/reservations/${llmHold.reservationId}/commit`, { json: { key: loner.key, model: 'gpt-4o-mini' } });
+    await expectAnswer(200, 'POST', `/v1/reservations/${llmHold.reservationId}/commit`, { json: { key: loner.key, model: 'gpt-4o-mini', usage: tokens } });
+    const byModel = await expectAnswer(200, 'GET', `/v1/usage?keyId=${loner.id}&byModel=true`, admin());
+    expect(byModel.body.models.map((m: { model: string }) => m.model).sort()).toEqual(['claude-haiku-4-5', 'gpt-4o-mini']);
+    await expectAnswer(400, 'GET', '/v1/usage?byModel=yes', admin());
+    const llmRows = await expectAnswer(200, 'GET', `/v1/ledger?keyId=${loner.id}`, admin());
+    expect(llmRows.body.entries.filter((e: { usage?: unknown }) => e.usage).length).toBe(4);
 
     // Accounts, usage and the ledger: acct_none has keys and no ceiling.
     await expectAnswer(200, 'PUT', '/v1/accounts/acct_c/budget', admin({ budgetCents: 500, budgetPeriod: 'month' }));
@@ -377,5 +407,43 @@ forEachDatabase((getDb) => {
     }
 
     expect(contract.uncovered()).toEqual([]);
+  });
+});
+
+forEachDatabase((getDb) => {
+  it('happy: a body the document lets a client send to /v1/charge, /v1/reservations or a commit is one the service takes; one it forbids is a 400 invalid_request', async () => {
+    const db = getDb();
+    const ak = await db.agentKey();
+    const svc = service(ak);
+    const contract = openApiContract((await svc.send('GET', '/openapi.json')).body as OpenApiDoc);
+    const k = await ak.create({ accountId: 'acct_doc' });
+    const usage = { inputTokens: 100, outputTokens: 10 };
+    const costs: Record<string, unknown>[] = [
+      { costCents: 1 },
+      { costCents: '0.5' },
+      { model: 'gpt-4o-mini', usage },
+      { provider: 'openai', model: 'gpt-4o-mini', usage },
+      ...BAD_COSTS.map(([, fields]) => fields),
+      { costCents: 1, model: 'gpt-4o-mini' },
+      { costCents: 1, usage },
+      { model: 'gpt-4o-mini', usage, color: 'red' },
+    ];
+    let accepted = 0;
+    for (const fields of costs) {
+      const hold = await ak.reserve(k.key, { costCents: 1 });
+      if (!hold.success) throw new Error(hold.reason);
+      for (const path of ['/v1/charge', '/v1/reservations', `/v1/reservations/${hold.reservationId}/commit`]) {
+        const body = { key: k.key, ...fields };
+        const res = await svc.send('POST', path, { json: body });
+        const what = `POST ${path} ${JSON.stringify(fields)} -> ${res.status} ${res.text}`;
+        expect(res.status, what).toBeLessThan(500);
+        const documented = contract.acceptsBody('POST', path, body);
+        const refusedAsMalformed = res.status === 400 && res.body.error.code === 'invalid_request';
+        expect({ documented: documented.valid, refusedAsMalformed }, `${what}\n${JSON.stringify(documented.errors)}`).toEqual({ documented: !refusedAsMalformed, refusedAsMalformed });
+        if (res.status < 300) accepted++;
+      }
+    }
+    // Each of the four good bodies on each of the three routes.
+    expect(accepted).toBe(12);
   });
 });

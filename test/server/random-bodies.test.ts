@@ -1,10 +1,12 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { costFromUsage } from '../../src/llm/index.js';
 import { forEachDatabase } from '../helpers/databases.js';
 import { type Reply, ADMIN, UNKNOWN_KEY, expectShape, expireKey, onDatabase, snapshot } from '../helpers/service.js';
 
 /**
- * Random request bodies to the routes that spend and create, on PostgreSQL and PGlite:
+ * Random request bodies to the routes that spend (in cents, or an LLM call's model and usage)
+ * and create, on PostgreSQL and PGlite:
  * never a 5xx, always the error shape, and no change unless the answer is a success.
  */
 
@@ -63,6 +65,54 @@ forEachDatabase((getDb) => {
         }),
         { numRuns: 60 },
       );
+      expect(await ak.audit()).toMatchObject({ ok: true });
+    });
+
+    it('security: random LLM usages (model, provider, token counts) to POST /v1/charge never get a 5xx, always the error shape; a 200 charges the catalog\'s cost, anything else nothing', async () => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_f', budgetCents: 1_000 });
+      const count = fc.oneof(fc.nat({ max: 2_000_000 }), fc.nat({ max: 50 }), fc.constantFrom(-1, 1.5, 2e12, '10', null), anyJson);
+      const usage = fc.oneof(
+        { weight: 3, arbitrary: fc.record({ inputTokens: fc.nat({ max: 2_000_000 }), outputTokens: fc.nat({ max: 100_000 }) }) },
+        { weight: 3, arbitrary: fc.record({ inputTokens: count, outputTokens: count, cachedInputTokens: count, cacheWriteTokens: count, reasoningTokens: count, prompt_tokens: count }, { requiredKeys: [] }) },
+        { weight: 1, arbitrary: anyJson },
+      );
+      // Left out (undefined is no field in JSON) more often than not, so that many bodies are good ones.
+      const rarely = <T>(arbitrary: fc.Arbitrary<T>) => fc.oneof({ weight: 3, arbitrary: fc.constant(undefined) }, { weight: 1, arbitrary });
+      const metered = {
+        key: fc.constantFrom(k.key, k.key, k.key, 'ak_garbage'),
+        model: fc.oneof(
+          { weight: 3, arbitrary: fc.constantFrom('gpt-4o-mini', 'gpt-4o', 'claude-haiku-4-5') },
+          { weight: 2, arbitrary: fc.oneof(fc.constantFrom('my-private-llama', '', ' ', 'x'.repeat(201)), fc.string(), anyJson) },
+        ),
+        provider: rarely(field('openai', 'anthropic', 'nobody', 'open ai', '')),
+        usage,
+        costCents: rarely(fc.constantFrom(1, 0, -1)),
+        idempotencyKey: rarely(field('i-1', 'i-2')),
+      };
+      const body = fc.record(metered).map((b) => JSON.stringify(b));
+      let charged = 0;
+      await fc.assert(
+        fc.asyncProperty(body, async (raw) => {
+          const before = await snapshot(ak);
+          const res = await svc.send('POST', '/v1/charge', { raw });
+          check(res, raw);
+          const after = await snapshot(ak);
+          const spent = (keys: typeof before.keys) => keys.find((x) => x.id === k.id)?.spentCents as number;
+          if (res.status === 200 && !res.body.replayed && res.body.budgetUsedCents !== undefined) {
+            const sent = JSON.parse(raw);
+            const cost = costFromUsage({ model: sent.model, usage: sent.usage, ...(sent.provider === undefined ? {} : { provider: sent.provider }) }).costCents;
+            expect(spent(after.keys), raw).toBeCloseTo(spent(before.keys) + cost, 4);
+            expect(after.usage.count).toBe(before.usage.count + 1);
+            charged++;
+          } else {
+            expect(after, raw).toEqual(before);
+          }
+        }),
+        { numRuns: 80 },
+      );
+      // The property held over real charges too, not only refusals.
+      expect(charged).toBeGreaterThan(0);
       expect(await ak.audit()).toMatchObject({ ok: true });
     });
 

@@ -1,10 +1,12 @@
 import { describe, expect, it } from 'vitest';
 import { forEachDatabase } from '../helpers/databases.js';
+import { BAD_COSTS, USAGE, priced } from '../helpers/metered.js';
 import { ADMIN, UNKNOWN_HOLD, UNKNOWN_KEY, expectError, expireKey, metric, onDatabase, snapshot } from '../helpers/service.js';
 
 /**
  * Holds over HTTP, on PostgreSQL and PGlite: POST /v1/reservations and settling them with
- * commit and release, only by the key that took them.
+ * commit and release, only by the key that took them; a hold and a commit may name an LLM
+ * call's model and usage instead of costCents.
  */
 
 forEachDatabase((getDb) => {
@@ -282,4 +284,88 @@ forEachDatabase((getDb) => {
     });
   });
 
+  describe('holds and commits with a model and usage', () => {
+    it("happy: a hold for a worst case in tokens, a commit of the real usage: the catalog's costs, the rest given back, the counts in the ledger", async () => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_m', budgetCents: 100 });
+      const worst = { inputTokens: 2000, outputTokens: 1000 };
+      const real = { inputTokens: 1800, outputTokens: 240, reasoningTokens: 40 };
+      const held = await svc.post('/v1/reservations', { key: k.key, model: 'gpt-4o', usage: worst, ttl: '2m', idempotencyKey: 'h-1' });
+      expect(held.status, held.text).toBe(201);
+      expect(held.body).toMatchObject({ success: true, budgetRemainingCents: Number((100 - priced('gpt-4o', worst)).toFixed(4)) });
+      const rid = held.body.reservationId as string;
+      expect(await ak.getReservation(rid)).toMatchObject({ status: 'held', heldCents: priced('gpt-4o', worst) });
+      // The same idempotency key replays the hold; other counts are a conflict.
+      expect((await svc.post('/v1/reservations', { key: k.key, model: 'gpt-4o', usage: worst, ttl: '2m', idempotencyKey: 'h-1' })).body).toMatchObject({ reservationId: rid, replayed: true });
+      expectError(await svc.post('/v1/reservations', { key: k.key, model: 'gpt-4o', usage: real, ttl: '2m', idempotencyKey: 'h-1' }), 409, 'idempotency_conflict');
+
+      const committed = await svc.send('POST', `/v1/reservations/${rid}/commit`, { json: { model: 'gpt-4o', usage: real, metadata: { step: 'answer' } }, bearer: k.key });
+      expect(committed.status, committed.text).toBe(200);
+      const cost = priced('gpt-4o', real);
+      expect(committed.body).toMatchObject({
+        success: true,
+        costCents: cost,
+        chargedCents: cost,
+        overageCents: 0,
+        heldCents: priced('gpt-4o', worst),
+        releasedCents: Number((priced('gpt-4o', worst) - cost).toFixed(4)),
+        budgetUsedCents: cost,
+      });
+      // A retry of the commit replays it; other counts are a conflict.
+      expect((await svc.post(`/v1/reservations/${rid}/commit`, { key: k.key, model: 'gpt-4o', usage: real, metadata: { step: 'answer' } })).body).toMatchObject({ replayed: true, costCents: cost });
+      expectError(await svc.post(`/v1/reservations/${rid}/commit`, { key: k.key, model: 'gpt-4o', usage: worst }), 409, 'idempotency_conflict');
+      expect(await ak.getKey(k.id)).toMatchObject({ spentCents: cost, heldCents: 0 });
+      const rows = await ak.ledger({ keyId: k.id });
+      expect(rows.map((r) => [r.kind, r.model ?? null, r.usage?.inputTokens ?? null])).toEqual([
+        ['commit', 'gpt-4o', 1800],
+        ['hold', 'gpt-4o', 2000],
+      ]);
+      expect(rows[0]).toMatchObject({ metadata: { step: 'answer' }, usage: { provider: 'openai', outputTokens: 240, reasoningTokens: 40 } });
+      expect(await ak.audit({ keyId: k.id })).toMatchObject({ ok: true });
+    });
+
+    it('happy: a hold in cents committed with a usage past it and past the budget: the budget takes what it can, the rest is overage under the model', async () => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_m', budgetCents: 1 });
+      const held = await svc.post('/v1/reservations', { key: k.key, costCents: 0.5 });
+      expect(held.status).toBe(201);
+      const big = { inputTokens: 100_000, outputTokens: 20_000 };
+      const res = await svc.post(`/v1/reservations/${held.body.reservationId}/commit`, { key: k.key, model: 'gpt-4o', usage: big });
+      expect(res.status, res.text).toBe(200);
+      expect(res.body).toMatchObject({ costCents: priced('gpt-4o', big), chargedCents: 1, overBudget: true, budgetRemainingCents: 0 });
+      expect(res.body.overageCents).toBeCloseTo(priced('gpt-4o', big) - 1, 4);
+      const report = await ak.usage({ keyId: k.id, byModel: true });
+      expect(report.models).toEqual([expect.objectContaining({ model: 'gpt-4o', costCents: 1, count: 1, inputTokens: 100_000, outputTokens: 20_000 })]);
+      expect(report.models?.[0]?.overageCents).toBeCloseTo(priced('gpt-4o', big) - 1, 4);
+    });
+
+    it('error: past the budget -> 429; a usage hold by another key cannot be committed (404); nothing is held or charged', async () => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_m', budgetCents: 0.01 });
+      const other = await ak.create({ accountId: 'acct_m' });
+      const before = await snapshot(ak);
+      expectError(await svc.post('/v1/reservations', { key: k.key, model: 'gpt-4o', usage: { inputTokens: 100_000 } }), 429, 'budget_exceeded');
+      expect(await snapshot(ak)).toEqual(before);
+      const held = await svc.post('/v1/reservations', { key: other.key, model: 'gpt-4o-mini', usage: { inputTokens: 10 } });
+      expect(held.status).toBe(201);
+      expectError(await svc.post(`/v1/reservations/${held.body.reservationId}/commit`, { key: k.key, model: 'gpt-4o-mini', usage: { inputTokens: 10 } }), 404, 'reservation_not_found');
+      expect(await ak.getReservation(held.body.reservationId)).toMatchObject({ status: 'held' });
+    });
+
+    it.each(BAD_COSTS)('error: %s -> 400 on a hold and on a commit, with its code; nothing is held, the hold stays held', async (_what, fields, code, names) => {
+      const { ak, svc } = await setup();
+      const k = await ak.create({ accountId: 'acct_m', budgetCents: 100 });
+      const held = await svc.post('/v1/reservations', { key: k.key, costCents: 5 });
+      expect(held.status).toBe(201);
+      const before = await snapshot(ak);
+      const hold = await svc.post('/v1/reservations', { key: k.key, ...fields });
+      expectError(hold, 400, code);
+      expect(hold.body.error.message).toMatch(names);
+      const commit = await svc.post(`/v1/reservations/${held.body.reservationId}/commit`, { key: k.key, ...fields });
+      expectError(commit, 400, code);
+      expect(commit.body.error.message).toMatch(names);
+      expect(await snapshot(ak)).toEqual(before);
+      expect(await ak.getReservation(held.body.reservationId)).toMatchObject({ status: 'held', heldCents: 5 });
+    });
+  });
 });

@@ -245,13 +245,20 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
 
   app.openapi(
     adminRoute({
-      method: 'get', path: '/v1/usage', operationId: 'getUsage', summary: 'Spend from the ledger, with hourly or daily buckets.',
+      method: 'get', path: '/v1/usage', operationId: 'getUsage', summary: 'Spend from the ledger, with hourly or daily buckets, and by LLM model with byModel=true.',
       request: { query: S.UsageQuery },
       responses: { 200: { description: 'Usage', content: { 'application/json': { schema: S.UsageReport } } }, ...storeErrors(400, 401) },
     }),
     async (c) => {
-      const { windows, ...q } = c.req.valid('query');
-      return c.json(await ak.usage({ ...q, ...(windows === undefined ? {} : { windows: windows === 'true' }) }), 200);
+      const { windows, byModel, ...q } = c.req.valid('query');
+      return c.json(
+        await ak.usage({
+          ...q,
+          ...(windows === undefined ? {} : { windows: windows === 'true' }),
+          ...(byModel === undefined ? {} : { byModel: byModel === 'true' }),
+        }),
+        200,
+      );
     },
   );
 
@@ -269,7 +276,7 @@ export function adminRoutes(ak: AgentKey, requireAdmin: MiddlewareHandler<Env>) 
 
   app.openapi(
     adminRoute({
-      method: 'get', path: '/v1/ledger', operationId: 'listLedger', summary: 'Ledger rows, newest first (page with before=<last id>).',
+      method: 'get', path: '/v1/ledger', operationId: 'listLedger', summary: "Ledger rows, newest first, an LLM call's with its model and token counts (page with before=<last id>).",
       request: { query: S.LedgerQuery },
       responses: { 200: { description: 'Ledger rows', content: { 'application/json': { schema: S.LedgerList } } }, ...storeErrors(400, 401) },
     }),

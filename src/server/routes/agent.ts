@@ -44,19 +44,21 @@ export function agentRoutes(ak: AgentKey, metrics: Metrics) {
   app.openapi(
     createRoute({
       method: 'post', path: '/v1/charge', tags: ['agent'], operationId: 'charge',
-      summary: "Charge a cost to the key's budget (and its ancestors' and account's).",
+      summary: "Charge a cost to the key's budget (and its ancestors' and account's): costCents, or an LLM call's model and usage, priced by the service.",
       request: { body: { required: true, content: { 'application/json': { schema: S.ChargeBody } } } },
       responses: { 200: { description: 'Charged', content: { 'application/json': { schema: S.Charged } } }, ...bodyErrors(401, 409, 429) },
     }),
     async (c) => {
-      const { key, ...usage } = c.req.valid('json');
-      const result = await ak.trackUsage(key, usage);
+      const { key, ...body } = c.req.valid('json');
+      const spend = S.costOf(body);
+      const result = await ak.trackUsage(key, spend);
       if (!result.success) {
         const refusal = refusalOf(result);
         metrics.refused('charge', refusal.body.error.code);
         throw new RefusalError(refusal);
       }
-      metrics.charged(result, usage.costCents);
+      // A cost priced from usage is in the result (costCents), one given in cents in the request.
+      metrics.charged(result, 'costCents' in spend ? spend.costCents : (result.costCents ?? 0));
       return c.json(result, 200);
     },
   );

@@ -24,6 +24,8 @@ export function dashboardRoutes(): Hono<Env> {
     '/dashboard/key.js': [path.join(dir, 'key.js'), 'text/javascript; charset=utf-8'],
     '/dashboard/windows.js': [path.join(dir, 'windows.js'), 'text/javascript; charset=utf-8'],
     '/dashboard/webhooks.js': [path.join(dir, 'webhooks.js'), 'text/javascript; charset=utf-8'],
+    '/dashboard/models.js': [path.join(dir, 'models.js'), 'text/javascript; charset=utf-8'],
+    '/dashboard/charts.js': [path.join(dir, 'charts.js'), 'text/javascript; charset=utf-8'],
     '/dashboard/app.css': [path.join(dir, 'app.css'), 'text/css; charset=utf-8'],
     '/dashboard/uplot.js': [path.join(uplot, 'uPlot.iife.min.js'), 'text/javascript; charset=utf-8'],
     '/dashboard/uplot.css': [path.join(uplot, 'uPlot.min.css'), 'text/css; charset=utf-8'],

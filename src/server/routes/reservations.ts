@@ -17,19 +17,21 @@ export function reservationRoutes(ak: AgentKey, metrics: Metrics) {
   app.openapi(
     createRoute({
       method: 'post', path: '/v1/reservations', tags: ['agent'], operationId: 'reserve',
-      summary: 'Hold an amount before a costly call; settle it with commit or release.',
+      summary: 'Hold an amount (costCents, or a model and usage to price) before a costly call; settle it with commit or release.',
       request: { body: { required: true, content: { 'application/json': { schema: S.ReserveBody } } } },
       responses: { 201: { description: 'Held', content: { 'application/json': { schema: S.Reserved } } }, ...bodyErrors(401, 409, 429) },
     }),
     async (c) => {
-      const { key, ...hold } = c.req.valid('json');
+      const { key, ...body } = c.req.valid('json');
+      const hold = S.costOf(body);
       const result = await ak.reserve(key, hold);
       if (!result.success) {
         const refusal = refusalOf(result);
         metrics.refused('hold', refusal.body.error.code);
         throw new RefusalError(refusal);
       }
-      metrics.held(result, hold.costCents);
+      // A hold priced from usage is in the result (heldCents), one given in cents in the request.
+      metrics.held(result, 'costCents' in hold ? hold.costCents : (result.success ? (result.heldCents ?? 0) : 0));
       return c.json(result, 201);
     },
   );
@@ -37,13 +39,14 @@ export function reservationRoutes(ak: AgentKey, metrics: Metrics) {
   app.openapi(
     createRoute({
       method: 'post', path: '/v1/reservations/{id}/commit', tags: ['agent'], operationId: 'commitReservation',
-      summary: 'Settle a hold with the real cost; the rest is given back.',
+      summary: "Settle a hold with the real cost (costCents, or the call's model and usage); the rest is given back.",
       request: { params: S.ReservationIdParam, body: { required: true, content: { 'application/json': { schema: S.CommitBody } } } },
       responses: { 200: { description: 'Committed', content: { 'application/json': { schema: S.Committed } } }, ...bodyErrors(401, 404, 409) },
     }),
     async (c) => {
       const { id } = c.req.valid('param');
-      const { key, ...cost } = c.req.valid('json');
+      const { key, ...body } = c.req.valid('json');
+      const cost = S.costOf(body);
       const result = await counting(metrics, 'commit', async () => {
         await ownHold(ak, id, key ?? bearer(c));
         const settled = await ak.commit(id, cost);
