@@ -19,6 +19,9 @@ export default defineConfig([
       clerk: 'src/identity/clerk.ts',
       server: 'src/server/index.ts',
       webhooks: 'src/webhooks/index.ts',
+      llm: 'src/llm/index.ts',
+      // The LLM proxy (issue 18): Hono and the price catalog, behind a subpath of its own.
+      proxy: 'src/proxy/index.ts',
     },
     format: ['esm', 'cjs'],
     dts: true,

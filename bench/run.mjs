@@ -33,13 +33,23 @@ if (!url) {
   ({ child: server, url } = await startPgServer({ ...process.env, AGENTKEY_PG_DURABLE: durable }));
 }
 
-const code = await new Promise((resolve) => {
-  const child = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_PROFILE] : []), '--expose-gc', path.join(outDir, 'bench.js'), ...process.argv.slice(2)], {
-    stdio: 'inherit',
-    env: { ...process.env, BENCH_DATABASE_URL: url },
+// The LLM proxy's benchmark (bench/proxy.mjs, on the built dist/: `npm run build` first) runs
+// after the others, or alone with `--only proxy`.
+const onlyAt = process.argv.indexOf('--only');
+const proxyOnly = onlyAt >= 0 && process.argv[onlyAt + 1]?.toLowerCase() === 'proxy';
+const run = (script, node = []) =>
+  new Promise((resolve) => {
+    const child = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_PROFILE] : []), ...node, script, ...process.argv.slice(2)], {
+      stdio: 'inherit',
+      env: { ...process.env, BENCH_DATABASE_URL: url },
+    });
+    child.on('exit', (c) => resolve(c ?? 1));
   });
-  child.on('exit', (c) => resolve(c ?? 1));
-});
+let code = proxyOnly ? 0 : await run(path.join(outDir, 'bench.js'), ['--expose-gc']);
+if (code === 0 && (onlyAt < 0 || proxyOnly)) {
+  if (fs.existsSync(path.join(root, 'dist/proxy.js'))) code = await run(path.join(root, 'bench/proxy.mjs'));
+  else console.log('\nThe proxy benchmark needs the built package: run `npm run build`, then `npm run bench -- --only proxy`.');
+}
 if (server) await stopPgServer(server);
 fs.rmSync(outDir, { recursive: true, force: true });
 process.exit(code);

@@ -18,6 +18,8 @@ const EXPECTED: Record<string, string[]> = {
   './clerk': ['clerkM2M'],
   './server': ['createApp', 'startServer'],
   './webhooks': ['startDeliverer'],
+  './llm': ['costFromUsage', 'estimateMaxCost', 'createPriceCatalog', 'countTokens'],
+  './proxy': ['createProxy', 'upstreamsFromEnv', 'describeUpstreams'],
 };
 
 it('happy: package.json exports exactly the documented subpaths, and each loads in ESM and CommonJS with its functions', async () => {
@@ -34,4 +36,16 @@ it('happy: package.json exports exactly the documented subpaths, and each loads 
     }
   }
   expect(fs.existsSync(path.join(ROOT, pkg.bin.agentkey as string))).toBe(true);
+});
+
+it('happy: the core entry loads neither the price catalog nor the tokenizer until a cost needs them (CommonJS: the require cache)', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const script = `require(${JSON.stringify(path.join(ROOT, 'dist/index.cjs'))});
+    const heavy = () => Object.keys(require.cache).filter((k) => /genai-prices|gpt-tokenizer/.test(k)).length;
+    const before = heavy();
+    require(${JSON.stringify(path.join(ROOT, 'dist/llm.cjs'))});
+    console.log(JSON.stringify({ before, after: heavy() }));`;
+  const out = JSON.parse(execFileSync(process.execPath, ['-e', script], { encoding: 'utf8' })) as { before: number; after: number };
+  expect(out.before).toBe(0);
+  expect(out.after).toBeGreaterThan(0);
 });

@@ -8,12 +8,12 @@ import { AgentKey } from '../agentkey.js';
 import { AgentKeyError } from '../errors.js';
 import { rotateAdminKey } from '../server/admin-key.js';
 import { startServer } from '../server/serve.js';
+import { type Upstream, describeUpstreams, upstreamsFromEnv } from '../proxy/index.js';
 import { StartupError, openStorage } from '../server/storage.js';
 import {
   type Common,
   UserError,
   cents,
-  instant,
   json,
   list,
   out,
@@ -25,11 +25,12 @@ import {
   withCommon,
   withStorage,
 } from './common.js';
-import { accountDetails, printable, usageReport } from './format.js';
+import { accountDetails, printable } from './format.js';
 import { concurrencyOrNone, noneAsNull, rateLimitOrNone } from './common.js';
 import { rateLimitText } from './format.js';
 
 import { addWebhookCommands } from './webhooks.js';
+import { addReportCommands } from './reports.js';
 import { addKeysCommands, bothAlerts } from './keys.js';
 import { type AlertsFlag, ALERTS_HELP, BUDGETS_HELP, addAlertsCommands, alertPercents, alertsOption, budgetWindows, budgetsAlone } from './windows.js';
 import type { BudgetWindowInput } from '../types.js';
@@ -70,6 +71,19 @@ export function buildProgram(): Command {
         .default(10_000)
         .argParser(wholeNumber('webhook timeout', 1, 300_000)),
     )
+    // --- The LLM proxy (issue 18): mounted when an upstream's key is in the environment (never on the command line). ---
+    .addOption(new Option('--openai-base-url <url>', 'base URL of the proxy\'s "openai" upstream (its key: AGENTKEY_OPENAI_API_KEY or OPENAI_API_KEY)').env('AGENTKEY_OPENAI_BASE_URL'))
+    .addOption(new Option('--anthropic-base-url <url>', 'base URL of the proxy\'s "anthropic" upstream (its key: AGENTKEY_ANTHROPIC_API_KEY or ANTHROPIC_API_KEY)').env('AGENTKEY_ANTHROPIC_BASE_URL'))
+    .option('--no-proxy', 'do not mount the LLM proxy even when an upstream key is set (env AGENTKEY_PROXY=off)')
+    .addOption(new Option('--proxy-scope <scope>', 'the scope a key needs to call the LLM proxy').env('AGENTKEY_PROXY_SCOPE').default('proxy.chat'))
+    .addOption(new Option('--proxy-hold-ttl <duration>', "how long a proxy call's hold lives if the service stops mid-call").env('AGENTKEY_PROXY_HOLD_TTL').default('15m'))
+    .addOption(
+      new Option('--proxy-timeout-ms <ms>', 'the longest the proxy waits for an upstream to answer, and then between two chunks of its answer')
+        .env('AGENTKEY_PROXY_TIMEOUT_MS')
+        .default(600_000)
+        .argParser(wholeNumber('proxy timeout', 1, 3_600_000)),
+    )
+    // --- end of the LLM proxy's options ---
     .addOption(
       new Option('--log-level <level>', 'least level logged: requests are info (2xx/3xx), warn (4xx) or error (5xx), one JSON line each on stdout')
         .env('LOG_LEVEL')
@@ -80,13 +94,18 @@ export function buildProgram(): Command {
       'after',
       '\nThe admin key is AGENTKEY_ADMIN_KEY (16 or more letters, digits or . _ ~ + / -).\n' +
         'Without it, the first start creates one, prints it once on stderr and stores\n' +
-        'only its hash; `agentkey admin-key rotate` replaces it.',
+        'only its hash; `agentkey admin-key rotate` replaces it.\n\n' +
+        'The LLM proxy (/proxy/<upstream>/v1/...) is mounted for each upstream whose key is set:\n' +
+        'AGENTKEY_OPENAI_API_KEY (or OPENAI_API_KEY), AGENTKEY_ANTHROPIC_API_KEY (or ANTHROPIC_API_KEY),\n' +
+        'and AGENTKEY_UPSTREAMS, JSON of more by name, e.g.\n' +
+        '{"groq":{"flavor":"openai","baseUrl":"https://api.groq.com/openai","apiKeyEnv":"GROQ_API_KEY"}}.',
     )
-    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string; webhooks: boolean; webhookRetryFor: string; webhookTimeoutMs: number }) => {
+    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string; webhooks: boolean; webhookRetryFor: string; webhookTimeoutMs: number } & ProxyFlags) => {
       // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
       const selfServe = o.selfServe === true || envFlag('AGENTKEY_SELF_SERVE');
       const withoutEmail = o.signupWithoutEmail === true || envFlag('AGENTKEY_SIGNUP_WITHOUT_EMAIL');
       const logger = pino({ level: o.logLevel, base: { service: 'agentkey' } }, pino.destination({ dest: 1, sync: true }));
+      const upstreams = proxyUpstreams(o);
       const server = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () =>
         startServer({
           ...storageOptions(o),
@@ -99,6 +118,7 @@ export function buildProgram(): Command {
           bodyLimitBytes: o.bodyLimit,
           timeoutMs: o.timeoutMs,
           logger,
+          proxy: upstreams ? { upstreams, scope: o.proxyScope, holdTtl: o.proxyHoldTtl, timeoutMs: o.proxyTimeoutMs } : false,
           webhooks:
             o.webhooks === false || /^(off|false|0|no)$/i.test(process.env.AGENTKEY_WEBHOOKS ?? '')
               ? false
@@ -117,6 +137,11 @@ export function buildProgram(): Command {
         { url: server.url, port: server.port, database: o.databaseUrl ? 'postgres' : 'pglite', adminKey: server.adminKey.source },
         `agentkey listening on ${server.url}`,
       );
+      if (upstreams) {
+        // Which upstreams, where: never their keys.
+        const mounted = describeUpstreams(upstreams);
+        logger.info({ proxy: mounted }, `LLM proxy at ${server.url}/proxy/<upstream>: ${mounted.map((u) => `${u.name} (${u.flavor}, ${u.baseUrl})`).join(', ')}`);
+      }
       let stopping = false;
       const stop = (signal: string) => {
         if (stopping) {
@@ -233,29 +258,8 @@ export function buildProgram(): Command {
     });
   addAlertsCommands(program);
 
-  withCommon(program.command('usage'))
-    .description('spend from the ledger: a table per hour or day, and a chart')
-    .option('--key <id>', 'only this key', wholeNumber('key', 1, Number.MAX_SAFE_INTEGER))
-    .option('--account <id>', 'only this account')
-    .option('--since <when>', "start: '7d', '24h', '2w' ago or an ISO date", instant)
-    .option('--until <when>', 'end (default: now)', instant)
-    .addOption(new Option('--bucket <size>', 'bucket size').choices(['hour', 'day']).default('day'))
-    .action(async (o: Common & { key?: number; account?: string; since?: Date; until?: Date; bucket: 'hour' | 'day' }) => {
-      const until = o.until ?? new Date();
-      const since = o.since ?? new Date(until.getTime() - (o.bucket === 'hour' ? 86_400_000 : 30 * 86_400_000));
-      if (since >= until) throw new UserError('--since must be before --until.');
-      await withAgentKey(o, 'read', async (ak) => {
-        const report = await ak.usage({
-          ...(o.key !== undefined ? { keyId: o.key } : {}),
-          ...(o.account !== undefined ? { accountId: o.account } : {}),
-          since,
-          until,
-          bucket: o.bucket,
-        });
-        if (o.json) return json({ since: since.toISOString(), until: until.toISOString(), bucket: o.bucket, ...report });
-        out(usageReport(report, o.bucket, since, until));
-      });
-    });
+  // usage and ledger: reports.ts.
+  addReportCommands(program);
 
   const admin = program.command('admin-key').description("the service's admin key");
   withCommon(admin.command('rotate'))
@@ -292,6 +296,19 @@ export async function main(argv: string[]): Promise<void> {
 }
 
 /** A boolean environment variable: true/1/yes or false/0/no (or unset); anything else is a mistake. */
+/** The serve command's LLM proxy flags. */
+type ProxyFlags = { proxy: boolean; openaiBaseUrl?: string; anthropicBaseUrl?: string; proxyScope: string; proxyHoldTtl: string; proxyTimeoutMs: number };
+
+/** The proxy's upstreams from the environment and the flags, or null when it is not to be mounted. */
+function proxyUpstreams(o: ProxyFlags): Record<string, Upstream> | null {
+  if (o.proxy === false || /^(off|false|0|no)$/i.test(process.env.AGENTKEY_PROXY ?? '')) return null;
+  const upstreams = upstreamsFromEnv(process.env, {
+    ...(o.openaiBaseUrl ? { openai: o.openaiBaseUrl } : {}),
+    ...(o.anthropicBaseUrl ? { anthropic: o.anthropicBaseUrl } : {}),
+  });
+  return Object.keys(upstreams).length > 0 ? upstreams : null;
+}
+
 function envFlag(name: string): boolean {
   const value = process.env[name]?.trim().toLowerCase();
   if (value === undefined || value === '' || value === 'false' || value === '0' || value === 'no') return false;

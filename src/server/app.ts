@@ -6,6 +6,7 @@ import { checkAgentKey } from '../http/verify.js';
 import type { Env } from './context.js';
 import { type HttpError, refuse } from '../http/errors.js';
 import { errorDetail, sendError, toHttp } from './errors.js';
+import { createProxy } from '../proxy/proxy.js';
 import { createMetrics } from './metrics.js';
 import { adminAuth } from './middleware/admin-auth.js';
 import { jsonOnly } from './middleware/json-only.js';
@@ -21,11 +22,12 @@ import { reservationRoutes } from './routes/reservations.js';
 import { webhookRoutes } from './routes/webhooks.js';
 import { inPackageShape, isSelfServePath, selfServeRoutes } from './routes/self-serve.js';
 
-export { type AppOptions, type Logger, checkAppOptions } from './options.js';
+export { type AppOptions, type Logger, type ProxyAppOptions, checkAppOptions } from './options.js';
 
 /**
  * The agentkey HTTP service as a Hono app: the admin API, the agent API, /openapi.json,
- * /healthz and /metrics, with one JSON error shape. Every refusal is a row of the
+ * /healthz and /metrics, with one JSON error shape (and, with `proxy`, the LLM proxy, in the
+ * upstream APIs' shapes). Every refusal is a row of the
  * refusal table (src/http/refusals.ts), as on every agentkey HTTP surface. It runs on
  * any fetch runtime; `startServer()` runs it on Node with storage and graceful shutdown.
  *
@@ -50,6 +52,10 @@ export function createApp(ak: AgentKey, options: AppOptions) {
 
   // Outermost first: the log sees the final answer, the 405 replaces a 404, then the limits.
   app.use('*', requestLog(metrics, log));
+  // The LLM proxy (issue 18), before the /v1 API's middleware: it reads its own bodies (its own
+  // limit, any JSON type) and answers in the upstream APIs' error shapes, not the service's.
+  const proxy = options.proxy ? createProxy(ak, { ...options.proxy, ...(log ? { logger: log } : {}), observer: metrics.proxyObserver }) : undefined;
+  if (proxy) app.route('/', proxy);
   app.use('*', wrongMethod(app, answer));
   app.use('*', jsonOnly);
   app.use('*', bodyLimitOf(limit));
@@ -84,5 +90,5 @@ export function createApp(ak: AgentKey, options: AppOptions) {
     return answer(c, error);
   });
 
-  return { app, metrics };
+  return { app, metrics, proxy };
 }

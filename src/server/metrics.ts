@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { AgentKey } from '../agentkey.js';
 import { type CentsInput, MICROS_PER_CENT, centsToMicros } from '../money.js';
+import type { ProxyObserver } from '../proxy/options.js';
 
 /**
  * The service's Prometheus metrics, on a registry of its own (never prom-client's global
@@ -76,12 +77,40 @@ export function createMetrics(ak: AgentKey) {
     },
   });
 
+  // --- The LLM proxy (issue 18): tokens and cost by model, requests by upstream and outcome, and the proxy's own time. ---
+  const llmTokens = counter('agentkey_llm_tokens_total', 'Tokens of LLM calls the proxy committed, by model and kind (input, output, cached_input, cache_write, reasoning; cached_input and cache_write are parts of input, reasoning of output).', ['model', 'kind']);
+  const llmCost = counter('agentkey_llm_cost_cents_total', 'Cents the proxy committed for LLM calls, by model (the real cost, overage included).', ['model']);
+  const proxyRequests = counter('agentkey_proxy_requests_total', 'Proxy requests by upstream, API and outcome: ok, partial (cut short, usage so far committed), refused, bad_request, upstream_error, upstream_timeout, upstream_unreachable, failed.', ['upstream', 'api', 'outcome']);
+  const proxyOverhead = new Histogram({
+    name: 'agentkey_proxy_overhead_seconds',
+    help: "Time a proxy request spent in the proxy before it went upstream, by upstream and part: 'total' (body, key check, estimate, hold) and 'hold' (the part waiting for the database's hold).",
+    labelNames: ['upstream', 'part'] as const,
+    buckets: [0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [registry],
+  });
+  const proxyObserver: ProxyObserver = {
+    request: (e) => proxyRequests.inc({ upstream: e.upstream, api: e.api, outcome: e.outcome }),
+    overhead: (e) => {
+      proxyOverhead.observe({ upstream: e.upstream, part: 'total' }, e.seconds);
+      proxyOverhead.observe({ upstream: e.upstream, part: 'hold' }, e.holdSeconds);
+    },
+    usage: (e) => {
+      const u = e.usage;
+      const kinds = { input: u.inputTokens, output: u.outputTokens ?? 0, cached_input: u.cachedInputTokens ?? 0, cache_write: u.cacheWriteTokens ?? 0, reasoning: u.reasoningTokens ?? 0 };
+      for (const [kind, n] of Object.entries(kinds)) if (n > 0) llmTokens.inc({ model: e.model, kind }, n);
+      if (e.costCents > 0) llmCost.inc({ model: e.model }, e.costCents);
+    },
+  };
+  // --- end of the LLM proxy's metrics ---
+
   const add = (c: Counter, amount: number) => {
     if (amount > 0) c.inc(amount);
   };
 
   return {
     registry,
+    /** What the LLM proxy reports its requests, overhead and committed usage to. */
+    proxyObserver,
     request(method: string, route: string, status: number, seconds: number) {
       requests.inc({ method, route, status: String(status) });
       duration.observe({ route }, seconds);

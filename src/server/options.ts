@@ -1,6 +1,7 @@
 import type { Context } from 'hono';
 import { AgentKeyError } from '../errors.js';
 import { type AgentKeyRoutesOptions, checkRoutesOptions } from '../http/self-serve.js';
+import type { ProxyOptions } from '../proxy/options.js';
 
 /** What the service logs through: pino, or anything with the same three methods. */
 export interface Logger {
@@ -28,7 +29,15 @@ export interface AppOptions {
   dashboard?: boolean;
   /** The client's address, for the signup rate limit. Default: the X-Forwarded-For header is NOT trusted; 'unknown'. */
   clientAddress?: (c: Context) => string;
+  /**
+   * The LLM proxy (agentkey/proxy, issue 18) at /proxy/<upstream>/v1/...: its upstreams and
+   * settings. It logs through `logger` and reports to /metrics. Default: not mounted.
+   */
+  proxy?: ProxyAppOptions | false;
 }
+
+/** The proxy's options as the service takes them: its logger and metrics are the service's. */
+export type ProxyAppOptions = Omit<ProxyOptions, 'logger' | 'observer'>;
 
 /** Checks the options that need no AgentKey: createApp() calls it, and startServer() before it opens the database. */
 export function checkAppOptions(options: Pick<AppOptions, 'bodyLimitBytes' | 'timeoutMs' | 'selfServe'>) {

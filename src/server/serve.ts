@@ -6,7 +6,8 @@ import type { AgentKeyRoutesOptions } from '../http/self-serve.js';
 import { tableNames } from '../store/identifiers.js';
 import { type AdminKey, checkAdminKey, resolveAdminKey } from './admin-key.js';
 import { createApp } from './app.js';
-import { type Logger, checkAppOptions } from './options.js';
+import { type Logger, type ProxyAppOptions, checkAppOptions } from './options.js';
+import { checkProxyOptions } from '../proxy/options.js';
 import { StartupError, type StorageOptions, openStorage } from './storage.js';
 import { type Deliverer, type DelivererOptions, delivererSettings, startDeliverer } from '../webhooks/deliverer.js';
 
@@ -39,6 +40,8 @@ export interface ServeOptions extends StorageOptions {
    * the deliverer's defaults.
    */
   webhooks?: DelivererOptions | false;
+  /** The LLM proxy (issue 18) at /proxy/<upstream>/v1/..., or false (default) for none; see `upstreamsFromEnv()`. */
+  proxy?: ProxyAppOptions | false;
 }
 
 export interface RunningServer {
@@ -67,6 +70,7 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   checkAppOptions({ selfServe: options.selfServe ?? false, ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}) });
   if (options.timeoutMs !== undefined) timeoutOption(options.timeoutMs);
   if (options.webhooks) delivererSettings(options.webhooks);
+  if (options.proxy) checkProxyOptions(options.proxy);
   await canListen(port, host);
   const storage = await openStorage(options);
   let ak: AgentKey | undefined;
@@ -82,12 +86,13 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
     await ak.migrate();
     const adminKey = await resolveAdminKey(storage, options.adminKey);
     if (adminKey.created) options.onAdminKeyCreated?.(adminKey.created);
-    const { app, metrics } = createApp(ak, {
+    const { app, metrics, proxy } = createApp(ak, {
       adminKey: { sha256: adminKey.sha256 },
       selfServe: options.selfServe ?? false,
       ...(options.bodyLimitBytes !== undefined ? { bodyLimitBytes: options.bodyLimitBytes } : {}),
       ...(options.timeoutMs !== undefined ? { timeoutMs: Math.max(10_000, 2 * options.timeoutMs) } : {}),
       ...(options.logger ? { logger: options.logger } : {}),
+      ...(options.proxy ? { proxy: options.proxy } : {}),
       health: storage.ping,
       database: storage.kind,
       clientAddress: (c) => {
@@ -126,6 +131,8 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
       close: () =>
         (closing ??= (async () => {
           await stopListening(server, options.shutdownGraceMs ?? 10_000);
+          // The proxy's last commits and releases, before the database closes.
+          await proxy?.settled();
           await deliverer?.stop();
           try {
             await running.close();

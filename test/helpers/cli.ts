@@ -27,6 +27,12 @@ const CLI_VARIABLES = [
   'PORT',
   'HOST',
   'LOG_LEVEL',
+  // A developer's shell must not mount the LLM proxy in tests that do not ask for it.
+  'OPENAI_API_KEY',
+  'ANTHROPIC_API_KEY',
+  'AGENTKEY_OPENAI_API_KEY',
+  'AGENTKEY_ANTHROPIC_API_KEY',
+  'AGENTKEY_UPSTREAMS',
 ];
 
 /** The test runner's environment without the CLI's own variables, plus `extra` (undefined removes one). */
