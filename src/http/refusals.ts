@@ -80,7 +80,15 @@ export type SurfaceReason =
   | 'account_rate_limit_not_found'
   | 'invalid_request'
   | 'unsupported_media_type'
-  | 'unhealthy';
+  | 'unhealthy'
+  // The LLM proxy's own (agentkey/proxy): in each upstream API's error shape, with these codes.
+  | 'model_not_allowed'
+  | 'upstream_not_found'
+  | 'upstream_auth_failed'
+  | 'upstream_error'
+  | 'upstream_timeout'
+  | 'upstream_unreachable'
+  | 'upstream_stream_failed';
 
 export type RefusalReason = LibraryReason | AgentKeyErrorCode | SurfaceReason;
 
@@ -236,6 +244,24 @@ const SURFACES: Record<SurfaceReason, Refusal> = {
     message: 'Send the body as JSON with "Content-Type: application/json".',
   },
   unhealthy: { status: 503, code: 'unhealthy', message: 'The database is not reachable.' },
+  // The LLM proxy: the detail is its whole sentence (the model and the key's list, the upstream's status).
+  model_not_allowed: { status: 403, code: 'model_not_allowed', message: 'This key may not use this model.', named: own },
+  upstream_not_found: { status: 404, code: 'upstream_not_found', message: 'No upstream of this name serves this API.', named: own },
+  upstream_auth_failed: {
+    status: 502,
+    code: 'upstream_auth_failed',
+    message: "The upstream refused the proxy's own credentials; nothing was charged.",
+    named: own,
+  },
+  upstream_error: { status: 502, code: 'upstream_error', message: 'The upstream failed; nothing was charged.', named: own },
+  upstream_timeout: { status: 504, code: 'upstream_timeout', message: 'The upstream did not answer in time; nothing was charged.', named: own },
+  upstream_unreachable: { status: 502, code: 'upstream_unreachable', message: 'The upstream could not be reached; nothing was charged.', named: own },
+  upstream_stream_failed: {
+    status: 502,
+    code: 'upstream_stream_failed',
+    message: 'The upstream broke off its answer; what was used so far is charged.',
+    named: own,
+  },
 };
 
 /** The table's three groups, as the README shows them. */

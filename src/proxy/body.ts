@@ -1,8 +1,8 @@
-import type { ProxyError } from './errors.js';
+import { type ProxyError, refusal } from './errors.js';
 
 /** The request body as JSON, read up to `limit` bytes: an object, or the error the client gets (400 or 413). */
 export async function readJsonBody(req: Request, limit: number): Promise<{ ok: true; bytes: Uint8Array; body: Record<string, unknown> } | { ok: false; error: ProxyError }> {
-  const tooLarge: ProxyError = { status: 413, code: 'body_too_large', message: `The request body must be at most ${limit} bytes.` };
+  const tooLarge = refusal('body_too_large', `${limit} bytes`);
   const length = req.headers.get('content-length');
   const declared = length === null ? NaN : Number(length);
   if (declared > limit) return { ok: false, error: tooLarge };
@@ -12,17 +12,17 @@ export async function readJsonBody(req: Request, limit: number): Promise<{ ok: t
   try {
     bytes = Number.isSafeInteger(declared) ? new Uint8Array(await req.arrayBuffer()) : await readUpTo(req, limit);
   } catch {
-    return { ok: false, error: { status: 400, code: 'invalid_request', message: 'The request body could not be read to its end.' } };
+    return { ok: false, error: refusal('invalid_request', 'The request body could not be read to its end.') };
   }
   if (bytes === null) return { ok: false, error: tooLarge };
   let body: unknown;
   try {
     body = JSON.parse(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8'));
   } catch {
-    return { ok: false, error: { status: 400, code: 'invalid_json', message: 'The request body is not valid JSON.' } };
+    return { ok: false, error: refusal('invalid_json') };
   }
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
-    return { ok: false, error: { status: 400, code: 'invalid_request', message: 'The request body must be a JSON object.' } };
+    return { ok: false, error: refusal('invalid_request', 'The request body must be a JSON object.') };
   }
   return { ok: true, bytes, body: body as Record<string, unknown> };
 }

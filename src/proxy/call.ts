@@ -7,7 +7,7 @@ import type { ApiSpec, Meter } from './apis.js';
 import { loadLlm } from './llm.js';
 import { readJsonBody } from './body.js';
 import { type Agents, readWhole, send, webStream } from './client.js';
-import { type ProxyError, errorResponse } from './errors.js';
+import { type ProxyError, errorResponse, refusal } from './errors.js';
 import { type KeyOutcome, checkKey, faultOf, holdRefusal } from './gate.js';
 import { type ModelRules, allows } from './models.js';
 import type { ProxyOutcome, ResolvedOptions, ResolvedUpstream } from './options.js';
@@ -63,7 +63,7 @@ export class ProxyCall {
     if (!upstream || upstream.flavor !== this.spec.flavor) {
       const names = [...this.s.o.upstreams.values()].filter((u) => u.flavor === this.spec.flavor).map((u) => u.name);
       const message = `No upstream named ${JSON.stringify(this.upstreamName.slice(0, 64))} serves ${this.spec.path}; this proxy's are: ${names.join(', ') || 'none'}.`;
-      return this.refuse({ status: 404, code: 'upstream_not_found', message }, 'bad_request');
+      return this.refuse(refusal('upstream_not_found', message), 'bad_request');
     }
     const read = await readJsonBody(this.req, this.s.o.bodyLimitBytes);
     if (!read.ok) return this.refuse(read.error, 'bad_request');
@@ -90,7 +90,7 @@ export class ProxyCall {
     const done = (res: Response) => ({ res, handedOff: false });
     const model = body.model;
     if (typeof model !== 'string' || model.trim() === '') {
-      return done(this.refuse({ status: 400, code: 'invalid_request', message: 'The request body needs "model": the name of a model.' }, 'bad_request'));
+      return done(this.refuse(refusal('invalid_request', 'The request body needs "model": the name of a model.'), 'bad_request'));
     }
     this.model = model;
     const rules = await withTimeout(s.models.of(key.key), s.o.storeTimeoutMs);
@@ -99,7 +99,7 @@ export class ProxyCall {
         rules.kind === 'broken'
           ? 'This key\'s metadata "models" is not a list of model names, so it may use no model until an operator fixes it.'
           : `This key may not use model ${JSON.stringify(model.slice(0, 200))}; its metadata "models" allows ${rules.kind === 'some' ? rules.names.map((n) => JSON.stringify(n)).join(', ') : 'none'}.`;
-      return done(this.refuse({ status: 403, code: 'model_not_allowed', message }, 'refused'));
+      return done(this.refuse(refusal('model_not_allowed', message), 'refused'));
     }
     const { estimateMaxCost, countTokens } = await loadLlm();
     let estimate: MaxCost;
@@ -107,7 +107,8 @@ export class ProxyCall {
       const provider = upstream.provider === undefined ? {} : { provider: upstream.provider };
       estimate = estimateMaxCost({ model, api: spec.api, request: body, ...provider }, s.prices ? { prices: s.prices } : {});
     } catch (err) {
-      if (err instanceof AgentKeyError) return done(this.refuse({ status: 400, code: err.code, message: err.message }, 'bad_request'));
+      // unknown_model, invalid_llm_request: the table's 400 rows, with the error's own sentence.
+      if (err instanceof AgentKeyError) return done(this.refuse(refusal(err.code, err.message), 'bad_request'));
       throw err;
     }
     const holdStarted = performance.now();
@@ -146,11 +147,11 @@ export class ProxyCall {
 
     if (sent.kind === 'timeout') {
       void settlement.release();
-      return done(this.refuse({ status: 504, code: 'upstream_timeout', message: `The upstream did not answer within ${s.o.timeoutMs} ms.` }, 'upstream_timeout'));
+      return done(this.refuse(refusal('upstream_timeout', `The upstream did not answer within ${s.o.timeoutMs} ms.`), 'upstream_timeout'));
     }
     if (sent.kind === 'unreachable') {
       void settlement.release();
-      return done(this.refuse({ status: 502, code: 'upstream_unreachable', message: `The upstream could not be reached (${sent.detail}).` }, 'upstream_unreachable'));
+      return done(this.refuse(refusal('upstream_unreachable', `The upstream could not be reached (${sent.detail}).`), 'upstream_unreachable'));
     }
     const meter = spec.meter(prepared.stripUsage);
     const count = (text: string) => countTokens(text, model);
@@ -180,7 +181,7 @@ export class ProxyCall {
       } catch {
         const how = signal.aborted ? 'cancelled' : 'broken';
         this.settle(how, meter, estimate, count, how === 'cancelled' ? 499 : 502);
-        return done(errorResponse(spec.flavor, { status: 502, code: 'upstream_error', message: 'The upstream broke off its answer.' }));
+        return done(errorResponse(spec.flavor, refusal('upstream_error', 'The upstream broke off its answer.')));
       }
       try {
         meter.json(JSON.parse(whole.toString('utf8')));

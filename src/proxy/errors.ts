@@ -1,3 +1,4 @@
+import { type RefusalReason, refuse } from '../http/refusals.js';
 import type { Flavor } from './options.js';
 
 /**
@@ -38,6 +39,15 @@ const ANTHROPIC_TYPES: Record<number, string> = {
   529: 'overloaded_error',
 };
 
+/**
+ * A row of the refusal table (src/http/refusals.ts), the one home of every status and code:
+ * `detail` is the proxy's sentence for the rows that take one.
+ */
+export function refusal(reason: RefusalReason, detail?: string, headers?: Record<string, string>): ProxyError {
+  const e = refuse(reason, detail);
+  return { status: e.status, code: e.body.error.code, message: e.body.error.message, ...(headers ? { headers } : {}) };
+}
+
 /** The body of an error in the flavor's shape. */
 export function errorBody(flavor: Flavor, e: { status: number; code: string; message: string }): Record<string, unknown> {
   if (flavor === 'anthropic') {
@@ -61,7 +71,7 @@ export function errorResponse(flavor: Flavor, e: ProxyError): Response {
  * an error event in the flavor's shape, which both SDKs raise as an APIError.
  */
 export function streamErrorEvent(flavor: Flavor, message: string): string {
-  const body = JSON.stringify(errorBody(flavor, { status: 502, code: 'upstream_stream_failed', message }));
+  const body = JSON.stringify(errorBody(flavor, refusal('upstream_stream_failed', message)));
   return flavor === 'anthropic' ? `event: error\ndata: ${body}\n\n` : `data: ${body}\n\n`;
 }
 

@@ -1,5 +1,5 @@
 import { type Answer, readWhole } from './client.js';
-import { errorResponse } from './errors.js';
+import { errorResponse, refusal } from './errors.js';
 import type { ResolvedUpstream } from './options.js';
 
 /** How much of an upstream's error body is read. */
@@ -20,11 +20,10 @@ export async function upstreamError(upstream: ResolvedUpstream, res: Answer, tim
   const text = redact(await readSome(res, timeoutMs), upstream.apiKey);
   const status = res.status;
   if (status === 401 || status === 403) {
-    return errorResponse(upstream.flavor, {
-      status: 502,
-      code: 'upstream_auth_failed',
-      message: `The upstream refused the proxy's own credentials (HTTP ${status}); the operator must check the upstream's key.`,
-    });
+    return errorResponse(
+      upstream.flavor,
+      refusal('upstream_auth_failed', `The upstream refused the proxy's own credentials (HTTP ${status}); the operator must check the upstream's key.`),
+    );
   }
   if (status >= 400 && status < 500) {
     const headers = new Headers();
@@ -36,12 +35,10 @@ export async function upstreamError(upstream: ResolvedUpstream, res: Answer, tim
     return new Response(text, { status, headers });
   }
   const said = messageOf(text);
-  return errorResponse(upstream.flavor, {
-    status: 502,
-    code: 'upstream_error',
-    message: `The upstream failed (HTTP ${status})${said ? `: ${said}` : '.'}`,
-    headers: res.headers.has('retry-after') ? { 'retry-after': res.headers.get('retry-after') as string } : {},
-  });
+  return errorResponse(
+    upstream.flavor,
+    refusal('upstream_error', `The upstream failed (HTTP ${status})${said ? `: ${said}` : '.'}`, res.headers.has('retry-after') ? { 'retry-after': res.headers.get('retry-after') as string } : {}),
+  );
 }
 
 /** The error message in an OpenAI- or Anthropic-shaped body, on one line, at most 300 characters. */
