@@ -1,8 +1,7 @@
-import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { openStorage } from '../src/server/storage.js';
-import { type CliResult, type CliStore, forEachCliStore, expectFailure, expectJson, expectOneLine, expectSuccess, stopCliProcesses, useCliRunner } from './helpers/cli.js';
+import { type CliStore, badArgumentTests, forEachCliStore, expectJson, expectSuccess, stopCliProcesses, useCliRunner } from './helpers/cli.js';
 
 /**
  * Rate limits through the CLI as a real process, on PGlite (a temp data directory) and on
@@ -26,21 +25,7 @@ const BAD: [string, string[], RegExp][] = [
 ];
 
 describe('no database needed', () => {
-  const results = new Map<string, CliResult>();
-  beforeAll(async () => {
-    const all = await Promise.all(BAD.map(([, args]) => run(args)));
-    BAD.forEach(([label], i) => results.set(label, all[i] as CliResult));
-  }, 60_000);
-
-  it.each(BAD)('%s: exit 1, one line, before any database is opened', (label, _args, message) => {
-    const result = results.get(label) as CliResult;
-    expectFailure(result, message);
-    expectOneLine(result);
-  });
-
-  it('no mistake opened or created a database', () => {
-    expect(fs.readdirSync(cwd())).toEqual([]);
-  });
+  badArgumentTests(BAD, run, cwd);
 });
 
 function suite(name: string, setup: CliStore) {

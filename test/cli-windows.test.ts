@@ -1,8 +1,7 @@
-import fs from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { type Storage, openStorage } from '../src/server/storage.js';
-import { type CliResult, type CliStore, forEachCliStore, expectFailure, expectJson, expectOneLine, expectSuccess, linesOf, stopCliProcesses, useCliRunner } from './helpers/cli.js';
+import { type CliResult, type CliStore, badArgumentTests, forEachCliStore, expectFailure, expectJson, expectOneLine, expectSuccess, linesOf, stopCliProcesses, useCliRunner } from './helpers/cli.js';
 
 /**
  * Budget windows and alert percents through `agentkey` as a real process, on a temp PGlite
@@ -43,21 +42,7 @@ const BAD: [string, string[], RegExp][] = [
 ];
 
 describe('no database needed', () => {
-  const results = new Map<string, CliResult>();
-  beforeAll(async () => {
-    const all = await Promise.all(BAD.map(([, args]) => run(args)));
-    BAD.forEach(([label], i) => results.set(label, all[i] as CliResult));
-  }, 120_000);
-
-  it.each(BAD)('%s: exit 1, one line, nothing on stdout, before any database is opened', (label, _args, message) => {
-    const result = results.get(label) as CliResult;
-    expectFailure(result, message);
-    expectOneLine(result);
-  });
-
-  it('no mistake opened or created a database', () => {
-    expect(fs.readdirSync(cwd())).toEqual([]);
-  });
+  badArgumentTests(BAD, run, cwd);
 
   it('--help says the unit (cents), the form, and how to go back to the table\'s alerts', async () => {
     const [create, account, alerts] = await Promise.all([run(['keys', 'create', '--help']), run(['accounts', 'budget', '--help']), run(['alerts', '--help'])]);

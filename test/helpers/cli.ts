@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { afterAll, afterEach, beforeAll, expect, inject } from 'vitest';
+import { afterAll, afterEach, beforeAll, expect, inject, it } from 'vitest';
 import { withDatabase } from './databases.js';
 import { useCliBundle } from './processes.js';
 
@@ -293,5 +293,29 @@ export function forEachCliStore(
     },
     env: () => ({ DATABASE_URL: (db as { url: string }).url }),
     options: () => ({ databaseUrl: (db as { url: string }).url }),
+  });
+}
+
+/**
+ * The checks every CLI test file makes of its bad arguments, inside its describe: each
+ * exits 1 with one line on stderr and nothing on stdout, before any database is opened
+ * (none is created in `cwd()`, and none is asked for).
+ */
+export function badArgumentTests(bad: [string, string[], RegExp][], run: (args: string[]) => Promise<CliResult>, cwd: () => string): void {
+  const results = new Map<string, CliResult>();
+  beforeAll(async () => {
+    const all = await Promise.all(bad.map(([, args]) => run(args)));
+    bad.forEach(([label], i) => results.set(label, all[i] as CliResult));
+  }, 120_000);
+
+  it.each(bad)('%s: exit 1, one line, nothing on stdout, before any database is opened', (label, _args, message) => {
+    const result = results.get(label) as CliResult;
+    expectFailure(result, message);
+    expectOneLine(result);
+    expect(result.stderr).not.toMatch(/No agentkey database/);
+  });
+
+  it('no mistake opened or created a database', () => {
+    expect(fs.readdirSync(cwd())).toEqual([]);
   });
 }
