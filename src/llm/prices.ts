@@ -1,7 +1,7 @@
 import { type ModelInfo, type Provider, calcPrice, findProvider, updatePrices } from '@pydantic/genai-prices';
 import { AgentKeyError } from '../errors.js';
 import { MICROS_PER_CENT, describe } from '../money.js';
-import { checkText } from '../options.js';
+import { checkText } from '../text.js';
 import { type TokenUsage, type Tokens, checkModel, checkUsage } from './usage.js';
 
 /**

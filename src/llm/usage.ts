@@ -1,6 +1,6 @@
 import { AgentKeyError } from '../errors.js';
 import { describe } from '../money.js';
-import { checkText } from '../options.js';
+import { checkText } from '../text.js';
 
 /**
  * The token counts of one LLM call, in one convention for every provider:
