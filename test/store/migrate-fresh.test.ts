@@ -64,6 +64,9 @@ forEachDatabase((getDb) => {
         idempotency_key: 'text',
         metadata: 'jsonb',
         created_at: 'timestamp with time zone',
+        // Version 11: an LLM call's model and token counts.
+        model: 'text',
+        usage: 'jsonb',
       });
       // Version 3: tree columns, the accounts table, hold paths, the calendar period functions,
       // spend and settle replaced by tree- and account-aware ones; an account's ledger rows have no key.
