@@ -121,10 +121,11 @@ export class AgentKey {
     const keyStore = new KeyStore(s.db, s.names);
     const spendStore = new SpendStore(s.db, s.names);
     // One cache, shared: validation fills it, and each spending step here updates its figures.
-    const cache = s.cache && new KeyCache(s.cache.maxKeys, s.cache.ttlMs);
+    const cache = s.cache && new KeyCache(s.cache.maxKeys, s.cache.ttlMs, s.cache.fallbackTtlMs);
     const rateStore = new RateLimitStore(s.db, s.names);
     this.limiter = new RateLimiter(s.rateLimits.mode, rateStore, storageFault(table), s.batching ?? { maxBatch: 1, lanes: 2 });
-    this.validation = new Validation(keyStore, cache, { pool: s.pool, channel: s.names.channel }, table, this.limiter);
+    const replica = s.readDb && new KeyStore(s.readDb, s.names);
+    this.validation = new Validation(keyStore, cache, { pool: s.pool, channel: s.names.channel, directUrl: s.directUrl }, table, this.limiter, replica);
     this.accountLimits = new AccountLimits(rateStore, this.validation, table);
     this.spending = new Spending(spendStore, cache, s.batching, s.timeoutMs, table, s.actor, s.prices);
     this.keys = new KeyLifecycle(keyStore, new AccountStore(s.db, s.names), new EventStore(s.db, s.names), this.validation, {
@@ -138,7 +139,7 @@ export class AgentKey {
       { ledger: spendStore, totals: new SpendStore(s.reportDb, s.names), accounts: new AccountStore(s.reportDb, s.names) },
       table,
     );
-    this.events = new Events(new WebhookStore(s.db, s.names), { pool: s.pool, channel: s.names.outboxChannel }, storageFault(table));
+    this.events = new Events(new WebhookStore(s.db, s.names), { pool: s.pool, channel: s.names.outboxChannel, directUrl: s.directUrl }, storageFault(table));
   }
 
   // Setting up and closing.

@@ -56,7 +56,14 @@ interface Room {
  */
 export class KeyCache {
   generation = 0;
+  /** Change notifications are being received: entries live `ttlMs`. */
   listening = false;
+  /**
+   * Changes cannot be heard (the connection goes through a pooler and no direct URL was
+   * given): entries live `fallbackTtlMs` instead, the bound on how late another process's
+   * change shows here. Changes made here still show at once.
+   */
+  unheard = false;
   private readonly entries = new Map<string, CachedKey>();
   /** Key id -> the cache keys of that key and of keys under it (one string, or a set when several). */
   private readonly byId = new Map<number, string | Set<string>>();
@@ -79,7 +86,26 @@ export class KeyCache {
   private evictions = 0;
   private invalidations = 0;
 
-  constructor(readonly maxKeys: number, readonly ttlMs: number) {}
+  constructor(
+    readonly maxKeys: number,
+    readonly ttlMs: number,
+    readonly fallbackTtlMs = 1_000,
+  ) {}
+
+  /** Whether entries are kept and served: while notifications flow, or in the fallback when they cannot. */
+  get serving(): boolean {
+    return this.listening || (this.unheard && this.fallbackTtlMs > 0);
+  }
+
+  /** How long an entry stored now may be served. */
+  get entryTtlMs(): number {
+    return this.listening ? this.ttlMs : Math.min(this.ttlMs, this.fallbackTtlMs);
+  }
+
+  /** 'notify' (changes heard), 'fallback' (cannot be heard: short-lived entries) or 'off' (nothing served now). */
+  get mode(): CacheStats['mode'] {
+    return this.listening ? 'notify' : this.serving ? 'fallback' : 'off';
+  }
 
   get(cacheKey: string, now: number): CachedKey | undefined {
     const entry = this.entries.get(cacheKey);
@@ -230,6 +256,8 @@ export class KeyCache {
       size: this.entries.size,
       maxKeys: this.maxKeys,
       ttlMs: this.ttlMs,
+      fallbackTtlMs: this.fallbackTtlMs,
+      mode: this.mode,
       hits: this.hits,
       misses: this.misses,
       evictions: this.evictions,

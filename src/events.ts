@@ -199,7 +199,7 @@ export class Events {
 
   constructor(
     private readonly store: WebhookStore,
-    private readonly changesFrom: { pool: PoolLike; channel: string },
+    private readonly changesFrom: { pool: PoolLike; channel: string; directUrl?: string | undefined },
     private readonly fault: (err: unknown) => never,
   ) {}
 
@@ -346,8 +346,9 @@ export class Events {
         });
       return running;
     };
-    const handlers: ListenHandlers = { notify: () => void pump(), up: () => void pump(), down: () => {} };
-    const subscription: Subscription | null = listen(this.changesFrom.pool, this.changesFrom.channel, handlers);
+    // Unheard (a pooler, no directUrl): the poll alone finds new events.
+    const handlers: ListenHandlers = { notify: () => void pump(), up: () => void pump(), down: () => {}, unheard: () => {} };
+    const subscription: Subscription | null = listen(this.changesFrom.pool, this.changesFrom.channel, handlers, this.changesFrom.directUrl);
     const timer = setInterval(() => void pump(), pollMs);
     timer.unref?.();
     const stop = async () => {
@@ -385,8 +386,8 @@ export class Events {
       record: (outcome) => store.record(outcome).catch(this.fault),
       sweepExpiredKeys: (limit) => this.sweepExpiredKeys(limit),
       onOutbox: (wake) => {
-        const handlers: ListenHandlers = { notify: wake, up: wake, down: () => {} };
-        const sub = listen(this.changesFrom.pool, this.changesFrom.channel, handlers);
+        const handlers: ListenHandlers = { notify: wake, up: wake, down: () => {}, unheard: () => {} };
+        const sub = listen(this.changesFrom.pool, this.changesFrom.channel, handlers, this.changesFrom.directUrl);
         if (!sub) return null;
         return {
           close: async () => {

@@ -84,6 +84,10 @@ export interface Settings {
   /** The same pool for reports that read the whole ledger (usage, audit, listAccounts), with a longer bound. */
   reportDb: Db;
   cache: Required<CacheOptions> | null;
+  /** Where the cache listens for key changes, when not through `pool` (which may be a pooler). */
+  directUrl: string | undefined;
+  /** A read replica for validations the cache cannot answer, in the driver seam; null: the pool. */
+  readDb: Db | null;
   batching: Required<BatchingOptions> | null;
   /** How request rate limits are counted. */
   rateLimits: Required<RateLimitsOptions>;
@@ -98,7 +102,7 @@ const REPORT_TIMEOUT_MS = 60_000;
 export function agentKeySettings(options: unknown): Settings {
   const o = checkOptions<AgentKeyOptions>(
     options,
-    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs', 'actor', 'rateLimits', 'prices'],
+    ['pool', 'tableName', 'keyPrefix', 'validScopes', 'maxDepth', 'cache', 'batching', 'timeoutMs', 'actor', 'rateLimits', 'prices', 'directUrl', 'readPool'],
     'new AgentKey()',
   );
   // A catalog from agentkey/llm's createPriceCatalog(), checked by shape: core does not load the catalog until a cost needs it.
@@ -128,6 +132,8 @@ export function agentKeySettings(options: unknown): Settings {
     db: toDb(o.pool, timeoutMs),
     reportDb: toDb(o.pool, Math.max(timeoutMs, REPORT_TIMEOUT_MS)),
     cache: cacheOptions(o.cache),
+    directUrl: directUrlOption(o.directUrl, o.pool),
+    readDb: o.readPool === undefined || o.readPool === null ? null : toDb(readPoolOption(o.readPool, o.pool), timeoutMs),
     batching: batchingOptions(o.batching),
     rateLimits: rateLimitsOptions(o.rateLimits),
     prices: o.prices ?? null,
@@ -143,18 +149,54 @@ export function timeoutOption(value: unknown): number {
   return ms;
 }
 
+/** Whether `pool` is a node-postgres Pool (it keeps its Client class and options). */
+function isPgPool(pool: unknown): boolean {
+  const p = pool as { connect?: unknown; Client?: unknown; options?: unknown; transaction?: unknown } | null;
+  return !!p && typeof p.connect === 'function' && typeof p.Client === 'function' && typeof p.options === 'object' && typeof p.transaction !== 'function';
+}
+
+/** The `directUrl` option: a postgres:// URL, for a node-postgres Pool only. */
+export function directUrlOption(value: unknown, pool: unknown): string | undefined {
+  if (value === undefined || value === null || value === '') return undefined;
+  let url: URL | null = null;
+  try {
+    url = typeof value === 'string' ? new URL(value) : null;
+  } catch {
+    url = null;
+  }
+  if (!url || (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:')) {
+    throw new AgentKeyError('invalid_argument', `directUrl must be a postgres:// URL of a direct (not pooled) connection; got ${describe(typeof value === 'string' ? '(not a postgres:// URL)' : value)}.`);
+  }
+  if (!isPgPool(pool)) {
+    throw new AgentKeyError('invalid_argument', 'directUrl is for a node-postgres Pool (pg); PGlite and other pools need none.');
+  }
+  return value as string;
+}
+
+/** The `readPool` option: a node-postgres Pool of a read replica, beside a node-postgres `pool`. */
+function readPoolOption(value: unknown, pool: unknown): PoolLike {
+  if (!isPgPool(value)) throw new AgentKeyError('invalid_argument', `readPool must be a node-postgres Pool (pg) of a read replica; got ${describe(value)}.`);
+  if (!isPgPool(pool)) throw new AgentKeyError('invalid_argument', 'readPool needs a node-postgres Pool as pool: a replica of PGlite cannot be read.');
+  if (value === pool) throw new AgentKeyError('invalid_argument', 'readPool must be a pool of a read replica, not the same pool as pool.');
+  return value as PoolLike;
+}
+
 function cacheOptions(value: unknown): Required<CacheOptions> | null {
   if (value === false) return null;
-  const o = checkOptions<CacheOptions>(value ?? {}, ['maxKeys', 'ttlMs'], 'the cache option');
+  const o = checkOptions<CacheOptions>(value ?? {}, ['maxKeys', 'ttlMs', 'fallbackTtlMs'], 'the cache option');
   const maxKeys = o.maxKeys ?? 10_000;
   const ttlMs = o.ttlMs ?? 5_000;
+  const fallbackTtlMs = o.fallbackTtlMs ?? 1_000;
+  if (!Number.isInteger(fallbackTtlMs) || fallbackTtlMs < 0 || fallbackTtlMs > 3_600_000) {
+    throw new AgentKeyError('invalid_argument', 'cache.fallbackTtlMs must be a whole number of milliseconds from 0 to 3600000.');
+  }
   if (!Number.isInteger(maxKeys) || maxKeys < 1 || maxKeys > 10_000_000) {
     throw new AgentKeyError('invalid_argument', 'cache.maxKeys must be a whole number from 1 to 10000000.');
   }
   if (!Number.isInteger(ttlMs) || ttlMs < 1 || ttlMs > 3_600_000) {
     throw new AgentKeyError('invalid_argument', 'cache.ttlMs must be a whole number of milliseconds from 1 to 3600000.');
   }
-  return { maxKeys, ttlMs };
+  return { maxKeys, ttlMs, fallbackTtlMs };
 }
 
 function batchingOptions(value: unknown): Required<BatchingOptions> | null {

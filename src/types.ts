@@ -36,6 +36,22 @@ export interface AgentKeyOptions {
    */
   cache?: CacheOptions | false;
   /**
+   * A direct (not pooled) PostgreSQL URL for the one connection that listens for key
+   * changes, when `pool` goes through a pooler in transaction mode (PgBouncer, Supavisor):
+   * LISTEN needs a session of its own. Queries still use `pool`. Without it, behind a
+   * pooler, the cache runs in its fallback (`cache.fallbackTtlMs`). The same convention as
+   * Prisma's and Supabase's `DIRECT_URL`; the service reads AGENTKEY_DIRECT_URL.
+   */
+  directUrl?: string;
+  /**
+   * A node-postgres Pool of a read replica: validations the cache cannot answer read keys
+   * there. A key the replica does not have yet is read from `pool`; a key read there is
+   * served from memory at most `cache.fallbackTtlMs`, so a change shows here once the
+   * replica has it plus that. Charges, holds and every write use `pool`. The service reads
+   * AGENTKEY_READ_URL.
+   */
+  readPool?: PoolLike;
+  /**
    * Coalescing of concurrent charges and holds into one statement per batch, with the
    * outcome each would have had one after another; false sends each on its own.
    * Default `{ maxBatch: 128, lanes: 2 }`.
@@ -73,6 +89,13 @@ export interface CacheOptions {
   maxKeys?: number;
   /** How long a validation is served from memory at most, in ms. Default 5000. */
   ttlMs?: number;
+  /**
+   * How long a validation is served from memory when changes cannot be heard: the pool goes
+   * through a connection pooler (PgBouncer in transaction mode, Supavisor...) and no
+   * `directUrl` was given. It bounds how late a change made by another process (a
+   * revocation) shows here. 0: nothing is served from memory then. Default 1000.
+   */
+  fallbackTtlMs?: number;
 }
 
 export interface BatchingOptions {
@@ -363,8 +386,15 @@ export interface CacheStats {
   misses: number;
   evictions: number;
   invalidations: number;
-  /** True while change notifications are being received: only then are entries kept. */
+  fallbackTtlMs: number;
+  /** True while change notifications are being received. */
   listening: boolean;
+  /**
+   * 'notify': changes are heard, entries live `ttlMs`; 'fallback': changes cannot be heard
+   * (a pooler, no `directUrl`), entries live `fallbackTtlMs`; 'off': nothing is served from
+   * memory now (not listening yet, or the listening connection is down).
+   */
+  mode: 'notify' | 'fallback' | 'off';
 }
 
 // Spending: charges, holds, commits, releases and adjustments.

@@ -19,6 +19,8 @@ const TOUCH_INTERVAL_MS = 1_000;
 const NO_ANCESTORS: readonly number[] = Object.freeze([]);
 const NO_WINDOWS: readonly string[] = Object.freeze([]);
 const NO_RELEASE = () => {};
+/** Rows read from a read replica (they may lag the primary). */
+const fromReplica = new WeakSet<KeyRow>();
 
 export class Validation {
   /** Reads in flight, shared by validations of the same key, with the `changes` count they started at. */
@@ -38,13 +40,15 @@ export class Validation {
     /** The cache of validated keys, or null for none. */
     private readonly cache: KeyCache | null,
     /** Where changes to keys are announced: the pool and its NOTIFY channel. */
-    private readonly changesFrom: { pool: PoolLike; channel: string },
+    private readonly changesFrom: { pool: PoolLike; channel: string; directUrl?: string | undefined },
     table: string,
     /** Counts requests against rate and concurrency limits. */
     private readonly limiter: RateLimiter,
+    /** The keys on a read replica (`readPool`), read before the primary; null: none. */
+    private readonly replica: KeyStore | null = null,
   ) {
     this.fault = storageFault(table);
-    this.lookups = new Coalescer((hashes) => this.store.findByHashes(hashes), { maxBatch: 256, lanes: 2 });
+    this.lookups = new Coalescer((hashes) => this.readHashes(hashes), { maxBatch: 256, lanes: 2 });
     this.touches = new Touches((ids, at) => this.store.touch(ids, at), TOUCH_INTERVAL_MS);
   }
 
@@ -58,7 +62,7 @@ export class Validation {
     const cacheKey = 'hash' in ref ? ref.hash : `\u0000${ref.subject}`;
     if (cache) {
       this.startListening();
-      const hit = cache.listening ? cache.get(cacheKey, Date.now()) : undefined;
+      const hit = cache.serving ? cache.get(cacheKey, Date.now()) : undefined;
       const pathRoom = hit && cache.pathRoom(hit);
       // A budget above the key that this cache no longer knows: read the key again.
       const ownRoom = hit && (hit.ownWindows.length === 0 ? null : cache.leastRoom(hit.ownWindows));
@@ -69,12 +73,16 @@ export class Validation {
       const generation = cache?.generation;
       const since = cache?.mark();
       // Concurrent lookups of different keys go out together as one query.
-      const read = 'hash' in ref ? this.lookups.submit(ref.hash) : this.store.find(ref);
+      const read = 'hash' in ref ? this.lookups.submit(ref.hash) : this.readSubject(ref);
       const entry = {
         changes: this.changes,
         read: read.catch(this.fault).then((row) => {
           // Kept only if no change was announced while it was read (it might predate the change).
-          if (row && cache?.listening && cache.generation === generation) cache.set(cacheKey, toCached(row, cache.ttlMs), limitRooms(row), since);
+          if (row && cache?.serving && cache.generation === generation) {
+            // A replica's row may predate a change already announced: it lives no longer than the fallback.
+            const ttl = fromReplica.has(row) ? Math.min(cache.entryTtlMs, cache.fallbackTtlMs) : cache.entryTtlMs;
+            cache.set(cacheKey, toCached(row, ttl), limitRooms(row), since);
+          }
           return row;
         }),
       };
@@ -93,6 +101,32 @@ export class Validation {
     const key = toCached(row, 0);
     const own = rooms.filter((_, i) => key.ownWindows.includes(key.limits[i] as string));
     return this.validation(key, rooms.length === 0 ? null : Math.min(...rooms), own.length === 0 ? null : Math.min(...own), acquire);
+  }
+
+  /**
+   * Keys by lookup hash: from the replica when there is one, and from the primary for what
+   * the replica does not have (a key made since its last replay) or when it fails.
+   */
+  private async readHashes(hashes: readonly string[]): Promise<(KeyRow | null)[]> {
+    if (!this.replica) return this.store.findByHashes(hashes);
+    const rows = await this.replica.findByHashes(hashes).catch(() => null);
+    if (rows === null) return this.store.findByHashes(hashes);
+    for (const row of rows) if (row) fromReplica.add(row);
+    const missing = hashes.filter((_, i) => rows[i] === null);
+    if (missing.length === 0) return rows;
+    const found = await this.store.findByHashes(missing);
+    let next = 0;
+    return rows.map((row) => row ?? found[next++] ?? null);
+  }
+
+  /** A subject's key, by the same rule as readHashes. */
+  private async readSubject(ref: { subject: string }): Promise<KeyRow | null> {
+    const row = this.replica ? await this.replica.find(ref).catch(() => null) : null;
+    if (row) {
+      fromReplica.add(row);
+      return row;
+    }
+    return this.store.find(ref);
   }
 
   /** A change made here to one key (`id`), or to one not known (null): here at once; other processes hear it from the database. */
@@ -183,8 +217,15 @@ export class Validation {
         this.changes++;
         cache.clear();
       },
+      unheard: () => {
+        // A pooler and no direct URL: short-lived entries (cache.fallbackTtlMs) stand in for notifications.
+        cache.listening = false;
+        cache.unheard = true;
+        this.changes++;
+        cache.clear();
+      },
     };
-    this.subscription = listen(this.changesFrom.pool, this.changesFrom.channel, this.listener);
+    this.subscription = listen(this.changesFrom.pool, this.changesFrom.channel, this.listener, this.changesFrom.directUrl);
   }
 }
 

@@ -23,7 +23,7 @@ const REVOKE_BOUND_MS = 1_500;
 const DETECT_BOUND_MS = 1_200;
 
 interface Event {
-  type: 'up' | 'down';
+  type: 'up' | 'down' | 'unheard';
   at: number;
   /** The AgentKey's cacheStats().listening once every handler heard the event. */
   listening?: boolean;
@@ -38,7 +38,7 @@ function recorder(read: () => boolean | undefined): { handlers: ListenHandlers; 
     // Every handler of the hub hears it in the same turn: read the cache after them all.
     queueMicrotask(() => (event.listening = read()));
   };
-  return { events, handlers: { notify: () => {}, up: () => record('up'), down: () => record('down') } };
+  return { events, handlers: { notify: () => {}, up: () => record('up'), down: () => record('down'), unheard: () => record('unheard') } };
 }
 
 const newAccount = () => uniqueName('acct_listen');
@@ -56,9 +56,9 @@ forEachDatabase(
 
       // This side: a pool of its own, a cache with a one-minute ttl (only a notification or a lost listener drops an entry).
       const pool = new pg.Pool({ connectionString: db.url, max: 4 });
-      const ak = new AgentKey({ pool, tableName: other.tableName, cache: { ttlMs: 60_000 } });
+      const ak = new AgentKey({ pool, tableName: other.tableName, cache: { ttlMs: 60_000 }, ...(db.directUrl ? { directUrl: db.directUrl } : {}) });
       const rec = recorder(() => ak.cacheStats()?.listening);
-      const sub = listen(pool, `agentkey_test_recorder_${process.pid}`, rec.handlers);
+      const sub = listen(pool, `agentkey_test_recorder_${process.pid}`, rec.handlers, db.directUrl);
       let resume: (() => void) | null = null;
       let stopped = 0;
       try {
@@ -163,7 +163,7 @@ forEachDatabase((getDb) => {
     const db = getDb();
     const ak = await db.agentKey({ cache: { ttlMs: 60_000 } });
     const rec = recorder(() => ak.cacheStats()?.listening);
-    const sub = listen(db.pool, `agentkey_test_idle_${process.pid}`, rec.handlers);
+    const sub = listen(db.pool, `agentkey_test_idle_${process.pid}`, rec.handlers, db.directUrl);
     try {
       const k = await ak.create({ accountId: newAccount() });
       await until(async () => (await ak.validate(k.key)).valid && ak.cacheStats()?.listening === true, 'the cache to listen');

@@ -15,12 +15,22 @@
  *
  * Hubs hold handlers weakly: an AgentKey that is dropped without close() (say, one made per
  * request) is collected, leaves its hub, and the last one to go ends the connection.
+ *
+ * LISTEN needs a session of its own, which a pooler in transaction mode does not keep: the
+ * LISTEN would be lost with its server connection, silently. So the listening connection
+ * is made to `directUrl` when one is given (the pool's queries still use the pool), and a
+ * connection found to go through a pooler (see pooler.ts) is not listened on: handlers hear
+ * `unheard` once, and no retry follows.
  */
+import { behindPooler } from './pooler.js';
+
 
 export interface ListenHandlers {
   notify(payload: string): void;
   up(): void;
   down(): void;
+  /** Changes cannot be heard: the listening connection goes through a pooler. Final. */
+  unheard(): void;
 }
 
 export interface Subscription {
@@ -32,20 +42,26 @@ interface Hub {
   remove(channel: string, h: WeakRef<ListenHandlers>): Promise<void>;
 }
 
-const hubs = new WeakMap<object, Hub>();
+/** Per pool, per direct URL ('' for the pool's own settings). */
+const hubs = new WeakMap<object, Map<string, Hub>>();
 const collected = new FinalizationRegistry<{ hub: Hub; channel: string; ref: WeakRef<ListenHandlers> }>(({ hub, channel, ref }) => {
   hub.remove(channel, ref).catch(() => {});
 });
 
-/** Subscribes to `channel` on the pool's database; null when the pool cannot listen. */
-export function listen(pool: unknown, channel: string, handlers: ListenHandlers): Subscription | null {
+/**
+ * Subscribes to `channel` on the pool's database (through `directUrl` when given); null
+ * when the pool cannot listen.
+ */
+export function listen(pool: unknown, channel: string, handlers: ListenHandlers, directUrl?: string): Subscription | null {
   if (pool === null || typeof pool !== 'object') return null;
-  let hub = hubs.get(pool);
+  let byUrl = hubs.get(pool);
+  if (!byUrl) hubs.set(pool, (byUrl = new Map()));
+  let hub = byUrl.get(directUrl ?? '');
   if (!hub) {
-    const made = makeHub(pool);
+    const made = makeHub(pool, directUrl);
     if (!made) return null;
     hub = made;
-    hubs.set(pool, hub);
+    byUrl.set(directUrl ?? '', hub);
   }
   const h = hub;
   const ref = new WeakRef(handlers);
@@ -60,14 +76,14 @@ export function listen(pool: unknown, channel: string, handlers: ListenHandlers)
   };
 }
 
-function makeHub(pool: object): Hub | null {
+function makeHub(pool: object, directUrl: string | undefined): Hub | null {
   const p = pool as { listen?: unknown; transaction?: unknown; connect?: unknown };
   if (typeof p.listen === 'function' && typeof p.transaction === 'function') return new PGliteHub(pool as PGliteListen);
   // A pool without node-postgres' Client and options could only lend one of its own
   // connections forever (and then never end): such pools run uncached.
   const pg = pool as PgPoolListen;
   if (typeof pg.connect === 'function' && typeof pg.Client === 'function' && pg.options && typeof pg.options === 'object') {
-    return new PgHub(pg);
+    return new PgHub(pg, directUrl);
   }
   return null;
 }
@@ -102,7 +118,8 @@ class PGliteHub implements Hub {
 }
 
 interface PgListenClient {
-  query(text: string): Promise<unknown>;
+  query(text: string): Promise<{ rows: Array<Record<string, unknown>> }>;
+  processID?: number | null;
   on(event: 'notification', cb: (m: { channel: string; payload?: string }) => void): void;
   on(event: 'error' | 'end', cb: (err?: Error) => void): void;
   connect?(): Promise<unknown>;
@@ -135,6 +152,9 @@ export const CONNECT_DEADLINE_MS = 5_000;
 /** How long a polite end() may take before the socket is destroyed. */
 const END_DEADLINE_MS = 1_000;
 
+/** The listening connection went through a pooler: nothing to retry. */
+class Pooled extends Error {}
+
 class PgHub implements Hub {
   private readonly subs = new Map<string, Set<WeakRef<ListenHandlers>>>();
   private client: PgListenClient | null = null;
@@ -145,10 +165,17 @@ class PgHub implements Hub {
   private heartbeat: ReturnType<typeof setTimeout> | null = null;
   /** Each client's statements, one at a time: a stuck client never holds up the next one's. */
   private readonly queues = new WeakMap<PgListenClient, Promise<unknown>>();
+  /** Found to go through a pooler: handlers hear `unheard`, and nothing is tried again. */
+  private pooled = false;
 
-  constructor(private readonly pool: PgPoolListen) {}
+  constructor(
+    private readonly pool: PgPoolListen,
+    /** Where to listen, when not where the pool connects. */
+    private readonly directUrl: string | undefined,
+  ) {}
 
   add(channel: string, ref: WeakRef<ListenHandlers>): void {
+    if (this.pooled) return ref.deref()?.unheard();
     let set = this.subs.get(channel);
     const fresh = !set;
     if (!set) this.subs.set(channel, (set = new Set()));
@@ -220,12 +247,22 @@ class PgHub implements Hub {
       this.retryMs = RETRY_MIN_MS;
       this.beat(client);
       for (const channel of this.subs.keys()) this.each(channel, (h) => h.up());
-    }, giveUp);
+    }, (err) => {
+      if (!(err instanceof Pooled) || done) return giveUp();
+      done = true;
+      clearTimeout(deadline);
+      this.connecting = false;
+      this.pooled = true;
+      destroy(client);
+      for (const channel of this.subs.keys()) this.each(channel, (h) => h.unheard());
+    });
   }
 
   private newClient(): PgListenClient {
     const Client = this.pool.Client as new (options: unknown) => PgListenClient;
-    const client = new Client(this.pool.options);
+    // A connection string's settings win over the pool's host, port, user and database.
+    const options = this.directUrl ? { ...(this.pool.options as object), connectionString: this.directUrl } : this.pool.options;
+    const client = new Client(options);
     // A failed connect emits 'error' too; without a listener it would end the process.
     client.on('error', () => {});
     return client;
@@ -235,6 +272,7 @@ class PgHub implements Hub {
   private async start(client: PgListenClient): Promise<void> {
     await client.connect?.();
     client.connection?.stream?.unref?.();
+    if ((await behindPooler(client)) === true) throw new Pooled();
     this.watchPool();
     client.on('notification', (m) => this.each(m.channel, (h) => h.notify(m.payload ?? '')));
     client.on('error', () => this.lost(client));

@@ -15,8 +15,10 @@ export interface TestDb {
   agentKey(options?: Partial<AgentKeyOptions>): Promise<AgentKey>;
   /** A table name no other test uses. */
   freshTable(): string;
-  /** Options for a second, independent connection to the same database (postgres only). */
+  /** Options for a second, independent connection to the same database (postgres only; through the pooler in a pooled run). */
   url?: string;
+  /** The database's direct URL in a pooled run (AGENTKEY_TEST_POOLER=pgbouncer), for `directUrl`; undefined otherwise. */
+  directUrl?: string;
 }
 
 let dbCounter = 0;
@@ -51,17 +53,18 @@ export function forEachDatabase(suite: (getDb: () => TestDb) => void, only?: Dia
   }
 }
 
-function makeTestDb(name: DialectName, pool: pg.Pool | PGlite, query: TestDb['query'], close: () => Promise<void>, url?: string) {
+function makeTestDb(name: DialectName, pool: pg.Pool | PGlite, query: TestDb['query'], close: () => Promise<void>, url?: string, directUrl?: string) {
   const freshTable = () => `t${process.pid}_${++tableCounter}`;
   return {
     name,
     pool,
     query,
     url,
+    ...(directUrl ? { directUrl } : {}),
     freshTable,
     close,
     async agentKey(options: Partial<AgentKeyOptions> = {}) {
-      const ak = new AgentKey({ pool, tableName: freshTable(), ...options });
+      const ak = new AgentKey({ pool, tableName: freshTable(), ...(directUrl && options.pool === undefined ? { directUrl } : {}), ...options });
       await ak.migrate();
       return ak;
     },
@@ -75,10 +78,13 @@ async function postgresDb(): Promise<TestDb> {
   await admin.connect();
   await admin.query(`CREATE DATABASE ${dbName}`);
   await admin.end();
-  const url = withDatabase(adminUrl, dbName);
+  const direct = withDatabase(adminUrl, dbName);
+  // A pooled run (AGENTKEY_TEST_POOLER=pgbouncer): everything but the listener goes through PgBouncer.
+  const pooledUrl = inject('pgPooledUrl');
+  const url = pooledUrl ? withDatabase(pooledUrl, dbName) : direct;
   const pool = new pg.Pool({ connectionString: url, max: 10 });
   const query: TestDb['query'] = async (text, params) => (await pool.query(text, params)).rows;
-  return makeTestDb('postgres', pool, query, () => pool.end(), url);
+  return makeTestDb('postgres', pool, query, () => pool.end(), url, pooledUrl ? direct : undefined);
 }
 
 async function pgliteDb(): Promise<TestDb> {
