@@ -24,6 +24,13 @@ export interface DelivererOptions {
   maxBackoffMs?: number;
   /** Run `ak.sweepExpiredKeys()` on each tick, so `key.expired` events are written. Default true. */
   sweepExpiredKeys?: boolean;
+  /**
+   * Run `ak.sweepExpiredHolds()` on each tick (up to batchSize holds), so holds past their
+   * ttl are marked expired, with their 'expire' ledger rows and `hold.expired` events, even
+   * on keys that spend no more. Several deliverers sweeping at once expire each hold once
+   * (the sweep skips holds another has locked). Default true.
+   */
+  sweepExpiredHolds?: boolean;
   /** Hears each attempt's outcome (for metrics and logs). */
   onAttempt?: (attempt: AttemptReport) => void;
   /** Hears a tick that failed (the database away, say); the deliverer tries again next tick. */
@@ -47,7 +54,7 @@ export interface AttemptReport {
 }
 
 export interface Deliverer {
-  /** One round: sweep expired keys, fan out new events, claim and send due deliveries. Resolves with how many were sent. */
+  /** One round: sweep expired keys and holds, fan out new events, claim and send due deliveries. Resolves with how many were sent. */
   tick(): Promise<number>;
   /** Stops: no new round starts; waits for the sends in flight and records them. */
   stop(): Promise<void>;
@@ -65,7 +72,8 @@ const LEASE_MARGIN_MS = 30_000;
  * has passed, then failed. Every attempt is recorded. Several deliverers (in several
  * processes) share one database: a delivery is claimed with `FOR UPDATE SKIP LOCKED` and a
  * lease, so two never send one event to one endpoint at the same time. At least once: a
- * receiver de-duplicates by `webhook-id`.
+ * receiver de-duplicates by `webhook-id`. Each tick also sweeps expired keys (`key.expired`
+ * events) and expired holds (`sweepExpiredHolds`), once each however many deliverers run.
  *
  * @example
  * const deliverer = startDeliverer(ak, { retryFor: '6h' });
@@ -143,7 +151,9 @@ export function startDeliverer(ak: AgentKey, options: DelivererOptions = {}): De
   };
 
   const round = async (): Promise<number> => {
-    if (o.sweepExpiredKeys) await queue.sweepExpiredKeys(o.batchSize);
+    const keysSwept = o.sweepExpiredKeys ? await queue.sweepExpiredKeys(o.batchSize) : 0;
+    // Before the fan-out, so the hold.expired events it writes go out in this round.
+    const holdsSwept = o.sweepExpiredHolds ? await ak.sweepExpiredHolds(o.batchSize) : 0;
     const fanned = await queue.fanOut(o.batchSize);
     // No more than are sent at once: each starts as soon as it is claimed, so none is sent
     // after its lease (timeoutMs + 30 s) ran out and another deliverer may have it.
@@ -157,7 +167,7 @@ export function startDeliverer(ak: AgentKey, options: DelivererOptions = {}): De
     };
     await Promise.all(Array.from({ length: Math.min(o.concurrency, claimed.length) }, worker));
     // A full page means more may be waiting: go again at once.
-    if (fanned >= o.batchSize || claimed.length >= o.concurrency) again = true;
+    if (fanned >= o.batchSize || claimed.length >= o.concurrency || keysSwept >= o.batchSize || holdsSwept >= o.batchSize) again = true;
     return claimed.length;
   };
 
@@ -234,12 +244,13 @@ interface Settings {
   minBackoffMs: number;
   maxBackoffMs: number;
   sweepExpiredKeys: boolean;
+  sweepExpiredHolds: boolean;
   onAttempt: DelivererOptions['onAttempt'];
   onError: DelivererOptions['onError'];
   fetch: typeof fetch;
 }
 
-const OPTIONS = ['retryFor', 'timeoutMs', 'batchSize', 'concurrency', 'pollMs', 'minBackoffMs', 'maxBackoffMs', 'sweepExpiredKeys', 'onAttempt', 'onError', 'fetch'];
+const OPTIONS = ['retryFor', 'timeoutMs', 'batchSize', 'concurrency', 'pollMs', 'minBackoffMs', 'maxBackoffMs', 'sweepExpiredKeys', 'sweepExpiredHolds', 'onAttempt', 'onError', 'fetch'];
 
 /** Checks a deliverer's options, all before it starts; a bad one throws `invalid_argument` (or `invalid_duration`). */
 export function delivererSettings(options: unknown): Settings {
@@ -265,6 +276,9 @@ export function delivererSettings(options: unknown): Settings {
   if (o.sweepExpiredKeys !== undefined && typeof o.sweepExpiredKeys !== 'boolean') {
     throw new AgentKeyError('invalid_argument', `sweepExpiredKeys must be true or false; got ${describe(o.sweepExpiredKeys)}.`);
   }
+  if (o.sweepExpiredHolds !== undefined && typeof o.sweepExpiredHolds !== 'boolean') {
+    throw new AgentKeyError('invalid_argument', `sweepExpiredHolds must be true or false; got ${describe(o.sweepExpiredHolds)}.`);
+  }
   const fetchFn = fn<typeof fetch>(o.fetch, 'fetch') ?? globalThis.fetch;
   return {
     retryForMs: durationMs(o.retryFor ?? '24h', 'retryFor', 30 * 86_400_000),
@@ -275,6 +289,7 @@ export function delivererSettings(options: unknown): Settings {
     minBackoffMs,
     maxBackoffMs,
     sweepExpiredKeys: o.sweepExpiredKeys ?? true,
+    sweepExpiredHolds: o.sweepExpiredHolds ?? true,
     onAttempt: fn(o.onAttempt, 'onAttempt'),
     onError: fn(o.onError, 'onError'),
     fetch: fetchFn,
