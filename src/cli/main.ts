@@ -48,6 +48,12 @@ export function buildProgram(): Command {
     .description('run the HTTP service: the admin API, the agent API, /dashboard, /openapi.json, /healthz and /metrics')
     .addOption(new Option('-p, --port <port>', 'port to listen on').env('PORT').default(8787).argParser(wholeNumber('port', 0, 65535)))
     .addOption(new Option('--host <host>', 'address to listen on').env('HOST').default('0.0.0.0'))
+    .addOption(
+      new Option('--direct-url <url>', "a direct (not pooled) URL of the database, where the key cache listens for changes when DATABASE_URL goes through a pooler such as PgBouncer").env(
+        'AGENTKEY_DIRECT_URL',
+      ),
+    )
+    .addOption(new Option('--read-url <url>', 'a read replica of the database, for validations the key cache cannot answer').env('AGENTKEY_READ_URL'))
     // Not .env(): commander would turn a flag on for any value, AGENTKEY_SELF_SERVE=false included.
     .option('--self-serve', 'mount the self-serve routes: /signup, /sdk-keys/me, /sdk-keys, /sdk-keys/:id (env AGENTKEY_SELF_SERVE=true)')
     .addOption(new Option('--signup-scopes <scopes>', 'comma-separated scopes that POST /signup grants').env('AGENTKEY_SIGNUP_SCOPES').argParser(list))
@@ -100,7 +106,7 @@ export function buildProgram(): Command {
         'and AGENTKEY_UPSTREAMS, JSON of more by name, e.g.\n' +
         '{"groq":{"flavor":"openai","baseUrl":"https://api.groq.com/openai","apiKeyEnv":"GROQ_API_KEY"}}.',
     )
-    .action(async (o: Common & { port: number; host: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string; webhooks: boolean; webhookRetryFor: string; webhookTimeoutMs: number } & ProxyFlags) => {
+    .action(async (o: Common & { port: number; host: string; directUrl?: string; readUrl?: string; selfServe?: boolean; signupScopes?: string[]; signupWithoutEmail?: boolean; bodyLimit: number; timeoutMs: number; logLevel: string; webhooks: boolean; webhookRetryFor: string; webhookTimeoutMs: number } & ProxyFlags) => {
       // Synchronous writes: the last lines before process.exit() ('stopped') must not be lost.
       const selfServe = o.selfServe === true || envFlag('AGENTKEY_SELF_SERVE');
       const withoutEmail = o.signupWithoutEmail === true || envFlag('AGENTKEY_SIGNUP_WITHOUT_EMAIL');
@@ -109,6 +115,8 @@ export function buildProgram(): Command {
       const server = await progress(o.databaseUrl ? 'Connecting to PostgreSQL…' : `Opening ${o.dataDir}…`, () =>
         startServer({
           ...storageOptions(o),
+          ...(o.directUrl ? { directUrl: o.directUrl } : {}),
+          ...(o.readUrl ? { readUrl: o.readUrl } : {}),
           port: o.port,
           host: o.host,
           adminKey: process.env.AGENTKEY_ADMIN_KEY,
@@ -137,6 +145,11 @@ export function buildProgram(): Command {
         { url: server.url, port: server.port, database: o.databaseUrl ? 'postgres' : 'pglite', adminKey: server.adminKey.source },
         `agentkey listening on ${server.url}`,
       );
+      if (server.connection) {
+        // Which mode the cache runs in, and why: a warning when another instance's changes can only show late.
+        const { summary, ...connection } = server.connection;
+        logger[connection.pooled && !connection.directUrl ? 'warn' : 'info']({ connection }, summary);
+      }
       if (upstreams) {
         // Which upstreams, where: never their keys.
         const mounted = describeUpstreams(upstreams);

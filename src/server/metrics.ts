@@ -53,6 +53,17 @@ export function createMetrics(ak: AgentKey) {
   cacheCounter('agentkey_cache_misses_total', 'Validations that read the database.', 'misses');
   cacheCounter('agentkey_cache_evictions_total', 'Cache entries evicted to stay within maxKeys.', 'evictions');
   cacheCounter('agentkey_cache_invalidations_total', 'Cache entries dropped because their key changed.', 'invalidations');
+  // 1 for the mode the cache is in now: 'fallback' means changes cannot be heard (a pooler without AGENTKEY_DIRECT_URL).
+  new Gauge({
+    name: 'agentkey_cache_mode',
+    help: "The key cache's mode: notify (changes heard by LISTEN), fallback (behind a pooler without AGENTKEY_DIRECT_URL: entries live fallbackTtlMs) or off (nothing served from memory now).",
+    labelNames: ['mode'],
+    registers: [registry],
+    collect() {
+      const mode = ak.cacheStats()?.mode ?? 'off';
+      for (const m of ['notify', 'fallback', 'off'] as const) this.set({ mode: m }, m === mode ? 1 : 0);
+    },
+  });
 
   // Webhooks: each attempt's outcome (this process's deliverer), and the deliveries waiting, read from the database when scraped.
   const webhookAttempts = counter(

@@ -49,6 +49,8 @@ export interface RunningServer {
   port: number;
   adminKey: AdminKey;
   ak: AgentKey;
+  /** How PostgreSQL is reached (a pooler? listening where?), with the sentence the start-up log prints; null for PGlite. */
+  connection: { pooled: boolean | null; directUrl: boolean; readReplica: boolean; summary: string } | null;
   /** Stops accepting, lets in-flight requests finish, flushes batched writes, closes the database. */
   close(): Promise<void>;
 }
@@ -78,6 +80,8 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
   try {
     ak = new AgentKey({
       pool: storage.pool,
+      ...(storage.connection?.directUrl ? { directUrl: storage.connection.directUrl } : {}),
+      ...(storage.connection?.readPool ? { readPool: storage.connection.readPool } : {}),
       // Changes made through the service are the admin's (self-serve ones, the acting key's).
       actor: 'admin',
       ...(options.tableName ? { tableName: options.tableName } : {}),
@@ -128,6 +132,12 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
       port: bound,
       adminKey,
       ak: running,
+      connection: storage.connection && {
+        pooled: storage.connection.pooled,
+        directUrl: !!storage.connection.directUrl,
+        readReplica: !!storage.connection.readPool,
+        summary: storage.connection.summary,
+      },
       close: () =>
         (closing ??= (async () => {
           await stopListening(server, options.shutdownGraceMs ?? 10_000);
