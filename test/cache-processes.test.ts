@@ -29,7 +29,7 @@ interface Seen {
 }
 
 function startCacheWorker(db: TestDb, table: string, key: string): Worker {
-  return startWorker(WORKER, [bundle(), JSON.stringify({ url: db.url, table, key, ttlMs: 600_000 })]);
+  return startWorker(WORKER, [bundle(), JSON.stringify({ url: db.url, directUrl: db.directUrl, table, key, ttlMs: 600_000 })]);
 }
 
 /** Waits until the worker serves the key from its cache, with notifications flowing. */
@@ -113,7 +113,7 @@ forEachDatabase((getDb) => {
     const db = getDb();
     const ak = await db.agentKey();
     const { key } = await ak.create({ accountId: 'acct_1' });
-    const worker = startWorker('test/fixtures/dropped-worker.mjs', [bundle(), JSON.stringify({ url: db.url, table: ak.tableName, key, count: 40 })]);
+    const worker = startWorker('test/fixtures/dropped-worker.mjs', [bundle(), JSON.stringify({ url: db.url, directUrl: db.directUrl, table: ak.tableName, key, count: 40 })]);
     expect(await worker.exited, worker.stderr()).toBe(0);
     // 40 AgentKeys, each listening in turn, shared one connection; once they were collected it ended.
     expect(worker.lines).toEqual([{ used: 40, whileUsed: 1, after: 0 }]);

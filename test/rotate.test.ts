@@ -222,7 +222,7 @@ forEachDatabase(
       const ak = await db.agentKey();
       const table = ak.tableName;
       const k = await ak.create({ accountId: newAccount(), budgetCents: 1_000 });
-      const worker = startWorker(WORKER, [bundle(), JSON.stringify({ url: db.url, table, key: k.key, ttlMs: 600_000 })]);
+      const worker = startWorker(WORKER, [bundle(), JSON.stringify({ url: db.url, directUrl: db.directUrl, table, key: k.key, ttlMs: 600_000 })]);
       const ready = (await worker.nextMessage()) as { type: string; stats: { invalidations: number } };
       expect(ready, worker.stderr()).toMatchObject({ type: 'ready', stats: { listening: true } });
 

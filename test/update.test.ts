@@ -537,7 +537,7 @@ forEachDatabase(
       const db = getDb();
       const ak = await db.agentKey();
       const pool = new pg.Pool({ connectionString: db.url, max: 4 });
-      const other = new AgentKey({ pool, tableName: ak.tableName, cache: { ttlMs: 60_000 } });
+      const other = new AgentKey({ pool, tableName: ak.tableName, cache: { ttlMs: 60_000 }, ...(db.directUrl ? { directUrl: db.directUrl } : {}) });
       try {
         const account = newAccount();
         const root = await ak.create({ accountId: account, scopes: ['a.*'], budgetCents: 500 });
