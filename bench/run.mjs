@@ -11,7 +11,12 @@ import { startPgServer, stopPgServer } from '../test/support/start-pg-server.mjs
 
 const root = fileURLToPath(new URL('..', import.meta.url));
 const outDir = path.join(root, 'node_modules/.cache/agentkey-bench');
-await build({
+// `--only cluster` runs bench/cluster.mjs alone (on the built dist/: `npm run build` first):
+// 1, 2 and 4 `agentkey serve` processes on this database. It is not part of the default run.
+const onlyAt = process.argv.indexOf('--only');
+const only = onlyAt >= 0 ? process.argv[onlyAt + 1]?.toLowerCase() : undefined;
+const clusterOnly = only === 'cluster';
+if (!clusterOnly) await build({
   entry: { bench: path.join(root, 'bench/bench.ts') },
   outDir,
   format: ['esm'],
@@ -35,8 +40,7 @@ if (!url) {
 
 // The LLM proxy's benchmark (bench/proxy.mjs, on the built dist/: `npm run build` first) runs
 // after the others, or alone with `--only proxy`.
-const onlyAt = process.argv.indexOf('--only');
-const proxyOnly = onlyAt >= 0 && process.argv[onlyAt + 1]?.toLowerCase() === 'proxy';
+const proxyOnly = only === 'proxy';
 const run = (script, node = []) =>
   new Promise((resolve) => {
     const child = spawn(process.execPath, [...(process.env.BENCH_PROFILE ? ['--cpu-prof', '--cpu-prof-dir=' + process.env.BENCH_PROFILE] : []), ...node, script, ...process.argv.slice(2)], {
@@ -45,7 +49,11 @@ const run = (script, node = []) =>
     });
     child.on('exit', (c) => resolve(c ?? 1));
   });
-let code = proxyOnly ? 0 : await run(path.join(outDir, 'bench.js'), ['--expose-gc']);
+let code = proxyOnly || clusterOnly ? 0 : await run(path.join(outDir, 'bench.js'), ['--expose-gc']);
+if (clusterOnly) {
+  if (fs.existsSync(path.join(root, 'dist/cli.js'))) code = await run(path.join(root, 'bench/cluster.mjs'));
+  else console.log('\nThe cluster benchmark needs the built package: run `npm run build`, then `npm run bench -- --only cluster`.');
+}
 if (code === 0 && (onlyAt < 0 || proxyOnly)) {
   if (fs.existsSync(path.join(root, 'dist/proxy.js'))) code = await run(path.join(root, 'bench/proxy.mjs'));
   else console.log('\nThe proxy benchmark needs the built package: run `npm run build`, then `npm run bench -- --only proxy`.');
