@@ -24,10 +24,10 @@
 // under 0.25 cores. Options: --quick (1 s warm-up, 3 s windows, 32 callers only). It takes
 // about 3 minutes on a quiet machine, 4 on a busy one.
 import { spawn } from 'node:child_process';
-import net from 'node:net';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
+import { freePort } from '../test/support/ports.mjs';
 import { AgentKey } from '../dist/index.js';
 import { cpuSnapshot, cpuSpent, drive } from './cluster-load.mjs';
 
@@ -71,17 +71,6 @@ for (const signal of ['SIGINT', 'SIGTERM']) {
   });
 }
 
-/** A port that was free a moment ago (the instance binds it next; nothing else here races for ports). */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer();
-    server.once('error', reject);
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address();
-      server.close(() => resolve(port));
-    });
-  });
-}
 
 /** Starts one `agentkey serve` and resolves once its /healthz answers 200. */
 async function startInstance() {

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { freePort } from './ports.mjs';
 
 /** Where the binary is looked for: $PGBOUNCER, then the PATH, then Debian's place. */
 export function pgbouncerBinary() {
@@ -17,17 +18,6 @@ export function pgbouncerBinary() {
     if (c && fs.existsSync(c)) return c;
   }
   return null;
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 function waitForPort(port, child, deadlineMs) {

@@ -1,0 +1,2 @@
+/** Types of ports.mjs (see there). */
+export declare function freePort(): Promise<number>;
