@@ -264,7 +264,8 @@ forEachDatabase((getDb) => {
       const zone = 'Asia/Kolkata'; // UTC+05:30: local days and hours are not UTC ones
       let pool: pg.Pool | undefined;
       if (db.name === 'postgres') {
-        pool = new pg.Pool({ connectionString: db.url, max: 2, options: `-c TimeZone=${zone}` });
+        // A start-up option: a pooler would drop it, so the database's own URL in a pooled run.
+        pool = new pg.Pool({ connectionString: db.directUrl ?? db.url, max: 2, options: `-c TimeZone=${zone}` });
       } else {
         await db.query(`SET TIME ZONE '${zone}'`);
       }

@@ -166,7 +166,8 @@ forEachDatabase((getDb) => {
         expect([nextUtcMidnight(before), nextUtcMidnight(after)]).toContain(v.budgetResetAt);
       };
       if (db.name === 'postgres') {
-        const pool = new pg.Pool({ connectionString: db.url, max: 2, options: '-c TimeZone=Pacific/Kiritimati' });
+        // A start-up option: a pooler would drop it, so the database's own URL in a pooled run.
+        const pool = new pg.Pool({ connectionString: db.directUrl ?? db.url, max: 2, options: '-c TimeZone=Pacific/Kiritimati' });
         try {
           expect((await pool.query('SHOW TimeZone')).rows[0].TimeZone).toBe('Pacific/Kiritimati');
           const ak = new AgentKey({ pool, tableName: db.freshTable() });

@@ -59,12 +59,12 @@ function useCluster(getDb: () => TestDb, n: number, adminKey: 'env' | 'created')
     const databaseUrl = db.url as string;
     if (adminKey === 'env') {
       const key = `akadmin_shared_${process.pid}_${'x'.repeat(20)}`;
-      started = await Promise.all(names.map((name) => startInstance(cli(), name, { databaseUrl, table, adminKey: key })));
+      started = await Promise.all(names.map((name) => startInstance(cli(), name, { databaseUrl, directUrl: db.directUrl, table, adminKey: key })));
       cluster = { instances: started, adminKey: key, table };
     } else {
-      const first = await startInstance(cli(), names[0] as string, { databaseUrl, table });
+      const first = await startInstance(cli(), names[0] as string, { databaseUrl, directUrl: db.directUrl, table });
       started = [first];
-      const rest = await Promise.all(names.slice(1).map((name) => startInstance(cli(), name, { databaseUrl, table })));
+      const rest = await Promise.all(names.slice(1).map((name) => startInstance(cli(), name, { databaseUrl, directUrl: db.directUrl, table })));
       started.push(...rest);
       const created = first.proc.stderr().match(ADMIN_KEY_PATTERN) ?? [];
       cluster = { instances: started, adminKey: created[0] ?? '', table };

@@ -80,7 +80,7 @@ forEachDatabase((getDb) => {
   it('happy: onEvent() hears, in order, the events another process writes', async () => {
     const db = getDb();
     const table = db.freshTable();
-    const ak = new AgentKey({ pool: db.pool, tableName: table });
+    const ak = new AgentKey({ pool: db.pool, tableName: table, ...(db.directUrl ? { directUrl: db.directUrl } : {}) });
     await ak.migrate();
     const heard: AgentKeyEvent[] = [];
     const stop = await ak.onEvent((e) => {

@@ -22,9 +22,10 @@ export interface Reply {
 export async function startInstance(
   bundle: string,
   name: string,
-  { databaseUrl, table, adminKey, extraArgs = [] }: { databaseUrl: string; table: string; adminKey?: string; extraArgs?: string[] },
+  { databaseUrl, directUrl, table, adminKey, extraArgs = [] }: { databaseUrl: string; directUrl?: string | undefined; table: string; adminKey?: string; extraArgs?: string[] },
 ): Promise<Instance> {
-  const args = ['serve', '--port', '0', '--host', '127.0.0.1', '--database-url', databaseUrl, '--table', table, ...extraArgs];
+  // directUrl: the listener's direct URL when databaseUrl goes through a pooler (a pooled test run).
+  const args = ['serve', '--port', '0', '--host', '127.0.0.1', '--database-url', databaseUrl, ...(directUrl ? ['--direct-url', directUrl] : []), '--table', table, ...extraArgs];
   const proc = startCli(bundle, args, { env: cliEnv({ AGENTKEY_ADMIN_KEY: adminKey }) });
   const log = await proc.waitForLog(/^agentkey listening on /, 90_000);
   return { name, url: log.url as string, proc };
