@@ -342,7 +342,19 @@ function schedule() {
   }, REFRESH_MS);
 }
 
+/** Says so when this instance's key cache cannot hear changes (/healthz: a pooler without AGENTKEY_DIRECT_URL). */
+async function connectionNotice() {
+  const health = await fetch('/healthz').then((r) => (r.ok ? r.json() : null), () => null);
+  const notice = $('notice');
+  notice.hidden = health?.cache !== 'fallback';
+  notice.textContent = notice.hidden
+    ? ''
+    : 'This instance cannot hear key changes: DATABASE_URL goes through a connection pooler and AGENTKEY_DIRECT_URL is not set. ' +
+      'A revocation or update made through another instance takes up to a second to apply here. Set AGENTKEY_DIRECT_URL to a direct URL of the database.';
+}
+
 function signedIn() {
+  connectionNotice();
   $('sign-in').hidden = true;
   $('view').hidden = false;
   $('sign-out').hidden = false;
@@ -354,6 +366,7 @@ function signedIn() {
 function signOut(message = '') {
   sessionStorage.removeItem(STORE);
   clearInterval(state.timer);
+  $('notice').hidden = true;
   $('view').hidden = true;
   $('view').replaceChildren();
   $('sign-out').hidden = true;

@@ -8,6 +8,7 @@ import { type Browser, type Page, chromium } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
 import { type RunningServer, createApp, startServer } from '../src/server/index.js';
+import { usePgBouncer } from './helpers/pgbouncer.js';
 import { priced } from './helpers/metered.js';
 import { ROOT } from './helpers/processes.js';
 
@@ -882,6 +883,40 @@ describe('dashboard with no keys', () => {
     expect(await page.evaluate("sessionStorage.getItem('agentkey.adminKey')")).toBeNull();
     expect(await page.getByLabel('Admin key').isVisible()).toBe(true);
     await page.close();
+  });
+});
+
+describe('dashboard behind a pooler', () => {
+  const urls = usePgBouncer();
+  let pooled: RunningServer;
+  beforeAll(async () => {
+    pooled = await startServer({ databaseUrl: urls().pooled, port: 0, host: '127.0.0.1', adminKey: ADMIN, webhooks: false, tableName: `pooled_dash_${process.pid}` });
+  }, 60_000);
+  afterAll(async () => {
+    await pooled?.close();
+  });
+
+  it('security: an instance whose key cache cannot hear changes (a pooler, no AGENTKEY_DIRECT_URL) says so on every page; one that can says nothing', async () => {
+    expect(await (await fetch(`${pooled.url}/healthz`)).json()).toEqual({ status: 'ok', database: 'postgres', pooled: true, cache: 'fallback' });
+    const page = await browser.newPage();
+    const errors = watchErrors(page);
+    await page.goto(`${pooled.url}/dashboard`);
+    await page.getByLabel('Admin key').fill(ADMIN);
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await expect.poll(() => page.locator('#notice').isVisible()).toBe(true);
+    expect(await page.locator('#notice').textContent()).toContain('DATABASE_URL goes through a connection pooler and AGENTKEY_DIRECT_URL is not set');
+    await shot(page, 'pooled-notice');
+    await page.getByRole('button', { name: 'Sign out' }).click();
+    expect(await page.locator('#notice').isVisible()).toBe(false);
+    await page.close();
+
+    // The embedded database: nothing to say.
+    const plain = await browser.newPage();
+    await signIn(plain);
+    await expect.poll(() => plain.locator('#view table').first().isVisible()).toBe(true);
+    expect(await plain.locator('#notice').isVisible()).toBe(false);
+    await plain.close();
+    expect(errors).toEqual([]);
   });
 });
 

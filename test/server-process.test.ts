@@ -440,7 +440,7 @@ describe('serve on PostgreSQL (DATABASE_URL)', () => {
     const printed = adminKeysIn(firstStart.proc.stderr());
     expect(printed, firstStart.proc.stderr()).toHaveLength(1);
     const adminKey = printed[0] as string;
-    expect(await call(firstStart.url, 'GET', '/healthz')).toEqual({ status: 200, body: { status: 'ok', database: 'postgres' } });
+    expect(await call(firstStart.url, 'GET', '/healthz')).toEqual({ status: 200, body: { status: 'ok', database: 'postgres', pooled: false, cache: 'notify' } });
     const { key, id } = await exerciseApi(firstStart.url, adminKey, 'acct_pg');
     const before = await snapshot(firstStart.url, adminKey, id);
     expect(before.usage).toMatchObject({ totalCents: 275, count: 2 });

@@ -66,7 +66,7 @@ export function createApp(ak: AgentKey, options: AppOptions) {
   app.route('/', webhookRoutes(ak, requireAdmin));
   app.route('/', agentRoutes(ak, metrics));
   app.route('/', reservationRoutes(ak, metrics));
-  app.route('/', opsRoutes({ health: options.health, database: options.database ?? 'postgres', timeoutMs, metrics, log }));
+  app.route('/', opsRoutes({ health: options.health, database: options.database ?? 'postgres', connection: options.connection, timeoutMs, metrics, log }));
   if (options.dashboard !== false) app.route('/', dashboardRoutes());
   if (selfServe) app.route('/', selfServeRoutes(ak, selfServe, options.clientAddress ?? (() => 'unknown')));
 

@@ -25,6 +25,12 @@ export interface AppOptions {
   health?: () => Promise<void>;
   /** Which database the service runs on, as /healthz reports it. */
   database?: 'pglite' | 'postgres';
+  /**
+   * How PostgreSQL is reached, as found at start, for /healthz (and the dashboard's notice):
+   * through a pooler or not, and whether the key cache hears changes (`notify`) or runs its
+   * fallback (a pooler and no AGENTKEY_DIRECT_URL).
+   */
+  connection?: { pooled: boolean; cache: 'notify' | 'fallback' };
   /** Serve the web dashboard at /dashboard. Default true. */
   dashboard?: boolean;
   /** The client's address, for the signup rate limit. Default: the X-Forwarded-For header is NOT trusted; 'unknown'. */

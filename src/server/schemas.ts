@@ -486,7 +486,18 @@ export const Released = z
   .object({ success: z.literal(true), reservationId: z.string(), releasedCents: z.number(), holdExpired: z.boolean(), replayed: z.literal(true).optional() })
   .openapi('Released');
 
-export const Health = z.object({ status: z.literal('ok'), database: z.enum(['pglite', 'postgres']) }).openapi('Health');
+export const Health = z
+  .object({
+    status: z.literal('ok'),
+    database: z.enum(['pglite', 'postgres']),
+    // On PostgreSQL under `agentkey serve`: found at start.
+    pooled: z.boolean().optional().openapi({ description: 'DATABASE_URL goes through a connection pooler (PgBouncer, Supavisor...).' }),
+    cache: z
+      .enum(['notify', 'fallback'])
+      .optional()
+      .openapi({ description: "notify: the key cache hears changes by LISTEN; fallback: it cannot (a pooler, no AGENTKEY_DIRECT_URL), so another instance's change shows here within 1 s." }),
+  })
+  .openapi('Health');
 
 export const Removed = z.object({ accountId: z.string(), removed: z.literal(true) }).openapi('Removed');
 

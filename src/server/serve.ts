@@ -99,6 +99,9 @@ export async function startServer(options: ServeOptions = {}): Promise<RunningSe
       ...(options.proxy ? { proxy: options.proxy } : {}),
       health: storage.ping,
       database: storage.kind,
+      ...(storage.connection
+        ? { connection: { pooled: storage.connection.pooled === true, cache: storage.connection.pooled && !storage.connection.directUrl ? ('fallback' as const) : ('notify' as const) } }
+        : {}),
       clientAddress: (c) => {
         try {
           return getConnInfo(c).remote.address ?? 'unknown';

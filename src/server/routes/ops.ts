@@ -11,13 +11,15 @@ export interface OpsOptions {
   /** Throws when the database is down. */
   health: (() => Promise<void>) | undefined;
   database: 'pglite' | 'postgres';
+  /** How PostgreSQL is reached (a pooler? does the key cache hear changes?), when known. */
+  connection: { pooled: boolean; cache: 'notify' | 'fallback' } | undefined;
   timeoutMs: number;
   metrics: Metrics;
   log: Logger | undefined;
 }
 
 /** For operators: /healthz and /metrics. No key: expose them to monitoring, not to the internet. */
-export function opsRoutes({ health, database, timeoutMs, metrics, log }: OpsOptions) {
+export function opsRoutes({ health, database, connection, timeoutMs, metrics, log }: OpsOptions) {
   const app = router();
 
   app.openapi(
@@ -35,7 +37,7 @@ export function opsRoutes({ health, database, timeoutMs, metrics, log }: OpsOpti
         log?.error({ requestId: c.get('requestId'), err: err === TIMEOUT ? 'timed out' : errorDetail(err) }, 'health check failed');
         throw new RefusalError(refuse('unhealthy'));
       }
-      return c.json({ status: 'ok' as const, database }, 200);
+      return c.json({ status: 'ok' as const, database, ...(connection ? { pooled: connection.pooled, cache: connection.cache } : {}) }, 200);
     },
   );
 
