@@ -376,6 +376,8 @@ forEachDatabase((getDb) => {
       '{"expires_in":"9999999mo"}', '{"expires_in":" 1h "}', '{"scopes":["a","a","a"]}', `{"scopes":${JSON.stringify(Array.from({ length: 101 }, (_, i) => `s${i}`))}}`,
       '{"__proto__":{"admin":true},"constructor":{"prototype":{"x":1}}}', '{"name":"\\u0000"}', '{"name":"\\ud800"}', '{"email":"a@b.co\\u0000"}',
       '{"budgetCents":5,"budget_cents":"5"}', '{"scopes":[null]}', '{"scopes":[["a"]]}',
+      // Found by the fuzz below (seed -764205053): the package's message echoes the input, "Invalid duration: . A (...)".
+      '{"budget_cents":50,"expires_in":". A"}', '{"expires_in":"x. Why"}',
     ];
 
     const check = (res: request.Response, what: string) => {

@@ -27,6 +27,8 @@ const CLI_VARIABLES = [
   'PORT',
   'HOST',
   'LOG_LEVEL',
+  'AGENTKEY_DIRECT_URL',
+  'AGENTKEY_READ_URL',
   // A developer's shell must not mount the LLM proxy in tests that do not ask for it.
   'OPENAI_API_KEY',
   'ANTHROPIC_API_KEY',
