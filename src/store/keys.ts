@@ -1,4 +1,4 @@
-// One file (about 510 lines): every statement about keys (reads with their budgets above, inserts,
+// One file (about 550 lines): every statement about keys (reads with their budgets above, inserts,
 // revokes, updates, rotation) beside the row shapes they return, so the SQL of a key's life reads in one place.
 import type { Micros } from '../money.js';
 import { type Actor, actAs } from './actor.js';
@@ -231,6 +231,19 @@ export class KeyStore {
     return `${this.t.nextReset}(${k}.budget_period, COALESCE(${k}.budget_anchor_at, ${k}.created_at), ${at})`;
   }
 
+  /**
+   * Key `id`'s account as text (null: the key has none), read without a lock, or undefined
+   * when no key has `id`. A lock then names that account (`account_id = $n`: the column
+   * uncast, one shard on Citus); the account of a key never changes, and a tree's keys
+   * share theirs. A key without an account (the package's column allows NULL, Citus does
+   * not) matches the lock's `$n IS NULL AND account_id IS NULL` instead, which folds away
+   * for any other.
+   */
+  private async ownerOf(db: Db, id: number): Promise<{ account_id: string | null } | undefined> {
+    const [owner] = await db.query<{ account_id: string | null }>(`SELECT account_id::text AS account_id FROM ${this.t.table} WHERE id = $1`, [id]);
+    return owner;
+  }
+
   private where(ref: { subject: string } | { id: number }): [string, string | number] {
     if ('subject' in ref) return ['external_subject = $1', ref.subject];
     return ['id = $1', ref.id];
@@ -307,7 +320,13 @@ export class KeyStore {
   async insertChild(parentId: number, fit: (parent: KeyRow) => NewKey, actor: Actor): Promise<InsertedKey | null> {
     return this.db.transaction(async (tx) => {
       await actAs(tx, actor);
-      await tx.query(`SELECT id FROM ${this.t.table} WHERE id = $1 FOR SHARE`, [parentId]);
+      const owner = await this.ownerOf(tx, parentId);
+      if (!owner) return null;
+      const locked = await tx.query(
+        `SELECT id FROM ${this.t.table} WHERE id = $1 AND (account_id = $2 OR ($2 IS NULL AND account_id IS NULL)) FOR SHARE`,
+        [parentId, owner.account_id],
+      );
+      if (locked.length === 0) return null;
       const rows = await tx.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.id = $1`, [parentId]);
       const parent = rows[0];
       return parent ? this.insertRow(tx, fit(parent)) : null;
@@ -315,21 +334,39 @@ export class KeyStore {
   }
 
   /**
-   * Stamps `last_used_at` on many keys (never moving it back), locking them in id order.
-   * A key another transaction holds is skipped, not waited for (a stamp must never hold up
-   * a charge); returns the ids skipped so, for the next write.
+   * Stamps `last_used_at` on many keys (never moving it back), locking them in id order, one
+   * statement per account (the accounts read first, unlocked). A key another transaction
+   * holds is skipped, not waited for (a stamp must never hold up a charge); returns the ids
+   * skipped so, for the next write.
    */
   async touch(ids: number[], at: Date[]): Promise<number[]> {
-    const rows = await this.db.query<{ id: number }>(
-      `WITH agentkey_locked AS (SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) ORDER BY id FOR UPDATE SKIP LOCKED),
-       agentkey_stamped AS (
-         UPDATE ${this.t.table} k SET last_used_at = GREATEST(k.last_used_at, v.at)
-         FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
-         WHERE k.id = v.id AND k.id IN (SELECT id FROM agentkey_locked))
-       SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) AND id NOT IN (SELECT id FROM agentkey_locked)`,
-      [ids, at],
+    const when = new Map(ids.map((id, i) => [id, at[i]]));
+    const owners = await this.db.query<{ id: number; account_id: string | null }>(
+      `SELECT id, account_id::text AS account_id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) ORDER BY id`,
+      [ids],
     );
-    return rows.map((r) => Number(r.id));
+    const byAccount = new Map<string | null, number[]>();
+    for (const o of owners) {
+      const mine = byAccount.get(o.account_id) ?? [];
+      mine.push(Number(o.id));
+      byAccount.set(o.account_id, mine);
+    }
+    const skipped: number[] = [];
+    for (const [account, mine] of byAccount) {
+      const rows = await this.db.query<{ id: number }>(
+        `WITH agentkey_locked AS (
+           SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) AND (account_id = $3 OR ($3 IS NULL AND account_id IS NULL))
+           ORDER BY id FOR UPDATE SKIP LOCKED),
+         agentkey_stamped AS (
+           UPDATE ${this.t.table} k SET last_used_at = GREATEST(k.last_used_at, v.at)
+           FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
+           WHERE k.id = v.id AND k.id IN (SELECT id FROM agentkey_locked))
+         SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) AND id NOT IN (SELECT id FROM agentkey_locked)`,
+        [mine, mine.map((id) => when.get(id)), account],
+      );
+      skipped.push(...rows.map((r) => Number(r.id)));
+    }
+    return skipped.sort((a, b) => a - b);
   }
 
   /**
@@ -386,23 +423,26 @@ export class KeyStore {
   }
 
   private async revokeIn(tx: Db, id: number, accountId: string | null): Promise<boolean> {
+    // With the caller's account, no read first: a key of another account locks nothing.
+    const account = accountId === null ? await this.ownerOf(tx, id) : { account_id: accountId };
+    if (!account) return false;
     const rows = await tx.query(
       `UPDATE ${this.t.table} SET revoked_at = now()
        WHERE id IN (SELECT k.id FROM ${this.t.table} k, ${lockBound('$2')}
                     WHERE (k.id = $1 OR k.ancestor_ids @> ARRAY[$1::bigint]) AND k.revoked_at IS NULL
+                      AND (k.account_id = $3 OR ($3 IS NULL AND k.account_id IS NULL))
                     ORDER BY k.id FOR UPDATE OF k)
-         ${accountId === null ? '' : `AND EXISTS (SELECT 1 FROM ${this.t.table} r WHERE r.id = $1 AND r.account_id = $3)`}
        RETURNING id`,
-      accountId === null ? [id, lockWaitSetting(this.db)] : [id, lockWaitSetting(this.db), accountId],
+      [id, lockWaitSetting(this.db), account.account_id],
     );
     return rows.length > 0;
   }
 
   /**
-   * `update()` in one transaction: locks the key's ancestors, the key and its subtree in id
-   * order (the order spending locks them in, so it never deadlocks with a charge), reads
-   * them as they are now, asks `decide` what to write (it throws to change nothing), and
-   * writes it. Returns the ids written, or null when no key has `id` (in `accountId`).
+   * `update()` in one transaction: locks the key's ancestors, the key and its subtree (all
+   * of the key's account, read first) in id order (the order spending locks them in, so it
+   * never deadlocks with a charge), reads them as they are now, asks `decide` what to write
+   * (it throws to change nothing), and writes it. Returns the ids written, or null when no key has `id` (in `accountId`).
    *
    * The package's budget column is written beside the exact one (whole cents). A new
    * budget period is written to the package's column alone: the sync trigger then does
@@ -419,16 +459,19 @@ export class KeyStore {
   ): Promise<number[] | null> {
     return this.db.transaction(async (tx) => {
       await actAs(tx, actor);
-      const found = await tx.query<{ ancestor_ids: number[] }>(
-        `SELECT ancestor_ids FROM ${this.t.table} WHERE id = $1 ${accountId === null ? '' : 'AND account_id = $2'}`,
+      const found = await tx.query<{ ancestor_ids: number[]; account_id: string | null }>(
+        `SELECT ancestor_ids, account_id::text AS account_id FROM ${this.t.table} WHERE id = $1 ${accountId === null ? '' : 'AND account_id = $2'}`,
         accountId === null ? [id] : [id, accountId],
       );
       if (!found[0]) return null;
       const tree = [...found[0].ancestor_ids.map(Number), id];
-      await tx.query(
-        `SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) OR ancestor_ids @> ARRAY[$2::bigint] ORDER BY id FOR UPDATE`,
-        [tree, id],
+      const locked = await tx.query<{ id: number }>(
+        `SELECT id FROM ${this.t.table} WHERE (id = ANY($1::bigint[]) OR ancestor_ids @> ARRAY[$2::bigint])
+           AND (account_id = $3 OR ($3 IS NULL AND account_id IS NULL)) ORDER BY id FOR UPDATE`,
+        [tree, id, found[0].account_id],
       );
+      // Gone since it was read (or, outside Citus, moved to another account by hand): as if never found.
+      if (!locked.some((r) => Number(r.id) === id)) return null;
       const rows = await tx.query<KeyRow>(
         `SELECT ${this.columns} FROM ${this.from} WHERE k.id = ANY($1::bigint[]) OR k.ancestor_ids @> ARRAY[$2::bigint]`,
         [tree, id],
@@ -460,9 +503,11 @@ export class KeyStore {
   ): Promise<{ previousValidUntil: Date | null } | null> {
     return this.db.transaction(async (tx) => {
       await actAs(tx, actor);
+      const account = accountId === null ? await this.ownerOf(tx, id) : { account_id: accountId };
+      if (!account) return null;
       const locked = await tx.query(
-        `SELECT id FROM ${this.t.table} WHERE id = $1 ${accountId === null ? '' : 'AND account_id = $2'} FOR UPDATE`,
-        accountId === null ? [id] : [id, accountId],
+        `SELECT id FROM ${this.t.table} WHERE id = $1 AND (account_id = $2 OR ($2 IS NULL AND account_id IS NULL)) FOR UPDATE`,
+        [id, account.account_id],
       );
       if (locked.length === 0) return null;
       const rows = await tx.query<KeyRow>(`SELECT ${this.columns} FROM ${this.from} WHERE k.id = $1`, [id]);
