@@ -4,7 +4,7 @@
 // the validations that arrive together; 'local' counts in this process's memory. Requests
 // in flight are counted in this process in both modes.
 import { Coalescer, ItemFailure } from './coalesce.js';
-import type { RateTaken, RateLimitStore } from './store/rate-limits.js';
+import type { RateItem, RateTaken, RateLimitStore } from './store/rate-limits.js';
 import type { KeyRow } from './store/keys.js';
 import type { RateLimitedBy, RateLimited } from './types.js';
 
@@ -15,6 +15,8 @@ interface Rule {
   limit: number;
   perSeconds: number;
   limitedBy: RateLimitedBy;
+  /** The key's account: the exact mode counts each account's limits inside that account. */
+  accountId: string;
 }
 
 /** The limits over a key, as cached with it; null on a key with none (the fast path). */
@@ -28,15 +30,16 @@ export function limitsOf(row: KeyRow): KeyLimits | null {
   const rates: Rule[] = [];
   const concurrency: Rule[] = [];
   const key: RateLimitedBy = { kind: 'key', keyId: Number(row.id) };
-  const account: RateLimitedBy = { kind: 'account', accountId: String(row.account_id) };
+  const accountId = String(row.account_id);
+  const account: RateLimitedBy = { kind: 'account', accountId };
   const n = (v: number | string | null) => (v === null || v === undefined ? null : Number(v));
   const [kr, kp, kc] = [n(row.rate_limit_requests), n(row.rate_limit_per_s), n(row.concurrency_limit)];
   const [ar, ap, ac] = [n(row.account_rate_requests), n(row.account_rate_per_s), n(row.account_concurrency)];
   // A value no library call writes (an SQL edit: 0 or less) is no limit, as NULL is.
-  if (kr !== null && kp !== null && kr > 0 && kp > 0) rates.push({ scope: `k:${kp}:${row.id}`, limit: kr, perSeconds: kp, limitedBy: key });
-  if (ar !== null && ap !== null && ar > 0 && ap > 0) rates.push({ scope: `a:${ap}:${row.account_id}`, limit: ar, perSeconds: ap, limitedBy: account });
-  if (kc !== null && kc > 0) concurrency.push({ scope: `kc:${row.id}`, limit: kc, perSeconds: 0, limitedBy: key });
-  if (ac !== null && ac > 0) concurrency.push({ scope: `ac:${row.account_id}`, limit: ac, perSeconds: 0, limitedBy: account });
+  if (kr !== null && kp !== null && kr > 0 && kp > 0) rates.push({ scope: `k:${kp}:${row.id}`, limit: kr, perSeconds: kp, limitedBy: key, accountId });
+  if (ar !== null && ap !== null && ar > 0 && ap > 0) rates.push({ scope: `a:${ap}:${row.account_id}`, limit: ar, perSeconds: ap, limitedBy: account, accountId });
+  if (kc !== null && kc > 0) concurrency.push({ scope: `kc:${row.id}`, limit: kc, perSeconds: 0, limitedBy: key, accountId });
+  if (ac !== null && ac > 0) concurrency.push({ scope: `ac:${row.account_id}`, limit: ac, perSeconds: 0, limitedBy: account, accountId });
   return rates.length === 0 && concurrency.length === 0 ? null : { rates, concurrency };
 }
 
@@ -174,7 +177,7 @@ export class RateLimiter {
 
   /** One statement for the batch: each request's limits, in order. */
   private async takeExact(store: RateLimitStore, batch: (readonly Rule[])[]): Promise<(RateTaken | ItemFailure)[]> {
-    const items = batch.flatMap((rules, req) => rules.map((r) => ({ req, scope: r.scope, perSeconds: r.perSeconds, limit: r.limit })));
+    const items: RateItem[] = batch.flatMap((rules, req) => rules.map((r) => ({ req, scope: r.scope, perSeconds: r.perSeconds, limit: r.limit, accountId: r.accountId })));
     const rows = await store.take(items);
     const byReq = new Map(rows.map((r) => [Number(r.req), r]));
     return batch.map((_, req) => byReq.get(req) ?? new ItemFailure(new Error('agentkey: the rate limit function returned no row for a request.')));

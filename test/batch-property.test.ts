@@ -153,7 +153,9 @@ interface Side {
 /** Creates the same keys on one table; returns their ids and lookup hashes by role. */
 async function buildSide(db: TestDb, name: 'A' | 'B', ak: AgentKey, run: number, s: Plan['setup']): Promise<Side> {
   const t = tableNames(ak.tableName);
-  const store = new SpendStore(toDb(db.pool), t);
+  // Side A (batched) sends each account's steps in a call of their own, as on a database
+  // sharded by account; side B (one step at a time) one call whatever the account.
+  const store = new SpendStore(toDb(db.pool), t, name === 'A');
   const account = `acct_${run}`;
   const ids = new Map<Role, number>();
   const hashes = new Map<Role, string>();
@@ -264,13 +266,14 @@ async function finalState(db: TestDb, side: Side, run: number, ledgerFrom: numbe
   );
   const ledger = await db.query<{ key_id: number | null; account_id: string; kind: string; amount_micros: number; reservation_id: string | null; idempotency_key: string | null; metadata: unknown }>(
     `SELECT key_id, account_id, kind, amount_micros, reservation_id, idempotency_key, metadata
-     FROM ${side.t.ledger} WHERE id > $1 AND account_id IN ($2, $3) ORDER BY id`,
+     FROM ${side.t.ledger} WHERE id > $1 AND account_id IN ($2, $3) ORDER BY account_id, id`,
     [ledgerFrom, `acct_${run}`, `other_${run}`],
   );
   const rows = ledger.map((r) => ({ ...r, key_id: role(r.key_id), amount_micros: Number(r.amount_micros) }));
   // A batch rolls every period and ends every lapsed hold of the keys it touches before its
   // first item, the serial calls at the first item that touches them: those rows ('reset',
-  // 'expire') are compared as a set, all other rows in order.
+  // 'expire') are compared as a set, all other rows in order within each account (a batch
+  // is one call per account, in account order).
   const tidy = (r: { kind: string }) => r.kind === 'reset' || r.kind === 'expire';
   const resets = rows.filter(tidy).map((r) => JSON.stringify(r)).sort();
   return {

@@ -16,7 +16,7 @@ afterEach(() => {
 });
 
 const limits = (limit: number, perSeconds: number): KeyLimits => ({
-  rates: [{ scope: `k:${perSeconds}:1`, limit, perSeconds, limitedBy: { kind: 'key', keyId: 1 } }],
+  rates: [{ scope: `k:${perSeconds}:1`, limit, perSeconds, limitedBy: { kind: 'key', keyId: 1 }, accountId: 'a' }],
   concurrency: [],
 });
 const limiter = () => new RateLimiter('local', {} as RateLimitStore, (e) => { throw e; }, { maxBatch: 1, lanes: 1 });

@@ -205,6 +205,8 @@ forEachDatabase(
       const account = newAccount();
       const paused = await ak.create({ accountId: account, budgetCents: 100 });
       const other = await ak.create({ accountId: account, budgetCents: 100 });
+      // The first step asks once whether the database is sharded by account: asked before the pause.
+      expect(await ak.trackUsage(other.key, { costCents: 1 })).toMatchObject({ success: true });
       // One connection, idle now: the pool hands it to the next call.
       const idle = await db.query<{ pid: number }>(`SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND state = 'idle'`, [app]);
       expect(idle).toHaveLength(1);
@@ -234,7 +236,7 @@ forEachDatabase(
       await until(async () => (await db.query('SELECT 1 FROM pg_stat_activity WHERE pid = $1', [pid])).length === 0, 'the paused backend to exit');
       expect(await ak.trackUsage(paused.key, { costCents: 2, idempotencyKey: 'paused' })).toMatchObject({ success: true, budgetUsedCents: 2 });
       expect(await ledgerOf(db, ak, paused.id)).toEqual([{ kind: 'charge', micros: 20_000, idempotencyKey: 'paused' }]);
-      expect(await ak.getKey(other.id)).toMatchObject({ spentCents: 21 });
+      expect(await ak.getKey(other.id)).toMatchObject({ spentCents: 22 });
       expect(await ak.audit()).toMatchObject({ ok: true });
       await ak.close();
       await pool.end();
@@ -271,7 +273,7 @@ forEachDatabase(
 
 forEachDatabase(
   (getDb) => {
-    it('concurrency: PGlite has one connection, so a transaction held open holds up every call: each answers storage_timeout within timeoutMs, then still runs when the transaction ends, and a retry with the same idempotency key is a replay of it', async () => {
+    it('concurrency: PGlite has one connection, so a transaction held open holds up every call: each answers storage_timeout within timeoutMs, and a retry with the same idempotency key after it ends is charged exactly once', async () => {
       const db = getDb();
       const ak = await db.agentKey({ timeoutMs: TIMEOUT_MS });
       const k = await ak.create({ accountId: newAccount(), budgetCents: 100 });
@@ -286,7 +288,9 @@ forEachDatabase(
         release();
         await held;
       }
-      expect(await ak.trackUsage(k.key, { costCents: 7, idempotencyKey: 'queued' })).toMatchObject({ success: true, replayed: true });
+      // The call is two statements (its key's account, then the charge): one that timed out
+      // may still run when the transaction ends (then the retry is a replay of it), or not.
+      expect(await ak.trackUsage(k.key, { costCents: 7, idempotencyKey: 'queued' })).toMatchObject({ success: true, budgetUsedCents: 7 });
       expect(await ledgerOf(db, ak, k.id)).toEqual([{ kind: 'charge', micros: 70_000, idempotencyKey: 'queued' }]);
       await ak.close();
     });
@@ -295,18 +299,46 @@ forEachDatabase(
 );
 
 forEachDatabase((getDb) => {
-  it('happy: a process of the previous version, calling the batch function with its eleven arguments, still gets its answers', async () => {
+  it('happy: the batch function works inside the account it is given (a key of another account is not found, nothing written), or across accounts when given none', async () => {
+    const db = getDb();
+    const ak = await db.agentKey();
+    const account = newAccount();
+    const k = await ak.create({ accountId: account, budgetCents: 10 });
+    const t = tableNames(ak.tableName);
+    const hash = (await db.query<{ key_hash: string }>(`SELECT key_hash FROM ${t.table} WHERE id = $1`, [k.id]))[0]!.key_hash;
+    const call = (acct: string | null) =>
+      db.query<{ r_outcome: string[]; r_ref_accounts: (string | null)[] }>(
+        `SELECT r_outcome, r_ref_accounts FROM ${t.spendManyFn}($1::text, $2::text[], $3::text[], $4::bigint[], $5::text[], $6::int[], $7::text[],
+           $8::bigint[], $9::text[], $10::jsonb[], $11::text[], $12::bigint[])`,
+        [acct, [hash], [null], [null], [null], [1, 1], ['charge', 'charge'], [60_000, 60_000], [null, null], [null, null], [null, null], [null, null]],
+      );
+    expect((await call(newAccount()))[0]!.r_outcome).toEqual(['invalid', 'invalid']);
+    expect(await ak.getKey(k.id)).toMatchObject({ spentCents: 0 });
+    expect(await ledgerRows(db, ak, k.id)).toHaveLength(0);
+    const [row] = await call(account);
+    expect(row!.r_outcome).toEqual(['ok', 'budget_exceeded']);
+    expect(row!.r_ref_accounts).toEqual([account]);
+    expect(await ak.getKey(k.id)).toMatchObject({ spentCents: 6 });
+    // No account: the batch may span accounts (what agentkey sends on one PostgreSQL).
+    expect((await call(null))[0]!.r_outcome).toEqual(['budget_exceeded', 'budget_exceeded']);
+    expect(await ledgerRows(db, ak, k.id)).toHaveLength(1);
+    await ak.close();
+  });
+
+  it('error: a process of a version before the account argument fails its call with an error and writes nothing', async () => {
     const db = getDb();
     const ak = await db.agentKey();
     const k = await ak.create({ accountId: newAccount(), budgetCents: 10 });
-    const hash = (await db.query<{ key_hash: string }>(`SELECT key_hash FROM ${tableNames(ak.tableName).table} WHERE id = $1`, [k.id]))[0]!.key_hash;
-    const rows = await db.query<{ r_outcome: string[] }>(
-      `SELECT r_outcome FROM ${tableNames(ak.tableName).spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
-         $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[])`,
-      [[hash], [null], [null], [null], [1, 1], ['charge', 'charge'], [60_000, 60_000], [null, null], [null, null], [null, null], [null, null]],
-    );
-    expect(rows[0]!.r_outcome).toEqual(['ok', 'budget_exceeded']);
-    expect(await ak.getKey(k.id)).toMatchObject({ spentCents: 6 });
+    const t = tableNames(ak.tableName);
+    const hash = (await db.query<{ key_hash: string }>(`SELECT key_hash FROM ${t.table} WHERE id = $1`, [k.id]))[0]!.key_hash;
+    await expect(
+      db.query(
+        `SELECT r_outcome FROM ${t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
+           $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[], $12::int, $13::jsonb[])`,
+        [[hash], [null], [null], [null], [1], ['charge'], [60_000], [null], [null], [null], [null], null, null],
+      ),
+    ).rejects.toThrow(/does not exist/);
+    expect(await ledgerRows(db, ak, k.id)).toHaveLength(0);
     await ak.close();
   });
 });

@@ -283,13 +283,21 @@ export interface IndexSpec {
   definition: string;
 }
 
+/**
+ * Makes each index the table lacks. A unique index counts when one indexes the same or, for a
+ * unique B-tree, the same after account_id: the form sharding by account needs (Citus refuses a
+ * unique index without its distribution column; docs/scaling.md). Over a key id or a dedupe
+ * name, which name one account, it allows the same rows; a hash or a subject is then unique
+ * per account only, as that page says.
+ */
 export async function ensureIndexes(tx: Db, schema: string, specs: readonly IndexSpec[]): Promise<number> {
   let made = 0;
   for (const spec of specs) {
+    const accountFirst = spec.unique === true ? spec.definition.replace(/^USING btree \(/, 'USING btree (account_id, ') : spec.definition;
     const found = await tx.query(
       `SELECT 1 FROM pg_index i WHERE i.indrelid = to_regclass($1) AND i.indisunique = $2
-         AND regexp_replace(pg_get_indexdef(i.indexrelid), '^.* ON \\S+ ', '') = $3`,
-      [spec.table, spec.unique === true, spec.definition],
+         AND regexp_replace(pg_get_indexdef(i.indexrelid), '^.* ON \\S+ ', '') IN ($3, $4)`,
+      [spec.table, spec.unique === true, spec.definition, accountFirst],
     );
     if (found.length > 0) continue;
     const taken = await tx.query(`SELECT 1 FROM pg_class WHERE oid = to_regclass($1)`, [`${schema}"${spec.name}"`]);

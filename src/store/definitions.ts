@@ -66,16 +66,28 @@ const FUNCTIONS: readonly FunctionFile[] = [
   { sql: holdExpired, signature: '{{hold_expired}}()' },
   {
     sql: spendMany,
-    signature: '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer, jsonb[])',
-    // Before p_wait_ms and p_usage: dropped, so a call with eleven or twelve arguments (from an older process) finds this one.
+    signature: '{{spend_many}}(text, text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer, jsonb[])',
+    // Earlier forms, without the account (and before that without p_wait_ms and p_usage):
+    // dropped when this one is made. A process of an older version then fails its steps with
+    // a storage error, having written nothing, until it is upgraded too.
     replaces: [
       '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[])',
       '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer)',
+      '{{spend_many}}(text[], text[], bigint[], text[], integer[], text[], bigint[], text[], jsonb[], text[], bigint[], integer, jsonb[])',
     ],
   },
-  { sql: spend, signature: '{{spend}}(text, text, bigint, text, bigint, text, jsonb, text, bigint)' },
-  { sql: settle, signature: '{{settle}}(text, text, bigint, jsonb)' },
-  { sql: rateTake, signature: '{{rate_take}}(integer[], text[], integer[], integer[])' },
+  {
+    sql: spend,
+    signature: '{{spend}}(text, text, text, bigint, text, bigint, text, jsonb, text, bigint)',
+    replaces: ['{{spend}}(text, text, bigint, text, bigint, text, jsonb, text, bigint)'],
+  },
+  { sql: settle, signature: '{{settle}}(text, text, text, bigint, jsonb)', replaces: ['{{settle}}(text, text, bigint, jsonb)'] },
+  {
+    sql: rateTake,
+    signature: '{{rate_take}}(text, integer[], text[], text[], integer[], integer[])',
+    // Before the account: dropped (an older process's exact-mode validation then fails with a storage error).
+    replaces: ['{{rate_take}}(integer[], text[], integer[], integer[])'],
+  },
 ];
 
 interface TriggerFile {

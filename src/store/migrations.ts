@@ -30,6 +30,8 @@ import windowsAlertsSql from './sql/migrations/008_windows_alerts.sql';
 import webhooksSql from './sql/migrations/009_webhooks.sql';
 import rateLimitsSql from './sql/migrations/010_rate_limits.sql';
 import llmUsageSql from './sql/migrations/011_llm_usage.sql';
+import holdsAccountSql from './sql/migrations/012_holds_account.sql';
+import rateWindowsAccountSql from './sql/migrations/013_rate_windows_account.sql';
 
 /*
  * The versions of agentkey's tables. Each is a numbered file under sql/migrations/ where it
@@ -50,7 +52,7 @@ interface Migration {
 /** All agentkey migrations share one lock: they also replace shared functions. */
 const LOCK_KEY = "hashtext('agentkey:migrate')";
 
-export const LATEST_VERSION = 11;
+export const LATEST_VERSION = 13;
 
 const MIGRATIONS: Migration[] = [
   {
@@ -126,6 +128,18 @@ const MIGRATIONS: Migration[] = [
     name: 'the model and token counts of LLM calls on their ledger rows',
     present: (s) => hasColumns(s.ledger, ['model', 'usage']),
     up: (tx, t) => runFile(tx, t, llmUsageSql),
+  },
+  {
+    version: 12,
+    name: 'every hold carries its account (NOT NULL), as sharding by account needs',
+    present: (s) => s.holds?.columns.get('account_id')?.notNull === true,
+    up: (tx, t) => runFile(tx, t, holdsAccountSql),
+  },
+  {
+    version: 13,
+    name: 'the exact-mode rate counters carry their account, so their function works inside one',
+    present: (s) => s.rateWindows?.columns.get('account_id')?.notNull === true,
+    up: (tx, t) => runFile(tx, t, rateWindowsAccountSql),
   },
 ];
 

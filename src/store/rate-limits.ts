@@ -1,6 +1,7 @@
 // All SQL about rate limits: an account's limits (its row in <base>_account_limits) and the
 // exact mode's counters (<base>_rate_windows, through the rate_take function).
 import type { Db } from './db.js';
+import { shardedByAccount } from './sharding.js';
 import type { TableNames } from './identifiers.js';
 
 export interface AccountLimitsRow {
@@ -24,6 +25,8 @@ export interface RateItem {
   scope: string;
   perSeconds: number;
   limit: number;
+  /** The account of the request's key: its counters are that account's rows. */
+  accountId: string;
 }
 
 export interface RateTaken {
@@ -35,7 +38,8 @@ export interface RateTaken {
 }
 
 export class RateLimitStore {
-  constructor(private readonly db: Db, private readonly t: TableNames) {}
+  /** `byAccount`: call the rate function once per account, as a database sharded by account needs (left out: asked of the database). */
+  constructor(private readonly db: Db, private readonly t: TableNames, private readonly byAccount?: boolean) {}
 
   async getAccount(accountId: string): Promise<AccountLimitsRow | null> {
     const rows = await this.db.query<AccountLimitsRow>(
@@ -85,11 +89,31 @@ export class RateLimitStore {
     return rows.length > 0;
   }
 
-  /** The exact mode: one statement takes a request from every limit of each request, in order (sql/functions/rate_take.sql). */
+  /**
+   * The exact mode: takes a request from every limit of each request, in order
+   * (sql/functions/rate_take.sql). On one PostgreSQL one statement for the batch; on a
+   * database sharded by account one call per account (several in one statement, in
+   * account order). `req` numbers are the caller's, across the batch.
+   */
   async take(items: readonly RateItem[]): Promise<RateTaken[]> {
+    const args = (xs: readonly RateItem[]) => [xs.map((i) => i.req), xs.map((i) => i.scope), xs.map((i) => i.accountId), xs.map((i) => i.perSeconds), xs.map((i) => i.limit)];
+    const types = '$2::int[], $3::text[], $4::text[], $5::int[], $6::int[]';
+    if (!(this.byAccount ?? (await shardedByAccount(this.db)))) {
+      return this.db.query<RateTaken>(`SELECT req, refused_scope, reset_at, at FROM ${this.t.rateTakeFn}($1::text, ${types})`, [null, ...args(items)]);
+    }
+    const accounts = [...new Set(items.map((i) => i.accountId))].sort();
+    const sorted = accounts.flatMap((a) => items.filter((i) => i.accountId === a));
+    let at = 0;
+    const bounds = accounts.map((a) => {
+      const lo = at + 1;
+      at += items.filter((i) => i.accountId === a).length;
+      return [lo, at];
+    });
+    const slice = (k: number) => `($${k}${['::int[]', '::text[]', '::text[]', '::int[]', '::int[]'][k - 4]})[g.lo:g.hi]`;
     return this.db.query<RateTaken>(
-      `SELECT req, refused_scope, reset_at, at FROM ${this.t.rateTakeFn}($1::int[], $2::text[], $3::int[], $4::int[])`,
-      [items.map((i) => i.req), items.map((i) => i.scope), items.map((i) => i.perSeconds), items.map((i) => i.limit)],
+      `SELECT r.* FROM unnest($1::text[], $2::int[], $3::int[]) WITH ORDINALITY AS g(account, lo, hi, n)
+       CROSS JOIN LATERAL ${this.t.rateTakeFn}(g.account, ${[4, 5, 6, 7, 8].map(slice).join(', ')}) AS r ORDER BY g.n`,
+      [accounts, bounds.map((b) => b[0]), bounds.map((b) => b[1]), ...args(sorted)],
     );
   }
 }

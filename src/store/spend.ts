@@ -6,6 +6,10 @@ import { type Actor, actAs } from './actor.js';
 import { type Db, lockWaitMs } from './db.js';
 import type { TableNames } from './identifiers.js';
 import { type LogPage, newestFirst } from './paging.js';
+import { AccountRouting, type RefAccount, groupByAccount, refName } from './routing.js';
+import { shardedByAccount } from './sharding.js';
+
+export { refName };
 import type { KeyRef } from './keys.js';
 import { type LedgerKind, SPEND_KINDS } from './ledger-schema.js';
 
@@ -115,7 +119,19 @@ export interface AccountMismatch {
  * with the budget rules, sql/functions/spend_many.sql: `spend` and `settle` as batches of one.
  */
 export class SpendStore {
-  constructor(private readonly db: Db, private readonly t: TableNames) {}
+  /** Which account each step is of, when each account's steps go in a call of their own. */
+  private readonly routing: AccountRouting;
+  /** Whether they do (given, or asked of the database: shardedByAccount). */
+  private readonly byAccount: boolean | undefined;
+
+  /**
+   * `byAccount`: send each account's steps in a call of their own (what a database sharded
+   * by account needs). Left out: on when the database has the citus extension.
+   */
+  constructor(private readonly db: Db, private readonly t: TableNames, byAccount?: boolean) {
+    this.routing = new AccountRouting(t);
+    this.byAccount = byAccount;
+  }
 
   /** One charge, hold or adjustment: a batch of one (see spendMany). */
   async spend(ref: KeyRef, r: SpendRequest): Promise<SpendOutcome> {
@@ -144,50 +160,111 @@ export class SpendStore {
    * written), for the caller to send again.
    */
   async spendMany(items: readonly BatchItem[], waitMs: number = lockWaitMs(this.db.timeoutMs), db: Db = this.db): Promise<SpendOutcome[]> {
-    // Each distinct key (or hold) is looked up once however many items name it.
-    const refs = new Map<string, number>();
-    const hashes: (string | null)[] = [];
-    const subjects: (string | null)[] = [];
-    const ids: (number | null)[] = [];
-    const holds: (string | null)[] = [];
-    const refOf = items.map(({ ref }) => {
-      const name = refName(ref);
-      let at = refs.get(name);
-      if (at === undefined) {
-        refs.set(name, (at = hashes.length + 1));
-        hashes.push('hash' in ref ? ref.hash : null);
-        subjects.push('subject' in ref ? ref.subject : null);
-        ids.push('id' in ref ? ref.id : null);
-        holds.push('hold' in ref ? ref.hold : null);
+    // On one PostgreSQL: one call for the batch whatever its accounts (no account given).
+    if (!(this.byAccount ?? (await shardedByAccount(this.db)))) return this.spendByAccount(items, [], waitMs, db);
+    const refs = items.map((i) => i.ref);
+    const found = await this.routing.accountsOf(refs, db);
+    const outs = await this.spendByAccount(items, found.map((f) => f.account), waitMs, db);
+    // A remembered account that no longer holds its ref (a subject now of a key in another
+    // account): looked up afresh, and the step sent again where it now belongs.
+    const stale = outs.flatMap((o, i) => ((found[i] as RefAccount).remembered && NOT_THERE.has(o.outcome) ? [i] : []));
+    if (stale.length > 0) {
+      for (const i of stale) this.routing.forget(refs[i] as BatchItem['ref']);
+      const again = await this.routing.accountsOf(stale.map((i) => refs[i] as BatchItem['ref']), db);
+      const moved = stale.flatMap((i, j) => {
+        const now = (again[j] as RefAccount).account;
+        return now !== null && now !== (found[i] as RefAccount).account ? [{ i, account: now }] : [];
+      });
+      if (moved.length > 0) {
+        const redone = await this.spendByAccount(moved.map((m) => items[m.i] as BatchItem), moved.map((m) => m.account), waitMs, db);
+        moved.forEach((m, j) => (outs[m.i] = redone[j] as SpendOutcome));
       }
-      return at;
+    }
+    // What the function answered teaches where each key is, and each hold just taken.
+    outs.forEach((o, i) => {
+      if (o.account_id === undefined) return;
+      this.routing.learn(refs[i] as BatchItem['ref'], o.account_id);
+      if (o.hold_id) this.routing.learn({ hold: o.hold_id }, o.account_id);
     });
+    return outs;
+  }
+
+  /**
+   * The items in one statement, one call of the spend function per account: a single
+   * account's as that call alone; several accounts' as one call each over slices of the
+   * same arrays (CROSS JOIN LATERAL, in account order: the one order in which statements
+   * that span accounts take their locks). One statement: all or nothing, one round trip.
+   */
+  private async spendByAccount(items: readonly BatchItem[], accounts: readonly (string | null)[], waitMs: number, db: Db): Promise<SpendOutcome[]> {
+    // No accounts given: every item in one call of no account (the function then spans accounts).
+    const groups = accounts.length === 0 ? [{ account: null, at: items.map((_, i) => i) }] : groupByAccount(accounts);
+    // Per account: its refs (each distinct key or hold once) and its items, laid end to end.
+    const a = { account: [] as (string | null)[], rlo: [] as number[], rhi: [] as number[], ilo: [] as number[], ihi: [] as number[] };
+    const r = { hash: [] as (string | null)[], subject: [] as (string | null)[], id: [] as (number | null)[], hold: [] as (string | null)[] };
+    const sent: { item: BatchItem; ref: number }[] = [];
+    for (const g of groups) {
+      const names = new Map<string, number>();
+      a.account.push(g.account);
+      a.rlo.push(r.hash.length + 1);
+      a.ilo.push(sent.length + 1);
+      for (const i of g.at) {
+        const item = items[i] as BatchItem;
+        const name = refName(item.ref);
+        let ref = names.get(name);
+        if (ref === undefined) {
+          names.set(name, (ref = names.size + 1));
+          r.hash.push('hash' in item.ref ? item.ref.hash : null);
+          r.subject.push('subject' in item.ref ? item.ref.subject : null);
+          r.id.push('id' in item.ref ? item.ref.id : null);
+          r.hold.push('hold' in item.ref ? item.ref.hold : null);
+        }
+        sent.push({ item, ref });
+      }
+      a.rhi.push(r.hash.length);
+      a.ihi.push(sent.length);
+    }
     const field = <K extends keyof SpendRequest>(i: BatchItem, k: K): SpendRequest[K] | null =>
       k in i.request ? (i.request as SpendRequest)[k] : null;
-    const rows = await db.query<BatchRow>(
-      `SELECT * FROM ${this.t.spendManyFn}($1::text[], $2::text[], $3::bigint[], $4::text[], $5::int[], $6::text[],
-         $7::bigint[], $8::text[], $9::jsonb[], $10::text[], $11::bigint[], $12::int, $13::jsonb[])`,
-      [
-        hashes,
-        subjects,
-        ids,
-        holds,
-        refOf,
-        items.map((i) => i.request.op),
-        items.map((i) => i.request.micros),
-        items.map((i) => field(i, 'idempotencyKey')),
-        items.map((i) => i.request.metadata),
-        items.map((i) => ('hold' in i.ref ? i.ref.hold : field(i, 'holdId'))),
-        items.map((i) => field(i, 'ttlMs')),
-        Math.max(0, Math.round(waitMs)),
-        items.map((i) => i.request.usage ?? null),
-      ],
-    );
-    const r = rows[0];
-    if (!r || !Array.isArray(r.r_outcome) || r.r_outcome.length !== items.length) {
-      throw new Error(`the batch spend function returned ${r?.r_outcome?.length ?? 0} outcomes for ${items.length} items`);
-    }
-    return items.map((_, i) => fromBatchRow(r, i, (refOf[i] as number) - 1));
+    const params = [
+      r.hash,
+      r.subject,
+      r.id,
+      r.hold,
+      sent.map((s) => s.ref),
+      sent.map((s) => s.item.request.op),
+      sent.map((s) => s.item.request.micros),
+      sent.map((s) => field(s.item, 'idempotencyKey')),
+      sent.map((s) => s.item.request.metadata),
+      sent.map((s) => ('hold' in s.item.ref ? s.item.ref.hold : field(s.item, 'holdId'))),
+      sent.map((s) => field(s.item, 'ttlMs')),
+      Math.max(0, Math.round(waitMs)),
+      sent.map((s) => s.item.request.usage ?? null),
+    ];
+    const types = ['text[]', 'text[]', 'bigint[]', 'text[]', 'int[]', 'text[]', 'bigint[]', 'text[]', 'jsonb[]', 'text[]', 'bigint[]', 'int', 'jsonb[]'];
+    const rows =
+      groups.length === 1
+        ? await db.query<BatchRow>(
+            `SELECT * FROM ${this.t.spendManyFn}($1::text, ${types.map((t, k) => `$${k + 2}::${t}`).join(', ')})`,
+            [a.account[0], ...params],
+          )
+        : await db.query<BatchRow>(
+            `SELECT r.* FROM unnest($1::text[], $2::int[], $3::int[], $4::int[], $5::int[]) WITH ORDINALITY AS g(account, rlo, rhi, ilo, ihi, n)
+             CROSS JOIN LATERAL ${this.t.spendManyFn}(g.account, ${types
+               .map((t, k) => (t === 'int' ? `$${k + 6}::int` : `($${k + 6}::${t})[${k < 4 ? 'g.rlo:g.rhi' : 'g.ilo:g.ihi'}]`))
+               .join(', ')}) AS r
+             ORDER BY g.n`,
+            [a.account, a.rlo, a.rhi, a.ilo, a.ihi, ...params],
+          );
+    if (rows.length !== groups.length) throw new Error(`the batch spend function returned ${rows.length} rows for ${groups.length} accounts`);
+    const outs: SpendOutcome[] = new Array(items.length);
+    groups.forEach((g, k) => {
+      const row = rows[k] as BatchRow;
+      if (!Array.isArray(row.r_outcome) || row.r_outcome.length !== g.at.length) {
+        throw new Error(`the batch spend function returned ${row.r_outcome?.length ?? 0} outcomes for ${g.at.length} items`);
+      }
+      g.at.forEach((i, j) => (outs[i] = fromBatchRow(row, j, ((sent[(a.ilo[k] as number) - 1 + j] as { ref: number }).ref) - 1)));
+    });
+    return outs;
   }
 
   /** The commit or release of one hold: a batch of one (see spendMany). */
@@ -211,28 +288,51 @@ export class SpendStore {
   }
 
   /**
-   * Marks holds past their time as expired, with an 'expire' ledger row each. Returns how many.
-   * The CTE names are prefixed so they cannot shadow a keys table named, say, "swept".
+   * Marks holds past their time as expired, with an 'expire' ledger row each: at most `limit`
+   * of them, the earliest due first. Returns how many.
+   *
+   * One account at a time: the accounts with due holds are read without a lock, then each
+   * account's are locked and expired with `account_id = $n`, one shard on Citus
+   * (docs/scaling.md, P4). Holds another sweeper has locked are skipped, not waited for.
    */
   async sweep(limit: number): Promise<number> {
+    const accounts = await this.db.query<{ account_id: string; n: number }>(
+      `SELECT account_id, count(*)::int AS n FROM (
+         SELECT account_id, expires_at FROM ${this.t.holds} WHERE status = 'held' AND expires_at <= now()
+         ORDER BY expires_at LIMIT $1) agentkey_due
+       GROUP BY account_id ORDER BY min(expires_at), account_id`,
+      [limit],
+    );
+    let swept = 0;
+    for (const a of accounts) {
+      if (swept >= limit) break;
+      swept += await this.sweepAccount(a.account_id, Math.min(Number(a.n), limit - swept));
+    }
+    return swept;
+  }
+
+  /**
+   * Up to `limit` due holds of one account expired, with their ledger rows, in one statement.
+   * The CTE names are prefixed so they cannot shadow a keys table named, say, "swept".
+   */
+  private async sweepAccount(accountId: string, limit: number): Promise<number> {
     const rows = await this.db.query<{ n: number }>(
       // The due holds are picked once, in a CTE of their own: as an IN (subquery) the planner
       // may run the subquery once per candidate row, and then LIMIT bounds nothing.
       `WITH agentkey_due AS MATERIALIZED (
-         SELECT id FROM ${this.t.holds} WHERE status = 'held' AND expires_at <= now()
+         SELECT id FROM ${this.t.holds} WHERE account_id = $2 AND status = 'held' AND expires_at <= now()
          ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
        agentkey_swept AS (
          UPDATE ${this.t.holds} SET status = 'expired', settled_at = now()
-         WHERE id IN (SELECT id FROM agentkey_due)
+         WHERE account_id = $2 AND id IN (SELECT id FROM agentkey_due)
            AND status = 'held'
-         RETURNING id, key_id, amount_micros),
+         RETURNING id, key_id, account_id, amount_micros),
        agentkey_logged AS (
          INSERT INTO ${this.t.ledger} (key_id, account_id, kind, amount_micros, reservation_id)
-         SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id
-         FROM agentkey_swept s JOIN ${this.t.table} k ON k.id = s.key_id
+         SELECT key_id, account_id, 'expire', -amount_micros, id FROM agentkey_swept
          RETURNING 1)
        SELECT count(*)::int AS n FROM agentkey_logged`,
-      [limit],
+      [limit, accountId],
     );
     return Number(rows[0]?.n ?? 0);
   }
@@ -452,9 +552,9 @@ function fromBatchRow(r: BatchRow, i: number, ref: number): SpendOutcome {
 }
 
 /** One name per key or hold a batch item names, the same for every item that names it the same way. */
-export function refName(ref: BatchItem['ref']): string {
-  return 'hash' in ref ? `h${ref.hash}` : 'subject' in ref ? `s${ref.subject}` : 'hold' in ref ? `r${ref.hold}` : `i${ref.id}`;
-}
+
+/** What the spend function answers for a ref it does not find in the account it was sent to. */
+const NOT_THERE = new Set(['invalid', 'not_found']);
 
 /** The outcome of a batch of one. */
 function one(outcomes: SpendOutcome[]): SpendOutcome {

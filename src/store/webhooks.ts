@@ -318,7 +318,9 @@ export class WebhookStore {
          due AS (
            SELECT k.id, k.account_id, k.expires_at, ${dedupe} AS dedupe FROM ${this.t.table} k, cur
            WHERE k.expires_at IS NOT NULL AND k.revoked_at IS NULL AND k.expires_at >= cur.at AND k.expires_at <= now()
-             AND NOT EXISTS (SELECT 1 FROM ${this.t.outbox} o WHERE o.dedupe = ${dedupe})
+             -- With the account: (account_id, dedupe) is the dedupe index on Citus (docs/scaling.md).
+             AND NOT EXISTS (SELECT 1 FROM ${this.t.outbox} o
+                             WHERE o.account_id = COALESCE(k.account_id::text, '') AND o.key_id = k.id AND o.dedupe = ${dedupe})
            ORDER BY k.expires_at, k.id LIMIT $1),
          written AS (
            INSERT INTO ${this.t.outbox} (type, account_id, key_id, data, dedupe)
@@ -327,7 +329,8 @@ export class WebhookStore {
                                      'expires_at', to_char(due.expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')),
                   due.dedupe
            FROM due ORDER BY due.expires_at, due.id
-           ON CONFLICT (dedupe) WHERE dedupe IS NOT NULL DO NOTHING RETURNING 1),
+           -- No conflict target: the dedupe index is (dedupe), or (account_id, dedupe) on Citus.
+           ON CONFLICT DO NOTHING RETURNING 1),
          moved AS (
            INSERT INTO ${this.t.settings} (name, value)
            SELECT $2, jsonb_build_object('at', CASE WHEN (SELECT count(*) FROM due) < $1 THEN now() - ${EXPIRY_LOOKBACK}

@@ -128,7 +128,7 @@ forEachDatabase((getDb) => {
         await db.query(`DROP TRIGGER ${trigger} ON ${table}`);
       }
       await db.query(`DROP FUNCTION ${table}_spend_many, ${table}_spend, ${table}_settle, ${table}_sync`);
-      expect(await ak.migrate()).toEqual([2, 3, 6, 8, 11]);
+      expect(await ak.migrate()).toEqual([2, 3, 6, 8, 11, 12]);
 
       expect(await ak.validate(k.key)).toMatchObject({ valid: true, budgetUsedCents: 12.5, budgetHeldCents: 0 });
       expect((await ak.ledger({ keyId: k.id })).map((r) => [r.kind, r.amountCents])).toEqual([['adjust', 12.5]]);

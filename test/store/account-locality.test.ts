@@ -55,16 +55,16 @@ const ACCOUNT_SCOPED: Record<string, string> = {
   [bare(t.windows)]: 'account_id',
   [bare(t.outbox)]: 'account_id',
   [bare(t.accountLimits)]: 'account_id',
+  [bare(t.rateWindows)]: 'account_id',
 };
 
 /** Global tables: what each becomes on Citus, and why it has no account. `live`: made by every migrate(). */
-const GLOBAL: Record<string, { citus: 'reference' | 'coordinator' | 'distributed by scope'; live: boolean; why: string }> = {
+const GLOBAL: Record<string, { citus: 'reference' | 'coordinator'; live: boolean; why: string }> = {
   agentkey_migrations: { citus: 'reference', live: true, why: 'schema versions of every keys table, written only by migrate()' },
   [bare(t.settings)]: { citus: 'reference', live: true, why: "table-wide settings ('alert_percents'), read by every spend" },
   [bare(t.webhooks)]: { citus: 'reference', live: true, why: 'webhook endpoints; account_id NULL means every account' },
   [bare(t.deliveries)]: { citus: 'coordinator', live: true, why: "the deliverers' queue over every account's outbox (leased with SKIP LOCKED)" },
   [bare(t.attempts)]: { citus: 'coordinator', live: true, why: 'the history of those deliveries' },
-  [bare(t.rateWindows)]: { citus: 'distributed by scope', live: true, why: "exact-mode rate counters keyed by scope text ('k:<per_s>:<key id>', 'a:<per_s>:<account>')" },
   [bare(t.orphans)]: { citus: 'coordinator', live: false, why: 'rows set aside from a dropped keys table (made only when needed)' },
   agentkey_admin_key: { citus: 'reference', live: false, why: "the HTTP service's admin key hash (one row; made by `agentkey serve`, not migrate())" },
 };
@@ -81,11 +81,12 @@ const UNIQUE_EXCEPTIONS: Record<string, string> = {
   [`${TABLE}_events.${TABLE}_events_pkey(id)`]: 'agentkey-owned: proposal P2',
   [`${TABLE}_windows.${TABLE}_windows_pkey(id)`]: 'agentkey-owned: proposal P2',
   [`${TABLE}_outbox.${TABLE}_outbox_pkey(id)`]: 'agentkey-owned: proposal P2',
+  [`${TABLE}_rate_windows.${TABLE}_rate_windows_pkey(scope,window_no)`]: "the exact-mode counters, keyed by scope ('k:<per_s>:<key id>', 'a:<per_s>:<account>'), which names one key or account: (account_id, scope, window_no) at Citus time",
   [`${TABLE}_outbox.${TABLE}_outbox_dedupe_uidx(dedupe)`]: 'agentkey-owned: proposal P2 (the dedupe text already names the account)',
 };
 
 /** Account columns that may hold NULL (Citus refuses a NULL distribution value). */
-const NULLABLE_ACCOUNT = { [`${TABLE}_holds`]: 'added by version 3 without NOT NULL; agentkey always writes it (proposal P2: SET NOT NULL)' };
+const NULLABLE_ACCOUNT: Record<string, string> = {};
 
 /** Triggers on account-scoped tables (each needs citus.enable_unsafe_triggers on Citus; see the doc). */
 const TRIGGERS: Record<string, string[]> = {
@@ -101,32 +102,14 @@ const TRIGGERS: Record<string, string[]> = {
 
 /** Functions that touch account-scoped tables without an account argument. Citus consequence in the doc. */
 const FUNCTION_EXCEPTIONS: Record<string, string> = {
-  [`${TABLE}_spend_many`]: 'a batch names keys by hash, subject, id or hold id, possibly of many accounts; proposal P1',
-  [`${TABLE}_spend`]: 'a batch of one through spend_many, by hash, subject or id; proposal P1',
-  [`${TABLE}_settle`]: 'a batch of one through spend_many, by hold id; proposal P1',
 };
 
 /** Joins the locality rule flags, by source and a pattern of the query: each with its reason. */
 const JOIN_EXCEPTIONS: { source: RegExp; query: RegExp; why: string }[] = [
-  {
-    source: /spend_many/,
-    query: /LEFT JOIN @keys k ON k\.id = d\.key_id LEFT JOIN @accounts a ON d\.key_id IS NULL/,
-    why: "threshold alerts: k and a each meet the batch's own window arrays (d.key_id, d.acct), taken from rows the batch locked",
-  },
 ];
 
 /** SELECT ... FOR UPDATE / SHARE on account-scoped tables that names no single account (multi-shard on Citus, which refuses them). */
 const FOR_UPDATE_EXCEPTIONS: { source: RegExp; query: RegExp; why: string }[] = [
-  { source: /spend_many/, query: /FROM @keys WHERE id = ANY\(v_paths\)/, why: 'the batch locks its keys by id (proposal P1 adds account_id = p_account)' },
-  { source: /spend_many/, query: /FROM @accounts WHERE account_id = ANY\(k_acct\)/, why: "the batch locks its accounts' ceilings (P1: one account)" },
-  { source: /spend_many/, query: /FROM @holds WHERE id = ANY\(p_hold\)/, why: 'the batch locks the holds it settles, by id (P1)' },
-  { source: /spend_many/, query: /FROM @holds WHERE key_id = ANY\(k_id\) AND status = 'held' AND expires_at <= v_now/, why: "expired holds of the batch's keys (P1)" },
-  { source: /keys\.ts/, query: /FROM @keys WHERE id = ANY\(\$1::bigint\[\]\) ORDER BY id FOR UPDATE SKIP LOCKED/, why: 'touch(): last-use stamps of many keys, of any accounts (P3: group by account)' },
-  { source: /keys\.ts/, query: /FROM @keys k, .*FOR UPDATE OF k/, why: 'revoke(): the key and its subtree, found by id (P3: the key row is read first)' },
-  { source: /keys\.ts/, query: /FROM @keys WHERE id = ANY\(\$1::bigint\[\]\) OR ancestor_ids @>/, why: 'update(): the tree being changed, by id (P3)' },
-  { source: /keys\.ts/, query: /FROM @keys WHERE id = \$1\s+FOR UPDATE/, why: 'rotate(): a key by id, with account_id only when the caller gave one (P3)' },
-  { source: /keys\.ts/, query: /FROM @keys WHERE id = \$1 FOR SHARE/, why: "insertChild(): the parent by id under a share lock (P3: the parent's account is known)" },
-  { source: /spend\.ts/, query: /FROM @holds WHERE status = 'held' AND expires_at <= now\(\)/, why: 'sweepExpiredHolds(): every account by design (multi-shard sweep on Citus: P4)' },
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -214,9 +197,18 @@ export function joinViolations(source: string, sql: string): Violation[] {
     const link = (a: Ref | undefined, ca: string, b: Ref | undefined, cb: string) => {
       if (a && b && a !== b && pins(a, ca, b, cb)) group.set(find(a), find(b));
     };
+    // References pinned to one account variable of the function (`k.account_id = p_account`) meet inside that account.
+    const pinned = new Map<string, Ref>();
     for (const br of branches) {
       const cmp = /(?:\b([a-z_]\w*)\.)?\b([a-z_]\w*)(?:::\w+)?\s*(?:=|@>|<@|&&)\s*(?:ANY\s*\(\s*)?(?:ARRAY\s*\[\s*)?(?:\b([a-z_]\w*)\.)?\b([a-z_]\w*)/gi;
-      for (const m of br.text.matchAll(cmp)) link(resolve(m[1], br), m[2]!, resolve(m[3], br), m[4]!);
+      for (const m of br.text.matchAll(cmp)) {
+        link(resolve(m[1], br), m[2]!, resolve(m[3], br), m[4]!);
+        const ref = m[2] === 'account_id' && !m[3] && /^[pv]_/.test(m[4]!) ? resolve(m[1], br) : undefined;
+        if (!ref) continue;
+        const other = pinned.get(m[4]!);
+        if (other) group.set(find(ref), find(other));
+        else pinned.set(m[4]!, ref);
+      }
       for (const m of br.text.matchAll(/(?:\b([a-z_]\w*)\.)?\b([a-z_]\w*)\s+IN\s+§(\d+) /gi)) {
         const child = br.block.children[Number(m[3])]!;
         const sel = /^\s*SELECT\s+(?:DISTINCT\s+)?(?:([a-z_]\w*)\.)?([a-z_]\w*)/i.exec(child.branches[0]!.text);
@@ -331,6 +323,11 @@ describe('the locality checker', () => {
     expect(joinViolations('ok', 'SELECT 1 FROM @keys k JOIN @holds h ON h.path @> ARRAY[k.id] JOIN @accounts a ON a.account_id = k.account_id::text')).toEqual([]);
     expect(joinViolations('ok', 'SELECT id FROM @keys WHERE key_hash = $1 UNION ALL SELECT key_id FROM @holds WHERE id = $2')).toEqual([]);
     expect(joinViolations('ok', 'INSERT INTO @ledger (key_id) SELECT id FROM @keys WHERE id = 1')).toEqual([]);
+    // Both pinned to the function's one account variable: inside that account.
+    expect(joinViolations('ok', 'SELECT 1 FROM @keys k LEFT JOIN @accounts a ON a.account_id = p_account WHERE k.account_id::text = p_account')).toEqual([]);
+    // Pinned to two different variables, or only one side pinned: still a join across accounts.
+    expect(joinViolations('made-up', 'SELECT 1 FROM @keys k LEFT JOIN @accounts a ON a.account_id = p_other WHERE k.account_id::text = p_account')).toHaveLength(1);
+    expect(joinViolations('made-up', 'SELECT 1 FROM @keys k LEFT JOIN @accounts a ON a.budget_micros > 0 WHERE k.account_id::text = p_account')).toHaveLength(1);
     expect(forUpdateViolations('ok', 'SELECT id FROM @keys WHERE account_id = $1 ORDER BY id FOR UPDATE')).toEqual([]);
   });
 });

@@ -19,7 +19,7 @@ forEachDatabase((getDb) => {
       const ak = new AgentKey({ pool: db.pool, tableName: table });
 
       expect(await ak.migrate()).toEqual(ALL_VERSIONS);
-      expect(ALL_VERSIONS).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+      expect(ALL_VERSIONS).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
 
       const cols = await columnTypes(db, table);
       for (const col of ['id', 'account_id', 'key_hash', 'key_prefix', 'name', 'created_at', 'last_used_at', 'revoked_at']) {

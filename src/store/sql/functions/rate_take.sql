@@ -9,10 +9,15 @@
 -- same window. Returns one row per request: refused_scope NULL when admitted, else the
 -- limit that had no room and when its window ends (reset_at); at is the database time used.
 --
+-- p_account: the account of every request in the batch, or NULL for a batch of any accounts.
+-- Every statement names it, (v_any OR account_id = p_account), so a database sharded by
+-- account runs a call with an account on its shard alone (docs/scaling.md). p_acct[i] is the
+-- account of item i's request (its key's), which its counter row is written with.
+--
 -- The rows of every window the batch touches are made and then locked in one order (scope,
 -- window), so batches of several processes never deadlock; the counts are decided in
 -- memory and written once.
-CREATE OR REPLACE FUNCTION {{rate_take}}(p_req integer[], p_scope text[], p_per integer[], p_limit integer[])
+CREATE OR REPLACE FUNCTION {{rate_take}}(p_account text, p_req integer[], p_scope text[], p_acct text[], p_per integer[], p_limit integer[])
 RETURNS TABLE (req integer, refused_scope text, reset_at timestamptz, at timestamptz)
 LANGUAGE plpgsql AS $fn$
 DECLARE
@@ -28,20 +33,26 @@ DECLARE
   i integer := 1;
   j integer;
   k integer;
+  -- No account given: any accounts (a variable, so the planner's guesses stay as without it).
+  v_any boolean := p_account IS NULL;
 BEGIN
   IF v_n = 0 THEN RETURN; END IF;
+  IF NOT v_any AND EXISTS (SELECT 1 FROM unnest(p_acct) AS a(id) WHERE a.id IS DISTINCT FROM p_account) THEN
+    RAISE EXCEPTION 'agentkey rate_take: every item of a call for account % must be of that account', p_account USING ERRCODE = '22023';
+  END IF;
   -- Each window's row, made on first use; a limit's older windows go when its new one is made.
   WITH agentkey_made AS (
-    INSERT INTO {{rate_windows}} (scope, window_no)
-    SELECT DISTINCT u.s, v_ms / (u.p::bigint * 1000) FROM unnest(p_scope, p_per) AS u(s, p) ORDER BY 1, 2
+    INSERT INTO {{rate_windows}} (account_id, scope, window_no)
+    SELECT DISTINCT u.a, u.s, v_ms / (u.p::bigint * 1000) FROM unnest(p_scope, p_per, p_acct) AS u(s, p, a)
+    WHERE v_any OR u.a = p_account ORDER BY 2, 3
     ON CONFLICT DO NOTHING RETURNING scope, window_no)
-  DELETE FROM {{rate_windows}} w USING agentkey_made m WHERE w.scope = m.scope AND w.window_no < m.window_no;
+  DELETE FROM {{rate_windows}} w USING agentkey_made m WHERE (v_any OR w.account_id = p_account) AND w.scope = m.scope AND w.window_no < m.window_no;
 
   SELECT array_agg(l.scope || '@' || l.window_no ORDER BY l.scope, l.window_no), array_agg(l.scope ORDER BY l.scope, l.window_no),
          array_agg(l.window_no ORDER BY l.scope, l.window_no), array_agg(l.count ORDER BY l.scope, l.window_no)
     INTO v_tags, v_scopes, v_wins, v_counts
   FROM (SELECT w.scope, w.window_no, w.count FROM {{rate_windows}} w
-        WHERE (w.scope, w.window_no) IN (SELECT u.s, v_ms / (u.p::bigint * 1000) FROM unnest(p_scope, p_per) AS u(s, p))
+        WHERE (v_any OR w.account_id = p_account) AND (w.scope, w.window_no) IN (SELECT u.s, v_ms / (u.p::bigint * 1000) FROM unnest(p_scope, p_per) AS u(s, p))
         ORDER BY w.scope, w.window_no FOR UPDATE) l;
 
   FOR k IN 1..v_n LOOP
@@ -71,5 +82,5 @@ BEGIN
 
   UPDATE {{rate_windows}} w SET count = u.c
   FROM unnest(v_scopes, v_wins, v_counts) AS u(s, wn, c)
-  WHERE w.scope = u.s AND w.window_no = u.wn AND w.count <> u.c;
+  WHERE (v_any OR w.account_id = p_account) AND w.scope = u.s AND w.window_no = u.wn AND w.count <> u.c;
 END $fn$;

@@ -1,7 +1,8 @@
--- <table>_settle: the commit (at its real cost) or release of one hold, as a batch of one
--- through <table>_spend_many (which holds the rules). It answers in one JSON object like
+-- <table>_settle: the commit (at its real cost) or release of one hold of account p_account,
+-- as a batch of one through <table>_spend_many (which holds the rules). A hold of another
+-- account is not found. It answers in one JSON object like
 -- <table>_spend's, with what became of the hold. Kept for callers of the single-step form.
-CREATE OR REPLACE FUNCTION {{settle}}(p_hold_id TEXT, p_op TEXT, p_micros BIGINT, p_meta JSONB)
+CREATE OR REPLACE FUNCTION {{settle}}(p_account TEXT, p_hold_id TEXT, p_op TEXT, p_micros BIGINT, p_meta JSONB)
 RETURNS JSONB LANGUAGE plpgsql AS $fn$
 #variable_conflict use_variable
 DECLARE r RECORD; v_nodes BIGINT[]; v_out JSONB;
@@ -11,7 +12,7 @@ BEGIN
   END IF;
   -- The batch locks every key on the hold's path (v_nodes below), its account's row in
   -- {{accounts}}, then the hold, and changes all or none.
-  SELECT * INTO r FROM {{spend_many}}(ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::bigint], ARRAY[p_hold_id], ARRAY[1],
+  SELECT * INTO r FROM {{spend_many}}(p_account, ARRAY[NULL::text], ARRAY[NULL::text], ARRAY[NULL::bigint], ARRAY[p_hold_id], ARRAY[1],
     ARRAY[p_op], ARRAY[p_micros], ARRAY[NULL::text], ARRAY[p_meta], ARRAY[p_hold_id], ARRAY[NULL::bigint]);
   IF r.r_key_id[1] IS NULL THEN RETURN jsonb_build_object('outcome', r.r_outcome[1]); END IF;
   v_nodes := string_to_array(r.r_ref_paths[1], ',')::bigint[];

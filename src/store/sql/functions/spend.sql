@@ -1,9 +1,10 @@
--- <table>_spend: one charge, hold or adjustment on a key named by its lookup hash, its
--- subject or its id, as a batch of one through <table>_spend_many (which holds the rules).
+-- <table>_spend: one charge, hold or adjustment on a key of account p_account named by its
+-- lookup hash, its subject or its id, as a batch of one through <table>_spend_many (which
+-- holds the rules). A key of another account is not found ('invalid').
 -- It answers in one JSON object: the outcome, and for a key that was found its figures
 -- (counters as text: a JSON number past 2^53 would lose digits). Kept for callers of the
 -- single-step form (agentkey itself, older processes, SQL of your own).
-CREATE OR REPLACE FUNCTION {{spend}}(
+CREATE OR REPLACE FUNCTION {{spend}}(p_account TEXT,
   p_hash TEXT, p_subject TEXT, p_id BIGINT, p_op TEXT, p_micros BIGINT,
   p_idem TEXT, p_meta JSONB, p_hold_id TEXT, p_ttl_ms BIGINT)
 RETURNS JSONB LANGUAGE plpgsql AS $fn$
@@ -15,7 +16,7 @@ BEGIN
   END IF;
   -- The batch locks the key, each of its ancestors (v_nodes: the path, ancestors then the
   -- key) and its account's row in {{accounts}}, checks every budget and changes all or none.
-  SELECT * INTO r FROM {{spend_many}}(ARRAY[p_hash], ARRAY[p_subject], ARRAY[p_id], ARRAY[NULL::text], ARRAY[1], ARRAY[p_op],
+  SELECT * INTO r FROM {{spend_many}}(p_account, ARRAY[p_hash], ARRAY[p_subject], ARRAY[p_id], ARRAY[NULL::text], ARRAY[1], ARRAY[p_op],
     ARRAY[p_micros], ARRAY[p_idem], ARRAY[p_meta], ARRAY[p_hold_id], ARRAY[p_ttl_ms]);
   -- No key (invalid), or one that can spend nothing (revoked, expired): the outcome alone.
   IF r.r_key_id[1] IS NULL THEN RETURN jsonb_build_object('outcome', r.r_outcome[1]); END IF;

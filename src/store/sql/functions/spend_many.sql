@@ -24,12 +24,20 @@
 -- A charge or hold with an idempotency key that was seen before is 'replayed' (same amount)
 -- or an 'idempotency_conflict'.
 --
+-- p_account: the account the batch is of, or NULL for a batch that may span accounts. Every
+-- statement names it, (v_any OR account_id = p_account) with v_any = p_account IS NULL: the
+-- column itself, so a database sharded by account runs a call with an account on that
+-- account's shard alone (docs/scaling.md); with one, a key or hold of another account is not found ('invalid',
+-- 'not_found'). A key without an account (a NULL account_id in the package's table) is of
+-- the account '', as its rows in agentkey's own tables are. On one PostgreSQL agentkey sends
+-- NULL (one call for any accounts); on a sharded one, a call per account.
+--
 -- It waits for a lock at most p_wait_ms (NULL: lock_timeout as set); with p_wait_ms 0 it
 -- skips the rows another transaction holds and answers 'busy' for the items that need them,
 -- so one locked key never stalls a batch.
 --
 -- The {{...}} names are filled in from the keys table's checked name; see README.md here.
-CREATE OR REPLACE FUNCTION {{spend_many}}(
+CREATE OR REPLACE FUNCTION {{spend_many}}(p_account TEXT,
   p_hash TEXT[], p_subject TEXT[], p_id BIGINT[], p_hold TEXT[], p_ref INT[], p_op TEXT[], p_micros BIGINT[],
   p_idem TEXT[], p_meta JSONB[], p_hold_id TEXT[], p_ttl_ms BIGINT[], p_wait_ms INT DEFAULT NULL, p_usage JSONB[] DEFAULT NULL)
 RETURNS TABLE (r_outcome TEXT[], r_key_id BIGINT[], r_budget BIGINT[], r_spent BIGINT[], r_held BIGINT[], r_hold_id TEXT[],
@@ -86,6 +94,10 @@ DECLARE
   k_wfrom INT[]; k_wto INT[]; v_rwins INT[] := '{}'; v_refwins TEXT[];
   o_lwin TEXT[]; o_wroom BIGINT[]; v_lwin TEXT; v_lreset TIMESTAMPTZ; v_y INT; v_held BIGINT; v_wroom NUMERIC;
   v_global SMALLINT[]; v_global_json JSONB; v_overage BOOLEAN := false;
+  -- No account given: the batch may span accounts, and every statement's account condition
+  -- holds. (A variable, not p_account IS NULL in each: the planner then guesses half the rows
+  -- pass it, not a few, and keeps the plans it had before the condition.)
+  v_any BOOLEAN := p_account IS NULL;
 BEGIN
   o_outcome := array_fill(NULL::text, ARRAY[n]); o_key := array_fill(NULL::bigint, ARRAY[n]);
   o_budget := o_key; o_spent := o_key; o_held := o_key; o_limit_key := o_key;
@@ -103,13 +115,13 @@ BEGIN
     INTO k_id, k_acct, v_refpaths
     FROM unnest(p_hash, p_subject, p_id, p_hold) WITH ORDINALITY AS u(h, s, kid, hid, ord)
     LEFT JOIN LATERAL (
-      SELECT id, account_id::text AS account_id, ancestor_ids || id AS path FROM {{table}} WHERE key_hash = u.h
-      UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE external_subject = u.s
-      UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}} WHERE id = u.kid
-      UNION ALL SELECT key_id, account_id, path FROM {{holds}} WHERE id = u.hid
+      SELECT id, COALESCE(account_id::text, '') AS account_id, ancestor_ids || id AS path FROM {{table}} WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND key_hash = u.h
+      UNION ALL SELECT id, COALESCE(account_id::text, ''), ancestor_ids || id FROM {{table}} WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND external_subject = u.s
+      UNION ALL SELECT id, COALESCE(account_id::text, ''), ancestor_ids || id FROM {{table}} WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND id = u.kid
+      UNION ALL SELECT key_id, account_id, path FROM {{holds}} WHERE (v_any OR account_id = p_account) AND id = u.hid
       -- A rotated key's previous secret, while its grace period lasts (read only when nothing above matched).
-      UNION ALL SELECT id, account_id::text, ancestor_ids || id FROM {{table}}
-        WHERE previous_key_hash = u.h AND previous_key_valid_until > clock_timestamp()
+      UNION ALL SELECT id, COALESCE(account_id::text, ''), ancestor_ids || id FROM {{table}}
+        WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND previous_key_hash = u.h AND previous_key_valid_until > clock_timestamp()
       LIMIT 1) k ON true;
   FOR x IN 1..cardinality(k_id) LOOP
     k_from[x] := cardinality(v_paths) + 1;
@@ -127,29 +139,29 @@ BEGIN
     END IF;
     -- Every budget the batch touches, locked in the one global order: keys by id, then
     -- accounts, then the holds being settled.
-    PERFORM 1 FROM {{table}} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE;
-    SELECT count(*) INTO v_accts FROM (SELECT 1 FROM {{accounts}} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE) a;
-    IF v_settles THEN PERFORM 1 FROM {{holds}} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE; END IF;
+    PERFORM 1 FROM {{table}} WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND id = ANY(v_paths) ORDER BY id FOR UPDATE;
+    SELECT count(*) INTO v_accts FROM (SELECT 1 FROM {{accounts}} WHERE (v_any OR account_id = p_account) AND account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE) a;
+    IF v_settles THEN PERFORM 1 FROM {{holds}} WHERE (v_any OR account_id = p_account) AND id = ANY(p_hold) ORDER BY id FOR UPDATE; END IF;
     IF p_wait_ms > 0 THEN PERFORM set_config('lock_timeout', v_lock_timeout, true); END IF;
   ELSE
     -- p_wait_ms 0: the same locks in the same order, but a row another transaction holds is
     -- skipped, never waited for. (Keys and holds are counted from the ids asked for: a
     -- missing one only costs a closer look.)
-    SELECT ARRAY(SELECT id FROM {{table}} WHERE id = ANY(v_paths) ORDER BY id FOR UPDATE SKIP LOCKED),
+    SELECT ARRAY(SELECT id FROM {{table}} WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND id = ANY(v_paths) ORDER BY id FOR UPDATE SKIP LOCKED),
            (SELECT count(DISTINCT x) FROM unnest(v_paths) x)::int INTO v_kgot, v_kall;
-    SELECT ARRAY(SELECT account_id FROM {{accounts}} WHERE account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE SKIP LOCKED),
-           (SELECT count(*) FROM {{accounts}} WHERE account_id = ANY(k_acct))::int INTO v_agot, v_aall;
-    SELECT ARRAY(SELECT id FROM {{holds}} WHERE id = ANY(p_hold) ORDER BY id FOR UPDATE SKIP LOCKED),
+    SELECT ARRAY(SELECT account_id FROM {{accounts}} WHERE (v_any OR account_id = p_account) AND account_id = ANY(k_acct) ORDER BY account_id FOR UPDATE SKIP LOCKED),
+           (SELECT count(*) FROM {{accounts}} WHERE (v_any OR account_id = p_account) AND account_id = ANY(k_acct))::int INTO v_agot, v_aall;
+    SELECT ARRAY(SELECT id FROM {{holds}} WHERE (v_any OR account_id = p_account) AND id = ANY(p_hold) ORDER BY id FOR UPDATE SKIP LOCKED),
            (SELECT count(DISTINCT x) FROM unnest(p_hold) x)::int INTO v_hgot, v_hall;
     -- The rows held elsewhere (and still there).
     IF cardinality(v_kgot) < v_kall THEN
-      w_keys := ARRAY(SELECT id FROM {{table}} WHERE id = ANY(v_paths) AND id <> ALL(v_kgot));
+      w_keys := ARRAY(SELECT id FROM {{table}} WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND id = ANY(v_paths) AND id <> ALL(v_kgot));
     END IF;
     IF cardinality(v_agot) < v_aall THEN
-      w_accts := ARRAY(SELECT account_id FROM {{accounts}} WHERE account_id = ANY(k_acct) AND account_id <> ALL(v_agot));
+      w_accts := ARRAY(SELECT account_id FROM {{accounts}} WHERE (v_any OR account_id = p_account) AND account_id = ANY(k_acct) AND account_id <> ALL(v_agot));
     END IF;
     IF cardinality(v_hgot) < v_hall THEN
-      w_holds := ARRAY(SELECT id FROM {{holds}} WHERE id = ANY(p_hold) AND id <> ALL(v_hgot));
+      w_holds := ARRAY(SELECT id FROM {{holds}} WHERE (v_any OR account_id = p_account) AND id = ANY(p_hold) AND id <> ALL(v_hgot));
     END IF;
     IF cardinality(w_keys) + cardinality(w_accts) + cardinality(w_holds) > 0 THEN
       -- A ref that needs such a row is 'busy': it drops out of the batch (nothing of it is
@@ -179,7 +191,7 @@ BEGIN
   -- are read once more.
   FOR pass IN 1..2 LOOP
     SELECT n.ids, n.budgets, n.spents, n.helds, n.depths, n.states, COALESCE(n.due, false),
-           EXISTS (SELECT 1 FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now),
+           EXISTS (SELECT 1 FROM {{holds}} WHERE (v_any OR account_id = p_account) AND key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now),
            n.periods, n.resets, COALESCE(n.wins, false), COALESCE(n.alerts, false),
            (SELECT value FROM {{settings}} WHERE name = 'alert_percents')
       INTO s_id, s_budget, s_spent, s_held, s_depth, s_state, v_due, v_expired, s_period, s_reset, v_wins, v_alerts, v_global_json
@@ -196,8 +208,8 @@ BEGIN
                    bool_or(n.budget_windows) AS wins, bool_or(n.alert_percents IS NOT NULL) AS alerts
             FROM {{table}} n
             LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
-                               WHERE status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
-            WHERE n.id = ANY(v_paths)) n;
+                               WHERE (v_any OR account_id = p_account) AND status = 'held' AND expires_at > v_now AND path @> ARRAY[n.id::bigint]) live ON true
+            WHERE (v_any OR n.account_id::text = p_account OR (p_account = '' AND n.account_id IS NULL)) AND n.id = ANY(v_paths)) n;
     IF v_accts > 0 THEN
       SELECT COALESCE(array_agg(a.account_id ORDER BY a.account_id), '{}'),
              COALESCE(array_agg(a.budget_micros ORDER BY a.account_id), '{}'),
@@ -210,8 +222,8 @@ BEGIN
         INTO c_id, c_budget, c_spent, c_held, v_acct_due, c_period, c_reset, v_cwins, v_calerts
         FROM {{accounts}} a
         LEFT JOIN LATERAL (SELECT sum(amount_micros)::bigint AS held FROM {{holds}}
-                           WHERE status = 'held' AND expires_at > v_now AND account_id = a.account_id) live ON true
-        WHERE a.account_id = ANY(k_acct);
+                           WHERE (v_any OR account_id = p_account) AND account_id = a.account_id AND status = 'held' AND expires_at > v_now) live ON true
+        WHERE (v_any OR a.account_id = p_account) AND a.account_id = ANY(k_acct);
       v_due := v_due OR v_acct_due;
       v_wins := v_wins OR v_cwins;
       v_alerts := v_alerts OR v_calerts;
@@ -219,31 +231,32 @@ BEGIN
     EXIT WHEN pass = 2 OR NOT (v_due OR v_expired);
     IF v_due THEN
       INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
-        SELECT id, account_id::text, 'reset', -spent_micros, v_now FROM {{table}}
-        WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
+        SELECT id, COALESCE(account_id::text, ''), 'reset', -spent_micros, v_now FROM {{table}}
+        WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
         ORDER BY id;
       UPDATE {{table}} SET spent_micros = 0, budget_used_cents = 0,
         budget_reset_at = {{schema}}agentkey_next_reset(budget_period, COALESCE(budget_anchor_at, created_at), v_now)
-        WHERE id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
+        WHERE (v_any OR account_id::text = p_account OR (p_account = '' AND account_id IS NULL)) AND id = ANY(v_paths) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
       INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, created_at)
         SELECT NULL, account_id, 'reset', -spent_micros, v_now FROM {{accounts}}
-        WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
+        WHERE (v_any OR account_id = p_account) AND account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now AND spent_micros <> 0
         ORDER BY account_id;
       UPDATE {{accounts}} SET spent_micros = 0,
         period_start_at = {{schema}}agentkey_period_start(budget_period, v_now),
         budget_reset_at = {{schema}}agentkey_period_end(budget_period, v_now)
-        WHERE account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
+        WHERE (v_any OR account_id = p_account) AND account_id = ANY(k_acct) AND budget_period IS NOT NULL AND budget_reset_at <= v_now;
     END IF;
     IF v_expired THEN
       WITH swept AS (
         UPDATE {{holds}} h SET status = 'expired', settled_at = v_now
-        WHERE h.id IN (SELECT id FROM {{holds}} WHERE key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now
+        WHERE (v_any OR h.account_id = p_account)
+          AND h.id IN (SELECT id FROM {{holds}} WHERE (v_any OR account_id = p_account) AND key_id = ANY(k_id) AND status = 'held' AND expires_at <= v_now
                        FOR UPDATE SKIP LOCKED)
           AND h.status = 'held'
-        RETURNING h.id, h.key_id, h.amount_micros)
+        RETURNING h.id, h.key_id, h.amount_micros, h.account_id)
       INSERT INTO {{ledger}} (key_id, account_id, kind, amount_micros, reservation_id, created_at)
-      SELECT s.key_id, k.account_id::text, 'expire', -s.amount_micros, s.id, v_now
-      FROM swept s JOIN {{table}} k ON k.id = s.key_id ORDER BY s.key_id, s.id;
+      SELECT s.key_id, s.account_id, 'expire', -s.amount_micros, s.id, v_now
+      FROM swept s ORDER BY s.key_id, s.id;
     END IF;
   END LOOP;
   s_spent0 := s_spent;
@@ -258,13 +271,13 @@ BEGIN
   IF v_wins THEN
     UPDATE {{windows}} SET spent_micros = 0, period_start_at = {{schema}}agentkey_period_start(period, v_now),
         reset_at = {{schema}}agentkey_period_end(period, v_now), updated_at = v_now
-      WHERE (key_id = ANY(v_paths) OR (key_id IS NULL AND account_id = ANY(c_id))) AND reset_at <= v_now;
+      WHERE (v_any OR account_id = p_account) AND (key_id = ANY(v_paths) OR (key_id IS NULL AND account_id = ANY(c_id))) AND reset_at <= v_now;
     SELECT COALESCE(array_agg(w.id ORDER BY w.id), '{}'), COALESCE(array_agg(w.key_id ORDER BY w.id), '{}'),
            COALESCE(array_agg(w.account_id ORDER BY w.id), '{}'), COALESCE(array_agg(w.period ORDER BY w.id), '{}'),
            COALESCE(array_agg(w.budget_micros ORDER BY w.id), '{}'), COALESCE(array_agg(w.spent_micros ORDER BY w.id), '{}'),
            COALESCE(array_agg(w.period_start_at ORDER BY w.id), '{}'), COALESCE(array_agg(w.reset_at ORDER BY w.id), '{}')
       INTO w_id, w_key, w_acct, w_period, w_budget, w_spent, w_start, w_reset
-      FROM {{windows}} w WHERE w.key_id = ANY(v_paths) OR (w.key_id IS NULL AND w.account_id = ANY(c_id));
+      FROM {{windows}} w WHERE (v_any OR w.account_id = p_account) AND (w.key_id = ANY(v_paths) OR (w.key_id IS NULL AND w.account_id = ANY(c_id)));
     w_spent0 := w_spent;
     w_node := array_fill(NULL::int, ARRAY[cardinality(w_id)]); w_cpos := w_node;
     FOR y IN 1..cardinality(w_id) LOOP
@@ -294,7 +307,7 @@ BEGIN
     FOR x IN 1..cardinality(p_hold) LOOP
       CONTINUE WHEN p_hold[x] IS NULL;
       SELECT status, amount_micros, committed_micros, expires_at, settled_at, COALESCE(overage_micros, 0) AS overage
-        INTO prior FROM {{holds}} WHERE id = p_hold[x];
+        INTO prior FROM {{holds}} WHERE (v_any OR account_id = p_account) AND id = p_hold[x];
       CONTINUE WHEN NOT FOUND;
       h_status[x] := prior.status; h_amount[x] := prior.amount_micros; h_committed[x] := prior.committed_micros;
       h_expires[x] := prior.expires_at; h_settled[x] := prior.settled_at; h_overage[x] := prior.overage;
@@ -314,7 +327,10 @@ BEGIN
     k_cpos[x] := array_position(c_id, k_acct[x]);
     FOR j IN k_from[x]..k_to[x] LOOP
       v_pos[j] := array_position(s_id, v_paths[j]);
+      -- A node of its path that is gone, or of another account, leaves a budget unread: it spends nothing.
+      IF v_pos[j] IS NULL THEN k_state[x] := 'invalid'; END IF;
     END LOOP;
+    CONTINUE WHEN k_state[x] = 'invalid';
     -- A revoked or expired ancestor stops the whole subtree; revoked says more than expired.
     FOR j IN k_from[x]..k_to[x] LOOP
       IF s_state[v_pos[j]] = 'revoked' THEN k_state[x] := 'revoked'; EXIT; END IF;
@@ -461,13 +477,13 @@ BEGIN
         END IF;
       ELSIF p_op[i] = 'charge' THEN
         SELECT amount_micros INTO prior FROM {{ledger}}
-          WHERE key_id = v_key AND idempotency_key = p_idem[i] AND kind = 'charge';
+          WHERE (v_any OR account_id = p_account) AND key_id = v_key AND idempotency_key = p_idem[i] AND kind = 'charge';
         IF FOUND THEN
           o_outcome[i] := CASE WHEN prior.amount_micros = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
         END IF;
       ELSE
         SELECT id, amount_micros, expires_at, status INTO prior FROM {{holds}}
-          WHERE key_id = v_key AND idempotency_key = p_idem[i];
+          WHERE (v_any OR account_id = p_account) AND key_id = v_key AND idempotency_key = p_idem[i];
         IF FOUND THEN
           o_outcome[i] := CASE WHEN prior.amount_micros = p_micros[i] THEN 'replayed' ELSE 'idempotency_conflict' END;
           o_hold[i] := prior.id; o_expires[i] := prior.expires_at;
@@ -578,20 +594,20 @@ BEGIN
     UPDATE {{table}} k SET spent_micros = d.spent, budget_used_cents = {{schema}}agentkey_cents_up(d.spent),
         last_used_at = CASE WHEN d.touch THEN v_now ELSE k.last_used_at END, overage_micros = COALESCE(k.overage_micros, 0) + d.overage
       FROM unnest(s_id, s_spent, s_spent0, s_touch, s_overage) AS d(id, spent, spent0, touch, overage)
-      WHERE k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
+      WHERE (v_any OR k.account_id::text = p_account OR (p_account = '' AND k.account_id IS NULL)) AND k.id = ANY(s_id) AND k.id = d.id AND (d.spent <> d.spent0 OR d.touch);
   ELSIF v_touched THEN
     UPDATE {{table}} k SET last_used_at = v_now FROM unnest(s_id, s_touch) AS d(id, touch)
-      WHERE k.id = ANY(s_id) AND k.id = d.id AND d.touch;
+      WHERE (v_any OR k.account_id::text = p_account OR (p_account = '' AND k.account_id IS NULL)) AND k.id = ANY(s_id) AND k.id = d.id AND d.touch;
   END IF;
   IF w_spent IS DISTINCT FROM w_spent0 THEN
     UPDATE {{windows}} w SET spent_micros = d.spent, updated_at = v_now
       FROM unnest(w_id, w_spent, w_spent0) AS d(id, spent, spent0)
-      WHERE w.id = ANY(w_id) AND w.id = d.id AND d.spent <> d.spent0;
+      WHERE (v_any OR w.account_id = p_account) AND w.id = ANY(w_id) AND w.id = d.id AND d.spent <> d.spent0;
   END IF;
   IF c_spent IS DISTINCT FROM c_spent0 THEN
     UPDATE {{accounts}} a SET spent_micros = d.spent
       FROM unnest(c_id, c_spent, c_spent0) AS d(id, spent, spent0)
-      WHERE a.account_id = ANY(c_id) AND a.account_id = d.id AND d.spent <> d.spent0;
+      WHERE (v_any OR a.account_id = p_account) AND a.account_id = ANY(c_id) AND a.account_id = d.id AND d.spent <> d.spent0;
   END IF;
   IF v_holds > 0 THEN
     INSERT INTO {{holds}} (id, key_id, path, account_id, amount_micros, status, expires_at, idempotency_key, metadata, created_at)
@@ -603,7 +619,7 @@ BEGIN
     UPDATE {{holds}} h SET status = d.status, committed_micros = d.committed, settled_at = d.settled,
         overage_micros = CASE WHEN d.status = 'committed' THEN d.overage END
       FROM unnest(p_hold, h_status, h_committed, h_settled, h_overage) AS d(id, status, committed, settled, overage)
-      WHERE h.id = ANY(p_hold) AND h.id = d.id AND d.settled = v_now;
+      WHERE (v_any OR h.account_id = p_account) AND h.id = ANY(p_hold) AND h.id = d.id AND d.settled = v_now;
   END IF;
   IF cardinality(w_ord) > 0 THEN
     -- An LLM call's model goes on each of its rows, its token counts on the one with its cost.
@@ -651,23 +667,26 @@ BEGIN
       FROM (
         SELECT d.id AS key_id, COALESCE(k.account_id::text, '') AS acct, COALESCE(k.budget_period, 'lifetime') AS win, d.budget, d.spent,
                d.spent0, NULL::timestamptz AS start, k.budget_reset_at AS reset, COALESCE(k.alert_percents, v_global) AS pcts
-          FROM unnest(s_id, s_budget, s_spent, s_spent0) AS d(id, budget, spent, spent0) JOIN {{table}} k ON k.id = d.id
+          FROM unnest(s_id, s_budget, s_spent, s_spent0) AS d(id, budget, spent, spent0) JOIN {{table}} k ON (v_any OR k.account_id::text = p_account OR (p_account = '' AND k.account_id IS NULL)) AND k.id = d.id
           WHERE d.spent > d.spent0 AND d.budget IS NOT NULL
         UNION ALL
         SELECT NULL, d.id, COALESCE(a.budget_period, 'lifetime'), d.budget, d.spent, d.spent0, a.period_start_at, a.budget_reset_at,
                COALESCE(a.alert_percents, v_global)
-          FROM unnest(c_id, c_budget, c_spent, c_spent0) AS d(id, budget, spent, spent0) JOIN {{accounts}} a ON a.account_id = d.id
+          FROM unnest(c_id, c_budget, c_spent, c_spent0) AS d(id, budget, spent, spent0) JOIN {{accounts}} a ON (v_any OR a.account_id = p_account) AND a.account_id = d.id
           WHERE d.spent > d.spent0
         UNION ALL
         SELECT d.key_id, d.acct, d.win, d.budget, d.spent, d.spent0, d.start, d.reset,
                COALESCE(CASE WHEN d.key_id IS NULL THEN a.alert_percents ELSE k.alert_percents END, v_global)
           FROM unnest(w_key, w_acct, w_period, w_budget, w_spent, w_spent0, w_start, w_reset) AS d(key_id, acct, win, budget, spent, spent0, start, reset)
-          LEFT JOIN {{table}} k ON k.id = d.key_id LEFT JOIN {{accounts}} a ON d.key_id IS NULL AND a.account_id = d.acct
+          LEFT JOIN {{table}} k ON (v_any OR k.account_id::text = p_account OR (p_account = '' AND k.account_id IS NULL)) AND k.id = d.key_id
+          LEFT JOIN {{accounts}} a ON d.key_id IS NULL AND (v_any OR a.account_id = p_account) AND a.account_id = d.acct
           WHERE d.spent > d.spent0) c
       CROSS JOIN LATERAL (SELECT DISTINCT x::int AS pct FROM unnest(c.pcts) x) p
       WHERE c.spent0::numeric * 100 < p.pct::numeric * c.budget AND c.spent::numeric * 100 >= p.pct::numeric * c.budget
       ORDER BY c.key_id NULLS LAST, c.acct, c.win, p.pct
-      ON CONFLICT (dedupe) WHERE dedupe IS NOT NULL DO NOTHING;
+      -- No conflict target: the one unique index is (dedupe) here and (account_id, dedupe)
+      -- on Citus (docs/scaling.md); the dedupe text names the account, so both allow the same rows.
+      ON CONFLICT DO NOTHING;
     END IF;
   END IF;
   -- What a key's own windows past the first leave, after the batch (for its figures).
