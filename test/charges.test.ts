@@ -1,7 +1,8 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
-import { MAX_CENTS } from '../src/index.js';
+import { AgentKey, MAX_CENTS } from '../src/index.js';
 import { forEachDatabase } from './helpers/databases.js';
+import { packageKey, packageTableSql } from './helpers/package.js';
 import { rejectsWith } from './helpers/errors.js';
 import { valid } from './helpers/results.js';
 import { expectAuditOk, holdRows, keyCount, keyRow, ledgerRows, spentMicros } from './helpers/tables.js';
@@ -235,6 +236,35 @@ forEachDatabase((getDb) => {
       expect(valid(await ak.validate(key))).toMatchObject({ budgetHeldCents: 0 });
       expect((await holdRows(db, ak)).filter((h) => h.status === 'held')).toEqual([]);
       await expectAuditOk(ak);
+    });
+
+    it("happy: a key without an account (the package's table allows a NULL account_id) charges, holds and commits; its rows are of the account ''", async () => {
+      const db = getDb();
+      const table = db.freshTable();
+      await db.query(packageTableSql(table));
+      const legacy = packageKey(48);
+      const [row] = await db.query<{ id: number }>(`INSERT INTO ${table} (account_id, key_hash, key_prefix) VALUES (NULL, $1, $2) RETURNING id`, [
+        legacy.hash,
+        legacy.prefix,
+      ]);
+      const id = Number(row!.id);
+      for (const batching of [false, undefined]) {
+        const ak = new AgentKey({ pool: db.pool, tableName: table, ...(batching === false ? { batching } : {}) });
+        await ak.migrate();
+        expect(await ak.trackUsage(legacy.raw, { costCents: 3 })).toMatchObject({ success: true });
+        const hold = await ak.reserve(legacy.raw, { costCents: 5 });
+        expect(hold).toMatchObject({ success: true });
+        expect(await ak.commit((hold as { reservationId: string }).reservationId, { costCents: 2 })).toMatchObject({ success: true, costCents: 2 });
+        await ak.close();
+      }
+      const ak = new AgentKey({ pool: db.pool, tableName: table });
+      expect(await ak.getKey(id)).toMatchObject({ spentCents: 10 });
+      const ledger = await ledgerRows(db, ak, id);
+      expect(ledger.map((l) => [l.kind, l.account_id])).toEqual([
+        ['charge', ''], ['hold', ''], ['commit', ''], ['charge', ''], ['hold', ''], ['commit', ''],
+      ]);
+      await expectAuditOk(ak);
+      await ak.close();
     });
   });
 });
