@@ -1,4 +1,4 @@
-// One file (about 470 lines): every statement spending sends and every report read from the
+// One file (about 570 lines): every statement spending sends and every report read from the
 // ledger, beside the shapes they return, so the money path's SQL can be read in one place.
 import { type TokenUsage, type Tokens, USAGE_FIELDS } from '../llm/usage.js';
 import { type Micros, addMicros, sameMicros, toMicros } from '../money.js';

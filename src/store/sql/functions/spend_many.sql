@@ -1,4 +1,4 @@
--- <table>_spend_many: the budget rules, once. (One function of about 500 lines, kept whole
+-- <table>_spend_many: the budget rules, once. (One function of about 700 lines, kept whole
 -- so that a batch's decisions read top to bottom.) Every step that spends or holds money runs
 -- here: charges, holds, commits and releases of holds, and adjustments (refunds), many at
 -- once or one at a time (<table>_spend and <table>_settle are batches of one).
