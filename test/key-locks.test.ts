@@ -9,7 +9,9 @@
 import pg from 'pg';
 import { describe, expect, it } from 'vitest';
 import { AgentKey } from '../src/index.js';
+import { toDb } from '../src/store/db.js';
 import { tableNames } from '../src/store/identifiers.js';
+import { KeyStore } from '../src/store/keys.js';
 import { type TestDb, forEachDatabase, uniqueName } from './helpers/databases.js';
 import { rejectsWith } from './helpers/errors.js';
 import { holdRowLock } from './helpers/locks.js';
@@ -190,6 +192,27 @@ forEachDatabase(
         }
         await ak.flush();
         expect(await lastUsed(db, ak, held.id)).not.toBeNull();
+        await ak.close();
+      });
+
+      it('concurrency: one account at a time (as on a database sharded by account), a touch stamps every account\'s keys but the one another connection holds', async () => {
+        const db = getDb();
+        const ak = await db.agentKey({ timeoutMs: TIMEOUT_MS });
+        const t = tableNames(ak.tableName);
+        const store = new KeyStore(toDb(db.pool), t, true);
+        const [a, b, c] = [newAccount(), newAccount(), newAccount()];
+        const keys = [await ak.create({ accountId: a }), await ak.create({ accountId: b }), await ak.create({ accountId: c }), await ak.create({ accountId: b })];
+        const held = keys[3]!;
+        const at = new Date('2026-01-02T03:04:05Z');
+        const lock = await holdRowLock(db.url!, t.table, 'id = $1', [held.id]);
+        try {
+          expect(await store.touch(keys.map((k) => k.id), keys.map(() => at))).toEqual([held.id]);
+        } finally {
+          await lock.release();
+        }
+        for (const k of keys) expect(await lastUsed(db, ak, k.id), `key ${k.id}`).toEqual(k === held ? null : at);
+        expect(await store.touch([held.id], [at])).toEqual([]);
+        expect(await lastUsed(db, ak, held.id)).toEqual(at);
         await ak.close();
       });
     });

@@ -1,6 +1,7 @@
 // One file (about 550 lines): every statement about keys (reads with their budgets above, inserts,
 // revokes, updates, rotation) beside the row shapes they return, so the SQL of a key's life reads in one place.
 import type { Micros } from '../money.js';
+import { shardedByAccount } from './sharding.js';
 import { type Actor, actAs } from './actor.js';
 import { type Db, lockBound, lockWaitSetting } from './db.js';
 import type { TableNames } from './identifiers.js';
@@ -146,7 +147,8 @@ export class KeyStore {
   private readonly from: string;
   private readonly windows: WindowStore;
 
-  constructor(private readonly db: Db, private readonly t: TableNames) {
+  /** `byAccount`: touch one account at a time, as a database sharded by account needs (left out: asked of the database). */
+  constructor(private readonly db: Db, private readonly t: TableNames, private readonly byAccount?: boolean) {
     this.windows = new WindowStore(t);
     const due = (k: string) => `(${k}.budget_period IS NOT NULL AND ${k}.budget_reset_at IS NOT NULL AND ${k}.budget_reset_at <= now())`;
     const live = `h.status = 'held' AND h.expires_at > now()`;
@@ -341,28 +343,30 @@ export class KeyStore {
    */
   async touch(ids: number[], at: Date[]): Promise<number[]> {
     const when = new Map(ids.map((id, i) => [id, at[i]]));
-    const owners = await this.db.query<{ id: number; account_id: string | null }>(
-      `SELECT id, account_id::text AS account_id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) ORDER BY id`,
-      [ids],
-    );
-    const byAccount = new Map<string | null, number[]>();
-    for (const o of owners) {
-      const mine = byAccount.get(o.account_id) ?? [];
-      mine.push(Number(o.id));
-      byAccount.set(o.account_id, mine);
+    // On one PostgreSQL one statement for every account ($4: any account); on a database
+    // sharded by account one per account, each key's account read first (unlocked).
+    const groups = new Map<string | null, number[]>();
+    if (this.byAccount ?? (await shardedByAccount(this.db))) {
+      const owners = await this.db.query<{ id: number; account_id: string | null }>(
+        `SELECT id, account_id::text AS account_id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) ORDER BY id`,
+        [ids],
+      );
+      for (const o of owners) groups.set(o.account_id, [...(groups.get(o.account_id) ?? []), Number(o.id)]);
     }
+    const any = groups.size === 0;
+    if (any) groups.set(null, ids);
     const skipped: number[] = [];
-    for (const [account, mine] of byAccount) {
+    for (const [account, mine] of groups) {
       const rows = await this.db.query<{ id: number }>(
         `WITH agentkey_locked AS (
-           SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) AND (account_id = $3 OR ($3 IS NULL AND account_id IS NULL))
+           SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) AND ($4::boolean OR account_id = $3 OR ($3 IS NULL AND account_id IS NULL))
            ORDER BY id FOR UPDATE SKIP LOCKED),
          agentkey_stamped AS (
            UPDATE ${this.t.table} k SET last_used_at = GREATEST(k.last_used_at, v.at)
            FROM unnest($1::bigint[], $2::timestamptz[]) AS v(id, at)
            WHERE k.id = v.id AND k.id IN (SELECT id FROM agentkey_locked))
          SELECT id FROM ${this.t.table} WHERE id = ANY($1::bigint[]) AND id NOT IN (SELECT id FROM agentkey_locked)`,
-        [mine, mine.map((id) => when.get(id)), account],
+        [mine, mine.map((id) => when.get(id)), account, any],
       );
       skipped.push(...rows.map((r) => Number(r.id)));
     }
