@@ -296,6 +296,8 @@ export class SpendStore {
    * (docs/scaling.md, P4). Holds another sweeper has locked are skipped, not waited for.
    */
   async sweep(limit: number): Promise<number> {
+    // On one PostgreSQL one statement for every account; sharded by account, one per account.
+    if (!(this.byAccount ?? (await shardedByAccount(this.db)))) return this.sweepAccount(null, limit);
     const accounts = await this.db.query<{ account_id: string; n: number }>(
       `SELECT account_id, count(*)::int AS n FROM (
          SELECT account_id, expires_at FROM ${this.t.holds} WHERE status = 'held' AND expires_at <= now()
@@ -312,19 +314,19 @@ export class SpendStore {
   }
 
   /**
-   * Up to `limit` due holds of one account expired, with their ledger rows, in one statement.
-   * The CTE names are prefixed so they cannot shadow a keys table named, say, "swept".
+   * Up to `limit` due holds of one account (null: of any) expired, with their ledger rows, in
+   * one statement. The CTE names are prefixed so they cannot shadow a keys table named, say, "swept".
    */
-  private async sweepAccount(accountId: string, limit: number): Promise<number> {
+  private async sweepAccount(accountId: string | null, limit: number): Promise<number> {
     const rows = await this.db.query<{ n: number }>(
       // The due holds are picked once, in a CTE of their own: as an IN (subquery) the planner
       // may run the subquery once per candidate row, and then LIMIT bounds nothing.
       `WITH agentkey_due AS MATERIALIZED (
-         SELECT id FROM ${this.t.holds} WHERE account_id = $2 AND status = 'held' AND expires_at <= now()
+         SELECT id FROM ${this.t.holds} WHERE ($3::boolean OR account_id = $2) AND status = 'held' AND expires_at <= now()
          ORDER BY expires_at LIMIT $1 FOR UPDATE SKIP LOCKED),
        agentkey_swept AS (
          UPDATE ${this.t.holds} SET status = 'expired', settled_at = now()
-         WHERE account_id = $2 AND id IN (SELECT id FROM agentkey_due)
+         WHERE ($3::boolean OR account_id = $2) AND id IN (SELECT id FROM agentkey_due)
            AND status = 'held'
          RETURNING id, key_id, account_id, amount_micros),
        agentkey_logged AS (
@@ -332,7 +334,7 @@ export class SpendStore {
          SELECT key_id, account_id, 'expire', -amount_micros, id FROM agentkey_swept
          RETURNING 1)
        SELECT count(*)::int AS n FROM agentkey_logged`,
-      [limit, accountId],
+      [limit, accountId, accountId === null],
     );
     return Number(rows[0]?.n ?? 0);
   }

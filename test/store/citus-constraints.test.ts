@@ -1,7 +1,9 @@
 import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { AgentKey } from '../../src/index.js';
+import { toDb } from '../../src/store/db.js';
 import { tableNames } from '../../src/store/identifiers.js';
+import { SpendStore } from '../../src/store/spend.js';
 import { forEachDatabase, type TestDb } from '../helpers/databases.js';
 import { reserved } from '../helpers/results.js';
 import { expectAuditOk } from '../helpers/tables.js';
@@ -179,36 +181,39 @@ forEachDatabase((getDb) => {
     });
   });
 
-  describe('the hold sweep, one account at a time', () => {
-    it('happy: due holds of several accounts are swept earliest first, at most `limit` per call, each once', async () => {
-      const db = getDb();
-      const ak = await db.agentKey();
-      const { holds, ledger } = tableNames(ak.tableName);
-      const ids: string[] = [];
-      for (const [i, account] of ['a', 'b', 'a', 'c'].entries()) {
-        const k = await ak.create({ accountId: account, budgetCents: 100 });
-        const h = reserved(await ak.reserve(k.key, { costCents: 10, ttl: '1h' }));
-        await db.query(`UPDATE ${holds} SET expires_at = now() - $2 * interval '1 minute' WHERE id = $1`, [h.reservationId, 10 - i]);
-        ids.push(h.reservationId);
-      }
-      const live = await ak.create({ accountId: 'a', budgetCents: 100 });
-      reserved(await ak.reserve(live.key, { costCents: 10, ttl: '1h' }));
-      const expired = async () =>
-        (await db.query<{ id: string }>(`SELECT id FROM ${holds} WHERE status = 'expired' ORDER BY expires_at`)).map((r) => r.id);
+  describe('the hold sweep, one statement or one account at a time', () => {
+    for (const byAccount of [false, true]) {
+      it(`happy: due holds of several accounts are swept earliest first, at most \`limit\` per call, each once (${byAccount ? 'one account at a time, as sharded' : 'one statement'})`, async () => {
+        const db = getDb();
+        const ak = await db.agentKey();
+        const t = tableNames(ak.tableName);
+        const store = new SpendStore(toDb(db.pool), t, byAccount);
+        const ids: string[] = [];
+        for (const [i, account] of ['a', 'b', 'a', 'c'].entries()) {
+          const k = await ak.create({ accountId: account, budgetCents: 100 });
+          const h = reserved(await ak.reserve(k.key, { costCents: 10, ttl: '1h' }));
+          await db.query(`UPDATE ${t.holds} SET expires_at = now() - $2 * interval '1 minute' WHERE id = $1`, [h.reservationId, 10 - i]);
+          ids.push(h.reservationId);
+        }
+        const live = await ak.create({ accountId: 'a', budgetCents: 100 });
+        reserved(await ak.reserve(live.key, { costCents: 10, ttl: '1h' }));
+        const expired = async () =>
+          (await db.query<{ id: string }>(`SELECT id FROM ${t.holds} WHERE status = 'expired' ORDER BY expires_at`)).map((r) => r.id);
 
-      expect(await ak.sweepExpiredHolds(1)).toBe(1);
-      expect(await expired()).toEqual(ids.slice(0, 1));
-      expect(await ak.sweepExpiredHolds(2)).toBe(2);
-      expect(await expired()).toEqual(ids.slice(0, 3));
-      expect(await ak.sweepExpiredHolds(10)).toBe(1);
-      expect(await ak.sweepExpiredHolds(10)).toBe(0);
-      expect(await expired()).toEqual(ids);
-      expect(await db.query(`SELECT account_id, count(*)::int AS n FROM ${ledger} WHERE kind = 'expire' GROUP BY 1 ORDER BY 1`)).toEqual([
-        { account_id: 'a', n: 2 },
-        { account_id: 'b', n: 1 },
-        { account_id: 'c', n: 1 },
-      ]);
-      await expectAuditOk(ak);
-    });
+        expect(await store.sweep(1)).toBe(1);
+        expect(await expired()).toEqual(ids.slice(0, 1));
+        expect(await store.sweep(2)).toBe(2);
+        expect(await expired()).toEqual(ids.slice(0, 3));
+        expect(await store.sweep(10)).toBe(1);
+        expect(await store.sweep(10)).toBe(0);
+        expect(await expired()).toEqual(ids);
+        expect(await db.query(`SELECT account_id, count(*)::int AS n FROM ${t.ledger} WHERE kind = 'expire' GROUP BY 1 ORDER BY 1`)).toEqual([
+          { account_id: 'a', n: 2 },
+          { account_id: 'b', n: 1 },
+          { account_id: 'c', n: 1 },
+        ]);
+        await expectAuditOk(ak);
+      });
+    }
   });
 });
