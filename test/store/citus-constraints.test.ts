@@ -181,6 +181,33 @@ forEachDatabase((getDb) => {
     });
   });
 
+  describe('version 13: the rate counters carry their account', () => {
+    it("happy: a counter gets its account from its scope ('a:') or its key's ('k:'); one of a gone key goes; the column is then NOT NULL", async () => {
+      const db = getDb();
+      const ak = await db.agentKey();
+      const { rateWindows, migrations } = tableNames(ak.tableName);
+      const k = await ak.create({ accountId: 'acct:with:colons' });
+      // Counters as a version before 13 wrote them: no account.
+      await db.query(`ALTER TABLE ${rateWindows} DROP COLUMN account_id`);
+      await db.query(`INSERT INTO ${rateWindows} (scope, window_no, count) VALUES ($1, 7, 3), ('a:60:acct:with:colons', 7, 4), ('k:60:999999', 7, 1), ('k:60:junk', 7, 1)`, [
+        `k:60:${k.id}`,
+      ]);
+      await db.query(`DELETE FROM ${migrations} WHERE table_name = $1 AND version = 13`, [ak.tableName]);
+
+      expect(await new AgentKey({ pool: db.pool, tableName: ak.tableName }).migrate()).toEqual([13]);
+      expect(await db.query(`SELECT scope, account_id, count FROM ${rateWindows} ORDER BY scope`)).toEqual([
+        { scope: 'a:60:acct:with:colons', account_id: 'acct:with:colons', count: 4 },
+        { scope: `k:60:${k.id}`, account_id: 'acct:with:colons', count: 3 },
+      ]);
+      const [col] = await db.query<{ is_nullable: string }>(
+        `SELECT is_nullable FROM information_schema.columns WHERE table_name = $1 AND column_name = 'account_id'`,
+        [`${ak.tableName}_rate_windows`],
+      );
+      expect(col!.is_nullable).toBe('NO');
+      await ak.close();
+    });
+  });
+
   describe('the hold sweep, one statement or one account at a time', () => {
     for (const byAccount of [false, true]) {
       it(`happy: due holds of several accounts are swept earliest first, at most \`limit\` per call, each once (${byAccount ? 'one account at a time, as sharded' : 'one statement'})`, async () => {
