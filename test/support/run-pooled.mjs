@@ -40,6 +40,10 @@ export const POOLED_FILES = [
   'test/server/reservations.test.ts',
   'test/express-hold.test.ts',
   'test/server-instances.test.ts',
+  'test/key-locks.test.ts',
+  'test/store/citus-constraints.test.ts',
+  'test/store/rate-take.test.ts',
+  'test/store/routing.test.ts',
 ];
 
 const root = fileURLToPath(new URL('../..', import.meta.url));
