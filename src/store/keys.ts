@@ -336,8 +336,9 @@ export class KeyStore {
   }
 
   /**
-   * Stamps `last_used_at` on many keys (never moving it back), locking them in id order, one
-   * statement per account (the accounts read first, unlocked). A key another transaction
+   * Stamps `last_used_at` on many keys (never moving it back), locking them in id order: one
+   * statement on one PostgreSQL, one per account where the database is sharded by account
+   * (the accounts read first, unlocked). A key another transaction
    * holds is skipped, not waited for (a stamp must never hold up a charge); returns the ids
    * skipped so, for the next write.
    */
